@@ -1,0 +1,72 @@
+"""Automatic differentiation for the GDW step on the TensorFlow backend.
+
+`vjp` and `jvp` follow `jax.vjp` and `jax.jvp`: a function of a list of tensors, its output, and
+a function (or value) for the product with a cotangent (or tangent). A persistent tape lets one
+forward pass serve several VJPs, as GDW's step needs (`G(ω⁰)` and `G(ω¹)`).
+"""
+
+import tensorflow as tf
+
+_ZERO = tf.UnconnectedGradients.ZERO
+
+
+def vjp(fn, primals):
+    """Runs `fn(primals) -> (out, aux)` once and returns `(out, aux, vjp_fn)`.
+
+    `vjp_fn(cotangent)` is `(∂out/∂primals)ᵀ · cotangent`, a list shaped like `primals`. It can be
+    called several times; called under an outer tape that watches `cotangent`, the product is
+    itself differentiable in `cotangent` (the nested-tape meta-gradient relies on this).
+    """
+    tape = tf.GradientTape(persistent=True)
+    with tape:
+        tape.watch(primals)
+        out, aux = fn(primals)
+
+    def vjp_fn(cotangent):
+        return tape.gradient(
+            out, primals, output_gradients=cotangent, unconnected_gradients=_ZERO
+        )
+
+    return out, aux, vjp_fn
+
+
+def value_and_grad(fn, primals):
+    """Runs `fn(primals) -> (scalar, aux)`; returns `(scalar, aux, ∂scalar/∂primals)`."""
+    with tf.GradientTape() as tape:
+        tape.watch(primals)
+        value, aux = fn(primals)
+    return value, aux, tape.gradient(value, primals, unconnected_gradients=_ZERO)
+
+
+def jvp(fn, primals, tangents):
+    """Forward mode: returns `(fn(primals), (∂fn/∂primals) · tangents)`."""
+    with tf.autodiff.ForwardAccumulator(primals, tangents) as accumulator:
+        out = fn(primals)
+    return out, accumulator.jvp(out, unconnected_gradients=_ZERO)
+
+
+def nested_meta_gradient(vjp_fn, cotangent, learning_rate, params, meta_loss_fn):
+    """`∂L_meta/∂cotangent` by differentiating through the virtual step (double backprop).
+
+    The virtual step is `θ' = θ − α · vjp_fn(cotangent)`; the meta loss is `meta_loss_fn(θ')`.
+    This is what the reference code does with `create_graph=True`.
+
+    Returns:
+      `(meta_loss, ∂meta_loss/∂cotangent)`.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(cotangent)
+        grads = vjp_fn(cotangent)
+        virtual = [p - learning_rate * g for p, g in zip(params, grads)]
+        meta_loss, _ = meta_loss_fn(virtual)
+    return meta_loss, tape.gradient(meta_loss, cotangent, unconnected_gradients=_ZERO)
+
+
+def stateless_permutation(n, seed):
+    """A permutation of `range(n)` that depends only on the int32 pair `seed`."""
+    return tf.argsort(tf.random.stateless_uniform([n], seed=seed))
+
+
+def read_values(variables):
+    """The current values of Keras variables, as tensors (not variables) to differentiate at."""
+    return [tf.identity(v.value) for v in variables]

@@ -1,0 +1,431 @@
+"""`GDWModel`: a `keras.Model` whose `train_step` does GDW, MW-Net, L2RW or plain CE.
+
+`fit` sees only the (noisy) training data; meta batches are drawn inside the step from the clean
+meta set given at construction. The step itself is `gdw_tf.step`; this module holds the Keras
+plumbing: variables, optimizers, metrics, meta-batch sampling and serialization.
+
+Departures from the reference code are listed in `gdw_tf.step`. One more lives here: the backbone
+optimizer is the user's Keras optimizer; `keras.optimizers.SGD(momentum=0.9)` stores a velocity
+already scaled by the learning rate, so when the learning rate changes (the cosine schedule, once
+an epoch) its next steps differ slightly from PyTorch's SGD, which scales the whole buffer by the
+new rate. Between changes the two are the same update.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from gdw_tf import backend
+from gdw_tf import step as step_lib
+from gdw_tf import weighting
+from gdw_tf.optimizers import TorchAdam
+
+
+def build_weight_net(hidden=100, dtype=None):
+    """The Meta-Weight-Net MLP `1 → hidden → 1`: Dense + ReLU, then Dense + sigmoid.
+
+    Initialised as PyTorch's `nn.Linear` (uniform in `±1/√fan_in`, weights and biases), as in the
+    reference code.
+    """
+
+    def torch_linear_init():
+        return keras.initializers.VarianceScaling(
+            scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+        )
+
+    inputs = keras.Input((1,), dtype=dtype, name="loss")
+    hidden_layer = keras.layers.Dense(
+        hidden,
+        activation="relu",
+        kernel_initializer=torch_linear_init(),
+        bias_initializer=keras.initializers.RandomUniform(-1.0, 1.0),
+        dtype=dtype,
+        name="hidden",
+    )
+    output_layer = keras.layers.Dense(
+        1,
+        activation="sigmoid",
+        kernel_initializer=torch_linear_init(),
+        bias_initializer=keras.initializers.RandomUniform(
+            -1.0 / np.sqrt(hidden), 1.0 / np.sqrt(hidden)
+        ),
+        dtype=dtype,
+        name="weight",
+    )
+    return keras.Model(inputs, output_layer(hidden_layer(inputs)), name="weight_net")
+
+
+_TRAIN_METRICS = ("train/loss", "train/accuracy")
+_META_METRICS = ("meta/loss", "weights/instance_mean")
+_GDW_METRICS = ("weights/labelled_mean", "weights/other_mean")
+_TEST_METRICS = ("loss", "accuracy")
+
+
+@keras.saving.register_keras_serializable(package="gdw_tf")
+class GDWModel(keras.Model):
+    """A classifier trained with Generalized Data Weighting (or MW-Net, L2RW, plain CE).
+
+    `fit(x, y)` takes the (noisy) training set; each step draws a meta batch from the clean
+    `meta_data` (without replacement, reshuffled each pass over the meta set), learns example
+    or class-level weights from it, and takes an SGD step with them. See `GDW_SPEC.md`.
+
+    Args:
+      backbone: a built `keras.Model` mapping inputs to `num_classes` logits.
+      num_classes: `C`.
+      method: "gdw", "mwnet", "l2rw" or "ce".
+      meta_data: the clean meta set: a tuple `(x, y)` of arrays, or a `tf.data.Dataset` of
+        `(x, y)` (batched or not). May be left out for "ce", or given later with
+        `set_meta_data` (a reloaded model does not carry it).
+      meta_batch_size: meta examples per step.
+      outer_lr: `β`, GDW's stage-2 step (reference: 100 for 10 classes, 1000 for 100).
+      clip: `c`, the bound on each entry of GDW's stage-2 step.
+      weight_net_hidden: hidden units of the weight net `1 → hidden → 1`.
+      weight_net_lr, weight_net_l2: its Adam (PyTorch semantics, `TorchAdam`) settings.
+      l2: L2 coefficient added to the real step's gradient (`G(ω¹) + l2 · θ`), as PyTorch's SGD
+        `weight_decay` does. Use a plain Keras optimizer with it (no `weight_decay` there).
+      meta_grad: "jvp" (forward-mode, default) or "nested" (double backprop, for checking).
+      meta_augmentation: optional Keras layer applied to each meta batch in training mode (the
+        reference augments meta images like training images).
+      seed: seed of the meta-batch order.
+      **kwargs: `keras.Model` arguments (name, ...).
+
+    Raises:
+      ValueError: on an unknown method, a backbone whose output is not `[N, num_classes]`, or a
+        meta set that is empty, misses a class, or has labels outside `[0, num_classes)`.
+    """
+
+    def __init__(
+        self,
+        backbone,
+        num_classes,
+        method="gdw",
+        meta_data=None,
+        meta_batch_size=100,
+        outer_lr=100.0,
+        clip=0.2,
+        weight_net_hidden=100,
+        weight_net_lr=1e-3,
+        weight_net_l2=1e-4,
+        l2=5e-4,
+        meta_grad="jvp",
+        meta_augmentation=None,
+        seed=0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_arguments(
+            backbone, num_classes, method, meta_batch_size, outer_lr, clip, l2, meta_grad
+        )
+        self.backbone = backbone
+        self.num_classes = int(num_classes)
+        self.method = method
+        self.meta_batch_size = int(meta_batch_size)
+        self.outer_lr = float(outer_lr)
+        self.clip = float(clip)
+        self.weight_net_hidden = int(weight_net_hidden)
+        self.weight_net_lr = float(weight_net_lr)
+        self.weight_net_l2 = float(weight_net_l2)
+        self.l2 = float(l2)
+        self.meta_grad = meta_grad
+        self.meta_augmentation = meta_augmentation
+        self.seed = int(seed)
+
+        self.weight_net = build_weight_net(self.weight_net_hidden)
+        self.weight_net_optimizer = TorchAdam(self.weight_net_lr, l2=self.weight_net_l2)
+
+        # Meta-batch order: pass `meta_epoch` over the meta set is the permutation drawn from
+        # (seed, meta_epoch); `meta_cursor` is the position in it. Checkpointed with the model.
+        self.meta_epoch = self.add_variable(
+            (), initializer="zeros", dtype="int32", trainable=False, name="meta_epoch"
+        )
+        self.meta_cursor = self.add_variable(
+            (), initializer="zeros", dtype="int32", trainable=False, name="meta_cursor"
+        )
+        self._meta_x = None
+        self._meta_y = None
+        if meta_data is not None:
+            self.set_meta_data(meta_data)
+
+        names = _TRAIN_METRICS + _TEST_METRICS
+        if method != "ce":
+            names += _META_METRICS
+        if method == "gdw":
+            names += _GDW_METRICS
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        self.built = True
+
+    # ----------------------------------------------------------------------------------------
+    # Meta set
+
+    def set_meta_data(self, meta_data):
+        """Sets the clean meta set: `(x, y)` arrays or a `tf.data.Dataset` of `(x, y)`.
+
+        Raises:
+          ValueError: if it is empty, misses a class, has labels that are not integers in
+            `[0, num_classes)`, non-finite inputs, inputs that do not fit the backbone, or fewer
+            examples than `meta_batch_size`.
+        """
+        x, y = _meta_arrays(meta_data)
+        if y.ndim == 2 and y.shape[-1] == 1:
+            y = y[:, 0]
+        _check_meta_arrays(x, y, self.num_classes, self.meta_batch_size, self.backbone)
+        self._meta_x = ops.convert_to_tensor(x)
+        self._meta_y = ops.convert_to_tensor(y.astype("int32"))
+
+    @property
+    def num_meta(self):
+        """The number of examples in the meta set (0 if none is set)."""
+        return 0 if self._meta_y is None else int(self._meta_y.shape[0])
+
+    def _next_meta_batch(self):
+        """The next meta batch: epoch-style sampling without replacement."""
+        n, b = self.num_meta, self.meta_batch_size
+        cursor, epoch = backend.read_values([self.meta_cursor, self.meta_epoch])
+        wrap = cursor + b > n
+        epoch = ops.where(wrap, epoch + 1, epoch)
+        start = ops.where(wrap, 0, cursor)
+        permutation = backend.stateless_permutation(
+            n, ops.stack([ops.cast(self.seed, "int32"), epoch])
+        )
+        indices = ops.take(permutation, start + ops.arange(b, dtype="int32"))
+        self.meta_epoch.assign(epoch)
+        self.meta_cursor.assign(start + b)
+        x = ops.take(self._meta_x, indices, axis=0)
+        y = ops.take(self._meta_y, indices, axis=0)
+        if self.meta_augmentation is not None:
+            x = self.meta_augmentation(x, training=True)
+        return x, y
+
+    # ----------------------------------------------------------------------------------------
+    # Keras plumbing
+
+    def call(self, inputs, training=False):
+        return self.backbone(inputs, training=training)
+
+    def compile(self, optimizer="sgd", weight_net_optimizer=None, loss=None, metrics=None, **kwargs):
+        """Configures training: `optimizer` for the backbone, an optional weight-net optimizer.
+
+        The backbone optimizer's current learning rate is also the virtual step's `α_t`.
+        `weight_net_optimizer` defaults to `TorchAdam(weight_net_lr, l2=weight_net_l2)`.
+        Other arguments (`jit_compile`, `run_eagerly`, `steps_per_execution`) go to Keras.
+
+        Raises:
+          ValueError: if `loss` or `metrics` are given (the step defines both).
+        """
+        if loss is not None or metrics:
+            raise ValueError(
+                "GDWModel computes its own loss (cross-entropy with learned weights) and "
+                "metrics; call compile() without loss= and metrics=."
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+        if weight_net_optimizer is not None:
+            self.weight_net_optimizer = keras.optimizers.get(weight_net_optimizer)
+        self.optimizer.build(self.backbone.trainable_variables)
+        self.weight_net_optimizer.build(self.weight_net.trainable_variables)
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def _labels(self, y):
+        return ops.cast(ops.reshape(y, (-1,)), "int32")
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if sample_weight is not None:
+            raise ValueError("GDWModel learns its own example weights; sample_weight is not supported.")
+        if self.method != "ce" and self._meta_x is None:
+            raise ValueError(
+                f"method={self.method!r} needs a clean meta set: pass meta_data= to GDWModel or "
+                "call model.set_meta_data((x_meta, y_meta)) before fit()."
+            )
+        y = self._labels(y)
+        trainable = backend.read_values(self.backbone.trainable_variables)
+        non_trainable = backend.read_values(self.backbone.non_trainable_variables)
+
+        # Forward pass at θ (its VJP serves every backbone gradient of the step).
+        fwd = step_lib.forward(
+            self.method, self.backbone, trainable, non_trainable, x, y, self.num_classes
+        )
+
+        # Meta-gradients, and the weight-net update.
+        meta = None
+        if self.method != "ce":
+            x_meta, y_meta = self._next_meta_batch()
+            meta = step_lib.meta_gradient(
+                self.method,
+                fwd,
+                self.backbone,
+                self.weight_net,
+                trainable,
+                non_trainable,
+                backend.read_values(self.weight_net.trainable_variables),
+                x,
+                x_meta,
+                y_meta,
+                self.optimizer.learning_rate,
+                self.num_classes,
+                self.meta_grad,
+            )
+            if meta.weight_net_grads is not None:
+                self.weight_net_optimizer.apply(
+                    meta.weight_net_grads, self.weight_net.trainable_variables
+                )
+
+        # Real step: G(ω¹) + l2 θ, with weights from the updated weight net.
+        real = step_lib.real_gradient(
+            self.method,
+            fwd,
+            meta,
+            self.weight_net,
+            backend.read_values(self.weight_net.trainable_variables),
+            self.outer_lr,
+            self.clip,
+        )
+        grads = [g + self.l2 * t for g, t in zip(real.grads, trainable)]
+        self.optimizer.apply(grads, self.backbone.trainable_variables)
+        for variable, value in zip(self.backbone.non_trainable_variables, fwd.non_trainable):
+            variable.assign(value)
+
+        # Metrics.
+        t = self._trackers
+        t["train/loss"].update_state(fwd.per_example_loss)
+        t["train/accuracy"].update_state(_correct(fwd.logits, y))
+        if meta is not None:
+            t["meta/loss"].update_state(meta.meta_loss)
+            t["weights/instance_mean"].update_state(real.instance_weights)
+        if real.class_weights is not None:
+            t["weights/labelled_mean"].update_state(
+                ops.sum(real.class_weights * fwd.onehot, axis=-1)
+            )
+            t["weights/other_mean"].update_state(real.class_weights, sample_weight=1.0 - fwd.onehot)
+        return {
+            name: tracker.result() for name, tracker in t.items() if name not in _TEST_METRICS
+        }
+
+    def test_step(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        y = self._labels(y)
+        logits = self(x, training=False)
+        onehot = ops.one_hot(y, self.num_classes, dtype=logits.dtype)
+        self._trackers["loss"].update_state(weighting.per_example_cross_entropy(logits, onehot))
+        self._trackers["accuracy"].update_state(_correct(logits, y))
+        return {name: self._trackers[name].result() for name in _TEST_METRICS}
+
+    def get_config(self):
+        meta_augmentation = self.meta_augmentation
+        if meta_augmentation is not None:
+            meta_augmentation = keras.saving.serialize_keras_object(meta_augmentation)
+        return {
+            "name": self.name,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "num_classes": self.num_classes,
+            "method": self.method,
+            "meta_batch_size": self.meta_batch_size,
+            "outer_lr": self.outer_lr,
+            "clip": self.clip,
+            "weight_net_hidden": self.weight_net_hidden,
+            "weight_net_lr": self.weight_net_lr,
+            "weight_net_l2": self.weight_net_l2,
+            "l2": self.l2,
+            "meta_grad": self.meta_grad,
+            "meta_augmentation": meta_augmentation,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        if config.get("meta_augmentation") is not None:
+            config["meta_augmentation"] = keras.saving.deserialize_keras_object(
+                config["meta_augmentation"]
+            )
+        return cls(**config)
+
+
+def _correct(logits, labels):
+    return ops.cast(ops.equal(ops.argmax(logits, axis=-1), ops.cast(labels, "int64")), "float32")
+
+
+def _check_arguments(backbone, num_classes, method, meta_batch_size, outer_lr, clip, l2, meta_grad):
+    if method not in step_lib.METHODS:
+        raise ValueError(f"method must be one of {step_lib.METHODS}; got {method!r}.")
+    if meta_grad not in step_lib.META_GRADIENTS:
+        raise ValueError(f"meta_grad must be one of {step_lib.META_GRADIENTS}; got {meta_grad!r}.")
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer ≥ 2; got {num_classes!r}.")
+    if not isinstance(meta_batch_size, (int, np.integer)) or meta_batch_size < 1:
+        raise ValueError(f"meta_batch_size must be a positive integer; got {meta_batch_size!r}.")
+    for name, value in (("outer_lr", outer_lr), ("l2", l2)):
+        if not value >= 0:
+            raise ValueError(f"{name} must be ≥ 0; got {value!r}.")
+    if not clip > 0:
+        raise ValueError(f"clip must be > 0; got {clip!r}.")
+    if not isinstance(backbone, keras.Model) or not backbone.built:
+        raise ValueError(
+            "backbone must be a built keras.Model (a functional model, or call it on a batch "
+            "first) mapping inputs to logits."
+        )
+    output_shape = tuple(backbone.outputs[0].shape) if hasattr(backbone, "outputs") and backbone.outputs else None
+    if output_shape is not None and (len(output_shape) != 2 or output_shape[-1] != num_classes):
+        raise ValueError(
+            f"the backbone's output has shape {output_shape}, but num_classes={num_classes}: "
+            f"its last layer must give {num_classes} logits per example."
+        )
+
+
+def _meta_arrays(meta_data):
+    """`(x, y)` NumPy arrays from a tuple of arrays or a `tf.data.Dataset` of `(x, y)`."""
+    if isinstance(meta_data, (tuple, list)) and len(meta_data) == 2:
+        return np.asarray(meta_data[0]), np.asarray(meta_data[1])
+    if hasattr(meta_data, "as_numpy_iterator"):
+        xs, ys = [], []
+        for element in meta_data.as_numpy_iterator():
+            if not (isinstance(element, tuple) and len(element) == 2):
+                raise ValueError("the meta dataset must yield (x, y) pairs.")
+            xs.append(element[0])
+            ys.append(element[1])
+        if not ys:
+            raise ValueError("the meta set is empty: give at least one example of every class.")
+        if np.ndim(ys[0]) == 0:
+            return np.stack(xs), np.stack(ys)
+        return np.concatenate(xs), np.concatenate(ys)
+    raise ValueError(
+        "meta_data must be a tuple (x_meta, y_meta) of arrays or a tf.data.Dataset of (x, y); "
+        f"got {type(meta_data).__name__}."
+    )
+
+
+def _check_meta_arrays(x, y, num_classes, meta_batch_size, backbone):
+    if len(y) == 0:
+        raise ValueError("the meta set is empty: give at least one example of every class.")
+    if y.ndim != 1 or len(x) != len(y):
+        raise ValueError(
+            f"meta labels must be one integer per example; got x of {len(x)} examples and y "
+            f"of shape {y.shape}."
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise ValueError("meta labels must be integer class indices.")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(
+            f"meta labels must lie in [0, {num_classes}); found {int(y.min())}..{int(y.max())}."
+        )
+    missing = sorted(set(range(num_classes)) - set(np.unique(y).astype(int).tolist()))
+    if missing:
+        raise ValueError(
+            f"the meta set has no example of class(es) {missing[:10]}; it must be clean and "
+            "cover every class (gdw_tf.data.balanced_meta_subset builds one)."
+        )
+    if len(y) < meta_batch_size:
+        raise ValueError(
+            f"meta_batch_size={meta_batch_size} exceeds the meta set's {len(y)} examples."
+        )
+    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+        raise ValueError("the meta inputs contain NaN or infinite values.")
+    expected = tuple(backbone.inputs[0].shape[1:]) if getattr(backbone, "inputs", None) else None
+    if expected is not None and len(expected) != x.ndim - 1:
+        raise ValueError(
+            f"meta inputs have shape {x.shape[1:]} per example; the backbone expects {expected}."
+        )

@@ -1,0 +1,287 @@
+"""One training step of GDW, MW-Net, L2RW or cross-entropy, as pure functions.
+
+`forward` runs step 1 of `GDW_SPEC.md` (the training forward, with a VJP that later steps reuse);
+`meta_gradient` runs steps 2–5 (stage-1 weights, virtual step, meta loss, intermediate gradients)
+and returns the gradients of the meta loss with respect to the stage-1 weights and to the weight
+net; `real_gradient` runs steps 7–8 (stage-2 weights and the backbone gradient). Between the two
+the caller updates the weight net (step 6). All are pure functions of (weights, batch, meta batch): nothing is assigned and no model is copied; the
+backbone runs on substitute weights through `stateless_call`.
+
+The intermediate gradients `g = ∂L_meta/∂ω` come from one of two formulations:
+
+- `"jvp"` (default): `u = ∇_{θ'} L_meta`, then `g = −(α/B) · e ⊙ (J_θ z · u)` with one forward-mode
+  JVP of the training logits. No second-order backprop.
+- `"nested"`: differentiate the meta loss through the virtual update itself (double backprop), as
+  the reference code does with `create_graph=True`. Kept for checking.
+
+Where this departs from the reference code (GGchen1997/GDW-NIPS2021) and why:
+
+- One forward pass of the training batch serves both VJPs `G(ω⁰)` and `G(ω¹)` and the real step;
+  the reference runs the batch forward three times and rebuilds a model copy twice per step. The
+  numbers are the same: the passes run at the same `θ` on the same batch.
+- BatchNorm moving statistics move once per step (from that shared forward). The virtual and meta
+  passes leave them alone; in the reference they update throw-away copies.
+- MW-Net and L2RW use the exact softmax gradient; the reference's MW-Net path reuses GDW's `p`
+  clipped at 0.999.
+- Stage 2 takes a zero step when `Σ|g| = 0` instead of dividing by zero.
+- L2RW is not in the reference; it follows Ren et al. (2018) on the same machinery.
+"""
+
+from typing import Any, Callable, NamedTuple, Optional
+
+from keras import ops
+
+from gdw_tf import backend
+from gdw_tf import weighting
+
+METHODS = ("gdw", "mwnet", "l2rw", "ce")
+META_GRADIENTS = ("jvp", "nested")
+
+
+class Forward(NamedTuple):
+    """Step 1: the training forward at `θ`, shared by every backbone gradient of the step.
+
+    Attributes:
+      logits: `[B, C]` training logits at `θ`.
+      non_trainable: the backbone's non-trainable values after the forward (BatchNorm moving
+        statistics moved once).
+      onehot: `[B, C]` one-hot given labels.
+      p, e: `[B, C]` softmax (clipped at 0.999 for GDW) and `e = p − onehot`, constants.
+      per_example_loss: `[B]` cross-entropy `ℓ_i` against the given labels, a constant.
+      vjp_fn: `cotangent [B, C] -> list of ∂/∂θ`; `vjp_fn(ω ⊙ e / B)` is `G(ω)`.
+    """
+
+    logits: Any
+    non_trainable: Any
+    onehot: Any
+    p: Any
+    e: Any
+    per_example_loss: Any
+    vjp_fn: Callable
+
+
+class MetaGradient(NamedTuple):
+    """What `meta_gradient` computes beyond the forward pass.
+
+    Attributes:
+      instance_weights: `[B]` the weight net's `v_i = V_φ(ℓ_i)` (zeros for L2RW).
+      weights: the stage-1 weights that enter the virtual step: `ω⁰ [B, C]` for GDW, `v [B]` for
+        MW-Net, zeros `[B]` for L2RW.
+      dmeta_dweights: `∂L_meta/∂weights`, shaped like `weights`.
+      weight_net_grads: `∂L_meta/∂φ`, a list shaped like the weight net's trainable variables
+        (`None` for L2RW).
+      meta_loss: scalar meta loss at the virtual weights `θ'`.
+    """
+
+    instance_weights: Any
+    weights: Any
+    dmeta_dweights: Any
+    weight_net_grads: Optional[list]
+    meta_loss: Any
+
+
+class RealGradient(NamedTuple):
+    """What `real_gradient` computes.
+
+    Attributes:
+      grads: the backbone gradient of the real step, `G(ω¹)` for GDW (no L2 term).
+      instance_weights: `[B]` weights of the real step (MW-Net: from the updated weight net;
+        L2RW: `B · w_i` so that 1 is the average; GDW: the stage-1 `v_i`; CE: ones).
+      class_weights: `[B, C]` `ω¹` for GDW, else `None`.
+    """
+
+    grads: list
+    instance_weights: Any
+    class_weights: Any
+
+
+def _mean_cross_entropy(logits, labels, num_classes):
+    onehot = ops.one_hot(labels, num_classes, dtype=logits.dtype)
+    return ops.mean(weighting.per_example_cross_entropy(logits, onehot))
+
+
+def forward(method, backbone, trainable, non_trainable, x, y, num_classes):
+    """Step 1: the training forward at `θ` (training mode), with its VJP; a `Forward`."""
+
+    def logits_fn(params):
+        return backbone.stateless_call(params, non_trainable, x, training=True)
+
+    logits, new_non_trainable, vjp_fn = backend.vjp(logits_fn, trainable)
+    logits_const = ops.stop_gradient(logits)
+    onehot = ops.one_hot(y, num_classes, dtype=logits.dtype)
+    p_max = weighting.P_MAX if method == "gdw" else None
+    p, e = weighting.softmax_error(logits_const, onehot, p_max)
+    return Forward(
+        logits=logits,
+        non_trainable=new_non_trainable,
+        onehot=onehot,
+        p=p,
+        e=e,
+        per_example_loss=weighting.per_example_cross_entropy(logits_const, onehot),
+        vjp_fn=vjp_fn,
+    )
+
+
+def weight_net_output(weight_net, weight_net_trainable, per_example_loss):
+    """`v_i = V_φ(ℓ_i)` with the weight net on substitute weights; `[B]`."""
+    out, _ = weight_net.stateless_call(
+        weight_net_trainable,
+        backend.read_values(weight_net.non_trainable_variables),
+        ops.expand_dims(per_example_loss, -1),
+    )
+    return ops.squeeze(out, -1)
+
+
+def meta_gradient(
+    method,
+    fwd,
+    backbone,
+    weight_net,
+    trainable,
+    non_trainable,
+    weight_net_trainable,
+    x,
+    x_meta,
+    y_meta,
+    learning_rate,
+    num_classes,
+    meta_grad="jvp",
+):
+    """Steps 2–5 of a GDW (or MW-Net, L2RW) step: the meta-gradients, as a pure function.
+
+    Args:
+      method: "gdw", "mwnet" or "l2rw".
+      fwd: the step's `Forward` (from `forward` on the same batch and weights).
+      backbone: the classifier (a built `keras.Model`, inputs → logits).
+      weight_net: the MW-Net MLP `1 → hidden → 1` (unused by L2RW).
+      trainable, non_trainable: values of the backbone's trainable and non-trainable variables.
+      weight_net_trainable: values of the weight net's trainable variables.
+      x: the training inputs of `fwd`.
+      x_meta, y_meta: clean meta batch.
+      learning_rate: `α_t`, the backbone's current learning rate (the virtual step's).
+      num_classes: `C`.
+      meta_grad: "jvp" or "nested" (see the module docstring).
+
+    Returns:
+      A `MetaGradient`.
+    """
+    if method not in ("gdw", "mwnet", "l2rw"):
+        raise ValueError(f"meta_gradient needs method gdw, mwnet or l2rw; got {method!r}.")
+    if meta_grad not in META_GRADIENTS:
+        raise ValueError(f"meta_grad must be one of {META_GRADIENTS}; got {meta_grad!r}.")
+    dtype = fwd.logits.dtype
+    batch_size = ops.cast(ops.shape(fwd.logits)[0], dtype)
+
+    # 2. Stage-1 weights as a function of φ, so that the meta-gradient reaches the weight net.
+    def stage1(phi):
+        v = weight_net_output(weight_net, phi, fwd.per_example_loss)
+        if method == "gdw":
+            omega = ops.broadcast_to(ops.expand_dims(v, -1), ops.shape(fwd.e))
+            return weighting.zero_mean_constraint(omega, fwd.p, fwd.onehot), v
+        return v, v
+
+    if method == "l2rw":
+        # L2RW: weights start at 0, so θ' = θ; α scales every score alike and is set to 1.
+        weights = ops.zeros_like(fwd.per_example_loss)
+        instance_weights = weights
+        virtual_lr = ops.cast(1.0, dtype)
+    else:
+        weights, instance_weights, stage1_vjp = backend.vjp(stage1, weight_net_trainable)
+        virtual_lr = ops.cast(learning_rate, dtype)
+
+    # The virtual step's logit cotangent: G(weights) = fwd.vjp_fn(cotangent).
+    if method == "gdw":
+        cotangent = weights * fwd.e / batch_size
+    else:
+        cotangent = ops.expand_dims(weights, -1) * fwd.e / batch_size
+
+    def meta_loss_fn(params):
+        meta_logits = training_logits(backbone, params, non_trainable, x_meta)
+        return _mean_cross_entropy(meta_logits, y_meta, num_classes), ()
+
+    # 3–5. Virtual step θ' = θ − α G, meta loss at θ', and ∂L_meta/∂cotangent = −α J_θ z · u.
+    if meta_grad == "nested":
+        meta_loss, dmeta_dcotangent = backend.nested_meta_gradient(
+            fwd.vjp_fn, cotangent, virtual_lr, trainable, meta_loss_fn
+        )
+    else:
+        if method == "l2rw":
+            virtual = trainable
+        else:
+            grads = fwd.vjp_fn(cotangent)
+            virtual = [t - virtual_lr * g for t, g in zip(trainable, grads)]
+        meta_loss, _, meta_grads = backend.value_and_grad(meta_loss_fn, virtual)
+        _, logits_jvp = backend.jvp(
+            lambda params: training_logits(backbone, params, non_trainable, x),
+            trainable,
+            meta_grads,
+        )
+        dmeta_dcotangent = -virtual_lr * logits_jvp
+
+    # Chain rule through cotangent = weights ⊙ e / B.
+    dmeta_domega = dmeta_dcotangent * fwd.e / batch_size
+    if method == "gdw":
+        dmeta_dweights = dmeta_domega
+    else:
+        dmeta_dweights = ops.sum(dmeta_domega, axis=-1)
+
+    # 6 (gradient only). ∂L_meta/∂φ = Σ g ∂weights/∂φ, through the zero-mean constraint for GDW.
+    weight_net_grads = None if method == "l2rw" else stage1_vjp(dmeta_dweights)
+
+    return MetaGradient(
+        instance_weights=instance_weights,
+        weights=weights,
+        dmeta_dweights=dmeta_dweights,
+        weight_net_grads=weight_net_grads,
+        meta_loss=meta_loss,
+    )
+
+
+def training_logits(backbone, params, non_trainable, x):
+    """Training-mode logits on substitute weights, BatchNorm statistics discarded."""
+    logits, _ = backbone.stateless_call(params, non_trainable, x, training=True)
+    return logits
+
+
+def real_gradient(
+    method, fwd, meta=None, weight_net=None, weight_net_trainable=None, outer_lr=None, clip=None
+):
+    """Steps 7–8: the real step's weights and backbone gradient (without the L2 term).
+
+    Args:
+      method: "gdw", "mwnet", "l2rw" or "ce".
+      fwd: the step's `Forward`.
+      meta: the step's `MetaGradient` (not for CE).
+      weight_net, weight_net_trainable: MW-Net only: the weight net and its *updated* weights.
+      outer_lr, clip: GDW only: the stage-2 step's `β` and `c`.
+
+    Returns:
+      A `RealGradient`.
+    """
+    batch_size = ops.cast(ops.shape(fwd.e)[0], fwd.e.dtype)
+    class_weights = None
+    if method == "gdw":
+        class_weights = weighting.stage2_update(
+            meta.weights, meta.dmeta_dweights, outer_lr, clip, fwd.p, fwd.onehot
+        )
+        instance_weights = meta.instance_weights
+        cotangent = class_weights * fwd.e / batch_size
+    elif method == "mwnet":
+        instance_weights = weight_net_output(
+            weight_net, weight_net_trainable, fwd.per_example_loss
+        )
+        cotangent = ops.expand_dims(instance_weights, -1) * fwd.e / batch_size
+    elif method == "l2rw":
+        normalised = weighting.l2rw_weights(-meta.dmeta_dweights)
+        instance_weights = normalised * batch_size
+        cotangent = ops.expand_dims(normalised, -1) * fwd.e
+    elif method == "ce":
+        instance_weights = ops.ones_like(fwd.per_example_loss)
+        cotangent = fwd.e / batch_size
+    else:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
+    return RealGradient(
+        grads=fwd.vjp_fn(ops.stop_gradient(cotangent)),
+        instance_weights=ops.stop_gradient(instance_weights),
+        class_weights=class_weights,
+    )
