@@ -55,10 +55,11 @@ class TorchAdam(keras.optimizers.Optimizer):
         lr = ops.cast(learning_rate, dtype)
         gradient = ops.cast(gradient, dtype)
         if self.l2:
-            gradient = gradient + ops.cast(self.l2, dtype) * variable
+            gradient = gradient + self.l2 * variable
+        # Python floats go straight to `dtype` (a cast would round them through float32).
         step = ops.cast(self.iterations + 1, dtype)
-        correction_1 = 1.0 - ops.power(ops.cast(self.beta_1, dtype), step)
-        correction_2 = 1.0 - ops.power(ops.cast(self.beta_2, dtype), step)
+        correction_1 = 1.0 - ops.power(ops.convert_to_tensor(self.beta_1, dtype), step)
+        correction_2 = 1.0 - ops.power(ops.convert_to_tensor(self.beta_2, dtype), step)
         m = self._momentums[self._get_variable_index(variable)]
         v = self._velocities[self._get_variable_index(variable)]
         self.assign(m, self.beta_1 * m + (1.0 - self.beta_1) * gradient)

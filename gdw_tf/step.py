@@ -95,6 +95,13 @@ class RealGradient(NamedTuple):
     class_weights: Any
 
 
+def _as_dtype(value, dtype):
+    """A scalar in `dtype`; Python numbers are converted exactly, not through float32."""
+    if isinstance(value, (int, float)):
+        return ops.convert_to_tensor(value, dtype=dtype)
+    return ops.cast(value, dtype)
+
+
 def _mean_cross_entropy(logits, labels, num_classes):
     onehot = ops.one_hot(labels, num_classes, dtype=logits.dtype)
     return ops.mean(weighting.per_example_cross_entropy(logits, onehot))
@@ -187,7 +194,7 @@ def meta_gradient(
         virtual_lr = ops.cast(1.0, dtype)
     else:
         weights, instance_weights, stage1_vjp = backend.vjp(stage1, weight_net_trainable)
-        virtual_lr = ops.cast(learning_rate, dtype)
+        virtual_lr = _as_dtype(learning_rate, dtype)
 
     # The virtual step's logit cotangent: G(weights) = fwd.vjp_fn(cotangent).
     if method == "gdw":

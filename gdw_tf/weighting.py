@@ -31,7 +31,7 @@ def softmax_error(logits, onehot, p_max=None):
     """
     p = ops.softmax(logits, axis=-1)
     if p_max is not None:
-        p = ops.minimum(p, ops.cast(p_max, p.dtype))
+        p = ops.minimum(p, ops.convert_to_tensor(p_max, dtype=p.dtype))
     return p, p - onehot
 
 
@@ -101,11 +101,3 @@ def l2rw_weights(scores):
     safe_total = ops.where(total > 0, total, ops.ones_like(total))
     return ops.where(total > 0, positive / safe_total, ops.zeros_like(positive))
 
-
-def labelled_and_other_means(omega, onehot):
-    """Mean class-level weight on the labelled class, and on all the other classes."""
-    num_examples = ops.cast(ops.shape(omega)[0], omega.dtype)
-    num_classes = ops.cast(ops.shape(omega)[1], omega.dtype)
-    labelled = ops.sum(omega * onehot) / num_examples
-    other = ops.sum(omega * (1.0 - onehot)) / (num_examples * (num_classes - 1.0))
-    return labelled, other

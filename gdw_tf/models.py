@@ -1,0 +1,191 @@
+"""Backbones: the reference ResNet-32 for CIFAR, a small CNN and an MLP.
+
+All models are functional `keras.Model`s that take normalised float32 images and return
+logits (no softmax). They hold no normalisation layer, so the training pipeline and an
+exported serving model can each put normalisation where they need it.
+
+`resnet32` follows the reference code's ResNet-32 (the CIFAR ResNet of He et al. 2016, as
+written for Meta-Weight-Net and GDW) layer for layer:
+
+- 3x3 convolutions without bias, BatchNorm with PyTorch's defaults (Keras momentum 0.9 is
+  PyTorch momentum 0.1; epsilon 1e-5);
+- the stride-2 convolutions pad one pixel on every side, as PyTorch's `padding=1` does, instead
+  of Keras' `"same"` (which pads only bottom/right for an even input). Only then does output
+  pixel `i` sit over input pixel `2i`, the pixel the option-A shortcut keeps;
+- the parameter-free option-A shortcut (`x[:, ::2, ::2]`, channels zero-padded by `planes // 4`
+  on each side) as a registered layer, so the model saves and loads as a `.keras` file;
+- Kaiming-normal kernels as `torch.nn.init.kaiming_normal_` draws them (fan-in, gain sqrt(2),
+  untruncated: Keras' `he_normal` is truncated), and the classifier bias left at PyTorch's
+  default `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`.
+
+One difference we keep: Keras updates the BatchNorm moving variance with the biased batch
+variance, PyTorch with the unbiased one; with 100x32x32 values per channel this is a 1e-5
+relative difference in the statistics used at test time.
+"""
+
+import math
+
+import keras
+
+
+def kaiming_normal():
+    """The initializer of `torch.nn.init.kaiming_normal_` with its defaults."""
+    return keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
+
+
+def _batch_norm(name):
+    """BatchNorm with PyTorch's defaults (momentum 0.1 in PyTorch's convention)."""
+    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+
+
+def _conv3x3(x, filters, stride, name):
+    """3x3 convolution without bias, padded by one pixel on every side as in PyTorch."""
+    if stride != 1:
+        x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
+    return keras.layers.Conv2D(
+        filters,
+        3,
+        strides=stride,
+        padding="same" if stride == 1 else "valid",
+        use_bias=False,
+        kernel_initializer=kaiming_normal(),
+        name=name,
+    )(x)
+
+
+@keras.saving.register_keras_serializable(package="gdw_tf")
+class OptionAShortcut(keras.layers.Layer):
+    """ResNet "option A" shortcut: keep every other pixel, zero-pad channels on both sides.
+
+    Args:
+        pad_channels: zero channels added before and after the input's channels.
+    """
+
+    def __init__(self, pad_channels, **kwargs):
+        super().__init__(**kwargs)
+        self.pad_channels = pad_channels
+
+    def call(self, inputs):
+        subsampled = inputs[:, ::2, ::2, :]
+        padding = [[0, 0], [0, 0], [0, 0], [self.pad_channels, self.pad_channels]]
+        return keras.ops.pad(subsampled, padding)
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        return (
+            batch,
+            None if height is None else (height + 1) // 2,
+            None if width is None else (width + 1) // 2,
+            None if channels is None else channels + 2 * self.pad_channels,
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "pad_channels": self.pad_channels}
+
+
+def _basic_block(x, planes, stride, name):
+    """conv3x3-BN-ReLU-conv3x3-BN, plus the (option-A) shortcut, then ReLU."""
+    out = _conv3x3(x, planes, stride, f"{name}_conv1")
+    out = _batch_norm(f"{name}_bn1")(out)
+    out = keras.layers.ReLU(name=f"{name}_relu1")(out)
+    out = _conv3x3(out, planes, 1, f"{name}_conv2")
+    out = _batch_norm(f"{name}_bn2")(out)
+    if stride != 1 or x.shape[-1] != planes:
+        x = OptionAShortcut(planes // 4, name=f"{name}_shortcut")(x)
+    out = keras.layers.Add(name=f"{name}_add")([out, x])
+    return keras.layers.ReLU(name=f"{name}_relu2")(out)
+
+
+def resnet32(input_shape=(32, 32, 3), num_classes=10):
+    """ResNet-32 for CIFAR: 3 stages x 5 basic blocks, 16/32/64 channels, option-A shortcuts.
+
+    Args:
+        input_shape: (height, width, channels) of the normalised images.
+        num_classes: number of logits.
+
+    Returns:
+        A functional `keras.Model` from images to logits (464,154 trainable parameters for
+        10 classes).
+    """
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = _conv3x3(inputs, 16, 1, "stem_conv")
+    x = _batch_norm("stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    for stage, planes in enumerate((16, 32, 64), start=1):
+        for block in range(1, 6):
+            stride = 2 if stage > 1 and block == 1 else 1
+            x = _basic_block(x, planes, stride, f"stage{stage}_block{block}")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    bias_bound = 1.0 / math.sqrt(x.shape[-1])
+    logits = keras.layers.Dense(
+        num_classes,
+        kernel_initializer=kaiming_normal(),
+        bias_initializer=keras.initializers.RandomUniform(-bias_bound, bias_bound),
+        name="logits",
+    )(x)
+    return keras.Model(inputs, logits, name="resnet32")
+
+
+def small_cnn(input_shape, num_classes):
+    """A small CNN for 28x28 images: two conv-BN-ReLU-maxpool blocks (32, 64), then logits.
+
+    Args:
+        input_shape: (height, width, channels) of the normalised images.
+        num_classes: number of logits.
+
+    Returns:
+        A functional `keras.Model` from images to logits.
+    """
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for block, filters in enumerate((32, 64), start=1):
+        x = keras.layers.Conv2D(
+            filters,
+            3,
+            padding="same",
+            use_bias=False,
+            kernel_initializer=kaiming_normal(),
+            name=f"block{block}_conv",
+        )(x)
+        x = _batch_norm(f"block{block}_bn")(x)
+        x = keras.layers.ReLU(name=f"block{block}_relu")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    logits = keras.layers.Dense(num_classes, kernel_initializer=kaiming_normal(), name="logits")(x)
+    return keras.Model(inputs, logits, name="small_cnn")
+
+
+def mlp(input_shape, num_classes, hidden=(64,)):
+    """A multilayer perceptron: flatten, ReLU hidden layers, then logits.
+
+    Args:
+        input_shape: shape of one input example.
+        num_classes: number of logits.
+        hidden: width of each hidden layer.
+
+    Returns:
+        A functional `keras.Model` from inputs to logits.
+    """
+    inputs = keras.Input(shape=input_shape, name="features")
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    for layer, width in enumerate(hidden, start=1):
+        x = keras.layers.Dense(
+            width, activation="relu", kernel_initializer=kaiming_normal(), name=f"hidden{layer}"
+        )(x)
+    logits = keras.layers.Dense(num_classes, kernel_initializer=kaiming_normal(), name="logits")(x)
+    return keras.Model(inputs, logits, name="mlp")
+
+
+def build_model(name, input_shape, num_classes):
+    """Builds the backbone called `name` (one of `MODEL_NAMES`).
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"Unknown model {name!r}; expected one of {MODEL_NAMES}.")
+    return _BUILDERS[name](input_shape=tuple(input_shape), num_classes=num_classes)
+
+
+_BUILDERS = {"resnet32": resnet32, "small_cnn": small_cnn, "mlp": mlp}
+MODEL_NAMES = tuple(_BUILDERS)

@@ -1,0 +1,377 @@
+"""Tests of the data protocol: noise models, long tail, split, loaders and input pipeline."""
+
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from gdw_tf import data
+
+C = 10
+
+
+def balanced_labels(per_class, num_classes=C, seed=0):
+    """`per_class` labels of each class, shuffled."""
+    return np.random.default_rng(seed).permutation(np.repeat(np.arange(num_classes), per_class))
+
+
+# --------------------------------------------------------------------------------------------
+# Noise models
+
+
+def test_uniform_and_symmetric_matrices_match_their_definitions():
+    r = 0.4
+    uniform = data.noise_transition_matrix("uniform", r, C, np.random.default_rng(0))
+    symmetric = data.noise_transition_matrix("symmetric", r, C, np.random.default_rng(0))
+    for k in range(C):
+        for j in range(C):
+            assert uniform[k, j] == pytest.approx(r / C + (1 - r) * (k == j))
+            assert symmetric[k, j] == pytest.approx(1 - r if k == j else r / (C - 1))
+
+
+def test_pair_matrix_moves_each_class_to_the_next():
+    matrix = data.noise_transition_matrix("pair", 0.3, C, np.random.default_rng(0))
+    expected = 0.7 * np.eye(C)
+    for k in range(C):
+        expected[k, (k + 1) % C] = 0.3
+    np.testing.assert_allclose(matrix, expected)
+
+
+def test_flip_has_one_other_target_per_class_drawn_from_the_seed():
+    def targets(seed):
+        matrix = data.noise_transition_matrix("flip", 0.4, C, np.random.default_rng(seed))
+        np.testing.assert_allclose(np.diag(matrix), 0.6)
+        np.testing.assert_allclose(matrix.sum(axis=1), 1.0)
+        off_diagonal = matrix - np.diag(np.diag(matrix))
+        assert ((off_diagonal > 0).sum(axis=1) == 1).all()
+        return off_diagonal.argmax(axis=1)
+
+    assert (targets(0) != np.arange(C)).all()
+    np.testing.assert_array_equal(targets(0), targets(0))
+    assert len({tuple(targets(seed)) for seed in range(5)}) == 5
+
+
+def test_none_is_the_identity():
+    np.testing.assert_array_equal(
+        data.noise_transition_matrix("none", 0.4, C, np.random.default_rng(0)), np.eye(C))
+
+
+@pytest.mark.parametrize(
+    "noise, expected_rate",
+    [("none", 0.0), ("uniform", 0.4 * (C - 1) / C), ("symmetric", 0.4), ("flip", 0.4),
+     ("pair", 0.4)],
+)
+def test_corruption_statistics_on_60k_labels(noise, expected_rate):
+    labels = balanced_labels(6000)
+    noisy, matrix = data.corrupt_labels(labels, noise, 0.4, C, seed=3)
+    # 6000 labels per row: an entry's standard error is at most 0.0065.
+    assert data.realised_noise_rate(labels, noisy) == pytest.approx(expected_rate, abs=0.01)
+    np.testing.assert_allclose(data.empirical_transition_matrix(labels, noisy, C), matrix,
+                               atol=0.03)
+    again, _ = data.corrupt_labels(labels, noise, 0.4, C, seed=3)
+    np.testing.assert_array_equal(noisy, again)
+
+
+def test_empirical_transition_matrix_counts_pairs():
+    true = np.array([0, 0, 0, 1, 1, 2])
+    noisy = np.array([0, 1, 1, 1, 1, 0])
+    expected = [[1 / 3, 2 / 3, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    np.testing.assert_allclose(data.empirical_transition_matrix(true, noisy, 4), expected)
+    assert data.realised_noise_rate(true, noisy) == pytest.approx(3 / 6)
+
+
+@pytest.mark.parametrize("noise, ratio", [("gaussian", 0.2), ("uniform", 1.5), ("flip", -0.1)])
+def test_bad_noise_arguments_raise(noise, ratio):
+    with pytest.raises(ValueError):
+        data.corrupt_labels(balanced_labels(2), noise, ratio, C, seed=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Long tail and split
+
+
+def test_long_tail_counts_are_cifar10_lt():
+    # CIFAR-10-LT with imbalance 100, as published (Cao et al. 2019, LDAM).
+    expected = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    np.testing.assert_array_equal(data.long_tail_counts(5000, 100, C), expected)
+    np.testing.assert_array_equal(data.long_tail_counts(5000, 1, C), [5000] * C)
+
+
+def test_split_long_tail_subsamples_by_true_class():
+    labels = balanced_labels(5100)
+    split = data.make_split(labels, C, num_meta=1000, noise="uniform", ratio=0.4,
+                            imbalance=100, seed=0)
+    expected = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    np.testing.assert_array_equal(np.bincount(split.train_true_labels, minlength=C), expected)
+    assert (np.bincount(split.train_noisy_labels, minlength=C) != expected).any()
+    np.testing.assert_array_equal(np.bincount(split.meta_labels, minlength=C), [100] * C)
+
+
+def test_split_is_disjoint_balanced_and_consistent():
+    labels = balanced_labels(300)
+    split = data.make_split(labels, C, num_meta=100, noise="symmetric", ratio=0.5,
+                            imbalance=1, seed=7)
+    assert np.intersect1d(split.meta_indices, split.train_indices).size == 0
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate([split.meta_indices, split.train_indices])), np.arange(len(labels)))
+    np.testing.assert_array_equal(split.meta_labels, labels[split.meta_indices])
+    np.testing.assert_array_equal(np.bincount(split.meta_labels, minlength=C), [10] * C)
+    np.testing.assert_array_equal(split.train_true_labels, labels[split.train_indices])
+    np.testing.assert_array_equal(split.train_corrupted,
+                                  split.train_true_labels != split.train_noisy_labels)
+    assert split.realised_noise_rate == pytest.approx(split.train_corrupted.mean())
+    assert split.realised_noise_rate == pytest.approx(0.5, abs=0.05)
+    np.testing.assert_allclose(split.empirical_transition_matrix,
+                               data.empirical_transition_matrix(split.train_true_labels,
+                                                                split.train_noisy_labels, C))
+
+
+def test_split_is_determined_by_the_seed():
+    labels = balanced_labels(100)
+    first, same, other = (data.make_split(labels, C, 50, "flip", 0.4, 10, seed)
+                          for seed in (1, 1, 2))
+    for name in ("meta_indices", "train_indices", "train_noisy_labels", "transition_matrix"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(same, name))
+    assert not np.array_equal(first.meta_indices, other.meta_indices)
+    assert not np.array_equal(first.transition_matrix, other.transition_matrix)
+
+
+def test_split_round_trips_through_npz(tmp_path):
+    split = data.make_split(balanced_labels(40), C, 20, "pair", 0.3, 5, seed=4)
+    path = os.path.join(tmp_path, "split.npz")
+    split.save(path)
+    loaded = data.Split.load(path)
+    for field, value in vars(split).items():
+        np.testing.assert_array_equal(getattr(loaded, field), value)
+        assert type(getattr(loaded, field)) is type(value)
+    np.savez(os.path.join(tmp_path, "other.npz"), meta_indices=split.meta_indices)
+    with pytest.raises(ValueError, match="lacks"):
+        data.Split.load(os.path.join(tmp_path, "other.npz"))
+
+
+def test_split_rejects_too_small_classes_and_bad_meta_sizes():
+    labels = balanced_labels(20)
+    labels = np.concatenate([labels[labels != 4], [4, 4, 4]])
+    with pytest.raises(ValueError, match=r"Class 4 has 3 examples, fewer than the 5"):
+        data.make_split(labels, C, 50, "none", 0.0, 1, seed=0)
+    with pytest.raises(ValueError, match="multiple"):
+        data.make_split(balanced_labels(20), C, 55, "none", 0.0, 1, seed=0)
+    with pytest.raises(ValueError, match="multiple"):
+        data.make_split(balanced_labels(20), C, 0, "none", 0.0, 1, seed=0)
+    with pytest.raises(ValueError, match=">= 1"):
+        data.make_split(balanced_labels(20), C, 10, "none", 0.0, 0.5, seed=0)
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        data.make_split(balanced_labels(20) + 1, C, 10, "none", 0.0, 1, seed=0)
+
+
+def test_balanced_meta_subset():
+    y = balanced_labels(30)
+    x = np.arange(len(y))  # Each example names its own position.
+    x_meta, y_meta = data.balanced_meta_subset(x, y, C, per_class=5, seed=0)
+    np.testing.assert_array_equal(np.bincount(y_meta, minlength=C), [5] * C)
+    np.testing.assert_array_equal(y[x_meta], y_meta)
+    assert len(set(x_meta)) == 5 * C
+    with pytest.raises(ValueError, match=r"Class \d has 30 examples, fewer than the 31"):
+        data.balanced_meta_subset(x, y, C, per_class=31, seed=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def write_idx(path, array):
+    """Writes a uint8 array as a gzip-compressed idx file."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as file:
+        file.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_fake_fashion_mnist(directory, n_train=12, n_test=6):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.integers(0, 256, (n_train, 28, 28)),
+        "y_train": rng.integers(0, 10, n_train),
+        "x_test": rng.integers(0, 256, (n_test, 28, 28)),
+        "y_test": rng.integers(0, 10, n_test),
+    }
+    for key, name in data.FASHION_MNIST_FILES.items():
+        write_idx(os.path.join(directory, name), arrays[key])
+    return arrays
+
+
+def test_read_idx_round_trip_and_corrupt_files(tmp_path):
+    array = np.arange(2 * 3 * 5).reshape(2, 3, 5).astype(np.uint8)
+    path = os.path.join(tmp_path, "a-idx3-ubyte.gz")
+    write_idx(path, array)
+    np.testing.assert_array_equal(data.read_idx(path), array)
+
+    with gzip.open(path, "rb") as file:
+        content = file.read()
+    truncated = os.path.join(tmp_path, "truncated.gz")
+    with gzip.open(truncated, "wb") as file:
+        file.write(content[:-4])
+    with pytest.raises(ValueError, match="truncated.gz.*truncated"):
+        data.read_idx(truncated)
+
+    bad_magic = os.path.join(tmp_path, "magic.gz")
+    with gzip.open(bad_magic, "wb") as file:
+        file.write(b"\x01\x02" + content[2:])
+    with pytest.raises(ValueError, match="magic.gz.*magic"):
+        data.read_idx(bad_magic)
+
+    not_gzip = os.path.join(tmp_path, "garbage.gz")
+    with open(not_gzip, "wb") as file:
+        file.write(b"this is not gzip data")
+    with pytest.raises(ValueError, match="garbage.gz"):
+        data.read_idx(not_gzip)
+
+    cut_stream = os.path.join(tmp_path, "cut.gz")
+    with open(path, "rb") as source, open(cut_stream, "wb") as file:
+        file.write(source.read()[:-10])
+    with pytest.raises(ValueError, match="cut.gz"):
+        data.read_idx(cut_stream)
+
+
+def test_fashion_mnist_from_data_dir(tmp_path):
+    arrays = write_fake_fashion_mnist(tmp_path)
+    x_train, y_train, x_test, y_test, num_classes = data.load_dataset("fashion_mnist",
+                                                                      str(tmp_path))
+    assert num_classes == 10
+    assert x_train.shape == (12, 28, 28, 1) and x_train.dtype == np.uint8
+    assert x_test.shape == (6, 28, 28, 1) and y_test.dtype == np.int64
+    np.testing.assert_array_equal(x_train[..., 0], arrays["x_train"])
+    np.testing.assert_array_equal(y_train, arrays["y_train"])
+
+
+def test_fashion_mnist_missing_everywhere_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "debian"))
+
+    def offline(name, data_dir):
+        raise ValueError("offline")
+
+    monkeypatch.setattr(data, "_load_tfds", offline)
+    with pytest.raises(ValueError, match="dataset-fashion-mnist") as error:
+        data.load_dataset("fashion_mnist", str(tmp_path / "mine"))
+    for directory in ("mine", os.path.join("datasets", "fashion-mnist"), "debian"):
+        assert directory in str(error.value)
+
+
+@pytest.mark.skipif(
+    not os.path.isfile(os.path.join(data.DEBIAN_FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz")),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
+def test_real_fashion_mnist_from_the_debian_package():
+    x_train, y_train, x_test, y_test, num_classes = data.load_fashion_mnist_idx(
+        data.DEBIAN_FASHION_MNIST_DIR)
+    assert x_train.shape == (60000, 28, 28, 1) and x_test.shape == (10000, 28, 28, 1)
+    np.testing.assert_array_equal(np.bincount(y_train), [6000] * 10)
+    np.testing.assert_array_equal(np.bincount(y_test), [1000] * 10)
+
+
+def test_tfds_loading_with_mock_data():
+    with tfds.testing.mock_data(num_examples=12):
+        x_train, y_train, x_test, y_test, num_classes = data.load_dataset("cifar10")
+        mnist = data.load_dataset("mnist")
+    assert num_classes == 10
+    assert x_train.shape == (12, 32, 32, 3) and x_train.dtype == np.uint8
+    assert y_train.dtype == np.int64 and ((0 <= y_train) & (y_train < 10)).all()
+    assert x_test.shape == (12, 32, 32, 3)
+    assert mnist.x_train.shape == (12, 28, 28, 1)
+
+
+def test_unknown_or_unsuitable_datasets_raise():
+    with pytest.raises(ValueError, match="Unknown dataset"):
+        data.load_dataset("no_such_dataset_anywhere")
+    with pytest.raises(ValueError, match="image-classification"):
+        data.load_dataset("imdb_reviews")
+
+
+# --------------------------------------------------------------------------------------------
+# Input pipeline
+
+
+def test_normalization_stats():
+    mean, std = data.normalization_stats("cifar100", None)
+    np.testing.assert_allclose(mean * 255, [125.3, 123.0, 113.9])
+    np.testing.assert_allclose(std * 255, [63.0, 62.1, 66.7])
+    x = np.random.default_rng(0).integers(0, 256, (20, 5, 5, 2), dtype=np.uint8)
+    mean, std = data.normalization_stats("svhn_cropped", x)
+    np.testing.assert_allclose(mean, (x / 255).mean(axis=(0, 1, 2)))
+    np.testing.assert_allclose(std, (x / 255).std(axis=(0, 1, 2)))
+
+
+def test_random_crop_and_flip_is_a_window_of_the_reflected_image():
+    image = np.arange(6 * 6 * 2).reshape(6, 6, 2).astype(np.uint8)
+    padded = np.pad(image, [(2, 2), (2, 2), (0, 0)], mode="reflect")
+    windows = [padded[i:i + 6, j:j + 6] for i in range(5) for j in range(5)]
+    windows += [w[:, ::-1] for w in windows]
+    seen = set()
+    for seed in range(40):
+        out = data.random_crop_and_flip(image, np.array([seed, 0]), padding=2).numpy()
+        assert out.shape == image.shape and out.dtype == np.uint8
+        matches = [i for i, w in enumerate(windows) if np.array_equal(out, w)]
+        assert matches
+        seen.add(matches[0])
+    assert len(seen) > 10  # crops and flips actually vary
+
+
+def test_train_dataset_shapes_normalisation_and_indices():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 50)
+    mean, std = data.normalization_stats("other", x)
+    plain = data.train_dataset(x, y, 16, seed=0, augment=False, mean=mean, std=std,
+                               with_index=True)
+    batches = list(plain)
+    assert [len(b[0]) for b in batches] == [16, 16, 16, 2]
+    images = np.concatenate([b[0] for b in batches])
+    positions = np.concatenate([b[2] for b in batches])
+    np.testing.assert_array_equal(np.sort(positions), np.arange(50))
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), y[positions])
+    np.testing.assert_allclose(images, (x[positions] / 255 - mean) / std, atol=1e-5)
+    np.testing.assert_allclose(images.mean(axis=(0, 1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose(images.std(axis=(0, 1, 2)), 1, atol=1e-4)
+
+    augmented = data.train_dataset(x, y, 16, seed=0, augment=True, mean=mean, std=std,
+                                   drop_remainder=True)
+    batches = list(augmented)
+    assert len(batches) == 3
+    assert batches[0][0].shape == (16, 32, 32, 3) and batches[0][0].dtype == "float32"
+
+
+def test_train_dataset_is_seeded_and_reshuffles_each_epoch():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (20, 8, 8, 1), dtype=np.uint8)
+    y = np.arange(20)
+
+    def epochs(seed):
+        dataset = data.train_dataset(x, y, 20, seed, augment=True, mean=[0.5], std=[0.25])
+        return [next(iter(dataset)) for _ in range(2)]
+
+    (first_x, first_y), (second_x, second_y) = epochs(1)
+    (again_x, again_y), _ = epochs(1)
+    (other_x, other_y), _ = epochs(2)
+    np.testing.assert_array_equal(first_x, again_x)
+    np.testing.assert_array_equal(first_y, again_y)
+    assert not np.array_equal(first_y, second_y)
+    assert not np.array_equal(first_y, other_y)
+
+
+def test_augmentation_is_drawn_anew_each_epoch():
+    x = np.random.default_rng(0).integers(0, 256, (1, 8, 8, 1), dtype=np.uint8)
+    dataset = data.train_dataset(x, [0], 1, seed=0, augment=True, mean=[0.5], std=[0.25])
+    views = {next(iter(dataset))[0].numpy().tobytes() for _ in range(6)}
+    assert len(views) > 1
+
+
+def test_eval_dataset_keeps_order():
+    x = np.random.default_rng(0).integers(0, 256, (7, 4, 4, 1), dtype=np.uint8)
+    batches = list(data.eval_dataset(x, np.arange(7), 3, mean=[0.5], std=[0.5]))
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), np.arange(7))
+    np.testing.assert_allclose(np.concatenate([b[0] for b in batches]), (x / 255 - 0.5) / 0.5,
+                               atol=1e-6)

@@ -1,0 +1,105 @@
+"""Tests of the backbones: ResNet-32's exact architecture, serialisation, the small models."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from gdw_tf import models
+
+
+def resnet32_parameter_counts(num_classes):
+    """(trainable, non-trainable) parameters of ResNet-32, counted from its description."""
+    convs = [(3, 16)]  # (in, out) channels of every 3x3 convolution, stem first
+    in_planes = 16
+    for planes in (16, 32, 64):
+        for _ in range(5):
+            convs += [(in_planes, planes), (planes, planes)]
+            in_planes = planes
+    conv_weights = sum(3 * 3 * c_in * c_out for c_in, c_out in convs)
+    bn_channels = sum(c_out for _, c_out in convs)  # one BatchNorm after every convolution
+    dense = 64 * num_classes + num_classes
+    return conv_weights + 2 * bn_channels + dense, 2 * bn_channels
+
+
+def test_resnet32_has_the_canonical_parameter_count():
+    model = models.resnet32()
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    non_trainable = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
+    assert (trainable, non_trainable) == resnet32_parameter_counts(10)
+    assert trainable == 464_154
+    assert model.count_params() == 464_154 + 2_272
+    assert len([l for l in model.layers if isinstance(l, keras.layers.Conv2D)]) == 31
+    assert models.resnet32(num_classes=100).count_params() == 464_154 + 2_272 + 64 * 90 + 90
+
+
+def test_resnet32_layers_use_pytorch_defaults():
+    model = models.resnet32()
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            assert layer.momentum == 0.9 and layer.epsilon == 1e-5
+        if isinstance(layer, keras.layers.Conv2D):
+            assert not layer.use_bias
+    # Kaiming normal, fan-in, untruncated: std sqrt(2 / fan_in), tails beyond 2 std.
+    kernel = model.get_layer("stage3_block5_conv2").kernel.numpy()
+    expected_std = np.sqrt(2 / (3 * 3 * 64))
+    assert kernel.std() == pytest.approx(expected_std, rel=0.03)
+    assert np.abs(kernel).max() > 3 * expected_std
+    bias = model.get_layer("logits").bias.numpy()
+    assert 0 < np.abs(bias).max() <= 1 / 8
+
+
+def test_stride2_convolution_is_centred_on_the_shortcut_pixels():
+    # With a centre-tap identity kernel, PyTorch's symmetric padding gives exactly
+    # x[:, ::2, ::2]: the pixels the option-A shortcut keeps.
+    model = models.resnet32()
+    pad = model.get_layer("stage2_block1_conv1_pad")
+    conv = model.get_layer("stage2_block1_conv1")
+    kernel = np.zeros(conv.kernel.shape, np.float32)
+    kernel[1, 1, np.arange(16), np.arange(16)] = 1.0
+    conv.kernel.assign(kernel)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 16)).astype(np.float32)
+    out = conv(pad(x)).numpy()
+    assert out.shape == (2, 16, 16, 32)
+    np.testing.assert_allclose(out[..., :16], x[:, ::2, ::2, :], atol=1e-6)
+    np.testing.assert_array_equal(out[..., 16:], 0.0)
+
+
+def test_option_a_shortcut():
+    x = np.random.default_rng(0).normal(size=(2, 7, 8, 16)).astype(np.float32)
+    layer = models.OptionAShortcut(8)
+    expected = np.pad(x[:, ::2, ::2, :], [(0, 0), (0, 0), (0, 0), (8, 8)])
+    np.testing.assert_array_equal(layer(x).numpy(), expected)
+    assert layer.compute_output_shape((None, 7, 8, 16)) == (None, 4, 4, 32)
+    assert not layer.weights
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # Keras' own
+def test_resnet32_keras_file_round_trip(tmp_path):
+    model = models.resnet32(num_classes=10)
+    x = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
+    path = os.path.join(tmp_path, "resnet32.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.count_params() == model.count_params()
+    np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), atol=1e-5)
+
+
+def test_small_cnn_and_mlp():
+    cnn = models.build_model("small_cnn", (28, 28, 1), 10)
+    # conv 3x3x1x32, BN 4x32, conv 3x3x32x64, BN 4x64, dense (7*7*64)x10 + 10
+    assert cnn.count_params() == 288 + 128 + 18432 + 256 + 31370
+    x = np.zeros((4, 28, 28, 1), np.float32)
+    assert cnn(x).shape == (4, 10)
+    net = models.build_model("mlp", (5,), 3)
+    assert net.count_params() == 5 * 64 + 64 + 64 * 3 + 3
+    assert net(np.ones((2, 5), np.float32)).shape == (2, 3)
+    assert models.mlp((4,), 2, hidden=(8, 6)).count_params() == (4 * 8 + 8) + (8 * 6 + 6) + 14
+
+
+def test_build_model_dispatch():
+    assert models.build_model("resnet32", (32, 32, 3), 10).name == "resnet32"
+    assert set(models.MODEL_NAMES) == {"resnet32", "small_cnn", "mlp"}
+    with pytest.raises(ValueError, match="Unknown model 'resnet18'"):
+        models.build_model("resnet18", (32, 32, 3), 10)
