@@ -87,6 +87,12 @@ class GDWModel(keras.Model):
       meta_augmentation: optional Keras layer applied to each meta batch in training mode (the
         reference augments meta images like training images).
       seed: seed of the meta-batch order.
+      track_examples: if set to the number `N` of training examples, `fit` takes
+        `(x, y, index)` batches (`index` in `[0, N)`, e.g. `gdw_tf.data.train_dataset(...,
+        with_index=True)`), and the model keeps each example's most recent weights in
+        `example_weights` (instance weight of the real step) and `example_label_weights` (GDW: `ω¹`
+        on the given label; other methods: the instance weight). After an epoch in which every
+        example is seen once, these are the weights of that epoch: low values flag suspicious labels.
       **kwargs: `keras.Model` arguments (name, ...).
 
     Raises:
@@ -110,6 +116,7 @@ class GDWModel(keras.Model):
         meta_grad="jvp",
         meta_augmentation=None,
         seed=0,
+        track_examples=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -129,6 +136,7 @@ class GDWModel(keras.Model):
         self.meta_grad = meta_grad
         self.meta_augmentation = meta_augmentation
         self.seed = int(seed)
+        self.track_examples = None if track_examples is None else int(track_examples)
 
         self.weight_net = build_weight_net(self.weight_net_hidden)
         self.weight_net_optimizer = TorchAdam(self.weight_net_lr, l2=self.weight_net_l2)
@@ -141,6 +149,16 @@ class GDWModel(keras.Model):
         self.meta_cursor = self.add_variable(
             (), initializer="zeros", dtype="int32", trainable=False, name="meta_cursor"
         )
+        if self.track_examples is not None:
+            if self.track_examples < 1:
+                raise ValueError(f"track_examples must be a positive integer; got {track_examples!r}.")
+            self.example_weights = self.add_variable(
+                (self.track_examples,), initializer="zeros", trainable=False, name="example_weights"
+            )
+            self.example_label_weights = self.add_variable(
+                (self.track_examples,), initializer="zeros", trainable=False,
+                name="example_label_weights",
+            )
         self._meta_x = None
         self._meta_y = None
         if meta_data is not None:
@@ -231,9 +249,12 @@ class GDWModel(keras.Model):
         return ops.cast(ops.reshape(y, (-1,)), "int32")
 
     def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if sample_weight is not None:
-            raise ValueError("GDWModel learns its own example weights; sample_weight is not supported.")
+        x, y, index = keras.utils.unpack_x_y_sample_weight(data)
+        if (index is None) != (self.track_examples is None):
+            raise ValueError(
+                "GDWModel learns its own example weights and takes no sample_weight; a third "
+                "element (x, y, index) is the example index, used only with track_examples=N."
+            )
         if self.method != "ce" and self._meta_x is None:
             raise ValueError(
                 f"method={self.method!r} needs a clean meta set: pass meta_data= to GDWModel or "
@@ -287,7 +308,19 @@ class GDWModel(keras.Model):
         for variable, value in zip(self.backbone.non_trainable_variables, fwd.non_trainable):
             variable.assign(value)
 
-        # Metrics.
+        # Per-example weights and metrics.
+        if index is not None:
+            index = ops.expand_dims(ops.cast(ops.reshape(index, (-1,)), "int32"), -1)
+            label_weights = real.instance_weights
+            if real.class_weights is not None:
+                label_weights = ops.sum(real.class_weights * fwd.onehot, axis=-1)
+            for variable, values in (
+                (self.example_weights, real.instance_weights),
+                (self.example_label_weights, label_weights),
+            ):
+                variable.assign(
+                    ops.scatter_update(variable, index, ops.cast(values, variable.dtype))
+                )
         t = self._trackers
         t["train/loss"].update_state(fwd.per_example_loss)
         t["train/accuracy"].update_state(_correct(fwd.logits, y))
@@ -331,6 +364,7 @@ class GDWModel(keras.Model):
             "meta_grad": self.meta_grad,
             "meta_augmentation": meta_augmentation,
             "seed": self.seed,
+            "track_examples": self.track_examples,
         }
 
     @classmethod
