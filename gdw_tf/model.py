@@ -55,6 +55,27 @@ def build_weight_net(hidden=100, dtype=None):
     return keras.Model(inputs, output_layer(hidden_layer(inputs)), name="weight_net")
 
 
+def _mix(x):
+    """A bijective hash of uint32 values (C. Wellons' "lowbias32")."""
+    x = ops.bitwise_xor(x, ops.right_shift(x, 16))
+    x = ops.multiply(x, ops.convert_to_tensor(0x7FEB352D, "uint32"))
+    x = ops.bitwise_xor(x, ops.right_shift(x, 15))
+    x = ops.multiply(x, ops.convert_to_tensor(0x846CA68B, "uint32"))
+    return ops.bitwise_xor(x, ops.right_shift(x, 16))
+
+
+def seeded_permutation(n, seed, epoch):
+    """A permutation of `range(n)` that depends only on `(seed, epoch)`.
+
+    Integer arithmetic only, so it is the same eagerly, in graph mode and under XLA (TF's
+    stateless random ops are not: XLA draws other numbers from the same seed). The hash is a
+    bijection, so the sort keys are distinct and the permutation has no ties.
+    """
+    key = _mix(ops.bitwise_xor(_mix(ops.cast(seed, "uint32")), ops.cast(epoch, "uint32")))
+    indices = ops.cast(ops.arange(n, dtype="int32"), "uint32")  # XLA has no uint32 range
+    return ops.cast(ops.argsort(ops.cast(_mix(ops.bitwise_xor(indices, key)), "int64")), "int32")
+
+
 _TRAIN_METRICS = ("train/loss", "train/accuracy")
 _META_METRICS = ("meta/loss", "weights/instance_mean")
 _GDW_METRICS = ("weights/labelled_mean", "weights/other_mean")
@@ -141,8 +162,9 @@ class GDWModel(keras.Model):
         self.weight_net = build_weight_net(self.weight_net_hidden)
         self.weight_net_optimizer = TorchAdam(self.weight_net_lr, l2=self.weight_net_l2)
 
-        # Meta-batch order: pass `meta_epoch` over the meta set is the permutation drawn from
-        # (seed, meta_epoch); `meta_cursor` is the position in it. Checkpointed with the model.
+        # Meta-batch order: pass `meta_epoch` over the meta set follows
+        # `seeded_permutation(num_meta, seed, meta_epoch)`; `meta_cursor` is the position in it.
+        # Both are checkpointed with the model.
         self.meta_epoch = self.add_variable(
             (), initializer="zeros", dtype="int32", trainable=False, name="meta_epoch"
         )
@@ -202,9 +224,7 @@ class GDWModel(keras.Model):
         wrap = cursor + b > n
         epoch = ops.where(wrap, epoch + 1, epoch)
         start = ops.where(wrap, 0, cursor)
-        permutation = backend.stateless_permutation(
-            n, ops.stack([ops.cast(self.seed, "int32"), epoch])
-        )
+        permutation = seeded_permutation(n, self.seed, epoch)
         indices = ops.take(permutation, start + ops.arange(b, dtype="int32"))
         self.meta_epoch.assign(epoch)
         self.meta_cursor.assign(start + b)
@@ -240,6 +260,22 @@ class GDWModel(keras.Model):
             self.weight_net_optimizer = keras.optimizers.get(weight_net_optimizer)
         self.optimizer.build(self.backbone.trainable_variables)
         self.weight_net_optimizer.build(self.weight_net.trainable_variables)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`; NumPy training data is checked first (labels, values, rank).
+
+        A `tf.data.Dataset` is not read ahead of training; check such data yourself.
+
+        Raises:
+          ValueError: for labels that are not integers in `[0, num_classes)`, NaN or infinite
+            inputs, or inputs whose rank does not fit the backbone.
+        """
+        if isinstance(x, np.ndarray) and y is not None and not hasattr(y, "as_numpy_iterator"):
+            labels = np.asarray(y)
+            if labels.ndim == 2 and labels.shape[-1] == 1:
+                labels = labels[:, 0]
+            _check_examples(x, labels, self.num_classes, self.backbone, "training")
+        return super().fit(x, y, *args, **kwargs)
 
     @property
     def metrics(self):
@@ -431,21 +467,36 @@ def _meta_arrays(meta_data):
     )
 
 
-def _check_meta_arrays(x, y, num_classes, meta_batch_size, backbone):
+def _check_examples(x, y, num_classes, backbone, what):
+    """Checks labelled examples: integer labels in range, finite inputs of the right rank."""
     if len(y) == 0:
-        raise ValueError("the meta set is empty: give at least one example of every class.")
+        raise ValueError(f"the {what} set is empty: give at least one example of every class.")
     if y.ndim != 1 or len(x) != len(y):
         raise ValueError(
-            f"meta labels must be one integer per example; got x of {len(x)} examples and y "
+            f"{what} labels must be one integer per example; got x of {len(x)} examples and y "
             f"of shape {y.shape}."
         )
     if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            raise ValueError("meta labels must be integer class indices.")
+        if not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)) or not np.all(
+            y == np.round(y)
+        ):
+            raise ValueError(f"{what} labels must be integer class indices; got dtype {y.dtype}.")
     if y.min() < 0 or y.max() >= num_classes:
         raise ValueError(
-            f"meta labels must lie in [0, {num_classes}); found {int(y.min())}..{int(y.max())}."
+            f"{what} labels must lie in [0, {num_classes}) (num_classes={num_classes}); found "
+            f"labels from {int(y.min())} to {int(y.max())}."
         )
+    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+        raise ValueError(f"the {what} inputs contain NaN or infinite values; clean them first.")
+    expected = tuple(backbone.inputs[0].shape[1:]) if getattr(backbone, "inputs", None) else None
+    if expected is not None and len(expected) != x.ndim - 1:
+        raise ValueError(
+            f"{what} inputs have shape {x.shape[1:]} per example; the backbone expects {expected}."
+        )
+
+
+def _check_meta_arrays(x, y, num_classes, meta_batch_size, backbone):
+    _check_examples(x, y, num_classes, backbone, "meta")
     missing = sorted(set(range(num_classes)) - set(np.unique(y).astype(int).tolist()))
     if missing:
         raise ValueError(
@@ -455,11 +506,4 @@ def _check_meta_arrays(x, y, num_classes, meta_batch_size, backbone):
     if len(y) < meta_batch_size:
         raise ValueError(
             f"meta_batch_size={meta_batch_size} exceeds the meta set's {len(y)} examples."
-        )
-    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
-        raise ValueError("the meta inputs contain NaN or infinite values.")
-    expected = tuple(backbone.inputs[0].shape[1:]) if getattr(backbone, "inputs", None) else None
-    if expected is not None and len(expected) != x.ndim - 1:
-        raise ValueError(
-            f"meta inputs have shape {x.shape[1:]} per example; the backbone expects {expected}."
         )

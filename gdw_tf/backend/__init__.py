@@ -1,4 +1,4 @@
-"""The backend-specific part of a GDW step: automatic differentiation, reading variables and a seeded permutation.
+"""The backend-specific part of a GDW step: automatic differentiation and reading variables.
 
 Everything else (the weighting arithmetic, the step, the model) is written once with `keras.ops`.
 This mirrors Keras' own layout, where a small trainer per backend sits under shared logic.
@@ -10,7 +10,6 @@ if keras.backend.backend() == "tensorflow":
     from gdw_tf.backend.tensorflow import jvp
     from gdw_tf.backend.tensorflow import nested_meta_gradient
     from gdw_tf.backend.tensorflow import read_values
-    from gdw_tf.backend.tensorflow import stateless_permutation
     from gdw_tf.backend.tensorflow import value_and_grad
     from gdw_tf.backend.tensorflow import vjp
 else:
@@ -18,4 +17,4 @@ else:
         f"gdw_tf supports the TensorFlow backend; KERAS_BACKEND={keras.backend.backend()!r}."
     )
 
-__all__ = ["jvp", "nested_meta_gradient", "read_values", "stateless_permutation", "value_and_grad", "vjp"]
+__all__ = ["jvp", "nested_meta_gradient", "read_values", "value_and_grad", "vjp"]

@@ -62,11 +62,6 @@ def nested_meta_gradient(vjp_fn, cotangent, learning_rate, params, meta_loss_fn)
     return meta_loss, tape.gradient(meta_loss, cotangent, unconnected_gradients=_ZERO)
 
 
-def stateless_permutation(n, seed):
-    """A permutation of `range(n)` that depends only on the int32 pair `seed`."""
-    return tf.argsort(tf.random.stateless_uniform([n], seed=seed))
-
-
 def read_values(variables):
     """The current values of Keras variables, as tensors (not variables) to differentiate at."""
     return [tf.identity(v.value) for v in variables]
