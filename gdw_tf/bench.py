@@ -1,0 +1,149 @@
+"""Per-step time and memory of CE, L2RW, MW-Net and GDW, measured in one process.
+
+    python -m gdw_tf.bench --model=resnet32 --batch_size=100 --steps=20 [--jit_compile=...] [--json]
+
+Each method trains the same backbone on random data through `GDWModel`'s compiled train
+function (what `fit` runs). Time: median over `--steps` steps after `--warmup` steps.
+Memory: the allocator's peak during the timed steps minus what was allocated before them
+(`tf.config.experimental.get_memory_info`), i.e. what one step needs on top of the model.
+With `--json` the last line printed is one JSON object.
+"""
+
+import json
+import platform
+import statistics
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app
+from absl import flags
+
+import gdw_tf
+from gdw_tf import models
+from gdw_tf import step as step_lib
+
+
+def define_flags():
+    """Defines the benchmark's flags."""
+    flags.DEFINE_enum("model", "resnet32", list(models.MODEL_NAMES), "Backbone to time.")
+    flags.DEFINE_integer("batch_size", 100, "Training and meta batch size.", lower_bound=1)
+    flags.DEFINE_integer("steps", 20, "Timed steps per method.", lower_bound=1)
+    flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, compilation).", lower_bound=1)
+    flags.DEFINE_list("methods", list(step_lib.METHODS[::-1]), "Methods to time, in order.")
+    flags.DEFINE_enum("meta_grad", "jvp", list(step_lib.META_GRADIENTS), "Meta-gradient formulation.")
+    flags.DEFINE_enum(
+        "jit_compile", "auto", ["auto", "true", "false"], "XLA; auto: on when a GPU is visible."
+    )
+    flags.DEFINE_integer("num_classes", 10, "Classes.", lower_bound=2)
+    flags.DEFINE_bool("json", False, "End with one JSON line of the figures.")
+
+
+def _device():
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return "GPU:0", tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+    return "CPU:0", f"CPU ({platform.processor() or platform.machine()}, {len(_cpus())} cores)"
+
+
+def _cpus():
+    try:
+        import os
+
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return [0]
+
+
+def time_method(method, model_name, batch_size, num_classes, steps, warmup, jit_compile, meta_grad, device):
+    """Times one method's train step; returns `(median ms per step, peak step memory in MB)`."""
+    keras.utils.set_random_seed(0)
+    input_shape = (32, 32, 3) if model_name == "resnet32" else (28, 28, 1)
+    backbone = models.build_model(model_name, input_shape, num_classes)
+    rng = np.random.default_rng(0)
+    meta_x = rng.normal(size=(batch_size * 2, *input_shape)).astype("float32")
+    meta_y = np.arange(batch_size * 2) % num_classes
+    model = gdw_tf.GDWModel(
+        backbone, num_classes, method=method, meta_data=(meta_x, meta_y),
+        meta_batch_size=batch_size, meta_grad=meta_grad,
+    )
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=jit_compile)
+    x = rng.normal(size=(batch_size, *input_shape)).astype("float32")
+    y = rng.integers(0, num_classes, batch_size)
+    iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+    model.make_train_function()
+    train_function = model.train_function
+    for _ in range(warmup):
+        float(train_function(iterator)["train/loss"])
+    before = tf.config.experimental.get_memory_info(device)["current"]
+    tf.config.experimental.reset_memory_stats(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        float(train_function(iterator)["train/loss"])  # fetching a value waits for the step
+        times.append(time.perf_counter() - start)
+    peak = tf.config.experimental.get_memory_info(device)["peak"] - before
+    return 1000 * statistics.median(times), peak / 2**20
+
+
+def run(model_name, batch_size, num_classes, steps, warmup, methods, jit_compile, meta_grad):
+    """Benchmarks each method; returns the figures as a dict."""
+    device, device_name = _device()
+    if jit_compile == "auto":
+        jit_compile = device.startswith("GPU")
+    else:
+        jit_compile = jit_compile == "true"
+    ms, memory = {}, {}
+    for method in methods:
+        ms[method], memory[method] = time_method(
+            method, model_name, batch_size, num_classes, steps, warmup, jit_compile, meta_grad, device
+        )
+    return {
+        "device": device_name,
+        "model": model_name,
+        "batch_size": batch_size,
+        "jit_compile": jit_compile,
+        "meta_grad": meta_grad,
+        "tensorflow": tf.__version__,
+        "ms_per_step": ms,
+        "peak_memory_mb": memory,
+    }
+
+
+def format_table(result):
+    """The figures as a text table, with ratios to CE and MW-Net where those were timed."""
+    ms, memory = result["ms_per_step"], result["peak_memory_mb"]
+    lines = [
+        f"{result['model']}, batch {result['batch_size']}, {result['device']}, "
+        f"jit_compile={result['jit_compile']}, meta_grad={result['meta_grad']}",
+        f"{'method':<8}{'ms/step':>10}{'× CE':>8}{'× MW-Net':>10}{'peak MB':>10}{'× CE':>8}",
+    ]
+    for method in ms:
+        ratio_ce = f"{ms[method] / ms['ce']:.2f}" if "ce" in ms else "-"
+        ratio_mw = f"{ms[method] / ms['mwnet']:.2f}" if "mwnet" in ms else "-"
+        mem_ce = f"{memory[method] / memory['ce']:.2f}" if "ce" in memory and memory["ce"] else "-"
+        lines.append(
+            f"{method:<8}{ms[method]:>10.1f}{ratio_ce:>8}{ratio_mw:>10}{memory[method]:>10.1f}{mem_ce:>8}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    config = flags.FLAGS
+    unknown = sorted(set(config.methods) - set(step_lib.METHODS))
+    if unknown:
+        raise app.UsageError(f"unknown method(s) {unknown}; choose from {list(step_lib.METHODS)}.")
+    result = run(
+        config.model, config.batch_size, config.num_classes, config.steps, config.warmup,
+        config.methods, config.jit_compile, config.meta_grad,
+    )
+    print(format_table(result))
+    if config.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
