@@ -11,7 +11,7 @@ import tensorflow as tf  # noqa: E402
 
 # Deterministic kernels and no TF32 on GPUs, so float comparisons mean something.
 tf.config.experimental.enable_op_determinism()
-tf.config.experimental.enable_tensor_float32_execution(False)
+tf.config.experimental.enable_tensor_float_32_execution(False)
 
 
 @pytest.fixture(autouse=True)
