@@ -264,12 +264,18 @@ class GDWModel(keras.Model):
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`; NumPy training data is checked first (labels, values, rank).
 
-        A `tf.data.Dataset` is not read ahead of training; check such data yourself.
+        A `tf.data.Dataset` is not read ahead of training: a label outside `[0, num_classes)`
+        there stops the first step that meets it (graph and eager mode; XLA drops the check).
 
         Raises:
           ValueError: for labels that are not integers in `[0, num_classes)`, NaN or infinite
             inputs, or inputs whose rank does not fit the backbone.
         """
+        if kwargs.get("sample_weight") is not None or kwargs.get("class_weight") is not None:
+            raise ValueError(
+                "GDWModel learns its own example weights: fit() takes no sample_weight or "
+                "class_weight (with track_examples=N, give (x, y, index) batches instead)."
+            )
         if isinstance(x, np.ndarray) and y is not None and not hasattr(y, "as_numpy_iterator"):
             labels = np.asarray(y)
             if labels.ndim == 2 and labels.shape[-1] == 1:
@@ -277,12 +283,29 @@ class GDWModel(keras.Model):
             _check_examples(x, labels, self.num_classes, self.backbone, "training")
         return super().fit(x, y, *args, **kwargs)
 
+    def get_compile_config(self):
+        config = super().get_compile_config() or {}
+        config["weight_net_optimizer"] = keras.saving.serialize_keras_object(
+            self.weight_net_optimizer
+        )
+        return config
+
+    def compile_from_config(self, config):
+        """Recompiles a loaded model with both saved optimizers, before their variables load."""
+        config = dict(config)
+        for key in ("optimizer", "weight_net_optimizer"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        for key in ("loss", "metrics", "weighted_metrics", "loss_weights"):
+            config.pop(key, None)
+        self.compile(**config)
+
     @property
     def metrics(self):
         return list(self._trackers.values())
 
     def _labels(self, y):
-        return ops.cast(ops.reshape(y, (-1,)), "int32")
+        return backend.checked_labels(ops.cast(ops.reshape(y, (-1,)), "int32"), self.num_classes)
 
     def train_step(self, data):
         x, y, index = keras.utils.unpack_x_y_sample_weight(data)
@@ -489,7 +512,10 @@ def _check_examples(x, y, num_classes, backbone, what):
     if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
         raise ValueError(f"the {what} inputs contain NaN or infinite values; clean them first.")
     expected = tuple(backbone.inputs[0].shape[1:]) if getattr(backbone, "inputs", None) else None
-    if expected is not None and len(expected) != x.ndim - 1:
+    if expected is not None and (
+        len(expected) != x.ndim - 1
+        or any(e is not None and e != a for e, a in zip(expected, x.shape[1:]))
+    ):
         raise ValueError(
             f"{what} inputs have shape {x.shape[1:]} per example; the backbone expects {expected}."
         )

@@ -7,6 +7,7 @@ This mirrors Keras' own layout, where a small trainer per backend sits under sha
 import keras
 
 if keras.backend.backend() == "tensorflow":
+    from gdw_tf.backend.tensorflow import checked_labels
     from gdw_tf.backend.tensorflow import jvp
     from gdw_tf.backend.tensorflow import nested_meta_gradient
     from gdw_tf.backend.tensorflow import read_values
@@ -17,4 +18,4 @@ else:
         f"gdw_tf supports the TensorFlow backend; KERAS_BACKEND={keras.backend.backend()!r}."
     )
 
-__all__ = ["jvp", "nested_meta_gradient", "read_values", "value_and_grad", "vjp"]
+__all__ = ["checked_labels", "jvp", "nested_meta_gradient", "read_values", "value_and_grad", "vjp"]

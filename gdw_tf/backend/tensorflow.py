@@ -65,3 +65,15 @@ def nested_meta_gradient(vjp_fn, cotangent, learning_rate, params, meta_loss_fn)
 def read_values(variables):
     """The current values of Keras variables, as tensors (not variables) to differentiate at."""
     return [tf.identity(v.value) for v in variables]
+
+
+def checked_labels(labels, num_classes):
+    """`labels`, with a run-time check that each lies in `[0, num_classes)`."""
+    message = f"training labels must lie in [0, {num_classes}): check the dataset given to fit()"
+    with tf.control_dependencies(
+        [
+            tf.debugging.assert_non_negative(labels, message=message),
+            tf.debugging.assert_less(labels, tf.cast(num_classes, labels.dtype), message=message),
+        ]
+    ):
+        return tf.identity(labels)
