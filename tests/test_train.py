@@ -1,0 +1,511 @@
+"""`python -m gdw_tf.train` end to end: outputs, resume, refusals and bad input; run helpers."""
+
+import csv
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import flags
+from absl.testing import flagsaver
+
+import gdw_tf
+from gdw_tf import config as config_lib
+from gdw_tf import data
+from gdw_tf import models
+from gdw_tf import run as run_lib
+from gdw_tf import train
+
+FLAGS = flags.FLAGS
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Mock CIFAR-10 (tfds.testing.mock_data, 60 train and 60 test images; its smallest class has 3
+# training images): 2 meta images per class, 40 training images, 4 steps an epoch.
+MOCK_EXAMPLES = 60
+TINY_CIFAR = ["--dataset=cifar10", "--num_meta=20", "--batch_size=10", "--meta_batch_size=10",
+              "--model=small_cnn", "--verbose=0"]
+TINY_FASHION_MNIST = ["--dataset=fashion_mnist", "--max_train_examples=300",
+                      "--max_test_examples=100", "--num_meta=50", "--batch_size=50",
+                      "--meta_batch_size=50", "--model=small_cnn", "--epochs=1", "--verbose=0"]
+
+
+def _main(*args):
+    """Runs `train.main` with `args` parsed into the train module's flags (restored after)."""
+    with flagsaver.flagsaver():
+        FLAGS(["prog", *args])
+        train.main(["prog"])
+
+
+def _main_mock(*args):
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        _main(*args)
+
+
+def _exit_message(capsys, *args, mock=False):
+    """Runs `main`, expecting it to exit; returns (status, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        (_main_mock if mock else _main)(*args)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def _read_json(path):
+    with open(path) as file:
+        return json.load(file)
+
+
+def _history_rows(run_dir):
+    with open(os.path.join(run_dir, "history.csv"), newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _tensorboard_tags(log_dir):
+    """The scalar tags written under each run (`train`, `validation`) of a TensorBoard log."""
+    tags = {}
+    for run in os.listdir(log_dir):
+        tags[run] = set()
+        for name in os.listdir(os.path.join(log_dir, run)):
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(log_dir, run, name)):
+                tags[run].update(value.tag for value in event.summary.value)
+    return tags
+
+
+def _backbone_weights(run_dir):
+    return keras.saving.load_model(os.path.join(run_dir, "model.keras")).get_weights()
+
+
+@pytest.fixture
+def no_data_loading(monkeypatch):
+    """Fails the test if the run loads any data."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("data was loaded")
+
+    monkeypatch.setattr(run_lib.data, "load_dataset", refuse)
+
+
+# --------------------------------------------------------------------------------------------
+# End to end
+
+
+def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
+    run_dir = str(tmp_path / "run")
+    _main_mock(*TINY_CIFAR, "--epochs=2", "--noise=uniform", "--ratio=0.6",
+               f"--output_dir={run_dir}")
+
+    assert sorted(os.listdir(run_dir)) == [
+        "config.json", "example_weights.npz", "history.csv", "model.keras", "results.json",
+        "split.npz", "tensorboard"]  # backup/ is removed once the run is finished
+    tags = _tensorboard_tags(os.path.join(run_dir, "tensorboard"))
+    assert {"epoch_train/loss", "epoch_meta/loss", "epoch_weights/labelled_mean",
+            "epoch_test/accuracy", "epoch_test/loss"} <= tags["train"]
+    assert {"epoch_accuracy", "epoch_loss"} <= tags["validation"]
+
+    # config.json: the flags, and what export needs.
+    saved = _read_json(os.path.join(run_dir, "config.json"))
+    assert saved["config"]["ratio"] == 0.6 and saved["config"]["output_dir"] == run_dir
+    assert (saved["dataset"], saved["num_classes"], saved["input_shape"]) == (
+        "cifar10", 10, [32, 32, 3])
+    np.testing.assert_allclose(saved["normalization"]["mean"], data.CIFAR_MEAN)
+    np.testing.assert_allclose(saved["normalization"]["std"], data.CIFAR_STD)
+    assert saved["augment"] is True and saved["outer_lr"] == 100.0
+    assert saved["jit_compile"] is False  # auto, and no GPU here
+
+    # The split: a disjoint meta set of 2 per class.
+    split = data.Split.load(os.path.join(run_dir, "split.npz"))
+    num_train = MOCK_EXAMPLES - 20
+    assert len(split.train_indices) == num_train and len(split.meta_indices) == 20
+    assert not np.intersect1d(split.train_indices, split.meta_indices).size
+    np.testing.assert_array_equal(np.bincount(split.meta_labels, minlength=10), [2] * 10)
+
+    # history.csv: one row per epoch, namespaced metrics, the cosine schedule.
+    rows = _history_rows(run_dir)
+    assert len(rows) == 2
+    for column in ("train/loss", "train/accuracy", "meta/loss", "weights/instance_mean",
+                   "weights/labelled_mean", "weights/other_mean", "test/loss", "test/accuracy",
+                   "val_loss", "val_accuracy", "learning_rate", "time/epoch_seconds"):
+        assert column in rows[0]
+    np.testing.assert_allclose([float(row["learning_rate"]) for row in rows], [0.1, 0.05])
+
+    # results.json.
+    results = _read_json(os.path.join(run_dir, "results.json"))
+    assert set(results) == {"test_accuracy", "metrics", "noise", "detection_auroc",
+                            "example_weights", "config", "timing"}
+    accuracy = results["test_accuracy"]
+    assert len(accuracy["per_epoch"]) == 2
+    assert all(0.0 <= a <= 1.0 for a in accuracy["per_epoch"])  # fractions, not percent
+    assert accuracy["last"] == accuracy["per_epoch"][-1]
+    assert accuracy["best"] == max(accuracy["per_epoch"])
+    assert accuracy["mean_last5"] == pytest.approx(np.mean(accuracy["per_epoch"]))
+    assert results["metrics"]["test/accuracy"] == accuracy["last"]
+    assert {"test/loss", "train/loss", "meta/loss"} <= set(results["metrics"])
+    noise = results["noise"]
+    assert noise["realised_rate"] == pytest.approx(split.train_corrupted.mean())
+    np.testing.assert_allclose(noise["transition_matrix"], split.empirical_transition_matrix)
+    np.testing.assert_allclose(noise["model_transition_matrix"],
+                               0.06 * np.ones((10, 10)) + 0.4 * np.eye(10))
+    assert set(results["detection_auroc"]) == {"instance_weight", "labelled_class_weight"}
+    assert all(0.0 <= v <= 1.0 for v in results["detection_auroc"].values())
+    assert results["config"]["num_classes"] == 10 and results["config"]["method"] == "gdw"
+    timing = results["timing"]
+    assert len(timing["seconds_per_epoch"]) == 2 and timing["total_seconds"] > 0
+    assert timing["steps_per_epoch"] == math.ceil(num_train / 10)
+
+    # example_weights.npz: one row per training example.
+    with np.load(os.path.join(run_dir, "example_weights.npz")) as weights:
+        assert set(weights.files) == {"index", "true_label", "given_label", "corrupted",
+                                      "instance_weight", "labelled_class_weight"}
+        assert all(len(weights[name]) == num_train for name in weights.files)
+        np.testing.assert_array_equal(weights["index"], split.train_indices)
+        np.testing.assert_array_equal(weights["corrupted"],
+                                      weights["true_label"] != weights["given_label"])
+        assert (weights["instance_weight"] > 0).all()  # every example was seen
+        assert (weights["labelled_class_weight"] > 0).all()
+
+    # model.keras: the backbone, reloaded, predicts.
+    backbone = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
+    logits = backbone.predict(np.zeros((3, 32, 32, 3), "float32"), verbose=0)
+    assert logits.shape == (3, 10) and np.isfinite(logits).all()
+
+
+def test_fashion_mnist_subset_run_refuses_a_second_run_unless_overwrite(tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    args = (*TINY_FASHION_MNIST, "--noise=uniform", "--ratio=0.6", f"--output_dir={run_dir}")
+    _main(*args)
+    results = _read_json(os.path.join(run_dir, "results.json"))
+    assert results["config"]["input_shape"] == [28, 28, 1]
+    assert results["config"]["augment"] is False
+    assert results["config"]["num_train"] == 250
+    assert len(_history_rows(run_dir)) == 1
+    with np.load(os.path.join(run_dir, "example_weights.npz")) as weights:
+        assert len(weights["index"]) == 250
+    backbone = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
+    assert backbone.predict(np.zeros((2, 28, 28, 1), "float32"), verbose=0).shape == (2, 10)
+
+    status, message = _exit_message(capsys, *args)
+    assert status == 2
+    assert "holds a finished run" in message and "--overwrite" in message
+
+    _main(*args, "--overwrite")
+    assert len(_history_rows(run_dir)) == 1  # started over, not appended
+    assert _read_json(os.path.join(run_dir, "results.json"))["timing"] != results["timing"]
+
+
+@pytest.mark.parametrize("method", ["mwnet", "l2rw", "ce"])
+def test_baseline_methods_run_and_report_their_weights(tmp_path, method):
+    run_dir = str(tmp_path / "run")
+    _main(*TINY_FASHION_MNIST, f"--method={method}", "--noise=pair", "--ratio=0.4",
+          f"--output_dir={run_dir}")
+    results = _read_json(os.path.join(run_dir, "results.json"))
+    assert results["config"]["method"] == method
+    aurocs = results["detection_auroc"]
+    if method == "ce":
+        assert aurocs is None
+        assert "meta/loss" not in results["metrics"]
+    else:
+        assert 0.0 <= aurocs["instance_weight"] <= 1.0
+        assert aurocs["labelled_class_weight"] is None
+        assert "meta/loss" in results["metrics"]
+    with np.load(os.path.join(run_dir, "example_weights.npz")) as weights:
+        assert len(weights["instance_weight"]) == 250
+
+
+def test_export_dir_exports_a_serving_model(tmp_path):
+    export = pytest.importorskip("gdw_tf.export")
+    export_dir, run_dir = tmp_path / "serving", tmp_path / "run"
+    _main(*TINY_FASHION_MNIST, f"--export_dir={export_dir}", f"--output_dir={run_dir}")
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+    backbone = keras.saving.load_model(str(run_dir / "model.keras"))
+    normalization = _read_json(str(run_dir / "config.json"))["normalization"]
+    logits = backbone.predict(data.normalize(images, normalization["mean"], normalization["std"]),
+                              verbose=0)
+    # The export at the end of the run, and one from the run directory afterwards.
+    export.export_run(str(run_dir), str(tmp_path / "from_run_dir"))
+    for directory in (export_dir, tmp_path / "from_run_dir"):
+        outputs = tf.saved_model.load(str(directory)).signatures["serve"](tf.constant(images))
+        np.testing.assert_allclose(outputs["probabilities"], tf.nn.softmax(logits), rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_a_non_empty_export_dir_is_refused_before_any_data_is_loaded(tmp_path, capsys,
+                                                                      no_data_loading):
+    pytest.importorskip("gdw_tf.export")
+    (tmp_path / "serving").mkdir()
+    (tmp_path / "serving" / "saved_model.pb").write_text("")
+    status, message = _exit_message(capsys, f"--export_dir={tmp_path / 'serving'}",
+                                    f"--output_dir={tmp_path / 'run'}")
+    assert status == 2 and "is not empty" in message
+
+
+class _Killed(Exception):
+    """Stands for the process being killed."""
+
+
+def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    # 3 epochs, augmentation on (32x32 RGB): the data order, the crops and the meta
+    # augmentation must all continue where they stopped.
+    args = (*TINY_CIFAR, "--epochs=3", "--noise=flip", "--ratio=0.4")
+    uninterrupted = str(tmp_path / "uninterrupted")
+    _main_mock(*args, f"--output_dir={uninterrupted}")
+
+    def kill_in_epoch_3(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == 2 * self.steps_per_epoch + 2:
+            raise _Killed()
+
+    resumed = str(tmp_path / "resumed")
+    with monkeypatch.context() as patch:
+        patch.setattr(run_lib._ReplayDataOrder, "on_train_batch_end", kill_in_epoch_3,
+                      raising=False)
+        with pytest.raises(_Killed):
+            _main_mock(*args, f"--output_dir={resumed}")
+    assert len(_history_rows(resumed)) == 2
+    assert os.path.exists(os.path.join(resumed, "backup"))
+    assert not os.path.exists(os.path.join(resumed, "results.json"))
+
+    _main_mock(*args, f"--output_dir={resumed}")
+    for expected, actual in zip(_backbone_weights(uninterrupted), _backbone_weights(resumed)):
+        np.testing.assert_allclose(actual, expected)
+    with np.load(os.path.join(uninterrupted, "example_weights.npz")) as expected, \
+            np.load(os.path.join(resumed, "example_weights.npz")) as actual:
+        for name in expected.files:
+            np.testing.assert_allclose(actual[name], expected[name])
+    expected_rows, actual_rows = _history_rows(uninterrupted), _history_rows(resumed)
+    assert len(actual_rows) == 3
+    for expected, actual in zip(expected_rows, actual_rows):
+        assert actual["val_accuracy"] == expected["val_accuracy"]
+        assert actual["train/loss"] == expected["train/loss"]
+
+
+_TRAIN_IN_SUBPROCESS = """
+import os, sys
+import tensorflow as tf
+from absl import app
+from gdw_tf import run, train
+
+tf.config.experimental.enable_op_determinism()
+kill_at_step = int(sys.argv[1])
+if kill_at_step:
+    def kill(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == kill_at_step:
+            os._exit(3)  # No cleanup, as when the process is killed.
+    run._ReplayDataOrder.on_train_batch_end = kill
+sys.argv = ["train"] + sys.argv[2:]
+app.run(train.main)
+"""
+
+
+def test_a_killed_process_resumes_in_a_new_one_as_if_never_killed(tmp_path):
+    # Fashion-MNIST with augmentation forced on: crops of 28x28 images and meta batches.
+    args = [*TINY_FASHION_MNIST, "--epochs=3", "--augment=true", "--noise=uniform",
+            "--ratio=0.6"]  # --epochs=3 overrides the earlier --epochs=1
+    uninterrupted, resumed = str(tmp_path / "uninterrupted"), str(tmp_path / "resumed")
+    _main(*args, f"--output_dir={uninterrupted}")
+
+    def train(kill_at_step):
+        return subprocess.run(
+            [sys.executable, "-c", _TRAIN_IN_SUBPROCESS, str(kill_at_step), *args,
+             f"--output_dir={resumed}"],
+            capture_output=True, text=True, cwd=REPO,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+
+    killed = train(kill_at_step=2 * 5 + 3)  # 5 steps an epoch: in the third epoch
+    assert killed.returncode == 3, killed.stderr
+    assert len(_history_rows(resumed)) == 2
+    finished = train(kill_at_step=0)
+    assert finished.returncode == 0, finished.stderr
+    for expected, actual in zip(_backbone_weights(uninterrupted), _backbone_weights(resumed)):
+        np.testing.assert_allclose(actual, expected)
+    assert ([row["test/accuracy"] for row in _history_rows(resumed)]
+            == [row["test/accuracy"] for row in _history_rows(uninterrupted)])
+
+
+def test_backup_restores_both_optimizers_and_the_model_state(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6, 6, 3)).astype("float32")
+    y = rng.integers(0, 3, 40)
+    meta = (rng.normal(size=(12, 6, 6, 3)).astype("float32"), np.arange(12) % 3)
+
+    def model():
+        keras.utils.set_random_seed(1)
+        gdw = gdw_tf.GDWModel(models.small_cnn((6, 6, 3), 3), 3, meta_data=meta,
+                              meta_batch_size=4, meta_augmentation=run_lib.MetaAugmentation(),
+                              track_examples=40)
+        gdw.compile(keras.optimizers.SGD(0.1, momentum=0.9))
+        return gdw
+
+    trained = model()
+    trained.fit(tf.data.Dataset.from_tensor_slices((x, y, np.arange(40))).batch(10), verbose=0)
+    path = str(tmp_path / "latest.weights.h5")
+    trained.save_weights(path)  # what BackupAndRestore does
+    restored = model()
+    restored.load_weights(path)
+    for optimizer in ("optimizer", "weight_net_optimizer"):
+        expected = getattr(trained, optimizer).variables
+        actual = getattr(restored, optimizer).variables
+        assert len(actual) == len(expected) > 1
+        for e, a in zip(expected, actual):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
+    assert int(restored.weight_net_optimizer.iterations.numpy()) == 4
+    for name in ("meta_epoch", "meta_cursor", "example_weights", "example_label_weights"):
+        np.testing.assert_array_equal(np.asarray(getattr(restored, name)),
+                                      np.asarray(getattr(trained, name)))
+    assert int(restored.meta_augmentation.calls.numpy()) == 4
+
+
+# --------------------------------------------------------------------------------------------
+# Refusals and bad input: one line on stderr, a non-zero exit, nothing lost
+
+
+def test_an_unfinished_run_with_another_config_is_refused(tmp_path, capsys, no_data_loading):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    saved = config_lib.Config(output_dir=str(run_dir), ratio=0.2).to_dict()
+    (run_dir / "config.json").write_text(json.dumps({"config": saved}))
+    status, message = _exit_message(capsys, f"--output_dir={run_dir}", "--ratio=0.6")
+    assert status == 2
+    assert message.startswith("error: ") and message.count("\n") == 1
+    assert "another configuration (ratio: saved 0.2, now 0.6)" in message
+
+
+def test_a_finished_run_is_refused_before_any_data_is_loaded(tmp_path, capsys,
+                                                            no_data_loading):
+    (tmp_path / "results.json").write_text("{}")
+    status, message = _exit_message(capsys, f"--output_dir={tmp_path}")
+    assert status == 2 and "holds a finished run" in message
+    assert (tmp_path / "results.json").read_text() == "{}"
+
+
+def test_a_meta_set_larger_than_the_smallest_class_allows_is_refused(tmp_path, capsys):
+    status, message = _exit_message(capsys, *TINY_CIFAR, "--num_meta=40", "--epochs=1",
+                                    f"--output_dir={tmp_path}", mock=True)
+    assert status == 2
+    assert "--num_meta=40 is too large" in message and "Lower --num_meta" in message
+
+
+def test_a_meta_set_that_cannot_be_balanced_is_refused(tmp_path, capsys):
+    status, message = _exit_message(capsys, *TINY_CIFAR, "--num_meta=15", "--epochs=1",
+                                    f"--output_dir={tmp_path}", mock=True)
+    assert status == 2 and "multiple of the number of classes" in message
+
+
+def test_corrupt_data_files_are_refused(tmp_path, capsys):
+    data_dir = tmp_path / "fashion-mnist"
+    data_dir.mkdir()
+    for name in data.FASHION_MNIST_FILES.values():
+        (data_dir / name).write_bytes(b"not a gzip file")
+    status, message = _exit_message(capsys, *TINY_FASHION_MNIST, f"--data_dir={data_dir}",
+                                    f"--output_dir={tmp_path / 'run'}")
+    assert status == 2
+    assert message.startswith("error: ") and "corrupt" in message
+    assert str(data_dir) in message
+
+
+def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_epoch(
+        tmp_path, capsys, monkeypatch):
+    schedule = run_lib.cosine_lr
+    monkeypatch.setattr(run_lib, "cosine_lr",
+                        lambda lr, epoch, epochs: 1e30 if epoch == 1 else schedule(lr, epoch,
+                                                                                  epochs))
+    run_dir = tmp_path / "run"
+    status, message = _exit_message(capsys, *TINY_CIFAR, "--epochs=2",
+                                    f"--output_dir={run_dir}", mock=True)
+    assert status == 1
+    assert "became NaN or infinite in epoch 2" in message and "Lower --lr" in message
+    assert f"the state after epoch 1 is kept in {run_dir / 'backup'}" in message
+    assert (run_dir / "backup" / "latest.weights.h5").exists()
+    assert json.loads((run_dir / "backup" / "training_metadata.json").read_text())["epoch"] == 1
+    assert not (run_dir / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    "args, first_line",
+    [
+        (["--ratio=1.5"], "FATAL Flags parsing error: flag --ratio=1.5: --ratio must lie in"),
+        (["--method=gdw2"], "FATAL Flags parsing error: flag --method=gdw2: value should be"),
+        (["--batch_size=0"], "FATAL Flags parsing error: flag --batch_size=0: --batch_size"),
+        ([], "error: "),  # the output directory holds a finished run
+    ],
+)
+def test_the_cli_reports_bad_input_without_a_traceback(tmp_path, args, first_line):
+    (tmp_path / "results.json").write_text("{}")
+    result = subprocess.run(
+        [sys.executable, "-m", "gdw_tf.train", f"--output_dir={tmp_path}", *args],
+        capture_output=True, text=True, cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert first_line in result.stderr
+    assert len([line for line in result.stderr.splitlines() if first_line in line]) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _brute_force_auroc(scores, positive):
+    pairs = list(itertools.product(scores[positive], scores[~positive]))
+    return sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / len(pairs)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auroc_is_the_probability_that_a_positive_outscores_a_negative(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 60))
+    scores = rng.integers(0, 6, n).astype(float)  # many ties
+    positive = rng.random(n) < 0.3
+    positive[:2] = [True, False]
+    assert run_lib.auroc(scores, positive) == pytest.approx(_brute_force_auroc(scores, positive))
+
+
+def test_auroc_edge_cases():
+    assert run_lib.auroc([0.1, 0.2], [False, False]) is None
+    assert run_lib.auroc([0.1, 0.2], [True, True]) is None
+    assert run_lib.auroc([0.1, 0.9], [False, True]) == 1.0
+    assert run_lib.auroc([0.5, 0.5], [False, True]) == 0.5
+
+
+def test_detection_auroc_flags_low_weights_as_corrupted():
+    corrupted = np.array([True, True, False, False, False])
+    weights = {"corrupted": corrupted,
+               "instance_weight": np.array([0.1, 0.2, 0.9, 0.8, 0.15]),
+               "labelled_class_weight": np.array([0.1, 0.2, 0.9, 0.8, 0.7])}
+    aurocs = run_lib.detection_aurocs("gdw", weights)
+    assert aurocs == {"instance_weight": pytest.approx(5 / 6), "labelled_class_weight": 1.0}
+    assert run_lib.detection_aurocs("mwnet", weights)["labelled_class_weight"] is None
+    assert run_lib.detection_aurocs("ce", weights) is None
+    assert run_lib.detection_aurocs("gdw", {**weights, "corrupted": ~corrupted & False}) is None
+
+
+def test_cosine_schedule_and_resolved_defaults():
+    assert run_lib.cosine_lr(0.1, 0, 80) == 0.1
+    assert run_lib.cosine_lr(0.1, 40, 80) == pytest.approx(0.05)
+    assert run_lib.resolve_outer_lr(-1.0, 10) == 100.0
+    assert run_lib.resolve_outer_lr(-1.0, 100) == 1000.0
+    assert run_lib.resolve_outer_lr(30.0, 100) == 30.0
+    assert run_lib.resolve_augment("auto", (32, 32, 3)) is True
+    assert run_lib.resolve_augment("auto", (28, 28, 1)) is False
+    assert run_lib.resolve_augment("true", (28, 28, 1)) is True
+    assert run_lib.resolve_jit_compile("auto") == bool(tf.config.list_physical_devices("GPU"))
+
+
+def test_meta_augmentation_is_the_training_augmentation_after_normalisation():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    mean, std = np.array([0.5, 0.4, 0.3]), np.array([0.2, 0.25, 0.3])
+    layer = run_lib.MetaAugmentation(seed=7)
+    normalised = data.normalize(images, mean, std)
+    augmented = layer(normalised, training=True)
+    seeds = tf.random.experimental.stateless_split(tf.constant([7, 0], tf.int64), 4)
+    expected = data.normalize(
+        tf.stack([data.random_crop_and_flip(image, seed) for image, seed in zip(images, seeds)]),
+        mean, std)
+    np.testing.assert_allclose(augmented, expected, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(layer(normalised, training=True), augmented)  # next call, new draw
+    np.testing.assert_array_equal(layer(normalised, training=False), normalised)
+    assert int(layer.calls.numpy()) == 2
