@@ -73,7 +73,11 @@ def seeded_permutation(n, seed, epoch):
     """
     key = _mix(ops.bitwise_xor(_mix(ops.cast(seed, "uint32")), ops.cast(epoch, "uint32")))
     indices = ops.cast(ops.arange(n, dtype="int32"), "uint32")  # XLA has no uint32 range
-    return ops.cast(ops.argsort(ops.cast(_mix(ops.bitwise_xor(indices, key)), "int64")), "int32")
+    hashes = _mix(ops.bitwise_xor(indices, key))
+    # Sort keys in int32 (JAX has no int64 by default): flipping the top bit, then casting, keeps
+    # the order of the uint32 hashes, so both backends draw the same permutation.
+    keys = ops.cast(ops.bitwise_xor(hashes, ops.convert_to_tensor(0x80000000, "uint32")), "int32")
+    return ops.cast(ops.argsort(keys), "int32")
 
 
 _TRAIN_METRICS = ("train/loss", "train/accuracy")
@@ -83,7 +87,7 @@ _TEST_METRICS = ("loss", "accuracy")
 
 
 @keras.saving.register_keras_serializable(package="gdw_tf")
-class GDWModel(keras.Model):
+class GDWModel(backend.Trainer, keras.Model):
     """A classifier trained with Generalized Data Weighting (or MW-Net, L2RW, plain CE).
 
     `fit(x, y)` takes the (noisy) training set; each step draws a meta batch from the clean
@@ -307,7 +311,11 @@ class GDWModel(keras.Model):
     def _labels(self, y):
         return backend.checked_labels(ops.cast(ops.reshape(y, (-1,)), "int32"), self.num_classes)
 
-    def train_step(self, data):
+    # Each backend's `train_step` and `test_step` (`gdw_tf.backend.Trainer`) run these two, which
+    # read and assign the model's variables: directly on TensorFlow, through a
+    # `keras.StatelessScope` over the explicit state on JAX.
+
+    def _train_step(self, data):
         x, y, index = keras.utils.unpack_x_y_sample_weight(data)
         if (index is None) != (self.track_examples is None):
             raise ValueError(
@@ -395,7 +403,7 @@ class GDWModel(keras.Model):
             name: tracker.result() for name, tracker in t.items() if name not in _TEST_METRICS
         }
 
-    def test_step(self, data):
+    def _test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         y = self._labels(y)
         logits = self(x, training=False)
@@ -438,7 +446,7 @@ class GDWModel(keras.Model):
 
 
 def _correct(logits, labels):
-    return ops.cast(ops.equal(ops.argmax(logits, axis=-1), ops.cast(labels, "int64")), "float32")
+    return ops.cast(ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), labels), "float32")
 
 
 def _check_arguments(backbone, num_classes, method, meta_batch_size, outer_lr, clip, l2, meta_grad):

@@ -1,4 +1,4 @@
-"""Shared test set-up: quiet, deterministic TensorFlow on the CPU."""
+"""Shared test set-up: quiet, deterministic TensorFlow (or JAX: KERAS_BACKEND=jax) on the CPU."""
 
 import os
 
@@ -12,6 +12,17 @@ import tensorflow as tf  # noqa: E402
 # Deterministic kernels and no TF32 on GPUs, so float comparisons mean something.
 tf.config.experimental.enable_op_determinism()
 tf.config.experimental.enable_tensor_float_32_execution(False)
+
+if keras.backend.backend() == "jax":
+    import jax
+    from keras.src.backend.common import dtypes as keras_dtypes
+
+    # The float64 tests need JAX's 64-bit types (off by default: float64 would silently be float32).
+    jax.config.update("jax_enable_x64", True)
+    # Keras' type promotion on JAX also maps float64 to float32 (JAX's default), so tanh, mean,
+    # BatchNorm moments... would run in float32 even with floatx float64, and float64 finite
+    # differences would measure rounding noise. Here float64 stays float64, as on TensorFlow.
+    getattr(keras_dtypes, "BIT64_TO_BIT32_DTYPE", {})["float64"] = "float64"
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,9 @@
 """The step's gradients against independent computations, in float64.
 
 Independent here means: written in the test from `GDW_SPEC.md` with plain TensorFlow (tapes,
-explicit layer arithmetic, NumPy), without calling gdw_tf's own step helpers.
+explicit layer arithmetic, NumPy), without calling gdw_tf's own step helpers. Under
+`KERAS_BACKEND=jax` the references that differentiate a Keras model use `jax.grad` instead of a
+tape (`_gradient`); the spec step written out with explicit layers stays in TensorFlow.
 """
 
 import keras
@@ -51,16 +53,35 @@ def _data(input_shape, classes, batch, meta_batch, seed=0):
 
 
 def _values(variables):
-    return [tf.identity(v.value) for v in variables]
+    return [keras.ops.convert_to_tensor(v.numpy()) for v in variables]
+
+
+def _gradient(fn, params):
+    """`∇ fn(params)` with the backend's own autodiff (a TF tape, or `jax.grad` on JAX)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.grad(fn)(params)
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        value = fn(params)
+    return tape.gradient(value, params)
 
 
 def _class_weighted_gradient(backbone, theta, non_trainable, x, cotangent):
     """G(ω) written directly: the gradient of Σ_ij c_ij z_ij with c held constant."""
-    with tf.GradientTape() as tape:
-        tape.watch(theta)
+
+    def surrogate(theta):
         logits, _ = backbone.stateless_call(theta, non_trainable, x, training=True)
-        surrogate = tf.reduce_sum(tf.stop_gradient(cotangent) * logits)
-    return tape.gradient(surrogate, theta)
+        return keras.ops.sum(keras.ops.stop_gradient(cotangent) * logits)
+
+    return _gradient(surrogate, theta)
+
+
+def _per_example_ce(logits, labels):
+    if keras.backend.backend() == "jax":
+        return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
 
 
 def _mean_ce(logits, labels):
@@ -76,23 +97,22 @@ def test_unit_weights_give_the_ce_gradient_and_row_weights_the_instance_weighted
     fwd = step_lib.forward("mwnet", backbone, theta, [], x, y, 3)
     batch = len(y)
 
-    with tf.GradientTape() as tape:
-        tape.watch(theta)
+    def ce(theta):
         logits, _ = backbone.stateless_call(theta, [], x, training=True)
-        per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-        ce = tf.reduce_mean(per_example)
-    expected = tape.gradient(ce, theta)
+        return keras.ops.mean(_per_example_ce(logits, y))
+
+    expected = _gradient(ce, theta)
     actual = fwd.vjp_fn(np.ones((batch, 3)) * fwd.e / batch)
     for a, b in zip(actual, expected):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
 
     v = np.linspace(0.1, 1.0, batch)
-    with tf.GradientTape() as tape:
-        tape.watch(theta)
+
+    def weighted(theta):
         logits, _ = backbone.stateless_call(theta, [], x, training=True)
-        per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-        weighted = tf.reduce_mean(v * per_example)
-    expected = tape.gradient(weighted, theta)
+        return keras.ops.mean(v * _per_example_ce(logits, y))
+
+    expected = _gradient(weighted, theta)
     actual = fwd.vjp_fn(v[:, None] * fwd.e / batch)
     for a, b in zip(actual, expected):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
@@ -106,7 +126,7 @@ def _meta_loss_of_weights(backbone, theta, non_trainable, x, e, x_meta, y_meta, 
         grads = _class_weighted_gradient(backbone, theta, non_trainable, x, omega * e / batch)
         virtual = [t - lr * g for t, g in zip(theta, grads)]
         logits, _ = backbone.stateless_call(virtual, non_trainable, x_meta, training=True)
-        return float(_mean_ce(logits, y_meta))
+        return float(_mean_ce(np.asarray(logits), y_meta))
 
     return meta_loss
 
@@ -281,7 +301,7 @@ def test_batchnorm_statistics_move_once_as_in_a_ce_step():
     for method in ("ce", "gdw", "mwnet", "l2rw"):
         keras.utils.set_random_seed(0)
         backbone = _conv_bn()
-        conv_output = backbone.layers[0](x).numpy()
+        conv_output = np.asarray(backbone.layers[0](x))
         model = gdw_tf.GDWModel(backbone, 3, method=method, meta_data=(x_meta, y_meta), meta_batch_size=6)
         model.compile(keras.optimizers.SGD(LR, momentum=0.9))
         model.fit(x, y, batch_size=8, epochs=1, verbose=0)

@@ -1,4 +1,5 @@
-"""The backend-specific part of a GDW step: automatic differentiation and reading variables.
+"""The backend-specific part of a GDW step: automatic differentiation, reading variables, and the
+trainer that runs the step (`Trainer`, a mixin of `GDWModel`).
 
 Everything else (the weighting arithmetic, the step, the model) is written once with `keras.ops`.
 This mirrors Keras' own layout, where a small trainer per backend sits under shared logic.
@@ -13,9 +14,36 @@ if keras.backend.backend() == "tensorflow":
     from gdw_tf.backend.tensorflow import read_values
     from gdw_tf.backend.tensorflow import value_and_grad
     from gdw_tf.backend.tensorflow import vjp
+
+    class Trainer:
+        """TensorFlow: Keras' trainer runs the model's stateful step (in a `tf.function`)."""
+
+        def train_step(self, data):
+            return self._train_step(data)
+
+        def test_step(self, data):
+            return self._test_step(data)
+
+elif keras.backend.backend() == "jax":
+    from gdw_tf.backend.jax import checked_labels
+    from gdw_tf.backend.jax import jvp
+    from gdw_tf.backend.jax import nested_meta_gradient
+    from gdw_tf.backend.jax import read_values
+    from gdw_tf.backend.jax import value_and_grad
+    from gdw_tf.backend.jax import vjp
+    from gdw_tf.backend.jax_trainer import JAXTrainer as Trainer
 else:
     raise ImportError(
-        f"gdw_tf supports the TensorFlow backend; KERAS_BACKEND={keras.backend.backend()!r}."
+        "gdw_tf supports the TensorFlow and JAX backends; "
+        f"KERAS_BACKEND={keras.backend.backend()!r}."
     )
 
-__all__ = ["checked_labels", "jvp", "nested_meta_gradient", "read_values", "value_and_grad", "vjp"]
+__all__ = [
+    "Trainer",
+    "checked_labels",
+    "jvp",
+    "nested_meta_gradient",
+    "read_values",
+    "value_and_grad",
+    "vjp",
+]

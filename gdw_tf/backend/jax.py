@@ -1,0 +1,81 @@
+"""Automatic differentiation for the GDW step on the JAX backend.
+
+The same primitives as `gdw_tf.backend.tensorflow`, with `jax.vjp`, `jax.jvp` and
+`jax.value_and_grad`. JAX's VJP function is itself differentiable, so the nested
+(double-backprop) meta-gradient is `jax.value_and_grad` over it.
+
+One difference: JAX cannot raise from inside a compiled (`jax.jit`) function, so `checked_labels`
+checks labels only when they are concrete (`run_eagerly=True`). Under `jit` (the default) a dataset
+label outside `[0, num_classes)` is not caught: its one-hot row is all zero. NumPy training data is
+still checked before training by `GDWModel.fit`, on every backend.
+"""
+
+import jax
+import numpy as np
+
+
+def vjp(fn, primals):
+    """Runs `fn(primals) -> (out, aux)` once and returns `(out, aux, vjp_fn)`.
+
+    `vjp_fn(cotangent)` is `(∂out/∂primals)ᵀ · cotangent`, a list shaped like `primals`. It can be
+    called several times, and is differentiable in `cotangent` (the nested meta-gradient uses this).
+    """
+    out, pullback, aux = jax.vjp(fn, primals, has_aux=True)
+
+    def vjp_fn(cotangent):
+        (grads,) = pullback(jax.numpy.asarray(cotangent, dtype=out.dtype))
+        return grads
+
+    return out, aux, vjp_fn
+
+
+def value_and_grad(fn, primals):
+    """Runs `fn(primals) -> (scalar, aux)`; returns `(scalar, aux, ∂scalar/∂primals)`."""
+    (value, aux), grads = jax.value_and_grad(fn, has_aux=True)(primals)
+    return value, aux, grads
+
+
+def jvp(fn, primals, tangents):
+    """Forward mode: returns `(fn(primals), (∂fn/∂primals) · tangents)`."""
+    return jax.jvp(fn, (list(primals),), (list(tangents),))
+
+
+def nested_meta_gradient(vjp_fn, cotangent, learning_rate, params, meta_loss_fn):
+    """`∂L_meta/∂cotangent` by differentiating through the virtual step (double backprop).
+
+    The virtual step is `θ' = θ − α · vjp_fn(cotangent)`; the meta loss is `meta_loss_fn(θ')`.
+    This is what the reference code does with `create_graph=True`.
+
+    Returns:
+      `(meta_loss, ∂meta_loss/∂cotangent)`.
+    """
+
+    def meta_loss_of(cotangent):
+        grads = vjp_fn(cotangent)
+        virtual = [p - learning_rate * g for p, g in zip(params, grads)]
+        meta_loss, _ = meta_loss_fn(virtual)
+        return meta_loss
+
+    return jax.value_and_grad(meta_loss_of)(cotangent)
+
+
+def read_values(variables):
+    """The current values of Keras variables, as arrays (not variables) to differentiate at.
+
+    Inside a `keras.StatelessScope` (the JAX train step runs in one) these are the scope's values.
+    """
+    return [v.value for v in variables]
+
+
+def checked_labels(labels, num_classes):
+    """`labels`; checked to lie in `[0, num_classes)` only when concrete (not under `jax.jit`)."""
+    try:
+        values = np.asarray(labels)
+    except jax.errors.TracerArrayConversionError:  # Traced by `jax.jit`: no values to check.
+        return labels
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+        raise ValueError(
+            f"training labels must lie in [0, {num_classes}): check the dataset given to fit(); "
+            f"found labels from {int(values.min())} to {int(values.max())}."
+        )
+    return labels
