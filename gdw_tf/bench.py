@@ -3,12 +3,16 @@
     python -m gdw_tf.bench --model=resnet32 --batch_size=100 --steps=20 [--jit_compile=...] [--json]
 
 Each method trains the same backbone on random data through `GDWModel`'s compiled train
-function (what `fit` runs). Time: median over `--steps` steps after `--warmup` steps.
-Memory: the allocator's peak during the timed steps minus what was allocated before them
-(`tf.config.experimental.get_memory_info`), i.e. what one step needs on top of the model.
+function (what `fit` runs), on the Keras backend in use (`KERAS_BACKEND=tensorflow|jax`).
+Time: median over `--steps` steps after `--warmup` steps. Memory, TensorFlow: the allocator's
+peak during the timed steps minus what was allocated before them
+(`tf.config.experimental.get_memory_info`), i.e. what one step needs on top of the model; JAX
+(always compiled by XLA): the compiled step's temporary buffers (`memory_analysis()`).
 With `--json` the last line printed is one JSON object.
 """
 
+import gc
+import itertools
 import json
 import platform
 import statistics
@@ -16,7 +20,6 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import app
 from absl import flags
 
@@ -41,10 +44,19 @@ def define_flags():
 
 
 def _device():
+    """`(device for memory statistics, its description)`."""
+    cpu = f"CPU ({platform.processor() or platform.machine()}, {len(_cpus())} cores)"
+    if keras.backend.backend() == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return device, cpu if device.platform == "cpu" else device.device_kind
+    import tensorflow as tf
+
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         return "GPU:0", tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
-    return "CPU:0", f"CPU ({platform.processor() or platform.machine()}, {len(_cpus())} cores)"
+    return "CPU:0", cpu
 
 
 def _cpus():
@@ -62,35 +74,88 @@ def time_method(method, model_name, batch_size, num_classes, steps, warmup, jit_
     input_shape = (32, 32, 3) if model_name == "resnet32" else (28, 28, 1)
     backbone = models.build_model(model_name, input_shape, num_classes)
     rng = np.random.default_rng(0)
-    meta_x = rng.normal(size=(batch_size * 2, *input_shape)).astype("float32")
-    meta_y = np.arange(batch_size * 2) % num_classes
+    num_meta = max(2 * batch_size, num_classes)  # every class present
+    meta_x = rng.normal(size=(num_meta, *input_shape)).astype("float32")
+    meta_y = np.arange(num_meta) % num_classes
     model = gdw_tf.GDWModel(
         backbone, num_classes, method=method, meta_data=(meta_x, meta_y),
         meta_batch_size=batch_size, meta_grad=meta_grad,
     )
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=jit_compile)
     x = rng.normal(size=(batch_size, *input_shape)).astype("float32")
-    y = rng.integers(0, num_classes, batch_size)
-    iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
-    model.make_train_function()
-    train_function = model.train_function
+    y = rng.integers(0, num_classes, batch_size).astype("int32")
+    if keras.backend.backend() == "jax":
+        step, start_memory = _jax_step(model, x, y)
+    else:
+        step, start_memory = _tensorflow_step(model, x, y, device)
     for _ in range(warmup):
-        float(train_function(iterator)["train/loss"])
-    before = tf.config.experimental.get_memory_info(device)["current"]
-    tf.config.experimental.reset_memory_stats(device)
+        step()
+    read_memory = start_memory()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        float(train_function(iterator)["train/loss"])  # fetching a value waits for the step
+        step()
         times.append(time.perf_counter() - start)
-    peak = tf.config.experimental.get_memory_info(device)["peak"] - before
-    return 1000 * statistics.median(times), peak / 2**20
+    memory = read_memory()
+    del model, step, start_memory, read_memory
+    keras.backend.clear_session()
+    gc.collect()
+    return 1000 * statistics.median(times), memory / 2**20
+
+
+def _tensorflow_step(model, x, y, device):
+    """`(step, start_memory)`: one compiled step that waits for its result, and a function that
+    starts counting memory and returns one that reads the peak bytes since, above the start."""
+    import tensorflow as tf
+
+    iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+    model.make_train_function()
+
+    def step():
+        float(model.train_function(iterator)["train/loss"])  # fetching a value waits for the step
+
+    def start_memory():
+        before = tf.config.experimental.get_memory_info(device)["current"]
+        tf.config.experimental.reset_memory_stats(device)
+        return lambda: tf.config.experimental.get_memory_info(device)["peak"] - before
+
+    return step, start_memory
+
+
+def _jax_step(model, x, y):
+    """As `_tensorflow_step`, on JAX: Keras' JAX trainer passes the model's state explicitly."""
+    import jax
+
+    batch = (jax.device_put(x), jax.device_put(y))
+    model.make_train_function()
+    # The weight-net optimizer's state travels in this state too (gdw_tf.backend.jax_trainer).
+    state = [
+        model._get_jax_state(
+            trainable_variables=True,
+            non_trainable_variables=True,
+            optimizer_variables=True,
+            metrics_variables=True,
+        )
+    ]
+
+    def step():
+        logs, state[0] = model.train_function(state[0], itertools.repeat(batch))
+        float(logs["train/loss"])
+
+    def start_memory():
+        compiled = jax.jit(model.train_step).lower(state[0], batch).compile()
+        temp_bytes = compiled.memory_analysis().temp_size_in_bytes
+        return lambda: temp_bytes
+
+    return step, start_memory
 
 
 def run(model_name, batch_size, num_classes, steps, warmup, methods, jit_compile, meta_grad):
     """Benchmarks each method; returns the figures as a dict."""
     device, device_name = _device()
-    if jit_compile == "auto":
+    if keras.backend.backend() == "jax":
+        jit_compile = True  # Keras' JAX trainer always compiles with XLA
+    elif jit_compile == "auto":
         jit_compile = device.startswith("GPU")
     else:
         jit_compile = jit_compile == "true"
@@ -101,11 +166,12 @@ def run(model_name, batch_size, num_classes, steps, warmup, methods, jit_compile
         )
     return {
         "device": device_name,
+        "backend": keras.backend.backend(),
         "model": model_name,
         "batch_size": batch_size,
         "jit_compile": jit_compile,
         "meta_grad": meta_grad,
-        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
         "ms_per_step": ms,
         "peak_memory_mb": memory,
     }
@@ -116,6 +182,7 @@ def format_table(result):
     ms, memory = result["ms_per_step"], result["peak_memory_mb"]
     lines = [
         f"{result['model']}, batch {result['batch_size']}, {result['device']}, "
+        f"Keras {result['keras']} on {result['backend']}, "
         f"jit_compile={result['jit_compile']}, meta_grad={result['meta_grad']}",
         f"{'method':<8}{'ms/step':>10}{'× CE':>8}{'× MW-Net':>10}{'peak MB':>10}{'× CE':>8}",
     ]

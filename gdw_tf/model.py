@@ -55,8 +55,8 @@ def build_weight_net(hidden=100, dtype=None):
     return keras.Model(inputs, output_layer(hidden_layer(inputs)), name="weight_net")
 
 
-def _mix(x):
-    """A bijective hash of uint32 values (C. Wellons' "lowbias32")."""
+def hash_uint32(x):
+    """A bijective hash of uint32 values (C. Wellons' "lowbias32"), the same on every backend."""
     x = ops.bitwise_xor(x, ops.right_shift(x, 16))
     x = ops.multiply(x, ops.convert_to_tensor(0x7FEB352D, "uint32"))
     x = ops.bitwise_xor(x, ops.right_shift(x, 15))
@@ -71,9 +71,11 @@ def seeded_permutation(n, seed, epoch):
     stateless random ops are not: XLA draws other numbers from the same seed). The hash is a
     bijection, so the sort keys are distinct and the permutation has no ties.
     """
-    key = _mix(ops.bitwise_xor(_mix(ops.cast(seed, "uint32")), ops.cast(epoch, "uint32")))
+    key = hash_uint32(
+        ops.bitwise_xor(hash_uint32(ops.cast(seed, "uint32")), ops.cast(epoch, "uint32"))
+    )
     indices = ops.cast(ops.arange(n, dtype="int32"), "uint32")  # XLA has no uint32 range
-    hashes = _mix(ops.bitwise_xor(indices, key))
+    hashes = hash_uint32(ops.bitwise_xor(indices, key))
     # Sort keys in int32 (JAX has no int64 by default): flipping the top bit, then casting, keeps
     # the order of the uint32 hashes, so both backends draw the same permutation.
     keys = ops.cast(ops.bitwise_xor(hashes, ops.convert_to_tensor(0x80000000, "uint32")), "int32")

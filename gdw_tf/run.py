@@ -45,6 +45,7 @@ import shutil
 import time
 
 import keras
+from keras import ops
 import numpy as np
 import tensorflow as tf
 
@@ -52,6 +53,7 @@ from gdw_tf import data
 from gdw_tf import models
 from gdw_tf.config import OUTER_LR_BY_CLASSES
 from gdw_tf.model import GDWModel
+from gdw_tf.model import hash_uint32
 
 CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.npz"
@@ -238,6 +240,11 @@ def prepare_output_dir(config):
                     f"({'; '.join(differences)}); rerun with the same flags to resume it, "
                     "choose another --output_dir, or pass --overwrite to start over.")
     if config.export_dir:
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                f"--export_dir writes a TensorFlow SavedModel, which needs KERAS_BACKEND=tensorflow "
+                f"(now {keras.backend.backend()}); drop --export_dir and export the run afterwards "
+                "with python -m gdw_tf.export.")
         from gdw_tf.export import check_export_dir
 
         check_export_dir(config.export_dir, config.overwrite)
@@ -435,8 +442,10 @@ class MetaAugmentation(keras.layers.Layer):
 
     The training images' augmentation (`gdw_tf.data.random_crop_and_flip`), applied after
     normalisation: reflect padding copies pixels, so it commutes with per-channel
-    normalisation. Call `n` draws from the stateless seed `(seed, n)`, `n` a variable saved with
-    the model, so a resumed run augments its meta batches as an uninterrupted one does.
+    normalisation. Written with `keras.ops`, so it runs on every backend. Call `n` draws its
+    crops and flips from an integer hash of `(seed, n)`, `n` a variable saved with the model, so
+    a resumed run augments its meta batches as an uninterrupted one does (a
+    `keras.random.SeedGenerator`'s state is not saved with the weights).
 
     Args:
       seed: seed of the crops and flips.
@@ -447,20 +456,29 @@ class MetaAugmentation(keras.layers.Layer):
         super().__init__(**kwargs)
         self.seed = int(seed)
         self.padding = int(padding)
-        self.calls = self.add_weight(shape=(), dtype="int64", initializer="zeros",
+        self.calls = self.add_weight(shape=(), dtype="int32", initializer="zeros",
                                      trainable=False, name="calls")
 
     def call(self, images, training=False):
         if not training:
             return images
-        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.convert_to_tensor(self.calls)])
-        self.calls.assign_add(1)
-        seeds = tf.random.experimental.stateless_split(seed, tf.shape(images)[0])
-        return tf.map_fn(
-            lambda pair: data.random_crop_and_flip(pair[0], pair[1], self.padding),
-            (images, seeds),
-            fn_output_signature=images.dtype,
-        )
+        p = self.padding
+        batch = ops.shape(images)[0]
+        height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+        padded = ops.pad(images, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
+        key = hash_uint32(ops.bitwise_xor(hash_uint32(ops.cast(self.seed, "uint32")),
+                                          ops.cast(self.calls, "uint32")))
+        self.calls.assign(self.calls + 1)
+        draws = ops.cast(ops.reshape(ops.arange(3 * batch, dtype="int32"), (batch, 3)), "uint32")
+        draws = hash_uint32(ops.bitwise_xor(draws, key))
+        offsets = ops.cast(ops.mod(draws[:, :2], ops.cast(2 * p + 1, "uint32")), "int32")
+        flip = ops.equal(ops.bitwise_and(draws[:, 2:], ops.cast(1, "uint32")), 1)
+        rows = offsets[:, :1] + ops.arange(height, dtype=offsets.dtype)  # [B, H]
+        cols = offsets[:, 1:] + ops.arange(width, dtype=offsets.dtype)  # [B, W]
+        cols = ops.where(flip, ops.flip(cols, axis=1), cols)  # a flip reverses the columns
+        rows = ops.broadcast_to(rows[:, :, None, None], (batch, height, width + 2 * p, channels))
+        cols = ops.broadcast_to(cols[:, None, :, None], (batch, height, width, channels))
+        return ops.take_along_axis(ops.take_along_axis(padded, rows, axis=1), cols, axis=2)
 
     def compute_output_shape(self, input_shape):
         return input_shape

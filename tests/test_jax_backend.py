@@ -8,6 +8,7 @@ the cross-backend models from `IN`'s weights and data and write theirs to `OUT` 
 """
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -53,6 +54,20 @@ def test_core_tests_pass_on_jax():
     result = _run_on_jax(args, timeout=1800)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout, result.stdout[-2000:]
+
+
+@needs_jax
+@from_tensorflow
+def test_the_benchmark_runs_on_jax():
+    args = ["-m", "gdw_tf.bench", "--model=small_cnn", "--batch_size=8", "--steps=1",
+            "--warmup=1", "--methods=ce,gdw", "--json"]
+    result = _run_on_jax(args, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["backend"] == "jax" and figures["jit_compile"] is True
+    assert set(figures["ms_per_step"]) == {"ce", "gdw"}
+    assert all(v > 0 for v in figures["ms_per_step"].values())
+    assert figures["peak_memory_mb"]["gdw"] > figures["peak_memory_mb"]["ce"] > 0
 
 
 # ------------------------------------------------------------------------------------------------
