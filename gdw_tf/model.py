@@ -377,12 +377,13 @@ class GDWModel(backend.Trainer, keras.Model):
         for variable, value in zip(self.backbone.non_trainable_variables, fwd.non_trainable):
             variable.assign(value)
 
-        # Per-example weights and metrics.
+        # Per-example weights and metrics. The weight on the given label: GDW's ω¹ there, else
+        # the instance weight.
+        label_weights = real.instance_weights
+        if real.class_weights is not None:
+            label_weights = ops.sum(real.class_weights * fwd.onehot, axis=-1)
         if index is not None:
             index = ops.expand_dims(ops.cast(ops.reshape(index, (-1,)), "int32"), -1)
-            label_weights = real.instance_weights
-            if real.class_weights is not None:
-                label_weights = ops.sum(real.class_weights * fwd.onehot, axis=-1)
             for variable, values in (
                 (self.example_weights, real.instance_weights),
                 (self.example_label_weights, label_weights),
@@ -397,9 +398,7 @@ class GDWModel(backend.Trainer, keras.Model):
             t["meta/loss"].update_state(meta.meta_loss)
             t["weights/instance_mean"].update_state(real.instance_weights)
         if real.class_weights is not None:
-            t["weights/labelled_mean"].update_state(
-                ops.sum(real.class_weights * fwd.onehot, axis=-1)
-            )
+            t["weights/labelled_mean"].update_state(label_weights)
             t["weights/other_mean"].update_state(real.class_weights, sample_weight=1.0 - fwd.onehot)
         return {
             name: tracker.result() for name, tracker in t.items() if name not in _TEST_METRICS
