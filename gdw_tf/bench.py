@@ -24,6 +24,7 @@ from absl import app
 from absl import flags
 
 import gdw_tf
+from gdw_tf import backend
 from gdw_tf import models
 from gdw_tf import step as step_lib
 
@@ -37,7 +38,7 @@ def define_flags():
     flags.DEFINE_list("methods", list(step_lib.METHODS[::-1]), "Methods to time, in order.")
     flags.DEFINE_enum("meta_grad", "jvp", list(step_lib.META_GRADIENTS), "Meta-gradient formulation.")
     flags.DEFINE_enum(
-        "jit_compile", "auto", ["auto", "true", "false"], "XLA; auto: on when a GPU is visible."
+        "jit_compile", "auto", ["auto", "true", "false"], "XLA; auto: on when a GPU is visible (TensorFlow), always (JAX)."
     )
     flags.DEFINE_integer("num_classes", 10, "Classes.", lower_bound=2)
     flags.DEFINE_bool("json", False, "End with one JSON line of the figures.")
@@ -153,12 +154,7 @@ def _jax_step(model, x, y):
 def run(model_name, batch_size, num_classes, steps, warmup, methods, jit_compile, meta_grad):
     """Benchmarks each method; returns the figures as a dict."""
     device, device_name = _device()
-    if keras.backend.backend() == "jax":
-        jit_compile = True  # Keras' JAX trainer always compiles with XLA
-    elif jit_compile == "auto":
-        jit_compile = device.startswith("GPU")
-    else:
-        jit_compile = jit_compile == "true"
+    jit_compile = backend.resolve_jit_compile(jit_compile)
     ms, memory = {}, {}
     for method in methods:
         ms[method], memory[method] = time_method(

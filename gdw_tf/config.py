@@ -168,7 +168,7 @@ def define_flags(flag_values):
                          "(a finished, unfinished or different run) and a non-empty "
                          "--export_dir instead of refusing them.", flag_values=fv)
     flags.DEFINE_enum("jit_compile", "auto", AUTO_TRUE_FALSE,
-                      "XLA-compile the train step; auto = on when a GPU is visible.",
+                      "XLA-compile the train step; auto = on when a GPU is visible (TensorFlow), always (JAX).",
                       flag_values=fv)
     flags.DEFINE_integer("verbose", 1, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one "
                          "line per epoch.", flag_values=fv)

@@ -51,6 +51,7 @@ import tensorflow as tf
 
 from gdw_tf import data
 from gdw_tf import models
+from gdw_tf.backend import resolve_jit_compile
 from gdw_tf.config import OUTER_LR_BY_CLASSES
 from gdw_tf.model import GDWModel
 from gdw_tf.model import hash_uint32
@@ -399,13 +400,6 @@ def resolve_outer_lr(outer_lr, num_classes):
     if outer_lr == OUTER_LR_BY_CLASSES:
         return 100.0 if num_classes <= 10 else 1000.0
     return float(outer_lr)
-
-
-def resolve_jit_compile(jit_compile):
-    """`auto` is on when TensorFlow sees a GPU."""
-    if jit_compile == "auto":
-        return bool(tf.config.list_physical_devices("GPU"))
-    return jit_compile == "true"
 
 
 def _mean_or_none(values):

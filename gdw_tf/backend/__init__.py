@@ -9,6 +9,7 @@ import keras
 
 if keras.backend.backend() == "tensorflow":
     from gdw_tf.backend.tensorflow import checked_labels
+    from gdw_tf.backend.tensorflow import default_jit_compile
     from gdw_tf.backend.tensorflow import jvp
     from gdw_tf.backend.tensorflow import nested_meta_gradient
     from gdw_tf.backend.tensorflow import read_values
@@ -26,6 +27,7 @@ if keras.backend.backend() == "tensorflow":
 
 elif keras.backend.backend() == "jax":
     from gdw_tf.backend.jax import checked_labels
+    from gdw_tf.backend.jax import default_jit_compile
     from gdw_tf.backend.jax import jvp
     from gdw_tf.backend.jax import nested_meta_gradient
     from gdw_tf.backend.jax import read_values
@@ -38,12 +40,24 @@ else:
         f"KERAS_BACKEND={keras.backend.backend()!r}."
     )
 
+
+
+def resolve_jit_compile(jit_compile):
+    """A `--jit_compile` value, "auto", "true" or "false", as a bool; "auto" is this backend's
+    default (TensorFlow: XLA when a GPU is visible; JAX: always)."""
+    if jit_compile == "auto":
+        return default_jit_compile()
+    return jit_compile == "true"
+
+
 __all__ = [
     "Trainer",
     "checked_labels",
+    "default_jit_compile",
     "jvp",
     "nested_meta_gradient",
     "read_values",
+    "resolve_jit_compile",
     "value_and_grad",
     "vjp",
 ]

@@ -79,3 +79,8 @@ def checked_labels(labels, num_classes):
             f"found labels from {int(values.min())} to {int(values.max())}."
         )
     return labels
+
+
+def default_jit_compile():
+    """Always: without `jit_compile`, Keras' JAX trainer runs the step op by op."""
+    return True

@@ -77,3 +77,8 @@ def checked_labels(labels, num_classes):
         ]
     ):
         return tf.identity(labels)
+
+
+def default_jit_compile():
+    """Whether to compile with XLA by default: on GPUs (on CPUs TF's graph mode is faster)."""
+    return bool(tf.config.list_physical_devices("GPU"))
