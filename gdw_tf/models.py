@@ -155,7 +155,7 @@ def small_cnn(input_shape, num_classes):
     return keras.Model(inputs, logits, name="small_cnn")
 
 
-def mlp(input_shape, num_classes, hidden=(64,)):
+def mlp(input_shape, num_classes, hidden=(256, 256)):
     """A multilayer perceptron: flatten, ReLU hidden layers, then logits.
 
     Args:

@@ -93,7 +93,7 @@ def test_small_cnn_and_mlp():
     x = np.zeros((4, 28, 28, 1), np.float32)
     assert cnn(x).shape == (4, 10)
     net = models.build_model("mlp", (5,), 3)
-    assert net.count_params() == 5 * 64 + 64 + 64 * 3 + 3
+    assert net.count_params() == (5 * 256 + 256) + (256 * 256 + 256) + (256 * 3 + 3)
     assert net(np.ones((2, 5), np.float32)).shape == (2, 3)
     assert models.mlp((4,), 2, hidden=(8, 6)).count_params() == (4 * 8 + 8) + (8 * 6 + 6) + 14
 
