@@ -171,21 +171,25 @@ class GDWModel(backend.Trainer, keras.Model):
         # Meta-batch order: pass `meta_epoch` over the meta set follows
         # `seeded_permutation(num_meta, seed, meta_epoch)`; `meta_cursor` is the position in it.
         # Both are checkpointed with the model.
-        self.meta_epoch = self.add_variable(
-            (), initializer="zeros", dtype="int32", trainable=False, name="meta_epoch"
+        # Every replica computes the same values for these and the per-example weights below.
+        self.meta_epoch = self.add_weight(
+            shape=(), initializer="zeros", dtype="int32", trainable=False, name="meta_epoch",
+            aggregation="only_first_replica",
         )
-        self.meta_cursor = self.add_variable(
-            (), initializer="zeros", dtype="int32", trainable=False, name="meta_cursor"
+        self.meta_cursor = self.add_weight(
+            shape=(), initializer="zeros", dtype="int32", trainable=False, name="meta_cursor",
+            aggregation="only_first_replica",
         )
         if self.track_examples is not None:
             if self.track_examples < 1:
                 raise ValueError(f"track_examples must be a positive integer; got {track_examples!r}.")
-            self.example_weights = self.add_variable(
-                (self.track_examples,), initializer="zeros", trainable=False, name="example_weights"
+            self.example_weights = self.add_weight(
+                shape=(self.track_examples,), initializer="zeros", trainable=False,
+                name="example_weights", aggregation="only_first_replica",
             )
-            self.example_label_weights = self.add_variable(
-                (self.track_examples,), initializer="zeros", trainable=False,
-                name="example_label_weights",
+            self.example_label_weights = self.add_weight(
+                shape=(self.track_examples,), initializer="zeros", trainable=False,
+                name="example_label_weights", aggregation="only_first_replica",
             )
         self._meta_x = None
         self._meta_y = None
@@ -224,14 +228,23 @@ class GDWModel(backend.Trainer, keras.Model):
         return 0 if self._meta_y is None else int(self._meta_y.shape[0])
 
     def _next_meta_batch(self):
-        """The next meta batch: epoch-style sampling without replacement."""
+        """The next meta batch (this replica's share of it): epoch-style sampling without
+        replacement."""
         n, b = self.num_meta, self.meta_batch_size
+        replicas = backend.num_replicas()
+        if b % replicas:
+            raise ValueError(
+                f"meta_batch_size={b} must be a multiple of the number of replicas ({replicas}): "
+                "each replica takes an equal share of the meta batch."
+            )
+        share = b // replicas
         cursor, epoch = backend.read_values([self.meta_cursor, self.meta_epoch])
         wrap = cursor + b > n
         epoch = ops.where(wrap, epoch + 1, epoch)
         start = ops.where(wrap, 0, cursor)
         permutation = seeded_permutation(n, self.seed, epoch)
-        indices = ops.take(permutation, start + ops.arange(b, dtype="int32"))
+        offset = start + backend.replica_id() * share
+        indices = ops.take(permutation, offset + ops.arange(share, dtype="int32"))
         self.meta_epoch.assign(epoch)
         self.meta_cursor.assign(start + b)
         x = ops.take(self._meta_x, indices, axis=0)
@@ -372,9 +385,13 @@ class GDWModel(backend.Trainer, keras.Model):
             self.outer_lr,
             self.clip,
         )
-        grads = [g + self.l2 * t for g, t in zip(real.grads, trainable)]
+        # Each replica holds its share of G(ω¹) and of the L2 term; the optimizer sums them.
+        l2 = self.l2 / backend.num_replicas()
+        grads = [g + l2 * t for g, t in zip(real.grads, trainable)]
         self.optimizer.apply(grads, self.backbone.trainable_variables)
-        for variable, value in zip(self.backbone.non_trainable_variables, fwd.non_trainable):
+        for variable, value in zip(
+            self.backbone.non_trainable_variables, _replica_mean_floats(fwd.non_trainable)
+        ):
             variable.assign(value)
 
         # Per-example weights and metrics. The weight on the given label: GDW's ω¹ there, else
@@ -383,14 +400,14 @@ class GDWModel(backend.Trainer, keras.Model):
         if real.class_weights is not None:
             label_weights = ops.sum(real.class_weights * fwd.onehot, axis=-1)
         if index is not None:
-            index = ops.expand_dims(ops.cast(ops.reshape(index, (-1,)), "int32"), -1)
+            index = backend.replica_concat(ops.cast(ops.reshape(index, (-1,)), "int32"))
+            index = ops.expand_dims(index, -1)
             for variable, values in (
                 (self.example_weights, real.instance_weights),
                 (self.example_label_weights, label_weights),
             ):
-                variable.assign(
-                    ops.scatter_update(variable, index, ops.cast(values, variable.dtype))
-                )
+                values = backend.replica_concat(ops.cast(values, variable.dtype))
+                variable.assign(ops.scatter_update(variable, index, values))
         t = self._trackers
         t["train/loss"].update_state(fwd.per_example_loss)
         t["train/accuracy"].update_state(_correct(fwd.logits, y))
@@ -400,9 +417,7 @@ class GDWModel(backend.Trainer, keras.Model):
         if real.class_weights is not None:
             t["weights/labelled_mean"].update_state(label_weights)
             t["weights/other_mean"].update_state(real.class_weights, sample_weight=1.0 - fwd.onehot)
-        return {
-            name: tracker.result() for name, tracker in t.items() if name not in _TEST_METRICS
-        }
+        return {name: _result(tracker) for name, tracker in t.items() if name not in _TEST_METRICS}
 
     def _test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -411,7 +426,7 @@ class GDWModel(backend.Trainer, keras.Model):
         onehot = ops.one_hot(y, self.num_classes, dtype=logits.dtype)
         self._trackers["loss"].update_state(weighting.per_example_cross_entropy(logits, onehot))
         self._trackers["accuracy"].update_state(_correct(logits, y))
-        return {name: self._trackers[name].result() for name in _TEST_METRICS}
+        return {name: _result(self._trackers[name]) for name in _TEST_METRICS}
 
     def get_config(self):
         meta_augmentation = self.meta_augmentation
@@ -444,6 +459,28 @@ class GDWModel(backend.Trainer, keras.Model):
                 config["meta_augmentation"]
             )
         return cls(**config)
+
+
+def _replica_mean_floats(values):
+    """The floating-point `values` averaged over the replicas (BatchNorm's moving statistics,
+    moved by each replica's own batch statistics), the others as they are; all of them unchanged
+    with one replica."""
+    replicas = backend.num_replicas()
+    floats = [i for i, value in enumerate(values) if "float" in str(value.dtype)]
+    if replicas == 1 or not floats:
+        return values
+    sums = backend.replica_sum([values[i] for i in floats])
+    values = list(values)
+    for i, total in zip(floats, sums):
+        values[i] = total / replicas
+    return values
+
+
+def _result(tracker):
+    """A `keras.metrics.Mean`'s value over all replicas (in a replica, `result()` is that
+    replica's alone)."""
+    total, count = backend.replica_sum(backend.read_values([tracker.total, tracker.count]))
+    return ops.divide_no_nan(total, count)
 
 
 def _correct(logits, labels):

@@ -51,7 +51,7 @@ import tensorflow as tf
 
 from gdw_tf import data
 from gdw_tf import models
-from gdw_tf.backend import resolve_jit_compile
+from gdw_tf import backend
 from gdw_tf.config import OUTER_LR_BY_CLASSES
 from gdw_tf.model import GDWModel
 from gdw_tf.model import hash_uint32
@@ -148,7 +148,7 @@ def run_settings(config, dataset, split):
         "normalization": {"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
         "augment": resolve_augment(config.augment, input_shape),
         "outer_lr": resolve_outer_lr(config.outer_lr, dataset.num_classes),
-        "jit_compile": resolve_jit_compile(config.jit_compile),
+        "jit_compile": backend.resolve_jit_compile(config.jit_compile),
         "num_train": int(len(split.train_indices)),
         "num_meta": int(len(split.meta_indices)),
         "steps_per_epoch": math.ceil(len(split.train_indices) / config.batch_size),
@@ -451,7 +451,8 @@ class MetaAugmentation(keras.layers.Layer):
         self.seed = int(seed)
         self.padding = int(padding)
         self.calls = self.add_weight(shape=(), dtype="int32", initializer="zeros",
-                                     trainable=False, name="calls")
+                                     trainable=False, name="calls",
+                                     aggregation="only_first_replica")
 
     def call(self, images, training=False):
         if not training:
@@ -463,7 +464,10 @@ class MetaAugmentation(keras.layers.Layer):
         key = hash_uint32(ops.bitwise_xor(hash_uint32(ops.cast(self.seed, "uint32")),
                                           ops.cast(self.calls, "uint32")))
         self.calls.assign(self.calls + 1)
-        draws = ops.cast(ops.reshape(ops.arange(3 * batch, dtype="int32"), (batch, 3)), "uint32")
+        # A replica's share of the meta batch draws what the same rows of the whole batch would.
+        first = backend.replica_id() * 3 * batch
+        draws = ops.reshape(first + ops.arange(3 * batch, dtype="int32"), (batch, 3))
+        draws = ops.cast(draws, "uint32")
         draws = hash_uint32(ops.bitwise_xor(draws, key))
         offsets = ops.cast(ops.mod(draws[:, :2], ops.cast(2 * p + 1, "uint32")), "int32")
         flip = ops.equal(ops.bitwise_and(draws[:, 2:], ops.cast(1, "uint32")), 1)

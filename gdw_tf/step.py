@@ -12,7 +12,14 @@ The intermediate gradients `g = ∂L_meta/∂ω` come from one of two formulatio
 - `"jvp"` (default): `u = ∇_{θ'} L_meta`, then `g = −(α/B) · e ⊙ (J_θ z · u)` with one forward-mode
   JVP of the training logits. No second-order backprop.
 - `"nested"`: differentiate the meta loss through the virtual update itself (double backprop), as
-  the reference code does with `create_graph=True`. Kept for checking.
+  the reference code does with `create_graph=True`. Kept for checking; one replica only.
+
+Under a `tf.distribute` strategy each replica holds a share of the training and the meta batch.
+Every mean is over the global batch (`backend.replica_sum` of the sizes), the virtual step's
+gradient `G(ω⁰)` and the meta gradient `u` are summed over the replicas before use, and so are
+the normalisers `Σ|g|` (stage 2) and `Σ max(s, 0)` (L2RW). The gradients these functions return
+for an optimizer (the weight net's `∂L_meta/∂φ`, the real step's `G(ω¹)`) are each replica's
+share of the sum: Keras' optimizers sum them over the replicas when they apply them.
 
 Where this departs from the reference code (GGchen1997/GDW-NIPS2021) and why:
 
@@ -102,9 +109,10 @@ def _as_dtype(value, dtype):
     return ops.cast(value, dtype)
 
 
-def _mean_cross_entropy(logits, labels, num_classes):
-    onehot = ops.one_hot(labels, num_classes, dtype=logits.dtype)
-    return ops.mean(weighting.per_example_cross_entropy(logits, onehot))
+def global_batch_size(per_example):
+    """The number of examples in the global batch of which `per_example` (`[b, ...]`) is a
+    share, in its dtype."""
+    return backend.replica_sum(ops.cast(ops.shape(per_example)[0], per_example.dtype))
 
 
 def forward(method, backbone, trainable, non_trainable, x, y, num_classes):
@@ -176,8 +184,10 @@ def meta_gradient(
         raise ValueError(f"meta_gradient needs method gdw, mwnet or l2rw; got {method!r}.")
     if meta_grad not in META_GRADIENTS:
         raise ValueError(f"meta_grad must be one of {META_GRADIENTS}; got {meta_grad!r}.")
+    if meta_grad == "nested" and backend.num_replicas() > 1:
+        raise ValueError('meta_grad="nested" runs on one replica only; use meta_grad="jvp".')
     dtype = fwd.logits.dtype
-    batch_size = ops.cast(ops.shape(fwd.logits)[0], dtype)
+    batch_size = global_batch_size(fwd.logits)
 
     # 2. Stage-1 weights as a function of φ, so that the meta-gradient reaches the weight net.
     def stage1(phi):
@@ -204,7 +214,9 @@ def meta_gradient(
 
     def meta_loss_fn(params):
         meta_logits = training_logits(backbone, params, non_trainable, x_meta)
-        return _mean_cross_entropy(meta_logits, y_meta, num_classes), ()
+        onehot = ops.one_hot(y_meta, num_classes, dtype=meta_logits.dtype)
+        losses = weighting.per_example_cross_entropy(meta_logits, onehot)
+        return ops.sum(losses) / global_batch_size(losses), ()
 
     # 3–5. Virtual step θ' = θ − α G, meta loss at θ', and ∂L_meta/∂cotangent = −α J_θ z · u.
     if meta_grad == "nested":
@@ -215,9 +227,10 @@ def meta_gradient(
         if method == "l2rw":
             virtual = trainable
         else:
-            grads = fwd.vjp_fn(cotangent)
+            grads = backend.replica_sum(fwd.vjp_fn(cotangent))
             virtual = [t - virtual_lr * g for t, g in zip(trainable, grads)]
         meta_loss, _, meta_grads = backend.value_and_grad(meta_loss_fn, virtual)
+        meta_loss, meta_grads = backend.replica_sum((meta_loss, meta_grads))
         _, logits_jvp = backend.jvp(
             lambda params: training_logits(backbone, params, non_trainable, x),
             trainable,
@@ -265,11 +278,12 @@ def real_gradient(
     Returns:
       A `RealGradient`.
     """
-    batch_size = ops.cast(ops.shape(fwd.e)[0], fwd.e.dtype)
+    batch_size = global_batch_size(fwd.e)
     class_weights = None
     if method == "gdw":
         class_weights = weighting.stage2_update(
-            meta.weights, meta.dmeta_dweights, outer_lr, clip, fwd.p, fwd.onehot
+            meta.weights, meta.dmeta_dweights, outer_lr, clip, fwd.p, fwd.onehot,
+            sum_fn=backend.replica_sum,
         )
         instance_weights = meta.instance_weights
         cotangent = class_weights * fwd.e / batch_size
@@ -279,7 +293,7 @@ def real_gradient(
         )
         cotangent = ops.expand_dims(instance_weights, -1) * fwd.e / batch_size
     elif method == "l2rw":
-        normalised = weighting.l2rw_weights(-meta.dmeta_dweights)
+        normalised = weighting.l2rw_weights(-meta.dmeta_dweights, sum_fn=backend.replica_sum)
         instance_weights = normalised * batch_size
         cotangent = ops.expand_dims(normalised, -1) * fwd.e
     elif method == "ce":

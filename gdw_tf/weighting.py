@@ -61,7 +61,7 @@ def zero_mean_constraint(omega, p, onehot):
     return omega * others + omega_label * onehot
 
 
-def stage2_update(omega0, dmeta_domega, outer_lr, clip, p, onehot):
+def stage2_update(omega0, dmeta_domega, outer_lr, clip, p, onehot, sum_fn=None):
     """GDW's stage 2: one normalised, clipped descent step on the class-level weights.
 
     `Δ = clip(β g / Σ|g|, −c, c)`, `ω¹ = clamp(ω⁰ − Δ, 1e−6, 1e6)`, then the zero-mean constraint.
@@ -74,12 +74,16 @@ def stage2_update(omega0, dmeta_domega, outer_lr, clip, p, onehot):
       outer_lr: `β`, the outer learning rate.
       clip: `c`, the bound on each entry of the step.
       p, onehot: as for `zero_mean_constraint`.
+      sum_fn: maps the local `Σ|g|` to the whole batch's, when `dmeta_domega` is only part of
+        it (a replica's share); identity by default.
 
     Returns:
       `ω¹`, `[B, C]`.
     """
     g = ops.stop_gradient(dmeta_domega)
     total = ops.sum(ops.abs(g))
+    if sum_fn is not None:
+        total = sum_fn(total)
     safe_total = ops.where(total > 0, total, ops.ones_like(total))
     step = ops.where(total > 0, outer_lr * g / safe_total, ops.zeros_like(g))
     step = ops.clip(step, -clip, clip)
@@ -87,17 +91,22 @@ def stage2_update(omega0, dmeta_domega, outer_lr, clip, p, onehot):
     return zero_mean_constraint(omega1, p, onehot)
 
 
-def l2rw_weights(scores):
+def l2rw_weights(scores, sum_fn=None):
     """Learning-to-reweight example weights: `w_i = max(s_i, 0) / Σ_k max(s_k, 0)`, or all 0.
 
     Args:
       scores: `[B]` alignment of each example's gradient with the meta gradient.
+      sum_fn: maps the local sum `Σ_k max(s_k, 0)` to the whole batch's, when `scores` are only
+        part of it (a replica's share); identity by default.
 
     Returns:
-      `[B]` weights, non-negative, summing to 1 unless every score is ≤ 0 (then all zero).
+      `[B]` weights, non-negative, summing to 1 over the whole batch unless every score is ≤ 0
+      (then all zero).
     """
     positive = ops.maximum(scores, ops.zeros_like(scores))
     total = ops.sum(positive)
+    if sum_fn is not None:
+        total = sum_fn(total)
     safe_total = ops.where(total > 0, total, ops.ones_like(total))
     return ops.where(total > 0, positive / safe_total, ops.zeros_like(positive))
 

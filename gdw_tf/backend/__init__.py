@@ -1,5 +1,5 @@
-"""The backend-specific part of a GDW step: automatic differentiation, reading variables, and the
-trainer that runs the step (`Trainer`, a mixin of `GDWModel`).
+"""The backend-specific part of a GDW step: automatic differentiation, reading variables,
+cross-replica sums, and the trainer that runs the step (`Trainer`, a mixin of `GDWModel`).
 
 Everything else (the weighting arithmetic, the step, the model) is written once with `keras.ops`.
 This mirrors Keras' own layout, where a small trainer per backend sits under shared logic.
@@ -12,7 +12,11 @@ if keras.backend.backend() == "tensorflow":
     from gdw_tf.backend.tensorflow import default_jit_compile
     from gdw_tf.backend.tensorflow import jvp
     from gdw_tf.backend.tensorflow import nested_meta_gradient
+    from gdw_tf.backend.tensorflow import num_replicas
     from gdw_tf.backend.tensorflow import read_values
+    from gdw_tf.backend.tensorflow import replica_concat
+    from gdw_tf.backend.tensorflow import replica_id
+    from gdw_tf.backend.tensorflow import replica_sum
     from gdw_tf.backend.tensorflow import value_and_grad
     from gdw_tf.backend.tensorflow import vjp
 
@@ -30,7 +34,11 @@ elif keras.backend.backend() == "jax":
     from gdw_tf.backend.jax import default_jit_compile
     from gdw_tf.backend.jax import jvp
     from gdw_tf.backend.jax import nested_meta_gradient
+    from gdw_tf.backend.jax import num_replicas
     from gdw_tf.backend.jax import read_values
+    from gdw_tf.backend.jax import replica_concat
+    from gdw_tf.backend.jax import replica_id
+    from gdw_tf.backend.jax import replica_sum
     from gdw_tf.backend.jax import value_and_grad
     from gdw_tf.backend.jax import vjp
     from gdw_tf.backend.jax_trainer import JAXTrainer as Trainer
@@ -39,7 +47,6 @@ else:
         "gdw_tf supports the TensorFlow and JAX backends; "
         f"KERAS_BACKEND={keras.backend.backend()!r}."
     )
-
 
 
 def resolve_jit_compile(jit_compile):
@@ -56,7 +63,11 @@ __all__ = [
     "default_jit_compile",
     "jvp",
     "nested_meta_gradient",
+    "num_replicas",
     "read_values",
+    "replica_concat",
+    "replica_id",
+    "replica_sum",
     "resolve_jit_compile",
     "value_and_grad",
     "vjp",

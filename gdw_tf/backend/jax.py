@@ -84,3 +84,28 @@ def checked_labels(labels, num_classes):
 def default_jit_compile():
     """Always: without `jit_compile`, Keras' JAX trainer runs the step op by op."""
     return True
+
+
+# Keras on JAX distributes a step by sharding its arrays (`keras.distribution`): the step is
+# written for the global batch and XLA inserts the collectives, so there are no replicas to
+# combine by hand.
+
+
+def num_replicas():
+    """1: a sharded JAX step already sees the global batch."""
+    return 1
+
+
+def replica_id():
+    """0 (see `num_replicas`)."""
+    return 0
+
+
+def replica_sum(values):
+    """`values` unchanged (see `num_replicas`)."""
+    return values
+
+
+def replica_concat(value):
+    """`value` unchanged (see `num_replicas`)."""
+    return value

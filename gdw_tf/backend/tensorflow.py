@@ -1,8 +1,12 @@
-"""Automatic differentiation for the GDW step on the TensorFlow backend.
+"""Automatic differentiation and cross-replica sums for the GDW step on the TensorFlow backend.
 
 `vjp` and `jvp` follow `jax.vjp` and `jax.jvp`: a function of a list of tensors, its output, and
 a function (or value) for the product with a cotangent (or tangent). A persistent tape lets one
 forward pass serve several VJPs, as GDW's step needs (`G(ω⁰)` and `G(ω¹)`).
+
+Under a `tf.distribute` strategy each replica runs the step on its share of the batch; the
+`replica_*` functions combine what must be computed over the global batch (sums, the virtual
+step's gradient, the meta gradient). Without a strategy they are the identity.
 """
 
 import tensorflow as tf
@@ -77,6 +81,42 @@ def checked_labels(labels, num_classes):
         ]
     ):
         return tf.identity(labels)
+
+
+def _replica_context():
+    """The replica context of a tf.distribute strategy with several replicas, else None."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
+def num_replicas():
+    """How many replicas run this step together (1 without a tf.distribute strategy)."""
+    context = _replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def replica_id():
+    """This replica's index in `[0, num_replicas())`; 0 without a strategy."""
+    context = _replica_context()
+    return 0 if context is None else context.replica_id_in_sync_group
+
+
+def replica_sum(values):
+    """`values` (a tensor or a list of them) summed over the replicas; unchanged with one."""
+    context = _replica_context()
+    if context is None:
+        return values
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+
+def replica_concat(value):
+    """The replicas' `value`s concatenated along axis 0, in replica order; unchanged with one."""
+    context = _replica_context()
+    if context is None:
+        return value
+    return context.all_gather(value, axis=0)
 
 
 def default_jit_compile():
