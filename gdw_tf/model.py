@@ -342,6 +342,12 @@ class GDWModel(backend.Trainer, keras.Model):
                 f"method={self.method!r} needs a clean meta set: pass meta_data= to GDWModel or "
                 "call model.set_meta_data((x_meta, y_meta)) before fit()."
             )
+        if backend.num_replicas() > 1 and _synchronized_batch_norms(self.backbone):
+            raise ValueError(
+                "BatchNormalization(synchronized=True) is not supported across replicas (layers "
+                f"{_synchronized_batch_norms(self.backbone)}): GDW's meta-gradient does not pass "
+                "correctly through its all-reduce. Use synchronized=False (per-replica statistics)."
+            )
         y = self._labels(y)
         trainable = backend.read_values(self.backbone.trainable_variables)
         non_trainable = backend.read_values(self.backbone.non_trainable_variables)
@@ -459,6 +465,12 @@ class GDWModel(backend.Trainer, keras.Model):
                 config["meta_augmentation"]
             )
         return cls(**config)
+
+
+def _synchronized_batch_norms(model):
+    """Names of the BatchNormalization layers in `model` that synchronize across replicas."""
+    return [layer.name for layer in model._flatten_layers(include_self=False)
+            if getattr(layer, "synchronized", False)]
 
 
 def _replica_mean_floats(values):

@@ -9,6 +9,12 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+# Two logical CPU devices, so tf.distribute strategies have two replicas on this CPU
+# (tests/test_distribute.py); set before TensorFlow's runtime starts. Ops still default to CPU:0.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
 # Deterministic kernels and no TF32 on GPUs, so float comparisons mean something.
 tf.config.experimental.enable_op_determinism()
 tf.config.experimental.enable_tensor_float_32_execution(False)
