@@ -247,8 +247,9 @@ class GDWModel(backend.Trainer, keras.Model):
         indices = ops.take(permutation, offset + ops.arange(share, dtype="int32"))
         self.meta_epoch.assign(epoch)
         self.meta_cursor.assign(start + b)
-        x = ops.take(self._meta_x, indices, axis=0)
-        y = ops.take(self._meta_y, indices, axis=0)
+        # Split over the devices like a training batch, where a JAX step is sharded.
+        x = backend.shard_batch(ops.take(self._meta_x, indices, axis=0))
+        y = backend.shard_batch(ops.take(self._meta_y, indices, axis=0))
         if self.meta_augmentation is not None:
             x = self.meta_augmentation(x, training=True)
         return x, y

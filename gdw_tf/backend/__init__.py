@@ -17,6 +17,7 @@ if keras.backend.backend() == "tensorflow":
     from gdw_tf.backend.tensorflow import replica_concat
     from gdw_tf.backend.tensorflow import replica_id
     from gdw_tf.backend.tensorflow import replica_sum
+    from gdw_tf.backend.tensorflow import shard_batch
     from gdw_tf.backend.tensorflow import value_and_grad
     from gdw_tf.backend.tensorflow import vjp
 
@@ -39,6 +40,7 @@ elif keras.backend.backend() == "jax":
     from gdw_tf.backend.jax import replica_concat
     from gdw_tf.backend.jax import replica_id
     from gdw_tf.backend.jax import replica_sum
+    from gdw_tf.backend.jax import shard_batch
     from gdw_tf.backend.jax import value_and_grad
     from gdw_tf.backend.jax import vjp
     from gdw_tf.backend.jax_trainer import JAXTrainer as Trainer
@@ -69,6 +71,7 @@ __all__ = [
     "replica_id",
     "replica_sum",
     "resolve_jit_compile",
+    "shard_batch",
     "value_and_grad",
     "vjp",
 ]

@@ -11,6 +11,7 @@ still checked before training by `GDWModel.fit`, on every backend.
 """
 
 import jax
+import keras
 import numpy as np
 
 
@@ -88,7 +89,8 @@ def default_jit_compile():
 
 # Keras on JAX distributes a step by sharding its arrays (`keras.distribution`): the step is
 # written for the global batch and XLA inserts the collectives, so there are no replicas to
-# combine by hand.
+# combine by hand. Under `DataParallel` Keras splits the training batch over the devices; the meta
+# batch, gathered inside the step from the meta set (a constant), is split by `shard_batch`.
 
 
 def num_replicas():
@@ -109,3 +111,16 @@ def replica_sum(values):
 def replica_concat(value):
     """`value` unchanged (see `num_replicas`)."""
     return value
+
+
+def shard_batch(value):
+    """`value` (examples on axis 0) split over the devices as Keras splits a training batch,
+    under `keras.distribution`; unchanged without one, or when the devices do not divide it (an
+    uneven split fails outside `jit`)."""
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return value
+    layout = distribution.get_data_layout(value.shape).backend_layout
+    if value.shape[0] % layout.mesh.shape[distribution.batch_dim_name]:
+        return value
+    return jax.lax.with_sharding_constraint(value, layout)

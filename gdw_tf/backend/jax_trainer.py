@@ -16,6 +16,10 @@ state does not carry: the trainer passes `model.optimizer.variables` only. They 
 the optimizer part of the state: `_get_jax_state` appends their values, `jax_state_sync` writes them
 back, and `_get_state_sharding_spec` gives them shardings, so `fit`, `train_on_batch`, callbacks
 that sync mid-epoch and checkpoints all see them like the backbone optimizer's.
+
+Under `keras.distribution` (e.g. `DataParallel`) Keras' trainer compiles the step with these
+shardings as its output shardings and shards each batch; XLA partitions the step for the global
+batch, so it takes the steps one device takes (`tests/test_jax_distribute.py`).
 """
 
 import keras

@@ -119,6 +119,11 @@ def replica_concat(value):
     return context.all_gather(value, axis=0)
 
 
+def shard_batch(value):
+    """`value` unchanged: each replica already holds its share (see `replica_id`)."""
+    return value
+
+
 def default_jit_compile():
     """Whether to compile with XLA by default: on GPUs (on CPUs TF's graph mode is faster)."""
     return bool(tf.config.list_physical_devices("GPU"))
