@@ -22,11 +22,16 @@ from gdw_tf import step
 
 METHODS = step.METHODS
 AUTO_TRUE_FALSE = ("auto", "true", "false")
+DISTRIBUTE = ("none", "mirrored", "multi_worker")
 OUTER_LR_BY_CLASSES = -1.0
 
 # Fields that only say where things are or how fast they run: a resumed run may change them.
+# `distribute` too: a run may resume on other devices, and `mirrored` does not fix the number of
+# replicas anyway (it takes the GPUs it finds). The steps are those of one device on the same
+# global batches, up to the rounding of cross-replica sums and BatchNorm's per-replica batch
+# statistics; results.json records `num_replicas`.
 _RUN_INDEPENDENT_FIELDS = ("data_dir", "output_dir", "export_dir", "overwrite", "jit_compile",
-                           "verbose")
+                           "verbose", "distribute")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +62,7 @@ class Config:
     max_train_examples: int = 0
     max_test_examples: int = 0
     export_dir: str | None = None
+    distribute: str = "none"
     overwrite: bool = False
     verbose: int = 1
 
@@ -164,6 +170,15 @@ def define_flags(flag_values):
                         "An unfinished run there is resumed.", flag_values=fv)
     flags.DEFINE_string("export_dir", None, "If set, export a serving SavedModel (uint8 images "
                         "in, normalisation inside) there at the end.", flag_values=fv)
+    flags.DEFINE_enum(
+        "distribute", "none", DISTRIBUTE,
+        "Devices to train on (TensorFlow backend only): none = one device; mirrored = "
+        "tf.distribute.MirroredStrategy over this machine's devices (TensorFlow's default: all "
+        "GPUs, else the CPU); multi_worker = tf.distribute.MultiWorkerMirroredStrategy, the "
+        "cluster read from the TF_CONFIG environment variable, every worker running the same "
+        "command (the chief writes --output_dir, the others <output_dir>/workers/worker<i>). "
+        "--batch_size and --meta_batch_size are global, split across the replicas; "
+        "--meta_batch_size must be a multiple of the number of replicas.", flag_values=fv)
     flags.DEFINE_boolean("overwrite", False, "Start over: delete the run files in --output_dir "
                          "(a finished, unfinished or different run) and a non-empty "
                          "--export_dir instead of refusing them.", flag_values=fv)

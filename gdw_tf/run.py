@@ -26,6 +26,16 @@ Run directory:
     example_weights.npz   per training example: index, labels, corrupted flag, weights
     model.keras           the trained backbone (normalised float images in, logits out)
     results.json          accuracies (fractions in [0, 1]), noise, detection AUROC, timing
+    workers/              with --distribute=multi_worker: the other workers' run directories
+
+Devices (`config.distribute`, TensorFlow only): `none` trains on one device; `mirrored` and
+`multi_worker` build the model under a `tf.distribute` strategy, each replica taking its share of
+every (global) training and meta batch; `num_replicas` is recorded with the settings. With
+`multi_worker` every worker runs the same command, trains the same weights and writes a complete
+run directory of its own: the chief (task type `chief`, or `worker` 0 when the cluster has no
+chief) writes `output_dir`, every other worker `output_dir/workers/<task type><index>` (e.g.
+`workers/worker1`), which the chief leaves alone. Each worker thus resumes from its own backup
+(the workers' backups are interchangeable).
 
 Resuming: a run started again with the same configuration continues from the last finished
 epoch and ends with the weights an uninterrupted run ends with. `BackupAndRestore` restores
@@ -36,6 +46,7 @@ deterministic ops for bit-equal results: `tf.config.experimental.enable_op_deter
 """
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -52,6 +63,7 @@ import tensorflow as tf
 from gdw_tf import data
 from gdw_tf import models
 from gdw_tf import backend
+from gdw_tf.config import DISTRIBUTE
 from gdw_tf.config import OUTER_LR_BY_CLASSES
 from gdw_tf.model import GDWModel
 from gdw_tf.model import hash_uint32
@@ -64,6 +76,7 @@ BACKUP_DIR = "backup"
 EXAMPLE_WEIGHTS_FILE = "example_weights.npz"
 MODEL_FILE = "model.keras"
 RESULTS_FILE = "results.json"
+WORKERS_DIR = "workers"
 _RUN_FILES = (CONFIG_FILE, SPLIT_FILE, HISTORY_FILE, TENSORBOARD_DIR, BACKUP_DIR,
               EXAMPLE_WEIGHTS_FILE, MODEL_FILE, RESULTS_FILE)
 
@@ -75,13 +88,21 @@ class NonFiniteLossError(RuntimeError):
 def run(config):
     """Trains as `config` says, writes the run directory, and returns the results dict.
 
+    With `config.distribute="multi_worker"`, every worker calls this with the same config; a
+    worker other than the chief writes `output_dir/workers/<task type><index>` instead of
+    `output_dir` (see the module docstring) and returns its own, identical, results.
+
     Raises:
       ValueError: on bad input (a finished run or another config in `output_dir`, an unknown
-        or corrupt dataset, a meta set larger than the smallest class allows, ...), before any
-        training.
+        or corrupt dataset, a meta set larger than the smallest class allows, a meta batch that
+        does not split across the replicas, ...), before any training.
       NonFiniteLossError: if the loss became non-finite (the last good epoch stays in backup/).
     """
     start = time.perf_counter()
+    # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
+    strategy = make_strategy(config.distribute)
+    config = worker_config(config, strategy)
+    check_replicas(config, strategy.num_replicas_in_sync)
     prepare_output_dir(config)
     # Python, NumPy and TensorFlow seeds: the initial weights, and with the dataset's own seeds
     # (which TensorFlow combines with its global seed) the data order.
@@ -90,7 +111,7 @@ def run(config):
     # Data: the dataset, then the split (drawn once, then reloaded).
     dataset = load_data(config)
     split = load_or_make_split(config, dataset.y_train, dataset.num_classes)
-    settings = run_settings(config, dataset, split)
+    settings = run_settings(config, dataset, split, strategy.num_replicas_in_sync)
     _write_json(os.path.join(config.output_dir, CONFIG_FILE),
                 {"config": config.to_dict(), **settings})
 
@@ -106,7 +127,8 @@ def run(config):
                      split.meta_labels)
 
     # Model and training: one pass of the (reshuffling) training set per epoch.
-    model = build_gdw_model(config, settings, meta_data)
+    with strategy.scope():
+        model = build_gdw_model(config, settings, meta_data)
     model.fit(train_data.repeat(), steps_per_epoch=settings["steps_per_epoch"], shuffle=False,
               validation_data=test_data, epochs=config.epochs,
               callbacks=make_callbacks(config, train_data, settings["steps_per_epoch"]),
@@ -137,8 +159,81 @@ def load_data(config):
                             x_test=dataset.x_test[:test], y_test=dataset.y_test[:test])
 
 
-def run_settings(config, dataset, split):
-    """What the run derives from config and data: shapes, normalisation, resolved `auto`s."""
+def make_strategy(name):
+    """The `tf.distribute` strategy of `--distribute=name` (`gdw_tf.config.DISTRIBUTE`).
+
+    `none` is TensorFlow's default strategy (one device); `mirrored` a `MirroredStrategy` over
+    TensorFlow's default devices (all GPUs, else the CPU); `multi_worker` a
+    `MultiWorkerMirroredStrategy` of the cluster in `TF_CONFIG`, which must be created before
+    TensorFlow runs any op.
+
+    Raises:
+      ValueError: if `name` is unknown, is not `none` on another backend than TensorFlow, or
+        is `multi_worker` without a JSON `TF_CONFIG`.
+    """
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"--distribute={name} uses tf.distribute, which needs KERAS_BACKEND=tensorflow "
+            f"(now {keras.backend.backend()}); drop --distribute to train on one device.")
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        example = ('{"cluster": {"worker": ["host0:port", "host1:port"]}, '
+                   '"task": {"type": "worker", "index": 0}}')
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError(
+                "--distribute=multi_worker reads the cluster from the TF_CONFIG environment "
+                f"variable, which is not set; set it on every worker (e.g. '{example}'), or use "
+                "--distribute=mirrored on one machine.")
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except json.JSONDecodeError as err:
+            raise ValueError(f"the TF_CONFIG environment variable is not JSON ({err}); set it "
+                             f"as '{example}' with this worker's index.") from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"Unknown --distribute={name!r}; expected one of {', '.join(DISTRIBUTE)}.")
+
+
+def worker_config(config, strategy):
+    """`config` as this worker runs it: unchanged on the chief (and without a cluster);
+    elsewhere writing to `output_dir/workers/<task type><index>`, exporting nothing."""
+    resolver = strategy.cluster_resolver
+    if resolver is None or not resolver.task_type:
+        return config
+    task_type, index = resolver.task_type, resolver.task_id
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    if task_type == "chief" or (task_type == "worker" and index == 0 and not has_chief):
+        return config
+    return dataclasses.replace(
+        config, output_dir=os.path.join(config.output_dir, WORKERS_DIR, f"{task_type}{index}"),
+        export_dir=None)
+
+
+def check_replicas(config, num_replicas):
+    """Refuses a configuration that cannot train on `num_replicas` replicas.
+
+    Raises:
+      ValueError: if the meta batch does not split evenly across the replicas, or the nested
+        meta-gradient (one replica only) is asked for with more than one.
+    """
+    if config.method == "ce" or num_replicas == 1:
+        return
+    if config.meta_batch_size % num_replicas:
+        raise ValueError(
+            f"--meta_batch_size={config.meta_batch_size} must be a multiple of the number of "
+            f"replicas ({num_replicas}, --distribute={config.distribute}): each replica takes an "
+            "equal share of the meta batch.")
+    if config.meta_grad == "nested":
+        raise ValueError(
+            f"--meta_grad=nested runs on one replica only (here {num_replicas}, "
+            f"--distribute={config.distribute}); use --meta_grad=jvp.")
+
+
+def run_settings(config, dataset, split, num_replicas):
+    """What the run derives from config and data: shapes, normalisation, resolved `auto`s, and
+    the number of replicas it trains on."""
     mean, std = data.normalization_stats(config.dataset, dataset.x_train)
     input_shape = [int(d) for d in dataset.x_train.shape[1:]]
     return {
@@ -152,6 +247,7 @@ def run_settings(config, dataset, split):
         "num_train": int(len(split.train_indices)),
         "num_meta": int(len(split.meta_indices)),
         "steps_per_epoch": math.ceil(len(split.train_indices) / config.batch_size),
+        "num_replicas": int(num_replicas),
     }
 
 

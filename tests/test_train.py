@@ -17,6 +17,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 import gdw_tf
+from gdw_tf import backend
 from gdw_tf import config as config_lib
 from gdw_tf import data
 from gdw_tf import models
@@ -491,7 +492,7 @@ def test_cosine_schedule_and_resolved_defaults():
     assert run_lib.resolve_augment("auto", (32, 32, 3)) is True
     assert run_lib.resolve_augment("auto", (28, 28, 1)) is False
     assert run_lib.resolve_augment("true", (28, 28, 1)) is True
-    assert run_lib.resolve_jit_compile("auto") == bool(tf.config.list_physical_devices("GPU"))
+    assert backend.resolve_jit_compile("auto") == bool(tf.config.list_physical_devices("GPU"))
 
 
 def test_meta_augmentation_is_a_reflect_padded_crop_maybe_flipped():

@@ -11,6 +11,7 @@ if keras.backend.backend() == "tensorflow":
     from gdw_tf.backend.tensorflow import checked_labels
     from gdw_tf.backend.tensorflow import default_jit_compile
     from gdw_tf.backend.tensorflow import jvp
+    from gdw_tf.backend.tensorflow import multi_worker_logs
     from gdw_tf.backend.tensorflow import nested_meta_gradient
     from gdw_tf.backend.tensorflow import num_replicas
     from gdw_tf.backend.tensorflow import read_values
@@ -25,10 +26,18 @@ if keras.backend.backend() == "tensorflow":
         """TensorFlow: Keras' trainer runs the model's stateful step (in a `tf.function`)."""
 
         def train_step(self, data):
-            return self._train_step(data)
+            return multi_worker_logs(self._train_step(data))
 
         def test_step(self, data):
-            return self._test_step(data)
+            return multi_worker_logs(self._test_step(data))
+
+        def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+            # GDWModel creates all its variables in __init__ and compile(), under the strategy's
+            # scope: nothing to build. Under a strategy Keras would take a batch from an extra
+            # iterator over the data, which starts a reshuffling dataset's next pass (another
+            # data order than on one device), and reduce it across workers, which fails with
+            # MultiWorkerMirroredStrategy (keras-team/keras#20585).
+            pass
 
 elif keras.backend.backend() == "jax":
     from gdw_tf.backend.jax import checked_labels

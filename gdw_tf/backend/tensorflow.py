@@ -10,6 +10,7 @@ step's gradient, the meta gradient). Without a strategy they are the identity.
 """
 
 import tensorflow as tf
+from keras.src.backend.tensorflow.trainer import _collective_all_reduce_multi_worker
 
 _ZERO = tf.UnconnectedGradients.ZERO
 
@@ -81,6 +82,15 @@ def checked_labels(labels, num_classes):
         ]
     ):
         return tf.identity(labels)
+
+
+def multi_worker_logs(logs):
+    """A step's scalar logs, as Keras can average them over the workers of a
+    `MultiWorkerMirroredStrategy` (shape `[1]`; Keras reduces them along axis 0, which a
+    scalar lacks: keras-team/keras#20585); unchanged otherwise."""
+    if not _collective_all_reduce_multi_worker(tf.distribute.get_strategy()):
+        return logs
+    return {name: tf.reshape(value, [1]) for name, value in logs.items()}
 
 
 def _replica_context():

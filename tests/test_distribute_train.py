@@ -1,0 +1,281 @@
+"""`python -m gdw_tf.train --distribute=...`: mirrored and two-worker runs train as one device,
+worker directories, and the refusals (no TF_CONFIG, a meta batch that does not split across the
+replicas, JAX)."""
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gdw_tf import config as config_lib
+from gdw_tf import run as run_lib
+from test_train import REPO
+from test_train import TINY_FASHION_MNIST
+from test_train import _backbone_weights
+from test_train import _exit_message
+from test_train import _history_rows
+from test_train import _main
+from test_train import _read_json
+from test_train import no_data_loading  # noqa: F401 (a fixture)
+
+tensorflow_only = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                                     reason="tf.distribute needs the TensorFlow backend")
+
+RUN_FILES = ["config.json", "example_weights.npz", "history.csv", "model.keras", "results.json",
+             "split.npz", "tensorboard"]
+# Fashion-MNIST, 250 training examples in 5 global batches of 50 (25 per replica with two),
+# 2 epochs, crops and meta augmentation on: the data order, the crops and the meta batches must
+# all line up across the replicas. An MLP has no BatchNorm, whose per-replica batch statistics
+# would differ from one device's.
+RUN_ARGS = [*TINY_FASHION_MNIST, "--model=mlp", "--epochs=2", "--augment=true",
+            "--noise=uniform", "--ratio=0.6"]
+TIMEOUT_S = 300
+
+# `python -m gdw_tf.train` on two logical CPUs, as tests/conftest.py sets up. In a process of its
+# own: TensorFlow keeps collective ops' state per process, and a second MirroredStrategy that
+# trains a model of other shapes over the same devices fails ("Shape mismatch in the collective
+# instance"; plain Keras models too), which would break tests/test_distribute.py.
+_TRAIN_ON_TWO_CPUS = """
+import sys
+import tensorflow as tf
+from absl import app
+from gdw_tf import train
+
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.argv = ["train"] + sys.argv[1:]
+app.run(train.main)
+"""
+
+
+def _two_replica_strategy(name):
+    """`run_lib.make_strategy` with two replicas, whatever `name`."""
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # tests/conftest.py's CPUs
+
+
+def _free_ports(count):
+    """`count` distinct loopback ports that were free a moment ago."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("localhost", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _subprocess_env(**variables):
+    """The environment of a training process: TensorFlow, quiet, this checkout's gdw_tf."""
+    return {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
+            **variables}
+
+
+def _start_workers(args, log_dir):
+    """Starts `python -m gdw_tf.train args` as the two workers of a localhost cluster."""
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    workers = []
+    for index in range(2):
+        tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        # Logs to files: a full pipe would block a worker, and with it the other.
+        log = open(log_dir / f"worker{index}.log", "w")
+        workers.append((subprocess.Popen(
+            [sys.executable, "-m", "gdw_tf.train", *args], stdout=log,
+            stderr=subprocess.STDOUT, cwd=REPO,
+            env=_subprocess_env(TF_CONFIG=json.dumps(tf_config))), log))
+    return workers
+
+
+def _wait(workers, log_dir, timeout):
+    """Waits for both workers; kills both if one fails or time runs out (the other would wait
+    for it forever)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while any(process.poll() is None for process, _ in workers):
+            failed = [process for process, _ in workers if process.poll() not in (None, 0)]
+            if failed or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        for process, log in workers:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            log.close()
+    codes = [process.returncode for process, _ in workers]
+    if codes != [0, 0]:
+        logs = "\n".join(f"--- worker{i} (exit {code}):\n"
+                         + (log_dir / f"worker{i}.log").read_text()[-3000:]
+                         for i, code in enumerate(codes))
+        pytest.fail(f"the two workers did not both succeed within {timeout} s (one still "
+                    f"running then, or after the other failed, is killed):\n{logs}")
+
+
+def _assert_same_run(actual_dir, expected_dir, exact):
+    """The two runs' backbones, example weights and per-epoch metrics agree (bit for bit if
+    `exact`, else up to float rounding)."""
+    check = (np.testing.assert_array_equal if exact else
+             lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6))
+    for expected, actual in zip(_backbone_weights(expected_dir), _backbone_weights(actual_dir)):
+        check(actual, expected)
+    with np.load(os.path.join(expected_dir, "example_weights.npz")) as expected, \
+            np.load(os.path.join(actual_dir, "example_weights.npz")) as actual:
+        for name in expected.files:
+            check(actual[name], expected[name])
+    expected_rows, actual_rows = _history_rows(expected_dir), _history_rows(actual_dir)
+    assert len(actual_rows) == len(expected_rows) == 2
+    for expected, actual in zip(expected_rows, actual_rows):
+        for name in ("train/loss", "meta/loss", "weights/labelled_mean", "test/loss",
+                     "test/accuracy"):
+            check(float(actual[name]), float(expected[name]))
+
+
+# --------------------------------------------------------------------------------------------
+# Runs
+
+
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory):
+    """A `--distribute=none` run of `RUN_ARGS`: what the distributed runs must reproduce."""
+    run_dir = str(tmp_path_factory.mktemp("one_device") / "run")
+    _main(*RUN_ARGS, f"--output_dir={run_dir}")
+    return run_dir
+
+
+@tensorflow_only
+def test_mirrored_run_trains_as_one_device_and_records_its_replicas(tmp_path, one_device_run):
+    run_dir = str(tmp_path / "run")
+    result = subprocess.run(
+        [sys.executable, "-c", _TRAIN_ON_TWO_CPUS, *RUN_ARGS, "--distribute=mirrored",
+         f"--output_dir={run_dir}"],
+        capture_output=True, text=True, cwd=REPO, env=_subprocess_env(), timeout=TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(os.listdir(run_dir)) == RUN_FILES
+    results = _read_json(os.path.join(run_dir, "results.json"))
+    # MirroredStrategy's default devices: all GPUs, else the CPUs (two logical ones here).
+    replicas = len(tf.config.list_logical_devices("GPU")) or 2
+    assert results["config"]["distribute"] == "mirrored"
+    assert results["config"]["num_replicas"] == replicas
+    assert _read_json(os.path.join(run_dir, "config.json"))["num_replicas"] == replicas
+    _assert_same_run(run_dir, one_device_run, exact=False)
+
+
+@tensorflow_only
+def test_two_workers_train_as_one_device_and_only_the_chief_writes_the_run_dir(
+        tmp_path, one_device_run):
+    run_dir = tmp_path / "run"
+    workers = _start_workers([*RUN_ARGS, "--distribute=multi_worker",
+                              f"--output_dir={run_dir}"], tmp_path)
+    _wait(workers, tmp_path, TIMEOUT_S)
+
+    # Worker 0 (the chief) wrote the run directory; worker 1 only its own under workers/.
+    worker_dir = run_dir / "workers" / "worker1"
+    assert sorted(os.listdir(run_dir)) == sorted(RUN_FILES + ["workers"])
+    assert os.listdir(run_dir / "workers") == ["worker1"]
+    assert sorted(os.listdir(worker_dir)) == RUN_FILES
+    for directory in (run_dir, worker_dir):
+        results = _read_json(str(directory / "results.json"))
+        assert results["config"]["output_dir"] == str(directory)
+        assert results["config"]["distribute"] == "multi_worker"
+        assert results["config"]["num_replicas"] == 2  # one CPU replica per worker
+
+    # Both workers hold the same model, and it is the one-device model: the global batches
+    # (split between the workers), crops, meta batches and sums line up; only the order of
+    # the cross-worker sums can change the float rounding.
+    _assert_same_run(str(worker_dir), str(run_dir), exact=True)
+    _assert_same_run(str(run_dir), one_device_run, exact=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Worker directories
+
+
+class _Strategy:
+    """What `worker_config` reads of a strategy: its cluster resolver."""
+
+    def __init__(self, cluster, task_type, task_id):
+        self.cluster_resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
+
+
+@pytest.mark.parametrize(
+    "cluster, task_type, task_id, subdir",
+    [
+        ({"worker": ["a:1", "b:1"]}, "worker", 0, None),  # no chief: worker 0 is the chief
+        ({"worker": ["a:1", "b:1"]}, "worker", 1, "workers/worker1"),
+        ({"chief": ["c:1"], "worker": ["a:1"]}, "chief", 0, None),
+        ({"chief": ["c:1"], "worker": ["a:1"]}, "worker", 0, "workers/worker0"),
+    ],
+)
+def test_only_the_chief_writes_the_output_dir(tmp_path, cluster, task_type, task_id, subdir):
+    config = config_lib.Config(output_dir=str(tmp_path), export_dir=str(tmp_path / "serving"),
+                               distribute="multi_worker")
+    worker = run_lib.worker_config(config, _Strategy(cluster, task_type, task_id))
+    if subdir is None:
+        assert worker == config
+    else:
+        assert worker == config_lib.Config(output_dir=str(tmp_path / subdir), export_dir=None,
+                                           distribute="multi_worker")
+    assert run_lib.worker_config(config, tf.distribute.get_strategy()) == config
+
+
+# --------------------------------------------------------------------------------------------
+# Refusals
+
+
+@tensorflow_only
+def test_multi_worker_without_tf_config_is_refused_before_any_data_is_loaded(
+        tmp_path, capsys, monkeypatch, no_data_loading):  # noqa: F811
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    status, message = _exit_message(capsys, "--distribute=multi_worker",
+                                    f"--output_dir={tmp_path / 'run'}")
+    assert status == 2
+    assert message.startswith("error: --distribute=multi_worker reads the cluster from the "
+                              "TF_CONFIG environment variable")
+    assert message.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+@tensorflow_only
+def test_a_tf_config_that_is_not_json_is_refused(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", "{cluster: ")
+    with pytest.raises(ValueError, match="TF_CONFIG environment variable is not JSON"):
+        run_lib.make_strategy("multi_worker")
+
+
+@tensorflow_only
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"meta_batch_size": 5}, r"--meta_batch_size=5 must be a multiple of the number of "
+                                 r"replicas \(2, --distribute=mirrored\)"),
+        ({"meta_grad": "nested"}, "--meta_grad=nested runs on one replica only"),
+    ],
+)
+def test_what_two_replicas_cannot_run_is_refused_before_any_data_is_loaded(
+        tmp_path, monkeypatch, no_data_loading, flags, message):  # noqa: F811
+    monkeypatch.setattr(run_lib, "make_strategy", _two_replica_strategy)
+    config = config_lib.Config(output_dir=str(tmp_path / "run"), num_meta=20,
+                               distribute="mirrored", **{"meta_batch_size": 10, **flags})
+    with pytest.raises(ValueError, match=message):
+        run_lib.run(config)
+    assert not (tmp_path / "run").exists()
+    run_lib.check_replicas(config, num_replicas=1)  # one replica runs either
+    run_lib.check_replicas(dataclasses.replace(config, method="ce"), num_replicas=2)  # no meta
+
+
+def test_distribute_is_refused_on_jax(monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(ValueError, match="--distribute=mirrored uses tf.distribute, which "
+                                         "needs KERAS_BACKEND=tensorflow"):
+        run_lib.make_strategy("mirrored")
+    assert run_lib.make_strategy("none") is tf.distribute.get_strategy()
