@@ -96,6 +96,13 @@ class GDWModel(backend.Trainer, keras.Model):
     `meta_data` (without replacement, reshuffled each pass over the meta set), learns example
     or class-level weights from it, and takes an SGD step with them. See `GDW_SPEC.md`.
 
+    Several devices: create and compile the model under a `tf.distribute` strategy's scope
+    (TensorFlow), or after `keras.distribution.set_distribution(DataParallel(...))` (JAX). Each
+    replica then takes its share of every training and meta batch, and the step is one device's
+    step on the global batch (`gdw_tf.step`); `meta_batch_size` must be a multiple of the number
+    of replicas. BatchNorm keeps per-replica batch statistics on TensorFlow (moving statistics
+    averaged over the replicas) and global ones on JAX.
+
     Args:
       backbone: a built `keras.Model` mapping inputs to `num_classes` logits.
       num_classes: `C`.
