@@ -172,12 +172,13 @@ def define_flags(flag_values):
                         "in, normalisation inside) there at the end.", flag_values=fv)
     flags.DEFINE_enum(
         "distribute", "none", DISTRIBUTE,
-        "Devices to train on (TensorFlow backend only): none = one device; mirrored = "
-        "tf.distribute.MirroredStrategy over this machine's devices (TensorFlow's default: all "
-        "GPUs, else the CPU); multi_worker = tf.distribute.MultiWorkerMirroredStrategy, the "
-        "cluster read from the TF_CONFIG environment variable, every worker running the same "
-        "command (the chief writes --output_dir, the others <output_dir>/workers/worker<i>). "
-        "--batch_size and --meta_batch_size are global, split across the replicas; "
+        "Devices to train on: none = one device; mirrored = tf.distribute.MirroredStrategy "
+        "over this machine's devices (TensorFlow's default: all GPUs, else the CPU; on Keras' "
+        "JAX backend, keras.distribution.DataParallel over JAX's devices); multi_worker = "
+        "tf.distribute.MultiWorkerMirroredStrategy (TensorFlow backend), the cluster read from "
+        "the TF_CONFIG environment variable, every worker running the same command (the chief "
+        "writes --output_dir, the others <output_dir>/workers/worker<i>). --batch_size and "
+        "--meta_batch_size are global, split across the replicas; "
         "--meta_batch_size must be a multiple of the number of replicas.", flag_values=fv)
     flags.DEFINE_boolean("overwrite", False, "Start over: delete the run files in --output_dir "
                          "(a finished, unfinished or different run) and a non-empty "

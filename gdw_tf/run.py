@@ -28,9 +28,10 @@ Run directory:
     results.json          accuracies (fractions in [0, 1]), noise, detection AUROC, timing
     workers/              with --distribute=multi_worker: the other workers' run directories
 
-Devices (`config.distribute`, TensorFlow only): `none` trains on one device; `mirrored` and
-`multi_worker` build the model under a `tf.distribute` strategy, each replica taking its share of
-every (global) training and meta batch; `num_replicas` is recorded with the settings. With
+Devices (`config.distribute`): `none` trains on one device; `mirrored` and `multi_worker` build
+the model under a `tf.distribute` strategy, each replica taking its share of every (global)
+training and meta batch; `num_replicas` is recorded with the settings. On Keras' JAX backend
+`mirrored` is Keras' `DataParallel` over JAX's devices, and `multi_worker` is refused. With
 `multi_worker` every worker runs the same command, trains the same weights and writes a complete
 run directory of its own: the chief (task type `chief`, or `worker` 0 when the cluster has no
 chief) writes `output_dir`, every other worker `output_dir/workers/<task type><index>` (e.g.
@@ -102,7 +103,7 @@ def run(config):
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
     strategy = make_strategy(config.distribute)
     config = worker_config(config, strategy)
-    check_replicas(config, strategy.num_replicas_in_sync)
+    check_replicas(config, num_replicas(strategy))
     prepare_output_dir(config)
     # Python, NumPy and TensorFlow seeds: the initial weights, and with the dataset's own seeds
     # (which TensorFlow combines with its global seed) the data order.
@@ -111,7 +112,7 @@ def run(config):
     # Data: the dataset, then the split (drawn once, then reloaded).
     dataset = load_data(config)
     split = load_or_make_split(config, dataset.y_train, dataset.num_classes)
-    settings = run_settings(config, dataset, split, strategy.num_replicas_in_sync)
+    settings = run_settings(config, dataset, split, num_replicas(strategy))
     _write_json(os.path.join(config.output_dir, CONFIG_FILE),
                 {"config": config.to_dict(), **settings})
 
@@ -165,18 +166,23 @@ def make_strategy(name):
     `none` is TensorFlow's default strategy (one device); `mirrored` a `MirroredStrategy` over
     TensorFlow's default devices (all GPUs, else the CPU); `multi_worker` a
     `MultiWorkerMirroredStrategy` of the cluster in `TF_CONFIG`, which must be created before
-    TensorFlow runs any op.
+    TensorFlow runs any op. On Keras' JAX backend `mirrored` sets Keras' `DataParallel`
+    distribution over JAX's devices instead, and the default strategy is returned.
 
     Raises:
-      ValueError: if `name` is unknown, is not `none` on another backend than TensorFlow, or
-        is `multi_worker` without a JSON `TF_CONFIG`.
+      ValueError: if `name` is unknown, is `multi_worker` on another backend than TensorFlow,
+        or is `multi_worker` without a JSON `TF_CONFIG`.
     """
     if name == "none":
+        return tf.distribute.get_strategy()
+    if keras.backend.backend() == "jax" and name == "mirrored":
+        keras.distribution.set_distribution(keras.distribution.DataParallel())
         return tf.distribute.get_strategy()
     if keras.backend.backend() != "tensorflow":
         raise ValueError(
             f"--distribute={name} uses tf.distribute, which needs KERAS_BACKEND=tensorflow "
-            f"(now {keras.backend.backend()}); drop --distribute to train on one device.")
+            f"(now {keras.backend.backend()}); --distribute=mirrored trains on this machine's "
+            "devices on JAX too.")
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
@@ -194,6 +200,15 @@ def make_strategy(name):
                              f"as '{example}' with this worker's index.") from None
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"Unknown --distribute={name!r}; expected one of {', '.join(DISTRIBUTE)}.")
+
+
+def num_replicas(strategy):
+    """How many replicas share each batch: the strategy's, or the devices of Keras' JAX
+    distribution."""
+    distribution = keras.distribution.distribution() if keras.backend.backend() == "jax" else None
+    if distribution is not None:
+        return int(np.prod(distribution.device_mesh.shape))
+    return strategy.num_replicas_in_sync
 
 
 def worker_config(config, strategy):

@@ -3,6 +3,7 @@ worker directories, and the refusals (no TF_CONFIG, a meta batch that does not s
 replicas, JAX)."""
 
 import dataclasses
+import importlib.util
 import json
 import os
 import socket
@@ -273,9 +274,29 @@ def test_what_two_replicas_cannot_run_is_refused_before_any_data_is_loaded(
     run_lib.check_replicas(dataclasses.replace(config, method="ce"), num_replicas=2)  # no meta
 
 
-def test_distribute_is_refused_on_jax(monkeypatch):
+def test_multi_worker_is_refused_on_jax(monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
-    with pytest.raises(ValueError, match="--distribute=mirrored uses tf.distribute, which "
+    with pytest.raises(ValueError, match="--distribute=multi_worker uses tf.distribute, which "
                                          "needs KERAS_BACKEND=tensorflow"):
-        run_lib.make_strategy("mirrored")
+        run_lib.make_strategy("multi_worker")
     assert run_lib.make_strategy("none") is tf.distribute.get_strategy()
+
+
+@tensorflow_only
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
+def test_mirrored_on_jax_is_data_parallel_and_trains_as_one_device(tmp_path):
+    # Two JAX processes on two host CPU devices: --distribute=mirrored (DataParallel) and none.
+    env = _subprocess_env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
+                          XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env.pop("JAX_ENABLE_X64", None)
+    run_dirs = {}
+    for distribute in ("none", "mirrored"):
+        run_dirs[distribute] = str(tmp_path / distribute)
+        result = subprocess.run(
+            [sys.executable, "-m", "gdw_tf.train", *RUN_ARGS, f"--distribute={distribute}",
+             f"--output_dir={run_dirs[distribute]}"],
+            capture_output=True, text=True, cwd=REPO, env=env, timeout=TIMEOUT_S)
+        assert result.returncode == 0, result.stderr[-3000:]
+    results = _read_json(os.path.join(run_dirs["mirrored"], "results.json"))
+    assert results["config"]["num_replicas"] == 2
+    _assert_same_run(run_dirs["mirrored"], run_dirs["none"], exact=False)
