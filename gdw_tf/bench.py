@@ -4,7 +4,8 @@
 
 Each method trains the same backbone on random data through `GDWModel`'s compiled train
 function (what `fit` runs), on the Keras backend in use (`KERAS_BACKEND=tensorflow|jax`).
-Time: median over `--steps` steps after `--warmup` steps. Memory, TensorFlow: the allocator's
+Time: median over `--steps` steps after `--warmup` steps; the methods' timed steps take turns
+(one step of each per round), so a slowdown of a shared machine hits them alike. Memory, TensorFlow: the allocator's
 peak during the timed steps minus what was allocated before them
 (`tf.config.experimental.get_memory_info`), i.e. what one step needs on top of the model; JAX
 (always compiled by XLA): the compiled step's temporary buffers (`memory_analysis()`).
@@ -69,8 +70,9 @@ def _cpus():
         return [0]
 
 
-def time_method(method, model_name, batch_size, num_classes, steps, warmup, jit_compile, meta_grad, device):
-    """Times one method's train step; returns `(median ms per step, peak step memory in MB)`."""
+def build_step(method, model_name, batch_size, num_classes, jit_compile, meta_grad, device):
+    """One method's compiled train step on random data: `(step, start_memory)` as
+    `_tensorflow_step` returns them."""
     keras.utils.set_random_seed(0)
     input_shape = (32, 32, 3) if model_name == "resnet32" else (28, 28, 1)
     backbone = models.build_model(model_name, input_shape, num_classes)
@@ -86,22 +88,37 @@ def time_method(method, model_name, batch_size, num_classes, steps, warmup, jit_
     x = rng.normal(size=(batch_size, *input_shape)).astype("float32")
     y = rng.integers(0, num_classes, batch_size).astype("int32")
     if keras.backend.backend() == "jax":
-        step, start_memory = _jax_step(model, x, y)
-    else:
-        step, start_memory = _tensorflow_step(model, x, y, device)
-    for _ in range(warmup):
+        return _jax_step(model, x, y)
+    return _tensorflow_step(model, x, y, device)
+
+
+def time_methods(methods, model_name, batch_size, num_classes, steps, warmup, jit_compile,
+                 meta_grad, device):
+    """Times the methods' train steps; returns `{method: (median ms per step, step MB)}`.
+
+    The timed steps take turns, one step of each method per round, so that a slowdown of a
+    shared machine falls on every method alike and the ratios stay meaningful.
+    """
+    built = {method: build_step(method, model_name, batch_size, num_classes, jit_compile,
+                                meta_grad, device) for method in methods}
+    memory = {}
+    for method, (step, start_memory) in built.items():
+        for _ in range(warmup):
+            step()
+        read_memory = start_memory()
         step()
-    read_memory = start_memory()
-    times = []
+        memory[method] = read_memory() / 2**20
+    times = {method: [] for method in methods}
     for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    memory = read_memory()
-    del model, step, start_memory, read_memory
+        for method, (step, _) in built.items():
+            start = time.perf_counter()
+            step()
+            times[method].append(time.perf_counter() - start)
+    del built
     keras.backend.clear_session()
     gc.collect()
-    return 1000 * statistics.median(times), memory / 2**20
+    return {method: (1000 * statistics.median(times[method]), memory[method])
+            for method in methods}
 
 
 def _tensorflow_step(model, x, y, device):
@@ -155,11 +172,10 @@ def run(model_name, batch_size, num_classes, steps, warmup, methods, jit_compile
     """Benchmarks each method; returns the figures as a dict."""
     device, device_name = _device()
     jit_compile = backend.resolve_jit_compile(jit_compile)
-    ms, memory = {}, {}
-    for method in methods:
-        ms[method], memory[method] = time_method(
-            method, model_name, batch_size, num_classes, steps, warmup, jit_compile, meta_grad, device
-        )
+    figures = time_methods(methods, model_name, batch_size, num_classes, steps, warmup,
+                           jit_compile, meta_grad, device)
+    ms = {method: figures[method][0] for method in methods}
+    memory = {method: figures[method][1] for method in methods}
     return {
         "device": device_name,
         "backend": keras.backend.backend(),
