@@ -486,7 +486,8 @@ def _replica_mean_floats(values):
     moved by each replica's own batch statistics), the others as they are; all of them unchanged
     with one replica."""
     replicas = backend.num_replicas()
-    floats = [i for i, value in enumerate(values) if "float" in str(value.dtype)]
+    floats = [i for i, value in enumerate(values)
+              if keras.backend.is_float_dtype(keras.backend.standardize_dtype(value.dtype))]
     if replicas == 1 or not floats:
         return values
     sums = backend.replica_sum([values[i] for i in floats])

@@ -103,7 +103,8 @@ def run(config):
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
     strategy = make_strategy(config.distribute)
     config = worker_config(config, strategy)
-    check_replicas(config, num_replicas(strategy))
+    replicas = num_replicas(strategy)
+    check_replicas(config, replicas)
     prepare_output_dir(config)
     # Python, NumPy and TensorFlow seeds: the initial weights, and with the dataset's own seeds
     # (which TensorFlow combines with its global seed) the data order.
@@ -112,7 +113,7 @@ def run(config):
     # Data: the dataset, then the split (drawn once, then reloaded).
     dataset = load_data(config)
     split = load_or_make_split(config, dataset.y_train, dataset.num_classes)
-    settings = run_settings(config, dataset, split, num_replicas(strategy))
+    settings = run_settings(config, dataset, split, replicas)
     _write_json(os.path.join(config.output_dir, CONFIG_FILE),
                 {"config": config.to_dict(), **settings})
 

@@ -100,14 +100,9 @@ def _model(method, data):
     return model
 
 
-def _fit(model, data):
-    """Two epochs of three batches in order, the learning rate halved each epoch by a callback."""
-    import tensorflow as tf
-
-    index = np.arange(len(data["y"]), dtype="int32")
-    dataset = tf.data.Dataset.from_tensor_slices((data["x"], data["y"], index)).batch(20)
-    schedule = keras.callbacks.LearningRateScheduler(lambda epoch: 0.1 * 0.5**epoch)
-    history = model.fit(dataset, epochs=2, callbacks=[schedule], verbose=0).history
+def model_state(model):
+    """A GDWModel's state as `{"<part>/<i>": array}`: backbone, weight net, both optimizers,
+    the meta-batch cursor and the per-example weights."""
     state = {
         "backbone": model.backbone.variables,
         "weight_net": model.weight_net.variables,
@@ -116,7 +111,18 @@ def _fit(model, data):
         "meta": [model.meta_epoch, model.meta_cursor],
         "examples": [model.example_weights, model.example_label_weights],
     }
-    out = {f"{k}/{i}": np.asarray(v.numpy()) for k, vs in state.items() for i, v in enumerate(vs)}
+    return {f"{k}/{i}": np.asarray(v.numpy()) for k, vs in state.items() for i, v in enumerate(vs)}
+
+
+def _fit(model, data):
+    """Two epochs of three batches in order, the learning rate halved each epoch by a callback."""
+    import tensorflow as tf
+
+    index = np.arange(len(data["y"]), dtype="int32")
+    dataset = tf.data.Dataset.from_tensor_slices((data["x"], data["y"], index)).batch(20)
+    schedule = keras.callbacks.LearningRateScheduler(lambda epoch: 0.1 * 0.5**epoch)
+    history = model.fit(dataset, epochs=2, callbacks=[schedule], verbose=0).history
+    out = model_state(model)
     out.update({f"history/{k}": np.asarray(v) for k, v in history.items()})
     return out
 

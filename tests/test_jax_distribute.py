@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import gdw_tf
+from test_jax_backend import model_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 2
@@ -127,15 +128,7 @@ def _fit(model, data):
     evaluation = model.evaluate(
         data["x"], data["y"], batch_size=BATCH, verbose=0, return_dict=True
     )
-    state = {
-        "backbone": model.backbone.variables,
-        "weight_net": model.weight_net.variables,
-        "optimizer": model.optimizer.variables,
-        "weight_net_optimizer": model.weight_net_optimizer.variables,
-        "meta": [model.meta_epoch, model.meta_cursor],
-        "examples": [model.example_weights, model.example_label_weights],
-    }
-    out = {f"{k}/{i}": np.asarray(v.numpy()) for k, vs in state.items() for i, v in enumerate(vs)}
+    out = model_state(model)
     out.update({f"history/{k}": np.asarray(v) for k, v in history.items()})
     out.update({f"evaluate/{k}": np.asarray(v) for k, v in evaluation.items()})
     return out
