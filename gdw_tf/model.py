@@ -118,6 +118,13 @@ class GDWModel(backend.Trainer, keras.Model):
       l2: L2 coefficient added to the real step's gradient (`G(ω¹) + l2 · θ`), as PyTorch's SGD
         `weight_decay` does. Use a plain Keras optimizer with it (no `weight_decay` there).
       meta_grad: "jvp" (forward-mode, default) or "nested" (double backprop, for checking).
+      meta_interval: take the meta step (virtual step, meta-gradient, weight-net update) on every
+        `meta_interval`-th step only: steps k, 2k, ... counting from 1, as Meta-Weight-Net's
+        code does. The other steps weight examples by the current weight net (MW-Net's real
+        step; for GDW `ω = v_i` on every class, since the class-level step needs that batch's
+        meta-gradient) at about the cost of a CE step, and draw no meta batch. 1 (the default)
+        is the method as published. Not for L2RW (no weight net to carry weights between meta
+        steps); no effect on CE. On TensorFlow, more than 1 runs on one replica only.
       meta_augmentation: optional Keras layer applied to each meta batch in training mode (the
         reference augments meta images like training images).
       seed: seed of the meta-batch order.
@@ -151,11 +158,13 @@ class GDWModel(backend.Trainer, keras.Model):
         meta_augmentation=None,
         seed=0,
         track_examples=None,
+        meta_interval=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
         _check_arguments(
-            backbone, num_classes, method, meta_batch_size, outer_lr, clip, l2, meta_grad
+            backbone, num_classes, method, meta_batch_size, outer_lr, clip, l2, meta_grad,
+            meta_interval,
         )
         self.backbone = backbone
         self.num_classes = int(num_classes)
@@ -168,6 +177,7 @@ class GDWModel(backend.Trainer, keras.Model):
         self.weight_net_l2 = float(weight_net_l2)
         self.l2 = float(l2)
         self.meta_grad = meta_grad
+        self.meta_interval = int(meta_interval)
         self.meta_augmentation = meta_augmentation
         self.seed = int(seed)
         self.track_examples = None if track_examples is None else int(track_examples)
@@ -234,9 +244,10 @@ class GDWModel(backend.Trainer, keras.Model):
         """The number of examples in the meta set (0 if none is set)."""
         return 0 if self._meta_y is None else int(self._meta_y.shape[0])
 
-    def _next_meta_batch(self):
+    def _next_meta_batch(self, draw=True):
         """The next meta batch (this replica's share of it): epoch-style sampling without
-        replacement."""
+        replacement. Where `draw` (a boolean tensor) is false, the position in the meta set stays
+        where it is, and the batch is not used."""
         n, b = self.num_meta, self.meta_batch_size
         replicas = backend.num_replicas()
         if b % replicas:
@@ -252,8 +263,8 @@ class GDWModel(backend.Trainer, keras.Model):
         permutation = seeded_permutation(n, self.seed, epoch)
         offset = start + backend.replica_id() * share
         indices = ops.take(permutation, offset + ops.arange(share, dtype="int32"))
-        self.meta_epoch.assign(epoch)
-        self.meta_cursor.assign(start + b)
+        self.meta_epoch.assign(ops.where(draw, epoch, self.meta_epoch.value))
+        self.meta_cursor.assign(ops.where(draw, start + b, cursor))
         # Split over the devices like a training batch, where a JAX step is sharded.
         x = backend.shard_batch(ops.take(self._meta_x, indices, axis=0))
         y = backend.shard_batch(ops.take(self._meta_y, indices, axis=0))
@@ -350,6 +361,13 @@ class GDWModel(backend.Trainer, keras.Model):
                 f"method={self.method!r} needs a clean meta set: pass meta_data= to GDWModel or "
                 "call model.set_meta_data((x_meta, y_meta)) before fit()."
             )
+        if self.meta_interval > 1 and self.method != "ce" and backend.num_replicas() > 1:
+            raise ValueError(
+                f"meta_interval={self.meta_interval} runs on one replica only on TensorFlow (here "
+                f"{backend.num_replicas()}): TensorFlow cannot sum over replicas inside the "
+                "conditional that skips the meta step. Use meta_interval=1, or Keras' JAX backend "
+                "with keras.distribution.DataParallel."
+            )
         if backend.num_replicas() > 1 and _synchronized_batch_norms(self.backbone):
             raise ValueError(
                 "BatchNormalization(synchronized=True) is not supported across replicas (layers "
@@ -366,28 +384,9 @@ class GDWModel(backend.Trainer, keras.Model):
         )
 
         # Meta-gradients, and the weight-net update.
-        meta = None
+        meta = is_meta_step = None
         if self.method != "ce":
-            x_meta, y_meta = self._next_meta_batch()
-            meta = step_lib.meta_gradient(
-                self.method,
-                fwd,
-                self.backbone,
-                self.weight_net,
-                trainable,
-                non_trainable,
-                backend.read_values(self.weight_net.trainable_variables),
-                x,
-                x_meta,
-                y_meta,
-                self.optimizer.learning_rate,
-                self.num_classes,
-                self.meta_grad,
-            )
-            if meta.weight_net_grads is not None:
-                self.weight_net_optimizer.apply(
-                    meta.weight_net_grads, self.weight_net.trainable_variables
-                )
+            meta, is_meta_step = self._meta_step(fwd, trainable, non_trainable, x)
 
         # Real step: G(ω¹) + l2 θ, with weights from the updated weight net.
         real = step_lib.real_gradient(
@@ -426,12 +425,66 @@ class GDWModel(backend.Trainer, keras.Model):
         t["train/loss"].update_state(fwd.per_example_loss)
         t["train/accuracy"].update_state(_correct(fwd.logits, y))
         if meta is not None:
-            t["meta/loss"].update_state(meta.meta_loss)
+            t["meta/loss"].update_state(
+                meta.meta_loss,
+                sample_weight=None if is_meta_step is None else ops.cast(is_meta_step, "float32"),
+            )
             t["weights/instance_mean"].update_state(real.instance_weights)
         if real.class_weights is not None:
             t["weights/labelled_mean"].update_state(label_weights)
             t["weights/other_mean"].update_state(real.class_weights, sample_weight=1.0 - fwd.onehot)
         return {name: _result(tracker) for name, tracker in t.items() if name not in _TEST_METRICS}
+
+    def _meta_step(self, fwd, trainable, non_trainable, x):
+        """Steps 2–6: the meta-gradients and the weight-net update, on every `meta_interval`-th
+        step; `(MetaGradient, is_meta_step)`, the second `None` when every step is one."""
+        weight_net_trainable = backend.read_values(self.weight_net.trainable_variables)
+
+        def meta_gradient(x_meta, y_meta):
+            return step_lib.meta_gradient(
+                self.method,
+                fwd,
+                self.backbone,
+                self.weight_net,
+                trainable,
+                non_trainable,
+                weight_net_trainable,
+                x,
+                x_meta,
+                y_meta,
+                self.optimizer.learning_rate,
+                self.num_classes,
+                self.meta_grad,
+            )
+
+        if self.meta_interval == 1:
+            meta = meta_gradient(*self._next_meta_batch())
+            if meta.weight_net_grads is not None:
+                self.weight_net_optimizer.apply(
+                    meta.weight_net_grads, self.weight_net.trainable_variables
+                )
+            return meta, None
+
+        # Steps k, 2k, ... (counting from 1) take the meta step. Its computation runs in a
+        # conditional; the state it changes (meta-set position, weight net, its optimizer) is
+        # small and is updated on every step, then kept on meta steps only (as Keras' JAX
+        # optimizers do for state in a conditional: JAX's branches cannot assign variables).
+        is_meta_step = ops.equal((self.optimizer.iterations + 1) % self.meta_interval, 0)
+        x_meta, y_meta = self._next_meta_batch(draw=is_meta_step)
+        meta = ops.cond(
+            is_meta_step,
+            lambda: meta_gradient(x_meta, y_meta),
+            lambda: step_lib.no_meta_gradient(
+                self.method, fwd, self.weight_net, weight_net_trainable
+            ),
+        )
+        _apply_where(
+            is_meta_step,
+            self.weight_net_optimizer,
+            meta.weight_net_grads,
+            self.weight_net.trainable_variables,
+        )
+        return meta, is_meta_step
 
     def _test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -462,6 +515,7 @@ class GDWModel(backend.Trainer, keras.Model):
             "meta_augmentation": meta_augmentation,
             "seed": self.seed,
             "track_examples": self.track_examples,
+            "meta_interval": self.meta_interval,
         }
 
     @classmethod
@@ -473,6 +527,17 @@ class GDWModel(backend.Trainer, keras.Model):
                 config["meta_augmentation"]
             )
         return cls(**config)
+
+
+def _apply_where(condition, optimizer, grads, variables):
+    """`optimizer.apply(grads, variables)` where `condition` (a boolean scalar) holds; otherwise
+    the variables and the optimizer's state keep their values. The update is computed either
+    way and the values to keep are then chosen, so it suits small models (the weight net)."""
+    state = list(variables) + list(optimizer.variables)
+    before = backend.read_values(state)
+    optimizer.apply(grads, variables)
+    for variable, old in zip(state, before):
+        variable.assign(ops.where(condition, variable.value, old))
 
 
 def _synchronized_batch_norms(model):
@@ -508,7 +573,9 @@ def _correct(logits, labels):
     return ops.cast(ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), labels), "float32")
 
 
-def _check_arguments(backbone, num_classes, method, meta_batch_size, outer_lr, clip, l2, meta_grad):
+def _check_arguments(
+    backbone, num_classes, method, meta_batch_size, outer_lr, clip, l2, meta_grad, meta_interval
+):
     if method not in step_lib.METHODS:
         raise ValueError(f"method must be one of {step_lib.METHODS}; got {method!r}.")
     if meta_grad not in step_lib.META_GRADIENTS:
@@ -517,6 +584,14 @@ def _check_arguments(backbone, num_classes, method, meta_batch_size, outer_lr, c
         raise ValueError(f"num_classes must be an integer ≥ 2; got {num_classes!r}.")
     if not isinstance(meta_batch_size, (int, np.integer)) or meta_batch_size < 1:
         raise ValueError(f"meta_batch_size must be a positive integer; got {meta_batch_size!r}.")
+    if not isinstance(meta_interval, (int, np.integer)) or meta_interval < 1:
+        raise ValueError(f"meta_interval must be a positive integer; got {meta_interval!r}.")
+    if method == "l2rw" and meta_interval > 1:
+        raise ValueError(
+            f"meta_interval={meta_interval} needs a weight net to weight the steps between meta "
+            "steps; L2RW has none (its weights exist only for the batch its meta step scores). "
+            "Use meta_interval=1 with L2RW, or method='mwnet' or 'gdw'."
+        )
     for name, value in (("outer_lr", outer_lr), ("l2", l2)):
         if not value >= 0:
             raise ValueError(f"{name} must be ≥ 0; got {value!r}.")

@@ -4,7 +4,9 @@
 `meta_gradient` runs steps 2–5 (stage-1 weights, virtual step, meta loss, intermediate gradients)
 and returns the gradients of the meta loss with respect to the stage-1 weights and to the weight
 net; `real_gradient` runs steps 7–8 (stage-2 weights and the backbone gradient). Between the two
-the caller updates the weight net (step 6). All are pure functions of (weights, batch, meta batch): nothing is assigned and no model is copied; the
+the caller updates the weight net (step 6). On the steps that skip the meta step
+(`GDWModel(meta_interval=k)`), `no_meta_gradient` stands in for `meta_gradient`. All are pure
+functions of (weights, batch, meta batch): nothing is assigned and no model is copied; the
 backbone runs on substitute weights through `stateless_call`.
 
 The intermediate gradients `g = ∂L_meta/∂ω` come from one of two formulations:
@@ -191,11 +193,7 @@ def meta_gradient(
 
     # 2. Stage-1 weights as a function of φ, so that the meta-gradient reaches the weight net.
     def stage1(phi):
-        v = weight_net_output(weight_net, phi, fwd.per_example_loss)
-        if method == "gdw":
-            omega = ops.broadcast_to(ops.expand_dims(v, -1), ops.shape(fwd.e))
-            return weighting.zero_mean_constraint(omega, fwd.p, fwd.onehot), v
-        return v, v
+        return stage1_weights(method, fwd, weight_net, phi)
 
     if method == "l2rw":
         # L2RW: weights start at 0, so θ' = θ; α scales every score alike and is set to 1.
@@ -254,6 +252,40 @@ def meta_gradient(
         dmeta_dweights=dmeta_dweights,
         weight_net_grads=weight_net_grads,
         meta_loss=meta_loss,
+    )
+
+
+def stage1_weights(method, fwd, weight_net, weight_net_trainable):
+    """Step 2: `(weights, v)`, the stage-1 weights and the weight net's `v_i = V_φ(ℓ_i)`.
+
+    `weights` is `ω⁰ [B, C]` for GDW (`v_i` on every class, then the zero-mean constraint) and
+    `v [B]` for MW-Net.
+    """
+    v = weight_net_output(weight_net, weight_net_trainable, fwd.per_example_loss)
+    if method == "gdw":
+        omega = ops.broadcast_to(ops.expand_dims(v, -1), ops.shape(fwd.e))
+        return weighting.zero_mean_constraint(omega, fwd.p, fwd.onehot), v
+    return v, v
+
+
+def no_meta_gradient(method, fwd, weight_net, weight_net_trainable):
+    """A step that skips the meta step (`GDWModel(meta_interval=k)`, k > 1): a `MetaGradient`
+    like `meta_gradient`'s, with the stage-1 weights of the current weight net and zero
+    gradients, so that `real_gradient` takes the real step without a meta-gradient.
+
+    MW-Net's real step is then its usual one. GDW's stage-2 step is zero, so `ω¹ = ω⁰`: `v_i` on
+    every class, instance weighting by the weight net. L2RW has no weight net to carry weights
+    from one meta step to the next and is refused.
+    """
+    if method not in ("gdw", "mwnet"):
+        raise ValueError(f"no_meta_gradient needs method gdw or mwnet; got {method!r}.")
+    weights, instance_weights = stage1_weights(method, fwd, weight_net, weight_net_trainable)
+    return MetaGradient(
+        instance_weights=instance_weights,
+        weights=weights,
+        dmeta_dweights=ops.zeros_like(weights),
+        weight_net_grads=[ops.zeros_like(phi) for phi in weight_net_trainable],
+        meta_loss=ops.zeros((), dtype=fwd.logits.dtype),
     )
 
 
