@@ -143,6 +143,89 @@ def test_fit_without_indices_refuses_a_tracking_model():
         model.fit(x, y, batch_size=10, epochs=1, verbose=0)
 
 
+def _state(model):
+    """Every value a step reads or writes, by name: backbone, weight net, both optimizers,
+    meta-set position."""
+    groups = {
+        "backbone": model.backbone.variables,
+        "weight_net": model.weight_net.variables,
+        "optimizer": model.optimizer.variables,
+        "weight_net_optimizer": model.weight_net_optimizer.variables,
+        "meta_position": [model.meta_epoch, model.meta_cursor],
+    }
+    return {name: [np.array(v.numpy()) for v in variables] for name, variables in groups.items()}
+
+
+def _set_state(model, state):
+    for name, values in state.items():
+        variables = {
+            "backbone": model.backbone.variables,
+            "weight_net": model.weight_net.variables,
+            "optimizer": model.optimizer.variables,
+            "weight_net_optimizer": model.weight_net_optimizer.variables,
+            "meta_position": [model.meta_epoch, model.meta_cursor],
+        }[name]
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+
+
+@pytest.mark.parametrize("method", ["gdw", "mwnet"])
+def test_meta_interval_takes_the_meta_step_on_every_kth_step_only(method):
+    """k = 3: steps 3 and 6 are the usual step (as a meta_interval=1 model's from the same
+    state); steps 1, 2, 4, 5 are SGD on the CE weighted by the current weight net (NumPy below)
+    and leave the weight net, its optimizer and the meta-set position alone."""
+    x, y, x_meta, y_meta = _data(n=120)
+    lr, momentum, l2, batch = 0.1, 0.9, 5e-4, 20
+
+    def model(meta_interval):
+        keras.utils.set_random_seed(2)
+        backbone = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])  # softmax regression
+        gdw = gdw_tf.GDWModel(backbone, 3, method=method, meta_data=(x_meta, y_meta),
+                              meta_batch_size=10, l2=l2, meta_interval=meta_interval)
+        gdw.compile(keras.optimizers.SGD(lr, momentum=momentum))
+        return gdw
+
+    every_third, every = model(3), model(1)
+    for step in range(6):
+        xb, yb = x[batch * step: batch * (step + 1)], y[batch * step: batch * (step + 1)]
+        before = _state(every_third)
+        velocities = [np.array(m.numpy()) for m in every_third.optimizer.momentums]
+        logs = every_third.train_on_batch(xb, yb, return_dict=True)
+        after = _state(every_third)
+        if (step + 1) % 3 == 0:
+            _set_state(every, before)
+            expected_logs = every.train_on_batch(xb, yb, return_dict=True)
+            expected = _state(every)
+            assert logs["meta/loss"] == pytest.approx(expected_logs["meta/loss"], rel=1e-5)
+        else:
+            kernel, bias = before["backbone"]
+            logits = xb @ kernel + bias
+            p = np.exp(logits - logits.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            loss = -np.log(p[np.arange(batch), yb])
+            v = every_third.weight_net.predict(loss[:, None], verbose=0)[:, 0]
+            e = (p - np.eye(3)[yb]) * v[:, None] / batch  # ∂(mean v·ℓ)/∂logits
+            grads = [xb.T @ e + l2 * kernel, e.sum(0) + l2 * bias]
+            velocities = [momentum * m - lr * g for m, g in zip(velocities, grads)]
+            expected = dict(before, backbone=[w + m for w, m in zip(before["backbone"], velocities)])
+            expected["optimizer"] = after["optimizer"]  # momentum checked through the weights
+            assert logs["weights/instance_mean"] == pytest.approx(v.mean(), rel=1e-5)
+        for name in expected:
+            for a, b in zip(after[name], expected[name]):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=f"step {step + 1}: {name}")
+    assert every_third.weight_net_optimizer.iterations.numpy() == 2
+    assert every_third.meta_cursor.numpy() == 20  # two meta batches of 10 drawn
+
+
+def test_meta_interval_refuses_l2rw_and_non_positive_values():
+    _, _, x_meta, y_meta = _data()
+    with pytest.raises(ValueError, match="L2RW has none"):
+        gdw_tf.GDWModel(_mlp(), 3, method="l2rw", meta_data=(x_meta, y_meta), meta_batch_size=10,
+                        meta_interval=2)
+    with pytest.raises(ValueError, match="meta_interval must be a positive integer"):
+        gdw_tf.GDWModel(_mlp(), 3, meta_data=(x_meta, y_meta), meta_batch_size=10, meta_interval=0)
+
+
 def _noisy_blobs(seed, classes=4, features=16, n_train=2000, ratio=0.6):
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(classes, features))
