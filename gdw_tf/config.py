@@ -56,6 +56,7 @@ class Config:
     outer_lr: float = OUTER_LR_BY_CLASSES
     clip: float = 0.2
     meta_grad: str = "jvp"
+    meta_interval: int = 1
     seed: int = 0
     augment: str = "auto"
     jit_compile: str = "auto"
@@ -162,6 +163,13 @@ def define_flags(flag_values):
         "meta_grad", "jvp", step.META_GRADIENTS,
         "How the meta-gradient is computed: jvp (one forward-mode JVP) or nested (double "
         "backprop, as the reference's create_graph); " + spec + ", step 5.", flag_values=fv)
+    flags.DEFINE_integer(
+        "meta_interval", 1,
+        "Take the meta step (virtual step, meta-gradient, weight-net update) on every k-th step "
+        "only, as Meta-Weight-Net's code: steps k, 2k, ...; the others weight examples by the "
+        "current weight net (for gdw: the instance weight on every class) at about a CE step's "
+        "cost. 1 = the method as published. Not for l2rw; with --distribute on TensorFlow, 1 only.",
+        flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed of the split, the noise, the initialisation, the "
                          "data order and the meta-batch order.", flag_values=fv)
 
@@ -211,6 +219,8 @@ def _register_validators(fv):
         "outer_lr": (lambda v: v >= 0 or v == OUTER_LR_BY_CLASSES,
                      "--outer_lr must be >= 0, or -1 for the reference's default by classes."),
         "clip": (lambda v: v > 0, "--clip must be > 0."),
+        "meta_interval": (lambda v: v >= 1, "--meta_interval must be a positive integer (1 = a "
+                          "meta step on every step)."),
         "seed": (lambda v: v >= 0, "--seed must be >= 0."),
         "max_train_examples": (lambda v: v >= 0, "--max_train_examples must be >= 0 (0 = all)."),
         "max_test_examples": (lambda v: v >= 0, "--max_test_examples must be >= 0 (0 = all)."),
@@ -228,6 +238,12 @@ def _register_validators(fv):
         ["meta_batch_size", "num_meta"],
         lambda v: v["meta_batch_size"] <= v["num_meta"],
         message="--meta_batch_size must not exceed --num_meta (the meta set's size).",
+        flag_values=fv)
+    flags.register_multi_flags_validator(
+        ["method", "meta_interval"],
+        lambda v: v["method"] != "l2rw" or v["meta_interval"] == 1,
+        message="--meta_interval above 1 needs a weight net to weight the steps between meta "
+        "steps; l2rw has none: use --meta_interval=1 with --method=l2rw.",
         flag_values=fv)
 
 

@@ -65,6 +65,7 @@ from gdw_tf import data
 from gdw_tf import models
 from gdw_tf import backend
 from gdw_tf.config import DISTRIBUTE
+from gdw_tf.config import Config
 from gdw_tf.config import OUTER_LR_BY_CLASSES
 from gdw_tf.model import GDWModel
 from gdw_tf.model import hash_uint32
@@ -232,7 +233,8 @@ def check_replicas(config, num_replicas):
 
     Raises:
       ValueError: if the meta batch does not split evenly across the replicas, or the nested
-        meta-gradient (one replica only) is asked for with more than one.
+        meta-gradient or (on TensorFlow) a meta interval above 1, both one replica only, is
+        asked for with more than one.
     """
     if config.method == "ce" or num_replicas == 1:
         return
@@ -245,6 +247,11 @@ def check_replicas(config, num_replicas):
         raise ValueError(
             f"--meta_grad=nested runs on one replica only (here {num_replicas}, "
             f"--distribute={config.distribute}); use --meta_grad=jvp.")
+    if config.meta_interval > 1 and keras.backend.backend() == "tensorflow":
+        raise ValueError(
+            f"--meta_interval={config.meta_interval} runs on one replica only on TensorFlow (here "
+            f"{num_replicas}, --distribute={config.distribute}); use --meta_interval=1, or "
+            "KERAS_BACKEND=jax.")
 
 
 def run_settings(config, dataset, split, num_replicas):
@@ -281,6 +288,7 @@ def build_gdw_model(config, settings, meta_data):
         clip=config.clip,
         l2=config.l2,
         meta_grad=config.meta_grad,
+        meta_interval=config.meta_interval,
         meta_augmentation=MetaAugmentation(seed=config.seed) if settings["augment"] else None,
         seed=config.seed,
         track_examples=settings["num_train"],
@@ -365,7 +373,10 @@ def prepare_output_dir(config):
 
 
 def config_differences(saved, config):
-    """The run-defining fields in which a saved config dict differs from `config`, as text."""
+    """The run-defining fields in which a saved config dict differs from `config`, as text. A
+    field the saved config lacks (a run from before the flag existed) ran with its default."""
+    defaults = dataclasses.asdict(Config(output_dir=config.output_dir))
+    saved = {**defaults, **saved}
     return [f"{name}: saved {saved.get(name)!r}, now {value!r}"
             for name, value in config.run_defining().items() if saved.get(name) != value]
 

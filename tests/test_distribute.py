@@ -149,3 +149,11 @@ def test_nested_meta_gradient_is_refused_across_replicas(strategy):
         model = _model("gdw", (x_meta, y_meta), len(x), meta_grad="nested")
     with pytest.raises(ValueError, match="one replica only"):
         _fit(model, x, y, steps=1)
+
+
+def test_meta_interval_is_refused_across_replicas(strategy):
+    x, y, x_meta, y_meta = _data()
+    with strategy.scope():
+        model = _model("gdw", (x_meta, y_meta), len(x), meta_interval=2)
+    with pytest.raises(ValueError, match="meta_interval=2 runs on one replica only"):
+        _fit(model, x, y, steps=1)

@@ -260,6 +260,7 @@ def test_a_tf_config_that_is_not_json_is_refused(monkeypatch):
         ({"meta_batch_size": 5}, r"--meta_batch_size=5 must be a multiple of the number of "
                                  r"replicas \(2, --distribute=mirrored\)"),
         ({"meta_grad": "nested"}, "--meta_grad=nested runs on one replica only"),
+        ({"meta_interval": 2}, "--meta_interval=2 runs on one replica only on TensorFlow"),
     ],
 )
 def test_what_two_replicas_cannot_run_is_refused_before_any_data_is_loaded(

@@ -27,13 +27,14 @@ from test_jax_backend import model_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 2
-# (method, BatchNorm in the backbone)
-CASES = (("gdw", False), ("mwnet", False), ("l2rw", False), ("ce", False), ("gdw", True))
+# (method, BatchNorm in the backbone, meta_interval)
+CASES = (("gdw", False, 1), ("mwnet", False, 1), ("l2rw", False, 1), ("ce", False, 1),
+         ("gdw", True, 1), ("gdw", False, 2))
 N, NUM_META, META_BATCH, BATCH = 60, 25, 10, 20
 
 
-def _case_name(method, batch_norm):
-    return method + ("_bn" if batch_norm else "")
+def _case_name(method, batch_norm, meta_interval):
+    return method + ("_bn" if batch_norm else "") + (f"_k{meta_interval}" if meta_interval > 1 else "")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
@@ -63,8 +64,8 @@ def test_data_parallel_takes_the_steps_of_one_device(tmp_path):
     # The meta batch is split over the devices too, not repeated on each.
     assert facts["meta_share"], facts
 
-    for method, batch_norm in CASES:
-        case = _case_name(method, batch_norm)
+    for method, batch_norm, meta_interval in CASES:
+        case = _case_name(method, batch_norm, meta_interval)
         keys = sorted(k.split(":", 2)[2] for k in out if k.startswith(f"{case}:one:"))
         assert keys == sorted(k.split(":", 2)[2] for k in out if k.startswith(f"{case}:two:"))
         for key in keys:
@@ -80,12 +81,13 @@ def test_data_parallel_takes_the_steps_of_one_device(tmp_path):
             assert np.any(one["examples/0"] > 0)
         else:
             assert np.all(one["examples/0"] > 0)
-        if method != "ce":
-            assert (int(one["meta/0"]), int(one["meta/1"])) == (1, META_BATCH)  # epoch, cursor
+        meta_steps = 3 // meta_interval
+        if method != "ce":  # (epoch, cursor): the third meta batch wraps around the meta set
+            assert (int(one["meta/0"]), int(one["meta/1"])) == (meta_steps // 3, META_BATCH)
             assert {"history/meta/loss", "history/weights/instance_mean"} <= set(one)
         if method in ("gdw", "mwnet"):
             assert not np.allclose(one["weight_net/0"], one["init/weight_net/0"])
-            assert int(one["weight_net_optimizer/0"]) == 3  # its iterations: three steps
+            assert int(one["weight_net_optimizer/0"]) == meta_steps  # its iterations
         if batch_norm:  # backbone/4: BatchNorm's moving mean (after Dense, gamma and beta)
             assert np.any(one["backbone/4"] != 0)
 
@@ -104,14 +106,14 @@ def _problem(seed=0):
     }
 
 
-def _model(method, batch_norm, data):
+def _model(method, batch_norm, meta_interval, data):
     layers = [keras.Input((8,)), keras.layers.Dense(16, activation="relu")]
     if batch_norm:
         layers.append(keras.layers.BatchNormalization())
     layers.append(keras.layers.Dense(3))
     model = gdw_tf.GDWModel(
         keras.Sequential(layers), 3, method=method, meta_data=(data["x_meta"], data["y_meta"]),
-        meta_batch_size=META_BATCH, track_examples=N,
+        meta_batch_size=META_BATCH, track_examples=N, meta_interval=meta_interval,
     )
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9))
     return model
@@ -158,18 +160,18 @@ def main(argv):
     data = _problem()
     out, variable_devices, all_reduces, meta_share = {}, set(), None, None
     distribution = keras.distribution.DataParallel(devices=devices)
-    for method, batch_norm in CASES:
-        case = _case_name(method, batch_norm)
+    for method, batch_norm, meta_interval in CASES:
+        case = _case_name(method, batch_norm, meta_interval)
         keras.distribution.set_distribution(None)
         keras.utils.set_random_seed(0)
-        single = _model(method, batch_norm, data)
+        single = _model(method, batch_norm, meta_interval, data)
         weights = single.get_weights()
         out[f"{case}:one:init/backbone/0"] = single.backbone.get_weights()[0]
         out[f"{case}:one:init/weight_net/0"] = single.weight_net.get_weights()[0]
         out.update({f"{case}:one:{k}": v for k, v in _fit(single, data).items()})
 
         keras.distribution.set_distribution(distribution)
-        parallel = _model(method, batch_norm, data)
+        parallel = _model(method, batch_norm, meta_interval, data)
         parallel.set_weights(weights)
         out[f"{case}:two:init/backbone/0"] = parallel.backbone.get_weights()[0]
         out[f"{case}:two:init/weight_net/0"] = parallel.weight_net.get_weights()[0]

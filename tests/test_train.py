@@ -1,6 +1,7 @@
 """`python -m gdw_tf.train` end to end: outputs, resume, refusals and bad input; run helpers."""
 
 import csv
+import dataclasses
 import itertools
 import json
 import math
@@ -372,6 +373,15 @@ def test_an_unfinished_run_with_another_config_is_refused(tmp_path, capsys, no_d
     assert status == 2
     assert message.startswith("error: ") and message.count("\n") == 1
     assert "another configuration (ratio: saved 0.2, now 0.6)" in message
+
+
+def test_a_saved_config_without_a_newer_flag_ran_with_its_default():
+    config = config_lib.Config(output_dir="run")
+    saved = config.to_dict()
+    del saved["meta_interval"]  # written before --meta_interval existed
+    assert run_lib.config_differences(saved, config) == []
+    assert run_lib.config_differences(saved, dataclasses.replace(config, meta_interval=2)) == [
+        "meta_interval: saved 1, now 2"]
 
 
 def test_a_finished_run_is_refused_before_any_data_is_loaded(tmp_path, capsys,
