@@ -1,12 +1,15 @@
 """Per-step time and memory of CE, L2RW, MW-Net and GDW, measured in one process.
 
     python -m gdw_tf.bench --model=resnet32 --batch_size=100 --steps=20 [--jit_compile=...] [--json]
+    python -m gdw_tf.bench --methods=ce,mwnet,gdw --meta_interval=5   # meta step every 5th step
 
 Each method trains the same backbone on random data through `GDWModel`'s compiled train
 function (what `fit` runs), on the Keras backend in use (`KERAS_BACKEND=tensorflow|jax`).
 Time: median over `--steps` steps after `--warmup` steps; the methods' timed steps take turns
-(one step of each per round), so a slowdown of a shared machine hits them alike. Memory, TensorFlow: the allocator's
-peak during the timed steps minus what was allocated before them
+(one step of each per round), so a slowdown of a shared machine hits them alike. With
+`--meta_interval=k` a round runs k consecutive steps of each method (one of them a meta step),
+and the time per step is theirs divided by k. Memory, TensorFlow: the allocator's
+peak during those steps minus what was allocated before them
 (`tf.config.experimental.get_memory_info`), i.e. what one step needs on top of the model; JAX
 (always compiled by XLA): the compiled step's temporary buffers (`memory_analysis()`).
 With `--json` the last line printed is one JSON object.
@@ -38,6 +41,8 @@ def define_flags():
     flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, compilation).", lower_bound=1)
     flags.DEFINE_list("methods", list(step_lib.METHODS[::-1]), "Methods to time, in order.")
     flags.DEFINE_enum("meta_grad", "jvp", list(step_lib.META_GRADIENTS), "Meta-gradient formulation.")
+    flags.DEFINE_integer("meta_interval", 1, "GDWModel's meta_interval: a meta step every k-th "
+                         "step (not for l2rw).", lower_bound=1)
     flags.DEFINE_enum(
         "jit_compile", "auto", ["auto", "true", "false"], "XLA; auto: on when a GPU is visible (TensorFlow), always (JAX)."
     )
@@ -70,7 +75,8 @@ def _cpus():
         return [0]
 
 
-def build_step(method, model_name, batch_size, num_classes, jit_compile, meta_grad, device):
+def build_step(method, model_name, batch_size, num_classes, jit_compile, meta_grad, device,
+               meta_interval=1):
     """One method's compiled train step on random data: `(step, start_memory)` as
     `_tensorflow_step` returns them."""
     keras.utils.set_random_seed(0)
@@ -82,7 +88,7 @@ def build_step(method, model_name, batch_size, num_classes, jit_compile, meta_gr
     meta_y = np.arange(num_meta) % num_classes
     model = gdw_tf.GDWModel(
         backbone, num_classes, method=method, meta_data=(meta_x, meta_y),
-        meta_batch_size=batch_size, meta_grad=meta_grad,
+        meta_batch_size=batch_size, meta_grad=meta_grad, meta_interval=meta_interval,
     )
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=jit_compile)
     x = rng.normal(size=(batch_size, *input_shape)).astype("float32")
@@ -93,27 +99,30 @@ def build_step(method, model_name, batch_size, num_classes, jit_compile, meta_gr
 
 
 def time_methods(methods, model_name, batch_size, num_classes, steps, warmup, jit_compile,
-                 meta_grad, device):
+                 meta_grad, device, meta_interval=1):
     """Times the methods' train steps; returns `{method: (median ms per step, step MB)}`.
 
-    The timed steps take turns, one step of each method per round, so that a slowdown of a
-    shared machine falls on every method alike and the ratios stay meaningful.
+    The timed steps take turns, `meta_interval` consecutive steps of each method per round, so
+    that a slowdown of a shared machine falls on every method alike and the ratios stay
+    meaningful.
     """
     built = {method: build_step(method, model_name, batch_size, num_classes, jit_compile,
-                                meta_grad, device) for method in methods}
+                                meta_grad, device, meta_interval) for method in methods}
     memory = {}
     for method, (step, start_memory) in built.items():
         for _ in range(warmup):
             step()
         read_memory = start_memory()
-        step()
+        for _ in range(meta_interval):
+            step()
         memory[method] = read_memory() / 2**20
     times = {method: [] for method in methods}
     for _ in range(steps):
         for method, (step, _) in built.items():
             start = time.perf_counter()
-            step()
-            times[method].append(time.perf_counter() - start)
+            for _ in range(meta_interval):
+                step()
+            times[method].append((time.perf_counter() - start) / meta_interval)
     del built
     keras.backend.clear_session()
     gc.collect()
@@ -168,12 +177,13 @@ def _jax_step(model, x, y):
     return step, start_memory
 
 
-def run(model_name, batch_size, num_classes, steps, warmup, methods, jit_compile, meta_grad):
+def run(model_name, batch_size, num_classes, steps, warmup, methods, jit_compile, meta_grad,
+        meta_interval=1):
     """Benchmarks each method; returns the figures as a dict."""
     device, device_name = _device()
     jit_compile = backend.resolve_jit_compile(jit_compile)
     figures = time_methods(methods, model_name, batch_size, num_classes, steps, warmup,
-                           jit_compile, meta_grad, device)
+                           jit_compile, meta_grad, device, meta_interval)
     ms = {method: figures[method][0] for method in methods}
     memory = {method: figures[method][1] for method in methods}
     return {
@@ -183,6 +193,7 @@ def run(model_name, batch_size, num_classes, steps, warmup, methods, jit_compile
         "batch_size": batch_size,
         "jit_compile": jit_compile,
         "meta_grad": meta_grad,
+        "meta_interval": meta_interval,
         "keras": keras.__version__,
         "ms_per_step": ms,
         "peak_memory_mb": memory,
@@ -195,7 +206,8 @@ def format_table(result):
     lines = [
         f"{result['model']}, batch {result['batch_size']}, {result['device']}, "
         f"Keras {result['keras']} on {result['backend']}, "
-        f"jit_compile={result['jit_compile']}, meta_grad={result['meta_grad']}",
+        f"jit_compile={result['jit_compile']}, meta_grad={result['meta_grad']}, "
+        f"meta_interval={result['meta_interval']}",
         f"{'method':<8}{'ms/step':>10}{'× CE':>8}{'× MW-Net':>10}{'peak MB':>10}{'× CE':>8}",
     ]
     for method in ms:
@@ -214,9 +226,12 @@ def main(argv):
     unknown = sorted(set(config.methods) - set(step_lib.METHODS))
     if unknown:
         raise app.UsageError(f"unknown method(s) {unknown}; choose from {list(step_lib.METHODS)}.")
+    if config.meta_interval > 1 and "l2rw" in config.methods:
+        raise app.UsageError("--meta_interval above 1 does not apply to l2rw (no weight net); "
+                             "pass --methods=ce,mwnet,gdw.")
     result = run(
         config.model, config.batch_size, config.num_classes, config.steps, config.warmup,
-        config.methods, config.jit_compile, config.meta_grad,
+        config.methods, config.jit_compile, config.meta_grad, config.meta_interval,
     )
     print(format_table(result))
     if config.json:

@@ -6,6 +6,7 @@ import sys
 
 import keras
 
+import gdw_tf
 from gdw_tf import bench
 
 
@@ -30,6 +31,29 @@ def test_the_command_ends_with_one_json_line():
     assert {"device", "model", "batch_size", "ms_per_step", "peak_memory_mb"} <= set(figures)
     assert figures["model"] == "small_cnn" and figures["batch_size"] == 4
     assert list(figures["ms_per_step"]) == ["ce", "gdw"]
+
+
+def test_meta_interval_is_passed_to_the_models_and_reported(monkeypatch):
+    built, model_class = [], gdw_tf.GDWModel
+
+    def recording_model(*args, **kwargs):
+        built.append(model_class(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(bench.gdw_tf, "GDWModel", recording_model)
+    figures = bench.run("small_cnn", 8, 10, steps=1, warmup=1, methods=["ce", "gdw"],
+                        jit_compile="false", meta_grad="jvp", meta_interval=3)
+    assert figures["meta_interval"] == 3 and "meta_interval=3" in bench.format_table(figures)
+    assert [model.meta_interval for model in built] == [3, 3]
+    # One warm-up step, three for memory, three timed: two of the seven were meta steps.
+    assert int(built[1].weight_net_optimizer.iterations.numpy()) == 2
+
+
+def test_meta_interval_is_refused_for_l2rw():
+    command = [sys.executable, "-m", "gdw_tf.bench", "--meta_interval=2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "does not apply to l2rw" in result.stderr
 
 
 def test_unknown_methods_are_refused():
