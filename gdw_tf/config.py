@@ -161,7 +161,7 @@ def define_flags(flag_values):
                        flag_values=fv)
     flags.DEFINE_enum(
         "meta_grad", "jvp", step.META_GRADIENTS,
-        "How the meta-gradient is computed: jvp (one forward-mode JVP) or nested (double "
+        "How the meta-gradient is computed: jvp (one JVP of the training logits) or nested (double "
         "backprop, as the reference's create_graph); " + spec + ", step 5.", flag_values=fv)
     flags.DEFINE_integer(
         "meta_interval", 1,

@@ -117,7 +117,8 @@ class GDWModel(backend.Trainer, keras.Model):
       weight_net_lr, weight_net_l2: its Adam (PyTorch semantics, `TorchAdam`) settings.
       l2: L2 coefficient added to the real step's gradient (`G(ω¹) + l2 · θ`), as PyTorch's SGD
         `weight_decay` does. Use a plain Keras optimizer with it (no `weight_decay` there).
-      meta_grad: "jvp" (forward-mode, default) or "nested" (double backprop, for checking).
+      meta_grad: "jvp" (one JVP of the training logits, default) or "nested" (double backprop
+        through the meta loss, as the reference; for checking).
       meta_interval: take the meta step (virtual step, meta-gradient, weight-net update) on every
         `meta_interval`-th step only: steps k, 2k, ... counting from 1, as Meta-Weight-Net's
         code does. The other steps weight examples by the current weight net (MW-Net's real

@@ -21,6 +21,7 @@ if keras.backend.backend() == "tensorflow":
     from gdw_tf.backend.tensorflow import shard_batch
     from gdw_tf.backend.tensorflow import value_and_grad
     from gdw_tf.backend.tensorflow import vjp
+    from gdw_tf.backend.tensorflow import vjp_and_transpose
 
     class Trainer:
         """TensorFlow: Keras' trainer runs the model's stateful step (in a `tf.function`)."""
@@ -52,6 +53,7 @@ elif keras.backend.backend() == "jax":
     from gdw_tf.backend.jax import shard_batch
     from gdw_tf.backend.jax import value_and_grad
     from gdw_tf.backend.jax import vjp
+    from gdw_tf.backend.jax import vjp_and_transpose
     from gdw_tf.backend.jax_trainer import JAXTrainer as Trainer
 else:
     raise ImportError(
@@ -83,4 +85,5 @@ __all__ = [
     "shard_batch",
     "value_and_grad",
     "vjp",
+    "vjp_and_transpose",
 ]

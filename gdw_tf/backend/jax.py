@@ -41,6 +41,18 @@ def jvp(fn, primals, tangents):
     return jax.jvp(fn, (list(primals),), (list(tangents),))
 
 
+def vjp_and_transpose(vjp_fn, cotangent):
+    """`(vjp_fn(cotangent), transpose_fn)`: `vjp_fn` is linear in the cotangent, `c ↦ Jᵀc`, and
+    `transpose_fn(tangent)` is its transpose, `J · tangent` (a JVP), by reverse mode over it."""
+    grads, pullback = jax.vjp(vjp_fn, cotangent)
+
+    def transpose_fn(tangent):
+        (jvp,) = pullback(list(tangent))
+        return jvp
+
+    return grads, transpose_fn
+
+
 def nested_meta_gradient(vjp_fn, cotangent, learning_rate, params, meta_loss_fn):
     """`∂L_meta/∂cotangent` by differentiating through the virtual step (double backprop).
 

@@ -50,6 +50,19 @@ def jvp(fn, primals, tangents):
     return out, accumulator.jvp(out, unconnected_gradients=_ZERO)
 
 
+def vjp_and_transpose(vjp_fn, cotangent):
+    """`(vjp_fn(cotangent), transpose_fn)`: `vjp_fn` is linear in the cotangent, `c ↦ Jᵀc`, and
+    `transpose_fn(tangent)` is its transpose, `J · tangent` (a JVP), by reverse mode over it."""
+    with tf.GradientTape() as tape:
+        tape.watch(cotangent)
+        grads = vjp_fn(cotangent)
+
+    def transpose_fn(tangent):
+        return tape.gradient(grads, cotangent, output_gradients=tangent, unconnected_gradients=_ZERO)
+
+    return grads, transpose_fn
+
+
 def nested_meta_gradient(vjp_fn, cotangent, learning_rate, params, meta_loss_fn):
     """`∂L_meta/∂cotangent` by differentiating through the virtual step (double backprop).
 
