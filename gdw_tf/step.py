@@ -225,26 +225,28 @@ def meta_gradient(
         meta_loss, dmeta_dcotangent = backend.nested_meta_gradient(
             fwd.vjp_fn, cotangent, virtual_lr, trainable, meta_loss_fn
         )
-    elif method == "l2rw":
-        # No virtual step (θ' = θ): u at θ, and the JVP in forward mode.
-        meta_loss, _, meta_grads = backend.value_and_grad(meta_loss_fn, trainable)
-        meta_loss, meta_grads = backend.replica_sum((meta_loss, meta_grads))
-        _, logits_jvp = backend.jvp(
-            lambda params: training_logits(backbone, params, non_trainable, x),
-            trainable,
-            meta_grads,
-        )
-        dmeta_dcotangent = -virtual_lr * logits_jvp
     else:
-        # G(c) = Jᵀc is linear in the cotangent c; its transpose gives the JVP J · u from the
-        # activations the training forward already holds (forward mode would recompute them).
-        local_grads, transpose_fn = backend.vjp_and_transpose(fwd.vjp_fn, cotangent)
-        grads = backend.replica_sum(local_grads)
-        virtual = [t - virtual_lr * g for t, g in zip(trainable, grads)]
+        if method == "l2rw":
+            # No virtual step (θ' = θ), so no G to transpose: the JVP in forward mode.
+            virtual = trainable
+
+            def logits_jvp(tangent):
+                _, jvp = backend.jvp(
+                    lambda params: training_logits(backbone, params, non_trainable, x),
+                    trainable,
+                    tangent,
+                )
+                return jvp
+        else:
+            # G(c) = Jᵀc is linear in the cotangent c; its transpose gives the JVP J · u from
+            # the activations the training forward already holds (forward mode would recompute
+            # them). Each replica's J · u on its own examples: the transpose of its share of G.
+            local_grads, logits_jvp = backend.vjp_and_transpose(fwd.vjp_fn, cotangent)
+            grads = backend.replica_sum(local_grads)
+            virtual = [t - virtual_lr * g for t, g in zip(trainable, grads)]
         meta_loss, _, meta_grads = backend.value_and_grad(meta_loss_fn, virtual)
         meta_loss, meta_grads = backend.replica_sum((meta_loss, meta_grads))
-        # Each replica's J · u on its own examples: the transpose of its own share of G.
-        dmeta_dcotangent = -virtual_lr * transpose_fn(meta_grads)
+        dmeta_dcotangent = -virtual_lr * logits_jvp(meta_grads)
 
     # Chain rule through cotangent = weights ⊙ e / B.
     dmeta_domega = dmeta_dcotangent * fwd.e / batch_size

@@ -127,33 +127,19 @@ def test_batch_norm_keeps_per_replica_statistics_and_averages_the_moving_ones(st
         np.testing.assert_allclose(history[name], single_history[name], atol=0.05, err_msg=name)
 
 
-def test_synchronized_batch_norm_is_refused_across_replicas(strategy):
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"batch_norm": True, "synchronized": True}, "synchronized=True"),
+        ({"meta_batch_size": 5}, "multiple of the number of replicas"),
+        ({"meta_grad": "nested"}, "one replica only"),
+        ({"meta_interval": 2}, "meta_interval=2 runs on one replica only"),
+    ],
+    ids=["synchronized_batch_norm", "uneven_meta_split", "nested_meta_gradient", "meta_interval"],
+)
+def test_what_one_replica_only_runs_is_refused_across_replicas(strategy, kwargs, message):
     x, y, x_meta, y_meta = _data()
     with strategy.scope():
-        model = _model("gdw", (x_meta, y_meta), len(x), batch_norm=True, synchronized=True)
-    with pytest.raises(ValueError, match="synchronized=True"):
-        _fit(model, x, y, steps=1)
-
-
-def test_meta_batch_must_split_evenly_across_replicas(strategy):
-    x, y, x_meta, y_meta = _data()
-    with strategy.scope():
-        model = _model("gdw", (x_meta, y_meta), len(x), meta_batch_size=5)
-    with pytest.raises(ValueError, match="multiple of the number of replicas"):
-        _fit(model, x, y, steps=1)
-
-
-def test_nested_meta_gradient_is_refused_across_replicas(strategy):
-    x, y, x_meta, y_meta = _data()
-    with strategy.scope():
-        model = _model("gdw", (x_meta, y_meta), len(x), meta_grad="nested")
-    with pytest.raises(ValueError, match="one replica only"):
-        _fit(model, x, y, steps=1)
-
-
-def test_meta_interval_is_refused_across_replicas(strategy):
-    x, y, x_meta, y_meta = _data()
-    with strategy.scope():
-        model = _model("gdw", (x_meta, y_meta), len(x), meta_interval=2)
-    with pytest.raises(ValueError, match="meta_interval=2 runs on one replica only"):
+        model = _model("gdw", (x_meta, y_meta), len(x), **kwargs)
+    with pytest.raises(ValueError, match=message):
         _fit(model, x, y, steps=1)

@@ -143,29 +143,27 @@ def test_fit_without_indices_refuses_a_tracking_model():
         model.fit(x, y, batch_size=10, epochs=1, verbose=0)
 
 
-def _state(model):
-    """Every value a step reads or writes, by name: backbone, weight net, both optimizers,
+def _state_variables(model):
+    """Every variable a step reads or writes, by part: backbone, weight net, both optimizers,
     meta-set position."""
-    groups = {
+    return {
         "backbone": model.backbone.variables,
         "weight_net": model.weight_net.variables,
         "optimizer": model.optimizer.variables,
         "weight_net_optimizer": model.weight_net_optimizer.variables,
         "meta_position": [model.meta_epoch, model.meta_cursor],
     }
-    return {name: [np.array(v.numpy()) for v in variables] for name, variables in groups.items()}
+
+
+def _state(model):
+    return {name: [np.array(v.numpy()) for v in variables]
+            for name, variables in _state_variables(model).items()}
 
 
 def _set_state(model, state):
+    variables = _state_variables(model)
     for name, values in state.items():
-        variables = {
-            "backbone": model.backbone.variables,
-            "weight_net": model.weight_net.variables,
-            "optimizer": model.optimizer.variables,
-            "weight_net_optimizer": model.weight_net_optimizer.variables,
-            "meta_position": [model.meta_epoch, model.meta_cursor],
-        }[name]
-        for variable, value in zip(variables, values):
+        for variable, value in zip(variables[name], values):
             variable.assign(value)
 
 
