@@ -28,6 +28,7 @@ import tensorflow as tf
 
 import gdw_tf
 from gdw_tf import data
+from gdw_tf import noise
 
 
 @dataclasses.dataclass
@@ -61,7 +62,7 @@ class Result:
 
 def corrupt(y, noise_ratio, num_classes, seed):
     """Replaces a fraction `noise_ratio` of the labels by another class; (noisy, corrupted)."""
-    noisy, _ = data.corrupt_labels(y, "symmetric", noise_ratio, num_classes, seed)
+    noisy, _ = noise.corrupt_labels(y, "symmetric", noise_ratio, num_classes, seed)
     return noisy, noisy != y
 
 

@@ -15,6 +15,7 @@ peak during those steps minus what was allocated before them
 With `--json` the last line printed is one JSON object.
 """
 
+import dataclasses
 import gc
 import itertools
 import json
@@ -29,25 +30,58 @@ from absl import flags
 
 import gdw_tf
 from gdw_tf import backend
+from gdw_tf import config as config_lib
+from gdw_tf import methods as methods_lib
 from gdw_tf import models
-from gdw_tf import step as step_lib
+
+# The settings shared with `python -m gdw_tf.train`, declared in `gdw_tf.config`. The meta batch
+# is as large as the training batch.
+SHARED_SETTINGS = ("model", "batch_size", "meta_grad", "meta_interval", "jit_compile")
 
 
-def define_flags():
-    """Defines the benchmark's flags."""
-    flags.DEFINE_enum("model", "resnet32", list(models.MODEL_NAMES), "Backbone to time.")
-    flags.DEFINE_integer("batch_size", 100, "Training and meta batch size.", lower_bound=1)
-    flags.DEFINE_integer("steps", 20, "Timed steps per method.", lower_bound=1)
-    flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, compilation).", lower_bound=1)
-    flags.DEFINE_list("methods", list(step_lib.METHODS[::-1]), "Methods to time, in order.")
-    flags.DEFINE_enum("meta_grad", "jvp", list(step_lib.META_GRADIENTS), "Meta-gradient formulation.")
-    flags.DEFINE_integer("meta_interval", 1, "GDWModel's meta_interval: a meta step every k-th "
-                         "step (not for l2rw).", lower_bound=1)
-    flags.DEFINE_enum(
-        "jit_compile", "auto", ["auto", "true", "false"], "XLA; auto: on when a GPU is visible (TensorFlow), always (JAX)."
-    )
-    flags.DEFINE_integer("num_classes", 10, "Classes.", lower_bound=2)
-    flags.DEFINE_bool("json", False, "End with one JSON line of the figures.")
+@dataclasses.dataclass(frozen=True)
+class Bench:
+    """What to time: the shared settings (`gdw_tf.config`) and the benchmark's own."""
+
+    methods: tuple
+    steps: int
+    warmup: int
+    num_classes: int
+    model: str = config_lib.DEFAULTS.model
+    batch_size: int = config_lib.DEFAULTS.batch_size
+    meta_grad: str = config_lib.DEFAULTS.meta_grad
+    meta_interval: int = config_lib.DEFAULTS.meta_interval
+    jit_compile: str = config_lib.DEFAULTS.jit_compile
+
+    @classmethod
+    def from_flags(cls, flag_values):
+        """The benchmark of parsed flags."""
+        values = {field.name: flag_values[field.name].value for field in dataclasses.fields(cls)}
+        return cls(**{**values, "methods": tuple(values["methods"])})
+
+
+def define_flags(flag_values=flags.FLAGS):
+    """Defines the benchmark's flags: the shared settings, then its own."""
+    config_lib.define_flags(flag_values, SHARED_SETTINGS)
+    flags.DEFINE_integer("steps", 20, "Timed steps per method.", lower_bound=1,
+                         flag_values=flag_values)
+    flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, compilation).",
+                         lower_bound=1, flag_values=flag_values)
+    flags.DEFINE_list("methods", list(methods_lib.NAMES[::-1]), "Methods to time, in order: "
+                      f"some of {', '.join(methods_lib.NAMES)}.", flag_values=flag_values)
+    flags.register_validator(
+        "methods", lambda names: set(names) <= set(methods_lib.NAMES),
+        message=f"--methods: unknown method; choose from {', '.join(methods_lib.NAMES)}.",
+        flag_values=flag_values)
+    flags.DEFINE_integer("num_classes", 10, "Classes.", lower_bound=2, flag_values=flag_values)
+    flags.DEFINE_bool("json", False, "End with one JSON line of the figures.",
+                      flag_values=flag_values)
+    flags.register_multi_flags_validator(
+        ["methods", "meta_interval"],
+        lambda v: all(config_lib.meta_interval_problem(methods_lib.get(m), v["meta_interval"])
+                      is None for m in v["methods"]),
+        message="--meta_interval above 1 does not apply to l2rw (no weight net); pass "
+        "--methods=ce,mwnet,gdw.", flag_values=flag_values)
 
 
 def _device():
@@ -75,10 +109,10 @@ def _cpus():
         return [0]
 
 
-def build_step(method, model_name, batch_size, num_classes, jit_compile, meta_grad, device,
-               meta_interval=1):
+def build_step(method, bench, device):
     """One method's compiled train step on random data: `(step, start_memory)` as
     `_tensorflow_step` returns them."""
+    model_name, batch_size, num_classes = bench.model, bench.batch_size, bench.num_classes
     keras.utils.set_random_seed(0)
     input_shape = (32, 32, 3) if model_name == "resnet32" else (28, 28, 1)
     backbone = models.build_model(model_name, input_shape, num_classes)
@@ -88,8 +122,9 @@ def build_step(method, model_name, batch_size, num_classes, jit_compile, meta_gr
     meta_y = np.arange(num_meta) % num_classes
     model = gdw_tf.GDWModel(
         backbone, num_classes, method=method, meta_data=(meta_x, meta_y),
-        meta_batch_size=batch_size, meta_grad=meta_grad, meta_interval=meta_interval,
+        meta_batch_size=batch_size, meta_grad=bench.meta_grad, meta_interval=bench.meta_interval,
     )
+    jit_compile = backend.resolve_jit_compile(bench.jit_compile)
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=jit_compile)
     x = rng.normal(size=(batch_size, *input_shape)).astype("float32")
     y = rng.integers(0, num_classes, batch_size).astype("int32")
@@ -98,26 +133,25 @@ def build_step(method, model_name, batch_size, num_classes, jit_compile, meta_gr
     return _tensorflow_step(model, x, y, device)
 
 
-def time_methods(methods, model_name, batch_size, num_classes, steps, warmup, jit_compile,
-                 meta_grad, device, meta_interval=1):
+def time_methods(bench, device):
     """Times the methods' train steps; returns `{method: (median ms per step, step MB)}`.
 
     The timed steps take turns, `meta_interval` consecutive steps of each method per round, so
     that a slowdown of a shared machine falls on every method alike and the ratios stay
     meaningful.
     """
-    built = {method: build_step(method, model_name, batch_size, num_classes, jit_compile,
-                                meta_grad, device, meta_interval) for method in methods}
+    methods, meta_interval = bench.methods, bench.meta_interval
+    built = {method: build_step(method, bench, device) for method in methods}
     memory = {}
     for method, (step, start_memory) in built.items():
-        for _ in range(warmup):
+        for _ in range(bench.warmup):
             step()
         read_memory = start_memory()
         for _ in range(meta_interval):
             step()
         memory[method] = read_memory() / 2**20
     times = {method: [] for method in methods}
-    for _ in range(steps):
+    for _ in range(bench.steps):
         for method, (step, _) in built.items():
             start = time.perf_counter()
             for _ in range(meta_interval):
@@ -177,26 +211,21 @@ def _jax_step(model, x, y):
     return step, start_memory
 
 
-def run(model_name, batch_size, num_classes, steps, warmup, methods, jit_compile, meta_grad,
-        meta_interval=1):
-    """Benchmarks each method; returns the figures as a dict."""
+def run(bench):
+    """Benchmarks each method of `bench` (a `Bench`); returns the figures as a dict."""
     device, device_name = _device()
-    jit_compile = backend.resolve_jit_compile(jit_compile)
-    figures = time_methods(methods, model_name, batch_size, num_classes, steps, warmup,
-                           jit_compile, meta_grad, device, meta_interval)
-    ms = {method: figures[method][0] for method in methods}
-    memory = {method: figures[method][1] for method in methods}
+    figures = time_methods(bench, device)
     return {
         "device": device_name,
         "backend": keras.backend.backend(),
-        "model": model_name,
-        "batch_size": batch_size,
-        "jit_compile": jit_compile,
-        "meta_grad": meta_grad,
-        "meta_interval": meta_interval,
+        "model": bench.model,
+        "batch_size": bench.batch_size,
+        "jit_compile": backend.resolve_jit_compile(bench.jit_compile),
+        "meta_grad": bench.meta_grad,
+        "meta_interval": bench.meta_interval,
         "keras": keras.__version__,
-        "ms_per_step": ms,
-        "peak_memory_mb": memory,
+        "ms_per_step": {method: figures[method][0] for method in bench.methods},
+        "peak_memory_mb": {method: figures[method][1] for method in bench.methods},
     }
 
 
@@ -221,20 +250,11 @@ def format_table(result):
 
 
 def main(argv):
-    del argv
-    config = flags.FLAGS
-    unknown = sorted(set(config.methods) - set(step_lib.METHODS))
-    if unknown:
-        raise app.UsageError(f"unknown method(s) {unknown}; choose from {list(step_lib.METHODS)}.")
-    if config.meta_interval > 1 and "l2rw" in config.methods:
-        raise app.UsageError("--meta_interval above 1 does not apply to l2rw (no weight net); "
-                             "pass --methods=ce,mwnet,gdw.")
-    result = run(
-        config.model, config.batch_size, config.num_classes, config.steps, config.warmup,
-        config.methods, config.jit_compile, config.meta_grad, config.meta_interval,
-    )
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    result = run(Bench.from_flags(flags.FLAGS))
     print(format_table(result))
-    if config.json:
+    if flags.FLAGS.json:
         print(json.dumps(result))
 
 

@@ -1,71 +1,206 @@
-"""The training run's configuration: its absl flags, and the plain `Config` they become.
+"""Every setting of a training run, declared once: the `Config` dataclass and its flags.
 
-`define_flags` declares every flag of `python -m gdw_tf.train` on a `FlagValues` (the train
-module passes `absl.flags.FLAGS`), with help strings that cite `GDW_SPEC.md` and validators that
-refuse impossible values while the command line is parsed, before any data is loaded.
-`Config.from_flags` turns the parsed flags into a frozen dataclass; library code
-(`gdw_tf.run`) takes that and never reads flags.
+Each field of `Config` carries its default, help text, allowed values and check in its metadata
+(`setting(...)`). From those:
+
+- `define_flags` declares the flags of `python -m gdw_tf.train` (and, for the fields it names,
+  of `python -m gdw_tf.bench`), with validators that refuse impossible values while the command
+  line is parsed, before any data is loaded;
+- `Config.from_flags` turns the parsed flags into the frozen dataclass that library code
+  (`gdw_tf.run`) takes; library code never reads flags;
+- `check(name, value)` applies the same rule to a Python argument: `GDWModel` validates its
+  arguments with it, and its signature defaults are `DEFAULTS`' fields, so a model built by the
+  CLI and one built by hand share defaults and rules.
 
 Precedence (as absl applies it, left to right): flag defaults, then the flags of
-`--flagfile=flags/....flags`, then flags given after it on the command line.
+`--flagfile=flags/....flags`, then flags given after it on the command line. The algorithm behind
+the settings is described in `docs/ALGORITHM.md`.
 """
 
 import dataclasses
+import math
 import os
 
-import tensorflow_datasets as tfds
 from absl import flags
 
-from gdw_tf import data
+from gdw_tf import noise as noise_lib
+from gdw_tf import methods
 from gdw_tf import models
-from gdw_tf import step
 
-METHODS = step.METHODS
 AUTO_TRUE_FALSE = ("auto", "true", "false")
 DISTRIBUTE = ("none", "mirrored", "multi_worker")
-OUTER_LR_BY_CLASSES = -1.0
+META_GRADIENTS = ("jvp", "nested")
 
-# Fields that only say where things are or how fast they run: a resumed run may change them.
-# `distribute` too: a run may resume on other devices, and `mirrored` does not fix the number of
-# replicas anyway (it takes the GPUs it finds). The steps are those of one device on the same
-# global batches, up to the rounding of cross-replica sums and BatchNorm's per-replica batch
-# statistics; results.json records `num_replicas`.
-_RUN_INDEPENDENT_FIELDS = ("data_dir", "output_dir", "export_dir", "overwrite", "jit_compile",
-                           "verbose", "distribute")
+
+def setting(default, help, *, choices=None, check=None, message=None, run_defining=True):
+    """A `Config` field with its flag's metadata.
+
+    Args:
+      default: the default value (its type is the flag's: str, int, float or bool; None for an
+        optional string).
+      help: the flag's help text.
+      choices: the allowed values of an enum.
+      check: a predicate on a value that is not None (floats are also refused when NaN or
+        infinite, before `check` sees them).
+      message: what `check` demands, after the setting's name ("must be > 0").
+      run_defining: False for the fields that only say where things are or how fast they run:
+        a resumed run may change them.
+    """
+    return dataclasses.field(default=default, metadata={
+        "help": help, "choices": choices, "check": check, "message": message,
+        "run_defining": run_defining})
+
+
+def _positive(value):
+    return value > 0
+
+
+def _non_negative(value):
+    return value >= 0
+
+
+_POSITIVE_INTEGER = "must be a positive integer"
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything a training run needs; field names and meanings are those of the flags."""
+    """Everything a training run needs; each field is the flag of the same name."""
 
-    output_dir: str
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    noise: str = "uniform"
-    ratio: float = 0.4
-    imbalance: float = 1.0
-    num_meta: int = 1000
-    method: str = "gdw"
-    model: str = "resnet32"
-    epochs: int = 80
-    batch_size: int = 100
-    meta_batch_size: int = 100
-    lr: float = 0.1
-    momentum: float = 0.9
-    l2: float = 5e-4
-    outer_lr: float = OUTER_LR_BY_CLASSES
-    clip: float = 0.2
-    meta_grad: str = "jvp"
-    meta_interval: int = 1
-    seed: int = 0
-    augment: str = "auto"
-    jit_compile: str = "auto"
-    max_train_examples: int = 0
-    max_test_examples: int = 0
-    export_dir: str | None = None
-    distribute: str = "none"
-    overwrite: bool = False
-    verbose: int = 1
+    # Data protocol.
+    dataset: str = setting(
+        "cifar10",
+        "cifar10, cifar100, fashion_mnist, mnist, or any TFDS image-classification dataset with "
+        "`image`/`label` features and train/test splits (reference recipe: CIFAR; "
+        "docs/ALGORITHM.md).",
+        check=lambda name: _is_known_dataset(name),
+        message="is unknown: use cifar10, cifar100, fashion_mnist, mnist or another TFDS "
+        "image-classification dataset name")
+    data_dir: str = setting(
+        None,
+        "Directory of the data: TFDS' data_dir, or for fashion_mnist a folder with the four "
+        "original idx .gz files (otherwise ~/.keras/datasets/fashion-mnist and "
+        "/usr/share/datasets/fashion-mnist are searched).",
+        check=os.path.isdir,
+        message="is not an existing directory: create it and put the data there, or leave the "
+        "flag out to use the default locations", run_defining=False)
+    noise: str = setting(
+        "uniform",
+        "Label-noise model of the training set (docs/ALGORITHM.md, 'Data protocol'): uniform = "
+        "r/C 11' + (1-r) I as Meta-Weight-Net and the reference (40% leaves ~36% wrong); "
+        "symmetric = always another class; flip = each class to one other class drawn from "
+        "--seed; pair = class k to k+1.", choices=noise_lib.NOISE_MODELS)
+    ratio: float = setting(
+        0.4, "Noise ratio r in [0, 1] (ignored with --noise=none).",
+        check=lambda v: 0.0 <= v <= 1.0,
+        message="must lie in [0, 1] (a noise probability); e.g. --ratio=0.4")
+    imbalance: float = setting(
+        1.0,
+        "Long-tail factor rho = n_max/n_min >= 1: class k keeps n_max * rho^(-k/(C-1)) "
+        "training examples (docs/ALGORITHM.md); 1 = balanced.",
+        check=lambda v: v >= 1.0,
+        message="is n_max/n_min and must be a finite number ≥ 1; use 1 for a balanced set")
+    num_meta: int = setting(
+        1000,
+        "Size of the clean, class-balanced meta set taken out of the training set before noise "
+        "(a multiple of the number of classes; reference: 1000).",
+        check=_positive, message="must be a positive multiple of the number of classes")
+    max_train_examples: int = setting(
+        0,
+        "Use only the first N examples of the training split (0 = all). For tests and quick "
+        "looks, not for paper numbers.", check=_non_negative, message="must be ≥ 0 (0 = all)")
+    max_test_examples: int = setting(
+        0,
+        "Evaluate on only the first N test examples (0 = all). For tests and quick looks, not "
+        "for paper numbers.", check=_non_negative, message="must be ≥ 0 (0 = all)")
+    augment: str = setting(
+        "auto",
+        "Reflect-pad 4, random crop, horizontal flip of training and meta images "
+        "(docs/ALGORITHM.md, recipe). auto = on for 32x32 RGB datasets (CIFAR), off otherwise.",
+        choices=AUTO_TRUE_FALSE)
+
+    # Method and model.
+    method: str = setting(
+        "gdw",
+        "; ".join(f"{m.name} ({m.summary})" for m in methods.METHODS.values())
+        + "; docs/ALGORITHM.md.", choices=methods.NAMES)
+    model: str = setting(
+        "resnet32",
+        "Backbone: resnet32 (the reference's ResNet-32), small_cnn (two conv blocks, for 28x28 "
+        "images on a CPU) or mlp.", choices=models.MODEL_NAMES)
+
+    # Optimisation.
+    epochs: int = setting(80, "Epochs E of the cosine schedule (reference: 80).",
+                          check=_positive, message=_POSITIVE_INTEGER)
+    batch_size: int = setting(100, "Training batch size (reference: 100).",
+                              check=_positive, message=_POSITIVE_INTEGER)
+    meta_batch_size: int = setting(
+        100, "Meta batch size (reference: 100); at most --num_meta.",
+        check=_positive, message=_POSITIVE_INTEGER)
+    lr: float = setting(
+        0.1,
+        "Initial SGD learning rate; epoch e uses lr (1 + cos(pi e / E)) / 2 as the reference "
+        "(docs/ALGORITHM.md, recipe). Also the virtual step's alpha_t.",
+        check=_positive, message="must be > 0")
+    momentum: float = setting(0.9, "SGD momentum of the real step (reference: 0.9).",
+                              check=lambda v: 0.0 <= v < 1.0, message="must lie in [0, 1)")
+    l2: float = setting(
+        5e-4,
+        "L2 coefficient added to the real step's gradient, as PyTorch's SGD weight_decay "
+        "(reference: 5e-4; docs/ALGORITHM.md, step 8).", check=_non_negative, message="must be ≥ 0")
+    outer_lr: float = setting(
+        None,
+        "GDW's stage-2 step beta (docs/ALGORITHM.md, step 7). Unset = by the number of classes "
+        "as the reference: 100 for up to 10 classes, 1000 above (CIFAR-100).",
+        check=_non_negative, message="must be ≥ 0 (or unset: by the number of classes)")
+    clip: float = setting(0.2, "GDW's clip c of each stage-2 step entry (reference: 0.2).",
+                          check=_positive, message="must be > 0")
+    meta_grad: str = setting(
+        "jvp",
+        "How the meta-gradient is computed: jvp (one JVP of the training logits) or nested "
+        "(double backprop, as the reference's create_graph); docs/ALGORITHM.md, step 5.",
+        choices=META_GRADIENTS)
+    meta_interval: int = setting(
+        1,
+        "Take the meta step (virtual step, meta-gradient, weight-net update) on every k-th step "
+        "only, as Meta-Weight-Net's code: steps k, 2k, ...; the others weight examples by the "
+        "current weight net (for gdw: the instance weight on every class) at about a CE step's "
+        "cost. 1 = the method as published. Not for l2rw; with --distribute on TensorFlow, 1 "
+        "only.", check=_positive, message=_POSITIVE_INTEGER + " (1 = a meta step on every step)")
+    seed: int = setting(
+        0, "Seed of the split, the noise, the initialisation, the data order and the meta-batch "
+        "order.", check=_non_negative, message="must be ≥ 0")
+
+    # Run.
+    output_dir: str = setting(
+        None, "Run directory: results, logs, checkpoints, model. An unfinished run there is "
+        "resumed.", run_defining=False)
+    export_dir: str = setting(
+        None, "If set, export a serving SavedModel (uint8 images in, normalisation inside) there "
+        "at the end.", run_defining=False)
+    # A run may resume on other devices, and `mirrored` does not fix the number of replicas
+    # anyway (it takes the GPUs it finds). The steps are those of one device on the same global
+    # batches, up to the rounding of cross-replica sums and BatchNorm's per-replica batch
+    # statistics; results.json records `num_replicas`.
+    distribute: str = setting(
+        "none",
+        "Devices to train on: none = one device; mirrored = tf.distribute.MirroredStrategy "
+        "over this machine's devices (TensorFlow's default: all GPUs, else the CPU; on Keras' "
+        "JAX backend, keras.distribution.DataParallel over JAX's devices); multi_worker = "
+        "tf.distribute.MultiWorkerMirroredStrategy (TensorFlow backend), the cluster read from "
+        "the TF_CONFIG environment variable, every worker running the same command (the chief "
+        "writes --output_dir, the others <output_dir>/workers/worker<i>). --batch_size and "
+        "--meta_batch_size are global, split across the replicas; --meta_batch_size must be a "
+        "multiple of the number of replicas.", choices=DISTRIBUTE, run_defining=False)
+    overwrite: bool = setting(
+        False, "Start over: delete the run files in --output_dir (a finished, unfinished or "
+        "different run) and a non-empty --export_dir instead of refusing them.",
+        run_defining=False)
+    jit_compile: str = setting(
+        "auto", "XLA-compile the train step; auto = on when a GPU is visible (TensorFlow), always "
+        "(JAX).", choices=AUTO_TRUE_FALSE, run_defining=False)
+    verbose: int = setting(
+        1, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
+        check=lambda v: v in (0, 1, 2), message="must be 0, 1 or 2", run_defining=False)
 
     @classmethod
     def from_flags(cls, flag_values):
@@ -79,175 +214,94 @@ class Config:
 
     def run_defining(self):
         """The fields that change the data, the model or the training (all but paths/speed)."""
-        return {name: value for name, value in self.to_dict().items()
-                if name not in _RUN_INDEPENDENT_FIELDS}
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                if field.metadata["run_defining"]}
 
 
-def define_flags(flag_values):
-    """Defines the flags of `python -m gdw_tf.train`, with their validators, on `flag_values`."""
-    fv = flag_values
-    spec = "see GDW_SPEC.md"
-
-    # Data protocol.
-    flags.DEFINE_string(
-        "dataset", "cifar10",
-        "cifar10, cifar100, fashion_mnist, mnist, or any TFDS image-classification dataset with "
-        "`image`/`label` features and train/test splits (reference recipe: CIFAR; " + spec + ").",
-        flag_values=fv)
-    flags.DEFINE_string(
-        "data_dir", None,
-        "Directory of the data: TFDS' data_dir, or for fashion_mnist a folder with the four "
-        "original idx .gz files (otherwise ~/.keras/datasets/fashion-mnist and "
-        "/usr/share/datasets/fashion-mnist are searched).", flag_values=fv)
-    flags.DEFINE_enum(
-        "noise", "uniform", data.NOISE_MODELS,
-        "Label-noise model of the training set (" + spec + ", 'Noise models'): uniform = "
-        "r/C 11' + (1-r) I as Meta-Weight-Net and the reference (40% leaves ~36% wrong); "
-        "symmetric = always another class; flip = each class to one other class drawn from "
-        "--seed; pair = class k to k+1.", flag_values=fv)
-    flags.DEFINE_float(
-        "ratio", 0.4, "Noise ratio r in [0, 1] (ignored with --noise=none).", flag_values=fv)
-    flags.DEFINE_float(
-        "imbalance", 1.0,
-        "Long-tail factor rho = n_max/n_min >= 1: class k keeps n_max * rho^(-k/(C-1)) "
-        "training examples (" + spec + "); 1 = balanced.", flag_values=fv)
-    flags.DEFINE_integer(
-        "num_meta", 1000,
-        "Size of the clean, class-balanced meta set taken out of the training set before noise "
-        "(a multiple of the number of classes; reference: 1000).", flag_values=fv)
-    flags.DEFINE_integer(
-        "max_train_examples", 0,
-        "Use only the first N examples of the training split (0 = all). For tests and quick "
-        "looks, not for paper numbers.", flag_values=fv)
-    flags.DEFINE_integer(
-        "max_test_examples", 0,
-        "Evaluate on only the first N test examples (0 = all). For tests and quick looks, not "
-        "for paper numbers.", flag_values=fv)
-    flags.DEFINE_enum(
-        "augment", "auto", AUTO_TRUE_FALSE,
-        "Reflect-pad 4, random crop, horizontal flip of training and meta images (" + spec +
-        ", recipe). auto = on for 32x32 RGB datasets (CIFAR), off otherwise.", flag_values=fv)
-
-    # Method and model.
-    flags.DEFINE_enum(
-        "method", "gdw", METHODS,
-        "gdw (class-level weights), mwnet (Meta-Weight-Net instance weights), l2rw "
-        "(learning to reweight) or ce (plain cross-entropy); " + spec + ".", flag_values=fv)
-    flags.DEFINE_enum(
-        "model", "resnet32", models.MODEL_NAMES,
-        "Backbone: resnet32 (the reference's ResNet-32, " + spec + "), small_cnn (two conv "
-        "blocks, for 28x28 images on a CPU) or mlp.", flag_values=fv)
-
-    # Optimisation.
-    flags.DEFINE_integer("epochs", 80, "Epochs E of the cosine schedule (reference: 80).",
-                         flag_values=fv)
-    flags.DEFINE_integer("batch_size", 100, "Training batch size (reference: 100).",
-                         flag_values=fv)
-    flags.DEFINE_integer("meta_batch_size", 100, "Meta batch size (reference: 100); at most "
-                         "--num_meta.", flag_values=fv)
-    flags.DEFINE_float(
-        "lr", 0.1, "Initial SGD learning rate; epoch e uses lr (1 + cos(pi e / E)) / 2 as the "
-        "reference (" + spec + ", recipe). Also the virtual step's alpha_t.", flag_values=fv)
-    flags.DEFINE_float("momentum", 0.9, "SGD momentum of the real step (reference: 0.9).",
-                       flag_values=fv)
-    flags.DEFINE_float(
-        "l2", 5e-4, "L2 coefficient added to the real step's gradient, as PyTorch's SGD "
-        "weight_decay (reference: 5e-4; " + spec + ", step 8).", flag_values=fv)
-    flags.DEFINE_float(
-        "outer_lr", OUTER_LR_BY_CLASSES,
-        "GDW's stage-2 step beta (" + spec + ", step 7). -1 = by the number of classes as the "
-        "reference: 100 for up to 10 classes, 1000 above (CIFAR-100).", flag_values=fv)
-    flags.DEFINE_float("clip", 0.2, "GDW's clip c of each stage-2 step entry (reference: 0.2).",
-                       flag_values=fv)
-    flags.DEFINE_enum(
-        "meta_grad", "jvp", step.META_GRADIENTS,
-        "How the meta-gradient is computed: jvp (one JVP of the training logits) or nested (double "
-        "backprop, as the reference's create_graph); " + spec + ", step 5.", flag_values=fv)
-    flags.DEFINE_integer(
-        "meta_interval", 1,
-        "Take the meta step (virtual step, meta-gradient, weight-net update) on every k-th step "
-        "only, as Meta-Weight-Net's code: steps k, 2k, ...; the others weight examples by the "
-        "current weight net (for gdw: the instance weight on every class) at about a CE step's "
-        "cost. 1 = the method as published. Not for l2rw; with --distribute on TensorFlow, 1 only.",
-        flag_values=fv)
-    flags.DEFINE_integer("seed", 0, "Seed of the split, the noise, the initialisation, the "
-                         "data order and the meta-batch order.", flag_values=fv)
-
-    # Run.
-    flags.DEFINE_string("output_dir", None, "Run directory: results, logs, checkpoints, model. "
-                        "An unfinished run there is resumed.", flag_values=fv)
-    flags.DEFINE_string("export_dir", None, "If set, export a serving SavedModel (uint8 images "
-                        "in, normalisation inside) there at the end.", flag_values=fv)
-    flags.DEFINE_enum(
-        "distribute", "none", DISTRIBUTE,
-        "Devices to train on: none = one device; mirrored = tf.distribute.MirroredStrategy "
-        "over this machine's devices (TensorFlow's default: all GPUs, else the CPU; on Keras' "
-        "JAX backend, keras.distribution.DataParallel over JAX's devices); multi_worker = "
-        "tf.distribute.MultiWorkerMirroredStrategy (TensorFlow backend), the cluster read from "
-        "the TF_CONFIG environment variable, every worker running the same command (the chief "
-        "writes --output_dir, the others <output_dir>/workers/worker<i>). --batch_size and "
-        "--meta_batch_size are global, split across the replicas; "
-        "--meta_batch_size must be a multiple of the number of replicas.", flag_values=fv)
-    flags.DEFINE_boolean("overwrite", False, "Start over: delete the run files in --output_dir "
-                         "(a finished, unfinished or different run) and a non-empty "
-                         "--export_dir instead of refusing them.", flag_values=fv)
-    flags.DEFINE_enum("jit_compile", "auto", AUTO_TRUE_FALSE,
-                      "XLA-compile the train step; auto = on when a GPU is visible (TensorFlow), always (JAX).",
-                      flag_values=fv)
-    flags.DEFINE_integer("verbose", 1, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one "
-                         "line per epoch.", flag_values=fv)
-
-    flags.mark_flag_as_required("output_dir", flag_values=fv)
-    _register_validators(fv)
+DEFAULTS = Config()
+_FIELDS = {field.name: field for field in dataclasses.fields(Config)}
 
 
-def _register_validators(fv):
-    """Refuses impossible flag values at parse time, naming the fix."""
-    checks = {
-        "ratio": (lambda v: 0.0 <= v <= 1.0,
-                  "--ratio must lie in [0, 1] (a noise probability); e.g. --ratio=0.4."),
-        "imbalance": (lambda v: v >= 1.0,
-                      "--imbalance is n_max/n_min and must be >= 1; use 1 for a balanced set."),
-        "num_meta": (lambda v: v > 0,
-                     "--num_meta must be a positive multiple of the number of classes."),
-        "epochs": (lambda v: v > 0, "--epochs must be a positive integer."),
-        "batch_size": (lambda v: v > 0, "--batch_size must be a positive integer."),
-        "meta_batch_size": (lambda v: v > 0, "--meta_batch_size must be a positive integer."),
-        "lr": (lambda v: v > 0, "--lr must be > 0."),
-        "momentum": (lambda v: 0.0 <= v < 1.0, "--momentum must lie in [0, 1)."),
-        "l2": (lambda v: v >= 0, "--l2 must be >= 0."),
-        "outer_lr": (lambda v: v >= 0 or v == OUTER_LR_BY_CLASSES,
-                     "--outer_lr must be >= 0, or -1 for the reference's default by classes."),
-        "clip": (lambda v: v > 0, "--clip must be > 0."),
-        "meta_interval": (lambda v: v >= 1, "--meta_interval must be a positive integer (1 = a "
-                          "meta step on every step)."),
-        "seed": (lambda v: v >= 0, "--seed must be >= 0."),
-        "max_train_examples": (lambda v: v >= 0, "--max_train_examples must be >= 0 (0 = all)."),
-        "max_test_examples": (lambda v: v >= 0, "--max_test_examples must be >= 0 (0 = all)."),
-        "verbose": (lambda v: v in (0, 1, 2), "--verbose must be 0, 1 or 2."),
-        "dataset": (_is_known_dataset,
-                    "unknown --dataset: use cifar10, cifar100, fashion_mnist, mnist or another "
-                    "TFDS image-classification dataset name."),
-        "data_dir": (lambda v: v is None or os.path.isdir(v),
-                     "--data_dir is not an existing directory: create it and put the data "
-                     "there, or leave the flag out to use the default locations."),
-    }
-    for name, (checker, message) in checks.items():
-        flags.register_validator(name, checker, message=message, flag_values=fv)
-    flags.register_multi_flags_validator(
-        ["meta_batch_size", "num_meta"],
-        lambda v: v["meta_batch_size"] <= v["num_meta"],
-        message="--meta_batch_size must not exceed --num_meta (the meta set's size).",
-        flag_values=fv)
-    flags.register_multi_flags_validator(
-        ["method", "meta_interval"],
-        lambda v: v["method"] != "l2rw" or v["meta_interval"] == 1,
-        message="--meta_interval above 1 needs a weight net to weight the steps between meta "
-        "steps; l2rw has none: use --meta_interval=1 with --method=l2rw.",
-        flag_values=fv)
+def problem(name, value):
+    """What is wrong with `value` for the setting `name` ("must be > 0"), or None if it is fine."""
+    metadata = _FIELDS[name].metadata
+    if value is None:
+        return None
+    if metadata["choices"] is not None:
+        if value not in metadata["choices"]:
+            return f"must be one of {tuple(metadata['choices'])}"
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return metadata["message"] or "must be a finite number"
+    if metadata["check"] is not None and not metadata["check"](value):
+        return metadata["message"]
+    return None
+
+
+def check(name, value):
+    """Raises `ValueError` naming the setting `name` if `value` breaks its rule (Python API)."""
+    message = problem(name, value)
+    if message is not None:
+        raise ValueError(f"{name} {message}; got {value!r}.")
+
+
+def define_flags(flag_values, names=None):
+    """Defines the flags of the `Config` fields `names` (all by default) on `flag_values`, each
+    with its validator; with all of them, also `--output_dir`'s requirement and the rules that
+    tie two flags together."""
+    names = list(_FIELDS) if names is None else list(names)
+    for name in names:
+        _define_flag(_FIELDS[name], flag_values)
+    if "output_dir" in names:
+        flags.mark_flag_as_required("output_dir", flag_values=flag_values)
+    if {"meta_batch_size", "num_meta"} <= set(names):
+        flags.register_multi_flags_validator(
+            ["meta_batch_size", "num_meta"],
+            lambda v: v["meta_batch_size"] <= v["num_meta"],
+            message="--meta_batch_size must not exceed --num_meta (the meta set's size).",
+            flag_values=flag_values)
+    if {"method", "meta_interval"} <= set(names):
+        flags.register_multi_flags_validator(
+            ["method", "meta_interval"],
+            lambda v: meta_interval_problem(methods.get(v["method"]), v["meta_interval"]) is None,
+            message="--meta_interval above 1 needs a weight net to weight the steps between meta "
+            "steps; l2rw has none: use --meta_interval=1 with --method=l2rw.",
+            flag_values=flag_values)
+
+
+def meta_interval_problem(method, meta_interval):
+    """Why `meta_interval` does not suit `method` (a `methods.Method`), or None."""
+    if meta_interval > 1 and method.meta_step and not method.weight_net:
+        return (f"meta_interval={meta_interval} needs a weight net to weight the steps between "
+                f"meta steps; {method.name} has none")
+    return None
+
+
+def _define_flag(field, flag_values):
+    metadata, default = field.metadata, field.default
+    kwargs = {"flag_values": flag_values}
+    if metadata["choices"] is not None:
+        flags.DEFINE_enum(field.name, default, list(metadata["choices"]), metadata["help"],
+                          **kwargs)
+        return
+    if isinstance(default, bool):
+        flags.DEFINE_boolean(field.name, default, metadata["help"], **kwargs)
+    elif isinstance(default, int):
+        flags.DEFINE_integer(field.name, default, metadata["help"], **kwargs)
+    elif isinstance(default, float) or field.type is float:
+        flags.DEFINE_float(field.name, default, metadata["help"], **kwargs)
+    else:
+        flags.DEFINE_string(field.name, default, metadata["help"], **kwargs)
+    if metadata["check"] is not None or field.type is float:
+        flags.register_validator(
+            field.name, lambda value, name=field.name: problem(name, value) is None,
+            message=f"--{field.name} {metadata['message'] or 'must be a finite number'}.",
+            flag_values=flag_values)
 
 
 def _is_known_dataset(name):
     """Whether `name` is Fashion-MNIST (read offline) or a registered TFDS dataset."""
+    import tensorflow_datasets as tfds
+
     base = name.split(":")[0].split("/")[0]
     return base == "fashion_mnist" or base in tfds.list_builders(with_community_datasets=False)

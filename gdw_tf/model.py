@@ -16,9 +16,14 @@ import numpy as np
 from keras import ops
 
 from gdw_tf import backend
+from gdw_tf import config as config_lib
+from gdw_tf import methods
 from gdw_tf import step as step_lib
 from gdw_tf import weighting
+from gdw_tf.meta_sampling import seeded_permutation
 from gdw_tf.optimizers import TorchAdam
+
+_DEFAULT = config_lib.DEFAULTS
 
 
 def build_weight_net(hidden=100, dtype=None):
@@ -55,37 +60,16 @@ def build_weight_net(hidden=100, dtype=None):
     return keras.Model(inputs, output_layer(hidden_layer(inputs)), name="weight_net")
 
 
-def hash_uint32(x):
-    """A bijective hash of uint32 values (C. Wellons' "lowbias32"), the same on every backend."""
-    x = ops.bitwise_xor(x, ops.right_shift(x, 16))
-    x = ops.multiply(x, ops.convert_to_tensor(0x7FEB352D, "uint32"))
-    x = ops.bitwise_xor(x, ops.right_shift(x, 15))
-    x = ops.multiply(x, ops.convert_to_tensor(0x846CA68B, "uint32"))
-    return ops.bitwise_xor(x, ops.right_shift(x, 16))
-
-
-def seeded_permutation(n, seed, epoch):
-    """A permutation of `range(n)` that depends only on `(seed, epoch)`.
-
-    Integer arithmetic only, so it is the same eagerly, in graph mode and under XLA (TF's
-    stateless random ops are not: XLA draws other numbers from the same seed). The hash is a
-    bijection, so the sort keys are distinct and the permutation has no ties.
-    """
-    key = hash_uint32(
-        ops.bitwise_xor(hash_uint32(ops.cast(seed, "uint32")), ops.cast(epoch, "uint32"))
-    )
-    indices = ops.cast(ops.arange(n, dtype="int32"), "uint32")  # XLA has no uint32 range
-    hashes = hash_uint32(ops.bitwise_xor(indices, key))
-    # Sort keys in int32 (JAX has no int64 by default): flipping the top bit, then casting, keeps
-    # the order of the uint32 hashes, so both backends draw the same permutation.
-    keys = ops.cast(ops.bitwise_xor(hashes, ops.convert_to_tensor(0x80000000, "uint32")), "int32")
-    return ops.cast(ops.argsort(keys), "int32")
-
-
 _TRAIN_METRICS = ("train/loss", "train/accuracy")
-_META_METRICS = ("meta/loss", "weights/instance_mean")
-_GDW_METRICS = ("weights/labelled_mean", "weights/other_mean")
 _TEST_METRICS = ("loss", "accuracy")
+
+
+def resolve_outer_lr(outer_lr, num_classes):
+    """GDW's `β`: `outer_lr`, or when it is None the reference's 100 for up to 10 classes and
+    1000 above (CIFAR-100)."""
+    if outer_lr is None:
+        return 100.0 if num_classes <= 10 else 1000.0
+    return float(outer_lr)
 
 
 @keras.saving.register_keras_serializable(package="gdw_tf")
@@ -94,7 +78,7 @@ class GDWModel(backend.Trainer, keras.Model):
 
     `fit(x, y)` takes the (noisy) training set; each step draws a meta batch from the clean
     `meta_data` (without replacement, reshuffled each pass over the meta set), learns example
-    or class-level weights from it, and takes an SGD step with them. See `GDW_SPEC.md`.
+    or class-level weights from it, and takes an SGD step with them. See `docs/ALGORITHM.md`.
 
     Several devices: create and compile the model under a `tf.distribute` strategy's scope
     (TensorFlow), or after `keras.distribution.set_distribution(DataParallel(...))` (JAX). Each
@@ -111,7 +95,8 @@ class GDWModel(backend.Trainer, keras.Model):
         `(x, y)` (batched or not). May be left out for "ce", or given later with
         `set_meta_data` (a reloaded model does not carry it).
       meta_batch_size: meta examples per step.
-      outer_lr: `β`, GDW's stage-2 step (reference: 100 for 10 classes, 1000 for 100).
+      outer_lr: `β`, GDW's stage-2 step; None (default) picks the reference's by the number of
+        classes: 100 up to 10 classes, 1000 above (CIFAR-100).
       clip: `c`, the bound on each entry of GDW's stage-2 step.
       weight_net_hidden: hidden units of the weight net `1 → hidden → 1`.
       weight_net_lr, weight_net_l2: its Adam (PyTorch semantics, `TorchAdam`) settings.
@@ -146,32 +131,34 @@ class GDWModel(backend.Trainer, keras.Model):
         self,
         backbone,
         num_classes,
-        method="gdw",
+        method=_DEFAULT.method,
         meta_data=None,
-        meta_batch_size=100,
-        outer_lr=100.0,
-        clip=0.2,
+        meta_batch_size=_DEFAULT.meta_batch_size,
+        outer_lr=_DEFAULT.outer_lr,
+        clip=_DEFAULT.clip,
         weight_net_hidden=100,
         weight_net_lr=1e-3,
         weight_net_l2=1e-4,
-        l2=5e-4,
-        meta_grad="jvp",
+        l2=_DEFAULT.l2,
+        meta_grad=_DEFAULT.meta_grad,
         meta_augmentation=None,
-        seed=0,
+        seed=_DEFAULT.seed,
         track_examples=None,
-        meta_interval=1,
+        meta_interval=_DEFAULT.meta_interval,
         **kwargs,
     ):
         super().__init__(**kwargs)
         _check_arguments(
-            backbone, num_classes, method, meta_batch_size, outer_lr, clip, l2, meta_grad,
-            meta_interval,
+            backbone, num_classes, method, meta_batch_size=meta_batch_size, outer_lr=outer_lr,
+            clip=clip, l2=l2, meta_grad=meta_grad, meta_interval=meta_interval,
+            track_examples=track_examples,
         )
         self.backbone = backbone
         self.num_classes = int(num_classes)
         self.method = method
+        self._method = methods.get(method)
         self.meta_batch_size = int(meta_batch_size)
-        self.outer_lr = float(outer_lr)
+        self.outer_lr = resolve_outer_lr(outer_lr, num_classes)
         self.clip = float(clip)
         self.weight_net_hidden = int(weight_net_hidden)
         self.weight_net_lr = float(weight_net_lr)
@@ -199,8 +186,6 @@ class GDWModel(backend.Trainer, keras.Model):
             aggregation="only_first_replica",
         )
         if self.track_examples is not None:
-            if self.track_examples < 1:
-                raise ValueError(f"track_examples must be a positive integer; got {track_examples!r}.")
             self.example_weights = self.add_weight(
                 shape=(self.track_examples,), initializer="zeros", trainable=False,
                 name="example_weights", aggregation="only_first_replica",
@@ -214,11 +199,7 @@ class GDWModel(backend.Trainer, keras.Model):
         if meta_data is not None:
             self.set_meta_data(meta_data)
 
-        names = _TRAIN_METRICS + _TEST_METRICS
-        if method != "ce":
-            names += _META_METRICS
-        if method == "gdw":
-            names += _GDW_METRICS
+        names = _TRAIN_METRICS + _TEST_METRICS + self._method.metrics
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.built = True
 
@@ -250,13 +231,7 @@ class GDWModel(backend.Trainer, keras.Model):
         replacement. Where `draw` (a boolean tensor) is false, the position in the meta set stays
         where it is, and the batch is not used."""
         n, b = self.num_meta, self.meta_batch_size
-        replicas = backend.num_replicas()
-        if b % replicas:
-            raise ValueError(
-                f"meta_batch_size={b} must be a multiple of the number of replicas ({replicas}): "
-                "each replica takes an equal share of the meta batch."
-            )
-        share = b // replicas
+        share = b // backend.num_replicas()
         cursor, epoch = backend.read_values([self.meta_cursor, self.meta_epoch])
         wrap = cursor + b > n
         epoch = ops.where(wrap, epoch + 1, epoch)
@@ -308,19 +283,51 @@ class GDWModel(backend.Trainer, keras.Model):
 
         Raises:
           ValueError: for labels that are not integers in `[0, num_classes)`, NaN or infinite
-            inputs, or inputs whose rank does not fit the backbone.
+            inputs, or inputs whose rank does not fit the backbone; without a meta set where the
+            method needs one; or for settings that cannot run on the model's replicas.
         """
-        if kwargs.get("sample_weight") is not None or kwargs.get("class_weight") is not None:
-            raise ValueError(
-                "GDWModel learns its own example weights: fit() takes no sample_weight or "
-                "class_weight (with track_examples=N, give (x, y, index) batches instead)."
-            )
+        self._check_can_train(kwargs)
         if isinstance(x, np.ndarray) and y is not None and not hasattr(y, "as_numpy_iterator"):
             labels = np.asarray(y)
             if labels.ndim == 2 and labels.shape[-1] == 1:
                 labels = labels[:, 0]
             _check_examples(x, labels, self.num_classes, self.backbone, "training")
         return super().fit(x, y, *args, **kwargs)
+
+    def train_on_batch(self, x, y=None, *args, **kwargs):
+        """`keras.Model.train_on_batch`, after the checks of `fit`."""
+        self._check_can_train(kwargs)
+        return super().train_on_batch(x, y, *args, **kwargs)
+
+    def _check_can_train(self, fit_kwargs):
+        """Refuses to train without what the step needs (the checks of `fit`)."""
+        if fit_kwargs.get("sample_weight") is not None or fit_kwargs.get("class_weight") is not None:
+            raise ValueError(
+                "GDWModel learns its own example weights: fit() takes no sample_weight or "
+                "class_weight (with track_examples=N, give (x, y, index) batches instead)."
+            )
+        if not self._method.meta_step:
+            return
+        if self._meta_x is None:
+            raise ValueError(
+                f"method={self.method!r} needs a clean meta set: pass meta_data= to GDWModel or "
+                "call model.set_meta_data((x_meta, y_meta)) before fit()."
+            )
+        strategy = getattr(self, "distribute_strategy", None)  # TensorFlow's; JAX shards instead.
+        replicas = 1 if strategy is None else strategy.num_replicas_in_sync
+        if replicas == 1:
+            return
+        problem = replica_problem(
+            self._method, self.meta_batch_size, self.meta_grad, self.meta_interval, replicas
+        )
+        if problem:
+            raise ValueError(problem)
+        if _synchronized_batch_norms(self.backbone):
+            raise ValueError(
+                "BatchNormalization(synchronized=True) is not supported across replicas (layers "
+                f"{_synchronized_batch_norms(self.backbone)}): GDW's meta-gradient does not pass "
+                "correctly through its all-reduce. Use synchronized=False (per-replica statistics)."
+            )
 
     def get_compile_config(self):
         config = super().get_compile_config() or {}
@@ -357,41 +364,23 @@ class GDWModel(backend.Trainer, keras.Model):
                 "GDWModel learns its own example weights and takes no sample_weight; a third "
                 "element (x, y, index) is the example index, used only with track_examples=N."
             )
-        if self.method != "ce" and self._meta_x is None:
-            raise ValueError(
-                f"method={self.method!r} needs a clean meta set: pass meta_data= to GDWModel or "
-                "call model.set_meta_data((x_meta, y_meta)) before fit()."
-            )
-        if self.meta_interval > 1 and self.method != "ce" and backend.num_replicas() > 1:
-            raise ValueError(
-                f"meta_interval={self.meta_interval} runs on one replica only on TensorFlow (here "
-                f"{backend.num_replicas()}): TensorFlow cannot sum over replicas inside the "
-                "conditional that skips the meta step. Use meta_interval=1, or Keras' JAX backend "
-                "with keras.distribution.DataParallel."
-            )
-        if backend.num_replicas() > 1 and _synchronized_batch_norms(self.backbone):
-            raise ValueError(
-                "BatchNormalization(synchronized=True) is not supported across replicas (layers "
-                f"{_synchronized_batch_norms(self.backbone)}): GDW's meta-gradient does not pass "
-                "correctly through its all-reduce. Use synchronized=False (per-replica statistics)."
-            )
         y = self._labels(y)
         trainable = backend.read_values(self.backbone.trainable_variables)
         non_trainable = backend.read_values(self.backbone.non_trainable_variables)
 
         # Forward pass at θ (its VJP serves every backbone gradient of the step).
         fwd = step_lib.forward(
-            self.method, self.backbone, trainable, non_trainable, x, y, self.num_classes
+            self._method, self.backbone, trainable, non_trainable, x, y, self.num_classes
         )
 
         # Meta-gradients, and the weight-net update.
         meta = is_meta_step = None
-        if self.method != "ce":
+        if self._method.meta_step:
             meta, is_meta_step = self._meta_step(fwd, trainable, non_trainable, x)
 
         # Real step: G(ω¹) + l2 θ, with weights from the updated weight net.
         real = step_lib.real_gradient(
-            self.method,
+            self._method,
             fwd,
             meta,
             self.weight_net,
@@ -408,20 +397,27 @@ class GDWModel(backend.Trainer, keras.Model):
         ):
             variable.assign(value)
 
-        # Per-example weights and metrics. The weight on the given label: GDW's ω¹ there, else
-        # the instance weight.
+        # Per-example weights and metrics.
         label_weights = real.instance_weights
-        if real.class_weights is not None:
+        if real.class_weights is not None:  # GDW's ω¹ on the given label.
             label_weights = ops.sum(real.class_weights * fwd.onehot, axis=-1)
         if index is not None:
-            index = backend.replica_concat(ops.cast(ops.reshape(index, (-1,)), "int32"))
-            index = ops.expand_dims(index, -1)
-            for variable, values in (
-                (self.example_weights, real.instance_weights),
-                (self.example_label_weights, label_weights),
-            ):
-                values = backend.replica_concat(ops.cast(values, variable.dtype))
-                variable.assign(ops.scatter_update(variable, index, values))
+            self._record_example_weights(index, real.instance_weights, label_weights)
+        return self._update_train_metrics(fwd, y, meta, is_meta_step, real, label_weights)
+
+    def _record_example_weights(self, index, instance_weights, label_weights):
+        """Keeps the batch's weights at their examples' `index` (gathered from every replica)."""
+        index = backend.replica_concat(ops.cast(ops.reshape(index, (-1,)), "int32"))
+        index = ops.expand_dims(index, -1)
+        for variable, values in (
+            (self.example_weights, instance_weights),
+            (self.example_label_weights, label_weights),
+        ):
+            values = backend.replica_concat(ops.cast(values, variable.dtype))
+            variable.assign(ops.scatter_update(variable, index, values))
+
+    def _update_train_metrics(self, fwd, y, meta, is_meta_step, real, label_weights):
+        """Updates the training metrics with the step; returns the logs (global values)."""
         t = self._trackers
         t["train/loss"].update_state(fwd.per_example_loss)
         t["train/accuracy"].update_state(_correct(fwd.logits, y))
@@ -443,7 +439,7 @@ class GDWModel(backend.Trainer, keras.Model):
 
         def meta_gradient(x_meta, y_meta):
             return step_lib.meta_gradient(
-                self.method,
+                self._method,
                 fwd,
                 self.backbone,
                 self.weight_net,
@@ -476,7 +472,7 @@ class GDWModel(backend.Trainer, keras.Model):
             is_meta_step,
             lambda: meta_gradient(x_meta, y_meta),
             lambda: step_lib.no_meta_gradient(
-                self.method, fwd, self.weight_net, weight_net_trainable
+                self._method, fwd, self.weight_net, weight_net_trainable
             ),
         )
         _apply_where(
@@ -530,6 +526,39 @@ class GDWModel(backend.Trainer, keras.Model):
         return cls(**config)
 
 
+def replica_problem(method, meta_batch_size, meta_grad, meta_interval, replicas, prefix="",
+                    where=""):
+    """Why a model with these settings cannot train on `replicas` replicas, or None.
+
+    Args:
+      method: a method name or `gdw_tf.methods.Method`.
+      meta_batch_size, meta_grad, meta_interval: the model's settings.
+      replicas: the number of replicas sharing each batch.
+      prefix: put before setting names ("--" for flags).
+      where: added after the number of replicas in the message (", --distribute=mirrored").
+    """
+    if not methods.get(method).meta_step or replicas == 1:
+        return None
+    if meta_batch_size % replicas:
+        return (
+            f"{prefix}meta_batch_size={meta_batch_size} must be a multiple of the number of "
+            f"replicas ({replicas}{where}): each replica takes an equal share of the meta batch."
+        )
+    if meta_grad == "nested":
+        return (
+            f"{prefix}meta_grad=nested runs on one replica only (here {replicas}{where}); use "
+            f"{prefix}meta_grad=jvp."
+        )
+    if meta_interval > 1 and keras.backend.backend() == "tensorflow":
+        return (
+            f"{prefix}meta_interval={meta_interval} runs on one replica only on TensorFlow (here "
+            f"{replicas}{where}): TensorFlow cannot sum over replicas inside the conditional that "
+            f"skips the meta step. Use {prefix}meta_interval=1, or Keras' JAX backend "
+            "(KERAS_BACKEND=jax, with keras.distribution.DataParallel)."
+        )
+    return None
+
+
 def _apply_where(condition, optimizer, grads, variables):
     """`optimizer.apply(grads, variables)` where `condition` (a boolean scalar) holds; otherwise
     the variables and the optimizer's state keep their values. The update is computed either
@@ -543,8 +572,12 @@ def _apply_where(condition, optimizer, grads, variables):
 
 def _synchronized_batch_norms(model):
     """Names of the BatchNormalization layers in `model` that synchronize across replicas."""
-    return [layer.name for layer in model._flatten_layers(include_self=False)
-            if getattr(layer, "synchronized", False)]
+    found = []
+    for layer in getattr(model, "layers", []):
+        if getattr(layer, "synchronized", False):
+            found.append(layer.name)
+        found += _synchronized_batch_norms(layer)  # inside a nested model
+    return found
 
 
 def _replica_mean_floats(values):
@@ -574,36 +607,33 @@ def _correct(logits, labels):
     return ops.cast(ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), labels), "float32")
 
 
-def _check_arguments(
-    backbone, num_classes, method, meta_batch_size, outer_lr, clip, l2, meta_grad, meta_interval
-):
-    if method not in step_lib.METHODS:
-        raise ValueError(f"method must be one of {step_lib.METHODS}; got {method!r}.")
-    if meta_grad not in step_lib.META_GRADIENTS:
-        raise ValueError(f"meta_grad must be one of {step_lib.META_GRADIENTS}; got {meta_grad!r}.")
+def _check_arguments(backbone, num_classes, method, track_examples, **settings):
+    """Refuses bad constructor arguments; the settings by the rules of `gdw_tf.config`."""
+    method = methods.get(method)
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer ≥ 2; got {num_classes!r}.")
-    if not isinstance(meta_batch_size, (int, np.integer)) or meta_batch_size < 1:
-        raise ValueError(f"meta_batch_size must be a positive integer; got {meta_batch_size!r}.")
-    if not isinstance(meta_interval, (int, np.integer)) or meta_interval < 1:
-        raise ValueError(f"meta_interval must be a positive integer; got {meta_interval!r}.")
-    if method == "l2rw" and meta_interval > 1:
+    for name in ("meta_batch_size", "meta_interval"):
+        if not isinstance(settings[name], (int, np.integer)):
+            raise ValueError(f"{name} must be a positive integer; got {settings[name]!r}.")
+    for name, value in settings.items():
+        config_lib.check(name, value)
+    if track_examples is not None and (
+        not isinstance(track_examples, (int, np.integer)) or track_examples < 1
+    ):
+        raise ValueError(f"track_examples must be a positive integer; got {track_examples!r}.")
+    problem = config_lib.meta_interval_problem(method, settings["meta_interval"])
+    if problem:
         raise ValueError(
-            f"meta_interval={meta_interval} needs a weight net to weight the steps between meta "
-            "steps; L2RW has none (its weights exist only for the batch its meta step scores). "
-            "Use meta_interval=1 with L2RW, or method='mwnet' or 'gdw'."
+            f"{problem} (its weights exist only for the batch its meta step scores). Use "
+            "meta_interval=1 with it, or method='mwnet' or 'gdw'."
         )
-    for name, value in (("outer_lr", outer_lr), ("l2", l2)):
-        if not value >= 0:
-            raise ValueError(f"{name} must be ≥ 0; got {value!r}.")
-    if not clip > 0:
-        raise ValueError(f"clip must be > 0; got {clip!r}.")
     if not isinstance(backbone, keras.Model) or not backbone.built:
         raise ValueError(
             "backbone must be a built keras.Model (a functional model, or call it on a batch "
             "first) mapping inputs to logits."
         )
-    output_shape = tuple(backbone.outputs[0].shape) if hasattr(backbone, "outputs") and backbone.outputs else None
+    outputs = getattr(backbone, "outputs", None)
+    output_shape = tuple(outputs[0].shape) if outputs else None
     if output_shape is not None and (len(output_shape) != 2 or output_shape[-1] != num_classes):
         raise ValueError(
             f"the backbone's output has shape {output_shape}, but num_classes={num_classes}: "

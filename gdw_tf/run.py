@@ -66,9 +66,10 @@ from gdw_tf import models
 from gdw_tf import backend
 from gdw_tf.config import DISTRIBUTE
 from gdw_tf.config import Config
-from gdw_tf.config import OUTER_LR_BY_CLASSES
 from gdw_tf.model import GDWModel
-from gdw_tf.model import hash_uint32
+from gdw_tf.model import replica_problem
+from gdw_tf.model import resolve_outer_lr
+from gdw_tf.meta_sampling import MetaAugmentation
 
 CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.npz"
@@ -229,29 +230,19 @@ def worker_config(config, strategy):
 
 
 def check_replicas(config, num_replicas):
-    """Refuses a configuration that cannot train on `num_replicas` replicas.
+    """Refuses a configuration that cannot train on `num_replicas` replicas (before any data is
+    loaded; `GDWModel.fit` applies the same rules).
 
     Raises:
       ValueError: if the meta batch does not split evenly across the replicas, or the nested
         meta-gradient or (on TensorFlow) a meta interval above 1, both one replica only, is
         asked for with more than one.
     """
-    if config.method == "ce" or num_replicas == 1:
-        return
-    if config.meta_batch_size % num_replicas:
-        raise ValueError(
-            f"--meta_batch_size={config.meta_batch_size} must be a multiple of the number of "
-            f"replicas ({num_replicas}, --distribute={config.distribute}): each replica takes an "
-            "equal share of the meta batch.")
-    if config.meta_grad == "nested":
-        raise ValueError(
-            f"--meta_grad=nested runs on one replica only (here {num_replicas}, "
-            f"--distribute={config.distribute}); use --meta_grad=jvp.")
-    if config.meta_interval > 1 and keras.backend.backend() == "tensorflow":
-        raise ValueError(
-            f"--meta_interval={config.meta_interval} runs on one replica only on TensorFlow (here "
-            f"{num_replicas}, --distribute={config.distribute}); use --meta_interval=1, or "
-            "KERAS_BACKEND=jax.")
+    problem = replica_problem(
+        config.method, config.meta_batch_size, config.meta_grad, config.meta_interval,
+        num_replicas, prefix="--", where=f", --distribute={config.distribute}")
+    if problem:
+        raise ValueError(problem)
 
 
 def run_settings(config, dataset, split, num_replicas):
@@ -377,6 +368,8 @@ def config_differences(saved, config):
     field the saved config lacks (a run from before the flag existed) ran with its default."""
     defaults = dataclasses.asdict(Config(output_dir=config.output_dir))
     saved = {**defaults, **saved}
+    if saved["outer_lr"] == -1.0:  # Before version 0.2, -1 meant "by the number of classes".
+        saved["outer_lr"] = None
     return [f"{name}: saved {saved.get(name)!r}, now {value!r}"
             for name, value in config.run_defining().items() if saved.get(name) != value]
 
@@ -518,13 +511,6 @@ def resolve_augment(augment, input_shape):
     return augment == "true"
 
 
-def resolve_outer_lr(outer_lr, num_classes):
-    """GDW's β: the given value, or the reference's 100 (≤ 10 classes) / 1000 (more)."""
-    if outer_lr == OUTER_LR_BY_CLASSES:
-        return 100.0 if num_classes <= 10 else 1000.0
-    return float(outer_lr)
-
-
 def _mean_or_none(values):
     return float(np.mean(values)) if len(values) else None
 
@@ -551,61 +537,6 @@ def _write_json(path, content):
 
 # --------------------------------------------------------------------------------------------
 # Keras pieces
-
-
-@keras.saving.register_keras_serializable(package="gdw_tf")
-class MetaAugmentation(keras.layers.Layer):
-    """Reflect-pad 4, random crop, horizontal flip of a batch of normalised meta images.
-
-    The training images' augmentation (`gdw_tf.data.random_crop_and_flip`), applied after
-    normalisation: reflect padding copies pixels, so it commutes with per-channel
-    normalisation. Written with `keras.ops`, so it runs on every backend. Call `n` draws its
-    crops and flips from an integer hash of `(seed, n)`, `n` a variable saved with the model, so
-    a resumed run augments its meta batches as an uninterrupted one does (a
-    `keras.random.SeedGenerator`'s state is not saved with the weights).
-
-    Args:
-      seed: seed of the crops and flips.
-      padding: pixels of reflection on each side.
-    """
-
-    def __init__(self, seed=0, padding=4, **kwargs):
-        super().__init__(**kwargs)
-        self.seed = int(seed)
-        self.padding = int(padding)
-        self.calls = self.add_weight(shape=(), dtype="int32", initializer="zeros",
-                                     trainable=False, name="calls",
-                                     aggregation="only_first_replica")
-
-    def call(self, images, training=False):
-        if not training:
-            return images
-        p = self.padding
-        batch = ops.shape(images)[0]
-        height, width, channels = images.shape[1], images.shape[2], images.shape[3]
-        padded = ops.pad(images, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
-        key = hash_uint32(ops.bitwise_xor(hash_uint32(ops.cast(self.seed, "uint32")),
-                                          ops.cast(self.calls, "uint32")))
-        self.calls.assign(self.calls + 1)
-        # A replica's share of the meta batch draws what the same rows of the whole batch would.
-        first = backend.replica_id() * 3 * batch
-        draws = ops.reshape(first + ops.arange(3 * batch, dtype="int32"), (batch, 3))
-        draws = ops.cast(draws, "uint32")
-        draws = hash_uint32(ops.bitwise_xor(draws, key))
-        offsets = ops.cast(ops.mod(draws[:, :2], ops.cast(2 * p + 1, "uint32")), "int32")
-        flip = ops.equal(ops.bitwise_and(draws[:, 2:], ops.cast(1, "uint32")), 1)
-        rows = offsets[:, :1] + ops.arange(height, dtype=offsets.dtype)  # [B, H]
-        cols = offsets[:, 1:] + ops.arange(width, dtype=offsets.dtype)  # [B, W]
-        cols = ops.where(flip, ops.flip(cols, axis=1), cols)  # a flip reverses the columns
-        rows = ops.broadcast_to(rows[:, :, None, None], (batch, height, width + 2 * p, channels))
-        cols = ops.broadcast_to(cols[:, None, :, None], (batch, height, width, channels))
-        return ops.take_along_axis(ops.take_along_axis(padded, rows, axis=1), cols, axis=2)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "seed": self.seed, "padding": self.padding}
 
 
 class _EpochLogs(keras.callbacks.Callback):

@@ -1,6 +1,6 @@
 """One training step of GDW, MW-Net, L2RW or cross-entropy, as pure functions.
 
-`forward` runs step 1 of `GDW_SPEC.md` (the training forward, with a VJP that later steps reuse);
+`forward` runs step 1 of `docs/ALGORITHM.md` (the training forward, with a VJP that later steps reuse);
 `meta_gradient` runs steps 2–5 (stage-1 weights, virtual step, meta loss, intermediate gradients)
 and returns the gradients of the meta loss with respect to the stage-1 weights and to the weight
 net; `real_gradient` runs steps 7–8 (stage-2 weights and the backbone gradient). Between the two
@@ -46,9 +46,7 @@ from keras import ops
 
 from gdw_tf import backend
 from gdw_tf import weighting
-
-METHODS = ("gdw", "mwnet", "l2rw", "ce")
-META_GRADIENTS = ("jvp", "nested")
+from gdw_tf.methods import weighted_cotangent
 
 
 class Forward(NamedTuple):
@@ -122,7 +120,10 @@ def global_batch_size(per_example):
 
 
 def forward(method, backbone, trainable, non_trainable, x, y, num_classes):
-    """Step 1: the training forward at `θ` (training mode), with its VJP; a `Forward`."""
+    """Step 1: the training forward at `θ` (training mode), with its VJP; a `Forward`.
+
+    `method` is a `gdw_tf.methods.Method` (for its softmax clip).
+    """
 
     def logits_fn(params):
         return backbone.stateless_call(params, non_trainable, x, training=True)
@@ -130,8 +131,7 @@ def forward(method, backbone, trainable, non_trainable, x, y, num_classes):
     logits, new_non_trainable, vjp_fn = backend.vjp(logits_fn, trainable)
     logits_const = ops.stop_gradient(logits)
     onehot = ops.one_hot(y, num_classes, dtype=logits.dtype)
-    p_max = weighting.P_MAX if method == "gdw" else None
-    p, e = weighting.softmax_error(logits_const, onehot, p_max)
+    p, e = weighting.softmax_error(logits_const, onehot, method.softmax_clip)
     return Forward(
         logits=logits,
         non_trainable=new_non_trainable,
@@ -171,7 +171,7 @@ def meta_gradient(
     """Steps 2–5 of a GDW (or MW-Net, L2RW) step: the meta-gradients, as a pure function.
 
     Args:
-      method: "gdw", "mwnet" or "l2rw".
+      method: a `gdw_tf.methods.Method` with a meta step (GDW, MW-Net, L2RW).
       fwd: the step's `Forward` (from `forward` on the same batch and weights).
       backbone: the classifier (a built `keras.Model`, inputs → logits).
       weight_net: the MW-Net MLP `1 → hidden → 1` (unused by L2RW).
@@ -186,12 +186,6 @@ def meta_gradient(
     Returns:
       A `MetaGradient`.
     """
-    if method not in ("gdw", "mwnet", "l2rw"):
-        raise ValueError(f"meta_gradient needs method gdw, mwnet or l2rw; got {method!r}.")
-    if meta_grad not in META_GRADIENTS:
-        raise ValueError(f"meta_grad must be one of {META_GRADIENTS}; got {meta_grad!r}.")
-    if meta_grad == "nested" and backend.num_replicas() > 1:
-        raise ValueError('meta_grad="nested" runs on one replica only; use meta_grad="jvp".')
     dtype = fwd.logits.dtype
     batch_size = global_batch_size(fwd.logits)
 
@@ -199,20 +193,17 @@ def meta_gradient(
     def stage1(phi):
         return stage1_weights(method, fwd, weight_net, phi)
 
-    if method == "l2rw":
+    if method.virtual_step:
+        weights, instance_weights, stage1_vjp = backend.vjp(stage1, weight_net_trainable)
+        virtual_lr = _as_dtype(learning_rate, dtype)
+    else:
         # L2RW: weights start at 0, so θ' = θ; α scales every score alike and is set to 1.
         weights = ops.zeros_like(fwd.per_example_loss)
         instance_weights = weights
         virtual_lr = ops.cast(1.0, dtype)
-    else:
-        weights, instance_weights, stage1_vjp = backend.vjp(stage1, weight_net_trainable)
-        virtual_lr = _as_dtype(learning_rate, dtype)
 
     # The virtual step's logit cotangent: G(weights) = fwd.vjp_fn(cotangent).
-    if method == "gdw":
-        cotangent = weights * fwd.e / batch_size
-    else:
-        cotangent = ops.expand_dims(weights, -1) * fwd.e / batch_size
+    cotangent = weighted_cotangent(weights, fwd.e, batch_size)
 
     def meta_loss_fn(params):
         meta_logits = training_logits(backbone, params, non_trainable, x_meta)
@@ -226,7 +217,7 @@ def meta_gradient(
             fwd.vjp_fn, cotangent, virtual_lr, trainable, meta_loss_fn
         )
     else:
-        if method == "l2rw":
+        if not method.virtual_step:
             # No virtual step (θ' = θ), so no G to transpose: the JVP in forward mode.
             virtual = trainable
 
@@ -250,13 +241,13 @@ def meta_gradient(
 
     # Chain rule through cotangent = weights ⊙ e / B.
     dmeta_domega = dmeta_dcotangent * fwd.e / batch_size
-    if method == "gdw":
+    if method.class_level:
         dmeta_dweights = dmeta_domega
     else:
         dmeta_dweights = ops.sum(dmeta_domega, axis=-1)
 
     # 6 (gradient only). ∂L_meta/∂φ = Σ g ∂weights/∂φ, through the zero-mean constraint for GDW.
-    weight_net_grads = None if method == "l2rw" else stage1_vjp(dmeta_dweights)
+    weight_net_grads = stage1_vjp(dmeta_dweights) if method.weight_net else None
 
     return MetaGradient(
         instance_weights=instance_weights,
@@ -270,14 +261,11 @@ def meta_gradient(
 def stage1_weights(method, fwd, weight_net, weight_net_trainable):
     """Step 2: `(weights, v)`, the stage-1 weights and the weight net's `v_i = V_φ(ℓ_i)`.
 
-    `weights` is `ω⁰ [B, C]` for GDW (`v_i` on every class, then the zero-mean constraint) and
-    `v [B]` for MW-Net.
+    `weights` is the method's `stage1` rule of `v`: `ω⁰ [B, C]` for GDW (`v_i` on every class,
+    then the zero-mean constraint), `v [B]` for MW-Net.
     """
     v = weight_net_output(weight_net, weight_net_trainable, fwd.per_example_loss)
-    if method == "gdw":
-        omega = ops.broadcast_to(ops.expand_dims(v, -1), ops.shape(fwd.e))
-        return weighting.zero_mean_constraint(omega, fwd.p, fwd.onehot), v
-    return v, v
+    return method.stage1(v, fwd), v
 
 
 def no_meta_gradient(method, fwd, weight_net, weight_net_trainable):
@@ -286,11 +274,9 @@ def no_meta_gradient(method, fwd, weight_net, weight_net_trainable):
     gradients, so that `real_gradient` takes the real step without a meta-gradient.
 
     MW-Net's real step is then its usual one. GDW's stage-2 step is zero, so `ω¹ = ω⁰`: `v_i` on
-    every class, instance weighting by the weight net. L2RW has no weight net to carry weights
-    from one meta step to the next and is refused.
+    every class, instance weighting by the weight net. For weight-net methods only: L2RW has
+    no weight net to carry weights from one meta step to the next.
     """
-    if method not in ("gdw", "mwnet"):
-        raise ValueError(f"no_meta_gradient needs method gdw or mwnet; got {method!r}.")
     weights, instance_weights = stage1_weights(method, fwd, weight_net, weight_net_trainable)
     return MetaGradient(
         instance_weights=instance_weights,
@@ -313,7 +299,7 @@ def real_gradient(
     """Steps 7–8: the real step's weights and backbone gradient (without the L2 term).
 
     Args:
-      method: "gdw", "mwnet", "l2rw" or "ce".
+      method: a `gdw_tf.methods.Method`; its `real_weights` rule gives the weights.
       fwd: the step's `Forward`.
       meta: the step's `MetaGradient` (not for CE).
       weight_net, weight_net_trainable: MW-Net only: the weight net and its *updated* weights.
@@ -322,31 +308,17 @@ def real_gradient(
     Returns:
       A `RealGradient`.
     """
-    batch_size = global_batch_size(fwd.e)
-    class_weights = None
-    if method == "gdw":
-        class_weights = weighting.stage2_update(
-            meta.weights, meta.dmeta_dweights, outer_lr, clip, fwd.p, fwd.onehot,
-            sum_fn=backend.replica_sum,
-        )
-        instance_weights = meta.instance_weights
-        cotangent = class_weights * fwd.e / batch_size
-    elif method == "mwnet":
-        instance_weights = weight_net_output(
+    context = {
+        "updated_v": lambda: weight_net_output(
             weight_net, weight_net_trainable, fwd.per_example_loss
-        )
-        cotangent = ops.expand_dims(instance_weights, -1) * fwd.e / batch_size
-    elif method == "l2rw":
-        normalised = weighting.l2rw_weights(-meta.dmeta_dweights, sum_fn=backend.replica_sum)
-        instance_weights = normalised * batch_size
-        cotangent = ops.expand_dims(normalised, -1) * fwd.e
-    elif method == "ce":
-        instance_weights = ops.ones_like(fwd.per_example_loss)
-        cotangent = fwd.e / batch_size
-    else:
-        raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
+        ),
+        "outer_lr": outer_lr,
+        "clip": clip,
+        "sum_fn": backend.replica_sum,
+    }
+    real = method.real_weights(fwd, meta, global_batch_size(fwd.e), context)
     return RealGradient(
-        grads=fwd.vjp_fn(ops.stop_gradient(cotangent)),
-        instance_weights=ops.stop_gradient(instance_weights),
-        class_weights=class_weights,
+        grads=fwd.vjp_fn(ops.stop_gradient(real.cotangent)),
+        instance_weights=ops.stop_gradient(real.instance_weights),
+        class_weights=real.class_weights,
     )

@@ -11,8 +11,9 @@ from gdw_tf import bench
 
 
 def test_run_times_every_method_and_measures_memory():
-    figures = bench.run("small_cnn", 8, 10, steps=2, warmup=1, methods=["ce", "l2rw", "mwnet", "gdw"],
-                        jit_compile="false", meta_grad="jvp")
+    figures = bench.run(bench.Bench(model="small_cnn", batch_size=8, num_classes=10, steps=2,
+                                    warmup=1, methods=("ce", "l2rw", "mwnet", "gdw"),
+                                    jit_compile="false", meta_grad="jvp"))
     assert figures["backend"] == keras.backend.backend()
     assert list(figures["ms_per_step"]) == ["ce", "l2rw", "mwnet", "gdw"]
     assert all(ms > 0 for ms in figures["ms_per_step"].values())
@@ -41,8 +42,9 @@ def test_meta_interval_is_passed_to_the_models_and_reported(monkeypatch):
         return built[-1]
 
     monkeypatch.setattr(bench.gdw_tf, "GDWModel", recording_model)
-    figures = bench.run("small_cnn", 8, 10, steps=1, warmup=1, methods=["ce", "gdw"],
-                        jit_compile="false", meta_grad="jvp", meta_interval=3)
+    figures = bench.run(bench.Bench(model="small_cnn", batch_size=8, num_classes=10, steps=1,
+                                    warmup=1, methods=("ce", "gdw"), jit_compile="false",
+                                    meta_grad="jvp", meta_interval=3))
     assert figures["meta_interval"] == 3 and "meta_interval=3" in bench.format_table(figures)
     assert [model.meta_interval for model in built] == [3, 3]
     # One warm-up step, three for memory, three timed: two of the seven were meta steps.

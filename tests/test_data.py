@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from gdw_tf import data
+from gdw_tf import noise as noise_lib
 
 C = 10
 
@@ -24,8 +25,8 @@ def balanced_labels(per_class, num_classes=C, seed=0):
 
 def test_uniform_and_symmetric_matrices_match_their_definitions():
     r = 0.4
-    uniform = data.noise_transition_matrix("uniform", r, C, np.random.default_rng(0))
-    symmetric = data.noise_transition_matrix("symmetric", r, C, np.random.default_rng(0))
+    uniform = noise_lib.noise_transition_matrix("uniform", r, C, np.random.default_rng(0))
+    symmetric = noise_lib.noise_transition_matrix("symmetric", r, C, np.random.default_rng(0))
     for k in range(C):
         for j in range(C):
             assert uniform[k, j] == pytest.approx(r / C + (1 - r) * (k == j))
@@ -33,7 +34,7 @@ def test_uniform_and_symmetric_matrices_match_their_definitions():
 
 
 def test_pair_matrix_moves_each_class_to_the_next():
-    matrix = data.noise_transition_matrix("pair", 0.3, C, np.random.default_rng(0))
+    matrix = noise_lib.noise_transition_matrix("pair", 0.3, C, np.random.default_rng(0))
     expected = 0.7 * np.eye(C)
     for k in range(C):
         expected[k, (k + 1) % C] = 0.3
@@ -42,7 +43,7 @@ def test_pair_matrix_moves_each_class_to_the_next():
 
 def test_flip_has_one_other_target_per_class_drawn_from_the_seed():
     def targets(seed):
-        matrix = data.noise_transition_matrix("flip", 0.4, C, np.random.default_rng(seed))
+        matrix = noise_lib.noise_transition_matrix("flip", 0.4, C, np.random.default_rng(seed))
         np.testing.assert_allclose(np.diag(matrix), 0.6)
         np.testing.assert_allclose(matrix.sum(axis=1), 1.0)
         off_diagonal = matrix - np.diag(np.diag(matrix))
@@ -56,7 +57,7 @@ def test_flip_has_one_other_target_per_class_drawn_from_the_seed():
 
 def test_none_is_the_identity():
     np.testing.assert_array_equal(
-        data.noise_transition_matrix("none", 0.4, C, np.random.default_rng(0)), np.eye(C))
+        noise_lib.noise_transition_matrix("none", 0.4, C, np.random.default_rng(0)), np.eye(C))
 
 
 @pytest.mark.parametrize(
@@ -66,12 +67,12 @@ def test_none_is_the_identity():
 )
 def test_corruption_statistics_on_60k_labels(noise, expected_rate):
     labels = balanced_labels(6000)
-    noisy, matrix = data.corrupt_labels(labels, noise, 0.4, C, seed=3)
+    noisy, matrix = noise_lib.corrupt_labels(labels, noise, 0.4, C, seed=3)
     # 6000 labels per row: an entry's standard error is at most 0.0065.
-    assert data.realised_noise_rate(labels, noisy) == pytest.approx(expected_rate, abs=0.01)
-    np.testing.assert_allclose(data.empirical_transition_matrix(labels, noisy, C), matrix,
+    assert noise_lib.realised_noise_rate(labels, noisy) == pytest.approx(expected_rate, abs=0.01)
+    np.testing.assert_allclose(noise_lib.empirical_transition_matrix(labels, noisy, C), matrix,
                                atol=0.03)
-    again, _ = data.corrupt_labels(labels, noise, 0.4, C, seed=3)
+    again, _ = noise_lib.corrupt_labels(labels, noise, 0.4, C, seed=3)
     np.testing.assert_array_equal(noisy, again)
 
 
@@ -79,14 +80,14 @@ def test_empirical_transition_matrix_counts_pairs():
     true = np.array([0, 0, 0, 1, 1, 2])
     noisy = np.array([0, 1, 1, 1, 1, 0])
     expected = [[1 / 3, 2 / 3, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
-    np.testing.assert_allclose(data.empirical_transition_matrix(true, noisy, 4), expected)
-    assert data.realised_noise_rate(true, noisy) == pytest.approx(3 / 6)
+    np.testing.assert_allclose(noise_lib.empirical_transition_matrix(true, noisy, 4), expected)
+    assert noise_lib.realised_noise_rate(true, noisy) == pytest.approx(3 / 6)
 
 
 @pytest.mark.parametrize("noise, ratio", [("gaussian", 0.2), ("uniform", 1.5), ("flip", -0.1)])
 def test_bad_noise_arguments_raise(noise, ratio):
     with pytest.raises(ValueError):
-        data.corrupt_labels(balanced_labels(2), noise, ratio, C, seed=0)
+        noise_lib.corrupt_labels(balanced_labels(2), noise, ratio, C, seed=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,8 +97,8 @@ def test_bad_noise_arguments_raise(noise, ratio):
 def test_long_tail_counts_are_cifar10_lt():
     # CIFAR-10-LT with imbalance 100, as published (Cao et al. 2019, LDAM).
     expected = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
-    np.testing.assert_array_equal(data.long_tail_counts(5000, 100, C), expected)
-    np.testing.assert_array_equal(data.long_tail_counts(5000, 1, C), [5000] * C)
+    np.testing.assert_array_equal(noise_lib.long_tail_counts(5000, 100, C), expected)
+    np.testing.assert_array_equal(noise_lib.long_tail_counts(5000, 1, C), [5000] * C)
 
 
 def test_split_long_tail_subsamples_by_true_class():
@@ -125,7 +126,7 @@ def test_split_is_disjoint_balanced_and_consistent():
     assert split.realised_noise_rate == pytest.approx(split.train_corrupted.mean())
     assert split.realised_noise_rate == pytest.approx(0.5, abs=0.05)
     np.testing.assert_allclose(split.empirical_transition_matrix,
-                               data.empirical_transition_matrix(split.train_true_labels,
+                               noise_lib.empirical_transition_matrix(split.train_true_labels,
                                                                 split.train_noisy_labels, C))
 
 

@@ -2,12 +2,14 @@
 
 import dataclasses
 import glob
+import inspect
 import os
 import re
 
 import pytest
 from absl import flags
 
+import gdw_tf
 from gdw_tf import config as config_lib
 
 FLAGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "flags")
@@ -27,6 +29,17 @@ def test_flags_and_config_fields_are_the_same():
     config_lib.define_flags(flag_values)
     names = {field.name for field in dataclasses.fields(config_lib.Config)}
     assert names == set(flag_values)
+    for field in dataclasses.fields(config_lib.Config):
+        assert flag_values[field.name].default == field.default, field.name
+
+
+def test_a_hand_built_model_has_the_command_lines_defaults():
+    signature = inspect.signature(gdw_tf.GDWModel.__init__).parameters
+    shared = [name for name in signature if name in config_lib.Config.__dataclass_fields__]
+    assert set(shared) >= {"method", "meta_batch_size", "outer_lr", "clip", "l2", "meta_grad",
+                           "meta_interval", "seed"}
+    for name in shared:
+        assert signature[name].default == getattr(config_lib.DEFAULTS, name), name
 
 
 def test_defaults_are_the_reference_recipe():
@@ -36,7 +49,7 @@ def test_defaults_are_the_reference_recipe():
     assert (config.epochs, config.batch_size, config.meta_batch_size, config.num_meta) == (
         80, 100, 100, 1000)
     assert (config.lr, config.momentum, config.l2, config.clip) == (0.1, 0.9, 5e-4, 0.2)
-    assert config.outer_lr == config_lib.OUTER_LR_BY_CLASSES
+    assert config.outer_lr is None  # by the number of classes
 
 
 def test_the_flag_files_cover_the_papers_settings():
@@ -88,7 +101,11 @@ def test_precedence_defaults_then_flagfile_then_command_line(tmp_path):
     [
         (["--ratio=1.5"], "--ratio must lie in [0, 1]"),
         (["--ratio=-0.1"], "--ratio must lie in [0, 1]"),
-        (["--imbalance=0.5"], "--imbalance is n_max/n_min and must be >= 1"),
+        (["--imbalance=0.5"], "--imbalance is n_max/n_min and must be a finite number ≥ 1"),
+        (["--imbalance=inf"], "--imbalance is n_max/n_min and must be a finite number ≥ 1"),
+        (["--lr=nan"], "--lr must be > 0"),
+        (["--ratio=nan"], "--ratio must lie in [0, 1]"),
+        (["--outer_lr=inf"], "--outer_lr must be ≥ 0"),
         (["--batch_size=0"], "--batch_size must be a positive integer"),
         (["--batch_size=-5"], "--batch_size must be a positive integer"),
         (["--epochs=0"], "--epochs must be a positive integer"),
@@ -97,9 +114,9 @@ def test_precedence_defaults_then_flagfile_then_command_line(tmp_path):
         (["--num_meta=50"], "--meta_batch_size must not exceed --num_meta"),
         (["--lr=0"], "--lr must be > 0"),
         (["--momentum=1"], "--momentum must lie in [0, 1)"),
-        (["--outer_lr=-2"], "--outer_lr must be >= 0"),
+        (["--outer_lr=-2"], "--outer_lr must be ≥ 0"),
         (["--clip=0"], "--clip must be > 0"),
-        (["--dataset=no_such_dataset"], "unknown --dataset"),
+        (["--dataset=no_such_dataset"], "--dataset is unknown"),
         (["--data_dir=/no/such/directory"], "--data_dir is not an existing directory"),
         (["--method=mwnet2"], "value should be one of"),
         (["--noise=flip2"], "value should be one of"),

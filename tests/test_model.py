@@ -217,7 +217,7 @@ def test_meta_interval_takes_the_meta_step_on_every_kth_step_only(method):
 
 def test_meta_interval_refuses_l2rw_and_non_positive_values():
     _, _, x_meta, y_meta = _data()
-    with pytest.raises(ValueError, match="L2RW has none"):
+    with pytest.raises(ValueError, match="l2rw has none"):
         gdw_tf.GDWModel(_mlp(), 3, method="l2rw", meta_data=(x_meta, y_meta), meta_batch_size=10,
                         meta_interval=2)
     with pytest.raises(ValueError, match="meta_interval must be a positive integer"):

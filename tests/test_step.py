@@ -1,6 +1,6 @@
 """The step's gradients against independent computations, in float64.
 
-Independent here means: written in the test from `GDW_SPEC.md` with plain TensorFlow (tapes,
+Independent here means: written in the test from `docs/ALGORITHM.md` with plain TensorFlow (tapes,
 explicit layer arithmetic, NumPy), without calling gdw_tf's own step helpers. Under
 `KERAS_BACKEND=jax` the references that differentiate a Keras model use `jax.grad` instead of a
 tape (`_gradient`); the spec step written out with explicit layers stays in TensorFlow.
@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import gdw_tf
+from gdw_tf import methods
 from gdw_tf import step as step_lib
 
 LR = 0.1
@@ -94,7 +95,7 @@ def test_unit_weights_give_the_ce_gradient_and_row_weights_the_instance_weighted
     backbone = _mlp()
     x, y, _, _ = _data((5,), 3, 8, 3)
     theta = _values(backbone.trainable_variables)
-    fwd = step_lib.forward("mwnet", backbone, theta, [], x, y, 3)
+    fwd = step_lib.forward(methods.MWNET, backbone, theta, [], x, y, 3)
     batch = len(y)
 
     def ce(theta):
@@ -150,10 +151,10 @@ def test_intermediate_gradients_jvp_nested_and_finite_differences_agree(make_bac
     non_trainable = _values(backbone.non_trainable_variables)
     phi = _values(weight_net.trainable_variables)
 
-    fwd = step_lib.forward("gdw", backbone, theta, non_trainable, x, y, 3)
+    fwd = step_lib.forward(methods.GDW, backbone, theta, non_trainable, x, y, 3)
     results = {
         mode: step_lib.meta_gradient(
-            "gdw", fwd, backbone, weight_net, theta, non_trainable, phi, x, x_meta, y_meta, LR, 3, mode
+            methods.GDW, fwd, backbone, weight_net, theta, non_trainable, phi, x, x_meta, y_meta, LR, 3, mode
         )
         for mode in ("jvp", "nested")
     }
@@ -179,12 +180,12 @@ def test_instance_meta_gradients_match_finite_differences(method):
     theta = _values(backbone.trainable_variables)
     non_trainable = _values(backbone.non_trainable_variables)
     phi = _values(weight_net.trainable_variables)
-    fwd = step_lib.forward(method, backbone, theta, non_trainable, x, y, 3)
+    fwd = step_lib.forward(methods.get(method), backbone, theta, non_trainable, x, y, 3)
     e = np.asarray(fwd.e)
 
     results = [
         step_lib.meta_gradient(
-            method, fwd, backbone, weight_net, theta, non_trainable, phi, x, x_meta, y_meta, LR, 3, mode
+            methods.get(method), fwd, backbone, weight_net, theta, non_trainable, phi, x, x_meta, y_meta, LR, 3, mode
         )
         for mode in ("jvp", "nested")
     ]

@@ -20,9 +20,11 @@ from absl.testing import flagsaver
 import gdw_tf
 from gdw_tf import backend
 from gdw_tf import config as config_lib
+from gdw_tf import model as model_lib
 from gdw_tf import data
 from gdw_tf import models
 from gdw_tf import run as run_lib
+from gdw_tf.meta_sampling import MetaAugmentation
 from gdw_tf import train
 
 FLAGS = flags.FLAGS
@@ -336,7 +338,7 @@ def test_backup_restores_both_optimizers_and_the_model_state(tmp_path):
     def model():
         keras.utils.set_random_seed(1)
         gdw = gdw_tf.GDWModel(models.small_cnn((6, 6, 3), 3), 3, meta_data=meta,
-                              meta_batch_size=4, meta_augmentation=run_lib.MetaAugmentation(),
+                              meta_batch_size=4, meta_augmentation=MetaAugmentation(),
                               track_examples=40)
         gdw.compile(keras.optimizers.SGD(0.1, momentum=0.9))
         return gdw
@@ -496,9 +498,9 @@ def test_detection_auroc_flags_low_weights_as_corrupted():
 def test_cosine_schedule_and_resolved_defaults():
     assert run_lib.cosine_lr(0.1, 0, 80) == 0.1
     assert run_lib.cosine_lr(0.1, 40, 80) == pytest.approx(0.05)
-    assert run_lib.resolve_outer_lr(-1.0, 10) == 100.0
-    assert run_lib.resolve_outer_lr(-1.0, 100) == 1000.0
-    assert run_lib.resolve_outer_lr(30.0, 100) == 30.0
+    assert model_lib.resolve_outer_lr(None, 10) == 100.0
+    assert model_lib.resolve_outer_lr(None, 100) == 1000.0
+    assert model_lib.resolve_outer_lr(30.0, 100) == 30.0
     assert run_lib.resolve_augment("auto", (32, 32, 3)) is True
     assert run_lib.resolve_augment("auto", (28, 28, 1)) is False
     assert run_lib.resolve_augment("true", (28, 28, 1)) is True
@@ -508,7 +510,7 @@ def test_cosine_schedule_and_resolved_defaults():
 def test_meta_augmentation_is_a_reflect_padded_crop_maybe_flipped():
     rng = np.random.default_rng(0)
     images = rng.normal(size=(6, 8, 8, 3)).astype("float32")
-    layer = run_lib.MetaAugmentation(seed=7)
+    layer = MetaAugmentation(seed=7)
     augmented = np.asarray(layer(images, training=True))
     padded = np.pad(images, [(0, 0), (4, 4), (4, 4), (0, 0)], mode="reflect")
     for image, out in zip(padded, augmented):
