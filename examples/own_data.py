@@ -4,7 +4,7 @@ Two self-contained examples, each under half a minute on two CPU cores:
 
 - `tabular`: an MLP on synthetic tabular features (Gaussian clusters, 40% of the training labels
   wrong), trained from NumPy arrays. A class-balanced meta set is carved out of a trusted,
-  correctly labelled subset with `gdw_tf.data.balanced_meta_subset`; the rest of that subset is
+  correctly labelled subset with `gdw_tf.split_lib.balanced_meta_subset`; the rest of that subset is
   the validation set of standard Keras callbacks (`EarlyStopping`, `ReduceLROnPlateau`).
 - `images`: your own functional CNN on a `tf.data.Dataset` of images (four Fashion-MNIST classes
   if the dataset is installed, otherwise synthetic images), again with 40% wrong labels.
@@ -27,7 +27,9 @@ import numpy as np
 import tensorflow as tf
 
 import gdw_tf
-from gdw_tf import data
+from gdw_tf import datasets
+from gdw_tf import input_pipeline
+from gdw_tf import split as split_lib
 from gdw_tf import noise
 
 
@@ -86,7 +88,7 @@ def make_image_data(classes=(0, 1, 7, 8), num_train=2000, num_trusted=200, num_t
                     noise_ratio=0.4, seed=0):
     """uint8 images of a few Fashion-MNIST classes (synthetic if it is not installed)."""
     try:
-        dataset = data.load_dataset("fashion_mnist")
+        dataset = datasets.load_dataset("fashion_mnist")
         x_all, y_all = dataset.x_train, dataset.y_train
         x_test_all, y_test_all = dataset.x_test, dataset.y_test
     except ValueError:
@@ -122,7 +124,7 @@ def synthetic_images(n, num_classes, seed):
 def split_trusted(noisy, per_class, seed):
     """The trusted subset as a class-balanced meta set and, from the rest, a validation set."""
     positions = np.arange(len(noisy.y_trusted))
-    meta_positions, y_meta = data.balanced_meta_subset(
+    meta_positions, y_meta = split_lib.balanced_meta_subset(
         positions, noisy.y_trusted, noisy.num_classes, per_class, seed
     )
     rest = np.setdiff1d(positions, meta_positions)
@@ -210,7 +212,7 @@ def image_example(noisy=None, epochs=6, batch_size=100, per_class=25, flag_fract
         noisy = make_image_data(seed=seed)
     keras.utils.set_random_seed(seed)
     (x_meta, y_meta), (x_val, y_val) = split_trusted(noisy, per_class, seed)
-    mean, std = data.normalization_stats("own_images", noisy.x_train)
+    mean, std = input_pipeline.normalization_stats("own_images", noisy.x_train)
 
     inputs = keras.Input(noisy.x_train.shape[1:])
     x = keras.layers.Conv2D(16, 3, activation="relu")(inputs)
@@ -223,22 +225,22 @@ def image_example(noisy=None, epochs=6, batch_size=100, per_class=25, flag_fract
     model = gdw_tf.GDWModel(
         backbone,
         noisy.num_classes,
-        meta_data=(data.normalize(x_meta, mean, std), y_meta),  # Normalised like training data.
+        meta_data=(input_pipeline.normalize(x_meta, mean, std), y_meta),  # Normalised like training data.
         meta_batch_size=len(y_meta),
         track_examples=len(noisy.y_train),
         seed=seed,
     )
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     history = model.fit(
-        data.train_dataset(noisy.x_train, noisy.y_train, batch_size, seed, augment=False,
+        input_pipeline.train_dataset(noisy.x_train, noisy.y_train, batch_size, seed, augment=False,
                            mean=mean, std=std, with_index=True),
         epochs=epochs,
-        validation_data=data.eval_dataset(x_val, y_val, 256, mean, std),
+        validation_data=input_pipeline.eval_dataset(x_val, y_val, 256, mean, std),
         callbacks=[keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=2,
                                                  start_from_epoch=2, restore_best_weights=True)],
         verbose=0,
     )
-    x_test = data.normalize(noisy.x_test, mean, std)
+    x_test = input_pipeline.normalize(noisy.x_test, mean, std)
     return report("images", model, noisy, history, flag_fraction, x_test, noisy.y_test)
 
 

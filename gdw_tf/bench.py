@@ -32,7 +32,7 @@ import gdw_tf
 from gdw_tf import backend
 from gdw_tf import config as config_lib
 from gdw_tf import methods as methods_lib
-from gdw_tf import models
+from gdw_tf import backbones
 
 # The settings shared with `python -m gdw_tf.train`, declared in `gdw_tf.config`. The meta batch
 # is as large as the training batch.
@@ -115,7 +115,7 @@ def build_step(method, bench, device):
     model_name, batch_size, num_classes = bench.model, bench.batch_size, bench.num_classes
     keras.utils.set_random_seed(0)
     input_shape = (32, 32, 3) if model_name == "resnet32" else (28, 28, 1)
-    backbone = models.build_model(model_name, input_shape, num_classes)
+    backbone = backbones.build_model(model_name, input_shape, num_classes)
     rng = np.random.default_rng(0)
     num_meta = max(2 * batch_size, num_classes)  # every class present
     meta_x = rng.normal(size=(num_meta, *input_shape)).astype("float32")

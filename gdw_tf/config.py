@@ -25,7 +25,7 @@ from absl import flags
 
 from gdw_tf import noise as noise_lib
 from gdw_tf import methods
-from gdw_tf import models
+from gdw_tf import backbones
 
 AUTO_TRUE_FALSE = ("auto", "true", "false")
 DISTRIBUTE = ("none", "mirrored", "multi_worker")
@@ -126,7 +126,7 @@ class Config:
     model: str = setting(
         "resnet32",
         "Backbone: resnet32 (the reference's ResNet-32), small_cnn (two conv blocks, for 28x28 "
-        "images on a CPU) or mlp.", choices=models.MODEL_NAMES)
+        "images on a CPU) or mlp.", choices=backbones.MODEL_NAMES)
 
     # Optimisation.
     epochs: int = setting(80, "Epochs E of the cosine schedule (reference: 80).",

@@ -2,7 +2,7 @@
 
 The SavedModel's `serve` signature (also its `serving_default`) takes raw `uint8` images
 `[N, H, W, C]`, any `N`, and returns `{"probabilities": [N, C] float32, "classes": [N] int64}`.
-Normalisation (`(x / 255 − mean) / std`, per channel, as in `gdw_tf.data.normalize`) is inside,
+Normalisation (`(x / 255 − mean) / std`, per channel, as in `gdw_tf.input_pipeline.normalize`) is inside,
 and the backbone runs in inference mode (BatchNorm uses its moving statistics). The file is
 written by Keras' `keras.export.ExportArchive`, so it loads with `tf.saved_model.load` (or
 TF Serving) in a process that has neither gdw_tf nor its custom layers.
@@ -23,9 +23,11 @@ import tensorflow as tf
 from absl import app
 from absl import flags
 
-from gdw_tf import data
-from gdw_tf import models  # noqa: F401  Registers `gdw_tf>OptionAShortcut` for load_model.
+from gdw_tf import input_pipeline
+from gdw_tf import backbones  # noqa: F401  Registers `gdw_tf>OptionAShortcut` for load_model.
 from gdw_tf.model import GDWModel
+from gdw_tf.run_dir import CONFIG_FILE
+from gdw_tf.run_dir import MODEL_FILE
 
 SIGNATURE = "serve"
 
@@ -42,7 +44,7 @@ def serving_function(backbone, mean, std):
     """
 
     def serve(images):
-        logits = backbone(data.normalize(images, mean, std), training=False)
+        logits = backbone(input_pipeline.normalize(images, mean, std), training=False)
         probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
         classes = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
         return {"probabilities": probabilities, "classes": classes}
@@ -59,7 +61,7 @@ def export_serving(backbone, export_dir, mean, std):
       export_dir: the SavedModel directory to write (files already there are replaced; see
         `check_export_dir` to refuse a non-empty one).
       mean, std: per-channel statistics of the training images scaled to [0, 1], as used in
-        training (`gdw_tf.data.normalization_stats`).
+        training (`gdw_tf.input_pipeline.normalization_stats`).
 
     Returns:
       `export_dir`.
@@ -140,8 +142,8 @@ def load_run(run_dir):
     """
     if not os.path.isdir(run_dir):
         raise ValueError(f"--run_dir={run_dir} does not exist; give the directory of a run.")
-    model_path = os.path.join(run_dir, "model.keras")
-    config_path = os.path.join(run_dir, "config.json")
+    model_path = os.path.join(run_dir, MODEL_FILE)
+    config_path = os.path.join(run_dir, CONFIG_FILE)
     for path in (model_path, config_path):
         if not os.path.isfile(path):
             raise ValueError(

@@ -115,7 +115,7 @@ class GDWModel(backend.Trainer, keras.Model):
         reference augments meta images like training images).
       seed: seed of the meta-batch order.
       track_examples: if set to the number `N` of training examples, `fit` takes
-        `(x, y, index)` batches (`index` in `[0, N)`, e.g. `gdw_tf.data.train_dataset(...,
+        `(x, y, index)` batches (`index` in `[0, N)`, e.g. `gdw_tf.input_pipeline.train_dataset(...,
         with_index=True)`), and the model keeps each example's most recent weights in
         `example_weights` (instance weight of the real step) and `example_label_weights` (GDW: `ω¹`
         on the given label; other methods: the instance weight). After an epoch in which every
@@ -700,7 +700,7 @@ def _check_meta_arrays(x, y, num_classes, meta_batch_size, backbone):
     if missing:
         raise ValueError(
             f"the meta set has no example of class(es) {missing[:10]}; it must be clean and "
-            "cover every class (gdw_tf.data.balanced_meta_subset builds one)."
+            "cover every class (gdw_tf.split.balanced_meta_subset builds one)."
         )
     if len(y) < meta_batch_size:
         raise ValueError(

@@ -14,6 +14,7 @@ import sys
 from absl import app
 from absl import flags
 
+from gdw_tf import callbacks
 from gdw_tf import config as config_lib
 from gdw_tf import run as run_lib
 
@@ -32,7 +33,7 @@ def main(argv):
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except run_lib.NonFiniteLossError as err:
+    except callbacks.NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
 

@@ -204,8 +204,9 @@ def write_tables(path, markdown):
 
 def read_history(output_dir):
     """history.csv of a run as {column: array over epochs} (a rerun epoch's last row)."""
-    from gdw_tf import run as run_lib  # pylint: disable=import-outside-toplevel
-    rows = run_lib.read_history(os.path.join(output_dir, "history.csv"))
+    from gdw_tf import results as results_lib  # pylint: disable=import-outside-toplevel
+
+    rows = results_lib.read_history(os.path.join(output_dir, "history.csv"))
     return {key: np.array([row.get(key, np.nan) for row in rows]) for key in rows[0]}
 
 

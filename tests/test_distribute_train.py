@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from gdw_tf import distribute
 from gdw_tf import config as config_lib
 from gdw_tf import run as run_lib
 from test_train import REPO
@@ -58,7 +59,7 @@ app.run(train.main)
 
 
 def _two_replica_strategy(name):
-    """`run_lib.make_strategy` with two replicas, whatever `name`."""
+    """`distribute.make_strategy` with two replicas, whatever `name`."""
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # tests/conftest.py's CPUs
 
 
@@ -220,13 +221,13 @@ class _Strategy:
 def test_only_the_chief_writes_the_output_dir(tmp_path, cluster, task_type, task_id, subdir):
     config = config_lib.Config(output_dir=str(tmp_path), export_dir=str(tmp_path / "serving"),
                                distribute="multi_worker")
-    worker = run_lib.worker_config(config, _Strategy(cluster, task_type, task_id))
+    worker = distribute.worker_config(config, _Strategy(cluster, task_type, task_id))
     if subdir is None:
         assert worker == config
     else:
         assert worker == config_lib.Config(output_dir=str(tmp_path / subdir), export_dir=None,
                                            distribute="multi_worker")
-    assert run_lib.worker_config(config, tf.distribute.get_strategy()) == config
+    assert distribute.worker_config(config, tf.distribute.get_strategy()) == config
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,7 +251,7 @@ def test_multi_worker_without_tf_config_is_refused_before_any_data_is_loaded(
 def test_a_tf_config_that_is_not_json_is_refused(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{cluster: ")
     with pytest.raises(ValueError, match="TF_CONFIG environment variable is not JSON"):
-        run_lib.make_strategy("multi_worker")
+        distribute.make_strategy("multi_worker")
 
 
 @tensorflow_only
@@ -265,22 +266,22 @@ def test_a_tf_config_that_is_not_json_is_refused(monkeypatch):
 )
 def test_what_two_replicas_cannot_run_is_refused_before_any_data_is_loaded(
         tmp_path, monkeypatch, no_data_loading, flags, message):  # noqa: F811
-    monkeypatch.setattr(run_lib, "make_strategy", _two_replica_strategy)
+    monkeypatch.setattr(distribute, "make_strategy", _two_replica_strategy)
     config = config_lib.Config(output_dir=str(tmp_path / "run"), num_meta=20,
                                distribute="mirrored", **{"meta_batch_size": 10, **flags})
     with pytest.raises(ValueError, match=message):
         run_lib.run(config)
     assert not (tmp_path / "run").exists()
-    run_lib.check_replicas(config, num_replicas=1)  # one replica runs either
-    run_lib.check_replicas(dataclasses.replace(config, method="ce"), num_replicas=2)  # no meta
+    distribute.check_replicas(config, num_replicas=1)  # one replica runs either
+    distribute.check_replicas(dataclasses.replace(config, method="ce"), num_replicas=2)  # no meta
 
 
 def test_multi_worker_is_refused_on_jax(monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     with pytest.raises(ValueError, match="--distribute=multi_worker uses tf.distribute, which "
                                          "needs KERAS_BACKEND=tensorflow"):
-        run_lib.make_strategy("multi_worker")
-    assert run_lib.make_strategy("none") is tf.distribute.get_strategy()
+        distribute.make_strategy("multi_worker")
+    assert distribute.make_strategy("none") is tf.distribute.get_strategy()
 
 
 @tensorflow_only
@@ -291,11 +292,11 @@ def test_mirrored_on_jax_is_data_parallel_and_trains_as_one_device(tmp_path):
                           XLA_FLAGS="--xla_force_host_platform_device_count=2")
     env.pop("JAX_ENABLE_X64", None)
     run_dirs = {}
-    for distribute in ("none", "mirrored"):
-        run_dirs[distribute] = str(tmp_path / distribute)
+    for devices in ("none", "mirrored"):
+        run_dirs[devices] = str(tmp_path / devices)
         result = subprocess.run(
-            [sys.executable, "-m", "gdw_tf.train", *RUN_ARGS, f"--distribute={distribute}",
-             f"--output_dir={run_dirs[distribute]}"],
+            [sys.executable, "-m", "gdw_tf.train", *RUN_ARGS, f"--distribute={devices}",
+             f"--output_dir={run_dirs[devices]}"],
             capture_output=True, text=True, cwd=REPO, env=env, timeout=TIMEOUT_S)
         assert result.returncode == 0, result.stderr[-3000:]
     results = _read_json(os.path.join(run_dirs["mirrored"], "results.json"))

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gdw_tf import data
+from gdw_tf import input_pipeline
 from gdw_tf import export
-from gdw_tf import models
+from gdw_tf import backbones
 
 BATCH_SIZES = (1, 7)  # Also in LOADER.
 TF_STARTUP_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)")
@@ -89,13 +89,13 @@ def trained_looking_backbone(builder, input_shape, num_classes, mean, std):
     rng = np.random.default_rng(1)
     for _ in range(3):
         images = rng.integers(0, 256, (16,) + input_shape, dtype=np.uint8)
-        backbone(data.normalize(images, mean, std), training=True)
+        backbone(input_pipeline.normalize(images, mean, std), training=True)
     return backbone
 
 
 def expected_outputs(backbone, images, mean, std):
     """(probabilities, classes) of the in-process backbone in inference mode."""
-    logits = backbone(data.normalize(images, mean, std), training=False)
+    logits = backbone(input_pipeline.normalize(images, mean, std), training=False)
     probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
     return probabilities, probabilities.argmax(axis=-1)
 
@@ -119,7 +119,7 @@ def assert_serves_like(backbone, results, images, mean, std):
 
 @pytest.mark.parametrize(
     "builder, input_shape, num_classes",
-    [(models.small_cnn, (28, 28, 1), 10), (models.resnet32, (8, 8, 3), 3)],
+    [(backbones.small_cnn, (28, 28, 1), 10), (backbones.resnet32, (8, 8, 3), 3)],
     ids=["small_cnn", "resnet32"],
 )
 def test_exported_model_serves_same_predictions_without_gdw_tf(
@@ -142,7 +142,7 @@ def test_exported_model_serves_same_predictions_without_gdw_tf(
 
 
 def test_serving_signature_takes_uint8_images_of_any_batch_size(tmp_path):
-    backbone = models.small_cnn((28, 28, 1), 4)
+    backbone = backbones.small_cnn((28, 28, 1), 4)
     export.export_serving(backbone, str(tmp_path), [0.5], [0.25])
     signature = tf.saved_model.load(str(tmp_path)).signatures["serve"]
     _, inputs = signature.structured_input_signature
@@ -152,7 +152,7 @@ def test_serving_signature_takes_uint8_images_of_any_batch_size(tmp_path):
 
 
 def test_rest_request_body_of_the_readme_holds_the_signature_input(tmp_path):
-    backbone = models.small_cnn((28, 28, 1), 4)
+    backbone = backbones.small_cnn((28, 28, 1), 4)
     export.export_serving(backbone, str(tmp_path), [0.5], [0.25])
     images = np.random.default_rng(4).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
 
@@ -173,14 +173,14 @@ def test_rest_request_body_of_the_readme_holds_the_signature_input(tmp_path):
     [([0.5, 0.5], [0.2, 0.2], "one entry per channel"), ([0.5], [0.0], "std > 0")],
 )
 def test_export_serving_refuses_bad_statistics(mean, std, message, tmp_path):
-    backbone = models.small_cnn((28, 28, 1), 10)
+    backbone = backbones.small_cnn((28, 28, 1), 10)
     with pytest.raises(ValueError, match=message):
         export.export_serving(backbone, str(tmp_path / "export"), mean, std)
     assert not (tmp_path / "export").exists()
 
 
 def test_export_serving_refuses_a_backbone_that_does_not_take_images(tmp_path):
-    backbone = models.mlp((20,), 5)
+    backbone = backbones.mlp((20,), 5)
     with pytest.raises(ValueError, match=r"images \[N, H, W, C\]"):
         export.export_serving(backbone, str(tmp_path / "export"), [0.5], [0.2])
 
@@ -222,7 +222,7 @@ def assert_one_line_error(completed, *fragments):
 
 def test_cli_exports_a_run_dir_and_refuses_to_overwrite(tmp_path):
     mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
-    backbone = trained_looking_backbone(models.resnet32, (8, 8, 3), 3, mean, std)
+    backbone = trained_looking_backbone(backbones.resnet32, (8, 8, 3), 3, mean, std)
     run_dir, export_dir = tmp_path / "run", tmp_path / "export"
     write_run_dir(run_dir, backbone, mean, std)
 
@@ -245,7 +245,7 @@ def test_cli_rejects_a_missing_run_dir_in_one_line(tmp_path):
 
 
 def test_export_run_overwrites_only_when_asked(tmp_path):
-    backbone = models.small_cnn((28, 28, 1), 10)
+    backbone = backbones.small_cnn((28, 28, 1), 10)
     run_dir, export_dir = tmp_path / "run", tmp_path / "export"
     write_run_dir(run_dir, backbone, [0.3], [0.35])
     export_dir.mkdir()
@@ -275,7 +275,7 @@ def test_export_run_overwrites_only_when_asked(tmp_path):
 def test_export_run_names_the_problem_with_a_run_dir(broken, message, tmp_path):
     run_dir = tmp_path / "run"
     config = {"num_classes": 7} if broken == "wrong_num_classes" else {}
-    write_run_dir(run_dir, models.small_cnn((28, 28, 1), 10), [0.3], [0.35], **config)
+    write_run_dir(run_dir, backbones.small_cnn((28, 28, 1), 10), [0.3], [0.35], **config)
     if broken == "no_model":
         (run_dir / "model.keras").unlink()
     elif broken == "no_config":

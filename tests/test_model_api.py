@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from gdw_tf import GDWModel
-from gdw_tf import models
+from gdw_tf import backbones
 
 NUM_CLASSES = 3
 NUM_FEATURES = 6
@@ -33,7 +33,7 @@ def training_set(n=40, seed=1):
 def make_model(**kwargs):
     """A compiled GDWModel on an MLP, with a 30-example meta set and meta batches of 10."""
     kwargs = {"meta_data": meta_set(), "meta_batch_size": 10, **kwargs}
-    model = GDWModel(models.mlp((NUM_FEATURES,), NUM_CLASSES), NUM_CLASSES, **kwargs)
+    model = GDWModel(backbones.mlp((NUM_FEATURES,), NUM_CLASSES), NUM_CLASSES, **kwargs)
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     return model
 
@@ -102,7 +102,7 @@ BAD_META_SETS = {
 
 @pytest.mark.parametrize("meta_data, message", BAD_META_SETS.values(), ids=BAD_META_SETS.keys())
 def test_constructor_refuses_a_bad_meta_set(meta_data, message):
-    backbone = models.mlp((NUM_FEATURES,), NUM_CLASSES)
+    backbone = backbones.mlp((NUM_FEATURES,), NUM_CLASSES)
     before = [np.array(v.numpy()) for v in backbone.weights]
     with pytest.raises(ValueError, match=message):
         GDWModel(backbone, NUM_CLASSES, meta_data=meta_data, meta_batch_size=10)
@@ -146,7 +146,7 @@ def test_meta_inputs_of_the_wrong_shape_are_refused():
 def test_constructor_refuses_bad_arguments(kwargs, message):
     kwargs = {"num_classes": NUM_CLASSES, "meta_data": meta_set(), "meta_batch_size": 10, **kwargs}
     with pytest.raises(ValueError, match=message):
-        GDWModel(models.mlp((NUM_FEATURES,), NUM_CLASSES), **kwargs)
+        GDWModel(backbones.mlp((NUM_FEATURES,), NUM_CLASSES), **kwargs)
 
 
 def test_constructor_refuses_an_unbuilt_backbone():
@@ -155,7 +155,7 @@ def test_constructor_refuses_an_unbuilt_backbone():
 
 
 def test_compile_refuses_a_loss():
-    model = GDWModel(models.mlp((NUM_FEATURES,), NUM_CLASSES), NUM_CLASSES, method="ce")
+    model = GDWModel(backbones.mlp((NUM_FEATURES,), NUM_CLASSES), NUM_CLASSES, method="ce")
     with pytest.raises(ValueError, match="without loss= and metrics="):
         model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
 
@@ -218,7 +218,7 @@ def test_fit_refuses_out_of_range_labels_in_a_dataset():
 
 
 def test_fit_without_a_meta_set_says_how_to_give_one():
-    model = GDWModel(models.mlp((NUM_FEATURES,), NUM_CLASSES), NUM_CLASSES, meta_batch_size=10)
+    model = GDWModel(backbones.mlp((NUM_FEATURES,), NUM_CLASSES), NUM_CLASSES, meta_batch_size=10)
     model.compile(optimizer="sgd")
     before = snapshot(model)
     with pytest.raises(ValueError, match="set_meta_data"):

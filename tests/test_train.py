@@ -18,11 +18,16 @@ from absl import flags
 from absl.testing import flagsaver
 
 import gdw_tf
+from gdw_tf import callbacks
+from gdw_tf import results as results_lib
+from gdw_tf import run_dir
 from gdw_tf import backend
 from gdw_tf import config as config_lib
 from gdw_tf import model as model_lib
-from gdw_tf import data
-from gdw_tf import models
+from gdw_tf import datasets
+from gdw_tf import input_pipeline
+from gdw_tf import split as split_lib
+from gdw_tf import backbones
 from gdw_tf import run as run_lib
 from gdw_tf.meta_sampling import MetaAugmentation
 from gdw_tf import train
@@ -91,7 +96,7 @@ def no_data_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("data was loaded")
 
-    monkeypatch.setattr(run_lib.data, "load_dataset", refuse)
+    monkeypatch.setattr(run_lib.datasets, "load_dataset", refuse)
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,13 +121,13 @@ def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
     assert saved["config"]["ratio"] == 0.6 and saved["config"]["output_dir"] == run_dir
     assert (saved["dataset"], saved["num_classes"], saved["input_shape"]) == (
         "cifar10", 10, [32, 32, 3])
-    np.testing.assert_allclose(saved["normalization"]["mean"], data.CIFAR_MEAN)
-    np.testing.assert_allclose(saved["normalization"]["std"], data.CIFAR_STD)
+    np.testing.assert_allclose(saved["normalization"]["mean"], input_pipeline.CIFAR_MEAN)
+    np.testing.assert_allclose(saved["normalization"]["std"], input_pipeline.CIFAR_STD)
     assert saved["augment"] is True and saved["outer_lr"] == 100.0
     assert saved["jit_compile"] is False  # auto, and no GPU here
 
     # The split: a disjoint meta set of 2 per class.
-    split = data.Split.load(os.path.join(run_dir, "split.npz"))
+    split = split_lib.Split.load(os.path.join(run_dir, "split.npz"))
     num_train = MOCK_EXAMPLES - 20
     assert len(split.train_indices) == num_train and len(split.meta_indices) == 20
     assert not np.intersect1d(split.train_indices, split.meta_indices).size
@@ -227,7 +232,7 @@ def test_export_dir_exports_a_serving_model(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
     backbone = keras.saving.load_model(str(run_dir / "model.keras"))
     normalization = _read_json(str(run_dir / "config.json"))["normalization"]
-    logits = backbone.predict(data.normalize(images, normalization["mean"], normalization["std"]),
+    logits = backbone.predict(input_pipeline.normalize(images, normalization["mean"], normalization["std"]),
                               verbose=0)
     # The export at the end of the run, and one from the run directory afterwards.
     export.export_run(str(run_dir), str(tmp_path / "from_run_dir"))
@@ -264,7 +269,7 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_run(tmp_path, monkeyp
 
     resumed = str(tmp_path / "resumed")
     with monkeypatch.context() as patch:
-        patch.setattr(run_lib._ReplayDataOrder, "on_train_batch_end", kill_in_epoch_3,
+        patch.setattr(callbacks._ReplayDataOrder, "on_train_batch_end", kill_in_epoch_3,
                       raising=False)
         with pytest.raises(_Killed):
             _main_mock(*args, f"--output_dir={resumed}")
@@ -298,7 +303,7 @@ if kill_at_step:
     def kill(self, batch, logs=None):
         if int(self.model.optimizer.iterations.numpy()) == kill_at_step:
             os._exit(3)  # No cleanup, as when the process is killed.
-    run._ReplayDataOrder.on_train_batch_end = kill
+    callbacks._ReplayDataOrder.on_train_batch_end = kill
 sys.argv = ["train"] + sys.argv[2:]
 app.run(train.main)
 """
@@ -337,7 +342,7 @@ def test_backup_restores_both_optimizers_and_the_model_state(tmp_path):
 
     def model():
         keras.utils.set_random_seed(1)
-        gdw = gdw_tf.GDWModel(models.small_cnn((6, 6, 3), 3), 3, meta_data=meta,
+        gdw = gdw_tf.GDWModel(backbones.small_cnn((6, 6, 3), 3), 3, meta_data=meta,
                               meta_batch_size=4, meta_augmentation=MetaAugmentation(),
                               track_examples=40)
         gdw.compile(keras.optimizers.SGD(0.1, momentum=0.9))
@@ -381,8 +386,8 @@ def test_a_saved_config_without_a_newer_flag_ran_with_its_default():
     config = config_lib.Config(output_dir="run")
     saved = config.to_dict()
     del saved["meta_interval"]  # written before --meta_interval existed
-    assert run_lib.config_differences(saved, config) == []
-    assert run_lib.config_differences(saved, dataclasses.replace(config, meta_interval=2)) == [
+    assert run_dir.config_differences(saved, config) == []
+    assert run_dir.config_differences(saved, dataclasses.replace(config, meta_interval=2)) == [
         "meta_interval: saved 1, now 2"]
 
 
@@ -410,7 +415,7 @@ def test_a_meta_set_that_cannot_be_balanced_is_refused(tmp_path, capsys):
 def test_corrupt_data_files_are_refused(tmp_path, capsys):
     data_dir = tmp_path / "fashion-mnist"
     data_dir.mkdir()
-    for name in data.FASHION_MNIST_FILES.values():
+    for name in datasets.FASHION_MNIST_FILES.values():
         (data_dir / name).write_bytes(b"not a gzip file")
     status, message = _exit_message(capsys, *TINY_FASHION_MNIST, f"--data_dir={data_dir}",
                                     f"--output_dir={tmp_path / 'run'}")
@@ -421,7 +426,7 @@ def test_corrupt_data_files_are_refused(tmp_path, capsys):
 
 def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_epoch(
         tmp_path, capsys, monkeypatch):
-    schedule = run_lib.cosine_lr
+    schedule = callbacks.cosine_lr
     monkeypatch.setattr(run_lib, "cosine_lr",
                         lambda lr, epoch, epochs: 1e30 if epoch == 1 else schedule(lr, epoch,
                                                                                   epochs))
@@ -473,14 +478,14 @@ def test_auroc_is_the_probability_that_a_positive_outscores_a_negative(seed):
     scores = rng.integers(0, 6, n).astype(float)  # many ties
     positive = rng.random(n) < 0.3
     positive[:2] = [True, False]
-    assert run_lib.auroc(scores, positive) == pytest.approx(_brute_force_auroc(scores, positive))
+    assert results_lib.auroc(scores, positive) == pytest.approx(_brute_force_auroc(scores, positive))
 
 
 def test_auroc_edge_cases():
-    assert run_lib.auroc([0.1, 0.2], [False, False]) is None
-    assert run_lib.auroc([0.1, 0.2], [True, True]) is None
-    assert run_lib.auroc([0.1, 0.9], [False, True]) == 1.0
-    assert run_lib.auroc([0.5, 0.5], [False, True]) == 0.5
+    assert results_lib.auroc([0.1, 0.2], [False, False]) is None
+    assert results_lib.auroc([0.1, 0.2], [True, True]) is None
+    assert results_lib.auroc([0.1, 0.9], [False, True]) == 1.0
+    assert results_lib.auroc([0.5, 0.5], [False, True]) == 0.5
 
 
 def test_detection_auroc_flags_low_weights_as_corrupted():
@@ -488,16 +493,16 @@ def test_detection_auroc_flags_low_weights_as_corrupted():
     weights = {"corrupted": corrupted,
                "instance_weight": np.array([0.1, 0.2, 0.9, 0.8, 0.15]),
                "labelled_class_weight": np.array([0.1, 0.2, 0.9, 0.8, 0.7])}
-    aurocs = run_lib.detection_aurocs("gdw", weights)
+    aurocs = results_lib.detection_aurocs("gdw", weights)
     assert aurocs == {"instance_weight": pytest.approx(5 / 6), "labelled_class_weight": 1.0}
-    assert run_lib.detection_aurocs("mwnet", weights)["labelled_class_weight"] is None
-    assert run_lib.detection_aurocs("ce", weights) is None
-    assert run_lib.detection_aurocs("gdw", {**weights, "corrupted": ~corrupted & False}) is None
+    assert results_lib.detection_aurocs("mwnet", weights)["labelled_class_weight"] is None
+    assert results_lib.detection_aurocs("ce", weights) is None
+    assert results_lib.detection_aurocs("gdw", {**weights, "corrupted": ~corrupted & False}) is None
 
 
 def test_cosine_schedule_and_resolved_defaults():
-    assert run_lib.cosine_lr(0.1, 0, 80) == 0.1
-    assert run_lib.cosine_lr(0.1, 40, 80) == pytest.approx(0.05)
+    assert callbacks.cosine_lr(0.1, 0, 80) == 0.1
+    assert callbacks.cosine_lr(0.1, 40, 80) == pytest.approx(0.05)
     assert model_lib.resolve_outer_lr(None, 10) == 100.0
     assert model_lib.resolve_outer_lr(None, 100) == 1000.0
     assert model_lib.resolve_outer_lr(30.0, 100) == 30.0

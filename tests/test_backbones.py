@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from gdw_tf import models
+from gdw_tf import backbones
 
 
 def resnet32_parameter_counts(num_classes):
@@ -24,18 +24,18 @@ def resnet32_parameter_counts(num_classes):
 
 
 def test_resnet32_has_the_canonical_parameter_count():
-    model = models.resnet32()
+    model = backbones.resnet32()
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     non_trainable = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
     assert (trainable, non_trainable) == resnet32_parameter_counts(10)
     assert trainable == 464_154
     assert model.count_params() == 464_154 + 2_272
     assert len([l for l in model.layers if isinstance(l, keras.layers.Conv2D)]) == 31
-    assert models.resnet32(num_classes=100).count_params() == 464_154 + 2_272 + 64 * 90 + 90
+    assert backbones.resnet32(num_classes=100).count_params() == 464_154 + 2_272 + 64 * 90 + 90
 
 
 def test_resnet32_layers_use_pytorch_defaults():
-    model = models.resnet32()
+    model = backbones.resnet32()
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             assert layer.momentum == 0.9 and layer.epsilon == 1e-5
@@ -53,7 +53,7 @@ def test_resnet32_layers_use_pytorch_defaults():
 def test_stride2_convolution_is_centred_on_the_shortcut_pixels():
     # With a centre-tap identity kernel, PyTorch's symmetric padding gives exactly
     # x[:, ::2, ::2]: the pixels the option-A shortcut keeps.
-    model = models.resnet32()
+    model = backbones.resnet32()
     pad = model.get_layer("stage2_block1_conv1_pad")
     conv = model.get_layer("stage2_block1_conv1")
     kernel = np.zeros(conv.kernel.shape, np.float32)
@@ -68,7 +68,7 @@ def test_stride2_convolution_is_centred_on_the_shortcut_pixels():
 
 def test_option_a_shortcut():
     x = np.random.default_rng(0).normal(size=(2, 7, 8, 16)).astype(np.float32)
-    layer = models.OptionAShortcut(8)
+    layer = backbones.OptionAShortcut(8)
     expected = np.pad(x[:, ::2, ::2, :], [(0, 0), (0, 0), (0, 0), (8, 8)])
     np.testing.assert_array_equal(layer(x).numpy(), expected)
     assert layer.compute_output_shape((None, 7, 8, 16)) == (None, 4, 4, 32)
@@ -77,7 +77,7 @@ def test_option_a_shortcut():
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # Keras' own
 def test_resnet32_keras_file_round_trip(tmp_path):
-    model = models.resnet32(num_classes=10)
+    model = backbones.resnet32(num_classes=10)
     x = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
     path = os.path.join(tmp_path, "resnet32.keras")
     model.save(path)
@@ -87,19 +87,19 @@ def test_resnet32_keras_file_round_trip(tmp_path):
 
 
 def test_small_cnn_and_mlp():
-    cnn = models.build_model("small_cnn", (28, 28, 1), 10)
+    cnn = backbones.build_model("small_cnn", (28, 28, 1), 10)
     # conv 3x3x1x32, BN 4x32, conv 3x3x32x64, BN 4x64, dense (7*7*64)x10 + 10
     assert cnn.count_params() == 288 + 128 + 18432 + 256 + 31370
     x = np.zeros((4, 28, 28, 1), np.float32)
     assert cnn(x).shape == (4, 10)
-    net = models.build_model("mlp", (5,), 3)
+    net = backbones.build_model("mlp", (5,), 3)
     assert net.count_params() == (5 * 256 + 256) + (256 * 256 + 256) + (256 * 3 + 3)
     assert net(np.ones((2, 5), np.float32)).shape == (2, 3)
-    assert models.mlp((4,), 2, hidden=(8, 6)).count_params() == (4 * 8 + 8) + (8 * 6 + 6) + 14
+    assert backbones.mlp((4,), 2, hidden=(8, 6)).count_params() == (4 * 8 + 8) + (8 * 6 + 6) + 14
 
 
 def test_build_model_dispatch():
-    assert models.build_model("resnet32", (32, 32, 3), 10).name == "resnet32"
-    assert set(models.MODEL_NAMES) == {"resnet32", "small_cnn", "mlp"}
+    assert backbones.build_model("resnet32", (32, 32, 3), 10).name == "resnet32"
+    assert set(backbones.MODEL_NAMES) == {"resnet32", "small_cnn", "mlp"}
     with pytest.raises(ValueError, match="Unknown model 'resnet18'"):
-        models.build_model("resnet18", (32, 32, 3), 10)
+        backbones.build_model("resnet18", (32, 32, 3), 10)

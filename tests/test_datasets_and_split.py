@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from gdw_tf import data
+from gdw_tf import datasets
+from gdw_tf import input_pipeline
+from gdw_tf import split as split_lib
 from gdw_tf import noise as noise_lib
 
 C = 10
@@ -103,7 +105,7 @@ def test_long_tail_counts_are_cifar10_lt():
 
 def test_split_long_tail_subsamples_by_true_class():
     labels = balanced_labels(5100)
-    split = data.make_split(labels, C, num_meta=1000, noise="uniform", ratio=0.4,
+    split = split_lib.make_split(labels, C, num_meta=1000, noise="uniform", ratio=0.4,
                             imbalance=100, seed=0)
     expected = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     np.testing.assert_array_equal(np.bincount(split.train_true_labels, minlength=C), expected)
@@ -113,7 +115,7 @@ def test_split_long_tail_subsamples_by_true_class():
 
 def test_split_is_disjoint_balanced_and_consistent():
     labels = balanced_labels(300)
-    split = data.make_split(labels, C, num_meta=100, noise="symmetric", ratio=0.5,
+    split = split_lib.make_split(labels, C, num_meta=100, noise="symmetric", ratio=0.5,
                             imbalance=1, seed=7)
     assert np.intersect1d(split.meta_indices, split.train_indices).size == 0
     np.testing.assert_array_equal(
@@ -132,7 +134,7 @@ def test_split_is_disjoint_balanced_and_consistent():
 
 def test_split_is_determined_by_the_seed():
     labels = balanced_labels(100)
-    first, same, other = (data.make_split(labels, C, 50, "flip", 0.4, 10, seed)
+    first, same, other = (split_lib.make_split(labels, C, 50, "flip", 0.4, 10, seed)
                           for seed in (1, 1, 2))
     for name in ("meta_indices", "train_indices", "train_noisy_labels", "transition_matrix"):
         np.testing.assert_array_equal(getattr(first, name), getattr(same, name))
@@ -141,42 +143,42 @@ def test_split_is_determined_by_the_seed():
 
 
 def test_split_round_trips_through_npz(tmp_path):
-    split = data.make_split(balanced_labels(40), C, 20, "pair", 0.3, 5, seed=4)
+    split = split_lib.make_split(balanced_labels(40), C, 20, "pair", 0.3, 5, seed=4)
     path = os.path.join(tmp_path, "split.npz")
     split.save(path)
-    loaded = data.Split.load(path)
+    loaded = split_lib.Split.load(path)
     for field, value in vars(split).items():
         np.testing.assert_array_equal(getattr(loaded, field), value)
         assert type(getattr(loaded, field)) is type(value)
     np.savez(os.path.join(tmp_path, "other.npz"), meta_indices=split.meta_indices)
     with pytest.raises(ValueError, match="lacks"):
-        data.Split.load(os.path.join(tmp_path, "other.npz"))
+        split_lib.Split.load(os.path.join(tmp_path, "other.npz"))
 
 
 def test_split_rejects_too_small_classes_and_bad_meta_sizes():
     labels = balanced_labels(20)
     labels = np.concatenate([labels[labels != 4], [4, 4, 4]])
     with pytest.raises(ValueError, match=r"Class 4 has 3 examples, fewer than the 5"):
-        data.make_split(labels, C, 50, "none", 0.0, 1, seed=0)
+        split_lib.make_split(labels, C, 50, "none", 0.0, 1, seed=0)
     with pytest.raises(ValueError, match="multiple"):
-        data.make_split(balanced_labels(20), C, 55, "none", 0.0, 1, seed=0)
+        split_lib.make_split(balanced_labels(20), C, 55, "none", 0.0, 1, seed=0)
     with pytest.raises(ValueError, match="multiple"):
-        data.make_split(balanced_labels(20), C, 0, "none", 0.0, 1, seed=0)
+        split_lib.make_split(balanced_labels(20), C, 0, "none", 0.0, 1, seed=0)
     with pytest.raises(ValueError, match=">= 1"):
-        data.make_split(balanced_labels(20), C, 10, "none", 0.0, 0.5, seed=0)
+        split_lib.make_split(balanced_labels(20), C, 10, "none", 0.0, 0.5, seed=0)
     with pytest.raises(ValueError, match=r"\[0, 10\)"):
-        data.make_split(balanced_labels(20) + 1, C, 10, "none", 0.0, 1, seed=0)
+        split_lib.make_split(balanced_labels(20) + 1, C, 10, "none", 0.0, 1, seed=0)
 
 
 def test_balanced_meta_subset():
     y = balanced_labels(30)
     x = np.arange(len(y))  # Each example names its own position.
-    x_meta, y_meta = data.balanced_meta_subset(x, y, C, per_class=5, seed=0)
+    x_meta, y_meta = split_lib.balanced_meta_subset(x, y, C, per_class=5, seed=0)
     np.testing.assert_array_equal(np.bincount(y_meta, minlength=C), [5] * C)
     np.testing.assert_array_equal(y[x_meta], y_meta)
     assert len(set(x_meta)) == 5 * C
     with pytest.raises(ValueError, match=r"Class \d has 30 examples, fewer than the 31"):
-        data.balanced_meta_subset(x, y, C, per_class=31, seed=0)
+        split_lib.balanced_meta_subset(x, y, C, per_class=31, seed=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,7 +201,7 @@ def write_fake_fashion_mnist(directory, n_train=12, n_test=6):
         "x_test": rng.integers(0, 256, (n_test, 28, 28)),
         "y_test": rng.integers(0, 10, n_test),
     }
-    for key, name in data.FASHION_MNIST_FILES.items():
+    for key, name in datasets.FASHION_MNIST_FILES.items():
         write_idx(os.path.join(directory, name), arrays[key])
     return arrays
 
@@ -208,7 +210,7 @@ def test_read_idx_round_trip_and_corrupt_files(tmp_path):
     array = np.arange(2 * 3 * 5).reshape(2, 3, 5).astype(np.uint8)
     path = os.path.join(tmp_path, "a-idx3-ubyte.gz")
     write_idx(path, array)
-    np.testing.assert_array_equal(data.read_idx(path), array)
+    np.testing.assert_array_equal(datasets.read_idx(path), array)
 
     with gzip.open(path, "rb") as file:
         content = file.read()
@@ -216,30 +218,30 @@ def test_read_idx_round_trip_and_corrupt_files(tmp_path):
     with gzip.open(truncated, "wb") as file:
         file.write(content[:-4])
     with pytest.raises(ValueError, match="truncated.gz.*truncated"):
-        data.read_idx(truncated)
+        datasets.read_idx(truncated)
 
     bad_magic = os.path.join(tmp_path, "magic.gz")
     with gzip.open(bad_magic, "wb") as file:
         file.write(b"\x01\x02" + content[2:])
     with pytest.raises(ValueError, match="magic.gz.*magic"):
-        data.read_idx(bad_magic)
+        datasets.read_idx(bad_magic)
 
     not_gzip = os.path.join(tmp_path, "garbage.gz")
     with open(not_gzip, "wb") as file:
         file.write(b"this is not gzip data")
     with pytest.raises(ValueError, match="garbage.gz"):
-        data.read_idx(not_gzip)
+        datasets.read_idx(not_gzip)
 
     cut_stream = os.path.join(tmp_path, "cut.gz")
     with open(path, "rb") as source, open(cut_stream, "wb") as file:
         file.write(source.read()[:-10])
     with pytest.raises(ValueError, match="cut.gz"):
-        data.read_idx(cut_stream)
+        datasets.read_idx(cut_stream)
 
 
 def test_fashion_mnist_from_data_dir(tmp_path):
     arrays = write_fake_fashion_mnist(tmp_path)
-    x_train, y_train, x_test, y_test, num_classes = data.load_dataset("fashion_mnist",
+    x_train, y_train, x_test, y_test, num_classes = datasets.load_dataset("fashion_mnist",
                                                                       str(tmp_path))
     assert num_classes == 10
     assert x_train.shape == (12, 28, 28, 1) and x_train.dtype == np.uint8
@@ -250,25 +252,25 @@ def test_fashion_mnist_from_data_dir(tmp_path):
 
 def test_fashion_mnist_missing_everywhere_says_where_to_put_it(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "debian"))
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "debian"))
 
     def offline(name, data_dir):
         raise ValueError("offline")
 
-    monkeypatch.setattr(data, "_load_tfds", offline)
+    monkeypatch.setattr(datasets, "_load_tfds", offline)
     with pytest.raises(ValueError, match="dataset-fashion-mnist") as error:
-        data.load_dataset("fashion_mnist", str(tmp_path / "mine"))
+        datasets.load_dataset("fashion_mnist", str(tmp_path / "mine"))
     for directory in ("mine", os.path.join("datasets", "fashion-mnist"), "debian"):
         assert directory in str(error.value)
 
 
 @pytest.mark.skipif(
-    not os.path.isfile(os.path.join(data.DEBIAN_FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz")),
+    not os.path.isfile(os.path.join(datasets.DEBIAN_FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz")),
     reason="Debian's dataset-fashion-mnist is not installed",
 )
 def test_real_fashion_mnist_from_the_debian_package():
-    x_train, y_train, x_test, y_test, num_classes = data.load_fashion_mnist_idx(
-        data.DEBIAN_FASHION_MNIST_DIR)
+    x_train, y_train, x_test, y_test, num_classes = datasets.load_fashion_mnist_idx(
+        datasets.DEBIAN_FASHION_MNIST_DIR)
     assert x_train.shape == (60000, 28, 28, 1) and x_test.shape == (10000, 28, 28, 1)
     np.testing.assert_array_equal(np.bincount(y_train), [6000] * 10)
     np.testing.assert_array_equal(np.bincount(y_test), [1000] * 10)
@@ -276,8 +278,8 @@ def test_real_fashion_mnist_from_the_debian_package():
 
 def test_tfds_loading_with_mock_data():
     with tfds.testing.mock_data(num_examples=12):
-        x_train, y_train, x_test, y_test, num_classes = data.load_dataset("cifar10")
-        mnist = data.load_dataset("mnist")
+        x_train, y_train, x_test, y_test, num_classes = datasets.load_dataset("cifar10")
+        mnist = datasets.load_dataset("mnist")
     assert num_classes == 10
     assert x_train.shape == (12, 32, 32, 3) and x_train.dtype == np.uint8
     assert y_train.dtype == np.int64 and ((0 <= y_train) & (y_train < 10)).all()
@@ -287,9 +289,9 @@ def test_tfds_loading_with_mock_data():
 
 def test_unknown_or_unsuitable_datasets_raise():
     with pytest.raises(ValueError, match="Unknown dataset"):
-        data.load_dataset("no_such_dataset_anywhere")
+        datasets.load_dataset("no_such_dataset_anywhere")
     with pytest.raises(ValueError, match="image-classification"):
-        data.load_dataset("imdb_reviews")
+        datasets.load_dataset("imdb_reviews")
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,11 +299,11 @@ def test_unknown_or_unsuitable_datasets_raise():
 
 
 def test_normalization_stats():
-    mean, std = data.normalization_stats("cifar100", None)
+    mean, std = input_pipeline.normalization_stats("cifar100", None)
     np.testing.assert_allclose(mean * 255, [125.3, 123.0, 113.9])
     np.testing.assert_allclose(std * 255, [63.0, 62.1, 66.7])
     x = np.random.default_rng(0).integers(0, 256, (20, 5, 5, 2), dtype=np.uint8)
-    mean, std = data.normalization_stats("svhn_cropped", x)
+    mean, std = input_pipeline.normalization_stats("svhn_cropped", x)
     np.testing.assert_allclose(mean, (x / 255).mean(axis=(0, 1, 2)))
     np.testing.assert_allclose(std, (x / 255).std(axis=(0, 1, 2)))
 
@@ -313,7 +315,7 @@ def test_random_crop_and_flip_is_a_window_of_the_reflected_image():
     windows += [w[:, ::-1] for w in windows]
     seen = set()
     for seed in range(40):
-        out = data.random_crop_and_flip(image, np.array([seed, 0]), padding=2).numpy()
+        out = input_pipeline.random_crop_and_flip(image, np.array([seed, 0]), padding=2).numpy()
         assert out.shape == image.shape and out.dtype == np.uint8
         matches = [i for i, w in enumerate(windows) if np.array_equal(out, w)]
         assert matches
@@ -325,8 +327,8 @@ def test_train_dataset_shapes_normalisation_and_indices():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 10, 50)
-    mean, std = data.normalization_stats("other", x)
-    plain = data.train_dataset(x, y, 16, seed=0, augment=False, mean=mean, std=std,
+    mean, std = input_pipeline.normalization_stats("other", x)
+    plain = input_pipeline.train_dataset(x, y, 16, seed=0, augment=False, mean=mean, std=std,
                                with_index=True)
     batches = list(plain)
     assert [len(b[0]) for b in batches] == [16, 16, 16, 2]
@@ -338,7 +340,7 @@ def test_train_dataset_shapes_normalisation_and_indices():
     np.testing.assert_allclose(images.mean(axis=(0, 1, 2)), 0, atol=1e-5)
     np.testing.assert_allclose(images.std(axis=(0, 1, 2)), 1, atol=1e-4)
 
-    augmented = data.train_dataset(x, y, 16, seed=0, augment=True, mean=mean, std=std,
+    augmented = input_pipeline.train_dataset(x, y, 16, seed=0, augment=True, mean=mean, std=std,
                                    drop_remainder=True)
     batches = list(augmented)
     assert len(batches) == 3
@@ -351,7 +353,7 @@ def test_train_dataset_is_seeded_and_reshuffles_each_epoch():
     y = np.arange(20)
 
     def epochs(seed):
-        dataset = data.train_dataset(x, y, 20, seed, augment=True, mean=[0.5], std=[0.25])
+        dataset = input_pipeline.train_dataset(x, y, 20, seed, augment=True, mean=[0.5], std=[0.25])
         return [next(iter(dataset)) for _ in range(2)]
 
     (first_x, first_y), (second_x, second_y) = epochs(1)
@@ -365,14 +367,14 @@ def test_train_dataset_is_seeded_and_reshuffles_each_epoch():
 
 def test_augmentation_is_drawn_anew_each_epoch():
     x = np.random.default_rng(0).integers(0, 256, (1, 8, 8, 1), dtype=np.uint8)
-    dataset = data.train_dataset(x, [0], 1, seed=0, augment=True, mean=[0.5], std=[0.25])
+    dataset = input_pipeline.train_dataset(x, [0], 1, seed=0, augment=True, mean=[0.5], std=[0.25])
     views = {next(iter(dataset))[0].numpy().tobytes() for _ in range(6)}
     assert len(views) > 1
 
 
 def test_eval_dataset_keeps_order():
     x = np.random.default_rng(0).integers(0, 256, (7, 4, 4, 1), dtype=np.uint8)
-    batches = list(data.eval_dataset(x, np.arange(7), 3, mean=[0.5], std=[0.5]))
+    batches = list(input_pipeline.eval_dataset(x, np.arange(7), 3, mean=[0.5], std=[0.5]))
     np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), np.arange(7))
     np.testing.assert_allclose(np.concatenate([b[0] for b in batches]), (x / 255 - 0.5) / 0.5,
                                atol=1e-6)

@@ -1,0 +1,108 @@
+"""The devices a run trains on (`--distribute`): the `tf.distribute` strategy (or Keras' JAX
+`DataParallel`), its number of replicas, each worker's run directory, and what several replicas
+cannot run.
+
+Devices (`config.distribute`): `none` trains on one device; `mirrored` and `multi_worker` build
+the model under a `tf.distribute` strategy, each replica taking its share of every (global)
+training and meta batch; `num_replicas` is recorded with the settings. On Keras' JAX backend
+`mirrored` is Keras' `DataParallel` over JAX's devices, and `multi_worker` is refused. With
+`multi_worker` every worker runs the same command, trains the same weights and writes a complete
+run directory of its own: the chief (task type `chief`, or `worker` 0 when the cluster has no
+chief) writes `output_dir`, every other worker `output_dir/workers/<task type><index>` (e.g.
+`workers/worker1`), which the chief leaves alone. Each worker thus resumes from its own backup
+(the workers' backups are interchangeable).
+"""
+
+import dataclasses
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from gdw_tf.config import DISTRIBUTE
+from gdw_tf.model import replica_problem
+from gdw_tf.run_dir import WORKERS_DIR
+
+
+def make_strategy(name):
+    """The `tf.distribute` strategy of `--distribute=name` (`gdw_tf.config.DISTRIBUTE`).
+
+    `none` is TensorFlow's default strategy (one device); `mirrored` a `MirroredStrategy` over
+    TensorFlow's default devices (all GPUs, else the CPU); `multi_worker` a
+    `MultiWorkerMirroredStrategy` of the cluster in `TF_CONFIG`, which must be created before
+    TensorFlow runs any op. On Keras' JAX backend `mirrored` sets Keras' `DataParallel`
+    distribution over JAX's devices instead, and the default strategy is returned.
+
+    Raises:
+      ValueError: if `name` is unknown, is `multi_worker` on another backend than TensorFlow,
+        or is `multi_worker` without a JSON `TF_CONFIG`.
+    """
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if keras.backend.backend() == "jax" and name == "mirrored":
+        keras.distribution.set_distribution(keras.distribution.DataParallel())
+        return tf.distribute.get_strategy()
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"--distribute={name} uses tf.distribute, which needs KERAS_BACKEND=tensorflow "
+            f"(now {keras.backend.backend()}); --distribute=mirrored trains on this machine's "
+            "devices on JAX too.")
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        example = ('{"cluster": {"worker": ["host0:port", "host1:port"]}, '
+                   '"task": {"type": "worker", "index": 0}}')
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError(
+                "--distribute=multi_worker reads the cluster from the TF_CONFIG environment "
+                f"variable, which is not set; set it on every worker (e.g. '{example}'), or use "
+                "--distribute=mirrored on one machine.")
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except json.JSONDecodeError as err:
+            raise ValueError(f"the TF_CONFIG environment variable is not JSON ({err}); set it "
+                             f"as '{example}' with this worker's index.") from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"Unknown --distribute={name!r}; expected one of {', '.join(DISTRIBUTE)}.")
+
+
+def num_replicas(strategy):
+    """How many replicas share each batch: the strategy's, or the devices of Keras' JAX
+    distribution."""
+    distribution = keras.distribution.distribution() if keras.backend.backend() == "jax" else None
+    if distribution is not None:
+        return int(np.prod(distribution.device_mesh.shape))
+    return strategy.num_replicas_in_sync
+
+
+def worker_config(config, strategy):
+    """`config` as this worker runs it: unchanged on the chief (and without a cluster);
+    elsewhere writing to `output_dir/workers/<task type><index>`, exporting nothing."""
+    resolver = strategy.cluster_resolver
+    if resolver is None or not resolver.task_type:
+        return config
+    task_type, index = resolver.task_type, resolver.task_id
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    if task_type == "chief" or (task_type == "worker" and index == 0 and not has_chief):
+        return config
+    return dataclasses.replace(
+        config, output_dir=os.path.join(config.output_dir, WORKERS_DIR, f"{task_type}{index}"),
+        export_dir=None)
+
+
+def check_replicas(config, num_replicas):
+    """Refuses a configuration that cannot train on `num_replicas` replicas (before any data is
+    loaded; `GDWModel.fit` applies the same rules).
+
+    Raises:
+      ValueError: if the meta batch does not split evenly across the replicas, or the nested
+        meta-gradient or (on TensorFlow) a meta interval above 1, both one replica only, is
+        asked for with more than one.
+    """
+    problem = replica_problem(
+        config.method, config.meta_batch_size, config.meta_grad, config.meta_interval,
+        num_replicas, prefix="--", where=f", --distribute={config.distribute}")
+    if problem:
+        raise ValueError(problem)

@@ -1,0 +1,112 @@
+"""The input pipeline: normalisation and augmentation of uint8 images, and the `tf.data`
+pipelines that feed `GDWModel.fit` and evaluation.
+
+It mirrors the reference's CIFAR transform: reflect-pad 4, random crop, horizontal flip,
+per-channel mean/std normalisation, with the reference's CIFAR statistics
+(`normalization_stats`).
+"""
+
+import numpy as np
+import tensorflow as tf
+
+# The reference's per-channel statistics of CIFAR images scaled to [0, 1], for both CIFARs.
+CIFAR_MEAN = np.array([125.3, 123.0, 113.9]) / 255.0
+CIFAR_STD = np.array([63.0, 62.1, 66.7]) / 255.0
+
+
+def normalization_stats(name, x_train):
+    """Per-channel mean and std of images scaled to [0, 1].
+
+    CIFAR-10 and CIFAR-100 use the reference code's constants (the CIFAR-10 statistics, for
+    both); any other dataset gets those of `x_train` (uint8 `[N, H, W, C]`), computed exactly.
+
+    Returns:
+        `(mean, std)`, float64 arrays with one entry per channel.
+    """
+    if name in ("cifar10", "cifar100"):
+        return CIFAR_MEAN.copy(), CIFAR_STD.copy()
+    _check_images(x_train)
+    values = np.arange(256)
+    mean, std = [], []
+    for channel in range(x_train.shape[-1]):
+        counts = np.bincount(x_train[..., channel].ravel(), minlength=256)
+        channel_mean = counts @ values / counts.sum()
+        mean.append(channel_mean)
+        std.append(np.sqrt(counts @ (values - channel_mean) ** 2 / counts.sum()))
+    return np.array(mean) / 255.0, np.array(std) / 255.0
+
+
+def normalize(images, mean, std):
+    """Scales uint8 images to [0, 1], then standardises each channel: float32 out."""
+    images = tf.cast(images, tf.float32) / 255.0
+    return (images - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def random_crop_and_flip(image, seed, padding=4):
+    """Reflect-pads an `[H, W, C]` image, crops a random `H x W` window, flips it half the time.
+
+    Args:
+        image: one image tensor.
+        seed: shape-[2] int tensor; the result is a pure function of `(image, seed)`.
+        padding: pixels of reflection added on each side before cropping.
+    """
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]], mode="REFLECT")
+    cropped = tf.image.stateless_random_crop(padded, tf.shape(image), seed=crop_seed)
+    return tf.image.stateless_random_flip_left_right(cropped, seed=flip_seed)
+
+
+def train_dataset(x, y, batch_size, seed, augment, mean, std, *, with_index=False,
+                  drop_remainder=False):
+    """A shuffled (every epoch anew), optionally augmented, normalised, batched `tf.data` set.
+
+    Args:
+        x: uint8 images `[N, H, W, C]`.
+        y: their labels.
+        batch_size: examples per batch.
+        seed: seed of the shuffle and of the augmentation; the same seed gives the same
+            sequence of epochs.
+        augment: apply `random_crop_and_flip` (the reference's CIFAR augmentation).
+        mean, std: per-channel statistics of images scaled to [0, 1] (`normalization_stats`).
+        with_index: also yield each example's position in `x`.
+        drop_remainder: drop the last, smaller batch.
+
+    Returns:
+        A `tf.data.Dataset` of `(images float32, labels int64)` or, with `with_index`,
+        `(images, labels, positions int64)`.
+    """
+    _check_images(x, y)
+    columns = (x, np.asarray(y, np.int64))
+    if with_index:
+        columns += (np.arange(len(x), dtype=np.int64),)
+    dataset = tf.data.Dataset.from_tensor_slices(columns)
+    dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if augment:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip(dataset, seeds).map(
+            lambda columns, pair: (random_crop_and_flip(columns[0], pair),) + columns[1:],
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    dataset = dataset.map(lambda images, *rest: (normalize(images, mean, std),) + rest,
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(x, y, batch_size, mean, std):
+    """Normalised batches of `(images float32, labels int64)` in order, for evaluation."""
+    _check_images(x, y)
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int64)))
+    dataset = dataset.batch(batch_size).map(
+        lambda images, labels: (normalize(images, mean, std), labels),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _check_images(x, y=None):
+    """Checks `x` is uint8 `[N, H, W, C]` (and `y` has N entries)."""
+    if x.ndim != 4 or x.dtype != np.uint8:
+        raise ValueError(f"Expected uint8 images [N, H, W, C]; got {x.dtype} {x.shape}.")
+    if y is not None and len(y) != len(x):
+        raise ValueError(f"{len(x)} images but {len(y)} labels.")

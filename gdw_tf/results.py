@@ -1,0 +1,107 @@
+"""What a finished run reports: the per-epoch history, each training example's weights, and
+`results.json` (accuracies, noise, the detection AUROC of the weights, timing)."""
+
+import csv
+
+import numpy as np
+
+from gdw_tf import methods
+
+def read_history(path):
+    """Rows of `history.csv` as dicts of floats, one per epoch (a rerun epoch's last row)."""
+    by_epoch = {}
+    with open(path, newline="") as file:
+        for row in csv.DictReader(file):
+            by_epoch[int(row["epoch"])] = {key: float(value) for key, value in row.items()
+                                           if value not in ("", "NA")}
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def save_example_weights(model, split, path):
+    """Writes each training example's weights of the last epoch with its labels; returns them."""
+    arrays = {
+        "index": split.train_indices,
+        "true_label": split.train_true_labels,
+        "given_label": split.train_noisy_labels,
+        "corrupted": split.train_corrupted,
+        "instance_weight": np.asarray(model.example_weights),
+        "labelled_class_weight": np.asarray(model.example_label_weights),
+    }
+    np.savez(path, **arrays)
+    return arrays
+
+
+def make_results(config, settings, split, history, example_weights, seconds):
+    """The `results.json` dict.
+
+    Accuracies are fractions in [0, 1]; `metrics` are the last epoch's logged values;
+    `timing.total_seconds` is the wall time of the invocation that finished the run (since it
+    resumed, for a resumed run), `seconds_per_epoch` covers training and evaluation.
+    """
+    accuracy = [row["test/accuracy"] for row in history]
+    final = {key: value for key, value in history[-1].items()
+             if "/" in key and key != "time/epoch_seconds"}
+    corrupted = example_weights["corrupted"]
+    return {
+        "test_accuracy": {
+            "last": accuracy[-1],
+            "best": max(accuracy),
+            "mean_last5": float(np.mean(accuracy[-5:])),
+            "per_epoch": accuracy,
+        },
+        "metrics": final,
+        "noise": {
+            "realised_rate": float(split.realised_noise_rate),
+            "transition_matrix": split.empirical_transition_matrix.tolist(),
+            "model_transition_matrix": split.transition_matrix.tolist(),
+        },
+        "detection_auroc": detection_aurocs(config.method, example_weights),
+        "example_weights": {
+            f"{kind}_mean_{group}": mean_or_none(example_weights[f"{kind}_weight"][mask])
+            for kind in ("instance", "labelled_class")
+            for group, mask in (("clean", ~corrupted), ("corrupted", corrupted))
+        },
+        "config": {**config.to_dict(), **settings.to_dict()},
+        "timing": {
+            "total_seconds": seconds,
+            "seconds_per_epoch": [row["time/epoch_seconds"] for row in history],
+            "steps_per_epoch": settings.steps_per_epoch,
+        },
+    }
+
+
+def detection_aurocs(method, example_weights):
+    """AUROCs of "low weight ⇒ corrupted label"; None for CE or without both kinds of labels."""
+    corrupted = example_weights["corrupted"]
+    method = methods.get(method)
+    if not method.meta_step or corrupted.all() or not corrupted.any():
+        return None
+    aurocs = {"instance_weight": auroc(-example_weights["instance_weight"], corrupted)}
+    aurocs["labelled_class_weight"] = (
+        auroc(-example_weights["labelled_class_weight"], corrupted) if method.class_level else None)
+    return aurocs
+
+
+def auroc(scores, positive):
+    """Area under the ROC curve of `scores` for the `positive` examples (Mann–Whitney U).
+
+    Ties count one half. Returns None without a positive or a negative example.
+    """
+    scores = np.asarray(scores, np.float64)
+    positive = np.asarray(positive, bool)
+    num_pos, num_neg = int(positive.sum()), int((~positive).sum())
+    if not num_pos or not num_neg:
+        return None
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    # Average 1-based ranks over runs of tied scores.
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(scores)]
+    ranks = np.empty(len(scores))
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    u = ranks[positive].sum() - num_pos * (num_pos + 1) / 2.0
+    return float(u / (num_pos * num_neg))
+
+
+def mean_or_none(values):
+    return float(np.mean(values)) if len(values) else None
