@@ -90,7 +90,7 @@ class GDWModel(backend.Trainer, keras.Model):
     Args:
       backbone: a built `keras.Model` mapping inputs to `num_classes` logits.
       num_classes: `C`.
-      method: "gdw", "mwnet", "l2rw" or "ce".
+      method: "gdw", "mwnet", "l2rw" or "ce" (`gdw_tf.methods.NAMES`).
       meta_data: the clean meta set: a tuple `(x, y)` of arrays, or a `tf.data.Dataset` of
         `(x, y)` (batched or not). May be left out for "ce", or given later with
         `set_meta_data` (a reloaded model does not carry it).
@@ -121,6 +121,10 @@ class GDWModel(backend.Trainer, keras.Model):
         on the given label; other methods: the instance weight). After an epoch in which every
         example is seen once, these are the weights of that epoch: low values flag suspicious labels.
       **kwargs: `keras.Model` arguments (name, ...).
+
+    The defaults of the settings it shares with `python -m gdw_tf.train` (method,
+    meta_batch_size, outer_lr, clip, l2, meta_grad, meta_interval, seed) are the flags' own
+    (`gdw_tf.config.DEFAULTS`), and it checks them by the same rules.
 
     Raises:
       ValueError: on an unknown method, a backbone whose output is not `[N, num_classes]`, or a
