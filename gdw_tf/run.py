@@ -24,6 +24,11 @@ Run directory:
     tensorboard/          the same scalars for TensorBoard (Keras prefixes `epoch_`)
     backup/               BackupAndRestore's latest epoch (removed once the run is finished)
     example_weights.npz   per training example: index, labels, corrupted flag, weights
+    label_issues.csv      the training examples ranked by how suspicious their label is, with
+                          a suggested label and a flag (`gdw_tf.label_issues`)
+    report.html           one self-contained page to look at: accuracy curves, estimated
+                          noise, weight against loss, the most suspicious examples
+                          (`gdw_tf.report`)
     model.keras           the trained backbone (normalised float images in, logits out)
     results.json          accuracies (fractions in [0, 1]), noise, detection AUROC, timing
     workers/              with --distribute=multi_worker: the other workers' run directories
@@ -62,7 +67,9 @@ import numpy as np
 import tensorflow as tf
 
 from gdw_tf import data
+from gdw_tf import label_issues
 from gdw_tf import models
+from gdw_tf import report
 from gdw_tf import backend
 from gdw_tf.config import DISTRIBUTE
 from gdw_tf.config import Config
@@ -76,11 +83,13 @@ HISTORY_FILE = "history.csv"
 TENSORBOARD_DIR = "tensorboard"
 BACKUP_DIR = "backup"
 EXAMPLE_WEIGHTS_FILE = "example_weights.npz"
+LABEL_ISSUES_FILE = label_issues.LABEL_ISSUES_FILE
+REPORT_FILE = report.REPORT_FILE
 MODEL_FILE = "model.keras"
 RESULTS_FILE = "results.json"
 WORKERS_DIR = "workers"
 _RUN_FILES = (CONFIG_FILE, SPLIT_FILE, HISTORY_FILE, TENSORBOARD_DIR, BACKUP_DIR,
-              EXAMPLE_WEIGHTS_FILE, MODEL_FILE, RESULTS_FILE)
+              EXAMPLE_WEIGHTS_FILE, LABEL_ISSUES_FILE, REPORT_FILE, MODEL_FILE, RESULTS_FILE)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -142,6 +151,8 @@ def run(config):
     history = read_history(os.path.join(output_dir, HISTORY_FILE))
     example_weights = save_example_weights(model, split,
                                            os.path.join(output_dir, EXAMPLE_WEIGHTS_FILE))
+    write_label_issues_and_report(output_dir, model, dataset, split, mean, std,
+                                  config.batch_size)
     model.backbone.save(os.path.join(output_dir, MODEL_FILE))
     if config.export_dir:
         from gdw_tf.export import export_serving
@@ -433,6 +444,20 @@ def save_example_weights(model, split, path):
     }
     np.savez(path, **arrays)
     return arrays
+
+
+def write_label_issues_and_report(output_dir, model, dataset, split, mean, std, batch_size):
+    """Writes `label_issues.csv` (the model on the unaugmented training set, with its recorded
+    weights) and `report.html`. Ids: the dataset's `train_ids` if it has them, else the index in
+    the training split."""
+    train_ids = getattr(dataset, "train_ids", None)
+    ids = split.train_indices if train_ids is None else np.asarray(train_ids)[split.train_indices]
+    images = dataset.x_train[split.train_indices]
+    issues = label_issues.find_label_issues(
+        model, data.eval_dataset(images, split.train_noisy_labels, batch_size, mean, std),
+        split.train_noisy_labels, ids=ids, class_names=getattr(dataset, "class_names", None))
+    label_issues.write_label_issues_csv(os.path.join(output_dir, LABEL_ISSUES_FILE), issues)
+    report.write_report(output_dir, issues, images=images)
 
 
 def make_results(config, settings, split, history, example_weights, seconds):
