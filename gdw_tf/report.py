@@ -117,13 +117,13 @@ def _noise_section(issues, names, truth):
         wrong = truth["corrupted"]
         bars.append(("true (injected noise)", _GREY,
                      np.bincount(given[wrong], minlength=c) / np.maximum(counts, 1)))
-    chart = _bar_chart(names, bars, "noise rate among examples given this label")
+    chart = _bar_chart(names, bars, "share of the label that is wrong", width=720)
     # Transition matrix: rows the suggested (estimated true) class, columns the given label.
     joint = np.zeros((c, c))
     np.add.at(joint, (suggested, given), 1)
     matrix = _matrix_table(joint / np.maximum(joint.sum(axis=1, keepdims=True), 1), names,
                            "suggested (estimated true) class ↓ / given label →")
-    text = ("<p class='note'>Left: the share of each given label that is flagged. Right: the "
+    text = ("<p class='note'>Above: the share of each given label that is flagged. Below: the "
             "estimated transition matrix, P(given label | suggested class), each row a "
             "suggested class (the diagonal keeps its label).</p>")
     if truth is not None:
@@ -132,7 +132,7 @@ def _noise_section(issues, names, truth):
         matrix += _matrix_table(
             true_joint / np.maximum(true_joint.sum(axis=1, keepdims=True), 1), names,
             "true class ↓ / given label → (known here)")
-    return f"{text}<div class='row'>{chart}{matrix}</div>"
+    return f"{text}{chart}<div class='row'>{matrix}</div>"
 
 
 def _weight_loss_section(issues):
@@ -490,7 +490,8 @@ svg text { font-size: 11px; fill: #333; } svg .axis { stroke: #444; } svg .grid 
 table.matrix { border-collapse: collapse; font-size: 11px; margin-top: 8px; }
 table.matrix caption { font-size: 12px; color: #555; padding-bottom: 4px; }
 table.matrix td { width: 30px; height: 22px; text-align: center; border: 1px solid #fff; }
-table.matrix th { font-weight: normal; color: #555; padding: 2px 4px; text-align: right; }
+table.matrix th { font-weight: normal; color: #555; padding: 2px 4px; text-align: right;
+                  white-space: nowrap; }
 .gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(120px, 1fr));
            gap: 10px; }
 .card { margin: 0; background: #f8f8f8; border-radius: 6px; padding: 6px; text-align: center; }
