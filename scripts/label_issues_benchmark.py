@@ -226,14 +226,27 @@ def evaluate(setting):
     with open(os.path.join(gdw_dir, "results.json")) as file:
         results = json.load(file)
 
-    # gdw_tf: the run's own ranking (recomputed from model.keras and example_weights.npz).
+    # gdw_tf: the run's own label_issues.csv (recomputed from model.keras and
+    # example_weights.npz for a run from before that file existed).
     weights = dict(np.load(os.path.join(gdw_dir, "example_weights.npz")))
     probabilities = gdw_probabilities(config, dataset, split, gdw_dir)
     issues = label_issues.rank_label_issues(
         probabilities, split.train_noisy_labels, weights["instance_weight"],
         weights["labelled_class_weight"])
-    gdw = detection(issues.in_input_order("flagged"), issues.in_input_order("score"),
-                    issues.in_input_order("suggested_label"), split)
+    flagged, score, suggested = (issues.in_input_order(name)
+                                 for name in ("flagged", "score", "suggested_label"))
+    csv_path = os.path.join(gdw_dir, label_issues.LABEL_ISSUES_FILE)
+    if os.path.exists(csv_path):
+        table = label_issues.read_label_issues_csv(csv_path)
+        position = np.searchsorted(split.train_indices, np.array(table["id"], np.int64))
+        recomputed = score[position]
+        flagged, score, suggested = (np.empty_like(a) for a in (flagged, score, suggested))
+        flagged[position] = np.array(table["flagged"]) == "1"
+        score[position] = np.array(table["score"], np.float64)
+        suggested[position] = np.array(table["suggested_label"], np.int64)
+        print(f"{setting}: {csv_path}, largest difference from the recomputed score "
+              f"{np.abs(recomputed - score[position]).max():.1e}", flush=True)
+    gdw = detection(flagged, score, suggested, split)
     gdw["seconds"] = results["timing"]["total_seconds"]
     gdw["test_accuracy"] = results["test_accuracy"]["last"]
     candidate_aurocs, candidate_f1 = candidates(probabilities, split, weights)
