@@ -144,7 +144,8 @@ def _weight_loss_section(issues):
             panels.append(_histogram_2d(loss, values, issues.flagged, "loss −log p(given label)",
                                         label))
     if not panels:
-        return "<p>No recorded weights (the model tracked no examples).</p>"
+        return ("<p>No recorded weights to plot (the model tracked no examples, or all weights "
+                "are equal, as with plain cross-entropy).</p>")
     note = ("<p class='note'>Each cell counts examples (darker = more, on a log scale); its "
             f"colour is the share flagged, from <span style='color:{_BLUE}'>none</span> to "
             f"<span style='color:{_RED}'>all</span>. Weights are those of the last epoch; the "

@@ -9,8 +9,9 @@
 3. trains `GDWModel` with SGD, the reference's per-epoch cosine schedule, validation on the test
    set each epoch, and Keras callbacks for the progress bar, `history.csv`, TensorBoard logs,
    per-epoch backups (`BackupAndRestore`) and a stop on a non-finite loss;
-4. writes `example_weights.npz`, `model.keras` (the backbone), optionally a serving export,
-   and last `results.json`, whose presence marks the run finished.
+4. writes `example_weights.npz`, `label_issues.csv` and `report.html`, `model.keras` (the
+   backbone), optionally a serving export, and last `results.json`, whose presence marks the
+   run finished.
 
 Run directory:
 
