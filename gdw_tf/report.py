@@ -235,9 +235,9 @@ def _line_chart(xs, series, x_label, y_label, y_range, width=560, height=280):
                      "stroke-width='2'/>")
         parts += [f"<circle cx='{px(x):.1f}' cy='{py(y):.1f}' r='2.5' fill='{colour}'/>"
                   for x, y in zip(xs, values)]
-        parts.append(f"<text x='{width - right - 4}' y='{py(values[-1]) + (14 if number else -8):.1f}'"
-                     f" text-anchor='end' fill='{colour}'>{html.escape(label)} "
-                     f"{values[-1]:.3f}</text>")
+        label_y = py(values[-1]) + (14 if number else -8)  # the first above, others below
+        parts.append(f"<text x='{width - right - 4}' y='{label_y:.1f}' text-anchor='end' "
+                     f"fill='{colour}'>{html.escape(label)} {values[-1]:.3f}</text>")
     return _svg(width, height, parts)
 
 
