@@ -169,6 +169,39 @@ def test_find_label_issues_uses_the_model_and_its_recorded_weights():
         gdw_tf.find_label_issues(model, x[:2], y[:2], index=[0, 64])
 
 
+def test_on_real_digits_most_changed_labels_are_flagged_and_few_others():
+    """scikit-learn's 1,797 real 8x8 digits, 30% of the training labels changed at random."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype("float32")
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(y))
+    x, y = x[order], y[order]
+    meta_positions, meta_labels = data.balanced_meta_subset(np.arange(len(y)), y, 10,
+                                                            per_class=10, seed=0)
+    rest = np.setdiff1d(np.arange(len(y)), meta_positions)
+    x_train, y_train = x[rest], y[rest].copy()
+    changed = rng.random(len(y_train)) < 0.3
+    y_train[changed] = (y_train[changed] + rng.integers(1, 10, changed.sum())) % 10
+    model = GDWModel(models.mlp((64,), 10, hidden=(64,)), 10, method="gdw",
+                     meta_data=(x[meta_positions], meta_labels), meta_batch_size=50,
+                     track_examples=len(y_train))
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9))
+    train = tf.data.Dataset.from_tensor_slices((x_train, y_train, np.arange(len(y_train))))
+    model.fit(train.shuffle(len(y_train), seed=0).batch(50), epochs=10, verbose=0)
+
+    issues = gdw_tf.find_label_issues(model, x_train, y_train)
+
+    flagged = issues.in_input_order("flagged")
+    hits = int((flagged & changed).sum())
+    assert hits / changed.sum() > 0.9  # recall (0.975 when written)
+    assert hits / flagged.sum() > 0.85  # precision (0.93 when written)
+    # The suggestion restores most changed labels.
+    suggested = issues.in_input_order("suggested_label")
+    assert np.mean(suggested[changed] == y[rest][changed]) > 0.85
+
+
 # --------------------------------------------------------------------------------------------
 # The report
 
