@@ -1,11 +1,16 @@
-"""What a finished run reports: the per-epoch history, each training example's weights, and
-`results.json` (accuracies, noise, the detection AUROC of the weights, timing)."""
+"""What a finished run reports: the per-epoch history, each training example's weights, the
+ranked label issues and the HTML report, and `results.json` (accuracies, noise, the detection
+AUROC of the weights, timing)."""
 
 import csv
+import os
 
 import numpy as np
 
+from gdw_tf import input_pipeline
+from gdw_tf import label_issues
 from gdw_tf import methods
+from gdw_tf import report
 
 def read_history(path):
     """Rows of `history.csv` as dicts of floats, one per epoch (a rerun epoch's last row)."""
@@ -29,6 +34,22 @@ def save_example_weights(model, split, path):
     }
     np.savez(path, **arrays)
     return arrays
+
+
+def write_label_issues_and_report(output_dir, model, dataset, split, mean, std, batch_size):
+    """Writes `label_issues.csv` (the model on the unaugmented training set, with its recorded
+    weights) and `report.html`. Ids: the dataset's `train_ids` if it has them, else the index in
+    the training split."""
+    train_ids = getattr(dataset, "train_ids", None)
+    ids = split.train_indices if train_ids is None else np.asarray(train_ids)[split.train_indices]
+    images = dataset.x_train[split.train_indices]
+    issues = label_issues.find_label_issues(
+        model,
+        input_pipeline.eval_dataset(images, split.train_noisy_labels, batch_size, mean, std),
+        split.train_noisy_labels, ids=ids, class_names=getattr(dataset, "class_names", None))
+    label_issues.write_label_issues_csv(
+        os.path.join(output_dir, label_issues.LABEL_ISSUES_FILE), issues)
+    report.write_report(output_dir, issues, images=images)
 
 
 def make_results(config, settings, split, history, example_weights, seconds):

@@ -9,8 +9,9 @@
 3. trains `GDWModel` with SGD, the reference's per-epoch cosine schedule, validation on the test
    set each epoch, and Keras callbacks for the progress bar, `history.csv`, TensorBoard logs,
    per-epoch backups (`BackupAndRestore`) and a stop on a non-finite loss;
-4. writes `example_weights.npz`, `model.keras` (the backbone), optionally a serving export,
-   and last `results.json`, whose presence marks the run finished.
+4. writes `example_weights.npz`, `label_issues.csv` and `report.html`, `model.keras` (the
+   backbone), optionally a serving export, and last `results.json`, whose presence marks the
+   run finished.
 
 The run directory's files are listed in `gdw_tf.run_dir`; devices in `gdw_tf.distribute`.
 
@@ -100,6 +101,8 @@ def run(config):
     history = results_lib.read_history(os.path.join(output_dir, run_dir.HISTORY_FILE))
     example_weights = results_lib.save_example_weights(model, split,
                                            os.path.join(output_dir, run_dir.EXAMPLE_WEIGHTS_FILE))
+    results_lib.write_label_issues_and_report(output_dir, model, dataset, split, mean, std,
+                                              config.batch_size)
     model.backbone.save(os.path.join(output_dir, run_dir.MODEL_FILE))
     if config.export_dir:
         from gdw_tf.export import export_serving

@@ -13,6 +13,11 @@ Run directory:
     tensorboard/          the same scalars for TensorBoard (Keras prefixes `epoch_`)
     backup/               BackupAndRestore's latest epoch (removed once the run is finished)
     example_weights.npz   per training example: index, labels, corrupted flag, weights
+    label_issues.csv      the training examples ranked by how suspicious their label is, with
+                          a suggested label and a flag (`gdw_tf.label_issues`)
+    report.html           one self-contained page to look at: accuracy curves, estimated
+                          noise, weight against loss, the most suspicious examples
+                          (`gdw_tf.report`)
     model.keras           the trained backbone (normalised float images in, logits out)
     results.json          accuracies (fractions in [0, 1]), noise, detection AUROC, timing
     workers/              with --distribute=multi_worker: the other workers' run directories
@@ -26,6 +31,8 @@ import shutil
 import keras
 import numpy as np
 
+from gdw_tf import label_issues
+from gdw_tf import report
 from gdw_tf import split as split_lib
 from gdw_tf.config import Config
 
@@ -35,11 +42,13 @@ HISTORY_FILE = "history.csv"
 TENSORBOARD_DIR = "tensorboard"
 BACKUP_DIR = "backup"
 EXAMPLE_WEIGHTS_FILE = "example_weights.npz"
+LABEL_ISSUES_FILE = label_issues.LABEL_ISSUES_FILE
+REPORT_FILE = report.REPORT_FILE
 MODEL_FILE = "model.keras"
 RESULTS_FILE = "results.json"
 WORKERS_DIR = "workers"
 RUN_FILES = (CONFIG_FILE, SPLIT_FILE, HISTORY_FILE, TENSORBOARD_DIR, BACKUP_DIR,
-              EXAMPLE_WEIGHTS_FILE, MODEL_FILE, RESULTS_FILE)
+              EXAMPLE_WEIGHTS_FILE, LABEL_ISSUES_FILE, REPORT_FILE, MODEL_FILE, RESULTS_FILE)
 
 
 def prepare_output_dir(config):

@@ -31,8 +31,8 @@ from test_train import no_data_loading  # noqa: F401 (a fixture)
 tensorflow_only = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                                      reason="tf.distribute needs the TensorFlow backend")
 
-RUN_FILES = ["config.json", "example_weights.npz", "history.csv", "model.keras", "results.json",
-             "split.npz", "tensorboard"]
+RUN_FILES = ["config.json", "example_weights.npz", "history.csv", "label_issues.csv",
+             "model.keras", "report.html", "results.json", "split.npz", "tensorboard"]
 # Fashion-MNIST, 250 training examples in 5 global batches of 50 (25 per replica with two),
 # 2 epochs, crops and meta augmentation on: the data order, the crops and the meta batches must
 # all line up across the replicas. An MLP has no BatchNorm, whose per-replica batch statistics

@@ -109,8 +109,8 @@ def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
                f"--output_dir={run_dir}")
 
     assert sorted(os.listdir(run_dir)) == [
-        "config.json", "example_weights.npz", "history.csv", "model.keras", "results.json",
-        "split.npz", "tensorboard"]  # backup/ is removed once the run is finished
+        "config.json", "example_weights.npz", "history.csv", "label_issues.csv", "model.keras",
+        "report.html", "results.json", "split.npz", "tensorboard"]  # backup/ is removed once the run is finished
     tags = _tensorboard_tags(os.path.join(run_dir, "tensorboard"))
     assert {"epoch_train/loss", "epoch_meta/loss", "epoch_weights/labelled_mean",
             "epoch_test/accuracy", "epoch_test/loss"} <= tags["train"]

@@ -1,0 +1,265 @@
+"""Label issues: every training example ranked by how likely its given label is wrong.
+
+The score of an example is the margin of its given label under the trained model,
+
+    score = p(given label) − max over the other classes of p(class),
+
+in [−1, 1]; lower is more suspicious. The suggested label is the model's most probable class,
+and an example is flagged when its score is negative, i.e. exactly when the suggested label
+differs from the given one. The number flagged is thus the model's own estimate of how many
+labels are wrong, not a fixed top-k. With GDW the model's probabilities come from a network
+that learned (through the weights) to ignore the labels it disbelieves, so it does not
+reproduce them; `docs/LABEL_ISSUES.md` has the measurements that chose this score and rule
+over the instance weight, GDW's labelled-class weight ω¹, the probability of the given label
+and combinations of them.
+
+The recorded weights (`GDWModel(track_examples=N)`) are reported beside the score: the last
+epoch's instance weight and the weight on the given label (GDW: ω¹).
+
+    issues = gdw_tf.find_label_issues(model, x_train, y_train)   # x_train as fit saw it
+    issues.flagged.sum(), issues.id[:10]                          # ranked, most suspicious first
+    gdw_tf.label_issues.write_label_issues_csv("label_issues.csv", issues)
+"""
+
+import csv
+import dataclasses
+
+import keras
+import numpy as np
+
+LABEL_ISSUES_FILE = "label_issues.csv"
+# Columns of `label_issues.csv`, in order; the two class-name columns only with class names.
+CSV_COLUMNS = ("rank", "id", "given_label", "suggested_label", "score", "flagged",
+               "given_probability", "suggested_probability", "instance_weight",
+               "labelled_class_weight")
+CSV_NAME_COLUMNS = ("given_class", "suggested_class")
+
+
+@dataclasses.dataclass(eq=False)
+class LabelIssues:
+    """Examples ranked by score, most suspicious (lowest score) first; arrays of one length.
+
+    Attributes:
+      rank: 1, 2, ... (1 = most suspicious).
+      id: the example's id (its index, file path, row, ...).
+      position: its position in the arrays the ranking was computed from.
+      given_label, suggested_label: int labels; the suggestion is the model's argmax.
+      score: p(given) − max_{k ≠ given} p(k), lower = more suspicious.
+      flagged: score < 0 (the suggested label differs from the given one).
+      given_probability, suggested_probability: the model's probabilities of those labels.
+      instance_weight, labelled_class_weight: the recorded weights (NaN where none).
+      num_classes: `C`.
+      class_names: names of the classes, or None.
+    """
+
+    rank: np.ndarray
+    id: np.ndarray
+    position: np.ndarray
+    given_label: np.ndarray
+    suggested_label: np.ndarray
+    score: np.ndarray
+    flagged: np.ndarray
+    given_probability: np.ndarray
+    suggested_probability: np.ndarray
+    instance_weight: np.ndarray
+    labelled_class_weight: np.ndarray
+    num_classes: int
+    class_names: tuple | None = None
+
+    def __len__(self):
+        return len(self.rank)
+
+    @property
+    def num_flagged(self):
+        """How many examples are flagged."""
+        return int(self.flagged.sum())
+
+    def in_input_order(self, name):
+        """The field `name` ordered as the input arrays were (by `position`)."""
+        values = np.asarray(getattr(self, name))
+        out = np.empty_like(values)
+        out[self.position] = values
+        return out
+
+
+def label_margin(probabilities, given_labels):
+    """`p(given) − max_{k ≠ given} p(k)` for each row of `probabilities` `[N, C]`."""
+    rows = np.arange(len(given_labels))
+    given = probabilities[rows, given_labels]
+    others = np.array(probabilities, dtype=np.float64, copy=True)
+    others[rows, given_labels] = -np.inf
+    return given - others.max(axis=1)
+
+
+def rank_label_issues(probabilities, given_labels, instance_weights=None, label_weights=None,
+                      ids=None, class_names=None):
+    """Ranks examples by the margin of their given label; flags those with a negative margin.
+
+    Args:
+      probabilities: `[N, C]` class probabilities of the trained model (rows sum to 1).
+      given_labels: `[N]` int labels in `[0, C)`, the (possibly wrong) labels.
+      instance_weights, label_weights: optional `[N]` recorded weights (reported, not scored).
+      ids: optional `[N]` ids of the examples (default: `0..N-1`).
+      class_names: optional `C` names of the classes.
+
+    Returns:
+      A `LabelIssues`, most suspicious first (ties keep the input order).
+
+    Raises:
+      ValueError: on mismatched lengths, labels outside `[0, C)`, or probabilities that are
+        not finite, not in `[0, 1]` or not `[N, C]`.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2 or probabilities.shape[1] < 2:
+        raise ValueError(f"probabilities must be [N, C] with C >= 2; got shape "
+                         f"{probabilities.shape}.")
+    n, num_classes = probabilities.shape
+    if not np.all(np.isfinite(probabilities)) or probabilities.min(initial=0) < 0 or (
+            probabilities.max(initial=0) > 1 + 1e-6):
+        raise ValueError("probabilities must be finite and in [0, 1] (softmax outputs, not "
+                         "logits).")
+    given = np.asarray(given_labels)
+    if given.ndim == 2 and given.shape[-1] == 1:
+        given = given[:, 0]
+    if given.shape != (n,) or not np.issubdtype(given.dtype, np.integer):
+        raise ValueError(f"given_labels must be {n} integers (one per row of probabilities); "
+                         f"got {given.dtype} {given.shape}.")
+    if n and (given.min() < 0 or given.max() >= num_classes):
+        raise ValueError(f"given_labels must lie in [0, {num_classes}); got values in "
+                         f"[{given.min()}, {given.max()}].")
+    given = given.astype(np.int64)
+    weights = []
+    for name, values in (("instance_weights", instance_weights), ("label_weights", label_weights)):
+        if values is None:
+            values = np.full(n, np.nan)
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        if values.shape != (n,):
+            raise ValueError(f"{name} must have {n} entries, one per example; got {len(values)}.")
+        weights.append(values)
+    ids = np.arange(n) if ids is None else np.asarray(ids)
+    if ids.shape[:1] != (n,):
+        raise ValueError(f"ids must have {n} entries, one per example; got {len(ids)}.")
+    if class_names is not None:
+        class_names = tuple(str(name) for name in class_names)
+        if len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for {num_classes} "
+                             "classes.")
+
+    score = label_margin(probabilities, given)
+    suggested = probabilities.argmax(axis=1)
+    order = np.argsort(score, kind="stable")
+    rows = np.arange(n)
+    issues = LabelIssues(
+        rank=np.arange(1, n + 1),
+        id=ids[order],
+        position=order,
+        given_label=given[order],
+        suggested_label=suggested[order],
+        score=score[order],
+        flagged=score[order] < 0,
+        given_probability=probabilities[rows, given][order],
+        suggested_probability=probabilities[rows, suggested][order],
+        instance_weight=weights[0][order],
+        labelled_class_weight=weights[1][order],
+        num_classes=num_classes,
+        class_names=class_names,
+    )
+    return issues
+
+
+def write_label_issues_csv(path, issues, class_names=None):
+    """Writes `issues` to `path` as CSV, one row per example, most suspicious first.
+
+    Columns: `CSV_COLUMNS`, then `given_class`, `suggested_class` if class names are known
+    (`class_names`, else `issues.class_names`). `flagged` is 1 or 0; a missing weight is empty.
+    """
+    names = class_names if class_names is not None else issues.class_names
+    columns = CSV_COLUMNS + (CSV_NAME_COLUMNS if names is not None else ())
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(columns)
+        for i in range(len(issues)):
+            row = [int(issues.rank[i]), _plain(issues.id[i]), int(issues.given_label[i]),
+                   int(issues.suggested_label[i]), f"{issues.score[i]:.6f}",
+                   int(issues.flagged[i]), f"{issues.given_probability[i]:.6f}",
+                   f"{issues.suggested_probability[i]:.6f}",
+                   _number(issues.instance_weight[i]), _number(issues.labelled_class_weight[i])]
+            if names is not None:
+                row += [names[issues.given_label[i]], names[issues.suggested_label[i]]]
+            writer.writerow(row)
+
+
+def read_label_issues_csv(path):
+    """Reads a `label_issues.csv` into a dict of column name → list of strings."""
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    return {name: [row[name] for row in rows] for name in (rows[0] if rows else {})}
+
+
+def predict_probabilities(model, x, batch_size=256):
+    """Softmax of `model`'s logits on `x` (arrays, or a `tf.data.Dataset` of batches of `x` or
+    `(x, y)`), as a float64 NumPy array `[N, C]`."""
+    logits = model.predict(x, batch_size=None if _is_dataset(x) else batch_size, verbose=0)
+    logits = np.asarray(logits, np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    probabilities = np.exp(logits)
+    return probabilities / probabilities.sum(axis=1, keepdims=True)
+
+
+def find_label_issues(model, x, y, index=None, ids=None, class_names=None, batch_size=256):
+    """The ranked label issues of `(x, y)` under a trained `GDWModel` (or any logits model).
+
+    Args:
+      model: a trained `GDWModel` (or a Keras model whose outputs are logits).
+      x: the inputs as the model takes them (e.g. normalised images): an array, or a
+        `tf.data.Dataset` of batches of `x` or `(x, y)`, in the order of `y`.
+      y: `[N]` given (possibly noisy) int labels.
+      index: optional `[N]` positions of these examples in the training set the model tracked
+        (`GDWModel(track_examples=...)`); their recorded weights are reported. Left out, the
+        recorded weights are reported when `N` equals `track_examples` (x is taken to be that
+        training set in index order), and none otherwise.
+      ids: optional `[N]` ids for the table (default: `index`, else `0..N-1`).
+      class_names: optional names of the classes.
+      batch_size: prediction batch size for array inputs.
+
+    Returns:
+      A `LabelIssues` (see `rank_label_issues`).
+
+    Raises:
+      ValueError: as `rank_label_issues`, or for an `index` outside the tracked examples.
+    """
+    y = np.asarray(y).reshape(-1)
+    instance_weights = label_weights = None
+    tracked = getattr(model, "track_examples", None)
+    if index is None and tracked is not None and tracked == len(y):
+        index = np.arange(len(y))
+    if index is not None:
+        index = np.asarray(index, np.int64).reshape(-1)
+        if tracked is None:
+            raise ValueError("index= selects recorded weights, but the model records none; "
+                             "build the GDWModel with track_examples=N, or leave index out.")
+        if len(index) and (index.min() < 0 or index.max() >= tracked):
+            raise ValueError(f"index must lie in [0, {tracked}) (track_examples); got values in "
+                             f"[{index.min()}, {index.max()}].")
+        instance_weights = keras.ops.convert_to_numpy(model.example_weights)[index]
+        label_weights = keras.ops.convert_to_numpy(model.example_label_weights)[index]
+        if ids is None:
+            ids = index
+    probabilities = predict_probabilities(model, x, batch_size)
+    if len(probabilities) != len(y):
+        raise ValueError(f"x has {len(probabilities)} examples but y has {len(y)} labels.")
+    return rank_label_issues(probabilities, y, instance_weights, label_weights, ids=ids,
+                             class_names=class_names)
+
+
+def _is_dataset(x):
+    return hasattr(x, "as_numpy_iterator")
+
+
+def _plain(value):
+    """A CSV cell for an id (NumPy scalars as plain numbers or text)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _number(value):
+    return "" if np.isnan(value) else f"{value:.6f}"

@@ -1,0 +1,354 @@
+"""Label issues (`gdw_tf.label_issues`) and the run report (`gdw_tf.report`)."""
+
+import csv
+import html.parser
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import gdw_tf
+from gdw_tf import backbones
+from gdw_tf import datasets
+from gdw_tf import input_pipeline
+from gdw_tf import split as split_lib
+from gdw_tf import label_issues
+from gdw_tf import report
+from gdw_tf.model import GDWModel
+
+from test_train import TINY_FASHION_MNIST
+from test_train import _main
+
+
+def _probabilities(rng, n, c):
+    return rng.dirichlet(np.full(c, 0.5), size=n)
+
+
+def _margins_by_loops(probabilities, given):
+    """p(given) − the largest other probability, one example at a time."""
+    margins = []
+    for row, label in zip(probabilities, given):
+        others = [p for k, p in enumerate(row) if k != label]
+        margins.append(row[label] - max(others))
+    return np.array(margins)
+
+
+# --------------------------------------------------------------------------------------------
+# Ranking and flags
+
+
+def test_ranking_flags_and_fields_match_an_independent_computation():
+    rng = np.random.default_rng(0)
+    n, c = 200, 5
+    probabilities = _probabilities(rng, n, c)
+    given = rng.integers(0, c, n)
+    instance, labelled = rng.random(n), rng.random(n)
+    ids = np.array([f"img_{i:03d}.png" for i in range(n)])
+
+    issues = label_issues.rank_label_issues(probabilities, given, instance, labelled, ids=ids,
+                                            class_names=list("abcde"))
+
+    margins = _margins_by_loops(probabilities, given)
+    order = sorted(range(n), key=lambda i: (margins[i], i))
+    np.testing.assert_array_equal(issues.position, order)
+    np.testing.assert_array_equal(issues.rank, np.arange(1, n + 1))
+    np.testing.assert_array_equal(issues.id, ids[order])
+    np.testing.assert_allclose(issues.score, margins[order], rtol=0, atol=1e-12)
+    assert np.all(np.diff(issues.score) >= 0)
+    # Flagged exactly where the model's most probable class is not the given label.
+    argmax = np.array([int(np.argmax(row)) for row in probabilities])
+    np.testing.assert_array_equal(issues.flagged, (argmax != given)[order])
+    assert issues.num_flagged == int((argmax != given).sum()) > 0
+    np.testing.assert_array_equal(issues.suggested_label, argmax[order])
+    np.testing.assert_array_equal(issues.given_label, given[order])
+    np.testing.assert_allclose(issues.given_probability, probabilities[order, given[order]])
+    np.testing.assert_allclose(issues.suggested_probability, probabilities.max(axis=1)[order])
+    np.testing.assert_allclose(issues.instance_weight, instance[order])
+    np.testing.assert_allclose(issues.labelled_class_weight, labelled[order])
+    np.testing.assert_allclose(issues.in_input_order("score"), margins, atol=1e-12)
+    assert issues.class_names == tuple("abcde") and issues.num_classes == c
+
+
+def test_ties_keep_the_input_order_and_no_weights_are_nan():
+    probabilities = np.array([[0.5, 0.5], [0.9, 0.1], [0.5, 0.5], [0.2, 0.8]])
+    issues = label_issues.rank_label_issues(probabilities, np.array([0, 0, 0, 1]))
+    # Scores 0, 0.8, 0, 0.6: the two ties (0) keep their input order; a tie is not flagged.
+    np.testing.assert_array_equal(issues.position, [0, 2, 3, 1])
+    np.testing.assert_array_equal(issues.id, [0, 2, 3, 1])
+    assert not issues.flagged.any()
+    assert np.isnan(issues.instance_weight).all()
+
+
+@pytest.mark.parametrize("probabilities, given, message", [
+    (np.array([[2.0, -1.0], [0.3, 0.7]]), [0, 1], "softmax outputs, not logits"),
+    (np.array([[0.5, 0.5], [0.3, 0.7]]), [0, 2], r"must lie in \[0, 2\)"),
+    (np.array([[0.5, 0.5], [0.3, 0.7]]), [0], "must be 2 integers"),
+    (np.array([0.5, 0.5]), [0], r"must be \[N, C\]"),
+])
+def test_bad_input_is_refused_in_one_line(probabilities, given, message):
+    with pytest.raises(ValueError, match=message):
+        label_issues.rank_label_issues(probabilities, np.array(given))
+
+
+def test_csv_columns_order_and_values(tmp_path):
+    rng = np.random.default_rng(1)
+    probabilities = _probabilities(rng, 30, 3)
+    given = rng.integers(0, 3, 30)
+    issues = label_issues.rank_label_issues(probabilities, given, rng.random(30), None,
+                                            ids=np.arange(100, 130))
+    plain, named = tmp_path / "plain.csv", tmp_path / "named.csv"
+    label_issues.write_label_issues_csv(plain, issues)
+    label_issues.write_label_issues_csv(named, issues, class_names=["cat", "dog", "fox"])
+
+    with open(plain, newline="") as file:
+        rows = list(csv.reader(file))
+    assert tuple(rows[0]) == label_issues.CSV_COLUMNS == (
+        "rank", "id", "given_label", "suggested_label", "score", "flagged", "given_probability",
+        "suggested_probability", "instance_weight", "labelled_class_weight")
+    assert len(rows) == 31
+    for i, row in enumerate(rows[1:]):
+        assert int(row[0]) == i + 1
+        assert int(row[1]) == issues.id[i]
+        assert (int(row[2]), int(row[3])) == (issues.given_label[i], issues.suggested_label[i])
+        assert float(row[4]) == pytest.approx(issues.score[i], abs=1e-6)
+        assert row[5] == ("1" if issues.score[i] < 0 else "0")
+        assert float(row[8]) == pytest.approx(issues.instance_weight[i], abs=1e-6)
+        assert row[9] == ""  # no labelled-class weight given
+    scores = [float(row[4]) for row in rows[1:]]
+    assert scores == sorted(scores)
+
+    table = label_issues.read_label_issues_csv(named)
+    assert list(table) == list(label_issues.CSV_COLUMNS) + ["given_class", "suggested_class"]
+    names = np.array(["cat", "dog", "fox"])
+    assert table["given_class"] == list(names[issues.given_label])
+    assert table["suggested_class"] == list(names[issues.suggested_label])
+
+
+# --------------------------------------------------------------------------------------------
+# find_label_issues on a trained GDWModel
+
+
+def test_find_label_issues_uses_the_model_and_its_recorded_weights():
+    rng = np.random.default_rng(2)
+    n, c = 64, 3
+    x = rng.normal(size=(n, 6)).astype("float32")
+    y = rng.integers(0, c, n)
+    meta = (rng.normal(size=(30, 6)).astype("float32"), np.arange(30) % c)
+    model = GDWModel(backbones.mlp((6,), c, hidden=(8,)), c, method="gdw", meta_data=meta,
+                     meta_batch_size=10, track_examples=n)
+    model.compile(keras.optimizers.SGD(0.1))
+    train = tf.data.Dataset.from_tensor_slices((x, y, np.arange(n))).batch(16)
+    model.fit(train, epochs=1, verbose=0)
+
+    issues = gdw_tf.find_label_issues(model, x, y)
+
+    logits = keras.ops.convert_to_numpy(model.backbone(x)).astype(np.float64)
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    margins = _margins_by_loops(expected, y)
+    np.testing.assert_allclose(issues.in_input_order("score"), margins, atol=1e-5)
+    np.testing.assert_array_equal(issues.in_input_order("suggested_label"),
+                                  expected.argmax(axis=1))
+    recorded = keras.ops.convert_to_numpy(model.example_weights)
+    assert np.ptp(recorded) > 0  # the weights were recorded, and differ
+    np.testing.assert_allclose(issues.in_input_order("instance_weight"), recorded, rtol=1e-6)
+    np.testing.assert_allclose(issues.in_input_order("labelled_class_weight"),
+                               keras.ops.convert_to_numpy(model.example_label_weights),
+                               rtol=1e-6)
+
+    # A subset with its training-set positions: those examples' weights, ids = positions.
+    index = np.array([5, 17, 40])
+    subset = gdw_tf.find_label_issues(model, x[index], y[index], index=index)
+    np.testing.assert_array_equal(np.sort(subset.id), index)
+    np.testing.assert_allclose(subset.in_input_order("instance_weight"), recorded[index],
+                               rtol=1e-6)
+    np.testing.assert_allclose(subset.in_input_order("score"), margins[index], atol=1e-5)
+    with pytest.raises(ValueError, match=r"index must lie in \[0, 64\)"):
+        gdw_tf.find_label_issues(model, x[:2], y[:2], index=[0, 64])
+
+
+def test_on_real_digits_most_changed_labels_are_flagged_and_few_others():
+    """scikit-learn's 1,797 real 8x8 digits, 30% of the training labels changed at random."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype("float32")
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(y))
+    x, y = x[order], y[order]
+    meta_positions, meta_labels = split_lib.balanced_meta_subset(np.arange(len(y)), y, 10,
+                                                            per_class=10, seed=0)
+    rest = np.setdiff1d(np.arange(len(y)), meta_positions)
+    x_train, y_train = x[rest], y[rest].copy()
+    changed = rng.random(len(y_train)) < 0.3
+    y_train[changed] = (y_train[changed] + rng.integers(1, 10, changed.sum())) % 10
+    model = GDWModel(backbones.mlp((64,), 10, hidden=(64,)), 10, method="gdw",
+                     meta_data=(x[meta_positions], meta_labels), meta_batch_size=50,
+                     track_examples=len(y_train))
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9))
+    train = tf.data.Dataset.from_tensor_slices((x_train, y_train, np.arange(len(y_train))))
+    model.fit(train.shuffle(len(y_train), seed=0).batch(50), epochs=10, verbose=0)
+
+    issues = gdw_tf.find_label_issues(model, x_train, y_train)
+
+    flagged = issues.in_input_order("flagged")
+    hits = int((flagged & changed).sum())
+    assert hits / changed.sum() > 0.9  # recall (0.975 when written)
+    assert hits / flagged.sum() > 0.85  # precision (0.93 when written)
+    # The suggestion restores most changed labels.
+    suggested = issues.in_input_order("suggested_label")
+    assert np.mean(suggested[changed] == y[rest][changed]) > 0.85
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+
+
+class _ReportParser(html.parser.HTMLParser):
+    """Collects the ids of the flagged-examples table and the inline images of a report."""
+
+    def __init__(self):
+        super().__init__()
+        self.flagged_ids, self.images, self.sections = [], [], []
+        self._in_id = self._in_h2 = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "td" and attrs.get("class") == "id":
+            self._in_id = True
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag == "h2":
+            self._in_h2 = True
+
+    def handle_endtag(self, tag):
+        self._in_id = self._in_id and tag != "td"
+        self._in_h2 = self._in_h2 and tag != "h2"
+
+    def handle_data(self, text):
+        if self._in_id:
+            self.flagged_ids.append(text)
+        if self._in_h2:
+            self.sections.append(text)
+
+
+def _parse(path):
+    parser = _ReportParser()
+    with open(path, encoding="utf-8") as file:
+        parser.feed(file.read())
+    return parser
+
+
+def test_encode_png_round_trips_through_a_png_decoder():
+    rng = np.random.default_rng(3)
+    for shape in ((5, 7), (5, 7, 1), (4, 3, 3), (2, 6, 4)):
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        decoded = tf.io.decode_png(report.encode_png(image)).numpy()
+        np.testing.assert_array_equal(decoded.reshape(image.shape), image)
+
+
+def test_report_of_feature_rows_lists_every_flagged_example(tmp_path):
+    rng = np.random.default_rng(4)
+    probabilities = _probabilities(rng, 80, 4)
+    given = rng.integers(0, 4, 80)
+    features = rng.normal(size=(80, 12))
+    issues = label_issues.rank_label_issues(probabilities, given, ids=np.arange(80) * 10)
+    path = report.write_report(str(tmp_path), issues, images=features)
+
+    parsed = _parse(path)
+    assert parsed.flagged_ids == [str(i) for i in issues.id[issues.flagged]]
+    assert not parsed.images  # rows, not thumbnails
+    # No history or weights in this directory: those sections say so or are left out.
+    assert "Accuracy per epoch" not in parsed.sections
+    with open(path, encoding="utf-8") as file:
+        assert "No recorded weights" in file.read()
+
+
+# --------------------------------------------------------------------------------------------
+# A training run writes label_issues.csv and report.html
+
+
+def test_training_run_writes_label_issues_and_a_report(tmp_path):
+    run_dir = str(tmp_path / "run")
+    _main(*TINY_FASHION_MNIST, "--model=mlp", "--epochs=2", "--noise=uniform", "--ratio=0.6",
+          f"--output_dir={run_dir}")
+
+    split = split_lib.Split.load(os.path.join(run_dir, "split.npz"))
+    table = label_issues.read_label_issues_csv(os.path.join(run_dir, "label_issues.csv"))
+    assert list(table)[:len(label_issues.CSV_COLUMNS)] == list(label_issues.CSV_COLUMNS)
+    ids = np.array(table["id"], np.int64)
+    # One row per training example, identified by its index in the dataset's training split.
+    np.testing.assert_array_equal(np.sort(ids), split.train_indices)
+
+    # The scores are the saved model's margins on the unaugmented training images.
+    dataset = datasets.load_dataset("fashion_mnist")
+    backbone = keras.models.load_model(os.path.join(run_dir, "model.keras"))
+    mean, std = input_pipeline.normalization_stats("fashion_mnist", dataset.x_train[:300])
+    logits = backbone.predict(input_pipeline.normalize(dataset.x_train[ids], mean, std), verbose=0)
+    logits = np.asarray(logits, np.float64)
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    given = np.array(table["given_label"], np.int64)
+    position = np.searchsorted(split.train_indices, ids)
+    np.testing.assert_array_equal(given, split.train_noisy_labels[position])
+    np.testing.assert_allclose(np.array(table["score"], float),
+                               _margins_by_loops(probabilities, given), atol=2e-5)
+    flagged = np.array(table["flagged"]) == "1"
+    np.testing.assert_array_equal(flagged, np.array(table["score"], float) < 0)
+    assert flagged.any()
+    with np.load(os.path.join(run_dir, "example_weights.npz")) as weights:
+        by_id = dict(zip(weights["index"], weights["instance_weight"]))
+    np.testing.assert_allclose(np.array(table["instance_weight"], float),
+                               [by_id[i] for i in ids], atol=1e-6)
+
+    parsed = _parse(os.path.join(run_dir, "report.html"))
+    assert parsed.flagged_ids == [str(i) for i in ids[flagged]]
+    assert len(parsed.images) == min(report.GALLERY_SIZE, len(ids))
+    assert all(src.startswith("data:image/png;base64,") for src in parsed.images)
+    assert {"Accuracy per epoch", "Estimated label noise", "Weight against loss"} <= set(
+        parsed.sections)
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/label_issues_benchmark.py, tiny
+
+
+def test_benchmark_script_scores_both_methods_against_the_truth_and_resumes(tmp_path):
+    pytest.importorskip("cleanlab")
+    pytest.importorskip("sklearn")
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = [sys.executable, os.path.join(repo, "scripts", "label_issues_benchmark.py"),
+            f"--runs_dir={tmp_path}", "--settings=flip_40", "--folds=2",
+            "--train_flag=--epochs=1", "--train_flag=--max_train_examples=1200",
+            "--train_flag=--max_test_examples=200", "--train_flag=--num_meta=200"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
+    first = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    with open(tmp_path / "flip_40" / "metrics.json") as file:
+        metrics = json.load(file)
+    split = split_lib.Split.load(str(tmp_path / "flip_40" / "gdw" / "split.npz"))
+    assert metrics["num_train"] == len(split.train_indices) == 1000
+    # gdw_tf's figures are those of the run's own label_issues.csv against the true labels.
+    table = label_issues.read_label_issues_csv(
+        str(tmp_path / "flip_40" / "gdw" / "label_issues.csv"))
+    position = np.searchsorted(split.train_indices, np.array(table["id"], np.int64))
+    flagged = np.array(table["flagged"]) == "1"
+    wrong = split.train_corrupted[position]
+    hits = int((flagged & wrong).sum())
+    assert metrics["gdw_tf"]["flagged"] == int(flagged.sum())
+    assert metrics["gdw_tf"]["precision"] == pytest.approx(hits / flagged.sum())
+    assert metrics["gdw_tf"]["recall"] == pytest.approx(hits / wrong.sum())
+    for method in ("gdw_tf", "cleanlab"):
+        assert 0.0 <= metrics[method]["f1"] <= 1.0 and metrics[method]["seconds"] > 0
+    assert "| flip 40% (" in first.stdout and "cleanlab (2-fold CE)" in first.stdout
+
+    # Run again: the GDW run and both folds are found and not trained again.
+    again = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "flip_40 gdw: done, skipped" in again.stdout
+    assert "fold 0:" not in again.stdout
