@@ -57,7 +57,7 @@ def test_image_data_falls_back_to_synthetic_images(own_data, monkeypatch):
     def unavailable(name, data_dir=None):
         raise ValueError(f"{name} is not installed")
 
-    monkeypatch.setattr(own_data.data, "load_dataset", unavailable)
+    monkeypatch.setattr(own_data.datasets, "load_dataset", unavailable)
     noisy = own_data.make_image_data(classes=(0, 2, 5), num_train=90, num_trusted=30, num_test=20)
 
     assert noisy.num_classes == 3
