@@ -46,7 +46,7 @@ class Config:
     imbalance: float = 1.0
     num_meta: int = 1000
     method: str = "gdw"
-    model: str = "resnet32"
+    model: str = "auto"
     epochs: int = 80
     batch_size: int = 100
     meta_batch_size: int = 100
@@ -62,6 +62,16 @@ class Config:
     jit_compile: str = "auto"
     max_train_examples: int = 0
     max_test_examples: int = 0
+    train_data: str | None = None
+    trusted_data: str | None = None
+    test_data: str | None = None
+    label_column: str = "label"
+    image_column: str = "image"
+    trusted_column: str | None = None
+    image_size: int = 0
+    model_weights: str | None = None
+    auto_meta_per_class: int = 0
+    auto_meta_warmup_epochs: int = 2
     export_dir: str | None = None
     distribute: str = "none"
     overwrite: bool = False
@@ -123,6 +133,54 @@ def define_flags(flag_values):
         "max_test_examples", 0,
         "Evaluate on only the first N test examples (0 = all). For tests and quick looks, not "
         "for paper numbers.", flag_values=fv)
+
+    # Own data (gdw_tf.own_data) and the automatic trusted set (gdw_tf.auto_meta).
+    flags.DEFINE_string(
+        "train_data", None,
+        "Train on your own data instead of --dataset's benchmark protocol: a folder with one "
+        "sub-folder of images per class (as keras.utils.image_dataset_from_directory), a .csv "
+        "(a --label_column, and an --image_column of image paths or numeric feature columns) or "
+        "an .npz of x (uint8 images or features [N, D]) and y. No noise is added; --dataset, "
+        "--noise, --ratio, --imbalance, --num_meta (except for auto) and --max_*_examples are "
+        "ignored.", flag_values=fv)
+    flags.DEFINE_string(
+        "trusted_data", None,
+        "The trusted (meta) set with correct labels: a folder, .csv or .npz as --train_data; or "
+        "'auto' to choose a class-balanced one from the noisy training data after a short "
+        "cross-entropy warm-up (--auto_meta_per_class, --auto_meta_warmup_epochs; also on the "
+        "benchmarks, instead of the clean held-out meta set).", flag_values=fv)
+    flags.DEFINE_string(
+        "test_data", None,
+        "Own data: a test set with correct labels (folder, .csv or .npz) evaluated each epoch. "
+        "Without it a run with --train_data reports no test accuracy.", flag_values=fv)
+    flags.DEFINE_string("label_column", "label", "Own data, CSV: the label column's name.",
+                        flag_values=fv)
+    flags.DEFINE_string(
+        "image_column", "image",
+        "Own data, CSV: the column of image paths (relative to the CSV's folder); a CSV without "
+        "it holds numeric features in every column but the label and trusted ones.",
+        flag_values=fv)
+    flags.DEFINE_string(
+        "trusted_column", None,
+        "Own data, CSV: a column marking the trusted rows (1/0, true/false, yes/no); they form "
+        "the meta set and are left out of the training set.", flag_values=fv)
+    flags.DEFINE_integer(
+        "image_size", 0,
+        "Own images: resize every image to NxN (bilinear). 0 = keep the size, which all images "
+        "must then share.", flag_values=fv)
+    flags.DEFINE_string(
+        "model_weights", None,
+        "Initial weights of the backbone from a local file: for a keras.applications --model, "
+        "its weights without the top (include_top=False); otherwise a .weights.h5 file of "
+        "the same backbone. Default: a fresh initialisation.", flag_values=fv)
+    flags.DEFINE_integer(
+        "auto_meta_per_class", 0,
+        "--trusted_data=auto: examples per class in the chosen meta set; 0 = --num_meta / the "
+        "number of classes.", flag_values=fv)
+    flags.DEFINE_integer(
+        "auto_meta_warmup_epochs", 2,
+        "--trusted_data=auto: epochs of cross-entropy training (on all the noisy training data, "
+        "learning rate --lr) before choosing the meta set.", flag_values=fv)
     flags.DEFINE_enum(
         "augment", "auto", AUTO_TRUE_FALSE,
         "Reflect-pad 4, random crop, horizontal flip of training and meta images (" + spec +
@@ -134,9 +192,11 @@ def define_flags(flag_values):
         "gdw (class-level weights), mwnet (Meta-Weight-Net instance weights), l2rw "
         "(learning to reweight) or ce (plain cross-entropy); " + spec + ".", flag_values=fv)
     flags.DEFINE_enum(
-        "model", "resnet32", models.MODEL_NAMES,
+        "model", "auto", ("auto",) + models.MODEL_NAMES + models.APPLICATION_NAMES,
         "Backbone: resnet32 (the reference's ResNet-32, " + spec + "), small_cnn (two conv "
-        "blocks, for 28x28 images on a CPU) or mlp.", flag_values=fv)
+        "blocks, for 28x28 images on a CPU), mlp, or a keras.applications model by name "
+        "(ResNet50, MobileNetV2, ...; see --model_weights). auto = resnet32 on --dataset, "
+        "small_cnn for own images, mlp for own features.", flag_values=fv)
 
     # Optimisation.
     flags.DEFINE_integer("epochs", 80, "Epochs E of the cosine schedule (reference: 80).",
@@ -228,6 +288,22 @@ def _register_validators(fv):
         "dataset": (_is_known_dataset,
                     "unknown --dataset: use cifar10, cifar100, fashion_mnist, mnist or another "
                     "TFDS image-classification dataset name."),
+        "train_data": (lambda v: v is None or _is_data_path(v),
+                       "--train_data must be an existing folder (one sub-folder per class), "
+                       ".csv or .npz file."),
+        "trusted_data": (lambda v: v is None or v == "auto" or _is_data_path(v),
+                         "--trusted_data must be 'auto' or an existing folder, .csv or .npz "
+                         "file."),
+        "test_data": (lambda v: v is None or _is_data_path(v),
+                      "--test_data must be an existing folder, .csv or .npz file."),
+        "label_column": (bool, "--label_column must name a column."),
+        "image_size": (lambda v: v >= 0, "--image_size must be >= 0 (0 = keep the size)."),
+        "model_weights": (lambda v: v is None or os.path.isfile(v),
+                          "--model_weights is not an existing file."),
+        "auto_meta_per_class": (lambda v: v >= 0, "--auto_meta_per_class must be >= 0 (0 = "
+                                "--num_meta / classes)."),
+        "auto_meta_warmup_epochs": (lambda v: v >= 1,
+                                    "--auto_meta_warmup_epochs must be a positive integer."),
         "data_dir": (lambda v: v is None or os.path.isdir(v),
                      "--data_dir is not an existing directory: create it and put the data "
                      "there, or leave the flag out to use the default locations."),
@@ -245,6 +321,27 @@ def _register_validators(fv):
         message="--meta_interval above 1 needs a weight net to weight the steps between meta "
         "steps; l2rw has none: use --meta_interval=1 with --method=l2rw.",
         flag_values=fv)
+
+    flags.register_multi_flags_validator(
+        ["train_data", "trusted_data", "test_data", "trusted_column"],
+        lambda v: v["train_data"] is not None or (
+            v["trusted_data"] in (None, "auto") and v["test_data"] is None
+            and v["trusted_column"] is None),
+        message="--trusted_data=PATH, --test_data and --trusted_column describe own data and "
+        "need --train_data; the benchmarks (--dataset) take their clean meta set from the "
+        "dataset, or use --trusted_data=auto.",
+        flag_values=fv)
+    flags.register_multi_flags_validator(
+        ["trusted_data", "trusted_column"],
+        lambda v: v["trusted_data"] is None or v["trusted_column"] is None,
+        message="give the trusted set once: --trusted_data or --trusted_column, not both.",
+        flag_values=fv)
+
+
+def _is_data_path(path):
+    """Whether `path` is an existing folder, or an existing .csv or .npz file."""
+    return os.path.isdir(path) or (os.path.isfile(path)
+                                   and path.lower().endswith((".csv", ".npz")))
 
 
 def _is_known_dataset(name):

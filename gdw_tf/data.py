@@ -192,6 +192,11 @@ class Split:
     transition_matrix: np.ndarray
     empirical_transition_matrix: np.ndarray
     realised_noise_rate: float
+    # False for own data: the given labels are all we know (true labels -1, rates NaN).
+    truth_known: bool = True
+    # Where the meta set comes from: "clean" (held out before noise), "trusted" (the user's
+    # trusted set) or "auto" (chosen from the noisy training data, `gdw_tf.auto_meta`).
+    meta_source: str = "clean"
 
     def save(self, path):
         """Writes the split to a `.npz` file at `path`."""
@@ -208,13 +213,16 @@ class Split:
         with np.load(path, allow_pickle=False) as stored:
             fields = {field.name: stored[field.name] for field in dataclasses.fields(cls)
                       if field.name in stored}
-        missing = [field.name for field in dataclasses.fields(cls) if field.name not in fields]
+        missing = [field.name for field in dataclasses.fields(cls) if field.name not in fields
+                   and field.default is dataclasses.MISSING]
         if missing:
             raise ValueError(f"{path} is not a saved Split: it lacks {missing}.")
         scalars = {"num_classes": int, "noise": str, "ratio": float, "imbalance": float,
-                   "seed": int, "realised_noise_rate": float}
+                   "seed": int, "realised_noise_rate": float, "truth_known": bool,
+                   "meta_source": str}
         for name, cast in scalars.items():
-            fields[name] = cast(fields[name])
+            if name in fields:
+                fields[name] = cast(fields[name])
         return cls(**fields)
 
 
@@ -345,13 +353,23 @@ def _check_labels(labels, num_classes):
 
 
 class ImageDataset(typing.NamedTuple):
-    """A dataset as arrays: uint8 images `[N, H, W, C]`, int64 labels."""
+    """A dataset as arrays: uint8 images `[N, H, W, C]` (or float32 features `[N, D]`), int64
+    labels.
+
+    The optional fields describe own data (`gdw_tf.own_data`); the benchmarks leave them None.
+    `train_ids` names each row of `x_train` (file path, `<csv>:<line>` or `.npz` index),
+    `class_names` the classes in label order, `trusted` marks the rows of `x_train` that form
+    the trusted (meta) set.
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    train_ids: tuple | None = None
+    class_names: tuple | None = None
+    trusted: np.ndarray | None = None
 
 
 def load_dataset(name, data_dir=None):
@@ -505,6 +523,9 @@ def normalization_stats(name, x_train):
     if name in ("cifar10", "cifar100"):
         return CIFAR_MEAN.copy(), CIFAR_STD.copy()
     _check_images(x_train)
+    if x_train.ndim == 2:  # Features: per column, in the units of x / 255 as `normalize` uses.
+        std = x_train.std(0, dtype=np.float64)
+        return x_train.mean(0, dtype=np.float64) / 255.0, np.where(std > 0, std, 1.0) / 255.0
     values = np.arange(256)
     mean, std = [], []
     for channel in range(x_train.shape[-1]):
@@ -584,8 +605,9 @@ def eval_dataset(x, y, batch_size, mean, std):
 
 
 def _check_images(x, y=None):
-    """Checks `x` is uint8 `[N, H, W, C]` (and `y` has N entries)."""
-    if x.ndim != 4 or x.dtype != np.uint8:
-        raise ValueError(f"Expected uint8 images [N, H, W, C]; got {x.dtype} {x.shape}.")
+    """Checks `x` is uint8 `[N, H, W, C]` or float32 features `[N, D]` (and `y` has N entries)."""
+    if not ((x.ndim == 4 and x.dtype == np.uint8) or (x.ndim == 2 and x.dtype == np.float32)):
+        raise ValueError(f"Expected uint8 images [N, H, W, C] or float32 features [N, D]; got "
+                         f"{x.dtype} {x.shape}.")
     if y is not None and len(y) != len(x):
         raise ValueError(f"{len(x)} images but {len(y)} labels.")

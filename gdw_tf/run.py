@@ -61,8 +61,10 @@ from keras import ops
 import numpy as np
 import tensorflow as tf
 
+from gdw_tf import auto_meta
 from gdw_tf import data
 from gdw_tf import models
+from gdw_tf import own_data
 from gdw_tf import backend
 from gdw_tf.config import DISTRIBUTE
 from gdw_tf.config import Config
@@ -113,7 +115,8 @@ def run(config):
 
     # Data: the dataset, then the split (drawn once, then reloaded).
     dataset = load_data(config)
-    split = load_or_make_split(config, dataset.y_train, dataset.num_classes)
+    split = load_or_make_split(config, dataset.y_train, dataset.num_classes,
+                               make=split_maker(config, dataset))
     settings = run_settings(config, dataset, split, replicas)
     _write_json(os.path.join(config.output_dir, CONFIG_FILE),
                 {"config": config.to_dict(), **settings})
@@ -123,7 +126,10 @@ def run(config):
     train_data = data.train_dataset(
         dataset.x_train[split.train_indices], split.train_noisy_labels, config.batch_size,
         config.seed, settings["augment"], mean, std, with_index=True)
-    test_data = data.eval_dataset(dataset.x_test, dataset.y_test, config.batch_size, mean, std)
+    test_data = None  # Own data without --test_data: no test accuracy.
+    if len(dataset.x_test):
+        test_data = data.eval_dataset(dataset.x_test, dataset.y_test, config.batch_size, mean,
+                                      std)
     meta_data = None
     if config.method != "ce":
         meta_data = (data.normalize(dataset.x_train[split.meta_indices], mean, std).numpy(),
@@ -141,7 +147,8 @@ def run(config):
     output_dir = config.output_dir
     history = read_history(os.path.join(output_dir, HISTORY_FILE))
     example_weights = save_example_weights(model, split,
-                                           os.path.join(output_dir, EXAMPLE_WEIGHTS_FILE))
+                                           os.path.join(output_dir, EXAMPLE_WEIGHTS_FILE),
+                                           ids=dataset.train_ids)
     model.backbone.save(os.path.join(output_dir, MODEL_FILE))
     if config.export_dir:
         from gdw_tf.export import export_serving
@@ -149,13 +156,20 @@ def run(config):
         export_serving(model.backbone, config.export_dir, mean, std)
     results = make_results(config, settings, split, history, example_weights,
                            time.perf_counter() - start)
+    if split.meta_source == "auto":
+        results["auto_meta"] = auto_meta.summary(
+            split, config, true_labels=None if config.train_data else dataset.y_train,
+            ids=dataset.train_ids)
     _write_json(os.path.join(output_dir, RESULTS_FILE), results)
     shutil.rmtree(os.path.join(output_dir, BACKUP_DIR), ignore_errors=True)
     return results
 
 
 def load_data(config):
-    """The dataset, cut to `max_train_examples` / `max_test_examples` if they are set."""
+    """The dataset, cut to `max_train_examples` / `max_test_examples` if they are set; or the
+    own data of `config.train_data` (`gdw_tf.own_data`)."""
+    if config.train_data:
+        return own_data.load_own_data(config)
     dataset = data.load_dataset(config.dataset, config.data_dir)
     train, test = config.max_train_examples or None, config.max_test_examples or None
     return dataset._replace(x_train=dataset.x_train[:train], y_train=dataset.y_train[:train],
@@ -257,10 +271,13 @@ def check_replicas(config, num_replicas):
 def run_settings(config, dataset, split, num_replicas):
     """What the run derives from config and data: shapes, normalisation, resolved `auto`s, and
     the number of replicas it trains on."""
-    mean, std = data.normalization_stats(config.dataset, dataset.x_train)
+    name = "own_data" if config.train_data else config.dataset
+    mean, std = data.normalization_stats(name, dataset.x_train)
     input_shape = [int(d) for d in dataset.x_train.shape[1:]]
     return {
-        "dataset": config.dataset,
+        "dataset": name,
+        "model": resolve_model(config, input_shape),
+        "class_names": list(dataset.class_names) if dataset.class_names else None,
         "num_classes": int(dataset.num_classes),
         "input_shape": input_shape,
         "normalization": {"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
@@ -276,8 +293,8 @@ def run_settings(config, dataset, split, num_replicas):
 
 def build_gdw_model(config, settings, meta_data):
     """The compiled `GDWModel` of the run, tracking every training example's weights."""
-    backbone = models.build_model(config.model, settings["input_shape"],
-                                  settings["num_classes"])
+    backbone = models.build_model(settings["model"], settings["input_shape"],
+                                  settings["num_classes"], weights=config.model_weights)
     model = GDWModel(
         backbone,
         settings["num_classes"],
@@ -381,8 +398,11 @@ def config_differences(saved, config):
             for name, value in config.run_defining().items() if saved.get(name) != value]
 
 
-def load_or_make_split(config, labels, num_classes):
+def load_or_make_split(config, labels, num_classes, make=None):
     """The run's split: loaded from `split.npz` if present, else drawn and saved atomically.
+
+    `make`, if given, draws the split instead of `data.make_split` (own data, an automatic
+    meta set: `split_maker`).
 
     Raises:
       ValueError: if the meta set cannot be class-balanced (too few examples in a class), or
@@ -392,10 +412,18 @@ def load_or_make_split(config, labels, num_classes):
     if os.path.exists(path):
         split = data.Split.load(path)
         indices = np.concatenate([split.meta_indices, split.train_indices])
+        known = (split.train_true_labels if split.truth_known
+                 else split.train_noisy_labels)  # Own data: the given labels.
         if (indices.max(initial=-1) >= len(labels)
-                or not np.array_equal(labels[split.train_indices], split.train_true_labels)):
+                or not np.array_equal(labels[split.train_indices], known)):
             raise ValueError(f"{path} does not match the dataset's labels; the data changed "
                              "since the run started. Use another --output_dir or --overwrite.")
+        return split
+    if make is not None:
+        split = make()
+        temporary = path + ".tmp"
+        split.save(temporary)
+        os.replace(temporary, path)
         return split
     smallest = int(np.bincount(labels, minlength=num_classes).min())
     if config.num_meta > num_classes * smallest:
@@ -411,6 +439,35 @@ def load_or_make_split(config, labels, num_classes):
     return split
 
 
+def split_maker(config, dataset):
+    """The function that draws the split of own data or of an automatic meta set; None for the
+    benchmark protocol's (`data.make_split` with a clean meta set)."""
+    if not config.train_data and config.trusted_data != "auto":
+        return None
+
+    def make():
+        if config.train_data:
+            trusted = np.zeros(len(dataset.y_train), bool) if dataset.trusted is None else (
+                dataset.trusted)
+            split = own_data.own_split(dataset.y_train, trusted, dataset.num_classes,
+                                       config.seed)
+        else:
+            split = data.make_split(dataset.y_train, dataset.num_classes, config.num_meta,
+                                    config.noise, config.ratio, config.imbalance, config.seed)
+        if config.trusted_data != "auto":
+            return split
+        name = "own_data" if config.train_data else config.dataset
+        mean, std = data.normalization_stats(name, dataset.x_train)
+        input_shape = list(dataset.x_train.shape[1:])
+        split = auto_meta.auto_split(split, config, resolve_model(config, input_shape),
+                                     dataset.x_train, mean, std,
+                                     resolve_augment(config.augment, input_shape))
+        keras.utils.set_random_seed(config.seed)  # The run starts as it would without warm-up.
+        return split
+
+    return make
+
+
 def read_history(path):
     """Rows of `history.csv` as dicts of floats, one per epoch (a rerun epoch's last row)."""
     by_epoch = {}
@@ -421,8 +478,12 @@ def read_history(path):
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
-def save_example_weights(model, split, path):
-    """Writes each training example's weights of the last epoch with its labels; returns them."""
+def save_example_weights(model, split, path, ids=None):
+    """Writes each training example's weights of the last epoch with its labels; returns them.
+
+    `true_label` and `corrupted` only where the truth is known (the benchmarks); `id` (file
+    path, `<csv>:<line>` or `.npz` row) where `ids` names the rows `split` indexes (own data).
+    """
     arrays = {
         "index": split.train_indices,
         "true_label": split.train_true_labels,
@@ -431,6 +492,10 @@ def save_example_weights(model, split, path):
         "instance_weight": np.asarray(model.example_weights),
         "labelled_class_weight": np.asarray(model.example_label_weights),
     }
+    if not split.truth_known:
+        del arrays["true_label"], arrays["corrupted"]
+    if ids is not None:
+        arrays["id"] = np.array([ids[i] for i in split.train_indices], dtype=str)
     np.savez(path, **arrays)
     return arrays
 
@@ -441,29 +506,34 @@ def make_results(config, settings, split, history, example_weights, seconds):
     Accuracies are fractions in [0, 1]; `metrics` are the last epoch's logged values;
     `timing.total_seconds` is the wall time of the invocation that finished the run (since it
     resumed, for a resumed run), `seconds_per_epoch` covers training and evaluation.
+    Where the truth is unknown (own data), `noise`'s entries, `detection_auroc` and the weight
+    means of clean and corrupted examples are None; without a test set, `test_accuracy` is.
     """
-    accuracy = [row["test/accuracy"] for row in history]
+    accuracy = [row["test/accuracy"] for row in history if "test/accuracy" in row]
     final = {key: value for key, value in history[-1].items()
              if "/" in key and key != "time/epoch_seconds"}
-    corrupted = example_weights["corrupted"]
+    known = split.truth_known
+    corrupted = example_weights["corrupted"] if known else None
     return {
         "test_accuracy": {
             "last": accuracy[-1],
             "best": max(accuracy),
             "mean_last5": float(np.mean(accuracy[-5:])),
             "per_epoch": accuracy,
-        },
+        } if accuracy else None,
         "metrics": final,
         "noise": {
-            "realised_rate": float(split.realised_noise_rate),
-            "transition_matrix": split.empirical_transition_matrix.tolist(),
-            "model_transition_matrix": split.transition_matrix.tolist(),
+            "realised_rate": float(split.realised_noise_rate) if known else None,
+            "transition_matrix": split.empirical_transition_matrix.tolist() if known else None,
+            "model_transition_matrix": split.transition_matrix.tolist() if known else None,
         },
-        "detection_auroc": detection_aurocs(config.method, example_weights),
+        "detection_auroc": detection_aurocs(config.method, example_weights) if known else None,
         "example_weights": {
-            f"{kind}_mean_{group}": _mean_or_none(example_weights[f"{kind}_weight"][mask])
+            f"{kind}_mean_{group}": (_mean_or_none(example_weights[f"{kind}_weight"][mask])
+                                     if known else None)
             for kind in ("instance", "labelled_class")
-            for group, mask in (("clean", ~corrupted), ("corrupted", corrupted))
+            for group, mask in (("clean", None if corrupted is None else ~corrupted),
+                                ("corrupted", corrupted))
         },
         "config": {**config.to_dict(), **settings},
         "timing": {
@@ -509,6 +579,16 @@ def auroc(scores, positive):
 def cosine_lr(lr, epoch, epochs):
     """The reference's per-epoch schedule `lr (1 + cos(π epoch / E)) / 2`."""
     return lr * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
+
+
+def resolve_model(config, input_shape):
+    """`--model=auto` is resnet32 on the benchmarks, small_cnn for own images, mlp for own
+    features; any other name stays."""
+    if config.model != "auto":
+        return config.model
+    if not config.train_data:
+        return "resnet32"
+    return "small_cnn" if len(input_shape) == 3 else "mlp"
 
 
 def resolve_augment(augment, input_shape):
