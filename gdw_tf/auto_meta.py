@@ -80,7 +80,7 @@ def warm_up_probabilities(config, model_name, x, labels, num_classes, mean, std,
                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     backbone.fit(data.train_dataset(x, labels, config.batch_size, config.seed, augment, mean,
                                     std),
-                 epochs=config.auto_meta_warmup_epochs, verbose=config.verbose)
+                 epochs=config.auto_meta_warmup_epochs, shuffle=False, verbose=config.verbose)
     logits = backbone.predict(data.eval_dataset(x, labels, config.batch_size, mean, std),
                               verbose=0)
     return keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
