@@ -422,18 +422,24 @@ def _write_digits(root, changed_fraction=0.25, seed=0):
     return {f"{i:04d}.png" for i in change}
 
 
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The digits folder trees (written once for this module) and the changed file names."""
+    root = str(tmp_path_factory.mktemp("digits"))
+    return root, _write_digits(root)
+
+
 def _changed_mask(ids, changed):
     return np.array([os.path.basename(str(path)) in changed for path in ids])
 
 
-def test_real_digits_folder_tree_end_to_end_low_weights_on_changed_labels(tmp_path):
+def test_real_digits_folder_tree_end_to_end_low_weights_on_changed_labels(tmp_path, digits):
     from sklearn.metrics import roc_auc_score
 
-    changed = _write_digits(str(tmp_path / "digits"))
+    root, changed = digits
     run_dir = str(tmp_path / "run")
-    _main(f"--train_data={tmp_path / 'digits' / 'train'}",
-          f"--trusted_data={tmp_path / 'digits' / 'trusted'}",
-          f"--test_data={tmp_path / 'digits' / 'test'}",
+    _main(f"--train_data={root}/train", f"--trusted_data={root}/trusted",
+          f"--test_data={root}/test",
           "--epochs=20", "--lr=0.05", "--verbose=0", f"--output_dir={run_dir}")
 
     results = json.load(open(os.path.join(run_dir, "results.json")))
@@ -453,10 +459,10 @@ def test_real_digits_folder_tree_end_to_end_low_weights_on_changed_labels(tmp_pa
         assert len(rows) == len(weight)
 
 
-def test_automatic_trusted_set_on_real_digits_is_pure(tmp_path):
-    changed = _write_digits(str(tmp_path / "digits"))
+def test_automatic_trusted_set_on_real_digits_is_pure(tmp_path, digits):
+    root, changed = digits
     run_dir = str(tmp_path / "run")
-    _main(f"--train_data={tmp_path / 'digits' / 'train'}", "--trusted_data=auto",
+    _main(f"--train_data={root}/train", "--trusted_data=auto",
           "--auto_meta_per_class=10", "--auto_meta_warmup_epochs=3", "--epochs=1", "--lr=0.05",
           "--verbose=0", f"--output_dir={run_dir}")
 
