@@ -24,8 +24,11 @@ Run directory:
     tensorboard/          the same scalars for TensorBoard (Keras prefixes `epoch_`)
     backup/               BackupAndRestore's latest epoch (removed once the run is finished)
     example_weights.npz   per training example: index, labels, corrupted flag, weights
+                          (own data: no true label or corrupted flag, but an id)
     model.keras           the trained backbone (normalised float images in, logits out)
     results.json          accuracies (fractions in [0, 1]), noise, detection AUROC, timing
+                          (None where own data leaves them unknown); with
+                          --trusted_data=auto, the chosen meta set (`auto_meta`)
     workers/              with --distribute=multi_worker: the other workers' run directories
 
 Devices (`config.distribute`): `none` trains on one device; `mirrored` and `multi_worker` build
@@ -419,20 +422,17 @@ def load_or_make_split(config, labels, num_classes, make=None):
             raise ValueError(f"{path} does not match the dataset's labels; the data changed "
                              "since the run started. Use another --output_dir or --overwrite.")
         return split
-    if make is not None:
-        split = make()
-        temporary = path + ".tmp"
-        split.save(temporary)
-        os.replace(temporary, path)
-        return split
     smallest = int(np.bincount(labels, minlength=num_classes).min())
-    if config.num_meta > num_classes * smallest:
+    if make is None and config.num_meta > num_classes * smallest:
         raise ValueError(
             f"--num_meta={config.num_meta} is too large: the smallest class of {config.dataset} "
             f"has {smallest} training examples, so a class-balanced meta set holds at most "
             f"{num_classes * smallest} ({num_classes} classes x {smallest}). Lower --num_meta.")
-    split = data.make_split(labels, num_classes, config.num_meta, config.noise, config.ratio,
-                            config.imbalance, config.seed)
+    if make is None:
+        split = data.make_split(labels, num_classes, config.num_meta, config.noise,
+                                config.ratio, config.imbalance, config.seed)
+    else:
+        split = make()
     temporary = path + ".tmp"
     split.save(temporary)
     os.replace(temporary, path)
