@@ -29,6 +29,7 @@ corruption and the results no realised noise or detection AUROC (`truth_known=Fa
 
 import csv
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -296,6 +297,7 @@ def read_image(path):
         image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
     except (tf.errors.OpError, ValueError) as err:
         message = str(getattr(err, "message", err)).strip().splitlines()[0]
+        message = re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", message).strip().rstrip(".")  # TF's op names
         raise ValueError(f"{path}: not a readable image ({message}).") from None
     return image.numpy()
 
