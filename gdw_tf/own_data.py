@@ -45,12 +45,13 @@ _FALSE = ("0", "false", "no", "n", "f", "")
 class _Source:
     """One file or folder as read: images or features, raw labels, ids, trusted marks."""
 
-    def __init__(self, path, x, labels, ids, trusted=None):
+    def __init__(self, path, x, labels, ids, trusted=None, feature_names=None):
         self.path = path
         self.x = x  # A list of uint8 [H, W, C] arrays (images), or float32 [N, D] (features).
         self.labels = labels  # list of str
         self.ids = ids  # list of str
         self.trusted = trusted  # bool array, or None
+        self.feature_names = feature_names  # a CSV's feature columns, or None
 
     @property
     def is_images(self):
@@ -251,9 +252,8 @@ def read_csv(path, label_column, image_column, trusted_column):
             if not np.isfinite(features[r, f]):
                 raise ValueError(f"{path}:{line}: column {name!r} holds {value!r}, not a "
                                  "finite number.")
-    source = _Source(path, features, labels, [f"{path}:{line}" for line, _ in rows], trusted)
-    source.feature_names = feature_names
-    return source
+    return _Source(path, features, labels, [f"{path}:{line}" for line, _ in rows], trusted,
+                   feature_names)
 
 
 def read_npz(path):
@@ -366,8 +366,7 @@ def _unify_features(sources):
         if name == "train":
             continue
         x = source.x
-        train_names = getattr(train, "feature_names", None)
-        names = getattr(source, "feature_names", None)
+        train_names, names = train.feature_names, source.feature_names
         if train_names is not None and names is not None:
             missing = [n for n in train_names if n not in names]
             if missing:
