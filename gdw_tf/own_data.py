@@ -80,12 +80,11 @@ def load_own_data(config):
         sources["trusted"] = read_source(config.trusted_data, config)
     if config.test_data:
         sources["test"] = read_source(config.test_data, config)
-    kinds = {name: source.is_images for name, source in sources.items()}
-    if len(set(kinds.values())) > 1:
-        raise ValueError(f"{config.trusted_data or config.test_data} holds "
-                         f"{'images' if not train.is_images else 'features'} but "
-                         f"{config.train_data} {'images' if train.is_images else 'features'}; "
-                         "give the sets in one form.")
+    kind = {True: "images", False: "features"}
+    for source in sources.values():
+        if source.is_images != train.is_images:
+            raise ValueError(f"{source.path} holds {kind[source.is_images]} but {train.path} "
+                             f"{kind[train.is_images]}; give every set in one form.")
     if train.is_images:
         arrays = _unify_images(sources, config.image_size)
     else:
@@ -111,6 +110,9 @@ def load_own_data(config):
     if config.trusted_data != "auto" and (trusted.any() or config.method != "ce"):
         where = (sources["trusted"].path if "trusted" in sources
                  else f"the rows of {config.train_data} marked in {config.trusted_column!r}")
+        if not trusted.any() and config.trusted_column:
+            raise ValueError(f"{config.train_data}: no row is marked trusted in column "
+                             f"{config.trusted_column!r}; --method={config.method} needs some.")
         if not trusted.any():
             raise ValueError(
                 f"--method={config.method} needs a trusted set: give --trusted_data=PATH, "

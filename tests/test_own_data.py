@@ -229,6 +229,16 @@ def _bad_inputs(root):
     _write_csv(csv_path, ["image", "label"], [["nowhere.png", "x"]])
     cases.append(({"train_data": csv_path, "method": "ce"}, "nowhere.png: no such image file"))
 
+    csv_path = os.path.join(root, "none_trusted.csv")
+    _write_csv(csv_path, ["a", "label", "t"], [["1", "x", "0"], ["2", "y", "no"]])
+    cases.append(({"train_data": csv_path, "trusted_column": "t"},
+                  "no row is marked trusted in column 't'"))
+
+    features_path = os.path.join(root, "features.npz")
+    np.savez(features_path, x=np.zeros((4, 3)), y=np.arange(4) % 2)
+    cases.append(({"train_data": good, "test_data": features_path, "method": "ce"},
+                  f"{features_path} holds features but {good} images"))
+
     npz_path = os.path.join(root, "no_y.npz")
     np.savez(npz_path, x=images)
     cases.append(({"train_data": npz_path}, "needs arrays 'x' and 'y'"))
