@@ -397,8 +397,12 @@ def config_differences(saved, config):
     field the saved config lacks (a run from before the flag existed) ran with its default."""
     defaults = dataclasses.asdict(Config(output_dir=config.output_dir))
     saved = {**defaults, **saved}
+    now = config.run_defining()
+    for fields in (saved, now):  # On the benchmarks --model=auto is resnet32, the old default.
+        if not fields.get("train_data") and fields.get("model") == "auto":
+            fields["model"] = "resnet32"
     return [f"{name}: saved {saved.get(name)!r}, now {value!r}"
-            for name, value in config.run_defining().items() if saved.get(name) != value]
+            for name, value in now.items() if saved.get(name) != value]
 
 
 def load_or_make_split(config, labels, num_classes, make=None):

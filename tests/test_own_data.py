@@ -359,6 +359,19 @@ def test_auto_split_moves_the_chosen_examples_to_the_meta_set(monkeypatch):
                                                       == auto.meta_labels))
 
 
+def test_a_run_saved_with_the_old_default_model_still_resumes():
+    saved = _config(model="resnet32").to_dict()  # the default before --model=auto
+    for key in ("train_data", "trusted_data", "image_size", "auto_meta_per_class"):
+        del saved[key]  # written before these flags existed
+    assert run_lib.config_differences(saved, _config()) == []
+    assert run_lib.config_differences(saved, _config(model="small_cnn")) == [
+        "model: saved 'resnet32', now 'small_cnn'"]
+    own = _config(train_data="data.csv")
+    assert run_lib.config_differences(own.to_dict(), own) == []
+    assert run_lib.config_differences(saved, own) == ["model: saved 'resnet32', now 'auto'",
+                                                      "train_data: saved None, now 'data.csv'"]
+
+
 def test_split_files_without_the_new_fields_still_load(tmp_path):
     split = data.make_split(np.arange(30) % 3, 3, 3, "flip", 0.2, 1.0, seed=0)
     fields = dataclasses.asdict(split)
