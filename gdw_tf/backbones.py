@@ -176,16 +176,45 @@ def mlp(input_shape, num_classes, hidden=(256, 256)):
     return keras.Model(inputs, logits, name="mlp")
 
 
-def build_model(name, input_shape, num_classes):
-    """Builds the backbone called `name` (one of `MODEL_NAMES`).
+def build_model(name, input_shape, num_classes, weights=None):
+    """Builds the backbone called `name` (one of `MODEL_NAMES` or `APPLICATION_NAMES`).
+
+    Args:
+        name: the backbone's name.
+        input_shape: shape of one (normalised) input example.
+        num_classes: number of logits.
+        weights: None (fresh initialisation), or a local weights file: for a
+            `keras.applications` model, its weights without the top (`include_top=False`);
+            for the others, a file written by `backbone.save_weights`.
 
     Raises:
         ValueError: for an unknown name.
     """
+    if name in APPLICATION_NAMES:
+        return application(name, input_shape, num_classes, weights)
     if name not in _BUILDERS:
         raise ValueError(f"Unknown model {name!r}; expected one of {MODEL_NAMES}.")
-    return _BUILDERS[name](input_shape=tuple(input_shape), num_classes=num_classes)
+    model = _BUILDERS[name](input_shape=tuple(input_shape), num_classes=num_classes)
+    if weights:
+        model.load_weights(weights)
+    return model
+
+
+def application(name, input_shape, num_classes, weights=None):
+    """A `keras.applications` model without its top, average-pooled, with a new logits layer.
+
+    The inputs are the run's normalised images (training mean/std), not the application's own
+    `preprocess_input`; with weights trained on ImageNet that is a change of input scale the
+    fine-tuning has to absorb. Models that normalise inside (EfficientNet, ConvNeXt,
+    MobileNetV3) normalise again.
+    """
+    base = getattr(keras.applications, name)(include_top=False, weights=weights,
+                                            input_shape=tuple(input_shape), pooling="avg")
+    logits = keras.layers.Dense(num_classes, name="logits")(base.output)
+    return keras.Model(base.input, logits, name=name.lower())
 
 
 _BUILDERS = {"resnet32": resnet32, "small_cnn": small_cnn, "mlp": mlp}
 MODEL_NAMES = tuple(_BUILDERS)
+# Every model of `keras.applications`, by its class-like name (ResNet50, MobileNetV2, ...).
+APPLICATION_NAMES = tuple(sorted(name for name in dir(keras.applications) if name[:1].isupper()))

@@ -112,6 +112,58 @@ class Config:
         0,
         "Evaluate on only the first N test examples (0 = all). For tests and quick looks, not "
         "for paper numbers.", check=_non_negative, message="must be ≥ 0 (0 = all)")
+    # Own data (gdw_tf.own_data) and the automatic trusted set (gdw_tf.auto_meta).
+    train_data: str = setting(
+        None,
+        "Train on your own data instead of --dataset's benchmark protocol: a folder with one "
+        "sub-folder of images per class (as keras.utils.image_dataset_from_directory), a .csv "
+        "(a --label_column, and an --image_column of image paths or numeric feature columns) or "
+        "an .npz of x (uint8 images or features [N, D]) and y. No noise is added; --dataset, "
+        "--noise, --ratio, --imbalance, --num_meta (except for auto) and --max_*_examples are "
+        "ignored.", check=lambda v: _is_data_path(v),
+        message="must be an existing folder (one sub-folder per class), .csv or .npz file")
+    trusted_data: str = setting(
+        None,
+        "The trusted (meta) set with correct labels: a folder, .csv or .npz as --train_data; or "
+        "'auto' to choose a class-balanced one from the noisy training data after a short "
+        "cross-entropy warm-up (--auto_meta_per_class, --auto_meta_warmup_epochs; also on the "
+        "benchmarks, instead of the clean held-out meta set).",
+        check=lambda v: v == "auto" or _is_data_path(v),
+        message="must be 'auto' or an existing folder, .csv or .npz file")
+    test_data: str = setting(
+        None,
+        "Own data: a test set with correct labels (folder, .csv or .npz) evaluated each epoch. "
+        "Without it a run with --train_data reports no test accuracy.",
+        check=lambda v: _is_data_path(v), message="must be an existing folder, .csv or .npz file")
+    label_column: str = setting("label", "Own data, CSV: the label column's name.",
+                                check=bool, message="must name a column")
+    image_column: str = setting(
+        "image",
+        "Own data, CSV: the column of image paths (relative to the CSV's folder); a CSV without "
+        "it holds numeric features in every column but the label and trusted ones.")
+    trusted_column: str = setting(
+        None,
+        "Own data, CSV: a column marking the trusted rows (1/0, true/false, yes/no); they form "
+        "the meta set and are left out of the training set.")
+    image_size: int = setting(
+        0,
+        "Own images: resize every image to NxN (bilinear). 0 = keep the size, which all images "
+        "must then share.", check=_non_negative, message="must be ≥ 0 (0 = keep the size)")
+    model_weights: str = setting(
+        None,
+        "Initial weights of the backbone from a local file: for a keras.applications --model, "
+        "its weights without the top (include_top=False); otherwise a .weights.h5 file of "
+        "the same backbone. Default: a fresh initialisation.",
+        check=lambda v: os.path.isfile(v), message="is not an existing file")
+    auto_meta_per_class: int = setting(
+        0,
+        "--trusted_data=auto: examples per class in the chosen meta set; 0 = --num_meta / the "
+        "number of classes.", check=_non_negative, message="must be ≥ 0 (0 = --num_meta / classes)")
+    auto_meta_warmup_epochs: int = setting(
+        2,
+        "--trusted_data=auto: epochs of cross-entropy training (on all the noisy training data, "
+        "learning rate --lr) before choosing the meta set.",
+        check=_positive, message=_POSITIVE_INTEGER)
     augment: str = setting(
         "auto",
         "Reflect-pad 4, random crop, horizontal flip of training and meta images "
@@ -124,9 +176,12 @@ class Config:
         "; ".join(f"{m.name} ({m.summary})" for m in methods.METHODS.values())
         + "; docs/ALGORITHM.md.", choices=methods.NAMES)
     model: str = setting(
-        "resnet32",
+        "auto",
         "Backbone: resnet32 (the reference's ResNet-32), small_cnn (two conv blocks, for 28x28 "
-        "images on a CPU) or mlp.", choices=backbones.MODEL_NAMES)
+        "images on a CPU), mlp, or a keras.applications model by name (ResNet50, MobileNetV2, "
+        "...; see --model_weights). auto = resnet32 on --dataset, small_cnn for own images, mlp "
+        "for own features.",
+        choices=("auto",) + backbones.MODEL_NAMES + backbones.APPLICATION_NAMES)
 
     # Optimisation.
     epochs: int = setting(80, "Epochs E of the cosine schedule (reference: 80).",
@@ -267,6 +322,26 @@ def define_flags(flag_values, names=None):
             message="--meta_interval above 1 needs a weight net to weight the steps between meta "
             "steps; l2rw has none: use --meta_interval=1 with --method=l2rw.",
             flag_values=flag_values)
+    if {"train_data", "trusted_data", "test_data", "trusted_column"} <= set(names):
+        flags.register_multi_flags_validator(
+            ["train_data", "trusted_data", "test_data", "trusted_column"],
+            lambda v: v["train_data"] is not None or (
+                v["trusted_data"] in (None, "auto") and v["test_data"] is None
+                and v["trusted_column"] is None),
+            message="--trusted_data=PATH, --test_data and --trusted_column describe own data and "
+            "need --train_data; the benchmarks (--dataset) take their clean meta set from the "
+            "dataset, or use --trusted_data=auto.", flag_values=flag_values)
+        flags.register_multi_flags_validator(
+            ["trusted_data", "trusted_column"],
+            lambda v: v["trusted_data"] is None or v["trusted_column"] is None,
+            message="give the trusted set once: --trusted_data or --trusted_column, not both.",
+            flag_values=flag_values)
+
+
+def _is_data_path(path):
+    """Whether `path` is an existing folder, or an existing .csv or .npz file."""
+    return os.path.isdir(path) or (
+        os.path.isfile(path) and path.lower().endswith((".csv", ".npz")))
 
 
 def meta_interval_problem(method, meta_interval):

@@ -23,13 +23,23 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 
 
 class ImageDataset(typing.NamedTuple):
-    """A dataset as arrays: uint8 images `[N, H, W, C]`, int64 labels."""
+    """A dataset as arrays: uint8 images `[N, H, W, C]` (or float32 features `[N, D]`), int64
+    labels.
+
+    The optional fields describe own data (`gdw_tf.own_data`); the benchmarks leave them None.
+    `train_ids` names each row of `x_train` (file path, `<csv>:<line>` or `.npz` index),
+    `class_names` the classes in label order, `trusted` marks the rows of `x_train` that form
+    the trusted (meta) set.
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    train_ids: tuple | None = None
+    class_names: tuple | None = None
+    trusted: np.ndarray | None = None
 
 
 def load_dataset(name, data_dir=None):

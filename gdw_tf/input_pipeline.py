@@ -26,6 +26,9 @@ def normalization_stats(name, x_train):
     if name in ("cifar10", "cifar100"):
         return CIFAR_MEAN.copy(), CIFAR_STD.copy()
     _check_images(x_train)
+    if x_train.ndim == 2:  # Features: per column, in the units of x / 255 as `normalize` uses.
+        std = x_train.std(0, dtype=np.float64)
+        return x_train.mean(0, dtype=np.float64) / 255.0, np.where(std > 0, std, 1.0) / 255.0
     values = np.arange(256)
     mean, std = [], []
     for channel in range(x_train.shape[-1]):
@@ -105,8 +108,9 @@ def eval_dataset(x, y, batch_size, mean, std):
 
 
 def _check_images(x, y=None):
-    """Checks `x` is uint8 `[N, H, W, C]` (and `y` has N entries)."""
-    if x.ndim != 4 or x.dtype != np.uint8:
-        raise ValueError(f"Expected uint8 images [N, H, W, C]; got {x.dtype} {x.shape}.")
+    """Checks `x` is uint8 `[N, H, W, C]` or float32 features `[N, D]` (and `y` has N entries)."""
+    if not ((x.ndim == 4 and x.dtype == np.uint8) or (x.ndim == 2 and x.dtype == np.float32)):
+        raise ValueError(f"Expected uint8 images [N, H, W, C] or float32 features [N, D]; got "
+                         f"{x.dtype} {x.shape}.")
     if y is not None and len(y) != len(x):
         raise ValueError(f"{len(x)} images but {len(y)} labels.")

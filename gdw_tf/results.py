@@ -22,8 +22,12 @@ def read_history(path):
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
-def save_example_weights(model, split, path):
-    """Writes each training example's weights of the last epoch with its labels; returns them."""
+def save_example_weights(model, split, path, ids=None):
+    """Writes each training example's weights of the last epoch with its labels; returns them.
+
+    `true_label` and `corrupted` only where the truth is known (the benchmarks); `id` (file
+    path, `<csv>:<line>` or `.npz` row) where `ids` names the rows `split` indexes (own data).
+    """
     arrays = {
         "index": split.train_indices,
         "true_label": split.train_true_labels,
@@ -32,6 +36,10 @@ def save_example_weights(model, split, path):
         "instance_weight": np.asarray(model.example_weights),
         "labelled_class_weight": np.asarray(model.example_label_weights),
     }
+    if not split.truth_known:
+        del arrays["true_label"], arrays["corrupted"]
+    if ids is not None:
+        arrays["id"] = np.array([ids[i] for i in split.train_indices], dtype=str)
     np.savez(path, **arrays)
     return arrays
 
@@ -58,29 +66,34 @@ def make_results(config, settings, split, history, example_weights, seconds):
     Accuracies are fractions in [0, 1]; `metrics` are the last epoch's logged values;
     `timing.total_seconds` is the wall time of the invocation that finished the run (since it
     resumed, for a resumed run), `seconds_per_epoch` covers training and evaluation.
+    Where the truth is unknown (own data), `noise`'s entries, `detection_auroc` and the weight
+    means of clean and corrupted examples are None; without a test set, `test_accuracy` is.
     """
-    accuracy = [row["test/accuracy"] for row in history]
+    accuracy = [row["test/accuracy"] for row in history if "test/accuracy" in row]
     final = {key: value for key, value in history[-1].items()
              if "/" in key and key != "time/epoch_seconds"}
-    corrupted = example_weights["corrupted"]
+    known = split.truth_known
+    corrupted = example_weights["corrupted"] if known else None
     return {
         "test_accuracy": {
             "last": accuracy[-1],
             "best": max(accuracy),
             "mean_last5": float(np.mean(accuracy[-5:])),
             "per_epoch": accuracy,
-        },
+        } if accuracy else None,
         "metrics": final,
         "noise": {
-            "realised_rate": float(split.realised_noise_rate),
-            "transition_matrix": split.empirical_transition_matrix.tolist(),
-            "model_transition_matrix": split.transition_matrix.tolist(),
+            "realised_rate": float(split.realised_noise_rate) if known else None,
+            "transition_matrix": split.empirical_transition_matrix.tolist() if known else None,
+            "model_transition_matrix": split.transition_matrix.tolist() if known else None,
         },
-        "detection_auroc": detection_aurocs(config.method, example_weights),
+        "detection_auroc": detection_aurocs(config.method, example_weights) if known else None,
         "example_weights": {
-            f"{kind}_mean_{group}": mean_or_none(example_weights[f"{kind}_weight"][mask])
+            f"{kind}_mean_{group}": (mean_or_none(example_weights[f"{kind}_weight"][mask])
+                                     if known else None)
             for kind in ("instance", "labelled_class")
-            for group, mask in (("clean", ~corrupted), ("corrupted", corrupted))
+            for group, mask in (("clean", None if corrupted is None else ~corrupted),
+                                ("corrupted", corrupted))
         },
         "config": {**config.to_dict(), **settings.to_dict()},
         "timing": {

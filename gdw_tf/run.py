@@ -30,7 +30,9 @@ import shutil
 import time
 
 import keras
+import numpy as np
 
+from gdw_tf import auto_meta
 from gdw_tf import backbones
 from gdw_tf import backend
 from gdw_tf import callbacks
@@ -38,8 +40,10 @@ from gdw_tf import datasets
 from gdw_tf import distribute
 from gdw_tf import input_pipeline
 from gdw_tf import methods
+from gdw_tf import own_data
 from gdw_tf import results as results_lib
 from gdw_tf import run_dir
+from gdw_tf import split as split_lib
 from gdw_tf.meta_sampling import MetaAugmentation
 from gdw_tf.model import GDWModel
 from gdw_tf.model import resolve_outer_lr
@@ -72,7 +76,8 @@ def run(config):
 
     # Data: the dataset, then the split (drawn once, then reloaded).
     dataset = load_data(config)
-    split = run_dir.load_or_make_split(config, dataset.y_train, dataset.num_classes)
+    split = run_dir.load_or_make_split(config, dataset.y_train, dataset.num_classes,
+                                       make=split_maker(config, dataset))
     settings = run_settings(config, dataset, split, replicas)
     run_dir.write_json(os.path.join(config.output_dir, run_dir.CONFIG_FILE),
                 {"config": config.to_dict(), **settings.to_dict()})
@@ -82,7 +87,10 @@ def run(config):
     train_data = input_pipeline.train_dataset(
         dataset.x_train[split.train_indices], split.train_noisy_labels, config.batch_size,
         config.seed, settings.augment, mean, std, with_index=True)
-    test_data = input_pipeline.eval_dataset(dataset.x_test, dataset.y_test, config.batch_size, mean, std)
+    test_data = None  # Own data without --test_data: no test accuracy.
+    if len(dataset.x_test):
+        test_data = input_pipeline.eval_dataset(dataset.x_test, dataset.y_test,
+                                                config.batch_size, mean, std)
     meta_data = None
     if methods.get(config.method).meta_step:
         meta_data = (input_pipeline.normalize(dataset.x_train[split.meta_indices], mean, std).numpy(),
@@ -99,8 +107,9 @@ def run(config):
     # Outputs; results.json last, as the mark of a finished run.
     output_dir = config.output_dir
     history = results_lib.read_history(os.path.join(output_dir, run_dir.HISTORY_FILE))
-    example_weights = results_lib.save_example_weights(model, split,
-                                           os.path.join(output_dir, run_dir.EXAMPLE_WEIGHTS_FILE))
+    example_weights = results_lib.save_example_weights(
+        model, split, os.path.join(output_dir, run_dir.EXAMPLE_WEIGHTS_FILE),
+        ids=dataset.train_ids)
     results_lib.write_label_issues_and_report(output_dir, model, dataset, split, mean, std,
                                               config.batch_size)
     model.backbone.save(os.path.join(output_dir, run_dir.MODEL_FILE))
@@ -109,14 +118,21 @@ def run(config):
 
         export_serving(model.backbone, config.export_dir, mean, std)
     results = results_lib.make_results(config, settings, split, history, example_weights,
-                           time.perf_counter() - start)
+                                       time.perf_counter() - start)
+    if split.meta_source == "auto":
+        results["auto_meta"] = auto_meta.summary(
+            split, config, true_labels=None if config.train_data else dataset.y_train,
+            ids=dataset.train_ids)
     run_dir.write_json(os.path.join(output_dir, run_dir.RESULTS_FILE), results)
     shutil.rmtree(os.path.join(output_dir, run_dir.BACKUP_DIR), ignore_errors=True)
     return results
 
 
 def load_data(config):
-    """The dataset, cut to `max_train_examples` / `max_test_examples` if they are set."""
+    """The dataset, cut to `max_train_examples` / `max_test_examples` if they are set; or the
+    own data of `config.train_data` (`gdw_tf.own_data`)."""
+    if config.train_data:
+        return own_data.load_own_data(config)
     dataset = datasets.load_dataset(config.dataset, config.data_dir)
     train, test = config.max_train_examples or None, config.max_test_examples or None
     return dataset._replace(x_train=dataset.x_train[:train], y_train=dataset.y_train[:train],
@@ -129,7 +145,9 @@ class RunSettings:
     (export reads the shapes and the normalisation there) and `results.json`.
 
     Attributes:
-      dataset, num_classes, input_shape: the data's name, classes and per-example shape.
+      dataset, num_classes, input_shape: the data's name ("own_data" for `--train_data`),
+        classes and per-example shape.
+      model, class_names: the resolved backbone name; the classes' names (own data) or None.
       normalization: `{"mean": [...], "std": [...]}` per channel, of images scaled to [0, 1].
       augment, outer_lr, jit_compile: `config`'s `auto`/unset values resolved.
       num_train, num_meta, steps_per_epoch: the split's sizes and the steps of an epoch.
@@ -137,6 +155,8 @@ class RunSettings:
     """
 
     dataset: str
+    model: str
+    class_names: list
     num_classes: int
     input_shape: list
     normalization: dict
@@ -155,10 +175,13 @@ class RunSettings:
 
 def run_settings(config, dataset, split, num_replicas):
     """The run's `RunSettings`."""
-    mean, std = input_pipeline.normalization_stats(config.dataset, dataset.x_train)
+    name = "own_data" if config.train_data else config.dataset
+    mean, std = input_pipeline.normalization_stats(name, dataset.x_train)
     input_shape = [int(d) for d in dataset.x_train.shape[1:]]
     return RunSettings(
-        dataset=config.dataset,
+        dataset=name,
+        model=resolve_model(config, input_shape),
+        class_names=list(dataset.class_names) if dataset.class_names else None,
         num_classes=int(dataset.num_classes),
         input_shape=input_shape,
         normalization={"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
@@ -174,8 +197,8 @@ def run_settings(config, dataset, split, num_replicas):
 
 def build_gdw_model(config, settings, meta_data):
     """The compiled `GDWModel` of the run, tracking every training example's weights."""
-    backbone = backbones.build_model(config.model, settings.input_shape,
-                                  settings.num_classes)
+    backbone = backbones.build_model(settings.model, settings.input_shape,
+                                     settings.num_classes, weights=config.model_weights)
     model = GDWModel(
         backbone,
         settings.num_classes,
@@ -195,6 +218,46 @@ def build_gdw_model(config, settings, meta_data):
     model.compile(keras.optimizers.SGD(config.lr, momentum=config.momentum),
                   jit_compile=settings.jit_compile)
     return model
+
+
+def split_maker(config, dataset):
+    """The function that draws the split of own data or of an automatic meta set; None for the
+    benchmark protocol's (`split.make_split` with a clean meta set)."""
+    if not config.train_data and config.trusted_data != "auto":
+        return None
+
+    def make():
+        if config.train_data:
+            trusted = np.zeros(len(dataset.y_train), bool) if dataset.trusted is None else (
+                dataset.trusted)
+            split = own_data.own_split(dataset.y_train, trusted, dataset.num_classes,
+                                       config.seed)
+        else:
+            split = split_lib.make_split(dataset.y_train, dataset.num_classes, config.num_meta,
+                                         config.noise, config.ratio, config.imbalance,
+                                         config.seed)
+        if config.trusted_data != "auto":
+            return split
+        name = "own_data" if config.train_data else config.dataset
+        mean, std = input_pipeline.normalization_stats(name, dataset.x_train)
+        input_shape = list(dataset.x_train.shape[1:])
+        split = auto_meta.auto_split(split, config, resolve_model(config, input_shape),
+                                     dataset.x_train, mean, std,
+                                     resolve_augment(config.augment, input_shape))
+        keras.utils.set_random_seed(config.seed)  # The run starts as it would without warm-up.
+        return split
+
+    return make
+
+
+def resolve_model(config, input_shape):
+    """`--model=auto` is resnet32 on the benchmarks, small_cnn for own images, mlp for own
+    features; any other name stays."""
+    if config.model != "auto":
+        return config.model
+    if not config.train_data:
+        return "resnet32"
+    return "small_cnn" if len(input_shape) == 3 else "mlp"
 
 
 def resolve_augment(augment, input_shape):

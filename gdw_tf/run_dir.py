@@ -13,6 +13,7 @@ Run directory:
     tensorboard/          the same scalars for TensorBoard (Keras prefixes `epoch_`)
     backup/               BackupAndRestore's latest epoch (removed once the run is finished)
     example_weights.npz   per training example: index, labels, corrupted flag, weights
+                          (own data: no true label or corrupted flag, but an id)
     label_issues.csv      the training examples ranked by how suspicious their label is, with
                           a suggested label and a flag (`gdw_tf.label_issues`)
     report.html           one self-contained page to look at: accuracy curves, estimated
@@ -20,6 +21,8 @@ Run directory:
                           (`gdw_tf.report`)
     model.keras           the trained backbone (normalised float images in, logits out)
     results.json          accuracies (fractions in [0, 1]), noise, detection AUROC, timing
+                          (None where own data leaves them unknown); with
+                          --trusted_data=auto, the chosen meta set (`auto_meta`)
     workers/              with --distribute=multi_worker: the other workers' run directories
 """
 
@@ -101,14 +104,21 @@ def config_differences(saved, config):
     field the saved config lacks (a run from before the flag existed) ran with its default."""
     defaults = dataclasses.asdict(Config(output_dir=config.output_dir))
     saved = {**defaults, **saved}
+    now = config.run_defining()
+    for fields in (saved, now):  # On the benchmarks --model=auto is resnet32, the old default.
+        if not fields.get("train_data") and fields.get("model") == "auto":
+            fields["model"] = "resnet32"
     if saved["outer_lr"] == -1.0:  # Before version 0.2, -1 meant "by the number of classes".
         saved["outer_lr"] = None
     return [f"{name}: saved {saved.get(name)!r}, now {value!r}"
-            for name, value in config.run_defining().items() if saved.get(name) != value]
+            for name, value in now.items() if saved.get(name) != value]
 
 
-def load_or_make_split(config, labels, num_classes):
+def load_or_make_split(config, labels, num_classes, make=None):
     """The run's split: loaded from `split.npz` if present, else drawn and saved atomically.
+
+    `make`, if given, draws the split instead of `split.make_split` (own data, an automatic
+    meta set: `gdw_tf.run.split_maker`).
 
     Raises:
       ValueError: if the meta set cannot be class-balanced (too few examples in a class), or
@@ -118,19 +128,24 @@ def load_or_make_split(config, labels, num_classes):
     if os.path.exists(path):
         split = split_lib.Split.load(path)
         indices = np.concatenate([split.meta_indices, split.train_indices])
+        known = (split.train_true_labels if split.truth_known
+                 else split.train_noisy_labels)  # Own data: the given labels.
         if (indices.max(initial=-1) >= len(labels)
-                or not np.array_equal(labels[split.train_indices], split.train_true_labels)):
+                or not np.array_equal(labels[split.train_indices], known)):
             raise ValueError(f"{path} does not match the dataset's labels; the data changed "
                              "since the run started. Use another --output_dir or --overwrite.")
         return split
     smallest = int(np.bincount(labels, minlength=num_classes).min())
-    if config.num_meta > num_classes * smallest:
+    if make is None and config.num_meta > num_classes * smallest:
         raise ValueError(
             f"--num_meta={config.num_meta} is too large: the smallest class of {config.dataset} "
             f"has {smallest} training examples, so a class-balanced meta set holds at most "
             f"{num_classes * smallest} ({num_classes} classes x {smallest}). Lower --num_meta.")
-    split = split_lib.make_split(labels, num_classes, config.num_meta, config.noise, config.ratio,
-                            config.imbalance, config.seed)
+    if make is None:
+        split = split_lib.make_split(labels, num_classes, config.num_meta, config.noise,
+                                     config.ratio, config.imbalance, config.seed)
+    else:
+        split = make()
     temporary = path + ".tmp"
     split.save(temporary)
     os.replace(temporary, path)

@@ -46,6 +46,11 @@ class Split:
     transition_matrix: np.ndarray
     empirical_transition_matrix: np.ndarray
     realised_noise_rate: float
+    # False for own data: the given labels are all we know (true labels -1, rates NaN).
+    truth_known: bool = True
+    # Where the meta set comes from: "clean" (held out before noise), "trusted" (the user's
+    # trusted set) or "auto" (chosen from the noisy training data, `gdw_tf.auto_meta`).
+    meta_source: str = "clean"
 
     def save(self, path):
         """Writes the split to a `.npz` file at `path`."""
@@ -62,13 +67,16 @@ class Split:
         with np.load(path, allow_pickle=False) as stored:
             fields = {field.name: stored[field.name] for field in dataclasses.fields(cls)
                       if field.name in stored}
-        missing = [field.name for field in dataclasses.fields(cls) if field.name not in fields]
+        missing = [field.name for field in dataclasses.fields(cls) if field.name not in fields
+                   and field.default is dataclasses.MISSING]
         if missing:
             raise ValueError(f"{path} is not a saved Split: it lacks {missing}.")
         scalars = {"num_classes": int, "noise": str, "ratio": float, "imbalance": float,
-                   "seed": int, "realised_noise_rate": float}
+                   "seed": int, "realised_noise_rate": float, "truth_known": bool,
+                   "meta_source": str}
         for name, cast in scalars.items():
-            fields[name] = cast(fields[name])
+            if name in fields:
+                fields[name] = cast(fields[name])
         return cls(**fields)
 
 

@@ -242,7 +242,7 @@ def test_read_idx_round_trip_and_corrupt_files(tmp_path):
 def test_fashion_mnist_from_data_dir(tmp_path):
     arrays = write_fake_fashion_mnist(tmp_path)
     x_train, y_train, x_test, y_test, num_classes = datasets.load_dataset("fashion_mnist",
-                                                                      str(tmp_path))
+                                                                      str(tmp_path))[:5]
     assert num_classes == 10
     assert x_train.shape == (12, 28, 28, 1) and x_train.dtype == np.uint8
     assert x_test.shape == (6, 28, 28, 1) and y_test.dtype == np.int64
@@ -270,7 +270,7 @@ def test_fashion_mnist_missing_everywhere_says_where_to_put_it(tmp_path, monkeyp
 )
 def test_real_fashion_mnist_from_the_debian_package():
     x_train, y_train, x_test, y_test, num_classes = datasets.load_fashion_mnist_idx(
-        datasets.DEBIAN_FASHION_MNIST_DIR)
+        datasets.DEBIAN_FASHION_MNIST_DIR)[:5]
     assert x_train.shape == (60000, 28, 28, 1) and x_test.shape == (10000, 28, 28, 1)
     np.testing.assert_array_equal(np.bincount(y_train), [6000] * 10)
     np.testing.assert_array_equal(np.bincount(y_test), [1000] * 10)
@@ -278,7 +278,7 @@ def test_real_fashion_mnist_from_the_debian_package():
 
 def test_tfds_loading_with_mock_data():
     with tfds.testing.mock_data(num_examples=12):
-        x_train, y_train, x_test, y_test, num_classes = datasets.load_dataset("cifar10")
+        x_train, y_train, x_test, y_test, num_classes = datasets.load_dataset("cifar10")[:5]
         mnist = datasets.load_dataset("mnist")
     assert num_classes == 10
     assert x_train.shape == (12, 32, 32, 3) and x_train.dtype == np.uint8

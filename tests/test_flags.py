@@ -45,7 +45,7 @@ def test_a_hand_built_model_has_the_command_lines_defaults():
 def test_defaults_are_the_reference_recipe():
     config = _parse("--output_dir=out")
     assert (config.dataset, config.noise, config.ratio, config.method, config.model) == (
-        "cifar10", "uniform", 0.4, "gdw", "resnet32")
+        "cifar10", "uniform", 0.4, "gdw", "auto")  # auto: resnet32 on --dataset
     assert (config.epochs, config.batch_size, config.meta_batch_size, config.num_meta) == (
         80, 100, 100, 1000)
     assert (config.lr, config.momentum, config.l2, config.clip) == (0.1, 0.9, 5e-4, 0.2)

@@ -295,7 +295,7 @@ _TRAIN_IN_SUBPROCESS = """
 import os, sys
 import tensorflow as tf
 from absl import app
-from gdw_tf import run, train
+from gdw_tf import callbacks, train
 
 tf.config.experimental.enable_op_determinism()
 kill_at_step = int(sys.argv[1])

@@ -1,0 +1,168 @@
+"""A trusted (meta) set chosen from the noisy training data: `--trusted_data=auto`.
+
+GDW, MW-Net and L2RW need a small set with correct labels. Without one, we pick it from the
+noisy data: a short cross-entropy warm-up of the run's backbone on every training example,
+then, in each class, the `per_class` examples whose given label the warm-up model gives the
+highest probability. Those leave the training set and become the meta set, with their given
+labels. Early in training a network fits the labels that agree with the bulk of the data
+before it memorises the rest, so its most confident agreements are mostly correct labels; the
+price is a meta set of easy, typical examples rather than a random sample, and whatever
+labels are wrong in it (on the benchmarks `results.json` reports its purity).
+
+On a benchmark (`--dataset`) the split is first drawn as usual, so the noisy training set is
+the one the clean-meta run trains on; the clean held-out meta examples are then left unused,
+and the meta set is chosen from the noisy training set instead.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+
+from gdw_tf import backbones
+from gdw_tf import input_pipeline
+from gdw_tf import noise as noise_lib
+
+
+def select_confident(probabilities, given_labels, num_classes, per_class):
+    """Per class, the examples whose given label the model finds most probable.
+
+    Args:
+        probabilities: `[N, C]` predicted class probabilities.
+        given_labels: `[N]` given labels in `[0, C)`.
+        num_classes: `C`.
+        per_class: examples to choose per class.
+
+    Returns:
+        The chosen positions, sorted ascending (`C * per_class` of them). Within a class, ties
+        go to the lower position.
+
+    Raises:
+        ValueError: if a class has fewer than `per_class` examples.
+    """
+    given_labels = np.asarray(given_labels, np.int64)
+    agreement = np.asarray(probabilities)[np.arange(len(given_labels)), given_labels]
+    chosen = []
+    for k in range(num_classes):
+        members = np.flatnonzero(given_labels == k)
+        if len(members) < per_class:
+            raise ValueError(
+                f"class {k} has {len(members)} training examples, fewer than the "
+                f"{per_class} per class asked of the automatic trusted set; lower "
+                "--auto_meta_per_class.")
+        # A stable sort of -agreement keeps the lower position first among equals.
+        chosen.append(members[np.argsort(-agreement[members], kind="stable")[:per_class]])
+    return np.sort(np.concatenate(chosen))
+
+
+def per_class_count(config, num_classes):
+    """`--auto_meta_per_class`, or `--num_meta / C` when it is 0."""
+    if config.auto_meta_per_class:
+        return config.auto_meta_per_class
+    if config.num_meta % num_classes:
+        raise ValueError(f"--num_meta={config.num_meta} is not a multiple of the {num_classes} "
+                         "classes; set --auto_meta_per_class.")
+    return config.num_meta // num_classes
+
+
+def warm_up_probabilities(config, model_name, x, labels, num_classes, mean, std, augment):
+    """Trains a fresh backbone with cross-entropy on `(x, labels)`; returns its probabilities.
+
+    SGD with `config.lr` and `config.momentum`, constant, for `config.auto_meta_warmup_epochs`
+    epochs over the data in `config.batch_size` batches (no L2).
+
+    Returns:
+        `[N, C]` float32 softmax probabilities of the examples of `x`, in order.
+    """
+    keras.utils.set_random_seed(config.seed)
+    backbone = backbones.build_model(model_name, x.shape[1:], num_classes,
+                                  weights=config.model_weights)
+    backbone.compile(keras.optimizers.SGD(config.lr, momentum=config.momentum),
+                     keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    backbone.fit(input_pipeline.train_dataset(x, labels, config.batch_size, config.seed, augment, mean,
+                                    std),
+                 epochs=config.auto_meta_warmup_epochs, shuffle=False, verbose=config.verbose)
+    logits = backbone.predict(input_pipeline.eval_dataset(x, labels, config.batch_size, mean, std),
+                              verbose=0)
+    return keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
+
+
+def auto_split(split, config, model_name, x, mean, std, augment):
+    """`split` with its meta set replaced by examples chosen from its training set.
+
+    Args:
+        split: a `gdw_tf.split.Split` whose training set (indices into `x`, given labels) is the pool.
+        config: the run's `Config`.
+        model_name: the backbone of the warm-up (the run's, resolved).
+        x: the examples the split indexes.
+        mean, std: the normalisation of `x`.
+        augment: whether the warm-up augments its batches.
+
+    Returns:
+        A new `gdw_tf.split.Split` (`meta_source="auto"`): meta set = the chosen examples with their
+        given labels, training set = the others.
+
+    Raises:
+        ValueError: if a class has too few examples, or the meta set would be smaller than
+            `--meta_batch_size`.
+    """
+    per_class = per_class_count(config, split.num_classes)
+    if per_class * split.num_classes < config.meta_batch_size:
+        raise ValueError(
+            f"the automatic trusted set would hold {per_class * split.num_classes} examples "
+            f"({per_class} per class), fewer than --meta_batch_size={config.meta_batch_size}; "
+            "raise --auto_meta_per_class or lower --meta_batch_size.")
+    given = split.train_noisy_labels
+    # Checked before the warm-up is spent.
+    counts = np.bincount(given, minlength=split.num_classes)
+    if counts.min() < per_class:
+        select_confident(np.ones((len(given), split.num_classes)), given, split.num_classes,
+                         per_class)
+    probabilities = warm_up_probabilities(config, model_name, x[split.train_indices], given,
+                                          split.num_classes, mean, std, augment)
+    chosen = select_confident(probabilities, given, split.num_classes, per_class)
+    keep = np.ones(len(given), bool)
+    keep[chosen] = False
+    true, noisy = split.train_true_labels[keep], given[keep]
+    known = split.truth_known
+    return dataclasses.replace(
+        split,
+        meta_indices=split.train_indices[chosen],
+        meta_labels=given[chosen],
+        train_indices=split.train_indices[keep],
+        train_true_labels=true,
+        train_noisy_labels=noisy,
+        train_corrupted=split.train_corrupted[keep],
+        empirical_transition_matrix=(
+            noise_lib.empirical_transition_matrix(true, noisy, split.num_classes) if known
+            else split.empirical_transition_matrix),
+        realised_noise_rate=noise_lib.realised_noise_rate(true, noisy) if known else float("nan"),
+        meta_source="auto",
+    )
+
+
+def summary(split, config, true_labels=None, ids=None):
+    """The `auto_meta` entry of `results.json`: what was chosen, and its purity if known.
+
+    Args:
+        split: the run's split (`meta_source="auto"`).
+        config: the run's `Config`.
+        true_labels: the true labels of the examples the split indexes (benchmarks), or None.
+        ids: the names of those examples (own data), or None.
+    """
+    result = {
+        "per_class": int(len(split.meta_indices) // split.num_classes),
+        "warmup_epochs": int(config.auto_meta_warmup_epochs),
+        "indices": split.meta_indices.tolist(),
+        "given_labels": split.meta_labels.tolist(),
+        "purity": None,
+        "purity_per_class": None,
+    }
+    if ids is not None:
+        result["ids"] = [ids[i] for i in split.meta_indices]
+    if true_labels is not None and split.truth_known:
+        correct = np.asarray(true_labels)[split.meta_indices] == split.meta_labels
+        result["purity"] = float(correct.mean())
+        result["purity_per_class"] = [float(correct[split.meta_labels == k].mean())
+                                      for k in range(split.num_classes)]
+    return result

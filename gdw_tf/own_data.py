@@ -1,0 +1,394 @@
+"""Your own data for `python -m gdw_tf.train`: a folder tree of images, a CSV or an `.npz`.
+
+`--train_data=PATH` replaces `--dataset`'s benchmark protocol. PATH (and `--trusted_data`,
+`--test_data`) is one of:
+
+- a directory with one sub-folder per class holding its images (`.bmp`, `.gif`, `.jpeg`,
+  `.jpg`, `.png`), the convention of `keras.utils.image_dataset_from_directory`; the class
+  names are the sub-folders' names, other files are skipped as Keras skips them;
+- a `.csv` file with a header row, a label column (`--label_column`) and either a column of
+  image paths (`--image_column`, relative to the CSV's folder) or numeric feature columns
+  (every other column); optionally a column marking trusted rows (`--trusted_column`);
+- a `.npz` file with arrays `x` (uint8 images `[N, H, W]` or `[N, H, W, C]`, or numeric
+  features `[N, D]`) and `y` (labels `[N]`, integers or strings).
+
+Every image is decoded here, once, into memory (the training pipeline indexes arrays and
+tracks every example's weight); an unreadable file is named in a one-line `ValueError` before
+any training, as are an empty folder, an unknown label in the trusted or test set, a trusted
+set missing a class, and sets of different shapes. Images become one shape: grayscale if every
+image is (gray or gray+alpha), RGB otherwise (alpha dropped); resized bilinearly to
+`--image_size` squares if that is set, otherwise all images must share one size.
+
+The trusted (meta) set is `--trusted_data` (a second folder or file), or the rows of
+`--trusted_column`, or, with `--trusted_data=auto`, chosen from the noisy training data
+(`gdw_tf.auto_meta`). The trusted examples are appended to the training arrays (`x_train`,
+with `trusted` marking them), so the run's split indexes one array as on the benchmarks. The
+labels of own data are the given ones; their truth is unknown, so the split records no
+corruption and the results no realised noise or detection AUROC (`truth_known=False`).
+"""
+
+import csv
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from gdw_tf import datasets
+from gdw_tf import split as split_lib
+
+# The image formats `keras.utils.image_dataset_from_directory` reads.
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+_TRUE = ("1", "true", "yes", "y", "t")
+_FALSE = ("0", "false", "no", "n", "f", "")
+
+
+class _Source:
+    """One file or folder as read: images or features, raw labels, ids, trusted marks."""
+
+    def __init__(self, path, x, labels, ids, trusted=None, feature_names=None):
+        self.path = path
+        self.x = x  # A list of uint8 [H, W, C] arrays (images), or float32 [N, D] (features).
+        self.labels = labels  # list of str
+        self.ids = ids  # list of str
+        self.trusted = trusted  # bool array, or None
+        self.feature_names = feature_names  # a CSV's feature columns, or None
+
+    @property
+    def is_images(self):
+        return isinstance(self.x, list)
+
+
+def load_own_data(config):
+    """The training, trusted and test sets of `config.train_data` etc. as one `ImageDataset`.
+
+    Returns:
+        An `ImageDataset` whose `x_train` holds the training examples followed by the trusted
+        ones (`trusted` marks them; none with `--trusted_data=auto`), `y_train` their given
+        labels (ints in `[0, C)`, classes in `class_names` order), `train_ids` each row's file
+        path or `<csv>:<line>` or `.npz` index, and `x_test`/`y_test` (empty without
+        `--test_data`).
+
+    Raises:
+        ValueError: with one line naming the file and the problem, for any bad input.
+    """
+    train = read_source(config.train_data, config)
+    if config.trusted_column and train.trusted is None:
+        raise ValueError(f"{config.train_data}: --trusted_column={config.trusted_column} needs "
+                         "a CSV with that column.")
+    sources = {"train": train}
+    if config.trusted_data and config.trusted_data != "auto":
+        sources["trusted"] = read_source(config.trusted_data, config)
+    if config.test_data:
+        sources["test"] = read_source(config.test_data, config)
+    kind = {True: "images", False: "features"}
+    for source in sources.values():
+        if source.is_images != train.is_images:
+            raise ValueError(f"{source.path} holds {kind[source.is_images]} but {train.path} "
+                             f"{kind[train.is_images]}; give every set in one form.")
+    if train.is_images:
+        arrays = _unify_images(sources, config.image_size)
+    else:
+        arrays = _unify_features(sources)
+        if config.export_dir:
+            raise ValueError("--export_dir writes a serving model of uint8 images; "
+                             f"{config.train_data} holds features: drop --export_dir.")
+
+    class_names = class_order(train.labels)
+    if len(class_names) < 2:
+        raise ValueError(f"{config.train_data}: needs at least 2 classes; found "
+                         f"{len(class_names)} ({', '.join(class_names) or 'none'}).")
+    labels = {name: to_indices(source.labels, class_names, source.path)
+              for name, source in sources.items()}
+
+    trusted = train.trusted if train.trusted is not None else np.zeros(len(train.ids), bool)
+    x_train, y_train, ids = arrays["train"], labels["train"], list(train.ids)
+    if "trusted" in sources:
+        x_train = np.concatenate([x_train, arrays["trusted"]])
+        y_train = np.concatenate([y_train, labels["trusted"]])
+        ids += sources["trusted"].ids
+        trusted = np.concatenate([trusted, np.ones(len(labels["trusted"]), bool)])
+    if config.trusted_data != "auto" and (trusted.any() or config.method != "ce"):
+        where = (sources["trusted"].path if "trusted" in sources
+                 else f"the rows of {config.train_data} marked in {config.trusted_column!r}")
+        if not trusted.any() and config.trusted_column:
+            raise ValueError(f"{config.train_data}: no row is marked trusted in column "
+                             f"{config.trusted_column!r}; --method={config.method} needs some.")
+        if not trusted.any():
+            raise ValueError(
+                f"--method={config.method} needs a trusted set: give --trusted_data=PATH, "
+                "--trusted_column=NAME or --trusted_data=auto (chosen from the noisy data).")
+        missing = sorted(set(range(len(class_names))) - set(y_train[trusted].tolist()))
+        if missing:
+            raise ValueError(f"the trusted set ({where}) has no example of class "
+                             f"{', '.join(class_names[k] for k in missing)}; every class "
+                             "needs at least one.")
+        if trusted.sum() < config.meta_batch_size and config.method != "ce":
+            raise ValueError(f"the trusted set ({where}) has {trusted.sum()} examples, fewer "
+                             f"than --meta_batch_size={config.meta_batch_size}; lower it.")
+        if trusted.all():
+            raise ValueError(f"every example of {config.train_data} is trusted: nothing is "
+                             "left to train on.")
+    if "test" in sources:
+        x_test, y_test = arrays["test"], labels["test"]
+    else:
+        x_test, y_test = x_train[:0], y_train[:0]
+    return datasets.ImageDataset(x_train, y_train, x_test, y_test, len(class_names),
+                             train_ids=tuple(ids), class_names=tuple(class_names),
+                             trusted=trusted)
+
+
+def own_split(labels, trusted, num_classes, seed):
+    """The split of own data: the trusted rows are the meta set, the others the training set.
+
+    The given labels are kept as they are; their truth is unknown (`truth_known=False`): the
+    true labels are recorded as -1, and the noise rate and transition matrices as NaN.
+    """
+    labels = np.asarray(labels, np.int64)
+    trusted = np.asarray(trusted, bool)
+    train_indices = np.flatnonzero(~trusted)
+    nan_matrix = np.full((num_classes, num_classes), np.nan)
+    return split_lib.Split(
+        num_classes=num_classes, noise="none", ratio=0.0, imbalance=1.0, seed=int(seed),
+        meta_indices=np.flatnonzero(trusted), meta_labels=labels[trusted],
+        train_indices=train_indices,
+        train_true_labels=np.full(len(train_indices), -1, np.int64),
+        train_noisy_labels=labels[train_indices],
+        train_corrupted=np.zeros(len(train_indices), bool),
+        transition_matrix=nan_matrix, empirical_transition_matrix=nan_matrix.copy(),
+        realised_noise_rate=float("nan"), truth_known=False, meta_source="trusted")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading one source
+
+
+def read_source(path, config):
+    """Reads a folder tree, a `.csv` or an `.npz` (see the module docstring) into a `_Source`.
+
+    Raises:
+        ValueError: for a missing path, an unknown kind of file, or bad content.
+    """
+    if os.path.isdir(path):
+        return read_folder(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file or folder.")
+    extension = os.path.splitext(path)[1].lower()
+    if extension == ".csv":
+        return read_csv(path, config.label_column, config.image_column, config.trusted_column)
+    if extension == ".npz":
+        return read_npz(path)
+    raise ValueError(f"{path}: expected a folder of class sub-folders, a .csv or an .npz file.")
+
+
+def read_folder(path):
+    """Images of a folder tree, one sub-folder per class (sub-folders in sorted order)."""
+    classes = sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+    if not classes:
+        raise ValueError(f"{path}: no class sub-folders; put each class's images in a folder "
+                         "named after the class.")
+    images, labels, ids = [], [], []
+    for name in classes:
+        files = sorted(
+            os.path.join(root, file)
+            for root, _, names in os.walk(os.path.join(path, name))
+            for file in names if file.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise ValueError(f"{os.path.join(path, name)}: empty class folder (no "
+                             f"{'/'.join(IMAGE_EXTENSIONS)} images).")
+        images += [read_image(file) for file in files]
+        labels += [name] * len(files)
+        ids += files
+    return _Source(path, images, labels, ids)
+
+
+def read_csv(path, label_column, image_column, trusted_column):
+    """Rows of a CSV: image paths or numeric features, a label, optionally a trusted mark.
+
+    Ids are `<path>:<line>` (the header is line 1), or for image rows the image's path.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            reader = csv.reader(file)
+            header = next(reader, None)
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{path}: cannot read it as CSV ({err}).") from None
+    if not header:
+        raise ValueError(f"{path}: empty file; expected a header row and data rows.")
+    header = [name.strip() for name in header]
+    if label_column not in header:
+        raise ValueError(f"{path}: no label column {label_column!r} (columns: "
+                         f"{', '.join(header)}); name it with --label_column.")
+    rows = [(line, row) for line, row in enumerate(rows, start=2) if any(v.strip() for v in row)]
+    if not rows:
+        raise ValueError(f"{path}: no data rows.")
+    for line, row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}.")
+    column = {name: i for i, name in enumerate(header)}
+    labels = [row[column[label_column]].strip() for _, row in rows]
+    for (line, _), label in zip(rows, labels):
+        if not label:
+            raise ValueError(f"{path}:{line}: empty label in column {label_column!r}.")
+    trusted = None
+    if trusted_column and trusted_column in header:
+        trusted = np.array([_truth_value(row[column[trusted_column]], path, line,
+                                         trusted_column) for line, row in rows])
+    if image_column and image_column in header:
+        folder = os.path.dirname(os.path.abspath(path))
+        ids = [row[column[image_column]].strip() for _, row in rows]
+        images = [read_image(os.path.join(folder, name)) for name in ids]
+        return _Source(path, images, labels, ids, trusted)
+    feature_names = [name for name in header if name not in (label_column, trusted_column)]
+    if not feature_names:
+        raise ValueError(f"{path}: no feature columns and no image column {image_column!r}.")
+    features = np.empty((len(rows), len(feature_names)), np.float32)
+    for r, (line, row) in enumerate(rows):
+        for f, name in enumerate(feature_names):
+            value = row[column[name]].strip()
+            try:
+                features[r, f] = float(value)
+            except ValueError:
+                raise ValueError(f"{path}:{line}: column {name!r} holds {value!r}, not a "
+                                 "number.") from None
+            if not np.isfinite(features[r, f]):
+                raise ValueError(f"{path}:{line}: column {name!r} holds {value!r}, not a "
+                                 "finite number.")
+    return _Source(path, features, labels, [f"{path}:{line}" for line, _ in rows], trusted,
+                   feature_names)
+
+
+def read_npz(path):
+    """Arrays `x` (uint8 images, or numeric features `[N, D]`) and `y` (labels) of an `.npz`."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if not {"x", "y"} <= set(stored.files):
+                raise ValueError(f"{path}: needs arrays 'x' and 'y'; it has "
+                                 f"{', '.join(stored.files) or 'none'}.")
+            x, y = stored["x"], stored["y"]
+    except ValueError:
+        raise
+    except Exception as err:  # zipfile, pickle and OS errors all mean "not a readable npz".
+        raise ValueError(f"{path}: not a readable .npz file ({err}).") from None
+    if y.ndim != 1 or len(y) != len(x) or not len(y):
+        raise ValueError(f"{path}: 'y' must hold one label per row of 'x' ({len(x)}); its "
+                         f"shape is {y.shape}.")
+    if y.dtype.kind not in "iuU":
+        raise ValueError(f"{path}: 'y' must hold integers or strings; its dtype is {y.dtype}.")
+    ids = [str(i) for i in range(len(y))]
+    labels = [str(v) for v in y.tolist()]
+    if x.dtype == np.uint8 and x.ndim in (3, 4):
+        images = x[..., np.newaxis] if x.ndim == 3 else x
+        if images.shape[-1] not in (1, 2, 3, 4):
+            raise ValueError(f"{path}: images of {images.shape[-1]} channels; expected 1 to 4.")
+        return _Source(path, list(images), labels, ids)
+    if x.ndim == 2 and x.dtype.kind in "iuf":
+        features = x.astype(np.float32)
+        if not np.isfinite(features).all():
+            raise ValueError(f"{path}: 'x' holds NaN or infinite values.")
+        return _Source(path, features, labels, ids)
+    raise ValueError(f"{path}: 'x' must be uint8 images [N, H, W(, C)] or numeric features "
+                     f"[N, D]; it is {x.dtype} {x.shape}.")
+
+
+def read_image(path):
+    """Decodes one image file to a uint8 `[H, W, C]` array (the first frame of a GIF)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such image file.")
+    try:
+        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+    except (tf.errors.OpError, ValueError) as err:
+        message = str(getattr(err, "message", err)).strip().splitlines()[0]
+        message = re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", message).strip().rstrip(".")  # TF's op names
+        raise ValueError(f"{path}: not a readable image ({message}).") from None
+    return image.numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# Labels and shapes
+
+
+def class_order(labels):
+    """The classes of the training labels: numerically sorted if all are integers, else sorted."""
+    names = set(labels)
+    try:
+        return sorted(names, key=int)
+    except ValueError:
+        return sorted(names)
+
+
+def to_indices(labels, class_names, path):
+    """Labels as int64 indices into `class_names`; an unknown label is an error naming it."""
+    index = {name: k for k, name in enumerate(class_names)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise ValueError(f"{path}: label {unknown[0]!r} is not a class of the training data "
+                         f"({', '.join(class_names)})"
+                         + (f" ({len(unknown)} unknown labels)." if len(unknown) > 1 else "."))
+    return np.array([index[label] for label in labels], np.int64)
+
+
+def _unify_images(sources, image_size):
+    """One uint8 `[N, H, W, C]` array per source: common channels, common (or given) size."""
+    all_channels = {image.shape[-1] for source in sources.values() for image in source.x}
+    channels = 1 if all_channels <= {1, 2} else 3
+    if not image_size:
+        sizes = {}
+        for source in sources.values():
+            for image, name in zip(source.x, source.ids):
+                sizes.setdefault(image.shape[:2], name)
+        if len(sizes) > 1:
+            (size_a, file_a), (size_b, file_b) = list(sizes.items())[:2]
+            raise ValueError(f"images of different sizes ({file_a}: {size_a[0]}x{size_a[1]}, "
+                             f"{file_b}: {size_b[0]}x{size_b[1]}); pass --image_size=N to "
+                             "resize all to NxN.")
+    arrays = {}
+    for name, source in sources.items():
+        converted = []
+        for image in source.x:
+            if channels == 1:
+                image = image[..., :1]
+            elif image.shape[-1] < 3:
+                image = np.repeat(image[..., :1], 3, axis=-1)
+            else:
+                image = image[..., :3]
+            if image_size and image.shape[:2] != (image_size, image_size):
+                resized = tf.image.resize(image, (image_size, image_size), method="bilinear")
+                image = np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
+            converted.append(image)
+        arrays[name] = np.stack(converted)
+    return arrays
+
+
+def _unify_features(sources):
+    """One float32 `[N, D]` array per source; CSV columns are matched by name."""
+    train = sources["train"]
+    arrays = {"train": train.x}
+    for name, source in sources.items():
+        if name == "train":
+            continue
+        x = source.x
+        train_names, names = train.feature_names, source.feature_names
+        if train_names is not None and names is not None:
+            missing = [n for n in train_names if n not in names]
+            if missing:
+                raise ValueError(f"{source.path}: lacks the feature column {missing[0]!r} of "
+                                 f"{train.path}.")
+            x = x[:, [names.index(n) for n in train_names]]
+        if x.shape[1] != train.x.shape[1]:
+            raise ValueError(f"{source.path}: {x.shape[1]} features per row, "
+                             f"{train.path} has {train.x.shape[1]}.")
+        arrays[name] = x
+    return arrays
+
+
+def _truth_value(value, path, line, column):
+    """A trusted-column cell as a bool (1/0, true/false, yes/no; empty is false)."""
+    value = value.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{path}:{line}: column {column!r} holds {value!r}; use 1/0, true/false or "
+                     "yes/no (empty = not trusted).")

@@ -1,0 +1,531 @@
+"""Own data through `python -m gdw_tf.train --train_data=...`, and the automatic trusted set.
+
+Loaders against the arrays written, each bad input's one-line error, the automatic meta set's
+choice against a NumPy computation, and real handwritten digits (scikit-learn's `load_digits`)
+with changed labels, trained end to end through the folder path.
+"""
+
+import csv
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+from absl.testing import flagsaver
+
+from gdw_tf import auto_meta
+from gdw_tf import config as config_lib
+from gdw_tf import backbones
+from gdw_tf import datasets
+from gdw_tf import input_pipeline
+from gdw_tf import run_dir
+from gdw_tf import split as split_lib
+from gdw_tf import own_data
+from gdw_tf import train
+
+FLAGS = flags.FLAGS
+
+
+def _config(**overrides):
+    return config_lib.Config(output_dir="unused", **overrides)
+
+
+def _write_png(path, image):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tf.io.write_file(path, tf.io.encode_png(image))
+
+
+def _write_folder(root, images, labels):
+    """Writes `images[i]` as `root/<labels[i]>/<i>.png`; returns the paths in that order."""
+    paths = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+        paths.append(os.path.join(root, str(label), f"{i:03d}.png"))
+        _write_png(paths[-1], image)
+    return paths
+
+
+def _write_csv(path, header, rows):
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _main(*args):
+    """Runs `train.main` with `args` parsed into the train module's flags (restored after)."""
+    with flagsaver.flagsaver():
+        FLAGS(["prog", *args])
+        train.main(["prog"])
+
+
+def _exit_message(capsys, *args):
+    with pytest.raises(SystemExit) as exit_info:
+        _main(*args)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def _random_images(rng, n, shape):
+    return rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Loaders
+
+
+def test_folder_tree_loads_the_images_written(tmp_path):
+    rng = np.random.default_rng(0)
+    images = _random_images(rng, 9, (6, 5, 1))
+    labels = np.array(["cat", "dog", "emu"] * 3)
+    paths = _write_folder(str(tmp_path / "train"), images, labels)
+    trusted_images = _random_images(rng, 3, (6, 5, 1))
+    _write_folder(str(tmp_path / "trusted"), trusted_images, ["emu", "cat", "dog"])
+
+    dataset = own_data.load_own_data(_config(train_data=str(tmp_path / "train"),
+                                             trusted_data=str(tmp_path / "trusted"),
+                                             meta_batch_size=3))
+    assert dataset.class_names == ("cat", "dog", "emu") and dataset.num_classes == 3
+    # Classes in sorted folder order, files sorted within a class; then the trusted set.
+    order = sorted(range(9), key=lambda i: (labels[i], paths[i]))
+    np.testing.assert_array_equal(dataset.x_train[:9], images[order])
+    np.testing.assert_array_equal(dataset.y_train[:9], np.searchsorted(["cat", "dog", "emu"],
+                                                                       labels[order]))
+    assert dataset.train_ids[:9] == tuple(paths[i] for i in order)
+    np.testing.assert_array_equal(dataset.x_train[9:], trusted_images[[1, 2, 0]])
+    np.testing.assert_array_equal(dataset.y_train[9:], [0, 1, 2])
+    np.testing.assert_array_equal(dataset.trusted, [False] * 9 + [True] * 3)
+    assert dataset.x_train.dtype == np.uint8 and dataset.x_test.shape == (0, 6, 5, 1)
+
+
+def test_csv_of_features_with_a_trusted_column(tmp_path):
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(8, 3)).astype(np.float32)
+    labels = ["b", "a", "b", "a", "b", "a", "a", "b"]
+    trusted = ["", "yes", "0", "1", "true", "no", "false", "n"]
+    path = str(tmp_path / "train.csv")
+    _write_csv(path, ["f1", "kind", "f2", "ok", "f3"],
+               [[repr(float(f[0])), y, repr(float(f[1])), t, repr(float(f[2]))]
+                for f, y, t in zip(features, labels, trusted)])
+    test_path = str(tmp_path / "test.csv")  # Columns in another order are matched by name.
+    _write_csv(test_path, ["f3", "f2", "f1", "kind"],
+               [[repr(float(f[2])), repr(float(f[1])), repr(float(f[0])), y]
+                for f, y in zip(features[:2], labels[:2])])
+
+    dataset = own_data.load_own_data(_config(train_data=path, test_data=test_path,
+                                             label_column="kind", trusted_column="ok",
+                                             meta_batch_size=2))
+    np.testing.assert_array_equal(dataset.x_train, features)
+    assert dataset.x_train.dtype == np.float32
+    np.testing.assert_array_equal(dataset.y_train, [1, 0, 1, 0, 1, 0, 0, 1])
+    np.testing.assert_array_equal(dataset.trusted, [0, 1, 0, 1, 1, 0, 0, 0])
+    assert dataset.train_ids == tuple(f"{path}:{line}" for line in range(2, 10))
+    np.testing.assert_array_equal(dataset.x_test, features[:2])
+    np.testing.assert_array_equal(dataset.y_test, [1, 0])
+
+
+def test_csv_of_image_paths_unifies_channels_and_resizes(tmp_path):
+    rng = np.random.default_rng(2)
+    gray, rgb = _random_images(rng, 1, (4, 4, 1))[0], _random_images(rng, 1, (6, 6, 3))[0]
+    _write_png(str(tmp_path / "img" / "g.png"), gray)
+    _write_png(str(tmp_path / "img" / "c.png"), rgb)
+    path = str(tmp_path / "train.csv")
+    _write_csv(path, ["image", "label"], [["img/g.png", "0"], ["img/c.png", "1"]])
+
+    dataset = own_data.load_own_data(_config(train_data=path, image_size=4, method="ce"))
+    assert dataset.x_train.shape == (2, 4, 4, 3) and dataset.train_ids == ("img/g.png",
+                                                                            "img/c.png")
+    np.testing.assert_array_equal(dataset.x_train[0], np.repeat(gray, 3, axis=-1))
+    resized = tf.image.resize(rgb, (4, 4), method="bilinear").numpy()
+    np.testing.assert_array_equal(dataset.x_train[1],
+                                  np.clip(np.round(resized), 0, 255).astype(np.uint8))
+
+
+def test_npz_of_images_and_of_features(tmp_path):
+    rng = np.random.default_rng(3)
+    images = _random_images(rng, 6, (5, 5))
+    np.savez(tmp_path / "images.npz", x=images, y=np.array(["10", "2", "10", "3", "2", "3"]))
+    dataset = own_data.load_own_data(_config(train_data=str(tmp_path / "images.npz"),
+                                             method="ce"))
+    assert dataset.class_names == ("2", "3", "10")  # integer names sort numerically
+    np.testing.assert_array_equal(dataset.x_train, images[..., None])
+    np.testing.assert_array_equal(dataset.y_train, [2, 0, 2, 1, 0, 1])
+    assert dataset.train_ids == tuple(str(i) for i in range(6))
+
+    features = rng.normal(size=(6, 4))
+    np.savez(tmp_path / "features.npz", x=features, y=np.array([0, 1, 0, 1, 0, 1]))
+    dataset = own_data.load_own_data(_config(train_data=str(tmp_path / "features.npz"),
+                                             method="ce"))
+    np.testing.assert_array_equal(dataset.x_train, features.astype(np.float32))
+    mean, std = input_pipeline.normalization_stats("own_data", dataset.x_train)
+    np.testing.assert_allclose(input_pipeline.normalize(dataset.x_train, mean, std).numpy(),
+                               (features - features.mean(0)) / features.std(0), atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: one line, before training
+
+
+def _bad_inputs(root):
+    """(config overrides, message) pairs, each with its files written under `root`."""
+    rng = np.random.default_rng(4)
+    images = _random_images(rng, 6, (4, 4, 1))
+    good = os.path.join(root, "good")
+    _write_folder(good, images, [0, 1, 2] * 2)
+    cases = []
+
+    unreadable = os.path.join(root, "unreadable")
+    _write_folder(unreadable, images, [0, 1, 2] * 2)
+    with open(os.path.join(unreadable, "1", "broken.png"), "wb") as file:
+        file.write(b"not a png")
+    cases.append(({"train_data": unreadable, "method": "ce"},
+                  f"{os.path.join(unreadable, '1', 'broken.png')}: not a readable image"))
+
+    empty = os.path.join(root, "empty")
+    _write_folder(empty, images, [0, 1] * 3)
+    os.makedirs(os.path.join(empty, "2"))
+    cases.append(({"train_data": empty, "method": "ce"}, "empty class folder"))
+
+    os.makedirs(os.path.join(root, "flat"))
+    cases.append(({"train_data": os.path.join(root, "flat")}, "no class sub-folders"))
+
+    unknown = os.path.join(root, "unknown")
+    _write_folder(unknown, images[:4], [0, 1, 2, 7])
+    cases.append(({"train_data": good, "trusted_data": unknown, "meta_batch_size": 2},
+                  f"{unknown}: label '7' is not a class of the training data (0, 1, 2)"))
+
+    missing = os.path.join(root, "missing")
+    _write_folder(missing, images[:4], [0, 1, 0, 1])
+    cases.append(({"train_data": good, "trusted_data": missing, "meta_batch_size": 2},
+                  "has no example of class 2"))
+
+    cases.append(({"train_data": good, "trusted_data": missing + "/../good",
+                   "meta_batch_size": 100}, "fewer than --meta_batch_size=100"))
+    cases.append(({"train_data": good}, "--method=gdw needs a trusted set"))
+
+    sizes = os.path.join(root, "sizes")
+    _write_folder(sizes, images, [0, 1, 2] * 2)
+    _write_png(os.path.join(sizes, "0", "big.png"), images[0].repeat(2, axis=0))
+    cases.append(({"train_data": sizes, "method": "ce"}, "pass --image_size=N"))
+
+    csv_path = os.path.join(root, "no_label.csv")
+    _write_csv(csv_path, ["a", "b"], [["1", "2"]])
+    cases.append(({"train_data": csv_path}, "no label column 'label'"))
+
+    csv_path = os.path.join(root, "text.csv")
+    _write_csv(csv_path, ["a", "label"], [["1", "x"], ["oops", "y"]])
+    cases.append(({"train_data": csv_path, "method": "ce"},
+                  f"{csv_path}:3: column 'a' holds 'oops', not a number"))
+
+    csv_path = os.path.join(root, "ragged.csv")
+    _write_csv(csv_path, ["a", "label"], [["1", "x"], ["2", "y", "3"]])
+    cases.append(({"train_data": csv_path, "method": "ce"}, f"{csv_path}:3: 3 fields"))
+
+    csv_path = os.path.join(root, "flag.csv")
+    _write_csv(csv_path, ["a", "label", "t"], [["1", "x", "1"], ["2", "y", "maybe"]])
+    cases.append(({"train_data": csv_path, "trusted_column": "t"},
+                  f"{csv_path}:3: column 't' holds 'maybe'"))
+
+    csv_path = os.path.join(root, "missing_image.csv")
+    _write_csv(csv_path, ["image", "label"], [["nowhere.png", "x"]])
+    cases.append(({"train_data": csv_path, "method": "ce"}, "nowhere.png: no such image file"))
+
+    csv_path = os.path.join(root, "none_trusted.csv")
+    _write_csv(csv_path, ["a", "label", "t"], [["1", "x", "0"], ["2", "y", "no"]])
+    cases.append(({"train_data": csv_path, "trusted_column": "t"},
+                  "no row is marked trusted in column 't'"))
+
+    features_path = os.path.join(root, "features.npz")
+    np.savez(features_path, x=np.zeros((4, 3)), y=np.arange(4) % 2)
+    cases.append(({"train_data": good, "test_data": features_path, "method": "ce"},
+                  f"{features_path} holds features but {good} images"))
+
+    npz_path = os.path.join(root, "no_y.npz")
+    np.savez(npz_path, x=images)
+    cases.append(({"train_data": npz_path}, "needs arrays 'x' and 'y'"))
+
+    npz_path = os.path.join(root, "float_images.npz")
+    np.savez(npz_path, x=images.astype(np.float32), y=np.arange(6))
+    cases.append(({"train_data": npz_path}, "'x' must be uint8 images"))
+
+    npz_path = os.path.join(root, "one_class.npz")
+    np.savez(npz_path, x=images, y=np.zeros(6, int))
+    cases.append(({"train_data": npz_path}, "needs at least 2 classes"))
+    return cases
+
+
+def test_each_bad_input_is_one_line_error(tmp_path):
+    for overrides, message in _bad_inputs(str(tmp_path)):
+        with pytest.raises(ValueError) as error:
+            own_data.load_own_data(_config(**overrides))
+        assert message in str(error.value), (overrides, str(error.value))
+        assert "\n" not in str(error.value)
+
+
+def test_the_cli_prints_one_error_line_and_trains_nothing(tmp_path, capsys):
+    root = str(tmp_path)
+    cases = _bad_inputs(root)
+    for overrides, message in (cases[0], cases[3], cases[4]):
+        run_dir = os.path.join(root, "run")
+        args = [f"--{name}={value}" for name, value in overrides.items()]
+        status, err = _exit_message(capsys, *args, f"--output_dir={run_dir}", "--verbose=0")
+        assert status == 2
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+        assert not os.path.exists(os.path.join(run_dir, "history.csv"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--trusted_data=/tmp"], "need --train_data"),
+        (["--test_data=/tmp"], "need --train_data"),
+        (["--train_data=/no/such/folder"], "--train_data must be an existing folder"),
+        (["--train_data=/tmp", "--trusted_data=auto", "--trusted_column=t"],
+         "--trusted_data or --trusted_column, not both"),
+        (["--image_size=-1"], "--image_size must be ≥ 0"),
+        (["--auto_meta_warmup_epochs=0"], "--auto_meta_warmup_epochs must be a positive"),
+        (["--model_weights=/no/such.weights.h5"], "--model_weights is not an existing file"),
+        (["--model=ResNet18"], "value should be one of"),
+    ],
+)
+def test_own_data_flags_are_checked_at_parse_time(args, message):
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    with pytest.raises(flags.IllegalFlagValueError, match=message):
+        flag_values(["prog", *args, "--output_dir=out"])
+
+
+def test_keras_applications_and_weights_files_as_backbones(tmp_path):
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    flag_values(["prog", "--model=MobileNetV2", "--output_dir=out"])
+    backbone = backbones.build_model("MobileNetV2", (32, 32, 3), 4)
+    assert backbone.output_shape == (None, 4)
+    mlp = backbones.build_model("mlp", (5,), 3)
+    path = str(tmp_path / "mlp.weights.h5")
+    mlp.save_weights(path)
+    reloaded = backbones.build_model("mlp", (5,), 3, weights=path)
+    for a, b in zip(mlp.get_weights(), reloaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------------------------
+# The automatic trusted set
+
+
+def test_select_confident_matches_a_numpy_ranking():
+    rng = np.random.default_rng(5)
+    num_classes, per_class = 4, 3
+    given = rng.integers(0, num_classes, 40)
+    probabilities = rng.dirichlet(np.ones(num_classes), 40)
+    probabilities[[3, 7]] = probabilities[[7, 3]]
+    probabilities[11] = probabilities[2]  # a possible tie
+    chosen = auto_meta.select_confident(probabilities, given, num_classes, per_class)
+
+    expected = []
+    for k in range(num_classes):
+        members = [i for i in range(40) if given[i] == k]
+        members.sort(key=lambda i: (-probabilities[i, k], i))
+        expected += members[:per_class]
+    np.testing.assert_array_equal(chosen, sorted(expected))
+    assert np.bincount(given[chosen], minlength=num_classes).tolist() == [per_class] * 4
+    with pytest.raises(ValueError, match="lower --auto_meta_per_class"):
+        auto_meta.select_confident(probabilities, given, num_classes, 40)
+
+
+def test_auto_split_moves_the_chosen_examples_to_the_meta_set(monkeypatch):
+    labels = np.arange(60) % 3
+    split = split_lib.make_split(labels, 3, 6, "uniform", 0.5, 1.0, seed=0)
+    rng = np.random.default_rng(6)
+    probabilities = rng.dirichlet(np.ones(3), len(split.train_indices))
+    monkeypatch.setattr(auto_meta, "warm_up_probabilities", lambda *args: probabilities)
+    config = _config(trusted_data="auto", auto_meta_per_class=4, meta_batch_size=12)
+    auto = auto_meta.auto_split(split, config, "mlp", np.zeros((60, 2), np.float32), 0, 1,
+                                False)
+
+    chosen = auto_meta.select_confident(probabilities, split.train_noisy_labels, 3, 4)
+    assert auto.meta_source == "auto" and len(auto.meta_indices) == 12
+    np.testing.assert_array_equal(auto.meta_indices, split.train_indices[chosen])
+    np.testing.assert_array_equal(auto.meta_labels, split.train_noisy_labels[chosen])
+    assert not np.intersect1d(auto.meta_indices, auto.train_indices).size
+    assert not np.intersect1d(auto.meta_indices, split.meta_indices).size
+    np.testing.assert_array_equal(np.sort(np.r_[auto.meta_indices, auto.train_indices]),
+                                  split.train_indices)
+    np.testing.assert_array_equal(auto.train_true_labels, labels[auto.train_indices])
+    np.testing.assert_array_equal(auto.train_corrupted,
+                                  auto.train_true_labels != auto.train_noisy_labels)
+    assert auto.realised_noise_rate == pytest.approx(auto.train_corrupted.mean())
+    summary = auto_meta.summary(auto, config, true_labels=labels)
+    assert summary["purity"] == pytest.approx(np.mean(labels[auto.meta_indices]
+                                                      == auto.meta_labels))
+
+
+def test_a_run_saved_with_the_old_default_model_still_resumes():
+    saved = _config(model="resnet32").to_dict()  # the default before --model=auto
+    for key in ("train_data", "trusted_data", "image_size", "auto_meta_per_class"):
+        del saved[key]  # written before these flags existed
+    assert run_dir.config_differences(saved, _config()) == []
+    assert run_dir.config_differences(saved, _config(model="small_cnn")) == [
+        "model: saved 'resnet32', now 'small_cnn'"]
+    own = _config(train_data="data.csv")
+    assert run_dir.config_differences(own.to_dict(), own) == []
+    assert sorted(run_dir.config_differences(saved, own)) == [
+        "model: saved 'resnet32', now 'auto'", "train_data: saved None, now 'data.csv'"]
+
+
+def test_split_files_without_the_new_fields_still_load(tmp_path):
+    split = split_lib.make_split(np.arange(30) % 3, 3, 3, "flip", 0.2, 1.0, seed=0)
+    fields = dataclasses.asdict(split)
+    del fields["truth_known"], fields["meta_source"]
+    np.savez(tmp_path / "old.npz", **fields)
+    loaded = split_lib.Split.load(str(tmp_path / "old.npz"))
+    assert loaded.truth_known and loaded.meta_source == "clean"
+    np.testing.assert_array_equal(loaded.train_noisy_labels, split.train_noisy_labels)
+
+
+# --------------------------------------------------------------------------------------------
+# End to end
+
+
+def test_features_csv_run_reports_no_made_up_truth_and_resumes(tmp_path):
+    rng = np.random.default_rng(7)
+    centres = rng.normal(scale=3, size=(3, 4))
+    y = np.arange(150) % 3
+    x = centres[y] + rng.normal(size=(150, 4))
+    path = str(tmp_path / "data.csv")
+    _write_csv(path, ["a", "b", "c", "d", "label", "trusted"],
+               [[*map(repr, row), f"class{k}", int(i < 30)] for i, (row, k) in
+                enumerate(zip(x.tolist(), y))])
+    run_dir = str(tmp_path / "run")
+    args = [f"--train_data={path}", "--trusted_column=trusted", "--meta_batch_size=30",
+            "--batch_size=40", "--epochs=2", "--lr=0.05", "--verbose=0",
+            f"--output_dir={run_dir}"]
+    _main(*args)
+
+    results = json.load(open(os.path.join(run_dir, "results.json")))
+    assert results["config"]["model"] == "mlp" and results["config"]["dataset"] == "own_data"
+    assert results["config"]["class_names"] == ["class0", "class1", "class2"]
+    assert results["test_accuracy"] is None  # no --test_data
+    assert results["detection_auroc"] is None
+    assert set(results["noise"].values()) == {None}
+    assert set(results["example_weights"].values()) == {None}
+    split = split_lib.Split.load(os.path.join(run_dir, "split.npz"))
+    assert not split.truth_known and split.meta_source == "trusted"
+    np.testing.assert_array_equal(split.meta_indices, np.arange(30))
+    with np.load(os.path.join(run_dir, "example_weights.npz")) as weights:
+        assert set(weights.files) == {"index", "given_label", "instance_weight",
+                                      "labelled_class_weight", "id"}
+        np.testing.assert_array_equal(weights["id"], [f"{path}:{i + 2}" for i in range(30, 150)])
+        np.testing.assert_array_equal(weights["given_label"], y[30:])
+
+    # An unfinished run (no results.json) resumes from its split; another config is refused.
+    os.remove(os.path.join(run_dir, "results.json"))
+    _main(*args, "--epochs=2")
+    assert json.load(open(os.path.join(run_dir, "results.json")))["test_accuracy"] is None
+    os.remove(os.path.join(run_dir, "results.json"))
+    with pytest.raises(SystemExit):
+        _main(*args[:-1], "--label_column=a", f"--output_dir={run_dir}")
+
+
+def _write_digits(root, changed_fraction=0.25, seed=0):
+    """scikit-learn's 1,797 8x8 digits as folder trees train/trusted/test; some training
+    labels changed. Returns the file names (`<index>.png`) of the changed examples."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * 255 / 16).astype(np.uint8)[..., None]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(images))
+    test, trusted, train_part = order[:300], order[300:400], order[400:]
+    given = digits.target.copy()
+    change = train_part[rng.random(len(train_part)) < changed_fraction]
+    given[change] = (given[change] + rng.integers(1, 10, len(change))) % 10
+    for part, indices in (("train", train_part), ("trusted", trusted), ("test", test)):
+        for i in indices:
+            _write_png(os.path.join(root, part, str(given[i]), f"{i:04d}.png"), images[i])
+    return {f"{i:04d}.png" for i in change}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The digits folder trees (written once for this module) and the changed file names."""
+    root = str(tmp_path_factory.mktemp("digits"))
+    return root, _write_digits(root)
+
+
+def _changed_mask(ids, changed):
+    return np.array([os.path.basename(str(path)) in changed for path in ids])
+
+
+def test_real_digits_folder_tree_end_to_end_low_weights_on_changed_labels(tmp_path, digits):
+    from sklearn.metrics import roc_auc_score
+
+    root, changed = digits
+    run_dir = str(tmp_path / "run")
+    _main(f"--train_data={root}/train", f"--trusted_data={root}/trusted",
+          f"--test_data={root}/test",
+          "--epochs=20", "--lr=0.05", "--verbose=0", f"--output_dir={run_dir}")
+
+    results = json.load(open(os.path.join(run_dir, "results.json")))
+    assert results["config"]["model"] == "small_cnn"
+    assert results["test_accuracy"]["last"] > 0.85  # 10 classes; chance is 0.1
+    with np.load(os.path.join(run_dir, "example_weights.npz")) as weights:
+        is_changed = _changed_mask(weights["id"], changed)
+        weight = weights["instance_weight"]
+    assert 0.2 < is_changed.mean() < 0.3 and len(weight) == 1397
+    # Most changed labels get low weights: below the median, and ranked low overall.
+    assert np.mean(weight[is_changed] < np.median(weight)) > 0.9
+    assert roc_auc_score(is_changed, -weight) > 0.9
+    issues = os.path.join(run_dir, "label_issues.csv")
+    if os.path.exists(issues):  # Written by the label-issues output, where present.
+        with open(issues, newline="") as file:
+            rows = list(csv.DictReader(file))
+        assert len(rows) == len(weight)
+
+
+def test_automatic_trusted_set_on_real_digits_is_pure(tmp_path, digits):
+    root, changed = digits
+    run_dir = str(tmp_path / "run")
+    _main(f"--train_data={root}/train", "--trusted_data=auto",
+          "--auto_meta_per_class=10", "--auto_meta_warmup_epochs=3", "--epochs=1", "--lr=0.05",
+          "--verbose=0", f"--output_dir={run_dir}")
+
+    results = json.load(open(os.path.join(run_dir, "results.json")))
+    chosen = results["auto_meta"]
+    assert chosen["purity"] is None  # the truth is unknown to the run
+    assert len(chosen["ids"]) == 100 and chosen["per_class"] == 10
+    # The chosen examples' labels were almost never the changed ones (25% of the pool).
+    assert _changed_mask(chosen["ids"], changed).mean() <= 0.05
+    split = split_lib.Split.load(os.path.join(run_dir, "split.npz"))
+    assert split.meta_source == "auto" and not split.truth_known
+    np.testing.assert_array_equal(np.bincount(split.meta_labels, minlength=10), [10] * 10)
+    with np.load(os.path.join(run_dir, "example_weights.npz")) as weights:
+        assert not set(weights["id"]) & set(chosen["ids"])
+        assert len(weights["id"]) == 1397 - 100
+
+
+@pytest.mark.skipif(
+    not os.path.isfile(os.path.join(datasets.DEBIAN_FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz")),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
+def test_automatic_trusted_set_on_the_benchmark_reports_its_purity(tmp_path):
+    run_dir = str(tmp_path / "run")
+    _main("--dataset=fashion_mnist", "--max_train_examples=600", "--max_test_examples=100",
+          "--noise=uniform", "--ratio=0.6", "--num_meta=50", "--trusted_data=auto",
+          "--auto_meta_per_class=5", "--auto_meta_warmup_epochs=2", "--batch_size=50",
+          "--meta_batch_size=50", "--model=mlp", "--lr=0.02", "--epochs=1", "--verbose=0",
+          f"--output_dir={run_dir}")
+
+    results = json.load(open(os.path.join(run_dir, "results.json")))
+    split = split_lib.Split.load(os.path.join(run_dir, "split.npz"))
+    labels = datasets.load_dataset("fashion_mnist").y_train[:600]
+    assert split.meta_source == "auto" and split.truth_known and len(split.meta_indices) == 50
+    # The noisy pool is the clean-meta protocol's training set: the same indices, less the 50.
+    base = split_lib.make_split(labels, 10, 50, "uniform", 0.6, 1.0, seed=0)
+    np.testing.assert_array_equal(np.sort(np.r_[split.meta_indices, split.train_indices]),
+                                  base.train_indices)
+    purity = np.mean(labels[split.meta_indices] == split.meta_labels)
+    assert results["auto_meta"]["purity"] == pytest.approx(purity)
+    assert results["noise"]["realised_rate"] == pytest.approx(split.train_corrupted.mean())
+    assert results["detection_auroc"] is not None
