@@ -11,6 +11,7 @@ Precedence (as absl applies it, left to right): flag defaults, then the flags of
 """
 
 import dataclasses
+import math
 import os
 
 import tensorflow_datasets as tfds
@@ -233,6 +234,11 @@ def _register_validators(fv):
                      "there, or leave the flag out to use the default locations."),
     }
     for name, (checker, message) in checks.items():
+        if fv[name].flag_type() == "float":  # First: inf passes most range checks.
+            flags.register_validator(
+                name, math.isfinite, flag_values=fv,
+                message=f"--{name} must be a finite number (not nan or inf); e.g. "
+                        f"--{name}={fv[name].default}.")
         flags.register_validator(name, checker, message=message, flag_values=fv)
     flags.register_multi_flags_validator(
         ["meta_batch_size", "num_meta"],

@@ -124,3 +124,21 @@ def test_output_dir_is_required():
 def test_known_datasets_pass_the_dataset_validator():
     for dataset in ("cifar10", "cifar100", "fashion_mnist", "mnist", "svhn_cropped"):
         assert _parse(f"--dataset={dataset}", "--output_dir=out").dataset == dataset
+
+
+FLOAT_FLAGS = ("ratio", "imbalance", "lr", "momentum", "l2", "outer_lr", "clip")
+
+
+def test_every_float_flag_is_checked_for_nan_and_inf():
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    assert {name for name in flag_values if flag_values[name].flag_type() == "float"} == set(
+        FLOAT_FLAGS)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("name", FLOAT_FLAGS)
+def test_non_finite_floats_are_refused_at_parse_time(name, value):
+    with pytest.raises(flags.IllegalFlagValueError,
+                       match=re.escape(f"--{name} must be a finite number (not nan or inf)")):
+        _parse(f"--{name}={value}", "--output_dir=out")
