@@ -369,7 +369,14 @@ def prepare_output_dir(config):
         from gdw_tf.export import check_export_dir
 
         check_export_dir(config.export_dir, config.overwrite)
-    os.makedirs(output_dir, exist_ok=True)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--output_dir={output_dir} cannot be created ({err.strerror or err}); "
+                         "give a directory you may write to.") from None
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"--output_dir={output_dir} is not writable; give a directory you may "
+                         "write to.")
 
 
 def config_differences(saved, config):

@@ -519,3 +519,11 @@ def test_meta_augmentation_is_a_reflect_padded_crop_maybe_flipped():
     assert not np.array_equal(np.asarray(layer(images, training=True)), augmented)  # a new draw
     np.testing.assert_array_equal(np.asarray(layer(images, training=False)), images)
     assert int(layer.calls.numpy()) == 2
+
+
+@pytest.mark.parametrize("output_dir", ["/proc/no_such_process/run", "/proc/version/run"])
+def test_an_output_dir_that_cannot_be_created_is_one_line(output_dir, capsys, no_data_loading):
+    status, message = _exit_message(capsys, f"--output_dir={output_dir}")
+    assert status == 2
+    assert message.startswith(f"error: --output_dir={output_dir} cannot be created")
+    assert message.count("\n") == 1
