@@ -256,9 +256,28 @@ def test_fashion_mnist_missing_everywhere_says_where_to_put_it(tmp_path, monkeyp
 
     monkeypatch.setattr(data, "_load_tfds", offline)
     with pytest.raises(ValueError, match="dataset-fashion-mnist") as error:
-        data.load_dataset("fashion_mnist", str(tmp_path / "mine"))
-    for directory in ("mine", os.path.join("datasets", "fashion-mnist"), "debian"):
+        data.load_dataset("fashion_mnist")
+    for directory in (os.path.join("datasets", "fashion-mnist"), "debian"):
         assert directory in str(error.value)
+
+
+def test_an_explicit_data_dir_without_fashion_mnist_is_refused_naming_the_missing_files(
+        tmp_path, monkeypatch):
+    # The files exist elsewhere (Keras' cache); an explicit --data_dir must not fall back there.
+    (tmp_path / "datasets" / "fashion-mnist").mkdir(parents=True)
+    write_fake_fashion_mnist(tmp_path / "datasets" / "fashion-mnist")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert len(data.load_dataset("fashion_mnist").y_train) == 12  # found without --data_dir
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / data.FASHION_MNIST_FILES["x_train"]).write_bytes(b"")  # one of four present
+    with pytest.raises(ValueError) as error:
+        data.load_dataset("fashion_mnist", str(mine))
+    message = str(error.value)
+    assert message.startswith(f"--data_dir={mine} holds no Fashion-MNIST: ")
+    missing = [name for key, name in data.FASHION_MNIST_FILES.items() if key != "x_train"]
+    assert f"{', '.join(missing)} missing there" in message
+    assert "\n" not in message
 
 
 @pytest.mark.skipif(
