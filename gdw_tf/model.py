@@ -434,7 +434,10 @@ class GDWModel(backend.Trainer, keras.Model):
         if real.class_weights is not None:
             t["weights/labelled_mean"].update_state(label_weights)
             t["weights/other_mean"].update_state(real.class_weights, sample_weight=1.0 - fwd.onehot)
-        return {name: _result(tracker) for name, tracker in t.items() if name not in _TEST_METRICS}
+        logs = {name: _result(tracker) for name, tracker in t.items() if name not in _TEST_METRICS}
+        # Keras' own key first: callbacks that watch `loss` (TerminateOnNaN, EarlyStopping,
+        # ReduceLROnPlateau) see the training loss; `train/loss` is the same value, namespaced.
+        return {"loss": logs["train/loss"], **logs}
 
     def _meta_step(self, fwd, trainable, non_trainable, x):
         """Steps 2–6: the meta-gradients and the weight-net update, on every `meta_interval`-th

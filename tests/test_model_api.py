@@ -290,3 +290,37 @@ def test_a_loaded_model_resumes_training_exactly(fitted_and_saved):
     for trained, resumed in zip(model.variables, loaded.variables, strict=True):
         np.testing.assert_allclose(trained.numpy(), resumed.numpy(), rtol=1e-6, atol=1e-7,
                                    err_msg=trained.path)
+
+
+# --------------------------------------------------------------------------------------------
+# Keras' standard callbacks
+
+
+def test_terminate_on_nan_stops_a_diverging_fit_at_the_first_non_finite_loss():
+    model = GDWModel(models.mlp((NUM_FEATURES,), NUM_CLASSES), NUM_CLASSES,
+                     meta_data=meta_set(), meta_batch_size=10)
+    model.compile(optimizer=keras.optimizers.SGD(1e30))  # diverges
+    x, y = training_set(200)
+    history = model.fit(x, y, batch_size=10, epochs=5, verbose=0,
+                        callbacks=[keras.callbacks.TerminateOnNaN()])
+    losses = history.history["loss"]
+    assert len(losses) == 1 and not np.isfinite(losses[0])  # stopped in epoch 1
+    assert int(model.optimizer.iterations.numpy()) < 20  # of 100 steps asked for
+
+
+def test_loss_is_the_training_loss_and_val_loss_the_validation_loss():
+    model = make_model()
+    x, y = training_set()
+    x_val, y_val = meta_set(seed=5)
+    history = model.fit(x, y, batch_size=10, epochs=2, verbose=0, validation_data=(x_val, y_val),
+                        callbacks=[keras.callbacks.EarlyStopping(monitor="loss", patience=5)])
+    logs = history.history
+    assert logs["loss"] == logs["train/loss"]
+    assert len(logs["val_loss"]) == 2 and logs["val_loss"] != logs["loss"]
+    evaluated = model.evaluate(x_val, y_val, verbose=0, return_dict=True)
+    np.testing.assert_allclose(logs["val_loss"][-1], evaluated["loss"], rtol=1e-6)
+    # The validation loss is the mean cross-entropy of the final weights' predictions.
+    logits = model.predict(x_val, verbose=0).astype("float64")
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    np.testing.assert_allclose(evaluated["loss"], -log_probs[np.arange(len(y_val)), y_val].mean(),
+                               rtol=1e-5)

@@ -105,7 +105,7 @@ def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
         "config.json", "example_weights.npz", "history.csv", "model.keras", "results.json",
         "split.npz", "tensorboard"]  # backup/ is removed once the run is finished
     tags = _tensorboard_tags(os.path.join(run_dir, "tensorboard"))
-    assert {"epoch_train/loss", "epoch_meta/loss", "epoch_weights/labelled_mean",
+    assert {"epoch_loss", "epoch_train/loss", "epoch_meta/loss", "epoch_weights/labelled_mean",
             "epoch_test/accuracy", "epoch_test/loss"} <= tags["train"]
     assert {"epoch_accuracy", "epoch_loss"} <= tags["validation"]
 
@@ -129,7 +129,7 @@ def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
     # history.csv: one row per epoch, namespaced metrics, the cosine schedule.
     rows = _history_rows(run_dir)
     assert len(rows) == 2
-    for column in ("train/loss", "train/accuracy", "meta/loss", "weights/instance_mean",
+    for column in ("loss", "train/loss", "train/accuracy", "meta/loss", "weights/instance_mean",
                    "weights/labelled_mean", "weights/other_mean", "test/loss", "test/accuracy",
                    "val_loss", "val_accuracy", "learning_rate", "time/epoch_seconds"):
         assert column in rows[0]
