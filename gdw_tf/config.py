@@ -65,6 +65,7 @@ class Config:
     max_test_examples: int = 0
     export_dir: str | None = None
     distribute: str = "none"
+    mixed_precision: bool = False
     overwrite: bool = False
     verbose: int = 1
 
@@ -189,6 +190,11 @@ def define_flags(flag_values):
         "writes --output_dir, the others <output_dir>/workers/worker<i>). --batch_size and "
         "--meta_batch_size are global, split across the replicas; "
         "--meta_batch_size must be a multiple of the number of replicas.", flag_values=fv)
+    flags.DEFINE_boolean(
+        "mixed_precision", False,
+        "Train in Keras' mixed_bfloat16 precision: the backbone computes in bfloat16 with "
+        "float32 weights; losses, example weights and the weight net stay float32. For GPUs "
+        "with bfloat16 (NVIDIA Ampere and newer) and TPUs; slower on most CPUs.", flag_values=fv)
     flags.DEFINE_boolean("overwrite", False, "Start over: delete the run files in --output_dir "
                          "(a finished, unfinished or different run) and a non-empty "
                          "--export_dir instead of refusing them.", flag_values=fv)

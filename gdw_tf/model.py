@@ -183,7 +183,9 @@ class GDWModel(backend.Trainer, keras.Model):
         self.seed = int(seed)
         self.track_examples = None if track_examples is None else int(track_examples)
 
-        self.weight_net = build_weight_net(self.weight_net_hidden)
+        # Under a mixed-precision policy the weight net, like the weighting, runs in float32.
+        mixed = keras.mixed_precision.global_policy().name.startswith("mixed_")
+        self.weight_net = build_weight_net(self.weight_net_hidden, "float32" if mixed else None)
         self.weight_net_optimizer = TorchAdam(self.weight_net_lr, l2=self.weight_net_l2)
 
         # Meta-batch order: pass `meta_epoch` over the meta set follows
@@ -293,6 +295,11 @@ class GDWModel(backend.Trainer, keras.Model):
             raise ValueError(
                 "GDWModel computes its own loss (cross-entropy with learned weights) and "
                 "metrics; call compile() without loss= and metrics=."
+            )
+        if "mixed_float16" in (self.dtype_policy.name, self.backbone.dtype_policy.name):
+            raise ValueError(
+                "GDWModel does not scale its losses, which mixed_float16 needs; use "
+                "keras.mixed_precision.set_global_policy('mixed_bfloat16') instead."
             )
         super().compile(optimizer=optimizer, **kwargs)
         if weight_net_optimizer is not None:
@@ -493,7 +500,7 @@ class GDWModel(backend.Trainer, keras.Model):
     def _test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         y = self._labels(y)
-        logits = self(x, training=False)
+        logits = step_lib.float32_at_least(self(x, training=False))
         onehot = ops.one_hot(y, self.num_classes, dtype=logits.dtype)
         self._trackers["loss"].update_state(weighting.per_example_cross_entropy(logits, onehot))
         self._trackers["accuracy"].update_state(_correct(logits, y))

@@ -324,3 +324,59 @@ def test_loss_is_the_training_loss_and_val_loss_the_validation_loss():
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     np.testing.assert_allclose(evaluated["loss"], -log_probs[np.arange(len(y_val)), y_val].mean(),
                                rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Mixed precision
+
+
+@pytest.fixture
+def restore_dtype_policy():
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def _one_step(policy, method):
+    """One GDWModel step of 40 examples under `policy`: (initial weights, updated weights,
+    weights on the given labels, loss, model)."""
+    keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(0)
+    x, y = training_set(40)
+    model = GDWModel(models.mlp((NUM_FEATURES,), NUM_CLASSES), NUM_CLASSES, method=method,
+                     meta_data=meta_set(), meta_batch_size=10, track_examples=40)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    before = model.backbone.get_weights()
+    batches = tf.data.Dataset.from_tensor_slices((x, y, np.arange(40))).batch(40)
+    loss = model.fit(batches, epochs=1, verbose=0).history["loss"][0]
+    keras.mixed_precision.set_global_policy("float32")
+    return before, model.backbone.get_weights(), np.asarray(model.example_label_weights), loss, model
+
+
+# bfloat16 keeps 8 significant bits (relative rounding 2^-8 = 0.4% per operation); through the
+# MLP's 256-term sums one step's update differed from float32's by 3-4% (GDW, MW-Net, CE) and
+# 6% (L2RW, whose weights are clipped at 0) when this test was written.
+@pytest.mark.parametrize("method, update_rtol", [("gdw", 0.1), ("mwnet", 0.1), ("l2rw", 0.15),
+                                                 ("ce", 0.1)])
+def test_mixed_bfloat16_takes_the_float32_step_within_bfloat16_rounding(
+        method, update_rtol, restore_dtype_policy):
+    start, expected, expected_weights, expected_loss, _ = _one_step("float32", method)
+    start_mixed, actual, weights, loss, model = _one_step("mixed_bfloat16", method)
+    assert model.backbone.compute_dtype == "bfloat16"  # mixed precision was in use
+    assert all(v.dtype == "float32" for v in model.backbone.weights + model.weight_net.weights)
+    assert all(layer.compute_dtype == "float32" for layer in model.weight_net.layers[1:])
+    for a, b in zip(start, start_mixed, strict=True):
+        np.testing.assert_array_equal(a, b)  # the same initial weights
+    update = np.concatenate([(e - s).ravel() for s, e in zip(start, expected)])
+    mixed_update = np.concatenate([(e - s).ravel() for s, e in zip(start, actual)])
+    assert np.linalg.norm(mixed_update - update) <= update_rtol * np.linalg.norm(update)
+    assert loss == pytest.approx(expected_loss, rel=0.01)
+    if method in ("gdw", "mwnet"):  # weights near 1, smooth in the loss
+        np.testing.assert_allclose(weights, expected_weights, atol=0.01)
+
+
+def test_mixed_float16_is_refused_with_the_policy_to_use(restore_dtype_policy):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    model = GDWModel(models.mlp((NUM_FEATURES,), NUM_CLASSES), NUM_CLASSES,
+                     meta_data=meta_set(), meta_batch_size=10)
+    with pytest.raises(ValueError, match="use keras.mixed_precision.set_global_policy"):
+        model.compile(optimizer="sgd")

@@ -527,3 +527,20 @@ def test_an_output_dir_that_cannot_be_created_is_one_line(output_dir, capsys, no
     assert status == 2
     assert message.startswith(f"error: --output_dir={output_dir} cannot be created")
     assert message.count("\n") == 1
+
+
+def test_mixed_precision_trains_in_bfloat16_and_leaves_the_global_policy_alone(tmp_path):
+    run_dir = tmp_path / "run"
+    _main(*TINY_FASHION_MNIST, "--model=mlp", "--mixed_precision", f"--output_dir={run_dir}",
+          f"--export_dir={tmp_path / 'serving'}")
+    assert keras.mixed_precision.global_policy().name == "float32"
+    results = _read_json(str(run_dir / "results.json"))
+    assert results["config"]["mixed_precision"] is True
+    assert 0.0 < results["test_accuracy"]["last"] <= 1.0
+    backbone = keras.saving.load_model(str(run_dir / "model.keras"))
+    assert backbone.layers[-1].dtype_policy.name == "mixed_bfloat16"
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+    outputs = tf.saved_model.load(str(tmp_path / "serving")).signatures["serve"](
+        tf.constant(images))
+    assert outputs["probabilities"].dtype == tf.float32
+    np.testing.assert_allclose(np.sum(outputs["probabilities"], axis=-1), 1.0, rtol=1e-5)
