@@ -22,7 +22,8 @@ Run directory:
                           test/accuracy (also as Keras' val_loss, val_accuracy),
                           learning_rate, time/epoch_seconds
     tensorboard/          the same scalars for TensorBoard (Keras prefixes `epoch_`)
-    backup/               BackupAndRestore's latest epoch (removed once the run is finished)
+    backup/               the last two epochs' state, `gdw_tf.backup` (removed once the run is
+                          finished)
     example_weights.npz   per training example: index, labels, corrupted flag, weights
     model.keras           the trained backbone (normalised float images in, logits out)
     results.json          accuracies (fractions in [0, 1]), noise, detection AUROC, timing
@@ -64,6 +65,7 @@ import tensorflow as tf
 from gdw_tf import data
 from gdw_tf import models
 from gdw_tf import backend
+from gdw_tf.backup import AtomicBackupAndRestore
 from gdw_tf.config import DISTRIBUTE
 from gdw_tf.config import Config
 from gdw_tf.config import OUTER_LR_BY_CLASSES
@@ -328,8 +330,7 @@ def make_callbacks(config, train_data, steps_per_epoch):
                         "(pip install tensorboard).")
     return callbacks + [
         # Last at epoch end: an epoch is backed up only once it is logged.
-        keras.callbacks.BackupAndRestore(os.path.join(output_dir, BACKUP_DIR),
-                                         delete_checkpoint=False),
+        AtomicBackupAndRestore(os.path.join(output_dir, BACKUP_DIR), delete_checkpoint=False),
         _ReplayDataOrder(train_data, steps_per_epoch),  # After the restore.
     ]
 

@@ -429,8 +429,8 @@ def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_epoch(
     assert status == 1
     assert "became NaN or infinite in epoch 2" in message and "Lower --lr" in message
     assert f"the state after epoch 1 is kept in {run_dir / 'backup'}" in message
-    assert (run_dir / "backup" / "latest.weights.h5").exists()
-    assert json.loads((run_dir / "backup" / "training_metadata.json").read_text())["epoch"] == 1
+    assert (run_dir / "backup" / "epoch-00001.weights.h5").exists()
+    assert json.loads((run_dir / "backup" / "epoch-00001.json").read_text())["epoch"] == 1
     assert not (run_dir / "results.json").exists()
 
 
