@@ -41,7 +41,12 @@ def serving_function(backbone, mean, std):
       A Python function of one `uint8` tensor.
     """
 
+    expected = tuple(backbone.inputs[0].shape[1:])
+
     def serve(images):
+        # A loaded signature (and TF Serving) does not enforce its declared shape: images of
+        # another size could be reshaped or pooled into a wrong answer. Refuse them instead.
+        images = tf.ensure_shape(images, (None,) + expected)
         logits = backbone(data.normalize(images, mean, std), training=False)
         probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
         classes = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
