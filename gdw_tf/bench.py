@@ -249,6 +249,8 @@ def format_table(result):
 def main(argv):
     del argv
     config = flags.FLAGS
+    if not config.methods:
+        raise app.UsageError(f"--methods is empty; give some of {','.join(step_lib.METHODS)}.")
     unknown = sorted(set(config.methods) - set(step_lib.METHODS))
     if unknown:
         raise app.UsageError(f"unknown method(s) {unknown}; choose from {list(step_lib.METHODS)}.")

@@ -228,7 +228,7 @@ def _register_validators(fv):
         "clip": (lambda v: v > 0, "--clip must be > 0."),
         "meta_interval": (lambda v: v >= 1, "--meta_interval must be a positive integer (1 = a "
                           "meta step on every step)."),
-        "seed": (lambda v: v >= 0, "--seed must be >= 0."),
+        "seed": (lambda v: 0 <= v < 2**32, "--seed must lie in [0, 2**32)."),
         "max_train_examples": (lambda v: v >= 0, "--max_train_examples must be >= 0 (0 = all)."),
         "max_test_examples": (lambda v: v >= 0, "--max_test_examples must be >= 0 (0 = all)."),
         "verbose": (lambda v: v in (0, 1, 2), "--verbose must be 0, 1 or 2."),

@@ -126,7 +126,13 @@ def export_run(run_dir, export_dir, overwrite=False):
     staging = os.path.normpath(export_dir) + ".partial"
     if os.path.exists(staging):
         shutil.rmtree(staging)
-    export_serving(backbone, staging, normalization["mean"], normalization["std"])
+    try:
+        export_serving(backbone, staging, normalization["mean"], normalization["std"])
+    except (OSError, tf.errors.OpError) as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = getattr(err, "message", None) or getattr(err, "strerror", None) or err
+        raise ValueError(f"could not write the export next to {export_dir} ({reason}); give "
+                         "an --export_dir you may write to.") from None
     if os.path.isdir(export_dir):
         shutil.rmtree(export_dir)
     os.replace(staging, export_dir)

@@ -163,6 +163,9 @@ class GDWModel(backend.Trainer, keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        _check_settings(outer_lr=outer_lr, clip=clip, l2=l2, weight_net_lr=weight_net_lr,
+                        weight_net_l2=weight_net_l2, weight_net_hidden=weight_net_hidden,
+                        seed=seed, track_examples=track_examples)
         _check_arguments(
             backbone, num_classes, method, meta_batch_size, outer_lr, clip, l2, meta_grad,
             meta_interval,
@@ -359,6 +362,11 @@ class GDWModel(backend.Trainer, keras.Model):
 
     def _train_step(self, data):
         x, y, index = keras.utils.unpack_x_y_sample_weight(data)
+        if y is None:
+            raise ValueError(
+                "GDWModel trains on labelled examples: give fit(x, y), or a dataset of (x, y) "
+                "pairs ((x, y, index) with track_examples=N)."
+            )
         if (index is None) != (self.track_examples is None):
             raise ValueError(
                 "GDWModel learns its own example weights and takes no sample_weight; a third "
@@ -619,6 +627,28 @@ def _check_arguments(
             f"the backbone's output has shape {output_shape}, but num_classes={num_classes}: "
             f"its last layer must give {num_classes} logits per example."
         )
+
+
+def _check_settings(**settings):
+    """Refuses non-finite numbers, a weight-net learning rate ≤ 0 or L2 < 0, and integers
+    (weight-net width, seed, number of tracked examples) that are not integers in range."""
+    for name in ("outer_lr", "clip", "l2", "weight_net_lr", "weight_net_l2"):
+        value = settings[name]
+        if not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
+            raise ValueError(f"{name} must be a finite number; got {value!r}.")
+    if not settings["weight_net_lr"] > 0:
+        raise ValueError(f"weight_net_lr must be > 0; got {settings['weight_net_lr']!r}.")
+    if not settings["weight_net_l2"] >= 0:
+        raise ValueError(f"weight_net_l2 must be ≥ 0; got {settings['weight_net_l2']!r}.")
+    for name, low, high in (("weight_net_hidden", 1, None), ("seed", 0, 2**32),
+                            ("track_examples", 1, None)):
+        value = settings[name]
+        if value is None and name == "track_examples":
+            continue
+        if (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low
+                or (high is not None and value >= high)):
+            kind = "an integer in [0, 2**32)" if high else "a positive integer"
+            raise ValueError(f"{name} must be {kind}; got {value!r}.")
 
 
 def _meta_arrays(meta_data):

@@ -381,6 +381,11 @@ def prepare_output_dir(config):
         from gdw_tf.export import check_export_dir
 
         check_export_dir(config.export_dir, config.overwrite)
+        try:  # Now, not after training: a directory that cannot be made is refused up front.
+            os.makedirs(config.export_dir, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"--export_dir={config.export_dir} cannot be created "
+                             f"({err.strerror or err}); give a directory you may write to.") from None
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as err:
@@ -409,7 +414,11 @@ def load_or_make_split(config, labels, num_classes):
     """
     path = os.path.join(config.output_dir, SPLIT_FILE)
     if os.path.exists(path):
-        split = data.Split.load(path)
+        try:
+            split = data.Split.load(path)
+        except (OSError, ValueError, KeyError, EOFError) as err:
+            raise ValueError(f"{path} is unreadable ({_first_line(err)}); move it away or pass "
+                             "--overwrite to start the run over.") from None
         indices = np.concatenate([split.meta_indices, split.train_indices])
         if (indices.max(initial=-1) >= len(labels)
                 or not np.array_equal(labels[split.train_indices], split.train_true_labels)):
@@ -421,7 +430,8 @@ def load_or_make_split(config, labels, num_classes):
         raise ValueError(
             f"--num_meta={config.num_meta} is too large: the smallest class of {config.dataset} "
             f"has {smallest} training examples, so a class-balanced meta set holds at most "
-            f"{num_classes * smallest} ({num_classes} classes x {smallest}). Lower --num_meta.")
+            f"{num_classes * smallest} ({num_classes} classes x {smallest}). Lower --num_meta"
+            + (" or raise --max_train_examples." if config.max_train_examples else "."))
     split = data.make_split(labels, num_classes, config.num_meta, config.noise, config.ratio,
                             config.imbalance, config.seed)
     temporary = path + ".tmp"
@@ -542,6 +552,10 @@ def resolve_outer_lr(outer_lr, num_classes):
     if outer_lr == OUTER_LR_BY_CLASSES:
         return 100.0 if num_classes <= 10 else 1000.0
     return float(outer_lr)
+
+
+def _first_line(err):
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _mean_or_none(values):

@@ -59,6 +59,13 @@ def test_meta_interval_is_refused_for_l2rw():
     assert "does not apply to l2rw" in result.stderr
 
 
+def test_an_empty_method_list_is_refused():
+    command = [sys.executable, "-m", "gdw_tf.bench", "--methods="]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "--methods is empty" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_unknown_methods_are_refused():
     command = [sys.executable, "-m", "gdw_tf.bench", "--methods=gdw,bogus"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)

@@ -394,3 +394,26 @@ def test_eval_dataset_keeps_order():
     np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), np.arange(7))
     np.testing.assert_allclose(np.concatenate([b[0] for b in batches]), (x / 255 - 0.5) / 0.5,
                                atol=1e-6)
+
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 1), dtype=np.uint8)
+LABELS = np.arange(20) % 2
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: data.normalize(IMAGES, [0.5, 0.5, 0.5], [0.2, 0.2, 0.2]),
+     r"one mean per channel \(1\); got mean=\[0.5, 0.5, 0.5\]"),  # was broadcast to 3 channels
+    (lambda: data.normalize(IMAGES, [0.5], [0.0]), r"finite std > 0; got std=\[0.0\]"),
+    (lambda: data.normalize(IMAGES, [float("nan")], [0.2]), r"finite mean; got mean=\[nan\]"),
+    (lambda: data.train_dataset(IMAGES, LABELS, 4, 0, False, [0.5], [0.0]),
+     r"finite std > 0"),  # before tf.data traces anything
+    (lambda: data.eval_dataset(IMAGES, LABELS, 4, [0.5, 0.5], [0.2, 0.2]), "one mean per channel"),
+    (lambda: data.train_dataset(IMAGES, LABELS, 0, 0, False, [0.5], [0.2]),
+     "batch_size must be a positive integer; got 0"),
+    (lambda: data.make_split(np.arange(1000) % 10, 10, 100, "uniform", 0.2, 1e12, 0),
+     r"leaves the last class without training examples \(the largest class keeps 90\)"),
+    (lambda: data.long_tail_counts(90, float("inf"), 10), "below 90"),
+])
+def test_data_helpers_refuse_what_would_train_on_wrong_data(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

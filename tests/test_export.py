@@ -306,3 +306,12 @@ def test_the_served_model_refuses_images_of_another_shape_or_dtype(builder, tmp_
                            match=f"expected to be a uint8 tensor but is a {dtype.name[:-2]}"):
             serve(images=tf.zeros((2, 28, 28, 1), dtype))
     assert serve(images=tf.zeros((2, 28, 28, 1), tf.uint8))["classes"].shape == (2,)
+
+
+def test_export_run_to_a_directory_that_cannot_be_written_is_one_line(tmp_path):
+    write_run_dir(tmp_path / "run", models.small_cnn((8, 8, 1), 3), [0.5], [0.25])
+    with pytest.raises(ValueError) as error:
+        export.export_run(str(tmp_path / "run"), "/proc/no_such_process/export")
+    message = str(error.value)
+    assert message.startswith("could not write the export next to /proc/no_such_process/export")
+    assert "\n" not in message and "--export_dir you may write to" in message

@@ -108,6 +108,8 @@ def test_precedence_defaults_then_flagfile_then_command_line(tmp_path):
         (["--jit_compile=maybe"], "value should be one of"),
         (["--meta_grad=fd"], "value should be one of"),
         (["--meta_interval=0"], "--meta_interval must be a positive integer"),
+        (["--seed=-1"], "--seed must lie in [0, 2**32)"),
+        (["--seed=5000000000"], "--seed must lie in [0, 2**32)"),  # NumPy's seeds are 32-bit
         (["--method=l2rw", "--meta_interval=2"], "l2rw has none: use --meta_interval=1"),
     ],
 )

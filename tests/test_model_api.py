@@ -141,6 +141,20 @@ def test_meta_inputs_of_the_wrong_shape_are_refused():
         ({"track_examples": 0}, "track_examples must be a positive integer"),
         ({"clip": 0.0}, "clip must be > 0"),
         ({"outer_lr": -1.0}, "outer_lr must be ≥ 0"),
+        # Beyond the first pass: the values a hurried user gives.
+        ({"outer_lr": float("inf")}, "outer_lr must be a finite number; got inf"),
+        ({"clip": float("inf")}, "clip must be a finite number; got inf"),
+        ({"l2": float("inf")}, "l2 must be a finite number; got inf"),
+        ({"l2": "5e-4"}, "l2 must be a finite number; got '5e-4'"),
+        ({"weight_net_lr": float("nan")}, "weight_net_lr must be a finite number; got nan"),
+        ({"weight_net_lr": -1e-3}, "weight_net_lr must be > 0"),
+        ({"weight_net_l2": -1e-4}, "weight_net_l2 must be ≥ 0"),
+        ({"weight_net_hidden": 0}, "weight_net_hidden must be a positive integer; got 0"),
+        ({"weight_net_hidden": 2.5}, "weight_net_hidden must be a positive integer; got 2.5"),
+        ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*32\); got -1"),
+        ({"seed": 2**40}, r"seed must be an integer in \[0, 2\*\*32\)"),
+        ({"seed": "0"}, r"seed must be an integer in \[0, 2\*\*32\); got '0'"),
+        ({"track_examples": 2.5}, "track_examples must be a positive integer; got 2.5"),
     ],
 )
 def test_constructor_refuses_bad_arguments(kwargs, message):
@@ -191,6 +205,16 @@ def test_fit_refuses_bad_numpy_training_data_before_any_step(x, y, message):
     with pytest.raises(ValueError, match=message):
         model.fit(x, y, batch_size=20, epochs=1, verbose=0, callbacks=[callback])
     assert callback.calls == []
+    assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("inputs", ["x_only", "dataset_of_x"])
+def test_fit_without_labels_says_how_to_give_them(inputs):
+    model = make_model()
+    before = snapshot(model)
+    x = X_TRAIN if inputs == "x_only" else tf.data.Dataset.from_tensor_slices(X_TRAIN).batch(10)
+    with pytest.raises(ValueError, match=r"trains on labelled examples: give fit\(x, y\)"):
+        model.fit(x, epochs=1, verbose=0)
     assert_untouched(model, before)
 
 

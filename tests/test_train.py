@@ -544,3 +544,31 @@ def test_mixed_precision_trains_in_bfloat16_and_leaves_the_global_policy_alone(t
         tf.constant(images))
     assert outputs["probabilities"].dtype == tf.float32
     np.testing.assert_allclose(np.sum(outputs["probabilities"], axis=-1), 1.0, rtol=1e-5)
+
+
+def test_an_export_dir_that_cannot_be_created_is_refused_before_any_data_is_loaded(
+        tmp_path, capsys, no_data_loading):
+    pytest.importorskip("gdw_tf.export")
+    status, message = _exit_message(capsys, "--export_dir=/proc/no_such_process/export",
+                                    f"--output_dir={tmp_path / 'run'}")
+    assert status == 2 and message.count("\n") == 1
+    assert message.startswith("error: --export_dir=/proc/no_such_process/export cannot be created")
+
+
+def test_an_imbalance_that_empties_a_class_is_refused_before_training(tmp_path, capsys):
+    status, message = _exit_message(capsys, *TINY_FASHION_MNIST, "--imbalance=1e9",
+                                    f"--output_dir={tmp_path / 'run'}")
+    assert status == 2 and message.count("\n") == 1
+    assert "leaves the last class without training examples" in message
+    assert not (tmp_path / "run" / "history.csv").exists()
+
+
+def test_an_unreadable_split_from_another_version_is_one_line(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "split.npz").write_text("not a split")
+    status, message = _exit_message(capsys, *TINY_FASHION_MNIST, f"--output_dir={run_dir}")
+    assert status == 2 and message.count("\n") == 1
+    assert message.startswith(f"error: {run_dir / 'split.npz'} is unreadable (")
+    assert "--overwrite" in message
+    assert (run_dir / "split.npz").read_text() == "not a split"  # left as it was
