@@ -10,7 +10,9 @@ Time: median over `--steps` steps after `--warmup` steps; the methods' timed ste
 `--meta_interval=k` a round runs k consecutive steps of each method (one of them a meta step),
 and the time per step is theirs divided by k. Memory, TensorFlow: the allocator's
 peak during those steps minus what was allocated before them
-(`tf.config.experimental.get_memory_info`), i.e. what one step needs on top of the model; JAX
+(`tf.config.experimental.get_memory_info`), i.e. what one step needs on top of the model; where
+the allocator keeps no statistics (`TF_CPU_ALLOCATOR_USE_BFC=false`), the process's peak resident
+memory during those steps minus its resident memory before (Linux), else `n/a` (JSON null); JAX
 (always compiled by XLA): the compiled step's temporary buffers (`memory_analysis()`).
 With `--json` the last line printed is one JSON object.
 """
@@ -69,6 +71,10 @@ def define_flags(flag_values=flags.FLAGS):
                          lower_bound=1, flag_values=flag_values)
     flags.DEFINE_list("methods", list(methods_lib.NAMES[::-1]), "Methods to time, in order: "
                       f"some of {', '.join(methods_lib.NAMES)}.", flag_values=flag_values)
+    flags.register_validator(
+        "methods", lambda names: bool(names),
+        message=f"--methods is empty; give some of {','.join(methods_lib.NAMES)}.",
+        flag_values=flag_values)
     flags.register_validator(
         "methods", lambda names: set(names) <= set(methods_lib.NAMES),
         message=f"--methods: unknown method; choose from {', '.join(methods_lib.NAMES)}.",
@@ -149,7 +155,8 @@ def time_methods(bench, device):
         read_memory = start_memory()
         for _ in range(meta_interval):
             step()
-        memory[method] = read_memory() / 2**20
+        used = read_memory()
+        memory[method] = None if used is None else used / 2**20
     times = {method: [] for method in methods}
     for _ in range(bench.steps):
         for method, (step, _) in built.items():
@@ -176,11 +183,32 @@ def _tensorflow_step(model, x, y, device):
         float(model.train_function(iterator)["train/loss"])  # fetching a value waits for the step
 
     def start_memory():
-        before = tf.config.experimental.get_memory_info(device)["current"]
+        try:
+            before = tf.config.experimental.get_memory_info(device)["current"]
+        except ValueError:  # An allocator without statistics (TF_CPU_ALLOCATOR_USE_BFC=false).
+            return _start_process_memory()
         tf.config.experimental.reset_memory_stats(device)
         return lambda: tf.config.experimental.get_memory_info(device)["peak"] - before
 
     return step, start_memory
+
+
+def _start_process_memory():
+    """`start_memory` from the process's resident memory (Linux): resets its peak (`VmHWM`),
+    and returns a function that reads the peak since, above the resident memory at the start;
+    or one that returns None where the peak cannot be reset (memory not measured)."""
+
+    def status(field):
+        with open("/proc/self/status") as file:
+            return next(int(line.split()[1]) * 1024 for line in file if line.startswith(field))
+
+    try:
+        with open("/proc/self/clear_refs", "w") as file:
+            file.write("5")  # Resets VmHWM to the current resident size.
+        before = status("VmRSS:")
+    except (OSError, StopIteration, ValueError):
+        return lambda: None
+    return lambda: status("VmHWM:") - before
 
 
 def _jax_step(model, x, y):
@@ -242,9 +270,11 @@ def format_table(result):
     for method in ms:
         ratio_ce = f"{ms[method] / ms['ce']:.2f}" if "ce" in ms else "-"
         ratio_mw = f"{ms[method] / ms['mwnet']:.2f}" if "mwnet" in ms else "-"
-        mem_ce = f"{memory[method] / memory['ce']:.2f}" if "ce" in memory and memory["ce"] else "-"
+        mem_ce = (f"{memory[method] / memory['ce']:.2f}"
+                  if memory[method] is not None and memory.get("ce") else "-")
+        mb = "n/a" if memory[method] is None else f"{memory[method]:.1f}"
         lines.append(
-            f"{method:<8}{ms[method]:>10.1f}{ratio_ce:>8}{ratio_mw:>10}{memory[method]:>10.1f}{mem_ce:>8}"
+            f"{method:<8}{ms[method]:>10.1f}{ratio_ce:>8}{ratio_mw:>10}{mb:>10}{mem_ce:>8}"
         )
     return "\n".join(lines)
 

@@ -11,6 +11,7 @@ import time
 
 import keras
 
+from gdw_tf.backup import AtomicBackupAndRestore
 from gdw_tf.run_dir import BACKUP_DIR
 from gdw_tf.run_dir import HISTORY_FILE
 from gdw_tf.run_dir import TENSORBOARD_DIR
@@ -43,8 +44,7 @@ def make_callbacks(config, train_data, steps_per_epoch):
                         "(pip install tensorboard).")
     return callbacks + [
         # Last at epoch end: an epoch is backed up only once it is logged.
-        keras.callbacks.BackupAndRestore(os.path.join(output_dir, BACKUP_DIR),
-                                         delete_checkpoint=False),
+        AtomicBackupAndRestore(os.path.join(output_dir, BACKUP_DIR), delete_checkpoint=False),
         _ReplayDataOrder(train_data, steps_per_epoch),  # After the restore.
     ]
 

@@ -19,6 +19,7 @@ the settings is described in `docs/ALGORITHM.md`.
 
 import dataclasses
 import math
+import numbers
 import os
 
 from absl import flags
@@ -60,6 +61,7 @@ def _non_negative(value):
 
 
 _POSITIVE_INTEGER = "must be a positive integer"
+_NOT_FINITE = "must be a finite number (not nan or inf)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +225,7 @@ class Config:
         "only.", check=_positive, message=_POSITIVE_INTEGER + " (1 = a meta step on every step)")
     seed: int = setting(
         0, "Seed of the split, the noise, the initialisation, the data order and the meta-batch "
-        "order.", check=_non_negative, message="must be ≥ 0")
+        "order.", check=lambda v: 0 <= v < 2**32, message="must lie in [0, 2**32)")
 
     # Run.
     output_dir: str = setting(
@@ -246,6 +248,11 @@ class Config:
         "writes --output_dir, the others <output_dir>/workers/worker<i>). --batch_size and "
         "--meta_batch_size are global, split across the replicas; --meta_batch_size must be a "
         "multiple of the number of replicas.", choices=DISTRIBUTE, run_defining=False)
+    mixed_precision: bool = setting(
+        False,
+        "Train in Keras' mixed_bfloat16 precision: the backbone computes in bfloat16 with "
+        "float32 weights; losses, example weights and the weight net stay float32. For GPUs "
+        "with bfloat16 (NVIDIA Ampere and newer) and TPUs; slower on most CPUs.")
     overwrite: bool = setting(
         False, "Start over: delete the run files in --output_dir (a finished, unfinished or "
         "different run) and a non-empty --export_dir instead of refusing them.",
@@ -286,8 +293,13 @@ def problem(name, value):
         if value not in metadata["choices"]:
             return f"must be one of {tuple(metadata['choices'])}"
         return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return metadata["message"] or "must be a finite number"
+    field_type = _FIELDS[name].type
+    if field_type is float and (
+        not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value)
+    ):
+        return _NOT_FINITE
+    if field_type is int and (not isinstance(value, numbers.Integral) or isinstance(value, bool)):
+        return "must be an integer"
     if metadata["check"] is not None and not metadata["check"](value):
         return metadata["message"]
     return None
@@ -367,11 +379,15 @@ def _define_flag(field, flag_values):
         flags.DEFINE_float(field.name, default, metadata["help"], **kwargs)
     else:
         flags.DEFINE_string(field.name, default, metadata["help"], **kwargs)
-    if metadata["check"] is not None or field.type is float:
+    if field.type is float:  # First: inf passes most range checks.
+        example = "" if default is None else f"; e.g. --{field.name}={default}"
+        flags.register_validator(
+            field.name, lambda value: value is None or math.isfinite(value),
+            message=f"--{field.name} {_NOT_FINITE}{example}.", flag_values=flag_values)
+    if metadata["check"] is not None:
         flags.register_validator(
             field.name, lambda value, name=field.name: problem(name, value) is None,
-            message=f"--{field.name} {metadata['message'] or 'must be a finite number'}.",
-            flag_values=flag_values)
+            message=f"--{field.name} {metadata['message']}.", flag_values=flag_values)
 
 
 def _is_known_dataset(name):

@@ -45,10 +45,11 @@ class ImageDataset(typing.NamedTuple):
 def load_dataset(name, data_dir=None):
     """Loads an image-classification dataset into NumPy arrays.
 
-    `fashion_mnist` is first read from the four original idx `.gz` files in `data_dir`, then in
-    Keras' cache (`$KERAS_HOME` or `~/.keras`, `datasets/fashion-mnist/`), then in
-    `/usr/share/datasets/fashion-mnist/` (Debian's `dataset-fashion-mnist`), and only then
-    through TFDS. Every other name goes through TFDS (`data_dir` is its data directory); it must
+    `fashion_mnist` is read from the four original idx `.gz` files (or TFDS' prepared data) in
+    `data_dir` if given, and from nowhere else; without `data_dir`, from Keras' cache
+    (`$KERAS_HOME` or `~/.keras`, `datasets/fashion-mnist/`), then
+    `/usr/share/datasets/fashion-mnist/` (Debian's `dataset-fashion-mnist`), then TFDS. Every
+    other name goes through TFDS (`data_dir` is its data directory); it must
     have `image` and `label` features, fixed-size images and `train`/`test` splits.
 
     Returns:
@@ -59,6 +60,8 @@ def load_dataset(name, data_dir=None):
         ValueError: for an unknown or unsuitable dataset, a corrupt idx file, or a dataset that
             cannot be found or downloaded.
     """
+    if name == "fashion_mnist" and data_dir:
+        return _fashion_mnist_in(data_dir)
     if name == "fashion_mnist":
         for directory in fashion_mnist_dirs(data_dir):
             files = [os.path.join(directory, f) for f in FASHION_MNIST_FILES.values()]
@@ -75,6 +78,24 @@ def load_dataset(name, data_dir=None):
                 f"fills the last), or prepare TFDS' fashion_mnist in --data_dir. TFDS said: {err}"
             ) from err
     return _load_tfds(name, data_dir)
+
+
+def _fashion_mnist_in(data_dir):
+    """Fashion-MNIST from `data_dir` only: its four idx files, or TFDS' data prepared there.
+
+    Raises:
+      ValueError: naming the files `data_dir` lacks, if it holds neither.
+    """
+    missing = [f for f in FASHION_MNIST_FILES.values()
+               if not os.path.isfile(os.path.join(data_dir, f))]
+    if not missing:
+        return load_fashion_mnist_idx(data_dir)
+    if tfds.builder("fashion_mnist", data_dir=data_dir).is_prepared():
+        return _load_tfds("fashion_mnist", data_dir)
+    raise ValueError(
+        f"--data_dir={data_dir} holds no Fashion-MNIST: {', '.join(missing)} missing there "
+        "(nor is TFDS' fashion_mnist prepared there). Put the four original .gz files in it, or "
+        f"leave --data_dir out to read them from {' or '.join(fashion_mnist_dirs())}.")
 
 
 def fashion_mnist_dirs(data_dir=None):

@@ -43,7 +43,12 @@ def serving_function(backbone, mean, std):
       A Python function of one `uint8` tensor.
     """
 
+    expected = tuple(backbone.inputs[0].shape[1:])
+
     def serve(images):
+        # A loaded signature (and TF Serving) does not enforce its declared shape: images of
+        # another size could be reshaped or pooled into a wrong answer. Refuse them instead.
+        images = tf.ensure_shape(images, (None,) + expected)
         logits = backbone(input_pipeline.normalize(images, mean, std), training=False)
         probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
         classes = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
@@ -123,7 +128,13 @@ def export_run(run_dir, export_dir, overwrite=False):
     staging = os.path.normpath(export_dir) + ".partial"
     if os.path.exists(staging):
         shutil.rmtree(staging)
-    export_serving(backbone, staging, normalization["mean"], normalization["std"])
+    try:
+        export_serving(backbone, staging, normalization["mean"], normalization["std"])
+    except (OSError, tf.errors.OpError) as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = getattr(err, "message", None) or getattr(err, "strerror", None) or err
+        raise ValueError(f"could not write the export next to {export_dir} ({reason}); give "
+                         "an --export_dir you may write to.") from None
     if os.path.isdir(export_dir):
         shutil.rmtree(export_dir)
     os.replace(staging, export_dir)

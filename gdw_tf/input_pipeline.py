@@ -40,9 +40,26 @@ def normalization_stats(name, x_train):
 
 
 def normalize(images, mean, std):
-    """Scales uint8 images to [0, 1], then standardises each channel: float32 out."""
+    """Scales uint8 images to [0, 1], then standardises each channel: float32 out.
+
+    Raises:
+      ValueError: unless `mean` and `std` are finite, `std > 0`, one entry per channel.
+    """
+    check_statistics(mean, std, images.shape[-1])
     images = tf.cast(images, tf.float32) / 255.0
     return (images - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def check_statistics(mean, std, channels):
+    """Refuses normalisation statistics that are not finite, `std > 0`, one per channel."""
+    for name, value in (("mean", mean), ("std", std)):
+        value = np.asarray(value, np.float64)
+        if value.ndim != 1 or (channels is not None and len(value) != channels):
+            raise ValueError(f"normalize needs one {name} per channel ({channels}); got {name}="
+                             f"{value.tolist()}.")
+        if not np.all(np.isfinite(value)) or (name == "std" and not np.all(value > 0)):
+            raise ValueError(f"normalize needs a finite {name}" + (" > 0" if name == "std" else "")
+                             + f"; got {name}={value.tolist()}.")
 
 
 def random_crop_and_flip(image, seed, padding=4):
@@ -79,6 +96,9 @@ def train_dataset(x, y, batch_size, seed, augment, mean, std, *, with_index=Fals
         `(images, labels, positions int64)`.
     """
     _check_images(x, y)
+    check_statistics(mean, std, x.shape[-1])
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
     columns = (x, np.asarray(y, np.int64))
     if with_index:
         columns += (np.arange(len(x), dtype=np.int64),)
@@ -99,6 +119,7 @@ def train_dataset(x, y, batch_size, seed, augment, mean, std, *, with_index=Fals
 def eval_dataset(x, y, batch_size, mean, std):
     """Normalised batches of `(images float32, labels int64)` in order, for evaluation."""
     _check_images(x, y)
+    check_statistics(mean, std, x.shape[-1])
     dataset = tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int64)))
     dataset = dataset.batch(batch_size).map(
         lambda images, labels: (normalize(images, mean, std), labels),

@@ -152,9 +152,10 @@ class GDWModel(backend.Trainer, keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        _check_weight_net_settings(weight_net_hidden, weight_net_lr, weight_net_l2)
         _check_arguments(
             backbone, num_classes, method, meta_batch_size=meta_batch_size, outer_lr=outer_lr,
-            clip=clip, l2=l2, meta_grad=meta_grad, meta_interval=meta_interval,
+            clip=clip, l2=l2, meta_grad=meta_grad, meta_interval=meta_interval, seed=seed,
             track_examples=track_examples,
         )
         self.backbone = backbone
@@ -174,7 +175,9 @@ class GDWModel(backend.Trainer, keras.Model):
         self.seed = int(seed)
         self.track_examples = None if track_examples is None else int(track_examples)
 
-        self.weight_net = build_weight_net(self.weight_net_hidden)
+        # Under a mixed-precision policy the weight net, like the weighting, runs in float32.
+        mixed = keras.mixed_precision.global_policy().name.startswith("mixed_")
+        self.weight_net = build_weight_net(self.weight_net_hidden, "float32" if mixed else None)
         self.weight_net_optimizer = TorchAdam(self.weight_net_lr, l2=self.weight_net_l2)
 
         # Meta-batch order: pass `meta_epoch` over the meta set follows
@@ -273,6 +276,11 @@ class GDWModel(backend.Trainer, keras.Model):
                 "GDWModel computes its own loss (cross-entropy with learned weights) and "
                 "metrics; call compile() without loss= and metrics=."
             )
+        if "mixed_float16" in (self.dtype_policy.name, self.backbone.dtype_policy.name):
+            raise ValueError(
+                "GDWModel does not scale its losses, which mixed_float16 needs; use "
+                "keras.mixed_precision.set_global_policy('mixed_bfloat16') instead."
+            )
         super().compile(optimizer=optimizer, **kwargs)
         if weight_net_optimizer is not None:
             self.weight_net_optimizer = keras.optimizers.get(weight_net_optimizer)
@@ -363,6 +371,11 @@ class GDWModel(backend.Trainer, keras.Model):
 
     def _train_step(self, data):
         x, y, index = keras.utils.unpack_x_y_sample_weight(data)
+        if y is None:
+            raise ValueError(
+                "GDWModel trains on labelled examples: give fit(x, y), or a dataset of (x, y) "
+                "pairs ((x, y, index) with track_examples=N)."
+            )
         if (index is None) != (self.track_examples is None):
             raise ValueError(
                 "GDWModel learns its own example weights and takes no sample_weight; a third "
@@ -434,7 +447,10 @@ class GDWModel(backend.Trainer, keras.Model):
         if real.class_weights is not None:
             t["weights/labelled_mean"].update_state(label_weights)
             t["weights/other_mean"].update_state(real.class_weights, sample_weight=1.0 - fwd.onehot)
-        return {name: _result(tracker) for name, tracker in t.items() if name not in _TEST_METRICS}
+        logs = {name: _result(tracker) for name, tracker in t.items() if name not in _TEST_METRICS}
+        # Keras' own key first: callbacks that watch `loss` (TerminateOnNaN, EarlyStopping,
+        # ReduceLROnPlateau) see the training loss; `train/loss` is the same value, namespaced.
+        return {"loss": logs["train/loss"], **logs}
 
     def _meta_step(self, fwd, trainable, non_trainable, x):
         """Steps 2–6: the meta-gradients and the weight-net update, on every `meta_interval`-th
@@ -490,7 +506,7 @@ class GDWModel(backend.Trainer, keras.Model):
     def _test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         y = self._labels(y)
-        logits = self(x, training=False)
+        logits = step_lib.float32_at_least(self(x, training=False))
         onehot = ops.one_hot(y, self.num_classes, dtype=logits.dtype)
         self._trackers["loss"].update_state(weighting.per_example_cross_entropy(logits, onehot))
         self._trackers["accuracy"].update_state(_correct(logits, y))
@@ -643,6 +659,20 @@ def _check_arguments(backbone, num_classes, method, track_examples, **settings):
             f"the backbone's output has shape {output_shape}, but num_classes={num_classes}: "
             f"its last layer must give {num_classes} logits per example."
         )
+
+
+def _check_weight_net_settings(hidden, learning_rate, l2):
+    """Refuses a weight-net width that is not a positive integer, a learning rate that is not a
+    finite number > 0, or an L2 coefficient that is not a finite number ≥ 0."""
+    if not isinstance(hidden, (int, np.integer)) or isinstance(hidden, bool) or hidden < 1:
+        raise ValueError(f"weight_net_hidden must be a positive integer; got {hidden!r}.")
+    for name, value in (("weight_net_lr", learning_rate), ("weight_net_l2", l2)):
+        if not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
+            raise ValueError(f"{name} must be a finite number; got {value!r}.")
+    if not learning_rate > 0:
+        raise ValueError(f"weight_net_lr must be > 0; got {learning_rate!r}.")
+    if not l2 >= 0:
+        raise ValueError(f"weight_net_l2 must be ≥ 0; got {l2!r}.")
 
 
 def _meta_arrays(meta_data):

@@ -122,7 +122,12 @@ def long_tail_counts(n_max, imbalance, num_classes):
     if num_classes < 2:
         raise ValueError(f"Need at least 2 classes; got {num_classes}.")
     exponents = -np.arange(num_classes) / (num_classes - 1)
-    return np.array([int(n_max * imbalance**e) for e in exponents], dtype=np.int64)
+    counts = np.array([int(n_max * imbalance**e) for e in exponents], dtype=np.int64)
+    if not np.isfinite(imbalance) or counts[-1] < 1:
+        raise ValueError(
+            f"The imbalance factor {imbalance} leaves the last class without training examples "
+            f"(the largest class keeps {n_max}); use a smaller --imbalance (below {n_max}).")
+    return counts
 
 
 def check_labels(labels, num_classes):

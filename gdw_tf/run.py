@@ -196,7 +196,18 @@ def run_settings(config, dataset, split, num_replicas):
 
 
 def build_gdw_model(config, settings, meta_data):
-    """The compiled `GDWModel` of the run, tracking every training example's weights."""
+    """The compiled `GDWModel` of the run, tracking every training example's weights; in
+    mixed_bfloat16 precision with `config.mixed_precision` (the global policy is restored)."""
+    policy = keras.mixed_precision.global_policy()
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        return _build_gdw_model(config, settings, meta_data)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _build_gdw_model(config, settings, meta_data):
     backbone = backbones.build_model(settings.model, settings.input_shape,
                                      settings.num_classes, weights=config.model_weights)
     model = GDWModel(

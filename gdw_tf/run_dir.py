@@ -11,7 +11,8 @@ Run directory:
                           test/accuracy (also as Keras' val_loss, val_accuracy),
                           learning_rate, time/epoch_seconds
     tensorboard/          the same scalars for TensorBoard (Keras prefixes `epoch_`)
-    backup/               BackupAndRestore's latest epoch (removed once the run is finished)
+    backup/               the last two epochs' state, `gdw_tf.backup` (removed once the run is
+                          finished)
     example_weights.npz   per training example: index, labels, corrupted flag, weights
                           (own data: no true label or corrupted flag, but an id)
     label_issues.csv      the training examples ranked by how suspicious their label is, with
@@ -96,7 +97,19 @@ def prepare_output_dir(config):
         from gdw_tf.export import check_export_dir
 
         check_export_dir(config.export_dir, config.overwrite)
-    os.makedirs(output_dir, exist_ok=True)
+        try:  # Now, not after training: a directory that cannot be made is refused up front.
+            os.makedirs(config.export_dir, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"--export_dir={config.export_dir} cannot be created "
+                             f"({err.strerror or err}); give a directory you may write to.") from None
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--output_dir={output_dir} cannot be created ({err.strerror or err}); "
+                         "give a directory you may write to.") from None
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"--output_dir={output_dir} is not writable; give a directory you may "
+                         "write to.")
 
 
 def config_differences(saved, config):
@@ -126,7 +139,11 @@ def load_or_make_split(config, labels, num_classes, make=None):
     """
     path = os.path.join(config.output_dir, SPLIT_FILE)
     if os.path.exists(path):
-        split = split_lib.Split.load(path)
+        try:
+            split = split_lib.Split.load(path)
+        except (OSError, ValueError, KeyError, EOFError) as err:
+            raise ValueError(f"{path} is unreadable ({_first_line(err)}); move it away or pass "
+                             "--overwrite to start the run over.") from None
         indices = np.concatenate([split.meta_indices, split.train_indices])
         known = (split.train_true_labels if split.truth_known
                  else split.train_noisy_labels)  # Own data: the given labels.
@@ -140,7 +157,8 @@ def load_or_make_split(config, labels, num_classes, make=None):
         raise ValueError(
             f"--num_meta={config.num_meta} is too large: the smallest class of {config.dataset} "
             f"has {smallest} training examples, so a class-balanced meta set holds at most "
-            f"{num_classes * smallest} ({num_classes} classes x {smallest}). Lower --num_meta.")
+            f"{num_classes * smallest} ({num_classes} classes x {smallest}). Lower --num_meta"
+            + (" or raise --max_train_examples." if config.max_train_examples else "."))
     if make is None:
         split = split_lib.make_split(labels, num_classes, config.num_meta, config.noise,
                                      config.ratio, config.imbalance, config.seed)
@@ -150,6 +168,10 @@ def load_or_make_split(config, labels, num_classes, make=None):
     split.save(temporary)
     os.replace(temporary, path)
     return split
+
+
+def _first_line(err):
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def read_json(path):

@@ -42,6 +42,7 @@ Where this departs from the reference code (GGchen1997/GDW-NIPS2021) and why:
 
 from typing import Any, Callable, NamedTuple, Optional
 
+import keras
 from keras import ops
 
 from gdw_tf import backend
@@ -126,7 +127,8 @@ def forward(method, backbone, trainable, non_trainable, x, y, num_classes):
     """
 
     def logits_fn(params):
-        return backbone.stateless_call(params, non_trainable, x, training=True)
+        logits, new_non_trainable = backbone.stateless_call(params, non_trainable, x, training=True)
+        return float32_at_least(logits), new_non_trainable
 
     logits, new_non_trainable, vjp_fn = backend.vjp(logits_fn, trainable)
     logits_const = ops.stop_gradient(logits)
@@ -290,6 +292,14 @@ def no_meta_gradient(method, fwd, weight_net, weight_net_trainable):
 def training_logits(backbone, params, non_trainable, x):
     """Training-mode logits on substitute weights, BatchNorm statistics discarded."""
     logits, _ = backbone.stateless_call(params, non_trainable, x, training=True)
+    return float32_at_least(logits)
+
+
+def float32_at_least(logits):
+    """Logits of a mixed-precision backbone (float16, bfloat16) cast to float32, in which the
+    losses and the weighting arithmetic run; float32 and float64 logits as they are."""
+    if keras.backend.standardize_dtype(logits.dtype) in ("float16", "bfloat16"):
+        return ops.cast(logits, "float32")
     return logits
 
 

@@ -5,8 +5,8 @@
 The flags (`gdw_tf.config.define_flags`) are read here only and become a `Config`; the run
 itself is `gdw_tf.run.run`. Precedence: flag defaults, then `--flagfile`, then flags that come
 after it on the command line. Bad input ends the program with one line on stderr naming the
-problem and the fix, and exit status 2 (1 for a loss that became non-finite); absl reports
-invalid flag values itself (exit status 1).
+problem and the fix, and exit status 2 (1 for a loss that became non-finite or a backup that
+could not be written); absl reports invalid flag values itself (exit status 1).
 """
 
 import sys
@@ -14,6 +14,7 @@ import sys
 from absl import app
 from absl import flags
 
+from gdw_tf import backup
 from gdw_tf import callbacks
 from gdw_tf import config as config_lib
 from gdw_tf import run as run_lib
@@ -33,7 +34,7 @@ def main(argv):
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except callbacks.NonFiniteLossError as err:
+    except (callbacks.NonFiniteLossError, backup.BackupError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
 

@@ -1,10 +1,13 @@
 """The benchmark measures every method and reports the figures the speed issue asks for."""
 
 import json
+import os
 import subprocess
 import sys
 
 import keras
+import numpy as np
+import pytest
 
 import gdw_tf
 from gdw_tf import bench
@@ -58,8 +61,46 @@ def test_meta_interval_is_refused_for_l2rw():
     assert "does not apply to l2rw" in result.stderr
 
 
+def test_an_empty_method_list_is_refused():
+    command = [sys.executable, "-m", "gdw_tf.bench", "--methods="]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "--methods is empty" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_unknown_methods_are_refused():
     command = [sys.executable, "-m", "gdw_tf.bench", "--methods=gdw,bogus"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "bogus" in result.stderr
+
+
+def test_the_command_runs_where_the_allocator_keeps_no_statistics():
+    command = [sys.executable, "-m", "gdw_tf.bench", "--model=small_cnn", "--batch_size=4",
+               "--steps=1", "--warmup=1", "--methods=ce,gdw", "--jit_compile=false", "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "false"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    memory = figures["peak_memory_mb"]
+    assert list(memory) == ["ce", "gdw"]
+    # The process's resident peak (Linux), or unavailable; never a crash.
+    assert all(value is None or value >= 0 for value in memory.values())
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux /proc only")
+def test_process_memory_sees_a_new_allocation():
+    read_memory = bench._start_process_memory()
+    block = np.ones(64 * 2**20, np.uint8)  # 64 MiB, written, so resident
+    used = read_memory()
+    del block
+    assert used is not None and 60 * 2**20 <= used <= 200 * 2**20
+
+
+def test_the_table_shows_memory_that_could_not_be_measured_as_na():
+    figures = {"model": "mlp", "batch_size": 8, "device": "CPU", "keras": keras.__version__,
+               "backend": "tensorflow", "jit_compile": False, "meta_grad": "jvp",
+               "meta_interval": 1, "ms_per_step": {"ce": 1.0, "gdw": 3.0},
+               "peak_memory_mb": {"ce": None, "gdw": None}}
+    rows = bench.format_table(figures).splitlines()[2:]
+    assert rows[1].split() == ["gdw", "3.0", "3.00", "-", "n/a", "-"]

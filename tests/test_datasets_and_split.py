@@ -259,9 +259,28 @@ def test_fashion_mnist_missing_everywhere_says_where_to_put_it(tmp_path, monkeyp
 
     monkeypatch.setattr(datasets, "_load_tfds", offline)
     with pytest.raises(ValueError, match="dataset-fashion-mnist") as error:
-        datasets.load_dataset("fashion_mnist", str(tmp_path / "mine"))
-    for directory in ("mine", os.path.join("datasets", "fashion-mnist"), "debian"):
+        datasets.load_dataset("fashion_mnist")
+    for directory in (os.path.join("datasets", "fashion-mnist"), "debian"):
         assert directory in str(error.value)
+
+
+def test_an_explicit_data_dir_without_fashion_mnist_is_refused_naming_the_missing_files(
+        tmp_path, monkeypatch):
+    # The files exist elsewhere (Keras' cache); an explicit --data_dir must not fall back there.
+    (tmp_path / "datasets" / "fashion-mnist").mkdir(parents=True)
+    write_fake_fashion_mnist(tmp_path / "datasets" / "fashion-mnist")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert len(datasets.load_dataset("fashion_mnist").y_train) == 12  # found without --data_dir
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / datasets.FASHION_MNIST_FILES["x_train"]).write_bytes(b"")  # one of four present
+    with pytest.raises(ValueError) as error:
+        datasets.load_dataset("fashion_mnist", str(mine))
+    message = str(error.value)
+    assert message.startswith(f"--data_dir={mine} holds no Fashion-MNIST: ")
+    missing = [name for key, name in datasets.FASHION_MNIST_FILES.items() if key != "x_train"]
+    assert f"{', '.join(missing)} missing there" in message
+    assert "\n" not in message
 
 
 @pytest.mark.skipif(
@@ -378,3 +397,26 @@ def test_eval_dataset_keeps_order():
     np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), np.arange(7))
     np.testing.assert_allclose(np.concatenate([b[0] for b in batches]), (x / 255 - 0.5) / 0.5,
                                atol=1e-6)
+
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 1), dtype=np.uint8)
+LABELS = np.arange(20) % 2
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: input_pipeline.normalize(IMAGES, [0.5, 0.5, 0.5], [0.2, 0.2, 0.2]),
+     r"one mean per channel \(1\); got mean=\[0.5, 0.5, 0.5\]"),  # was broadcast to 3 channels
+    (lambda: input_pipeline.normalize(IMAGES, [0.5], [0.0]), r"finite std > 0; got std=\[0.0\]"),
+    (lambda: input_pipeline.normalize(IMAGES, [float("nan")], [0.2]), r"finite mean; got mean=\[nan\]"),
+    (lambda: input_pipeline.train_dataset(IMAGES, LABELS, 4, 0, False, [0.5], [0.0]),
+     r"finite std > 0"),  # before tf.data traces anything
+    (lambda: input_pipeline.eval_dataset(IMAGES, LABELS, 4, [0.5, 0.5], [0.2, 0.2]), "one mean per channel"),
+    (lambda: input_pipeline.train_dataset(IMAGES, LABELS, 0, 0, False, [0.5], [0.2]),
+     "batch_size must be a positive integer; got 0"),
+    (lambda: split_lib.make_split(np.arange(1000) % 10, 10, 100, "uniform", 0.2, 1e12, 0),
+     r"leaves the last class without training examples \(the largest class keeps 90\)"),
+    (lambda: noise_lib.long_tail_counts(90, float("inf"), 10), "below 90"),
+])
+def test_data_helpers_refuse_what_would_train_on_wrong_data(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

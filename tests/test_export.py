@@ -289,3 +289,29 @@ def test_export_run_names_the_problem_with_a_run_dir(broken, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         export.export_run(str(run_dir), str(tmp_path / "export"))
     assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize("builder", [backbones.small_cnn, backbones.mlp], ids=["small_cnn", "mlp"])
+def test_the_served_model_refuses_images_of_another_shape_or_dtype(builder, tmp_path):
+    export.export_serving(builder((28, 28, 1), 4), str(tmp_path), [0.5], [0.25])
+    serve = tf.saved_model.load(str(tmp_path)).signatures["serve"]
+    # Each of these was answered before (pooled or reshaped into 28x28x1 numbers): wrong answers.
+    for shape in [(2, 32, 32, 1), (2, 28, 28, 3), (2, 28, 28), (2, 14, 56, 1), (2, 56, 14, 1)]:
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=re.escape(f"Shape of tensor images [{','.join(map(str, shape))}] "
+                                           "is not compatible with expected shape [?,28,28,1]")):
+            serve(images=tf.zeros(shape, tf.uint8))
+    for dtype in (tf.float32, tf.int32, tf.uint16):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=f"expected to be a uint8 tensor but is a {dtype.name[:-2]}"):
+            serve(images=tf.zeros((2, 28, 28, 1), dtype))
+    assert serve(images=tf.zeros((2, 28, 28, 1), tf.uint8))["classes"].shape == (2,)
+
+
+def test_export_run_to_a_directory_that_cannot_be_written_is_one_line(tmp_path):
+    write_run_dir(tmp_path / "run", backbones.small_cnn((8, 8, 1), 3), [0.5], [0.25])
+    with pytest.raises(ValueError) as error:
+        export.export_run(str(tmp_path / "run"), "/proc/no_such_process/export")
+    message = str(error.value)
+    assert message.startswith("could not write the export next to /proc/no_such_process/export")
+    assert "\n" not in message and "--export_dir you may write to" in message

@@ -17,3 +17,34 @@ def test_readme_minimal_example_runs(capsys):
     (block,) = re.findall(r"```python\n(.*?)```", _section("Minimal example"), flags=re.S)
     exec(compile(block, str(README), "exec"), {"__name__": "readme"})
     assert "accuracy" in capsys.readouterr().out
+
+
+# Import names of the distributions that install them, where the two differ.
+_DISTRIBUTIONS = {"absl": "absl-py", "tensorflow_datasets": "tensorflow-datasets",
+                  "sklearn": "scikit-learn"}
+
+
+def _requirement_name(requirement):
+    return re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower()
+
+
+def test_the_readme_test_command_installs_what_the_tests_import_and_ci_runs_it():
+    import sys
+    import tomllib
+
+    (command,) = re.findall(r"```bash\n(.*?)\n```", _section("Tests"), flags=re.S)
+    assert command == 'python3 -m pip install -e ".[test]" && python3 -m pytest -q tests'
+    ci = (README.parent / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == command  # CI ends with exactly the README's command
+
+    project = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]
+    installed = {_requirement_name(r) for r in
+                 project["dependencies"] + project["optional-dependencies"]["test"]}
+    imported = set()
+    for path in (README.parent / "tests").glob("*.py"):
+        imported |= set(re.findall(r"^\s*(?:import|from) (\w+)", path.read_text(), flags=re.M))
+        imported |= set(re.findall(r"(?:importorskip|find_spec)\(\"(\w+)", path.read_text()))
+    local = {"gdw_tf", "conftest"} | {p.stem for p in (README.parent / "tests").glob("*.py")}
+    third_party = {name for name in imported - local if name not in sys.stdlib_module_names}
+    needed = {_DISTRIBUTIONS.get(name, name).replace("_", "-") for name in third_party}
+    assert needed <= installed, f"tests import {sorted(needed - installed)}, not installed"

@@ -112,7 +112,7 @@ def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
         "config.json", "example_weights.npz", "history.csv", "label_issues.csv", "model.keras",
         "report.html", "results.json", "split.npz", "tensorboard"]  # backup/ is removed once the run is finished
     tags = _tensorboard_tags(os.path.join(run_dir, "tensorboard"))
-    assert {"epoch_train/loss", "epoch_meta/loss", "epoch_weights/labelled_mean",
+    assert {"epoch_loss", "epoch_train/loss", "epoch_meta/loss", "epoch_weights/labelled_mean",
             "epoch_test/accuracy", "epoch_test/loss"} <= tags["train"]
     assert {"epoch_accuracy", "epoch_loss"} <= tags["validation"]
 
@@ -136,7 +136,7 @@ def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
     # history.csv: one row per epoch, namespaced metrics, the cosine schedule.
     rows = _history_rows(run_dir)
     assert len(rows) == 2
-    for column in ("train/loss", "train/accuracy", "meta/loss", "weights/instance_mean",
+    for column in ("loss", "train/loss", "train/accuracy", "meta/loss", "weights/instance_mean",
                    "weights/labelled_mean", "weights/other_mean", "test/loss", "test/accuracy",
                    "val_loss", "val_accuracy", "learning_rate", "time/epoch_seconds"):
         assert column in rows[0]
@@ -436,8 +436,8 @@ def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_epoch(
     assert status == 1
     assert "became NaN or infinite in epoch 2" in message and "Lower --lr" in message
     assert f"the state after epoch 1 is kept in {run_dir / 'backup'}" in message
-    assert (run_dir / "backup" / "latest.weights.h5").exists()
-    assert json.loads((run_dir / "backup" / "training_metadata.json").read_text())["epoch"] == 1
+    assert (run_dir / "backup" / "epoch-00001.weights.h5").exists()
+    assert json.loads((run_dir / "backup" / "epoch-00001.json").read_text())["epoch"] == 1
     assert not (run_dir / "results.json").exists()
 
 
@@ -526,3 +526,56 @@ def test_meta_augmentation_is_a_reflect_padded_crop_maybe_flipped():
     assert not np.array_equal(np.asarray(layer(images, training=True)), augmented)  # a new draw
     np.testing.assert_array_equal(np.asarray(layer(images, training=False)), images)
     assert int(layer.calls.numpy()) == 2
+
+
+@pytest.mark.parametrize("output_dir", ["/proc/no_such_process/run", "/proc/version/run"])
+def test_an_output_dir_that_cannot_be_created_is_one_line(output_dir, capsys, no_data_loading):
+    status, message = _exit_message(capsys, f"--output_dir={output_dir}")
+    assert status == 2
+    assert message.startswith(f"error: --output_dir={output_dir} cannot be created")
+    assert message.count("\n") == 1
+
+
+def test_mixed_precision_trains_in_bfloat16_and_leaves_the_global_policy_alone(tmp_path):
+    run_dir = tmp_path / "run"
+    _main(*TINY_FASHION_MNIST, "--model=mlp", "--mixed_precision", f"--output_dir={run_dir}",
+          f"--export_dir={tmp_path / 'serving'}")
+    assert keras.mixed_precision.global_policy().name == "float32"
+    results = _read_json(str(run_dir / "results.json"))
+    assert results["config"]["mixed_precision"] is True
+    assert 0.0 < results["test_accuracy"]["last"] <= 1.0
+    backbone = keras.saving.load_model(str(run_dir / "model.keras"))
+    assert backbone.layers[-1].dtype_policy.name == "mixed_bfloat16"
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+    outputs = tf.saved_model.load(str(tmp_path / "serving")).signatures["serve"](
+        tf.constant(images))
+    assert outputs["probabilities"].dtype == tf.float32
+    np.testing.assert_allclose(np.sum(outputs["probabilities"], axis=-1), 1.0, rtol=1e-5)
+
+
+def test_an_export_dir_that_cannot_be_created_is_refused_before_any_data_is_loaded(
+        tmp_path, capsys, no_data_loading):
+    pytest.importorskip("gdw_tf.export")
+    status, message = _exit_message(capsys, "--export_dir=/proc/no_such_process/export",
+                                    f"--output_dir={tmp_path / 'run'}")
+    assert status == 2 and message.count("\n") == 1
+    assert message.startswith("error: --export_dir=/proc/no_such_process/export cannot be created")
+
+
+def test_an_imbalance_that_empties_a_class_is_refused_before_training(tmp_path, capsys):
+    status, message = _exit_message(capsys, *TINY_FASHION_MNIST, "--imbalance=1e9",
+                                    f"--output_dir={tmp_path / 'run'}")
+    assert status == 2 and message.count("\n") == 1
+    assert "leaves the last class without training examples" in message
+    assert not (tmp_path / "run" / "history.csv").exists()
+
+
+def test_an_unreadable_split_from_another_version_is_one_line(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "split.npz").write_text("not a split")
+    status, message = _exit_message(capsys, *TINY_FASHION_MNIST, f"--output_dir={run_dir}")
+    assert status == 2 and message.count("\n") == 1
+    assert message.startswith(f"error: {run_dir / 'split.npz'} is unreadable (")
+    assert "--overwrite" in message
+    assert (run_dir / "split.npz").read_text() == "not a split"  # left as it was
