@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 
 from gdw_tf import data
+from gdw_tf import meta_scope
 from gdw_tf import models
 from gdw_tf import step
 
@@ -57,6 +58,7 @@ class Config:
     clip: float = 0.2
     meta_grad: str = "jvp"
     meta_interval: int = 1
+    meta_scope: str = "all"
     seed: int = 0
     augment: str = "auto"
     jit_compile: str = "auto"
@@ -170,6 +172,13 @@ def define_flags(flag_values):
         "current weight net (for gdw: the instance weight on every class) at about a CE step's "
         "cost. 1 = the method as published. Not for l2rw; with --distribute on TensorFlow, 1 only.",
         flag_values=fv)
+    flags.DEFINE_string(
+        "meta_scope", "all",
+        "Parameters the virtual step moves: all (the method as published), head (the classifier "
+        "layer only: the meta-gradient needs a forward of the trunk on the meta batch, no backward "
+        "through it; a faster approximation) or last:k (the last k units with weights; a residual "
+        "block counts as one). The real step always trains the whole network; see "
+        "gdw_tf/meta_scope.py.", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed of the split, the noise, the initialisation, the "
                          "data order and the meta-batch order.", flag_values=fv)
 
@@ -222,6 +231,8 @@ def _register_validators(fv):
         "meta_interval": (lambda v: v >= 1, "--meta_interval must be a positive integer (1 = a "
                           "meta step on every step)."),
         "seed": (lambda v: v >= 0, "--seed must be >= 0."),
+        "meta_scope": (_is_meta_scope, "--meta_scope must be all, head or last:k with an "
+                       "integer k >= 1 (e.g. --meta_scope=last:2)."),
         "max_train_examples": (lambda v: v >= 0, "--max_train_examples must be >= 0 (0 = all)."),
         "max_test_examples": (lambda v: v >= 0, "--max_test_examples must be >= 0 (0 = all)."),
         "verbose": (lambda v: v in (0, 1, 2), "--verbose must be 0, 1 or 2."),
@@ -245,6 +256,15 @@ def _register_validators(fv):
         message="--meta_interval above 1 needs a weight net to weight the steps between meta "
         "steps; l2rw has none: use --meta_interval=1 with --method=l2rw.",
         flag_values=fv)
+
+
+def _is_meta_scope(value):
+    """Whether `value` is a `GDWModel(meta_scope=...)` spelling (the backbone is checked later)."""
+    try:
+        meta_scope.parse(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_known_dataset(name):

@@ -62,6 +62,8 @@ class Forward(NamedTuple):
       p, e: `[B, C]` softmax (clipped at 0.999 for GDW) and `e = p − onehot`, constants.
       per_example_loss: `[B]` cross-entropy `ℓ_i` against the given labels, a constant.
       vjp_fn: `cotangent [B, C] -> list of ∂/∂θ`; `vjp_fn(ω ⊙ e / B)` is `G(ω)`.
+      features: with a `gdw_tf.meta_scope.BackboneSplit`, the trunk's features of the batch
+        (else `None`).
     """
 
     logits: Any
@@ -71,6 +73,7 @@ class Forward(NamedTuple):
     e: Any
     per_example_loss: Any
     vjp_fn: Callable
+    features: Any = None
 
 
 class MetaGradient(NamedTuple):
@@ -121,13 +124,22 @@ def global_batch_size(per_example):
     return backend.replica_sum(ops.cast(ops.shape(per_example)[0], per_example.dtype))
 
 
-def forward(method, backbone, trainable, non_trainable, x, y, num_classes):
-    """Step 1: the training forward at `θ` (training mode), with its VJP; a `Forward`."""
+def forward(method, backbone, trainable, non_trainable, x, y, num_classes, split=None):
+    """Step 1: the training forward at `θ` (training mode), with its VJP; a `Forward`.
+
+    With `split` (a `gdw_tf.meta_scope.BackboneSplit` of `backbone`) the same forward also
+    returns the trunk's features, for a virtual step over the top only.
+    """
 
     def logits_fn(params):
+        if split is not None:
+            return split.training_forward(params, non_trainable, x)
         return backbone.stateless_call(params, non_trainable, x, training=True)
 
     logits, new_non_trainable, vjp_fn = backend.vjp(logits_fn, trainable)
+    features = None
+    if split is not None:
+        new_non_trainable, features = new_non_trainable
     logits_const = ops.stop_gradient(logits)
     onehot = ops.one_hot(y, num_classes, dtype=logits.dtype)
     p_max = weighting.P_MAX if method == "gdw" else None
@@ -140,6 +152,7 @@ def forward(method, backbone, trainable, non_trainable, x, y, num_classes):
         e=e,
         per_example_loss=weighting.per_example_cross_entropy(logits_const, onehot),
         vjp_fn=vjp_fn,
+        features=features,
     )
 
 
