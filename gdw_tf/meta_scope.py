@@ -130,8 +130,8 @@ class BackboneSplit:
 
     def __init__(self, backbone, point):
         output = backbone.outputs[0]
-        self._both = keras.Model(backbone.inputs, [point, output])
-        self._trunk = keras.Model(backbone.inputs, point)
+        self._both = keras.Model(backbone.inputs[0], [point, output])
+        self._trunk = keras.Model(backbone.inputs[0], point)
         self._top = keras.Model(point, output)
         trainable = {id(v): i for i, v in enumerate(backbone.trainable_variables)}
         non_trainable = {id(v): i for i, v in enumerate(backbone.non_trainable_variables)}
