@@ -2,13 +2,16 @@
 
     python -m gdw_tf.bench --model=resnet32 --batch_size=100 --steps=20 [--jit_compile=...] [--json]
     python -m gdw_tf.bench --methods=ce,mwnet,gdw --meta_interval=5   # meta step every 5th step
+    python -m gdw_tf.bench --meta_scopes=all,head,last:2   # each weighting method per meta scope
 
 Each method trains the same backbone on random data through `GDWModel`'s compiled train
 function (what `fit` runs), on the Keras backend in use (`KERAS_BACKEND=tensorflow|jax`).
 Time: median over `--steps` steps after `--warmup` steps; the methods' timed steps take turns
 (one step of each per round), so a slowdown of a shared machine hits them alike. With
 `--meta_interval=k` a round runs k consecutive steps of each method (one of them a meta step),
-and the time per step is theirs divided by k. Memory, TensorFlow: the allocator's
+and the time per step is theirs divided by k. With `--meta_scopes` each weighting method runs
+once per `GDWModel(meta_scope=...)`, reported as e.g. `gdw@head` ("all" keeps the plain name).
+Memory, TensorFlow: the allocator's
 peak during those steps minus what was allocated before them
 (`tf.config.experimental.get_memory_info`), i.e. what one step needs on top of the model; JAX
 (always compiled by XLA): the compiled step's temporary buffers (`memory_analysis()`).
@@ -29,6 +32,7 @@ from absl import flags
 
 import gdw_tf
 from gdw_tf import backend
+from gdw_tf import meta_scope as meta_scope_lib
 from gdw_tf import models
 from gdw_tf import step as step_lib
 
@@ -40,6 +44,8 @@ def define_flags():
     flags.DEFINE_integer("steps", 20, "Timed steps per method.", lower_bound=1)
     flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, compilation).", lower_bound=1)
     flags.DEFINE_list("methods", list(step_lib.METHODS[::-1]), "Methods to time, in order.")
+    flags.DEFINE_list("meta_scopes", ["all"], "GDWModel meta_scope values to time each weighting "
+                      "method with: all, head, last:k (rows gdw@head, ...).")
     flags.DEFINE_enum("meta_grad", "jvp", list(step_lib.META_GRADIENTS), "Meta-gradient formulation.")
     flags.DEFINE_integer("meta_interval", 1, "GDWModel's meta_interval: a meta step every k-th "
                          "step (not for l2rw).", lower_bound=1)
@@ -78,7 +84,8 @@ def _cpus():
 def build_step(method, model_name, batch_size, num_classes, jit_compile, meta_grad, device,
                meta_interval=1):
     """One method's compiled train step on random data: `(step, start_memory)` as
-    `_tensorflow_step` returns them."""
+    `_tensorflow_step` returns them. `method` may name a meta scope: "gdw@head"."""
+    method, _, meta_scope = method.partition("@")
     keras.utils.set_random_seed(0)
     input_shape = (32, 32, 3) if model_name == "resnet32" else (28, 28, 1)
     backbone = models.build_model(model_name, input_shape, num_classes)
@@ -89,6 +96,7 @@ def build_step(method, model_name, batch_size, num_classes, jit_compile, meta_gr
     model = gdw_tf.GDWModel(
         backbone, num_classes, method=method, meta_data=(meta_x, meta_y),
         meta_batch_size=batch_size, meta_grad=meta_grad, meta_interval=meta_interval,
+        meta_scope=meta_scope or meta_scope_lib.ALL,
     )
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=jit_compile)
     x = rng.normal(size=(batch_size, *input_shape)).astype("float32")
@@ -177,9 +185,18 @@ def _jax_step(model, x, y):
     return step, start_memory
 
 
+def with_scopes(methods, meta_scopes):
+    """The benchmark's rows: each weighting method once per meta scope ("gdw", "gdw@head"); CE
+    once."""
+    return [method if scope == meta_scope_lib.ALL else f"{method}@{scope}"
+            for method in methods
+            for scope in ((meta_scope_lib.ALL,) if method == "ce" else meta_scopes)]
+
+
 def run(model_name, batch_size, num_classes, steps, warmup, methods, jit_compile, meta_grad,
-        meta_interval=1):
-    """Benchmarks each method; returns the figures as a dict."""
+        meta_interval=1, meta_scopes=(meta_scope_lib.ALL,)):
+    """Benchmarks each method (per meta scope); returns the figures as a dict."""
+    methods = with_scopes(methods, meta_scopes)
     device, device_name = _device()
     jit_compile = backend.resolve_jit_compile(jit_compile)
     figures = time_methods(methods, model_name, batch_size, num_classes, steps, warmup,
@@ -194,6 +211,7 @@ def run(model_name, batch_size, num_classes, steps, warmup, methods, jit_compile
         "jit_compile": jit_compile,
         "meta_grad": meta_grad,
         "meta_interval": meta_interval,
+        "meta_scopes": list(meta_scopes),
         "keras": keras.__version__,
         "ms_per_step": ms,
         "peak_memory_mb": memory,
@@ -208,14 +226,14 @@ def format_table(result):
         f"Keras {result['keras']} on {result['backend']}, "
         f"jit_compile={result['jit_compile']}, meta_grad={result['meta_grad']}, "
         f"meta_interval={result['meta_interval']}",
-        f"{'method':<8}{'ms/step':>10}{'× CE':>8}{'× MW-Net':>10}{'peak MB':>10}{'× CE':>8}",
+        f"{'method':<12}{'ms/step':>10}{'× CE':>8}{'× MW-Net':>10}{'peak MB':>10}{'× CE':>8}",
     ]
     for method in ms:
         ratio_ce = f"{ms[method] / ms['ce']:.2f}" if "ce" in ms else "-"
         ratio_mw = f"{ms[method] / ms['mwnet']:.2f}" if "mwnet" in ms else "-"
         mem_ce = f"{memory[method] / memory['ce']:.2f}" if "ce" in memory and memory["ce"] else "-"
         lines.append(
-            f"{method:<8}{ms[method]:>10.1f}{ratio_ce:>8}{ratio_mw:>10}{memory[method]:>10.1f}{mem_ce:>8}"
+            f"{method:<12}{ms[method]:>10.1f}{ratio_ce:>8}{ratio_mw:>10}{memory[method]:>10.1f}{mem_ce:>8}"
         )
     return "\n".join(lines)
 
@@ -229,9 +247,15 @@ def main(argv):
     if config.meta_interval > 1 and "l2rw" in config.methods:
         raise app.UsageError("--meta_interval above 1 does not apply to l2rw (no weight net); "
                              "pass --methods=ce,mwnet,gdw.")
+    for scope in config.meta_scopes:
+        try:
+            meta_scope_lib.parse(scope)
+        except ValueError as error:
+            raise app.UsageError(str(error)) from error
     result = run(
         config.model, config.batch_size, config.num_classes, config.steps, config.warmup,
         config.methods, config.jit_compile, config.meta_grad, config.meta_interval,
+        config.meta_scopes,
     )
     print(format_table(result))
     if config.json:
