@@ -109,6 +109,8 @@ def test_precedence_defaults_then_flagfile_then_command_line(tmp_path):
         (["--meta_grad=fd"], "value should be one of"),
         (["--meta_interval=0"], "--meta_interval must be a positive integer"),
         (["--method=l2rw", "--meta_interval=2"], "l2rw has none: use --meta_interval=1"),
+        (["--meta_scope=top"], "--meta_scope must be all, head or last:k"),
+        (["--meta_scope=last:0"], "--meta_scope must be all, head or last:k"),
     ],
 )
 def test_impossible_values_are_refused_at_parse_time(args, message):
