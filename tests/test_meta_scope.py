@@ -312,3 +312,29 @@ def test_the_scope_is_saved_with_the_model(tmp_path):
     assert loaded.meta_scope == "head" and loaded._meta_split is not None
     # The split holds no variables of its own: the model tracks the backbone's and weight net's.
     assert len(models_by_scope["head"].variables) == len(models_by_scope["all"].variables)
+
+
+def test_the_study_script_runs_each_weighting_method_per_scope():
+    """scripts/fashion_mnist_study.py --meta_scopes: cells, run directories and commands."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "import importlib.util, json, sys\n"
+        "spec = importlib.util.spec_from_file_location('study', 'scripts/fashion_mnist_study.py')\n"
+        "study = importlib.util.module_from_spec(spec); spec.loader.exec_module(study)\n"
+        "cells = list(study.cells(['flip_40'], ['ce', 'gdw'], ['0'], ['all', 'last:2']))\n"
+        "command = study.train_command('flip_40', 'gdw@last:2', 0, 5, 'out')\n"
+        "print(json.dumps([cells, study.run_dir('r', 'flip_40', 'gdw@last:2', 0), command[2:],\n"
+        "                  study.variant_name('gdw@last:2')]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells, directory, command, name = __import__("json").loads(result.stdout.splitlines()[-1])
+    assert cells == [["flip_40", "ce", "0"], ["flip_40", "gdw", "0"], ["flip_40", "gdw@last:2", "0"]]
+    assert directory == os.path.join("r", "flip_40", "gdw_last2", "seed0")
+    assert "--method=gdw" in command and "--meta_scope=last:2" in command
+    assert name == "GDW (last:2)"
