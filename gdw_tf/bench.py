@@ -2,13 +2,16 @@
 
     python -m gdw_tf.bench --model=resnet32 --batch_size=100 --steps=20 [--jit_compile=...] [--json]
     python -m gdw_tf.bench --methods=ce,mwnet,gdw --meta_interval=5   # meta step every 5th step
+    python -m gdw_tf.bench --meta_scopes=all,head,last:2   # each weighting method per meta scope
 
 Each method trains the same backbone on random data through `GDWModel`'s compiled train
 function (what `fit` runs), on the Keras backend in use (`KERAS_BACKEND=tensorflow|jax`).
 Time: median over `--steps` steps after `--warmup` steps; the methods' timed steps take turns
 (one step of each per round), so a slowdown of a shared machine hits them alike. With
 `--meta_interval=k` a round runs k consecutive steps of each method (one of them a meta step),
-and the time per step is theirs divided by k. Memory, TensorFlow: the allocator's
+and the time per step is theirs divided by k. With `--meta_scopes` each weighting method runs
+once per `GDWModel(meta_scope=...)`, reported as e.g. `gdw@head` ("all" keeps the plain name).
+Memory, TensorFlow: the allocator's
 peak during those steps minus what was allocated before them
 (`tf.config.experimental.get_memory_info`), i.e. what one step needs on top of the model; where
 the allocator keeps no statistics (`TF_CPU_ALLOCATOR_USE_BFC=false`), the process's peak resident
@@ -33,6 +36,7 @@ from absl import flags
 import gdw_tf
 from gdw_tf import backend
 from gdw_tf import config as config_lib
+from gdw_tf import meta_scope as meta_scope_lib
 from gdw_tf import methods as methods_lib
 from gdw_tf import backbones
 
@@ -49,6 +53,7 @@ class Bench:
     steps: int
     warmup: int
     num_classes: int
+    meta_scopes: tuple = (meta_scope_lib.ALL,)
     model: str = config_lib.DEFAULTS.model
     batch_size: int = config_lib.DEFAULTS.batch_size
     meta_grad: str = config_lib.DEFAULTS.meta_grad
@@ -59,7 +64,8 @@ class Bench:
     def from_flags(cls, flag_values):
         """The benchmark of parsed flags."""
         values = {field.name: flag_values[field.name].value for field in dataclasses.fields(cls)}
-        return cls(**{**values, "methods": tuple(values["methods"])})
+        return cls(**{**values, "methods": tuple(values["methods"]),
+                      "meta_scopes": tuple(values["meta_scopes"])})
 
 
 def define_flags(flag_values=flags.FLAGS):
@@ -79,6 +85,10 @@ def define_flags(flag_values=flags.FLAGS):
         "methods", lambda names: set(names) <= set(methods_lib.NAMES),
         message=f"--methods: unknown method; choose from {', '.join(methods_lib.NAMES)}.",
         flag_values=flag_values)
+    flags.DEFINE_list("meta_scopes", [meta_scope_lib.ALL], "GDWModel meta_scope values to time "
+                      "each weighting method with: all, head, last:k (rows gdw@head, ...).",
+                      flag_values=flag_values)
+    flags.register_validator("meta_scopes", _check_meta_scopes, flag_values=flag_values)
     flags.DEFINE_integer("num_classes", 10, "Classes.", lower_bound=2, flag_values=flag_values)
     flags.DEFINE_bool("json", False, "End with one JSON line of the figures.",
                       flag_values=flag_values)
@@ -88,6 +98,16 @@ def define_flags(flag_values=flags.FLAGS):
                       is None for m in v["methods"]),
         message="--meta_interval above 1 does not apply to l2rw (no weight net); pass "
         "--methods=ce,mwnet,gdw.", flag_values=flag_values)
+
+
+def _check_meta_scopes(scopes):
+    """True if every scope parses; otherwise raises `flags.ValidationError` saying why."""
+    for scope in scopes:
+        try:
+            meta_scope_lib.parse(scope)
+        except ValueError as error:
+            raise flags.ValidationError(str(error)) from None
+    return True
 
 
 def _device():
@@ -117,7 +137,8 @@ def _cpus():
 
 def build_step(method, bench, device):
     """One method's compiled train step on random data: `(step, start_memory)` as
-    `_tensorflow_step` returns them."""
+    `_tensorflow_step` returns them. `method` may name a meta scope: "gdw@head"."""
+    method, _, meta_scope = method.partition("@")
     model_name, batch_size, num_classes = bench.model, bench.batch_size, bench.num_classes
     keras.utils.set_random_seed(0)
     input_shape = (32, 32, 3) if model_name == "resnet32" else (28, 28, 1)
@@ -129,6 +150,7 @@ def build_step(method, bench, device):
     model = gdw_tf.GDWModel(
         backbone, num_classes, method=method, meta_data=(meta_x, meta_y),
         meta_batch_size=batch_size, meta_grad=bench.meta_grad, meta_interval=bench.meta_interval,
+        meta_scope=meta_scope or meta_scope_lib.ALL,
     )
     jit_compile = backend.resolve_jit_compile(bench.jit_compile)
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=jit_compile)
@@ -239,8 +261,20 @@ def _jax_step(model, x, y):
     return step, start_memory
 
 
+def with_scopes(methods, meta_scopes):
+    """The benchmark's rows: each weighting method once per meta scope ("gdw", "gdw@head"); CE
+    once."""
+    return [method if scope == meta_scope_lib.ALL else f"{method}@{scope}"
+            for method in methods
+            for scope in (meta_scopes if methods_lib.get(method).meta_step
+                          else (meta_scope_lib.ALL,))]
+
+
 def run(bench):
-    """Benchmarks each method of `bench` (a `Bench`); returns the figures as a dict."""
+    """Benchmarks each method of `bench` (a `Bench`), per meta scope; returns the figures as a
+    dict."""
+    rows = tuple(with_scopes(bench.methods, bench.meta_scopes))
+    bench = dataclasses.replace(bench, methods=rows)
     device, device_name = _device()
     figures = time_methods(bench, device)
     return {
@@ -251,6 +285,7 @@ def run(bench):
         "jit_compile": backend.resolve_jit_compile(bench.jit_compile),
         "meta_grad": bench.meta_grad,
         "meta_interval": bench.meta_interval,
+        "meta_scopes": list(bench.meta_scopes),
         "keras": keras.__version__,
         "ms_per_step": {method: figures[method][0] for method in bench.methods},
         "peak_memory_mb": {method: figures[method][1] for method in bench.methods},
@@ -265,7 +300,7 @@ def format_table(result):
         f"Keras {result['keras']} on {result['backend']}, "
         f"jit_compile={result['jit_compile']}, meta_grad={result['meta_grad']}, "
         f"meta_interval={result['meta_interval']}",
-        f"{'method':<8}{'ms/step':>10}{'× CE':>8}{'× MW-Net':>10}{'peak MB':>10}{'× CE':>8}",
+        f"{'method':<12}{'ms/step':>10}{'× CE':>8}{'× MW-Net':>10}{'peak MB':>10}{'× CE':>8}",
     ]
     for method in ms:
         ratio_ce = f"{ms[method] / ms['ce']:.2f}" if "ce" in ms else "-"
@@ -274,7 +309,7 @@ def format_table(result):
                   if memory[method] is not None and memory.get("ce") else "-")
         mb = "n/a" if memory[method] is None else f"{memory[method]:.1f}"
         lines.append(
-            f"{method:<8}{ms[method]:>10.1f}{ratio_ce:>8}{ratio_mw:>10}{mb:>10}{mem_ce:>8}"
+            f"{method:<12}{ms[method]:>10.1f}{ratio_ce:>8}{ratio_mw:>10}{mb:>10}{mem_ce:>8}"
         )
     return "\n".join(lines)
 

@@ -25,6 +25,7 @@ import os
 from absl import flags
 
 from gdw_tf import noise as noise_lib
+from gdw_tf import meta_scope
 from gdw_tf import methods
 from gdw_tf import backbones
 
@@ -223,6 +224,14 @@ class Config:
         "current weight net (for gdw: the instance weight on every class) at about a CE step's "
         "cost. 1 = the method as published. Not for l2rw; with --distribute on TensorFlow, 1 "
         "only.", check=_positive, message=_POSITIVE_INTEGER + " (1 = a meta step on every step)")
+    meta_scope: str = setting(
+        meta_scope.ALL,
+        "Parameters the virtual step moves: all (the method as published), head (the classifier "
+        "layer only: the meta-gradient needs a forward of the trunk on the meta batch, no "
+        "backward through it; a faster approximation) or last:k (the last k units with weights; "
+        "a residual block counts as one). The real step always trains the whole network; see "
+        "gdw_tf/meta_scope.py.", check=lambda v: _is_meta_scope(v),
+        message="must be all, head or last:k with an integer k ≥ 1 (e.g. --meta_scope=last:2)")
     seed: int = setting(
         0, "Seed of the split, the noise, the initialisation, the data order and the meta-batch "
         "order.", check=lambda v: 0 <= v < 2**32, message="must lie in [0, 2**32)")
@@ -348,6 +357,15 @@ def define_flags(flag_values, names=None):
             lambda v: v["trusted_data"] is None or v["trusted_column"] is None,
             message="give the trusted set once: --trusted_data or --trusted_column, not both.",
             flag_values=flag_values)
+
+
+def _is_meta_scope(value):
+    """Whether `value` is a `GDWModel(meta_scope=...)` spelling (the backbone is checked later)."""
+    try:
+        meta_scope.parse(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_data_path(path):

@@ -17,6 +17,7 @@ from keras import ops
 
 from gdw_tf import backend
 from gdw_tf import config as config_lib
+from gdw_tf import meta_scope as meta_scope_lib
 from gdw_tf import methods
 from gdw_tf import step as step_lib
 from gdw_tf import weighting
@@ -111,6 +112,12 @@ class GDWModel(backend.Trainer, keras.Model):
         meta-gradient) at about the cost of a CE step, and draw no meta batch. 1 (the default)
         is the method as published. Not for L2RW (no weight net to carry weights between meta
         steps); no effect on CE. On TensorFlow, more than 1 runs on one replica only.
+      meta_scope: which parameters the virtual step moves: "all" (default, the method as
+        published), "head" (the last layer with trainable weights: the classifier) or "last:k"
+        (the last k units with weights; a residual block is one unit). A restricted scope runs
+        the trunk below it forward on the meta batch without a backward pass, so the meta step
+        costs little more than a forward pass; the real step still trains the whole network.
+        Needs a functional backbone. See `gdw_tf.meta_scope`; no effect on CE.
       meta_augmentation: optional Keras layer applied to each meta batch in training mode (the
         reference augments meta images like training images).
       seed: seed of the meta-batch order.
@@ -149,6 +156,7 @@ class GDWModel(backend.Trainer, keras.Model):
         seed=_DEFAULT.seed,
         track_examples=None,
         meta_interval=_DEFAULT.meta_interval,
+        meta_scope=_DEFAULT.meta_scope,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -174,6 +182,11 @@ class GDWModel(backend.Trainer, keras.Model):
         self.meta_augmentation = meta_augmentation
         self.seed = int(seed)
         self.track_examples = None if track_examples is None else int(track_examples)
+        # Checked (and the backbone split) before anything is built; a plain object, untracked.
+        self.meta_scope = meta_scope
+        self._meta_split = meta_scope_lib.split_backbone(backbone, meta_scope)
+        if not self._method.meta_step:
+            self._meta_split = None
 
         # Under a mixed-precision policy the weight net, like the weighting, runs in float32.
         mixed = keras.mixed_precision.global_policy().name.startswith("mixed_")
@@ -387,7 +400,8 @@ class GDWModel(backend.Trainer, keras.Model):
 
         # Forward pass at θ (its VJP serves every backbone gradient of the step).
         fwd = step_lib.forward(
-            self._method, self.backbone, trainable, non_trainable, x, y, self.num_classes
+            self._method, self.backbone, trainable, non_trainable, x, y, self.num_classes,
+            split=self._meta_split,
         )
 
         # Meta-gradients, and the weight-net update.
@@ -458,6 +472,12 @@ class GDWModel(backend.Trainer, keras.Model):
         weight_net_trainable = backend.read_values(self.weight_net.trainable_variables)
 
         def meta_gradient(x_meta, y_meta):
+            if self._meta_split is not None:
+                return meta_scope_lib.meta_gradient(
+                    self._meta_split, self._method, fwd, self.weight_net, trainable,
+                    non_trainable, weight_net_trainable, x_meta, y_meta,
+                    self.optimizer.learning_rate, self.num_classes, self.meta_grad,
+                )
             return step_lib.meta_gradient(
                 self._method,
                 fwd,
@@ -533,6 +553,7 @@ class GDWModel(backend.Trainer, keras.Model):
             "seed": self.seed,
             "track_examples": self.track_examples,
             "meta_interval": self.meta_interval,
+            "meta_scope": self.meta_scope,
         }
 
     @classmethod

@@ -221,6 +221,7 @@ def _build_gdw_model(config, settings, meta_data):
         l2=config.l2,
         meta_grad=config.meta_grad,
         meta_interval=config.meta_interval,
+        meta_scope=config.meta_scope,
         meta_augmentation=MetaAugmentation(seed=config.seed) if settings.augment else None,
         seed=config.seed,
         track_examples=settings.num_train,

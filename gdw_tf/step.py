@@ -61,6 +61,8 @@ class Forward(NamedTuple):
       p, e: `[B, C]` softmax (clipped at 0.999 for GDW) and `e = p − onehot`, constants.
       per_example_loss: `[B]` cross-entropy `ℓ_i` against the given labels, a constant.
       vjp_fn: `cotangent [B, C] -> list of ∂/∂θ`; `vjp_fn(ω ⊙ e / B)` is `G(ω)`.
+      features: with a `gdw_tf.meta_scope.BackboneSplit`, the trunk's features of the batch
+        (else `None`).
     """
 
     logits: Any
@@ -70,6 +72,7 @@ class Forward(NamedTuple):
     e: Any
     per_example_loss: Any
     vjp_fn: Callable
+    features: Any = None
 
 
 class MetaGradient(NamedTuple):
@@ -120,17 +123,27 @@ def global_batch_size(per_example):
     return backend.replica_sum(ops.cast(ops.shape(per_example)[0], per_example.dtype))
 
 
-def forward(method, backbone, trainable, non_trainable, x, y, num_classes):
+def forward(method, backbone, trainable, non_trainable, x, y, num_classes, split=None):
     """Step 1: the training forward at `θ` (training mode), with its VJP; a `Forward`.
 
-    `method` is a `gdw_tf.methods.Method` (for its softmax clip).
+    `method` is a `gdw_tf.methods.Method` (for its softmax clip). With `split` (a
+    `gdw_tf.meta_scope.BackboneSplit` of `backbone`) the same forward also returns the trunk's
+    features, for a virtual step over the top only.
     """
 
     def logits_fn(params):
-        logits, new_non_trainable = backbone.stateless_call(params, non_trainable, x, training=True)
+        if split is not None:
+            logits, new_non_trainable = split.training_forward(params, non_trainable, x)
+        else:
+            logits, new_non_trainable = backbone.stateless_call(
+                params, non_trainable, x, training=True
+            )
         return float32_at_least(logits), new_non_trainable
 
     logits, new_non_trainable, vjp_fn = backend.vjp(logits_fn, trainable)
+    features = None
+    if split is not None:
+        new_non_trainable, features = new_non_trainable
     logits_const = ops.stop_gradient(logits)
     onehot = ops.one_hot(y, num_classes, dtype=logits.dtype)
     p, e = weighting.softmax_error(logits_const, onehot, method.softmax_clip)
@@ -142,6 +155,7 @@ def forward(method, backbone, trainable, non_trainable, x, y, num_classes):
         e=e,
         per_example_loss=weighting.per_example_cross_entropy(logits_const, onehot),
         vjp_fn=vjp_fn,
+        features=features,
     )
 
 

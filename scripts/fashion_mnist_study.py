@@ -8,6 +8,10 @@ overrides in `SETTINGS` and `COMMON_OVERRIDES`, in `<runs_dir>/<setting>/<method
 The study is resumable: finished runs (with a `results.json`) are skipped, an interrupted run
 resumes from its last epoch (gdw_tf.train's own BackupAndRestore), so it can be run in pieces.
 
+With `--meta_scopes=all,head,last:3` every weighting method also runs with each scope
+(`GDWModel(meta_scope=...)`): a cell's method is then e.g. `gdw@head`, in `<method>_<scope>`
+directories (`gdw_head`, `gdw_last3`); "all" keeps the plain names.
+
 The report writes PNG plots into `--docs_dir` and replaces the part of `<docs_dir>/RESULTS.md`
 between the `STUDY_BEGIN`/`STUDY_END` markers with the tables (mean ± sample standard
 deviation over seeds). Plots need matplotlib (`pip install -r scripts/requirements.txt`); the
@@ -24,6 +28,9 @@ import time
 from absl import app
 from absl import flags
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gdw_tf import meta_scope as meta_scope_lib  # noqa: E402  pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("ce", "l2rw", "mwnet", "gdw")
@@ -64,6 +71,8 @@ flags.DEFINE_string("docs_dir", os.path.join(REPO, "docs"),
 flags.DEFINE_list("settings", list(SETTINGS), "Settings to run and report.")
 flags.DEFINE_list("methods", list(METHODS), "Methods to run and report.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every cell.")
+flags.DEFINE_list("meta_scopes", ["all"], "Meta scopes (--meta_scope of gdw_tf.train) of every "
+                  "weighting method: all, head, last:k.")
 flags.DEFINE_integer("epochs", 15, "Epochs of every run.", lower_bound=1)
 flags.DEFINE_multi_string(
     "train_flag", [], "Extra flag for every gdw_tf.train run (after the study's own), e.g. "
@@ -72,25 +81,42 @@ flags.DEFINE_bool("report_only", False, "Do not train; report the finished runs.
 flags.DEFINE_bool("plots", True, "Draw the PNG plots (needs matplotlib).")
 
 
+def split_variant(variant):
+    """`(method, meta scope)` of a cell's method, e.g. "gdw@head" -> ("gdw", "head")."""
+    method, _, scope = variant.partition("@")
+    return method, scope or "all"
+
+
+def variant_name(variant):
+    """A cell's method for the tables, e.g. "GDW (head)"."""
+    method, scope = split_variant(variant)
+    return METHOD_NAMES[method] + ("" if scope == "all" else f" ({scope})")
+
+
 def run_dir(runs_dir, setting, method, seed):
-    return os.path.join(runs_dir, setting, method, f"seed{seed}")
+    name = method.replace("@", "_").replace(":", "")
+    return os.path.join(runs_dir, setting, name, f"seed{seed}")
 
 
 def train_command(setting, method, seed, epochs, output_dir, extra_flags=()):
     """The `gdw_tf.train` command line of one run, relative to the repository root."""
     flag_file, overrides, _ = SETTINGS[setting]
+    method, scope = split_variant(method)
+    scope_flag = [] if scope == "all" else [f"--meta_scope={scope}"]
     return ([sys.executable, "-m", "gdw_tf.train", f"--flagfile=flags/{flag_file}", *overrides,
-             *COMMON_OVERRIDES, f"--epochs={epochs}", f"--method={method}", f"--seed={seed}",
-             f"--output_dir={output_dir}", *extra_flags])
+             *COMMON_OVERRIDES, f"--epochs={epochs}", f"--method={method}", *scope_flag,
+             f"--seed={seed}", f"--output_dir={output_dir}", *extra_flags])
 
 
-def cells(settings, methods, seeds):
-    """(setting, method, seed) of every run of the study, in running order."""
+def cells(settings, methods, seeds, scopes=("all",)):
+    """(setting, method, seed) of every run of the study, in running order; with scopes other
+    than "all", the weighting methods' cells come once per scope (method "gdw@head")."""
     for setting in settings:
         for seed in seeds:
             for method in SETTINGS[setting][2]:
                 if method in methods:
-                    yield setting, method, seed
+                    for scope in (("all",) if method == "ce" else scopes):
+                        yield setting, method if scope == "all" else f"{method}@{scope}", seed
 
 
 def train_missing(runs, runs_dir, epochs, extra_flags):
@@ -119,10 +145,10 @@ def train_missing(runs, runs_dir, epochs, extra_flags):
     return failed
 
 
-def load_runs(runs_dir, settings, methods, seeds):
+def load_runs(runs_dir, settings, methods, seeds, scopes=("all",)):
     """{(setting, method): [(seed, results dict, history rows)]} of the finished runs."""
     found = collections.defaultdict(list)
-    for setting, method, seed in cells(settings, methods, seeds):
+    for setting, method, seed in cells(settings, methods, seeds, scopes):
         path = os.path.join(run_dir(runs_dir, setting, method, seed), "results.json")
         if os.path.exists(path):
             with open(path) as file:
@@ -171,7 +197,7 @@ def tables_markdown(rows, epochs, extra_flags):
     ]
     for row in rows:
         lines.append(
-            f"| {SETTING_NAMES[row['setting']]} | {METHOD_NAMES[row['method']]} | "
+            f"| {SETTING_NAMES[row['setting']]} | {variant_name(row['method'])} | "
             f"{len(row['seeds'])} | {_format(row['last'])} | {_format(row['best'])} | "
             f"{_format(row['mean_last5'])} | {_format(row['noise_rate'], 1)} | "
             f"{_format(row['instance_weight'], 3)} | {_format(row['labelled_class_weight'], 3)} "
@@ -180,7 +206,8 @@ def tables_markdown(rows, epochs, extra_flags):
               "`train.log` and `config.json`):", "", "```"]
     for row in rows:
         command = train_command(row["setting"], row["method"], "k", epochs,
-                                f"runs/fashion_mnist_study/{row['setting']}/{row['method']}/seedk",
+                                run_dir("runs/fashion_mnist_study", row["setting"], row["method"],
+                                        "k"),
                                 extra_flags)
         lines.append("python " + " ".join(command[1:]))
     lines.append("```")
@@ -322,17 +349,23 @@ def main(argv):
     unknown = set(FLAGS.settings) - set(SETTINGS) | set(FLAGS.methods) - set(METHODS)
     if unknown:
         raise app.UsageError(f"Unknown settings or methods: {sorted(unknown)}.")
-    runs = list(cells(FLAGS.settings, FLAGS.methods, FLAGS.seeds))
+    try:
+        for scope in FLAGS.meta_scopes:
+            meta_scope_lib.parse(scope)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+    runs = list(cells(FLAGS.settings, FLAGS.methods, FLAGS.seeds, FLAGS.meta_scopes))
     failed = []
     if not FLAGS.report_only:
         failed = train_missing(runs, FLAGS.runs_dir, FLAGS.epochs, FLAGS.train_flag)
-    found = load_runs(FLAGS.runs_dir, FLAGS.settings, FLAGS.methods, FLAGS.seeds)
+    found = load_runs(FLAGS.runs_dir, FLAGS.settings, FLAGS.methods, FLAGS.seeds,
+                      FLAGS.meta_scopes)
     rows = summarize(found)
     markdown = tables_markdown(rows, FLAGS.epochs, FLAGS.train_flag)
     print(markdown)
     os.makedirs(FLAGS.docs_dir, exist_ok=True)
     write_tables(os.path.join(FLAGS.docs_dir, "RESULTS.md"), markdown)
-    if FLAGS.plots and found:
+    if FLAGS.plots and found and FLAGS.meta_scopes == ["all"]:
         for path in plot(FLAGS.runs_dir, FLAGS.docs_dir, found, FLAGS.settings, FLAGS.methods):
             print("wrote", path)
     missing = len(runs) - sum(len(v) for v in found.values())

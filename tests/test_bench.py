@@ -104,3 +104,29 @@ def test_the_table_shows_memory_that_could_not_be_measured_as_na():
                "peak_memory_mb": {"ce": None, "gdw": None}}
     rows = bench.format_table(figures).splitlines()[2:]
     assert rows[1].split() == ["gdw", "3.0", "3.00", "-", "n/a", "-"]
+
+
+def test_each_weighting_method_is_timed_per_meta_scope(monkeypatch):
+    assert bench.with_scopes(["ce", "mwnet", "gdw"], ["all", "last:3"]) == [
+        "ce", "mwnet", "mwnet@last:3", "gdw", "gdw@last:3"]
+    built, model_class = [], gdw_tf.GDWModel
+
+    def recording_model(*args, **kwargs):
+        built.append(model_class(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(bench.gdw_tf, "GDWModel", recording_model)
+    figures = bench.run(bench.Bench(model="small_cnn", batch_size=4, num_classes=10, steps=1,
+                                    warmup=1, methods=("gdw",), jit_compile="false",
+                                    meta_grad="jvp", meta_scopes=("all", "head")))
+    assert list(figures["ms_per_step"]) == ["gdw", "gdw@head"]
+    assert [model.meta_scope for model in built] == ["all", "head"]
+    assert figures["meta_scopes"] == ["all", "head"]
+    assert "gdw@head" in bench.format_table(figures)
+
+
+def test_unknown_meta_scopes_are_refused():
+    command = [sys.executable, "-m", "gdw_tf.bench", "--meta_scopes=all,top"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "meta_scope must be 'all', 'head' or 'last:k'" in result.stderr

@@ -143,3 +143,23 @@ def test_what_one_replica_only_runs_is_refused_across_replicas(strategy, kwargs,
         model = _model("gdw", (x_meta, y_meta), len(x), **kwargs)
     with pytest.raises(ValueError, match=message):
         _fit(model, x, y, steps=1)
+
+
+@pytest.mark.parametrize("method", ["gdw", "mwnet", "l2rw"])
+def test_two_replicas_take_the_steps_of_one_device_with_a_head_meta_scope(method, strategy):
+    x, y, x_meta, y_meta = _data()
+    single = _model(method, (x_meta, y_meta), len(x), meta_scope="head")
+    single_history = _fit(single, x, y, steps=3)
+    with strategy.scope():
+        mirrored = _model(method, (x_meta, y_meta), len(x), meta_scope="head")
+    mirrored_history = _fit(mirrored, x, y, steps=3)
+    for one, two in zip(single.variables, mirrored.variables):
+        np.testing.assert_allclose(np.asarray(two), np.asarray(one), rtol=1e-5, atol=1e-6,
+                                   err_msg=one.path)
+    np.testing.assert_allclose(mirrored_history["meta/loss"], single_history["meta/loss"],
+                               rtol=1e-5)
+    # The head scope's steps differ from the whole network's.
+    full = _model(method, (x_meta, y_meta), len(x))
+    _fit(full, x, y, steps=3)
+    assert not np.allclose(np.asarray(full.backbone.variables[0]),
+                           np.asarray(single.backbone.variables[0]), rtol=1e-6)

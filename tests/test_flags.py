@@ -124,6 +124,8 @@ def test_precedence_defaults_then_flagfile_then_command_line(tmp_path):
         (["--seed=-1"], "--seed must lie in [0, 2**32)"),
         (["--seed=5000000000"], "--seed must lie in [0, 2**32)"),  # NumPy's seeds are 32-bit
         (["--method=l2rw", "--meta_interval=2"], "l2rw has none: use --meta_interval=1"),
+        (["--meta_scope=top"], "--meta_scope must be all, head or last:k"),
+        (["--meta_scope=last:0"], "--meta_scope must be all, head or last:k"),
     ],
 )
 def test_impossible_values_are_refused_at_parse_time(args, message):
