@@ -29,8 +29,8 @@ import tensorflow as tf
 import gdw_tf
 from gdw_tf import datasets
 from gdw_tf import input_pipeline
-from gdw_tf import split as split_lib
 from gdw_tf import noise
+from gdw_tf import split as split_lib
 
 
 @dataclasses.dataclass
@@ -68,8 +68,15 @@ def corrupt(y, noise_ratio, num_classes, seed):
     return noisy, noisy != y
 
 
-def make_tabular_data(num_classes=5, num_features=16, num_train=2000, num_trusted=200,
-                      num_test=1000, noise_ratio=0.4, seed=0):
+def make_tabular_data(
+    num_classes=5,
+    num_features=16,
+    num_train=2000,
+    num_trusted=200,
+    num_test=1000,
+    noise_ratio=0.4,
+    seed=0,
+):
     """Gaussian clusters, one per class, standardised; a fraction of training labels wrong."""
     rng = np.random.default_rng(seed)
     centers = rng.normal(scale=0.7, size=(num_classes, num_features))
@@ -80,12 +87,12 @@ def make_tabular_data(num_classes=5, num_features=16, num_train=2000, num_truste
     x_train, x_trusted, x_test = np.split(features, np.cumsum(sizes)[:-1])
     y_train, y_trusted, y_test = np.split(labels, np.cumsum(sizes)[:-1])
     y_noisy, corrupted = corrupt(y_train, noise_ratio, num_classes, rng)
-    return NoisyData(x_train, y_noisy, corrupted, x_trusted, y_trusted, x_test, y_test,
-                     num_classes)
+    return NoisyData(x_train, y_noisy, corrupted, x_trusted, y_trusted, x_test, y_test, num_classes)
 
 
-def make_image_data(classes=(0, 1, 7, 8), num_train=2000, num_trusted=200, num_test=1000,
-                    noise_ratio=0.4, seed=0):
+def make_image_data(
+    classes=(0, 1, 7, 8), num_train=2000, num_trusted=200, num_test=1000, noise_ratio=0.4, seed=0
+):
     """uint8 images of a few Fashion-MNIST classes (synthetic if it is not installed)."""
     try:
         dataset = datasets.load_dataset("fashion_mnist")
@@ -104,8 +111,16 @@ def make_image_data(classes=(0, 1, 7, 8), num_train=2000, num_trusted=200, num_t
     x, y = subset(x_all, y_all, num_train + num_trusted, rng)
     x_test, y_test = subset(x_test_all, y_test_all, num_test, rng)
     y_noisy, corrupted = corrupt(y[:num_train], noise_ratio, len(classes), rng)
-    return NoisyData(x[:num_train], y_noisy, corrupted, x[num_train:], y[num_train:], x_test,
-                     y_test, len(classes))
+    return NoisyData(
+        x[:num_train],
+        y_noisy,
+        corrupted,
+        x[num_train:],
+        y[num_train:],
+        x_test,
+        y_test,
+        len(classes),
+    )
 
 
 def synthetic_images(n, num_classes, seed):
@@ -153,19 +168,22 @@ def report(name, model, noisy, history, flag_fraction, x_test, y_test):
     test_accuracy = model.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
     flagged, precision = flag_suspicious(model, noisy.corrupted, flag_fraction)
     label_weights = keras.ops.convert_to_numpy(model.example_label_weights)
-    print(f"\n[{name}] clean test accuracy {test_accuracy:.3f} after "
-          f"{len(history.epoch)} epochs")
-    print(f"[{name}] {len(flagged)} most suspicious labels: {precision:.0%} are wrong "
-          f"(a random pick: {noisy.corrupted.mean():.0%})")
+    print(f"\n[{name}] clean test accuracy {test_accuracy:.3f} after {len(history.epoch)} epochs")
+    print(
+        f"[{name}] {len(flagged)} most suspicious labels: {precision:.0%} are wrong "
+        f"(a random pick: {noisy.corrupted.mean():.0%})"
+    )
     for i in flagged[:5]:
-        print(f"    example {i}: given label {noisy.y_train[i]}, weight {label_weights[i]:.3g}, "
-              f"{'wrong' if noisy.corrupted[i] else 'correct'}")
-    return Result(float(test_accuracy), float(noisy.corrupted.mean()), precision, flagged,
-                  len(history.epoch))
+        print(
+            f"    example {i}: given label {noisy.y_train[i]}, weight {label_weights[i]:.3g}, "
+            f"{'wrong' if noisy.corrupted[i] else 'correct'}"
+        )
+    return Result(
+        float(test_accuracy), float(noisy.corrupted.mean()), precision, flagged, len(history.epoch)
+    )
 
 
-def tabular_example(noisy=None, epochs=30, batch_size=100, per_class=20, flag_fraction=0.2,
-                    seed=0):
+def tabular_example(noisy=None, epochs=30, batch_size=100, per_class=20, flag_fraction=0.2, seed=0):
     """GDW on an MLP from NumPy features; returns a `Result`."""
     if noisy is None:
         noisy = make_tabular_data(seed=seed)
@@ -197,8 +215,13 @@ def tabular_example(noisy=None, epochs=30, batch_size=100, per_class=20, flag_fr
         # early epoch, whose weights do not yet tell wrong labels apart. GDWModel's metrics are
         # its own, so Keras needs `mode="max"` to know that higher accuracy is better.
         callbacks=[
-            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=5,
-                                          start_from_epoch=5, restore_best_weights=True),
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy",
+                mode="max",
+                patience=5,
+                start_from_epoch=5,
+                restore_best_weights=True,
+            ),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
         ],
         verbose=0,
@@ -225,19 +248,37 @@ def image_example(noisy=None, epochs=6, batch_size=100, per_class=25, flag_fract
     model = gdw_tf.GDWModel(
         backbone,
         noisy.num_classes,
-        meta_data=(input_pipeline.normalize(x_meta, mean, std), y_meta),  # Normalised like training data.
+        meta_data=(
+            input_pipeline.normalize(x_meta, mean, std),
+            y_meta,
+        ),  # Normalised like training data.
         meta_batch_size=len(y_meta),
         track_examples=len(noisy.y_train),
         seed=seed,
     )
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     history = model.fit(
-        input_pipeline.train_dataset(noisy.x_train, noisy.y_train, batch_size, seed, augment=False,
-                           mean=mean, std=std, with_index=True),
+        input_pipeline.train_dataset(
+            noisy.x_train,
+            noisy.y_train,
+            batch_size,
+            seed,
+            augment=False,
+            mean=mean,
+            std=std,
+            with_index=True,
+        ),
         epochs=epochs,
         validation_data=input_pipeline.eval_dataset(x_val, y_val, 256, mean, std),
-        callbacks=[keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=2,
-                                                 start_from_epoch=2, restore_best_weights=True)],
+        callbacks=[
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy",
+                mode="max",
+                patience=2,
+                start_from_epoch=2,
+                restore_best_weights=True,
+            )
+        ],
         verbose=0,
     )
     x_test = input_pipeline.normalize(noisy.x_test, mean, std)

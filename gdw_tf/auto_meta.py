@@ -49,7 +49,8 @@ def select_confident(probabilities, given_labels, num_classes, per_class):
             raise ValueError(
                 f"class {k} has {len(members)} training examples, fewer than the "
                 f"{per_class} per class asked of the automatic trusted set; lower "
-                "--auto_meta_per_class.")
+                "--auto_meta_per_class."
+            )
         # A stable sort of -agreement keeps the lower position first among equals.
         chosen.append(members[np.argsort(-agreement[members], kind="stable")[:per_class]])
     return np.sort(np.concatenate(chosen))
@@ -60,8 +61,10 @@ def per_class_count(config, num_classes):
     if config.auto_meta_per_class:
         return config.auto_meta_per_class
     if config.num_meta % num_classes:
-        raise ValueError(f"--num_meta={config.num_meta} is not a multiple of the {num_classes} "
-                         "classes; set --auto_meta_per_class.")
+        raise ValueError(
+            f"--num_meta={config.num_meta} is not a multiple of the {num_classes} "
+            "classes; set --auto_meta_per_class."
+        )
     return config.num_meta // num_classes
 
 
@@ -75,15 +78,22 @@ def warm_up_probabilities(config, model_name, x, labels, num_classes, mean, std,
         `[N, C]` float32 softmax probabilities of the examples of `x`, in order.
     """
     keras.utils.set_random_seed(config.seed)
-    backbone = backbones.build_model(model_name, x.shape[1:], num_classes,
-                                  weights=config.model_weights)
-    backbone.compile(keras.optimizers.SGD(config.lr, momentum=config.momentum),
-                     keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    backbone.fit(input_pipeline.train_dataset(x, labels, config.batch_size, config.seed, augment, mean,
-                                    std),
-                 epochs=config.auto_meta_warmup_epochs, shuffle=False, verbose=config.verbose)
-    logits = backbone.predict(input_pipeline.eval_dataset(x, labels, config.batch_size, mean, std),
-                              verbose=0)
+    backbone = backbones.build_model(
+        model_name, x.shape[1:], num_classes, weights=config.model_weights
+    )
+    backbone.compile(
+        keras.optimizers.SGD(config.lr, momentum=config.momentum),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    backbone.fit(
+        input_pipeline.train_dataset(x, labels, config.batch_size, config.seed, augment, mean, std),
+        epochs=config.auto_meta_warmup_epochs,
+        shuffle=False,
+        verbose=config.verbose,
+    )
+    logits = backbone.predict(
+        input_pipeline.eval_dataset(x, labels, config.batch_size, mean, std), verbose=0
+    )
     return keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
 
 
@@ -91,7 +101,8 @@ def auto_split(split, config, model_name, x, mean, std, augment):
     """`split` with its meta set replaced by examples chosen from its training set.
 
     Args:
-        split: a `gdw_tf.split.Split` whose training set (indices into `x`, given labels) is the pool.
+        split: a `gdw_tf.split.Split` whose training set (indices into `x`, given labels) is
+            the pool.
         config: the run's `Config`.
         model_name: the backbone of the warm-up (the run's, resolved).
         x: the examples the split indexes.
@@ -111,15 +122,18 @@ def auto_split(split, config, model_name, x, mean, std, augment):
         raise ValueError(
             f"the automatic trusted set would hold {per_class * split.num_classes} examples "
             f"({per_class} per class), fewer than --meta_batch_size={config.meta_batch_size}; "
-            "raise --auto_meta_per_class or lower --meta_batch_size.")
+            "raise --auto_meta_per_class or lower --meta_batch_size."
+        )
     given = split.train_noisy_labels
     # Checked before the warm-up is spent.
     counts = np.bincount(given, minlength=split.num_classes)
     if counts.min() < per_class:
-        select_confident(np.ones((len(given), split.num_classes)), given, split.num_classes,
-                         per_class)
-    probabilities = warm_up_probabilities(config, model_name, x[split.train_indices], given,
-                                          split.num_classes, mean, std, augment)
+        select_confident(
+            np.ones((len(given), split.num_classes)), given, split.num_classes, per_class
+        )
+    probabilities = warm_up_probabilities(
+        config, model_name, x[split.train_indices], given, split.num_classes, mean, std, augment
+    )
     chosen = select_confident(probabilities, given, split.num_classes, per_class)
     keep = np.ones(len(given), bool)
     keep[chosen] = False
@@ -134,8 +148,10 @@ def auto_split(split, config, model_name, x, mean, std, augment):
         train_noisy_labels=noisy,
         train_corrupted=split.train_corrupted[keep],
         empirical_transition_matrix=(
-            noise_lib.empirical_transition_matrix(true, noisy, split.num_classes) if known
-            else split.empirical_transition_matrix),
+            noise_lib.empirical_transition_matrix(true, noisy, split.num_classes)
+            if known
+            else split.empirical_transition_matrix
+        ),
         realised_noise_rate=noise_lib.realised_noise_rate(true, noisy) if known else float("nan"),
         meta_source="auto",
     )
@@ -163,6 +179,7 @@ def summary(split, config, true_labels=None, ids=None):
     if true_labels is not None and split.truth_known:
         correct = np.asarray(true_labels)[split.meta_indices] == split.meta_labels
         result["purity"] = float(correct.mean())
-        result["purity_per_class"] = [float(correct[split.meta_labels == k].mean())
-                                      for k in range(split.num_classes)]
+        result["purity_per_class"] = [
+            float(correct[split.meta_labels == k].mean()) for k in range(split.num_classes)
+        ]
     return result

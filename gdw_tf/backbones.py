@@ -208,8 +208,9 @@ def application(name, input_shape, num_classes, weights=None):
     fine-tuning has to absorb. Models that normalise inside (EfficientNet, ConvNeXt,
     MobileNetV3) normalise again.
     """
-    base = getattr(keras.applications, name)(include_top=False, weights=weights,
-                                            input_shape=tuple(input_shape), pooling="avg")
+    base = getattr(keras.applications, name)(
+        include_top=False, weights=weights, input_shape=tuple(input_shape), pooling="avg"
+    )
     logits = keras.layers.Dense(num_classes, name="logits")(base.output)
     return keras.Model(base.input, logits, name=name.lower())
 

@@ -81,15 +81,19 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         if unfit:
             raise ValueError(
                 f"the backup in {self.backup_dir} does not fit this model ({'; '.join(damaged)}); "
-                "it is from another model or version: move it away, or start over.")
+                "it is from another model or version: move it away, or start over."
+            )
         self._report(damaged, "no good backup is left: training starts from epoch 1")
 
     def committed_epochs(self):
         """The epochs whose backup was committed (their JSON file exists)."""
         if not os.path.isdir(self.backup_dir):
             return []
-        return [int(match.group(1)) for match in map(_EPOCH_FILE.match, os.listdir(self.backup_dir))
-                if match]
+        return [
+            int(match.group(1))
+            for match in map(_EPOCH_FILE.match, os.listdir(self.backup_dir))
+            if match
+        ]
 
     def _damage(self, epoch):
         """Why epoch `epoch`'s backup cannot be used, or None if its files are whole."""
@@ -124,8 +128,9 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             self._write_weights(incoming_weights)
             _fsync(incoming_weights)
             os.replace(incoming_weights, weights)
-            self._write_metadata(incoming_metadata, {"epoch": epoch, "batch": 0,
-                                                     "sha256": _sha256(weights)})
+            self._write_metadata(
+                incoming_metadata, {"epoch": epoch, "batch": 0, "sha256": _sha256(weights)}
+            )
             _fsync(incoming_metadata)
             os.replace(incoming_metadata, metadata)  # Commits the epoch.
             _fsync(self.backup_dir)
@@ -135,11 +140,15 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                     os.remove(path)
             kept = sorted(self.committed_epochs())
             kept = f"the state after epoch {kept[-1]} is kept there" if kept else "none is kept"
-            reason = "no space left on device" if err.errno == errno.ENOSPC else (
-                err.strerror or str(err))
+            reason = (
+                "no space left on device"
+                if err.errno == errno.ENOSPC
+                else (err.strerror or str(err))
+            )
             raise BackupError(
                 f"could not write the backup of epoch {epoch} to {self.backup_dir} ({reason}); "
-                f"{kept}: make room and rerun the same command to resume.") from err
+                f"{kept}: make room and rerun the same command to resume."
+            ) from err
         self._prune()
 
     def _write_weights(self, path):
@@ -152,7 +161,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _prune(self):
         """Removes all but the newest `keep` committed epochs, and leftover temporary files."""
-        keep = set(sorted(self.committed_epochs())[-self.keep:])
+        keep = set(sorted(self.committed_epochs())[-self.keep :])
         for name in os.listdir(self.backup_dir):
             match = re.match(r"epoch-(\d+)\.(json|weights\.h5)$", name)
             if (match and int(match.group(1)) not in keep) or name.startswith(_INCOMING):

@@ -34,11 +34,11 @@ from absl import app
 from absl import flags
 
 import gdw_tf
+from gdw_tf import backbones
 from gdw_tf import backend
 from gdw_tf import config as config_lib
 from gdw_tf import meta_scope as meta_scope_lib
 from gdw_tf import methods as methods_lib
-from gdw_tf import backbones
 
 # The settings shared with `python -m gdw_tf.train`, declared in `gdw_tf.config`. The meta batch
 # is as large as the training batch.
@@ -64,40 +64,68 @@ class Bench:
     def from_flags(cls, flag_values):
         """The benchmark of parsed flags."""
         values = {field.name: flag_values[field.name].value for field in dataclasses.fields(cls)}
-        return cls(**{**values, "methods": tuple(values["methods"]),
-                      "meta_scopes": tuple(values["meta_scopes"])})
+        return cls(
+            **{
+                **values,
+                "methods": tuple(values["methods"]),
+                "meta_scopes": tuple(values["meta_scopes"]),
+            }
+        )
 
 
 def define_flags(flag_values=flags.FLAGS):
     """Defines the benchmark's flags: the shared settings, then its own."""
     config_lib.define_flags(flag_values, SHARED_SETTINGS)
-    flags.DEFINE_integer("steps", 20, "Timed steps per method.", lower_bound=1,
-                         flag_values=flag_values)
-    flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, compilation).",
-                         lower_bound=1, flag_values=flag_values)
-    flags.DEFINE_list("methods", list(methods_lib.NAMES[::-1]), "Methods to time, in order: "
-                      f"some of {', '.join(methods_lib.NAMES)}.", flag_values=flag_values)
+    flags.DEFINE_integer(
+        "steps", 20, "Timed steps per method.", lower_bound=1, flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "warmup",
+        3,
+        "Untimed steps first (tracing, compilation).",
+        lower_bound=1,
+        flag_values=flag_values,
+    )
+    flags.DEFINE_list(
+        "methods",
+        list(methods_lib.NAMES[::-1]),
+        f"Methods to time, in order: some of {', '.join(methods_lib.NAMES)}.",
+        flag_values=flag_values,
+    )
     flags.register_validator(
-        "methods", lambda names: bool(names),
+        "methods",
+        lambda names: bool(names),
         message=f"--methods is empty; give some of {','.join(methods_lib.NAMES)}.",
-        flag_values=flag_values)
+        flag_values=flag_values,
+    )
     flags.register_validator(
-        "methods", lambda names: set(names) <= set(methods_lib.NAMES),
+        "methods",
+        lambda names: set(names) <= set(methods_lib.NAMES),
         message=f"--methods: unknown method; choose from {', '.join(methods_lib.NAMES)}.",
-        flag_values=flag_values)
-    flags.DEFINE_list("meta_scopes", [meta_scope_lib.ALL], "GDWModel meta_scope values to time "
-                      "each weighting method with: all, head, last:k (rows gdw@head, ...).",
-                      flag_values=flag_values)
+        flag_values=flag_values,
+    )
+    flags.DEFINE_list(
+        "meta_scopes",
+        [meta_scope_lib.ALL],
+        "GDWModel meta_scope values to time "
+        "each weighting method with: all, head, last:k (rows gdw@head, ...).",
+        flag_values=flag_values,
+    )
     flags.register_validator("meta_scopes", _check_meta_scopes, flag_values=flag_values)
     flags.DEFINE_integer("num_classes", 10, "Classes.", lower_bound=2, flag_values=flag_values)
-    flags.DEFINE_bool("json", False, "End with one JSON line of the figures.",
-                      flag_values=flag_values)
+    flags.DEFINE_bool(
+        "json", False, "End with one JSON line of the figures.", flag_values=flag_values
+    )
     flags.register_multi_flags_validator(
         ["methods", "meta_interval"],
-        lambda v: all(config_lib.meta_interval_problem(methods_lib.get(m), v["meta_interval"])
-                      is None for m in v["methods"]),
+        lambda v: all(
+            config_lib.meta_interval_problem(methods_lib.get(m), v["meta_interval"]) is None
+            for m in v["methods"]
+        ),
         message="--meta_interval above 1 does not apply to l2rw (no weight net); pass "
-        "--methods=ce,mwnet,gdw.", flag_values=flag_values)
+        "--methods=ce,mwnet,gdw.",
+        flag_values=flag_values,
+    )
 
 
 def _check_meta_scopes(scopes):
@@ -148,8 +176,13 @@ def build_step(method, bench, device):
     meta_x = rng.normal(size=(num_meta, *input_shape)).astype("float32")
     meta_y = np.arange(num_meta) % num_classes
     model = gdw_tf.GDWModel(
-        backbone, num_classes, method=method, meta_data=(meta_x, meta_y),
-        meta_batch_size=batch_size, meta_grad=bench.meta_grad, meta_interval=bench.meta_interval,
+        backbone,
+        num_classes,
+        method=method,
+        meta_data=(meta_x, meta_y),
+        meta_batch_size=batch_size,
+        meta_grad=bench.meta_grad,
+        meta_interval=bench.meta_interval,
         meta_scope=meta_scope or meta_scope_lib.ALL,
     )
     jit_compile = backend.resolve_jit_compile(bench.jit_compile)
@@ -189,8 +222,7 @@ def time_methods(bench, device):
     del built
     keras.backend.clear_session()
     gc.collect()
-    return {method: (1000 * statistics.median(times[method]), memory[method])
-            for method in methods}
+    return {method: (1000 * statistics.median(times[method]), memory[method]) for method in methods}
 
 
 def _tensorflow_step(model, x, y, device):
@@ -264,10 +296,11 @@ def _jax_step(model, x, y):
 def with_scopes(methods, meta_scopes):
     """The benchmark's rows: each weighting method once per meta scope ("gdw", "gdw@head"); CE
     once."""
-    return [method if scope == meta_scope_lib.ALL else f"{method}@{scope}"
-            for method in methods
-            for scope in (meta_scopes if methods_lib.get(method).meta_step
-                          else (meta_scope_lib.ALL,))]
+    return [
+        method if scope == meta_scope_lib.ALL else f"{method}@{scope}"
+        for method in methods
+        for scope in (meta_scopes if methods_lib.get(method).meta_step else (meta_scope_lib.ALL,))
+    ]
 
 
 def run(bench):
@@ -305,8 +338,11 @@ def format_table(result):
     for method in ms:
         ratio_ce = f"{ms[method] / ms['ce']:.2f}" if "ce" in ms else "-"
         ratio_mw = f"{ms[method] / ms['mwnet']:.2f}" if "mwnet" in ms else "-"
-        mem_ce = (f"{memory[method] / memory['ce']:.2f}"
-                  if memory[method] is not None and memory.get("ce") else "-")
+        mem_ce = (
+            f"{memory[method] / memory['ce']:.2f}"
+            if memory[method] is not None and memory.get("ce")
+            else "-"
+        )
         mb = "n/a" if memory[method] is None else f"{memory[method]:.1f}"
         lines.append(
             f"{method:<12}{ms[method]:>10.1f}{ratio_ce:>8}{ratio_mw:>10}{mb:>10}{mem_ce:>8}"

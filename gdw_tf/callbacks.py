@@ -32,16 +32,22 @@ def make_callbacks(config, train_data, steps_per_epoch):
     callbacks = [
         _EpochLogs(),  # First: the loggers below see its entries.
         keras.callbacks.LearningRateScheduler(
-            lambda epoch: cosine_lr(config.lr, epoch, config.epochs)),
+            lambda epoch: cosine_lr(config.lr, epoch, config.epochs)
+        ),
         _TerminateOnNaN(os.path.join(output_dir, BACKUP_DIR)),
         keras.callbacks.CSVLogger(os.path.join(output_dir, HISTORY_FILE), append=True),
     ]
     if importlib.util.find_spec("tensorboard") is not None:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, TENSORBOARD_DIR),
-                                                     write_graph=False))
+        callbacks.append(
+            keras.callbacks.TensorBoard(
+                os.path.join(output_dir, TENSORBOARD_DIR), write_graph=False
+            )
+        )
     else:
-        logging.warning("The tensorboard package is not installed: no TensorBoard logs "
-                        "(pip install tensorboard).")
+        logging.warning(
+            "The tensorboard package is not installed: no TensorBoard logs "
+            "(pip install tensorboard)."
+        )
     return callbacks + [
         # Last at epoch end: an epoch is backed up only once it is logged.
         AtomicBackupAndRestore(os.path.join(output_dir, BACKUP_DIR), delete_checkpoint=False),
@@ -81,8 +87,11 @@ class _TerminateOnNaN(keras.callbacks.TerminateOnNaN):
         try:
             super().on_batch_end(batch, {"loss": (logs or {}).get("train/loss")})
         except RuntimeError as err:
-            kept = (f"the state after epoch {self._epoch} is kept in {self.backup_dir}"
-                    if self._epoch else "no epoch had finished")
+            kept = (
+                f"the state after epoch {self._epoch} is kept in {self.backup_dir}"
+                if self._epoch
+                else "no epoch had finished"
+            )
             raise NonFiniteLossError(
                 f"the training loss became NaN or infinite in epoch {self._epoch + 1}, batch "
                 f"{batch + 1}; training stopped and {kept}. Lower --lr (or --outer_lr) and "

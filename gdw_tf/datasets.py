@@ -86,8 +86,9 @@ def _fashion_mnist_in(data_dir):
     Raises:
       ValueError: naming the files `data_dir` lacks, if it holds neither.
     """
-    missing = [f for f in FASHION_MNIST_FILES.values()
-               if not os.path.isfile(os.path.join(data_dir, f))]
+    missing = [
+        f for f in FASHION_MNIST_FILES.values() if not os.path.isfile(os.path.join(data_dir, f))
+    ]
     if not missing:
         return load_fashion_mnist_idx(data_dir)
     if tfds.builder("fashion_mnist", data_dir=data_dir).is_prepared():
@@ -95,7 +96,8 @@ def _fashion_mnist_in(data_dir):
     raise ValueError(
         f"--data_dir={data_dir} holds no Fashion-MNIST: {', '.join(missing)} missing there "
         "(nor is TFDS' fashion_mnist prepared there). Put the four original .gz files in it, or "
-        f"leave --data_dir out to read them from {' or '.join(fashion_mnist_dirs())}.")
+        f"leave --data_dir out to read them from {' or '.join(fashion_mnist_dirs())}."
+    )
 
 
 def fashion_mnist_dirs(data_dir=None):
@@ -117,11 +119,14 @@ def load_fashion_mnist_idx(directory):
         labels_file = os.path.join(directory, FASHION_MNIST_FILES[f"y_{part}"])
         images, labels = arrays[f"x_{part}"], arrays[f"y_{part}"]
         if images.ndim != 3 or images.dtype != np.uint8:
-            raise ValueError(f"{images_file}: expected uint8 images [N, H, W], got "
-                             f"{images.dtype} {images.shape}.")
+            raise ValueError(
+                f"{images_file}: expected uint8 images [N, H, W], got "
+                f"{images.dtype} {images.shape}."
+            )
         if labels.ndim != 1 or len(labels) != len(images):
-            raise ValueError(f"{labels_file}: expected {len(images)} labels, got shape "
-                             f"{labels.shape}.")
+            raise ValueError(
+                f"{labels_file}: expected {len(images)} labels, got shape {labels.shape}."
+            )
         if labels.size and labels.max() >= 10:
             raise ValueError(f"{labels_file}: labels must lie in [0, 10); max {labels.max()}.")
     return ImageDataset(
@@ -154,8 +159,10 @@ def read_idx(path):
     shape = tuple(int(d) for d in np.frombuffer(content, ">u4", count=ndim, offset=4))
     expected = header_size + int(np.prod(shape)) * dtype.itemsize
     if len(content) != expected:
-        raise ValueError(f"{path}: idx header announces shape {shape} ({expected} bytes) but the "
-                         f"file has {len(content)} bytes; it is truncated or corrupt.")
+        raise ValueError(
+            f"{path}: idx header announces shape {shape} ({expected} bytes) but the "
+            f"file has {len(content)} bytes; it is truncated or corrupt."
+        )
     data = np.frombuffer(content, dtype, offset=header_size).reshape(shape)
     return data.astype(dtype.newbyteorder("="))
 
@@ -173,12 +180,16 @@ def _load_tfds(name, data_dir):
         and isinstance(features["image"], tfds.features.Image)
         and isinstance(features["label"], tfds.features.ClassLabel)
     ):
-        raise ValueError(f"Dataset {name!r} is not an image-classification dataset: it needs "
-                         f"`image` and `label` features, it has {list(features.keys())}.")
+        raise ValueError(
+            f"Dataset {name!r} is not an image-classification dataset: it needs "
+            f"`image` and `label` features, it has {list(features.keys())}."
+        )
     image_shape = features["image"].shape
     if None in image_shape or features["image"].np_dtype != np.uint8:
-        raise ValueError(f"Dataset {name!r} has images of shape {image_shape} and dtype "
-                         f"{features['image'].np_dtype}; we need fixed-size uint8 images.")
+        raise ValueError(
+            f"Dataset {name!r} has images of shape {image_shape} and dtype "
+            f"{features['image'].np_dtype}; we need fixed-size uint8 images."
+        )
     known_splits = list(builder.info.splits.keys())
     if known_splits and not {"train", "test"} <= set(known_splits):
         raise ValueError(f"Dataset {name!r} has splits {known_splits}; we need train and test.")

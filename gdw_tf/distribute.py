@@ -48,22 +48,28 @@ def make_strategy(name):
         raise ValueError(
             f"--distribute={name} uses tf.distribute, which needs KERAS_BACKEND=tensorflow "
             f"(now {keras.backend.backend()}); --distribute=mirrored trains on this machine's "
-            "devices on JAX too.")
+            "devices on JAX too."
+        )
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
-        example = ('{"cluster": {"worker": ["host0:port", "host1:port"]}, '
-                   '"task": {"type": "worker", "index": 0}}')
+        example = (
+            '{"cluster": {"worker": ["host0:port", "host1:port"]}, '
+            '"task": {"type": "worker", "index": 0}}'
+        )
         if not os.environ.get("TF_CONFIG"):
             raise ValueError(
                 "--distribute=multi_worker reads the cluster from the TF_CONFIG environment "
                 f"variable, which is not set; set it on every worker (e.g. '{example}'), or use "
-                "--distribute=mirrored on one machine.")
+                "--distribute=mirrored on one machine."
+            )
         try:
             json.loads(os.environ["TF_CONFIG"])
         except json.JSONDecodeError as err:
-            raise ValueError(f"the TF_CONFIG environment variable is not JSON ({err}); set it "
-                             f"as '{example}' with this worker's index.") from None
+            raise ValueError(
+                f"the TF_CONFIG environment variable is not JSON ({err}); set it "
+                f"as '{example}' with this worker's index."
+            ) from None
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"Unknown --distribute={name!r}; expected one of {', '.join(DISTRIBUTE)}.")
 
@@ -88,8 +94,10 @@ def worker_config(config, strategy):
     if task_type == "chief" or (task_type == "worker" and index == 0 and not has_chief):
         return config
     return dataclasses.replace(
-        config, output_dir=os.path.join(config.output_dir, WORKERS_DIR, f"{task_type}{index}"),
-        export_dir=None)
+        config,
+        output_dir=os.path.join(config.output_dir, WORKERS_DIR, f"{task_type}{index}"),
+        export_dir=None,
+    )
 
 
 def check_replicas(config, num_replicas):
@@ -102,7 +110,13 @@ def check_replicas(config, num_replicas):
         asked for with more than one.
     """
     problem = replica_problem(
-        config.method, config.meta_batch_size, config.meta_grad, config.meta_interval,
-        num_replicas, prefix="--", where=f", --distribute={config.distribute}")
+        config.method,
+        config.meta_batch_size,
+        config.meta_grad,
+        config.meta_interval,
+        num_replicas,
+        prefix="--",
+        where=f", --distribute={config.distribute}",
+    )
     if problem:
         raise ValueError(problem)

@@ -2,8 +2,8 @@
 
 The SavedModel's `serve` signature (also its `serving_default`) takes raw `uint8` images
 `[N, H, W, C]`, any `N`, and returns `{"probabilities": [N, C] float32, "classes": [N] int64}`.
-Normalisation (`(x / 255 − mean) / std`, per channel, as in `gdw_tf.input_pipeline.normalize`) is inside,
-and the backbone runs in inference mode (BatchNorm uses its moving statistics). The file is
+Normalisation (`(x / 255 − mean) / std`, per channel, as in `gdw_tf.input_pipeline.normalize`) is
+inside, and the backbone runs in inference mode (BatchNorm uses its moving statistics). The file is
 written by Keras' `keras.export.ExportArchive`, so it loads with `tf.saved_model.load` (or
 TF Serving) in a process that has neither gdw_tf nor its custom layers.
 
@@ -23,8 +23,8 @@ import tensorflow as tf
 from absl import app
 from absl import flags
 
-from gdw_tf import input_pipeline
 from gdw_tf import backbones  # noqa: F401  Registers `gdw_tf>OptionAShortcut` for load_model.
+from gdw_tf import input_pipeline
 from gdw_tf.model import GDWModel
 from gdw_tf.run_dir import CONFIG_FILE
 from gdw_tf.run_dir import MODEL_FILE
@@ -133,8 +133,10 @@ def export_run(run_dir, export_dir, overwrite=False):
     except (OSError, tf.errors.OpError) as err:
         shutil.rmtree(staging, ignore_errors=True)
         reason = getattr(err, "message", None) or getattr(err, "strerror", None) or err
-        raise ValueError(f"could not write the export next to {export_dir} ({reason}); give "
-                         "an --export_dir you may write to.") from None
+        raise ValueError(
+            f"could not write the export next to {export_dir} ({reason}); give "
+            "an --export_dir you may write to."
+        ) from None
     if os.path.isdir(export_dir):
         shutil.rmtree(export_dir)
     os.replace(staging, export_dir)
@@ -216,8 +218,7 @@ def _check_backbone(backbone, mean, std):
     std = np.asarray(std, np.float64).reshape(-1)
     if mean.shape != (channels,) or std.shape != (channels,):
         raise ValueError(
-            f"mean and std need one entry per channel ({channels}); got {mean.size} and "
-            f"{std.size}."
+            f"mean and std need one entry per channel ({channels}); got {mean.size} and {std.size}."
         )
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
         raise ValueError(f"mean and std must be finite and std > 0; got {mean}, {std}.")

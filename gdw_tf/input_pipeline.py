@@ -55,11 +55,15 @@ def check_statistics(mean, std, channels):
     for name, value in (("mean", mean), ("std", std)):
         value = np.asarray(value, np.float64)
         if value.ndim != 1 or (channels is not None and len(value) != channels):
-            raise ValueError(f"normalize needs one {name} per channel ({channels}); got {name}="
-                             f"{value.tolist()}.")
+            raise ValueError(
+                f"normalize needs one {name} per channel ({channels}); got {name}={value.tolist()}."
+            )
         if not np.all(np.isfinite(value)) or (name == "std" and not np.all(value > 0)):
-            raise ValueError(f"normalize needs a finite {name}" + (" > 0" if name == "std" else "")
-                             + f"; got {name}={value.tolist()}.")
+            raise ValueError(
+                f"normalize needs a finite {name}"
+                + (" > 0" if name == "std" else "")
+                + f"; got {name}={value.tolist()}."
+            )
 
 
 def random_crop_and_flip(image, seed, padding=4):
@@ -76,8 +80,9 @@ def random_crop_and_flip(image, seed, padding=4):
     return tf.image.stateless_random_flip_left_right(cropped, seed=flip_seed)
 
 
-def train_dataset(x, y, batch_size, seed, augment, mean, std, *, with_index=False,
-                  drop_remainder=False):
+def train_dataset(
+    x, y, batch_size, seed, augment, mean, std, *, with_index=False, drop_remainder=False
+):
     """A shuffled (every epoch anew), optionally augmented, normalised, batched `tf.data` set.
 
     Args:
@@ -111,8 +116,10 @@ def train_dataset(x, y, batch_size, seed, augment, mean, std, *, with_index=Fals
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    dataset = dataset.map(lambda images, *rest: (normalize(images, mean, std),) + rest,
-                          num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(
+        lambda images, *rest: (normalize(images, mean, std),) + rest,
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -131,7 +138,9 @@ def eval_dataset(x, y, batch_size, mean, std):
 def _check_images(x, y=None):
     """Checks `x` is uint8 `[N, H, W, C]` or float32 features `[N, D]` (and `y` has N entries)."""
     if not ((x.ndim == 4 and x.dtype == np.uint8) or (x.ndim == 2 and x.dtype == np.float32)):
-        raise ValueError(f"Expected uint8 images [N, H, W, C] or float32 features [N, D]; got "
-                         f"{x.dtype} {x.shape}.")
+        raise ValueError(
+            f"Expected uint8 images [N, H, W, C] or float32 features [N, D]; got "
+            f"{x.dtype} {x.shape}."
+        )
     if y is not None and len(y) != len(x):
         raise ValueError(f"{len(x)} images but {len(y)} labels.")

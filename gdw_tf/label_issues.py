@@ -29,9 +29,18 @@ import numpy as np
 
 LABEL_ISSUES_FILE = "label_issues.csv"
 # Columns of `label_issues.csv`, in order; the two class-name columns only with class names.
-CSV_COLUMNS = ("rank", "id", "given_label", "suggested_label", "score", "flagged",
-               "given_probability", "suggested_probability", "instance_weight",
-               "labelled_class_weight")
+CSV_COLUMNS = (
+    "rank",
+    "id",
+    "given_label",
+    "suggested_label",
+    "score",
+    "flagged",
+    "given_probability",
+    "suggested_probability",
+    "instance_weight",
+    "labelled_class_weight",
+)
 CSV_NAME_COLUMNS = ("given_class", "suggested_class")
 
 
@@ -91,8 +100,14 @@ def label_margin(probabilities, given_labels):
     return given - others.max(axis=1)
 
 
-def rank_label_issues(probabilities, given_labels, instance_weights=None, label_weights=None,
-                      ids=None, class_names=None):
+def rank_label_issues(
+    probabilities,
+    given_labels,
+    instance_weights=None,
+    label_weights=None,
+    ids=None,
+    class_names=None,
+):
     """Ranks examples by the margin of their given label; flags those with a negative margin.
 
     Args:
@@ -111,22 +126,31 @@ def rank_label_issues(probabilities, given_labels, instance_weights=None, label_
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 2 or probabilities.shape[1] < 2:
-        raise ValueError(f"probabilities must be [N, C] with C >= 2; got shape "
-                         f"{probabilities.shape}.")
+        raise ValueError(
+            f"probabilities must be [N, C] with C >= 2; got shape {probabilities.shape}."
+        )
     n, num_classes = probabilities.shape
-    if not np.all(np.isfinite(probabilities)) or probabilities.min(initial=0) < 0 or (
-            probabilities.max(initial=0) > 1 + 1e-6):
-        raise ValueError("probabilities must be finite and in [0, 1] (softmax outputs, not "
-                         "logits).")
+    if (
+        not np.all(np.isfinite(probabilities))
+        or probabilities.min(initial=0) < 0
+        or (probabilities.max(initial=0) > 1 + 1e-6)
+    ):
+        raise ValueError(
+            "probabilities must be finite and in [0, 1] (softmax outputs, not logits)."
+        )
     given = np.asarray(given_labels)
     if given.ndim == 2 and given.shape[-1] == 1:
         given = given[:, 0]
     if given.shape != (n,) or not np.issubdtype(given.dtype, np.integer):
-        raise ValueError(f"given_labels must be {n} integers (one per row of probabilities); "
-                         f"got {given.dtype} {given.shape}.")
+        raise ValueError(
+            f"given_labels must be {n} integers (one per row of probabilities); "
+            f"got {given.dtype} {given.shape}."
+        )
     if n and (given.min() < 0 or given.max() >= num_classes):
-        raise ValueError(f"given_labels must lie in [0, {num_classes}); got values in "
-                         f"[{given.min()}, {given.max()}].")
+        raise ValueError(
+            f"given_labels must lie in [0, {num_classes}); got values in "
+            f"[{given.min()}, {given.max()}]."
+        )
     given = given.astype(np.int64)
     weights = []
     for name, values in (("instance_weights", instance_weights), ("label_weights", label_weights)):
@@ -142,8 +166,7 @@ def rank_label_issues(probabilities, given_labels, instance_weights=None, label_
     if class_names is not None:
         class_names = tuple(str(name) for name in class_names)
         if len(class_names) != num_classes:
-            raise ValueError(f"class_names has {len(class_names)} names for {num_classes} "
-                             "classes.")
+            raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes.")
 
     score = label_margin(probabilities, given)
     suggested = probabilities.argmax(axis=1)
@@ -179,11 +202,18 @@ def write_label_issues_csv(path, issues, class_names=None):
         writer = csv.writer(file)
         writer.writerow(columns)
         for i in range(len(issues)):
-            row = [int(issues.rank[i]), _plain(issues.id[i]), int(issues.given_label[i]),
-                   int(issues.suggested_label[i]), f"{issues.score[i]:.6f}",
-                   int(issues.flagged[i]), f"{issues.given_probability[i]:.6f}",
-                   f"{issues.suggested_probability[i]:.6f}",
-                   _number(issues.instance_weight[i]), _number(issues.labelled_class_weight[i])]
+            row = [
+                int(issues.rank[i]),
+                _plain(issues.id[i]),
+                int(issues.given_label[i]),
+                int(issues.suggested_label[i]),
+                f"{issues.score[i]:.6f}",
+                int(issues.flagged[i]),
+                f"{issues.given_probability[i]:.6f}",
+                f"{issues.suggested_probability[i]:.6f}",
+                _number(issues.instance_weight[i]),
+                _number(issues.labelled_class_weight[i]),
+            ]
             if names is not None:
                 row += [names[issues.given_label[i]], names[issues.suggested_label[i]]]
             writer.writerow(row)
@@ -236,11 +266,15 @@ def find_label_issues(model, x, y, index=None, ids=None, class_names=None, batch
     if index is not None:
         index = np.asarray(index, np.int64).reshape(-1)
         if tracked is None:
-            raise ValueError("index= selects recorded weights, but the model records none; "
-                             "build the GDWModel with track_examples=N, or leave index out.")
+            raise ValueError(
+                "index= selects recorded weights, but the model records none; "
+                "build the GDWModel with track_examples=N, or leave index out."
+            )
         if len(index) and (index.min() < 0 or index.max() >= tracked):
-            raise ValueError(f"index must lie in [0, {tracked}) (track_examples); got values in "
-                             f"[{index.min()}, {index.max()}].")
+            raise ValueError(
+                f"index must lie in [0, {tracked}) (track_examples); got values in "
+                f"[{index.min()}, {index.max()}]."
+            )
         instance_weights = keras.ops.convert_to_numpy(model.example_weights)[index]
         label_weights = keras.ops.convert_to_numpy(model.example_label_weights)[index]
         if ids is None:
@@ -248,8 +282,9 @@ def find_label_issues(model, x, y, index=None, ids=None, class_names=None, batch
     probabilities = predict_probabilities(model, x, batch_size)
     if len(probabilities) != len(y):
         raise ValueError(f"x has {len(probabilities)} examples but y has {len(y)} labels.")
-    return rank_label_issues(probabilities, y, instance_weights, label_weights, ids=ids,
-                             class_names=class_names)
+    return rank_label_issues(
+        probabilities, y, instance_weights, label_weights, ids=ids, class_names=class_names
+    )
 
 
 def _is_dataset(x):

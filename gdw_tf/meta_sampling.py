@@ -56,9 +56,14 @@ class MetaAugmentation(keras.layers.Layer):
         super().__init__(**kwargs)
         self.seed = int(seed)
         self.padding = int(padding)
-        self.calls = self.add_weight(shape=(), dtype="int32", initializer="zeros",
-                                     trainable=False, name="calls",
-                                     aggregation="only_first_replica")
+        self.calls = self.add_weight(
+            shape=(),
+            dtype="int32",
+            initializer="zeros",
+            trainable=False,
+            name="calls",
+            aggregation="only_first_replica",
+        )
 
     def call(self, images, training=False):
         if not training:
@@ -67,8 +72,11 @@ class MetaAugmentation(keras.layers.Layer):
         batch = ops.shape(images)[0]
         height, width, channels = images.shape[1], images.shape[2], images.shape[3]
         padded = ops.pad(images, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
-        key = hash_uint32(ops.bitwise_xor(hash_uint32(ops.cast(self.seed, "uint32")),
-                                          ops.cast(self.calls, "uint32")))
+        key = hash_uint32(
+            ops.bitwise_xor(
+                hash_uint32(ops.cast(self.seed, "uint32")), ops.cast(self.calls, "uint32")
+            )
+        )
         self.calls.assign(self.calls + 1)
         # A replica's share of the meta batch draws what the same rows of the whole batch would.
         first = backend.replica_id() * 3 * batch

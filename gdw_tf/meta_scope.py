@@ -43,7 +43,7 @@ def parse(meta_scope):
     if meta_scope == HEAD:
         return 1
     if isinstance(meta_scope, str) and meta_scope.startswith("last:"):
-        count = meta_scope[len("last:"):]
+        count = meta_scope[len("last:") :]
         if count.isdigit() and int(count) >= 1:
             return int(count)
     raise ValueError(
@@ -66,8 +66,13 @@ def split_backbone(backbone, meta_scope):
     graph = getattr(backbone, "_functional", None) or backbone  # a Sequential's graph
     inputs = getattr(backbone, "inputs", None)
     outputs = getattr(backbone, "outputs", None)
-    if (not inputs or not outputs or len(inputs) != 1 or len(outputs) != 1
-            or getattr(graph, "_nodes", None) is None):
+    if (
+        not inputs
+        or not outputs
+        or len(inputs) != 1
+        or len(outputs) != 1
+        or getattr(graph, "_nodes", None) is None
+    ):
         raise ValueError(
             f"meta_scope={meta_scope!r} needs a functional backbone with one input and one "
             f"output, to split at a layer; {type(backbone).__name__} has no such layer graph. "
@@ -87,15 +92,17 @@ def split_backbone(backbone, meta_scope):
 
 def _split_point(backbone, nodes, count):
     """`(tensor, units)`: the input of the `count`-th unit from the output (`None` if there are
-    fewer), and how many units were found. `nodes`: the keys of the backbone graph's nodes (its layers may
-    also have nodes in other graphs, e.g. those of an earlier split, which calls them again)."""
+    fewer), and how many units were found. `nodes`: the keys of the backbone graph's nodes (its
+    layers may also have nodes in other graphs, e.g. those of an earlier split, which calls them
+    again)."""
     output = backbone.outputs[0]
     layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
     weights = 0
     units = 0
     for layer in reversed(layers):
-        own = [node for i, node in enumerate(layer._inbound_nodes)
-               if f"{id(layer)}_ib-{i}" in nodes]  # Keras' key of a graph's node
+        own = [
+            node for i, node in enumerate(layer._inbound_nodes) if f"{id(layer)}_ib-{i}" in nodes
+        ]  # Keras' key of a graph's node
         if len(own) != 1:
             continue  # a shared layer: its input is not one tensor
         node_inputs = own[0].input_tensors

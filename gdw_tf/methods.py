@@ -8,7 +8,9 @@ means adding one record (and its rules) to `METHODS`. The equations are in `docs
 """
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any
+from typing import NamedTuple
 
 from keras import ops
 
@@ -58,9 +60,9 @@ class Method:
     meta_step: bool
     weight_net: bool
     class_level: bool
-    softmax_clip: Optional[float]
+    softmax_clip: float | None
     virtual_step: bool
-    stage1: Optional[Callable]
+    stage1: Callable | None
     real_weights: Callable
 
     @property
@@ -92,12 +94,15 @@ def _instance_stage1(v, fwd):
 def _gdw_real(fwd, meta, batch_size, context):
     # ω¹: the stage-2 step of size β along −g / Σ|g|, clipped at c, the zero-mean constraint kept.
     class_weights = weighting.stage2_update(
-        meta.weights, meta.dmeta_dweights, context["outer_lr"], context["clip"], fwd.p,
-        fwd.onehot, sum_fn=context["sum_fn"],
+        meta.weights,
+        meta.dmeta_dweights,
+        context["outer_lr"],
+        context["clip"],
+        fwd.p,
+        fwd.onehot,
+        sum_fn=context["sum_fn"],
     )
-    return RealWeights(
-        class_weights * fwd.e / batch_size, meta.instance_weights, class_weights
-    )
+    return RealWeights(class_weights * fwd.e / batch_size, meta.instance_weights, class_weights)
 
 
 def _mwnet_real(fwd, meta, batch_size, context):

@@ -126,7 +126,8 @@ class GDWModel(backend.Trainer, keras.Model):
         with_index=True)`), and the model keeps each example's most recent weights in
         `example_weights` (instance weight of the real step) and `example_label_weights` (GDW: `ω¹`
         on the given label; other methods: the instance weight). After an epoch in which every
-        example is seen once, these are the weights of that epoch: low values flag suspicious labels.
+        example is seen once, these are the weights of that epoch: low values flag suspicious
+        labels.
       **kwargs: `keras.Model` arguments (name, ...).
 
     The defaults of the settings it shares with `python -m gdw_tf.train` (method,
@@ -162,8 +163,16 @@ class GDWModel(backend.Trainer, keras.Model):
         super().__init__(**kwargs)
         _check_weight_net_settings(weight_net_hidden, weight_net_lr, weight_net_l2)
         _check_arguments(
-            backbone, num_classes, method, meta_batch_size=meta_batch_size, outer_lr=outer_lr,
-            clip=clip, l2=l2, meta_grad=meta_grad, meta_interval=meta_interval, seed=seed,
+            backbone,
+            num_classes,
+            method,
+            meta_batch_size=meta_batch_size,
+            outer_lr=outer_lr,
+            clip=clip,
+            l2=l2,
+            meta_grad=meta_grad,
+            meta_interval=meta_interval,
+            seed=seed,
             track_examples=track_examples,
         )
         self.backbone = backbone
@@ -198,21 +207,35 @@ class GDWModel(backend.Trainer, keras.Model):
         # Both are checkpointed with the model.
         # Every replica computes the same values for these and the per-example weights below.
         self.meta_epoch = self.add_weight(
-            shape=(), initializer="zeros", dtype="int32", trainable=False, name="meta_epoch",
+            shape=(),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+            name="meta_epoch",
             aggregation="only_first_replica",
         )
         self.meta_cursor = self.add_weight(
-            shape=(), initializer="zeros", dtype="int32", trainable=False, name="meta_cursor",
+            shape=(),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+            name="meta_cursor",
             aggregation="only_first_replica",
         )
         if self.track_examples is not None:
             self.example_weights = self.add_weight(
-                shape=(self.track_examples,), initializer="zeros", trainable=False,
-                name="example_weights", aggregation="only_first_replica",
+                shape=(self.track_examples,),
+                initializer="zeros",
+                trainable=False,
+                name="example_weights",
+                aggregation="only_first_replica",
             )
             self.example_label_weights = self.add_weight(
-                shape=(self.track_examples,), initializer="zeros", trainable=False,
-                name="example_label_weights", aggregation="only_first_replica",
+                shape=(self.track_examples,),
+                initializer="zeros",
+                trainable=False,
+                name="example_label_weights",
+                aggregation="only_first_replica",
             )
         self._meta_x = None
         self._meta_y = None
@@ -274,7 +297,9 @@ class GDWModel(backend.Trainer, keras.Model):
     def call(self, inputs, training=False):
         return self.backbone(inputs, training=training)
 
-    def compile(self, optimizer="sgd", weight_net_optimizer=None, loss=None, metrics=None, **kwargs):
+    def compile(
+        self, optimizer="sgd", weight_net_optimizer=None, loss=None, metrics=None, **kwargs
+    ):
         """Configures training: `optimizer` for the backbone, an optional weight-net optimizer.
 
         The backbone optimizer's current learning rate is also the virtual step's `α_t`.
@@ -326,7 +351,10 @@ class GDWModel(backend.Trainer, keras.Model):
 
     def _check_can_train(self, fit_kwargs):
         """Refuses to train without what the step needs (the checks of `fit`)."""
-        if fit_kwargs.get("sample_weight") is not None or fit_kwargs.get("class_weight") is not None:
+        if (
+            fit_kwargs.get("sample_weight") is not None
+            or fit_kwargs.get("class_weight") is not None
+        ):
             raise ValueError(
                 "GDWModel learns its own example weights: fit() takes no sample_weight or "
                 "class_weight (with track_examples=N, give (x, y, index) batches instead)."
@@ -400,7 +428,13 @@ class GDWModel(backend.Trainer, keras.Model):
 
         # Forward pass at θ (its VJP serves every backbone gradient of the step).
         fwd = step_lib.forward(
-            self._method, self.backbone, trainable, non_trainable, x, y, self.num_classes,
+            self._method,
+            self.backbone,
+            trainable,
+            non_trainable,
+            x,
+            y,
+            self.num_classes,
             split=self._meta_split,
         )
 
@@ -474,9 +508,18 @@ class GDWModel(backend.Trainer, keras.Model):
         def meta_gradient(x_meta, y_meta):
             if self._meta_split is not None:
                 return meta_scope_lib.meta_gradient(
-                    self._meta_split, self._method, fwd, self.weight_net, trainable,
-                    non_trainable, weight_net_trainable, x_meta, y_meta,
-                    self.optimizer.learning_rate, self.num_classes, self.meta_grad,
+                    self._meta_split,
+                    self._method,
+                    fwd,
+                    self.weight_net,
+                    trainable,
+                    non_trainable,
+                    weight_net_trainable,
+                    x_meta,
+                    y_meta,
+                    self.optimizer.learning_rate,
+                    self.num_classes,
+                    self.meta_grad,
                 )
             return step_lib.meta_gradient(
                 self._method,
@@ -567,8 +610,9 @@ class GDWModel(backend.Trainer, keras.Model):
         return cls(**config)
 
 
-def replica_problem(method, meta_batch_size, meta_grad, meta_interval, replicas, prefix="",
-                    where=""):
+def replica_problem(
+    method, meta_batch_size, meta_grad, meta_interval, replicas, prefix="", where=""
+):
     """Why a model with these settings cannot train on `replicas` replicas, or None.
 
     Args:
@@ -626,8 +670,11 @@ def _replica_mean_floats(values):
     moved by each replica's own batch statistics), the others as they are; all of them unchanged
     with one replica."""
     replicas = backend.num_replicas()
-    floats = [i for i, value in enumerate(values)
-              if keras.backend.is_float_dtype(keras.backend.standardize_dtype(value.dtype))]
+    floats = [
+        i
+        for i, value in enumerate(values)
+        if keras.backend.is_float_dtype(keras.backend.standardize_dtype(value.dtype))
+    ]
     if replicas == 1 or not floats:
         return values
     sums = backend.replica_sum([values[i] for i in floats])
@@ -728,8 +775,10 @@ def _check_examples(x, y, num_classes, backbone, what):
             f"of shape {y.shape}."
         )
     if not np.issubdtype(y.dtype, np.integer):
-        if not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)) or not np.all(
-            y == np.round(y)
+        if (
+            not np.issubdtype(y.dtype, np.number)
+            or not np.all(np.isfinite(y))
+            or not np.all(y == np.round(y))
         ):
             raise ValueError(f"{what} labels must be integer class indices; got dtype {y.dtype}.")
     if y.min() < 0 or y.max() >= num_classes:

@@ -126,7 +126,8 @@ def long_tail_counts(n_max, imbalance, num_classes):
     if not np.isfinite(imbalance) or counts[-1] < 1:
         raise ValueError(
             f"The imbalance factor {imbalance} leaves the last class without training examples "
-            f"(the largest class keeps {n_max}); use a smaller --imbalance (below {n_max}).")
+            f"(the largest class keeps {n_max}); use a smaller --imbalance (below {n_max})."
+        )
     return counts
 
 

@@ -4,7 +4,8 @@ The weight net's meta-gradients carry the factor `α_t / B` and are tiny (~1e−
 of Adam that rarely matter do matter here. PyTorch's `torch.optim.Adam(weight_decay=λ)`, which the
 reference code uses, differs from `keras.optimizers.Adam` in two ways:
 
-- the L2 term `λ θ` is added to the gradient before the moments (Keras' `weight_decay` is decoupled);
+- the L2 term `λ θ` is added to the gradient before the moments (Keras' `weight_decay` is
+  decoupled);
 - `θ −= lr · m̂ / (√v̂ + ε)` with ε = 1e−8 added *after* bias correction. Keras adds ε = 1e−7 to the
   uncorrected `√v`, an effective ε of `ε/√(1−β₂ᵗ)`: 32× larger at the first step.
 """

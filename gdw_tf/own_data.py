@@ -74,8 +74,10 @@ def load_own_data(config):
     """
     train = read_source(config.train_data, config)
     if config.trusted_column and train.trusted is None:
-        raise ValueError(f"{config.train_data}: --trusted_column={config.trusted_column} needs "
-                         "a CSV with that column.")
+        raise ValueError(
+            f"{config.train_data}: --trusted_column={config.trusted_column} needs "
+            "a CSV with that column."
+        )
     sources = {"train": train}
     if config.trusted_data and config.trusted_data != "auto":
         sources["trusted"] = read_source(config.trusted_data, config)
@@ -84,22 +86,30 @@ def load_own_data(config):
     kind = {True: "images", False: "features"}
     for source in sources.values():
         if source.is_images != train.is_images:
-            raise ValueError(f"{source.path} holds {kind[source.is_images]} but {train.path} "
-                             f"{kind[train.is_images]}; give every set in one form.")
+            raise ValueError(
+                f"{source.path} holds {kind[source.is_images]} but {train.path} "
+                f"{kind[train.is_images]}; give every set in one form."
+            )
     if train.is_images:
         arrays = _unify_images(sources, config.image_size)
     else:
         arrays = _unify_features(sources)
         if config.export_dir:
-            raise ValueError("--export_dir writes a serving model of uint8 images; "
-                             f"{config.train_data} holds features: drop --export_dir.")
+            raise ValueError(
+                "--export_dir writes a serving model of uint8 images; "
+                f"{config.train_data} holds features: drop --export_dir."
+            )
 
     class_names = class_order(train.labels)
     if len(class_names) < 2:
-        raise ValueError(f"{config.train_data}: needs at least 2 classes; found "
-                         f"{len(class_names)} ({', '.join(class_names) or 'none'}).")
-    labels = {name: to_indices(source.labels, class_names, source.path)
-              for name, source in sources.items()}
+        raise ValueError(
+            f"{config.train_data}: needs at least 2 classes; found "
+            f"{len(class_names)} ({', '.join(class_names) or 'none'})."
+        )
+    labels = {
+        name: to_indices(source.labels, class_names, source.path)
+        for name, source in sources.items()
+    }
 
     trusted = train.trusted if train.trusted is not None else np.zeros(len(train.ids), bool)
     x_train, y_train, ids = arrays["train"], labels["train"], list(train.ids)
@@ -109,33 +119,51 @@ def load_own_data(config):
         ids += sources["trusted"].ids
         trusted = np.concatenate([trusted, np.ones(len(labels["trusted"]), bool)])
     if config.trusted_data != "auto" and (trusted.any() or config.method != "ce"):
-        where = (sources["trusted"].path if "trusted" in sources
-                 else f"the rows of {config.train_data} marked in {config.trusted_column!r}")
+        where = (
+            sources["trusted"].path
+            if "trusted" in sources
+            else f"the rows of {config.train_data} marked in {config.trusted_column!r}"
+        )
         if not trusted.any() and config.trusted_column:
-            raise ValueError(f"{config.train_data}: no row is marked trusted in column "
-                             f"{config.trusted_column!r}; --method={config.method} needs some.")
+            raise ValueError(
+                f"{config.train_data}: no row is marked trusted in column "
+                f"{config.trusted_column!r}; --method={config.method} needs some."
+            )
         if not trusted.any():
             raise ValueError(
                 f"--method={config.method} needs a trusted set: give --trusted_data=PATH, "
-                "--trusted_column=NAME or --trusted_data=auto (chosen from the noisy data).")
+                "--trusted_column=NAME or --trusted_data=auto (chosen from the noisy data)."
+            )
         missing = sorted(set(range(len(class_names))) - set(y_train[trusted].tolist()))
         if missing:
-            raise ValueError(f"the trusted set ({where}) has no example of class "
-                             f"{', '.join(class_names[k] for k in missing)}; every class "
-                             "needs at least one.")
+            raise ValueError(
+                f"the trusted set ({where}) has no example of class "
+                f"{', '.join(class_names[k] for k in missing)}; every class "
+                "needs at least one."
+            )
         if trusted.sum() < config.meta_batch_size and config.method != "ce":
-            raise ValueError(f"the trusted set ({where}) has {trusted.sum()} examples, fewer "
-                             f"than --meta_batch_size={config.meta_batch_size}; lower it.")
+            raise ValueError(
+                f"the trusted set ({where}) has {trusted.sum()} examples, fewer "
+                f"than --meta_batch_size={config.meta_batch_size}; lower it."
+            )
         if trusted.all():
-            raise ValueError(f"every example of {config.train_data} is trusted: nothing is "
-                             "left to train on.")
+            raise ValueError(
+                f"every example of {config.train_data} is trusted: nothing is left to train on."
+            )
     if "test" in sources:
         x_test, y_test = arrays["test"], labels["test"]
     else:
         x_test, y_test = x_train[:0], y_train[:0]
-    return datasets.ImageDataset(x_train, y_train, x_test, y_test, len(class_names),
-                             train_ids=tuple(ids), class_names=tuple(class_names),
-                             trusted=trusted)
+    return datasets.ImageDataset(
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        len(class_names),
+        train_ids=tuple(ids),
+        class_names=tuple(class_names),
+        trusted=trusted,
+    )
 
 
 def own_split(labels, trusted, num_classes, seed):
@@ -149,14 +177,23 @@ def own_split(labels, trusted, num_classes, seed):
     train_indices = np.flatnonzero(~trusted)
     nan_matrix = np.full((num_classes, num_classes), np.nan)
     return split_lib.Split(
-        num_classes=num_classes, noise="none", ratio=0.0, imbalance=1.0, seed=int(seed),
-        meta_indices=np.flatnonzero(trusted), meta_labels=labels[trusted],
+        num_classes=num_classes,
+        noise="none",
+        ratio=0.0,
+        imbalance=1.0,
+        seed=int(seed),
+        meta_indices=np.flatnonzero(trusted),
+        meta_labels=labels[trusted],
         train_indices=train_indices,
         train_true_labels=np.full(len(train_indices), -1, np.int64),
         train_noisy_labels=labels[train_indices],
         train_corrupted=np.zeros(len(train_indices), bool),
-        transition_matrix=nan_matrix, empirical_transition_matrix=nan_matrix.copy(),
-        realised_noise_rate=float("nan"), truth_known=False, meta_source="trusted")
+        transition_matrix=nan_matrix,
+        empirical_transition_matrix=nan_matrix.copy(),
+        realised_noise_rate=float("nan"),
+        truth_known=False,
+        meta_source="trusted",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,17 +222,23 @@ def read_folder(path):
     """Images of a folder tree, one sub-folder per class (sub-folders in sorted order)."""
     classes = sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
     if not classes:
-        raise ValueError(f"{path}: no class sub-folders; put each class's images in a folder "
-                         "named after the class.")
+        raise ValueError(
+            f"{path}: no class sub-folders; put each class's images in a folder "
+            "named after the class."
+        )
     images, labels, ids = [], [], []
     for name in classes:
         files = sorted(
             os.path.join(root, file)
             for root, _, names in os.walk(os.path.join(path, name))
-            for file in names if file.lower().endswith(IMAGE_EXTENSIONS))
+            for file in names
+            if file.lower().endswith(IMAGE_EXTENSIONS)
+        )
         if not files:
-            raise ValueError(f"{os.path.join(path, name)}: empty class folder (no "
-                             f"{'/'.join(IMAGE_EXTENSIONS)} images).")
+            raise ValueError(
+                f"{os.path.join(path, name)}: empty class folder (no "
+                f"{'/'.join(IMAGE_EXTENSIONS)} images)."
+            )
         images += [read_image(file) for file in files]
         labels += [name] * len(files)
         ids += files
@@ -218,8 +261,10 @@ def read_csv(path, label_column, image_column, trusted_column):
         raise ValueError(f"{path}: empty file; expected a header row and data rows.")
     header = [name.strip() for name in header]
     if label_column not in header:
-        raise ValueError(f"{path}: no label column {label_column!r} (columns: "
-                         f"{', '.join(header)}); name it with --label_column.")
+        raise ValueError(
+            f"{path}: no label column {label_column!r} (columns: "
+            f"{', '.join(header)}); name it with --label_column."
+        )
     rows = [(line, row) for line, row in enumerate(rows, start=2) if any(v.strip() for v in row)]
     if not rows:
         raise ValueError(f"{path}: no data rows.")
@@ -233,8 +278,12 @@ def read_csv(path, label_column, image_column, trusted_column):
             raise ValueError(f"{path}:{line}: empty label in column {label_column!r}.")
     trusted = None
     if trusted_column and trusted_column in header:
-        trusted = np.array([_truth_value(row[column[trusted_column]], path, line,
-                                         trusted_column) for line, row in rows])
+        trusted = np.array(
+            [
+                _truth_value(row[column[trusted_column]], path, line, trusted_column)
+                for line, row in rows
+            ]
+        )
     if image_column and image_column in header:
         folder = os.path.dirname(os.path.abspath(path))
         ids = [row[column[image_column]].strip() for _, row in rows]
@@ -250,13 +299,16 @@ def read_csv(path, label_column, image_column, trusted_column):
             try:
                 features[r, f] = float(value)
             except ValueError:
-                raise ValueError(f"{path}:{line}: column {name!r} holds {value!r}, not a "
-                                 "number.") from None
+                raise ValueError(
+                    f"{path}:{line}: column {name!r} holds {value!r}, not a number."
+                ) from None
             if not np.isfinite(features[r, f]):
-                raise ValueError(f"{path}:{line}: column {name!r} holds {value!r}, not a "
-                                 "finite number.")
-    return _Source(path, features, labels, [f"{path}:{line}" for line, _ in rows], trusted,
-                   feature_names)
+                raise ValueError(
+                    f"{path}:{line}: column {name!r} holds {value!r}, not a finite number."
+                )
+    return _Source(
+        path, features, labels, [f"{path}:{line}" for line, _ in rows], trusted, feature_names
+    )
 
 
 def read_npz(path):
@@ -264,16 +316,18 @@ def read_npz(path):
     try:
         with np.load(path, allow_pickle=False) as stored:
             if not {"x", "y"} <= set(stored.files):
-                raise ValueError(f"{path}: needs arrays 'x' and 'y'; it has "
-                                 f"{', '.join(stored.files) or 'none'}.")
+                raise ValueError(
+                    f"{path}: needs arrays 'x' and 'y'; it has {', '.join(stored.files) or 'none'}."
+                )
             x, y = stored["x"], stored["y"]
     except ValueError:
         raise
     except Exception as err:  # zipfile, pickle and OS errors all mean "not a readable npz".
         raise ValueError(f"{path}: not a readable .npz file ({err}).") from None
     if y.ndim != 1 or len(y) != len(x) or not len(y):
-        raise ValueError(f"{path}: 'y' must hold one label per row of 'x' ({len(x)}); its "
-                         f"shape is {y.shape}.")
+        raise ValueError(
+            f"{path}: 'y' must hold one label per row of 'x' ({len(x)}); its shape is {y.shape}."
+        )
     if y.dtype.kind not in "iuU":
         raise ValueError(f"{path}: 'y' must hold integers or strings; its dtype is {y.dtype}.")
     ids = [str(i) for i in range(len(y))]
@@ -288,8 +342,10 @@ def read_npz(path):
         if not np.isfinite(features).all():
             raise ValueError(f"{path}: 'x' holds NaN or infinite values.")
         return _Source(path, features, labels, ids)
-    raise ValueError(f"{path}: 'x' must be uint8 images [N, H, W(, C)] or numeric features "
-                     f"[N, D]; it is {x.dtype} {x.shape}.")
+    raise ValueError(
+        f"{path}: 'x' must be uint8 images [N, H, W(, C)] or numeric features "
+        f"[N, D]; it is {x.dtype} {x.shape}."
+    )
 
 
 def read_image(path):
@@ -323,9 +379,11 @@ def to_indices(labels, class_names, path):
     index = {name: k for k, name in enumerate(class_names)}
     unknown = sorted(set(labels) - set(index))
     if unknown:
-        raise ValueError(f"{path}: label {unknown[0]!r} is not a class of the training data "
-                         f"({', '.join(class_names)})"
-                         + (f" ({len(unknown)} unknown labels)." if len(unknown) > 1 else "."))
+        raise ValueError(
+            f"{path}: label {unknown[0]!r} is not a class of the training data "
+            f"({', '.join(class_names)})"
+            + (f" ({len(unknown)} unknown labels)." if len(unknown) > 1 else ".")
+        )
     return np.array([index[label] for label in labels], np.int64)
 
 
@@ -340,9 +398,11 @@ def _unify_images(sources, image_size):
                 sizes.setdefault(image.shape[:2], name)
         if len(sizes) > 1:
             (size_a, file_a), (size_b, file_b) = list(sizes.items())[:2]
-            raise ValueError(f"images of different sizes ({file_a}: {size_a[0]}x{size_a[1]}, "
-                             f"{file_b}: {size_b[0]}x{size_b[1]}); pass --image_size=N to "
-                             "resize all to NxN.")
+            raise ValueError(
+                f"images of different sizes ({file_a}: {size_a[0]}x{size_a[1]}, "
+                f"{file_b}: {size_b[0]}x{size_b[1]}); pass --image_size=N to "
+                "resize all to NxN."
+            )
     arrays = {}
     for name, source in sources.items():
         converted = []
@@ -373,12 +433,15 @@ def _unify_features(sources):
         if train_names is not None and names is not None:
             missing = [n for n in train_names if n not in names]
             if missing:
-                raise ValueError(f"{source.path}: lacks the feature column {missing[0]!r} of "
-                                 f"{train.path}.")
+                raise ValueError(
+                    f"{source.path}: lacks the feature column {missing[0]!r} of {train.path}."
+                )
             x = x[:, [names.index(n) for n in train_names]]
         if x.shape[1] != train.x.shape[1]:
-            raise ValueError(f"{source.path}: {x.shape[1]} features per row, "
-                             f"{train.path} has {train.x.shape[1]}.")
+            raise ValueError(
+                f"{source.path}: {x.shape[1]} features per row, "
+                f"{train.path} has {train.x.shape[1]}."
+            )
         arrays[name] = x
     return arrays
 
@@ -390,5 +453,7 @@ def _truth_value(value, path, line, column):
         return True
     if value in _FALSE:
         return False
-    raise ValueError(f"{path}:{line}: column {column!r} holds {value!r}; use 1/0, true/false or "
-                     "yes/no (empty = not trusted).")
+    raise ValueError(
+        f"{path}:{line}: column {column!r} holds {value!r}; use 1/0, true/false or "
+        "yes/no (empty = not trusted)."
+    )

@@ -51,8 +51,10 @@ def write_report(run_dir, issues, images=None, path=None):
         _section("Accuracy per epoch", _accuracy_chart(history)) if history else "",
         _section("Estimated label noise", _noise_section(issues, names, truth)),
         _section("Weight against loss", _weight_loss_section(issues)),
-        _section(f"The {min(GALLERY_SIZE, len(issues))} most suspicious labels",
-                 _gallery(issues, names, images)),
+        _section(
+            f"The {min(GALLERY_SIZE, len(issues))} most suspicious labels",
+            _gallery(issues, names, images),
+        ),
         _section(f"Flagged examples ({issues.num_flagged:,})", _flagged_list(issues, names)),
     ]
     page = _PAGE.format(title=html.escape(title), style=_STYLE, body="\n".join(sections))
@@ -70,8 +72,10 @@ def write_report(run_dir, issues, images=None, path=None):
 
 def _summary(run_config, config, history, issues, truth):
     n, flagged = len(issues), issues.num_flagged
-    items = [("training examples", f"{n:,}"),
-             ("flagged as wrong", f"{flagged:,} ({flagged / max(n, 1):.1%})")]
+    items = [
+        ("training examples", f"{n:,}"),
+        ("flagged as wrong", f"{flagged:,} ({flagged / max(n, 1):.1%})"),
+    ]
     if history and "test/accuracy" in history[-1]:
         items.append(("test accuracy (last epoch)", f"{history[-1]['test/accuracy']:.2%}"))
     for key in ("dataset", "method", "model", "noise", "ratio", "imbalance", "epochs"):
@@ -81,24 +85,34 @@ def _summary(run_config, config, history, issues, truth):
         wrong = truth["corrupted"]
         hit = int((issues.flagged & wrong).sum())
         precision, recall = hit / max(flagged, 1), hit / max(int(wrong.sum()), 1)
-        items.append(("truly wrong (injected noise, known here)",
-                      f"{int(wrong.sum()):,} ({wrong.mean():.1%})"))
+        items.append(
+            (
+                "truly wrong (injected noise, known here)",
+                f"{int(wrong.sum()):,} ({wrong.mean():.1%})",
+            )
+        )
         items.append(("flags: precision / recall", f"{precision:.3f} / {recall:.3f}"))
-    cells = "".join(f"<div class='stat'><div class='value'>{html.escape(value)}</div>"
-                    f"<div class='key'>{html.escape(key)}</div></div>" for key, value in items)
-    rule = ("An example is <b>flagged</b> when the trained model prefers another class to its "
-            "given label: its score p(given) − max<sub>other</sub> p is negative (lower = more "
-            "suspicious); the <b>suggested</b> label is the model's most probable class. The "
-            "full ranked table is <code>label_issues.csv</code>.")
+    cells = "".join(
+        f"<div class='stat'><div class='value'>{html.escape(value)}</div>"
+        f"<div class='key'>{html.escape(key)}</div></div>"
+        for key, value in items
+    )
+    rule = (
+        "An example is <b>flagged</b> when the trained model prefers another class to its "
+        "given label: its score p(given) − max<sub>other</sub> p is negative (lower = more "
+        "suspicious); the <b>suggested</b> label is the model's most probable class. The "
+        "full ranked table is <code>label_issues.csv</code>."
+    )
     return f"<section><div class='stats'>{cells}</div><p class='note'>{rule}</p></section>"
 
 
 def _accuracy_chart(history):
     epochs = [row.get("epoch", i) + 1 for i, row in enumerate(history)]
     series = []
-    for key, label, colour in (("test/accuracy", "test accuracy", _BLUE),
-                               ("train/accuracy", "training accuracy on the given labels",
-                                _GREY)):
+    for key, label, colour in (
+        ("test/accuracy", "test accuracy", _BLUE),
+        ("train/accuracy", "training accuracy on the given labels", _GREY),
+    ):
         values = [row.get(key) for row in history]
         if all(v is not None for v in values):
             series.append((label, colour, values))
@@ -115,41 +129,60 @@ def _noise_section(issues, names, truth):
     bars = [("estimated (flagged)", _RED, estimated)]
     if truth is not None:
         wrong = truth["corrupted"]
-        bars.append(("true (injected noise)", _GREY,
-                     np.bincount(given[wrong], minlength=c) / np.maximum(counts, 1)))
+        bars.append(
+            (
+                "true (injected noise)",
+                _GREY,
+                np.bincount(given[wrong], minlength=c) / np.maximum(counts, 1),
+            )
+        )
     chart = _bar_chart(names, bars, "share of the label that is wrong", width=720)
     # Transition matrix: rows the suggested (estimated true) class, columns the given label.
     joint = np.zeros((c, c))
     np.add.at(joint, (suggested, given), 1)
-    matrix = _matrix_table(joint / np.maximum(joint.sum(axis=1, keepdims=True), 1), names,
-                           "suggested (estimated true) class ↓ / given label →")
-    text = ("<p class='note'>Above: the share of each given label that is flagged. Below: the "
-            "estimated transition matrix, P(given label | suggested class), each row a "
-            "suggested class (the diagonal keeps its label).</p>")
+    matrix = _matrix_table(
+        joint / np.maximum(joint.sum(axis=1, keepdims=True), 1),
+        names,
+        "suggested (estimated true) class ↓ / given label →",
+    )
+    text = (
+        "<p class='note'>Above: the share of each given label that is flagged. Below: the "
+        "estimated transition matrix, P(given label | suggested class), each row a "
+        "suggested class (the diagonal keeps its label).</p>"
+    )
     if truth is not None:
         true_joint = np.zeros((c, c))
         np.add.at(true_joint, (truth["true_label"], given), 1)
         matrix += _matrix_table(
-            true_joint / np.maximum(true_joint.sum(axis=1, keepdims=True), 1), names,
-            "true class ↓ / given label → (known here)")
+            true_joint / np.maximum(true_joint.sum(axis=1, keepdims=True), 1),
+            names,
+            "true class ↓ / given label → (known here)",
+        )
     return f"{text}{chart}<div class='row'>{matrix}</div>"
 
 
 def _weight_loss_section(issues):
     loss = -np.log(np.clip(issues.given_probability, 1e-12, 1.0))
     panels = []
-    for values, label in ((issues.instance_weight, "instance weight"),
-                          (issues.labelled_class_weight, "weight on the given label (GDW: ω¹)")):
+    for values, label in (
+        (issues.instance_weight, "instance weight"),
+        (issues.labelled_class_weight, "weight on the given label (GDW: ω¹)"),
+    ):
         if np.all(np.isfinite(values)) and len(values) and np.ptp(values) > 0:
-            panels.append(_histogram_2d(loss, values, issues.flagged, "loss −log p(given label)",
-                                        label))
+            panels.append(
+                _histogram_2d(loss, values, issues.flagged, "loss −log p(given label)", label)
+            )
     if not panels:
-        return ("<p>No recorded weights to plot (the model tracked no examples, or all weights "
-                "are equal, as with plain cross-entropy).</p>")
-    note = ("<p class='note'>Each cell counts examples (darker = more, on a log scale); its "
-            f"colour is the share flagged, from <span style='color:{_BLUE}'>none</span> to "
-            f"<span style='color:{_RED}'>all</span>. Weights are those of the last epoch; the "
-            "loss is the trained model's.</p>")
+        return (
+            "<p>No recorded weights to plot (the model tracked no examples, or all weights "
+            "are equal, as with plain cross-entropy).</p>"
+        )
+    note = (
+        "<p class='note'>Each cell counts examples (darker = more, on a log scale); its "
+        f"colour is the share flagged, from <span style='color:{_BLUE}'>none</span> to "
+        f"<span style='color:{_RED}'>all</span>. Weights are those of the last epoch; the "
+        "loss is the trained model's.</p>"
+    )
     return note + "<div class='row'>" + "".join(panels) + "</div>"
 
 
@@ -164,7 +197,8 @@ def _gallery(issues, names, images):
                 f"<figcaption><b>#{i + 1}</b> id {_id(issues, i)}<br>"
                 f"given <span class='given'>{_name(names, issues.given_label[i])}</span><br>"
                 f"suggested <span class='suggested'>{_name(names, issues.suggested_label[i])}"
-                f"</span><br><small>score {issues.score[i]:+.3f}</small></figcaption></figure>")
+                f"</span><br><small>score {issues.score[i]:+.3f}</small></figcaption></figure>"
+            )
         return "<div class='gallery'>" + "".join(cards) + "</div>"
     header = "<tr><th>rank</th><th>id</th><th>given</th><th>suggested</th><th>score</th>"
     width = 0
@@ -176,10 +210,12 @@ def _gallery(issues, names, images):
             header += "<th>…</th>"
     rows = []
     for i in range(count):
-        cells = (f"<td>{i + 1}</td><td>{_id(issues, i)}</td>"
-                 f"<td class='given'>{_name(names, issues.given_label[i])}</td>"
-                 f"<td class='suggested'>{_name(names, issues.suggested_label[i])}</td>"
-                 f"<td>{issues.score[i]:+.3f}</td>")
+        cells = (
+            f"<td>{i + 1}</td><td>{_id(issues, i)}</td>"
+            f"<td class='given'>{_name(names, issues.given_label[i])}</td>"
+            f"<td class='suggested'>{_name(names, issues.suggested_label[i])}</td>"
+            f"<td>{issues.score[i]:+.3f}</td>"
+        )
         if width:
             values = features[issues.position[i]]
             cells += "".join(f"<td>{_format_value(v)}</td>" for v in values[:width])
@@ -198,12 +234,19 @@ def _flagged_list(issues, names):
         f"<tr class='flagged'><td>{i + 1}</td><td class='id'>{_id(issues, i)}</td>"
         f"<td>{_name(names, issues.given_label[i])}</td>"
         f"<td>{_name(names, issues.suggested_label[i])}</td><td>{issues.score[i]:+.3f}</td></tr>"
-        for i in shown)
-    more = (f"<p class='note'>The first {len(shown):,} of {len(flagged):,}; all are in "
-            "<code>label_issues.csv</code>.</p>" if len(shown) < len(flagged) else "")
-    return (f"<details{' open' if len(flagged) <= 100 else ''}><summary>show the list"
-            f"</summary>{more}<table class='list' id='flagged'><tr><th>rank</th><th>id</th>"
-            f"<th>given</th><th>suggested</th><th>score</th></tr>{rows}</table></details>")
+        for i in shown
+    )
+    more = (
+        f"<p class='note'>The first {len(shown):,} of {len(flagged):,}; all are in "
+        "<code>label_issues.csv</code>.</p>"
+        if len(shown) < len(flagged)
+        else ""
+    )
+    return (
+        f"<details{' open' if len(flagged) <= 100 else ''}><summary>show the list"
+        f"</summary>{more}<table class='list' id='flagged'><tr><th>rank</th><th>id</th>"
+        f"<th>given</th><th>suggested</th><th>score</th></tr>{rows}</table></details>"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,21 +266,29 @@ def _line_chart(xs, series, x_label, y_label, y_range, width=560, height=280):
 
     parts = [_axes(width, height, left, right, top, bottom, x_label, y_label)]
     for tick in np.linspace(y0, y1, 6):
-        parts.append(f"<line x1='{left}' x2='{width - right}' y1='{py(tick):.1f}' "
-                     f"y2='{py(tick):.1f}' class='grid'/><text x='{left - 6}' "
-                     f"y='{py(tick) + 4:.1f}' text-anchor='end'>{tick:.1f}</text>")
+        parts.append(
+            f"<line x1='{left}' x2='{width - right}' y1='{py(tick):.1f}' "
+            f"y2='{py(tick):.1f}' class='grid'/><text x='{left - 6}' "
+            f"y='{py(tick) + 4:.1f}' text-anchor='end'>{tick:.1f}</text>"
+        )
     for x in _ticks(x0, x1):
-        parts.append(f"<text x='{px(x):.1f}' y='{height - bottom + 16}' "
-                     f"text-anchor='middle'>{x:g}</text>")
+        parts.append(
+            f"<text x='{px(x):.1f}' y='{height - bottom + 16}' text-anchor='middle'>{x:g}</text>"
+        )
     for number, (label, colour, values) in enumerate(series):
         points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(xs, values))
-        parts.append(f"<polyline points='{points}' fill='none' stroke='{colour}' "
-                     "stroke-width='2'/>")
-        parts += [f"<circle cx='{px(x):.1f}' cy='{py(y):.1f}' r='2.5' fill='{colour}'/>"
-                  for x, y in zip(xs, values)]
+        parts.append(
+            f"<polyline points='{points}' fill='none' stroke='{colour}' stroke-width='2'/>"
+        )
+        parts += [
+            f"<circle cx='{px(x):.1f}' cy='{py(y):.1f}' r='2.5' fill='{colour}'/>"
+            for x, y in zip(xs, values)
+        ]
         label_y = py(values[-1]) + (14 if number else -8)  # the first above, others below
-        parts.append(f"<text x='{width - right - 4}' y='{label_y:.1f}' text-anchor='end' "
-                     f"fill='{colour}'>{html.escape(label)} {values[-1]:.3f}</text>")
+        parts.append(
+            f"<text x='{width - right - 4}' y='{label_y:.1f}' text-anchor='end' "
+            f"fill='{colour}'>{html.escape(label)} {values[-1]:.3f}</text>"
+        )
     return _svg(width, height, parts)
 
 
@@ -254,23 +305,31 @@ def _bar_chart(names, bars, y_label, width=560, height=280):
     bar = slot * 0.8 / len(bars)
     parts = [_axes(width, height, left, right, top, bottom, "", y_label)]
     for tick in np.linspace(0, top_value, 6):
-        parts.append(f"<line x1='{left}' x2='{width - right}' y1='{py(tick):.1f}' "
-                     f"y2='{py(tick):.1f}' class='grid'/><text x='{left - 6}' "
-                     f"y='{py(tick) + 4:.1f}' text-anchor='end'>{tick:.0%}</text>")
+        parts.append(
+            f"<line x1='{left}' x2='{width - right}' y1='{py(tick):.1f}' "
+            f"y2='{py(tick):.1f}' class='grid'/><text x='{left - 6}' "
+            f"y='{py(tick) + 4:.1f}' text-anchor='end'>{tick:.0%}</text>"
+        )
     for k in range(c):
         for j, (_, colour, values) in enumerate(bars):
             x = left + k * slot + slot * 0.1 + j * bar
-            parts.append(f"<rect x='{x:.1f}' y='{py(values[k]):.1f}' width='{bar:.1f}' "
-                         f"height='{py(0) - py(values[k]):.1f}' fill='{colour}'>"
-                         f"<title>{html.escape(str(names[k]))}: {values[k]:.1%}</title></rect>")
+            parts.append(
+                f"<rect x='{x:.1f}' y='{py(values[k]):.1f}' width='{bar:.1f}' "
+                f"height='{py(0) - py(values[k]):.1f}' fill='{colour}'>"
+                f"<title>{html.escape(str(names[k]))}: {values[k]:.1%}</title></rect>"
+            )
         label = html.escape(_short(names[k]))
         cx, cy = left + (k + 0.5) * slot, height - bottom + 12
-        parts.append(f"<text x='{cx:.1f}' y='{cy}' text-anchor='end' "
-                     f"transform='rotate(-35 {cx:.1f} {cy})'>{label}</text>")
+        parts.append(
+            f"<text x='{cx:.1f}' y='{cy}' text-anchor='end' "
+            f"transform='rotate(-35 {cx:.1f} {cy})'>{label}</text>"
+        )
     for j, (label, colour, _) in enumerate(bars):
-        parts.append(f"<rect x='{left + 8 + j * 190}' y='6' width='12' height='12' "
-                     f"fill='{colour}'/><text x='{left + 24 + j * 190}' y='16'>"
-                     f"{html.escape(label)}</text>")
+        parts.append(
+            f"<rect x='{left + 8 + j * 190}' y='6' width='12' height='12' "
+            f"fill='{colour}'/><text x='{left + 24 + j * 190}' y='16'>"
+            f"{html.escape(label)}</text>"
+        )
     return _svg(width, height, parts)
 
 
@@ -293,14 +352,17 @@ def _histogram_2d(x, y, flagged, x_label, y_label, bins=40, width=420, height=33
         share = red[i, j] / count[i, j]
         opacity = 0.15 + 0.85 * math.log1p(count[i, j]) / scale
         colour = _mix(_BLUE, _RED, share)
-        parts.append(f"<rect x='{left + i * cell_w:.1f}' "
-                     f"y='{top + (bins - 1 - j) * cell_h:.1f}' width='{cell_w + 0.3:.1f}' "
-                     f"height='{cell_h + 0.3:.1f}' fill='{colour}' fill-opacity='{opacity:.2f}'>"
-                     f"<title>{int(count[i, j])} examples, {share:.0%} flagged</title></rect>")
+        parts.append(
+            f"<rect x='{left + i * cell_w:.1f}' "
+            f"y='{top + (bins - 1 - j) * cell_h:.1f}' width='{cell_w + 0.3:.1f}' "
+            f"height='{cell_h + 0.3:.1f}' fill='{colour}' fill-opacity='{opacity:.2f}'>"
+            f"<title>{int(count[i, j])} examples, {share:.0%} flagged</title></rect>"
+        )
     for tick in np.linspace(0, x_max, 5):
         px = left + tick / x_max * (width - left - right)
-        parts.append(f"<text x='{px:.1f}' y='{height - bottom + 16}' "
-                     f"text-anchor='middle'>{tick:.1f}</text>")
+        parts.append(
+            f"<text x='{px:.1f}' y='{height - bottom + 16}' text-anchor='middle'>{tick:.1f}</text>"
+        )
     for tick in np.linspace(y_min, y_max, 5):
         py = top + (1 - (tick - y_min) / (y_max - y_min)) * (height - top - bottom)
         parts.append(f"<text x='{left - 6}' y='{py + 4:.1f}' text-anchor='end'>{tick:.2f}</text>")
@@ -309,33 +371,43 @@ def _histogram_2d(x, y, flagged, x_label, y_label, bins=40, width=420, height=33
 
 def _matrix_table(matrix, names, caption):
     c = len(names)
-    header = "".join(f"<th title='{html.escape(str(n))}'>{html.escape(_short(n, 6))}</th>"
-                     for n in names)
+    header = "".join(
+        f"<th title='{html.escape(str(n))}'>{html.escape(_short(n, 6))}</th>" for n in names
+    )
     rows = []
     for i in range(c):
         cells = "".join(
             f"<td style='background:{_mix('#ffffff', _RED if i != j else _BLUE, matrix[i, j])};"
             f"color:{'#fff' if matrix[i, j] > 0.55 else '#000'}'>{matrix[i, j] * 100:.0f}</td>"
-            for j in range(c))
-        rows.append(f"<tr><th title='{html.escape(str(names[i]))}'>"
-                    f"{html.escape(_short(names[i], 10))}</th>{cells}</tr>")
-    return (f"<table class='matrix'><caption>{html.escape(caption)} (%)</caption>"
-            f"<tr><th></th>{header}</tr>{''.join(rows)}</table>")
+            for j in range(c)
+        )
+        rows.append(
+            f"<tr><th title='{html.escape(str(names[i]))}'>"
+            f"{html.escape(_short(names[i], 10))}</th>{cells}</tr>"
+        )
+    return (
+        f"<table class='matrix'><caption>{html.escape(caption)} (%)</caption>"
+        f"<tr><th></th>{header}</tr>{''.join(rows)}</table>"
+    )
 
 
 def _axes(width, height, left, right, top, bottom, x_label, y_label):
-    return (f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' "
-            f"y2='{height - bottom}' class='axis'/><line x1='{left}' y1='{top}' x2='{left}' "
-            f"y2='{height - bottom}' class='axis'/><text x='{(left + width - right) / 2}' "
-            f"y='{height - 6}' text-anchor='middle'>{html.escape(x_label)}</text>"
-            f"<text x='12' y='{(top + height - bottom) / 2}' text-anchor='middle' "
-            f"transform='rotate(-90 12 {(top + height - bottom) / 2})'>"
-            f"{html.escape(y_label)}</text>")
+    return (
+        f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' "
+        f"y2='{height - bottom}' class='axis'/><line x1='{left}' y1='{top}' x2='{left}' "
+        f"y2='{height - bottom}' class='axis'/><text x='{(left + width - right) / 2}' "
+        f"y='{height - 6}' text-anchor='middle'>{html.escape(x_label)}</text>"
+        f"<text x='12' y='{(top + height - bottom) / 2}' text-anchor='middle' "
+        f"transform='rotate(-90 12 {(top + height - bottom) / 2})'>"
+        f"{html.escape(y_label)}</text>"
+    )
 
 
 def _svg(width, height, parts):
-    return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
-            f"viewBox='0 0 {width} {height}'>{''.join(parts)}</svg>")
+    return (
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
+        f"viewBox='0 0 {width} {height}'>{''.join(parts)}</svg>"
+    )
 
 
 def _ticks(x0, x1, most=10):
@@ -346,8 +418,8 @@ def _ticks(x0, x1, most=10):
 def _mix(a, b, t):
     """The colour `t` of the way from `a` to `b` (hex strings)."""
     t = float(min(max(t, 0.0), 1.0))
-    ca = [int(a[i:i + 2], 16) for i in (1, 3, 5)]
-    cb = [int(b[i:i + 2], 16) for i in (1, 3, 5)]
+    ca = [int(a[i : i + 2], 16) for i in (1, 3, 5)]
+    cb = [int(b[i : i + 2], 16) for i in (1, 3, 5)]
     return "#" + "".join(f"{round(u + (v - u) * t):02x}" for u, v in zip(ca, cb))
 
 
@@ -367,19 +439,29 @@ def encode_png(image):
     elif image.ndim == 3 and image.shape[-1] in (3, 4):
         colour_type = 2 if image.shape[-1] == 3 else 6
     else:
-        raise ValueError(f"encode_png takes [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] "
-                         f"images; got shape {image.shape}.")
+        raise ValueError(
+            f"encode_png takes [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] "
+            f"images; got shape {image.shape}."
+        )
     height, width = image.shape[:2]
     rows = image.reshape(height, -1)
     raw = b"".join(b"\x00" + row.tobytes() for row in rows)  # filter type 0 on every row
 
     def chunk(kind, payload):
-        return (struct.pack(">I", len(payload)) + kind + payload
-                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(payload))
+            + kind
+            + payload
+            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _png_data_uri(image):
@@ -442,8 +524,10 @@ def _read_truth(path, issues):
         corrupted, true = stored["corrupted"], stored["true_label"]
     if len(corrupted) != len(issues) or not corrupted.any():
         return None
-    return {"corrupted": corrupted[issues.position].astype(bool),
-            "true_label": true[issues.position].astype(np.int64)}
+    return {
+        "corrupted": corrupted[issues.position].astype(bool),
+        "true_label": true[issues.position].astype(np.int64),
+    }
 
 
 def _class_names(issues):
@@ -463,7 +547,7 @@ def _id(issues, i):
 
 def _short(name, length=12):
     name = str(name)
-    return name if len(name) <= length else name[:length - 1] + "…"
+    return name if len(name) <= length else name[: length - 1] + "…"
 
 
 def _format_value(value):

@@ -12,13 +12,15 @@ from gdw_tf import label_issues
 from gdw_tf import methods
 from gdw_tf import report
 
+
 def read_history(path):
     """Rows of `history.csv` as dicts of floats, one per epoch (a rerun epoch's last row)."""
     by_epoch = {}
     with open(path, newline="") as file:
         for row in csv.DictReader(file):
-            by_epoch[int(row["epoch"])] = {key: float(value) for key, value in row.items()
-                                           if value not in ("", "NA")}
+            by_epoch[int(row["epoch"])] = {
+                key: float(value) for key, value in row.items() if value not in ("", "NA")
+            }
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
@@ -54,9 +56,13 @@ def write_label_issues_and_report(output_dir, model, dataset, split, mean, std, 
     issues = label_issues.find_label_issues(
         model,
         input_pipeline.eval_dataset(images, split.train_noisy_labels, batch_size, mean, std),
-        split.train_noisy_labels, ids=ids, class_names=getattr(dataset, "class_names", None))
+        split.train_noisy_labels,
+        ids=ids,
+        class_names=getattr(dataset, "class_names", None),
+    )
     label_issues.write_label_issues_csv(
-        os.path.join(output_dir, label_issues.LABEL_ISSUES_FILE), issues)
+        os.path.join(output_dir, label_issues.LABEL_ISSUES_FILE), issues
+    )
     report.write_report(output_dir, issues, images=images)
 
 
@@ -70,8 +76,11 @@ def make_results(config, settings, split, history, example_weights, seconds):
     means of clean and corrupted examples are None; without a test set, `test_accuracy` is.
     """
     accuracy = [row["test/accuracy"] for row in history if "test/accuracy" in row]
-    final = {key: value for key, value in history[-1].items()
-             if "/" in key and key != "time/epoch_seconds"}
+    final = {
+        key: value
+        for key, value in history[-1].items()
+        if "/" in key and key != "time/epoch_seconds"
+    }
     known = split.truth_known
     corrupted = example_weights["corrupted"] if known else None
     return {
@@ -80,7 +89,9 @@ def make_results(config, settings, split, history, example_weights, seconds):
             "best": max(accuracy),
             "mean_last5": float(np.mean(accuracy[-5:])),
             "per_epoch": accuracy,
-        } if accuracy else None,
+        }
+        if accuracy
+        else None,
         "metrics": final,
         "noise": {
             "realised_rate": float(split.realised_noise_rate) if known else None,
@@ -89,11 +100,14 @@ def make_results(config, settings, split, history, example_weights, seconds):
         },
         "detection_auroc": detection_aurocs(config.method, example_weights) if known else None,
         "example_weights": {
-            f"{kind}_mean_{group}": (mean_or_none(example_weights[f"{kind}_weight"][mask])
-                                     if known else None)
+            f"{kind}_mean_{group}": (
+                mean_or_none(example_weights[f"{kind}_weight"][mask]) if known else None
+            )
             for kind in ("instance", "labelled_class")
-            for group, mask in (("clean", None if corrupted is None else ~corrupted),
-                                ("corrupted", corrupted))
+            for group, mask in (
+                ("clean", None if corrupted is None else ~corrupted),
+                ("corrupted", corrupted),
+            )
         },
         "config": {**config.to_dict(), **settings.to_dict()},
         "timing": {
@@ -112,7 +126,8 @@ def detection_aurocs(method, example_weights):
         return None
     aurocs = {"instance_weight": auroc(-example_weights["instance_weight"], corrupted)}
     aurocs["labelled_class_weight"] = (
-        auroc(-example_weights["labelled_class_weight"], corrupted) if method.class_level else None)
+        auroc(-example_weights["labelled_class_weight"], corrupted) if method.class_level else None
+    )
     return aurocs
 
 

@@ -49,7 +49,6 @@ from gdw_tf.model import GDWModel
 from gdw_tf.model import resolve_outer_lr
 
 
-
 def run(config):
     """Trains as `config` says, writes the run directory, and returns the results dict.
 
@@ -76,53 +75,76 @@ def run(config):
 
     # Data: the dataset, then the split (drawn once, then reloaded).
     dataset = load_data(config)
-    split = run_dir.load_or_make_split(config, dataset.y_train, dataset.num_classes,
-                                       make=split_maker(config, dataset))
+    split = run_dir.load_or_make_split(
+        config, dataset.y_train, dataset.num_classes, make=split_maker(config, dataset)
+    )
     settings = run_settings(config, dataset, split, replicas)
-    run_dir.write_json(os.path.join(config.output_dir, run_dir.CONFIG_FILE),
-                {"config": config.to_dict(), **settings.to_dict()})
+    run_dir.write_json(
+        os.path.join(config.output_dir, run_dir.CONFIG_FILE),
+        {"config": config.to_dict(), **settings.to_dict()},
+    )
 
     # Pipelines: the noisy training set with example indices, the clean meta set as arrays.
     mean, std = settings.normalization["mean"], settings.normalization["std"]
     train_data = input_pipeline.train_dataset(
-        dataset.x_train[split.train_indices], split.train_noisy_labels, config.batch_size,
-        config.seed, settings.augment, mean, std, with_index=True)
+        dataset.x_train[split.train_indices],
+        split.train_noisy_labels,
+        config.batch_size,
+        config.seed,
+        settings.augment,
+        mean,
+        std,
+        with_index=True,
+    )
     test_data = None  # Own data without --test_data: no test accuracy.
     if len(dataset.x_test):
-        test_data = input_pipeline.eval_dataset(dataset.x_test, dataset.y_test,
-                                                config.batch_size, mean, std)
+        test_data = input_pipeline.eval_dataset(
+            dataset.x_test, dataset.y_test, config.batch_size, mean, std
+        )
     meta_data = None
     if methods.get(config.method).meta_step:
-        meta_data = (input_pipeline.normalize(dataset.x_train[split.meta_indices], mean, std).numpy(),
-                     split.meta_labels)
+        meta_data = (
+            input_pipeline.normalize(dataset.x_train[split.meta_indices], mean, std).numpy(),
+            split.meta_labels,
+        )
 
     # Model and training: one pass of the (reshuffling) training set per epoch.
     with strategy.scope():
         model = build_gdw_model(config, settings, meta_data)
-    model.fit(train_data.repeat(), steps_per_epoch=settings.steps_per_epoch, shuffle=False,
-              validation_data=test_data, epochs=config.epochs,
-              callbacks=callbacks.make_callbacks(config, train_data, settings.steps_per_epoch),
-              verbose=config.verbose)
+    model.fit(
+        train_data.repeat(),
+        steps_per_epoch=settings.steps_per_epoch,
+        shuffle=False,
+        validation_data=test_data,
+        epochs=config.epochs,
+        callbacks=callbacks.make_callbacks(config, train_data, settings.steps_per_epoch),
+        verbose=config.verbose,
+    )
 
     # Outputs; results.json last, as the mark of a finished run.
     output_dir = config.output_dir
     history = results_lib.read_history(os.path.join(output_dir, run_dir.HISTORY_FILE))
     example_weights = results_lib.save_example_weights(
-        model, split, os.path.join(output_dir, run_dir.EXAMPLE_WEIGHTS_FILE),
-        ids=dataset.train_ids)
-    results_lib.write_label_issues_and_report(output_dir, model, dataset, split, mean, std,
-                                              config.batch_size)
+        model, split, os.path.join(output_dir, run_dir.EXAMPLE_WEIGHTS_FILE), ids=dataset.train_ids
+    )
+    results_lib.write_label_issues_and_report(
+        output_dir, model, dataset, split, mean, std, config.batch_size
+    )
     model.backbone.save(os.path.join(output_dir, run_dir.MODEL_FILE))
     if config.export_dir:
         from gdw_tf.export import export_serving
 
         export_serving(model.backbone, config.export_dir, mean, std)
-    results = results_lib.make_results(config, settings, split, history, example_weights,
-                                       time.perf_counter() - start)
+    results = results_lib.make_results(
+        config, settings, split, history, example_weights, time.perf_counter() - start
+    )
     if split.meta_source == "auto":
         results["auto_meta"] = auto_meta.summary(
-            split, config, true_labels=None if config.train_data else dataset.y_train,
-            ids=dataset.train_ids)
+            split,
+            config,
+            true_labels=None if config.train_data else dataset.y_train,
+            ids=dataset.train_ids,
+        )
     run_dir.write_json(os.path.join(output_dir, run_dir.RESULTS_FILE), results)
     shutil.rmtree(os.path.join(output_dir, run_dir.BACKUP_DIR), ignore_errors=True)
     return results
@@ -135,8 +157,12 @@ def load_data(config):
         return own_data.load_own_data(config)
     dataset = datasets.load_dataset(config.dataset, config.data_dir)
     train, test = config.max_train_examples or None, config.max_test_examples or None
-    return dataset._replace(x_train=dataset.x_train[:train], y_train=dataset.y_train[:train],
-                            x_test=dataset.x_test[:test], y_test=dataset.y_test[:test])
+    return dataset._replace(
+        x_train=dataset.x_train[:train],
+        y_train=dataset.y_train[:train],
+        x_test=dataset.x_test[:test],
+        y_test=dataset.y_test[:test],
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,8 +234,9 @@ def build_gdw_model(config, settings, meta_data):
 
 
 def _build_gdw_model(config, settings, meta_data):
-    backbone = backbones.build_model(settings.model, settings.input_shape,
-                                     settings.num_classes, weights=config.model_weights)
+    backbone = backbones.build_model(
+        settings.model, settings.input_shape, settings.num_classes, weights=config.model_weights
+    )
     model = GDWModel(
         backbone,
         settings.num_classes,
@@ -227,8 +254,9 @@ def _build_gdw_model(config, settings, meta_data):
         track_examples=settings.num_train,
     )
     # L2 is in the step (PyTorch-style, GDWModel(l2=...)), not in the optimizer.
-    model.compile(keras.optimizers.SGD(config.lr, momentum=config.momentum),
-                  jit_compile=settings.jit_compile)
+    model.compile(
+        keras.optimizers.SGD(config.lr, momentum=config.momentum), jit_compile=settings.jit_compile
+    )
     return model
 
 
@@ -240,22 +268,36 @@ def split_maker(config, dataset):
 
     def make():
         if config.train_data:
-            trusted = np.zeros(len(dataset.y_train), bool) if dataset.trusted is None else (
-                dataset.trusted)
-            split = own_data.own_split(dataset.y_train, trusted, dataset.num_classes,
-                                       config.seed)
+            trusted = (
+                np.zeros(len(dataset.y_train), bool)
+                if dataset.trusted is None
+                else (dataset.trusted)
+            )
+            split = own_data.own_split(dataset.y_train, trusted, dataset.num_classes, config.seed)
         else:
-            split = split_lib.make_split(dataset.y_train, dataset.num_classes, config.num_meta,
-                                         config.noise, config.ratio, config.imbalance,
-                                         config.seed)
+            split = split_lib.make_split(
+                dataset.y_train,
+                dataset.num_classes,
+                config.num_meta,
+                config.noise,
+                config.ratio,
+                config.imbalance,
+                config.seed,
+            )
         if config.trusted_data != "auto":
             return split
         name = "own_data" if config.train_data else config.dataset
         mean, std = input_pipeline.normalization_stats(name, dataset.x_train)
         input_shape = list(dataset.x_train.shape[1:])
-        split = auto_meta.auto_split(split, config, resolve_model(config, input_shape),
-                                     dataset.x_train, mean, std,
-                                     resolve_augment(config.augment, input_shape))
+        split = auto_meta.auto_split(
+            split,
+            config,
+            resolve_model(config, input_shape),
+            dataset.x_train,
+            mean,
+            std,
+            resolve_augment(config.augment, input_shape),
+        )
         keras.utils.set_random_seed(config.seed)  # The run starts as it would without warm-up.
         return split
 

@@ -51,8 +51,18 @@ REPORT_FILE = report.REPORT_FILE
 MODEL_FILE = "model.keras"
 RESULTS_FILE = "results.json"
 WORKERS_DIR = "workers"
-RUN_FILES = (CONFIG_FILE, SPLIT_FILE, HISTORY_FILE, TENSORBOARD_DIR, BACKUP_DIR,
-              EXAMPLE_WEIGHTS_FILE, LABEL_ISSUES_FILE, REPORT_FILE, MODEL_FILE, RESULTS_FILE)
+RUN_FILES = (
+    CONFIG_FILE,
+    SPLIT_FILE,
+    HISTORY_FILE,
+    TENSORBOARD_DIR,
+    BACKUP_DIR,
+    EXAMPLE_WEIGHTS_FILE,
+    LABEL_ISSUES_FILE,
+    REPORT_FILE,
+    MODEL_FILE,
+    RESULTS_FILE,
+)
 
 
 def prepare_output_dir(config):
@@ -78,7 +88,8 @@ def prepare_output_dir(config):
     elif os.path.exists(os.path.join(output_dir, RESULTS_FILE)):
         raise ValueError(
             f"{output_dir} holds a finished run (results.json); choose another --output_dir "
-            "or pass --overwrite to replace it.")
+            "or pass --overwrite to replace it."
+        )
     else:
         saved = read_json(os.path.join(output_dir, CONFIG_FILE))
         if saved is not None:
@@ -87,29 +98,36 @@ def prepare_output_dir(config):
                 raise ValueError(
                     f"{output_dir} holds an unfinished run with another configuration "
                     f"({'; '.join(differences)}); rerun with the same flags to resume it, "
-                    "choose another --output_dir, or pass --overwrite to start over.")
+                    "choose another --output_dir, or pass --overwrite to start over."
+                )
     if config.export_dir:
         if keras.backend.backend() != "tensorflow":
             raise ValueError(
-                f"--export_dir writes a TensorFlow SavedModel, which needs KERAS_BACKEND=tensorflow "
-                f"(now {keras.backend.backend()}); drop --export_dir and export the run afterwards "
-                "with python -m gdw_tf.export.")
+                "--export_dir writes a TensorFlow SavedModel, which needs "
+                f"KERAS_BACKEND=tensorflow (now {keras.backend.backend()}); drop --export_dir "
+                "and export the run afterwards with python -m gdw_tf.export."
+            )
         from gdw_tf.export import check_export_dir
 
         check_export_dir(config.export_dir, config.overwrite)
         try:  # Now, not after training: a directory that cannot be made is refused up front.
             os.makedirs(config.export_dir, exist_ok=True)
         except OSError as err:
-            raise ValueError(f"--export_dir={config.export_dir} cannot be created "
-                             f"({err.strerror or err}); give a directory you may write to.") from None
+            raise ValueError(
+                f"--export_dir={config.export_dir} cannot be created "
+                f"({err.strerror or err}); give a directory you may write to."
+            ) from None
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"--output_dir={output_dir} cannot be created ({err.strerror or err}); "
-                         "give a directory you may write to.") from None
+        raise ValueError(
+            f"--output_dir={output_dir} cannot be created ({err.strerror or err}); "
+            "give a directory you may write to."
+        ) from None
     if not os.access(output_dir, os.W_OK | os.X_OK):
-        raise ValueError(f"--output_dir={output_dir} is not writable; give a directory you may "
-                         "write to.")
+        raise ValueError(
+            f"--output_dir={output_dir} is not writable; give a directory you may write to."
+        )
 
 
 def config_differences(saved, config):
@@ -123,8 +141,11 @@ def config_differences(saved, config):
             fields["model"] = "resnet32"
     if saved["outer_lr"] == -1.0:  # Before version 0.2, -1 meant "by the number of classes".
         saved["outer_lr"] = None
-    return [f"{name}: saved {saved.get(name)!r}, now {value!r}"
-            for name, value in now.items() if saved.get(name) != value]
+    return [
+        f"{name}: saved {saved.get(name)!r}, now {value!r}"
+        for name, value in now.items()
+        if saved.get(name) != value
+    ]
 
 
 def load_or_make_split(config, labels, num_classes, make=None):
@@ -142,15 +163,21 @@ def load_or_make_split(config, labels, num_classes, make=None):
         try:
             split = split_lib.Split.load(path)
         except (OSError, ValueError, KeyError, EOFError) as err:
-            raise ValueError(f"{path} is unreadable ({_first_line(err)}); move it away or pass "
-                             "--overwrite to start the run over.") from None
+            raise ValueError(
+                f"{path} is unreadable ({_first_line(err)}); move it away or pass "
+                "--overwrite to start the run over."
+            ) from None
         indices = np.concatenate([split.meta_indices, split.train_indices])
-        known = (split.train_true_labels if split.truth_known
-                 else split.train_noisy_labels)  # Own data: the given labels.
-        if (indices.max(initial=-1) >= len(labels)
-                or not np.array_equal(labels[split.train_indices], known)):
-            raise ValueError(f"{path} does not match the dataset's labels; the data changed "
-                             "since the run started. Use another --output_dir or --overwrite.")
+        known = (
+            split.train_true_labels if split.truth_known else split.train_noisy_labels
+        )  # Own data: the given labels.
+        if indices.max(initial=-1) >= len(labels) or not np.array_equal(
+            labels[split.train_indices], known
+        ):
+            raise ValueError(
+                f"{path} does not match the dataset's labels; the data changed "
+                "since the run started. Use another --output_dir or --overwrite."
+            )
         return split
     smallest = int(np.bincount(labels, minlength=num_classes).min())
     if make is None and config.num_meta > num_classes * smallest:
@@ -158,10 +185,18 @@ def load_or_make_split(config, labels, num_classes, make=None):
             f"--num_meta={config.num_meta} is too large: the smallest class of {config.dataset} "
             f"has {smallest} training examples, so a class-balanced meta set holds at most "
             f"{num_classes * smallest} ({num_classes} classes x {smallest}). Lower --num_meta"
-            + (" or raise --max_train_examples." if config.max_train_examples else "."))
+            + (" or raise --max_train_examples." if config.max_train_examples else ".")
+        )
     if make is None:
-        split = split_lib.make_split(labels, num_classes, config.num_meta, config.noise,
-                                     config.ratio, config.imbalance, config.seed)
+        split = split_lib.make_split(
+            labels,
+            num_classes,
+            config.num_meta,
+            config.noise,
+            config.ratio,
+            config.imbalance,
+            config.seed,
+        )
     else:
         split = make()
     temporary = path + ".tmp"
@@ -182,8 +217,9 @@ def read_json(path):
         with open(path) as file:
             return json.load(file)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is unreadable ({err}); move it away or pass --overwrite to "
-                         "start the run over.") from None
+        raise ValueError(
+            f"{path} is unreadable ({err}); move it away or pass --overwrite to start the run over."
+        ) from None
 
 
 def write_json(path, content):

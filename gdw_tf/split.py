@@ -65,15 +65,28 @@ class Split:
             ValueError: if the file lacks any of the split's fields.
         """
         with np.load(path, allow_pickle=False) as stored:
-            fields = {field.name: stored[field.name] for field in dataclasses.fields(cls)
-                      if field.name in stored}
-        missing = [field.name for field in dataclasses.fields(cls) if field.name not in fields
-                   and field.default is dataclasses.MISSING]
+            fields = {
+                field.name: stored[field.name]
+                for field in dataclasses.fields(cls)
+                if field.name in stored
+            }
+        missing = [
+            field.name
+            for field in dataclasses.fields(cls)
+            if field.name not in fields and field.default is dataclasses.MISSING
+        ]
         if missing:
             raise ValueError(f"{path} is not a saved Split: it lacks {missing}.")
-        scalars = {"num_classes": int, "noise": str, "ratio": float, "imbalance": float,
-                   "seed": int, "realised_noise_rate": float, "truth_known": bool,
-                   "meta_source": str}
+        scalars = {
+            "num_classes": int,
+            "noise": str,
+            "ratio": float,
+            "imbalance": float,
+            "seed": int,
+            "realised_noise_rate": float,
+            "truth_known": bool,
+            "meta_source": str,
+        }
         for name, cast in scalars.items():
             if name in fields:
                 fields[name] = cast(fields[name])
@@ -123,8 +136,9 @@ def make_split(labels, num_classes, num_meta, noise, ratio, imbalance, seed):
     noisy, matrix = noise_lib.corrupt_labels(true, noise, ratio, num_classes, rng)
 
     class_sizes = np.bincount(true, minlength=num_classes)
-    keep_sizes = np.minimum(noise_lib.long_tail_counts(class_sizes.max(), imbalance, num_classes),
-                            class_sizes)
+    keep_sizes = np.minimum(
+        noise_lib.long_tail_counts(class_sizes.max(), imbalance, num_classes), class_sizes
+    )
     rank_in_class = np.empty(len(true), dtype=np.int64)
     for k in range(num_classes):
         in_class = true == k

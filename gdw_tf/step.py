@@ -1,6 +1,7 @@
 """One training step of GDW, MW-Net, L2RW or cross-entropy, as pure functions.
 
-`forward` runs step 1 of `docs/ALGORITHM.md` (the training forward, with a VJP that later steps reuse);
+`forward` runs step 1 of `docs/ALGORITHM.md` (the training forward, with a VJP that later steps
+reuse);
 `meta_gradient` runs steps 2–5 (stage-1 weights, virtual step, meta loss, intermediate gradients)
 and returns the gradients of the meta loss with respect to the stage-1 weights and to the weight
 net; `real_gradient` runs steps 7–8 (stage-2 weights and the backbone gradient). Between the two
@@ -40,7 +41,9 @@ Where this departs from the reference code (GGchen1997/GDW-NIPS2021) and why:
 - L2RW is not in the reference; it follows Ren et al. (2018) on the same machinery.
 """
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any
+from typing import NamedTuple
 
 import keras
 from keras import ops
@@ -91,7 +94,7 @@ class MetaGradient(NamedTuple):
     instance_weights: Any
     weights: Any
     dmeta_dweights: Any
-    weight_net_grads: Optional[list]
+    weight_net_grads: list | None
     meta_loss: Any
 
 

@@ -4,8 +4,9 @@ Everything here is plain tensor arithmetic on logits, labels and weights: no aut
 differentiation and no model. The backend-specific part of a step (VJPs, JVPs) lives in
 `gdw_tf.backend`; the step itself, which strings the two together, in `gdw_tf.step`.
 
-Notation follows `docs/ALGORITHM.md`: `B` examples, `C` classes, `p = softmax(z)`, `e = p − onehot(ỹ)`
-(the gradient of the cross-entropy with respect to the logits), class-level weights `ω ∈ R^{B×C}`.
+Notation follows `docs/ALGORITHM.md`: `B` examples, `C` classes, `p = softmax(z)`,
+`e = p − onehot(ỹ)` (the gradient of the cross-entropy with respect to the logits), class-level
+weights `ω ∈ R^{B×C}`.
 """
 
 from keras import ops
@@ -109,4 +110,3 @@ def l2rw_weights(scores, sum_fn=None):
         total = sum_fn(total)
     safe_total = ops.where(total > 0, total, ops.ones_like(total))
     return ops.where(total > 0, positive / safe_total, ops.zeros_like(positive))
-

@@ -30,34 +30,46 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 from absl import app
 from absl import flags
-import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 SETTINGS = ("uniform_60", "flip_40", "uniform_40_imbalance_10")
-SETTING_NAMES = {"uniform_60": "uniform 60%", "flip_40": "flip 40%",
-                 "uniform_40_imbalance_10": "uniform 40% + long tail ρ=10"}
+SETTING_NAMES = {
+    "uniform_60": "uniform 60%",
+    "flip_40": "flip 40%",
+    "uniform_40_imbalance_10": "uniform 40% + long tail ρ=10",
+}
 COMMON_OVERRIDES = ("--model=mlp", "--verbose=2")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("runs_dir", os.path.join(REPO, "runs", "label_issues_benchmark"),
-                    "Directory of the benchmark's runs.")
+flags.DEFINE_string(
+    "runs_dir",
+    os.path.join(REPO, "runs", "label_issues_benchmark"),
+    "Directory of the benchmark's runs.",
+)
 flags.DEFINE_list("settings", list(SETTINGS), "Settings (flags/fashion_mnist_<setting>.flags).")
-flags.DEFINE_integer("folds", 5, "K of cleanlab's K-fold out-of-fold probabilities.",
-                     lower_bound=2)
+flags.DEFINE_integer("folds", 5, "K of cleanlab's K-fold out-of-fold probabilities.", lower_bound=2)
 flags.DEFINE_multi_string(
-    "train_flag", [], "Extra flag for every training (GDW and the CE folds), e.g. "
-    "--train_flag=--epochs=5 or --train_flag=--max_train_examples=20000.")
+    "train_flag",
+    [],
+    "Extra flag for every training (GDW and the CE folds), e.g. "
+    "--train_flag=--epochs=5 or --train_flag=--max_train_examples=20000.",
+)
 flags.DEFINE_bool("report_only", False, "Do not train; report what is finished.")
 
 
 def train_flags(setting, output_dir):
     """The `gdw_tf.train` flags of the setting's GDW run."""
-    return [f"--flagfile=flags/fashion_mnist_{setting}.flags", *COMMON_OVERRIDES,
-            *FLAGS.train_flag, f"--output_dir={output_dir}"]
+    return [
+        f"--flagfile=flags/fashion_mnist_{setting}.flags",
+        *COMMON_OVERRIDES,
+        *FLAGS.train_flag,
+        f"--output_dir={output_dir}",
+    ]
 
 
 def parse_config(setting, output_dir):
@@ -96,8 +108,13 @@ def gdw_probabilities(config, dataset, split, gdw_dir):
     with open(os.path.join(gdw_dir, "config.json")) as file:
         normalization = json.load(file)["normalization"]
     backbone = keras.models.load_model(os.path.join(gdw_dir, "model.keras"))
-    images = input_pipeline.eval_dataset(dataset.x_train[split.train_indices], split.train_noisy_labels,
-                               config.batch_size, normalization["mean"], normalization["std"])
+    images = input_pipeline.eval_dataset(
+        dataset.x_train[split.train_indices],
+        split.train_noisy_labels,
+        config.batch_size,
+        normalization["mean"],
+        normalization["std"],
+    )
     return label_issues.predict_probabilities(backbone, images)
 
 
@@ -125,18 +142,23 @@ def run_ce_folds(config, dataset, split, ce_dir, folds):
             start = time.perf_counter()
             keras.utils.set_random_seed(config.seed + fold)
             backbone = backbones.build_model(config.model, x.shape[1:], dataset.num_classes)
-            model = GDWModel(backbone, dataset.num_classes, method="ce", l2=config.l2,
-                             seed=config.seed)
+            model = GDWModel(
+                backbone, dataset.num_classes, method="ce", l2=config.l2, seed=config.seed
+            )
             model.compile(keras.optimizers.SGD(config.lr, momentum=config.momentum))
-            train = input_pipeline.train_dataset(x[fit_rows], y[fit_rows], config.batch_size,
-                                       config.seed + fold, False, mean, std)
+            train = input_pipeline.train_dataset(
+                x[fit_rows], y[fit_rows], config.batch_size, config.seed + fold, False, mean, std
+            )
             schedule = keras.callbacks.LearningRateScheduler(
-                lambda epoch: callbacks.cosine_lr(config.lr, epoch, config.epochs))
+                lambda epoch: callbacks.cosine_lr(config.lr, epoch, config.epochs)
+            )
             model.fit(train, epochs=config.epochs, callbacks=[schedule], verbose=2)
             held = label_issues.predict_probabilities(
-                model, input_pipeline.eval_dataset(x[held_out], y[held_out], 500, mean, std))
-            np.savez(path, held_out=held_out, probabilities=held,
-                     seconds=time.perf_counter() - start)
+                model, input_pipeline.eval_dataset(x[held_out], y[held_out], 500, mean, std)
+            )
+            np.savez(
+                path, held_out=held_out, probabilities=held, seconds=time.perf_counter() - start
+            )
             print(f"  fold {fold}: {time.perf_counter() - start:.0f} s", flush=True)
         with np.load(path) as stored:
             if not np.array_equal(stored["held_out"], held_out):
@@ -165,7 +187,8 @@ def detection(flagged, score, suggested, split):
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
         "flagged": int(flagged.sum()),
         "suggested_accuracy_on_wrong": float(
-            (suggested[wrong] == split.train_true_labels[wrong]).mean()),
+            (suggested[wrong] == split.train_true_labels[wrong]).mean()
+        ),
     }
 
 
@@ -189,10 +212,12 @@ def candidates(probabilities, split, weights):
         "margin < 0 (suggested ≠ given)": margin < 0,
         "instance weight < max/2": instance < instance.max() / 2,
         "ω¹ < max/2": labelled < labelled.max() / 2,
-        "lowest k by instance weight, k = #(margin < 0)":
-            _lowest(instance, int((margin < 0).sum())),
-        "lowest k by instance weight, k = true number wrong (oracle)":
-            _lowest(instance, int(wrong.sum())),
+        "lowest k by instance weight, k = #(margin < 0)": _lowest(
+            instance, int((margin < 0).sum())
+        ),
+        "lowest k by instance weight, k = true number wrong (oracle)": _lowest(
+            instance, int(wrong.sum())
+        ),
     }
     f1 = {}
     for name, flagged in rules.items():
@@ -231,10 +256,14 @@ def evaluate(setting):
     weights = dict(np.load(os.path.join(gdw_dir, "example_weights.npz")))
     probabilities = gdw_probabilities(config, dataset, split, gdw_dir)
     issues = label_issues.rank_label_issues(
-        probabilities, split.train_noisy_labels, weights["instance_weight"],
-        weights["labelled_class_weight"])
-    flagged, score, suggested = (issues.in_input_order(name)
-                                 for name in ("flagged", "score", "suggested_label"))
+        probabilities,
+        split.train_noisy_labels,
+        weights["instance_weight"],
+        weights["labelled_class_weight"],
+    )
+    flagged, score, suggested = (
+        issues.in_input_order(name) for name in ("flagged", "score", "suggested_label")
+    )
     csv_path = os.path.join(gdw_dir, label_issues.LABEL_ISSUES_FILE)
     if os.path.exists(csv_path):
         table = label_issues.read_label_issues_csv(csv_path)
@@ -244,8 +273,11 @@ def evaluate(setting):
         flagged[position] = np.array(table["flagged"]) == "1"
         score[position] = np.array(table["score"], np.float64)
         suggested[position] = np.array(table["suggested_label"], np.int64)
-        print(f"{setting}: {csv_path}, largest difference from the recomputed score "
-              f"{np.abs(recomputed - score[position]).max():.1e}", flush=True)
+        print(
+            f"{setting}: {csv_path}, largest difference from the recomputed score "
+            f"{np.abs(recomputed - score[position]).max():.1e}",
+            flush=True,
+        )
     gdw = detection(flagged, score, suggested, split)
     gdw["seconds"] = results["timing"]["total_seconds"]
     gdw["test_accuracy"] = results["test_accuracy"]["last"]
@@ -253,14 +285,15 @@ def evaluate(setting):
 
     # cleanlab on K-fold out-of-fold probabilities of the same backbone trained with CE.
     if FLAGS.report_only and not all(
-            os.path.exists(os.path.join(setting_dir, "ce", f"fold{k}.npz"))
-            for k in range(FLAGS.folds)):
+        os.path.exists(os.path.join(setting_dir, "ce", f"fold{k}.npz")) for k in range(FLAGS.folds)
+    ):
         return None
     import cleanlab.filter
     import cleanlab.rank
 
-    out_of_fold, seconds = run_ce_folds(config, dataset, split, os.path.join(setting_dir, "ce"),
-                                        FLAGS.folds)
+    out_of_fold, seconds = run_ce_folds(
+        config, dataset, split, os.path.join(setting_dir, "ce"), FLAGS.folds
+    )
     start = time.perf_counter()
     given = split.train_noisy_labels
     flagged = cleanlab.filter.find_label_issues(given, out_of_fold)
@@ -285,31 +318,50 @@ def evaluate(setting):
 
 def markdown(all_metrics):
     """The results and the candidates as Markdown tables."""
-    lines = ["| setting (realised noise) | method | AUROC | precision | recall | F1 | flagged "
-             "| suggested label right on wrong | wall time |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| setting (realised noise) | method | AUROC | precision | recall | F1 | flagged "
+        "| suggested label right on wrong | wall time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for m in all_metrics:
-        for method, name in (("gdw_tf", "gdw_tf (GDW, 1 run)"),
-                             ("cleanlab", f"cleanlab ({m['folds']}-fold CE)")):
+        for method, name in (
+            ("gdw_tf", "gdw_tf (GDW, 1 run)"),
+            ("cleanlab", f"cleanlab ({m['folds']}-fold CE)"),
+        ):
             r = m[method]
             lines.append(
                 f"| {SETTING_NAMES.get(m['setting'], m['setting'])} "
                 f"({m['realised_noise_rate']:.1%}) | {name} | {r['auroc']:.3f} | "
                 f"{r['precision']:.3f} | {r['recall']:.3f} | **{r['f1']:.3f}** | "
                 f"{r['flagged']:,} | {r['suggested_accuracy_on_wrong']:.3f} | "
-                f"{r['seconds'] / 60:.1f} min |")
-    lines += ["", "| candidate score: AUROC | " + " | ".join(
-        SETTING_NAMES.get(m["setting"], m["setting"]) for m in all_metrics) + " |",
-        "| --- |" + " --- |" * len(all_metrics)]
+                f"{r['seconds'] / 60:.1f} min |"
+            )
+    lines += [
+        "",
+        "| candidate score: AUROC | "
+        + " | ".join(SETTING_NAMES.get(m["setting"], m["setting"]) for m in all_metrics)
+        + " |",
+        "| --- |" + " --- |" * len(all_metrics),
+    ]
     for name in all_metrics[0]["candidate_score_auroc"]:
-        lines.append(f"| {name} | " + " | ".join(
-            f"{m['candidate_score_auroc'][name]:.4f}" for m in all_metrics) + " |")
-    lines += ["", "| candidate flag rule: F1 | " + " | ".join(
-        SETTING_NAMES.get(m["setting"], m["setting"]) for m in all_metrics) + " |",
-        "| --- |" + " --- |" * len(all_metrics)]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{m['candidate_score_auroc'][name]:.4f}" for m in all_metrics)
+            + " |"
+        )
+    lines += [
+        "",
+        "| candidate flag rule: F1 | "
+        + " | ".join(SETTING_NAMES.get(m["setting"], m["setting"]) for m in all_metrics)
+        + " |",
+        "| --- |" + " --- |" * len(all_metrics),
+    ]
     for name in all_metrics[0]["candidate_rule_f1"]:
-        lines.append(f"| {name} | " + " | ".join(
-            f"{m['candidate_rule_f1'][name]:.4f}" for m in all_metrics) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{m['candidate_rule_f1'][name]:.4f}" for m in all_metrics)
+            + " |"
+        )
     return "\n".join(lines)
 
 

@@ -30,7 +30,7 @@ def test_resnet32_has_the_canonical_parameter_count():
     assert (trainable, non_trainable) == resnet32_parameter_counts(10)
     assert trainable == 464_154
     assert model.count_params() == 464_154 + 2_272
-    assert len([l for l in model.layers if isinstance(l, keras.layers.Conv2D)]) == 31
+    assert len([layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]) == 31
     assert backbones.resnet32(num_classes=100).count_params() == 464_154 + 2_272 + 64 * 90 + 90
 
 

@@ -14,9 +14,18 @@ from gdw_tf import bench
 
 
 def test_run_times_every_method_and_measures_memory():
-    figures = bench.run(bench.Bench(model="small_cnn", batch_size=8, num_classes=10, steps=2,
-                                    warmup=1, methods=("ce", "l2rw", "mwnet", "gdw"),
-                                    jit_compile="false", meta_grad="jvp"))
+    figures = bench.run(
+        bench.Bench(
+            model="small_cnn",
+            batch_size=8,
+            num_classes=10,
+            steps=2,
+            warmup=1,
+            methods=("ce", "l2rw", "mwnet", "gdw"),
+            jit_compile="false",
+            meta_grad="jvp",
+        )
+    )
     assert figures["backend"] == keras.backend.backend()
     assert list(figures["ms_per_step"]) == ["ce", "l2rw", "mwnet", "gdw"]
     assert all(ms > 0 for ms in figures["ms_per_step"].values())
@@ -27,8 +36,18 @@ def test_run_times_every_method_and_measures_memory():
 
 
 def test_the_command_ends_with_one_json_line():
-    command = [sys.executable, "-m", "gdw_tf.bench", "--model=small_cnn", "--batch_size=4",
-               "--steps=1", "--warmup=1", "--methods=ce,gdw", "--jit_compile=false", "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "gdw_tf.bench",
+        "--model=small_cnn",
+        "--batch_size=4",
+        "--steps=1",
+        "--warmup=1",
+        "--methods=ce,gdw",
+        "--jit_compile=false",
+        "--json",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
@@ -45,9 +64,19 @@ def test_meta_interval_is_passed_to_the_models_and_reported(monkeypatch):
         return built[-1]
 
     monkeypatch.setattr(bench.gdw_tf, "GDWModel", recording_model)
-    figures = bench.run(bench.Bench(model="small_cnn", batch_size=8, num_classes=10, steps=1,
-                                    warmup=1, methods=("ce", "gdw"), jit_compile="false",
-                                    meta_grad="jvp", meta_interval=3))
+    figures = bench.run(
+        bench.Bench(
+            model="small_cnn",
+            batch_size=8,
+            num_classes=10,
+            steps=1,
+            warmup=1,
+            methods=("ce", "gdw"),
+            jit_compile="false",
+            meta_grad="jvp",
+            meta_interval=3,
+        )
+    )
     assert figures["meta_interval"] == 3 and "meta_interval=3" in bench.format_table(figures)
     assert [model.meta_interval for model in built] == [3, 3]
     # One warm-up step, three for memory, three timed: two of the seven were meta steps.
@@ -76,10 +105,25 @@ def test_unknown_methods_are_refused():
 
 
 def test_the_command_runs_where_the_allocator_keeps_no_statistics():
-    command = [sys.executable, "-m", "gdw_tf.bench", "--model=small_cnn", "--batch_size=4",
-               "--steps=1", "--warmup=1", "--methods=ce,gdw", "--jit_compile=false", "--json"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "false"})
+    command = [
+        sys.executable,
+        "-m",
+        "gdw_tf.bench",
+        "--model=small_cnn",
+        "--batch_size=4",
+        "--steps=1",
+        "--warmup=1",
+        "--methods=ce,gdw",
+        "--jit_compile=false",
+        "--json",
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "false"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     memory = figures["peak_memory_mb"]
@@ -98,17 +142,30 @@ def test_process_memory_sees_a_new_allocation():
 
 
 def test_the_table_shows_memory_that_could_not_be_measured_as_na():
-    figures = {"model": "mlp", "batch_size": 8, "device": "CPU", "keras": keras.__version__,
-               "backend": "tensorflow", "jit_compile": False, "meta_grad": "jvp",
-               "meta_interval": 1, "ms_per_step": {"ce": 1.0, "gdw": 3.0},
-               "peak_memory_mb": {"ce": None, "gdw": None}}
+    figures = {
+        "model": "mlp",
+        "batch_size": 8,
+        "device": "CPU",
+        "keras": keras.__version__,
+        "backend": "tensorflow",
+        "jit_compile": False,
+        "meta_grad": "jvp",
+        "meta_interval": 1,
+        "ms_per_step": {"ce": 1.0, "gdw": 3.0},
+        "peak_memory_mb": {"ce": None, "gdw": None},
+    }
     rows = bench.format_table(figures).splitlines()[2:]
     assert rows[1].split() == ["gdw", "3.0", "3.00", "-", "n/a", "-"]
 
 
 def test_each_weighting_method_is_timed_per_meta_scope(monkeypatch):
     assert bench.with_scopes(["ce", "mwnet", "gdw"], ["all", "last:3"]) == [
-        "ce", "mwnet", "mwnet@last:3", "gdw", "gdw@last:3"]
+        "ce",
+        "mwnet",
+        "mwnet@last:3",
+        "gdw",
+        "gdw@last:3",
+    ]
     built, model_class = [], gdw_tf.GDWModel
 
     def recording_model(*args, **kwargs):
@@ -116,9 +173,19 @@ def test_each_weighting_method_is_timed_per_meta_scope(monkeypatch):
         return built[-1]
 
     monkeypatch.setattr(bench.gdw_tf, "GDWModel", recording_model)
-    figures = bench.run(bench.Bench(model="small_cnn", batch_size=4, num_classes=10, steps=1,
-                                    warmup=1, methods=("gdw",), jit_compile="false",
-                                    meta_grad="jvp", meta_scopes=("all", "head")))
+    figures = bench.run(
+        bench.Bench(
+            model="small_cnn",
+            batch_size=4,
+            num_classes=10,
+            steps=1,
+            warmup=1,
+            methods=("gdw",),
+            jit_compile="false",
+            meta_grad="jvp",
+            meta_scopes=("all", "head"),
+        )
+    )
     assert list(figures["ms_per_step"]) == ["gdw", "gdw@head"]
     assert [model.meta_scope for model in built] == ["all", "head"]
     assert figures["meta_scopes"] == ["all", "head"]

@@ -10,8 +10,8 @@ import tensorflow_datasets as tfds
 
 from gdw_tf import datasets
 from gdw_tf import input_pipeline
-from gdw_tf import split as split_lib
 from gdw_tf import noise as noise_lib
+from gdw_tf import split as split_lib
 
 C = 10
 
@@ -59,21 +59,28 @@ def test_flip_has_one_other_target_per_class_drawn_from_the_seed():
 
 def test_none_is_the_identity():
     np.testing.assert_array_equal(
-        noise_lib.noise_transition_matrix("none", 0.4, C, np.random.default_rng(0)), np.eye(C))
+        noise_lib.noise_transition_matrix("none", 0.4, C, np.random.default_rng(0)), np.eye(C)
+    )
 
 
 @pytest.mark.parametrize(
     "noise, expected_rate",
-    [("none", 0.0), ("uniform", 0.4 * (C - 1) / C), ("symmetric", 0.4), ("flip", 0.4),
-     ("pair", 0.4)],
+    [
+        ("none", 0.0),
+        ("uniform", 0.4 * (C - 1) / C),
+        ("symmetric", 0.4),
+        ("flip", 0.4),
+        ("pair", 0.4),
+    ],
 )
 def test_corruption_statistics_on_60k_labels(noise, expected_rate):
     labels = balanced_labels(6000)
     noisy, matrix = noise_lib.corrupt_labels(labels, noise, 0.4, C, seed=3)
     # 6000 labels per row: an entry's standard error is at most 0.0065.
     assert noise_lib.realised_noise_rate(labels, noisy) == pytest.approx(expected_rate, abs=0.01)
-    np.testing.assert_allclose(noise_lib.empirical_transition_matrix(labels, noisy, C), matrix,
-                               atol=0.03)
+    np.testing.assert_allclose(
+        noise_lib.empirical_transition_matrix(labels, noisy, C), matrix, atol=0.03
+    )
     again, _ = noise_lib.corrupt_labels(labels, noise, 0.4, C, seed=3)
     np.testing.assert_array_equal(noisy, again)
 
@@ -105,8 +112,9 @@ def test_long_tail_counts_are_cifar10_lt():
 
 def test_split_long_tail_subsamples_by_true_class():
     labels = balanced_labels(5100)
-    split = split_lib.make_split(labels, C, num_meta=1000, noise="uniform", ratio=0.4,
-                            imbalance=100, seed=0)
+    split = split_lib.make_split(
+        labels, C, num_meta=1000, noise="uniform", ratio=0.4, imbalance=100, seed=0
+    )
     expected = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     np.testing.assert_array_equal(np.bincount(split.train_true_labels, minlength=C), expected)
     assert (np.bincount(split.train_noisy_labels, minlength=C) != expected).any()
@@ -115,27 +123,32 @@ def test_split_long_tail_subsamples_by_true_class():
 
 def test_split_is_disjoint_balanced_and_consistent():
     labels = balanced_labels(300)
-    split = split_lib.make_split(labels, C, num_meta=100, noise="symmetric", ratio=0.5,
-                            imbalance=1, seed=7)
+    split = split_lib.make_split(
+        labels, C, num_meta=100, noise="symmetric", ratio=0.5, imbalance=1, seed=7
+    )
     assert np.intersect1d(split.meta_indices, split.train_indices).size == 0
     np.testing.assert_array_equal(
-        np.sort(np.concatenate([split.meta_indices, split.train_indices])), np.arange(len(labels)))
+        np.sort(np.concatenate([split.meta_indices, split.train_indices])), np.arange(len(labels))
+    )
     np.testing.assert_array_equal(split.meta_labels, labels[split.meta_indices])
     np.testing.assert_array_equal(np.bincount(split.meta_labels, minlength=C), [10] * C)
     np.testing.assert_array_equal(split.train_true_labels, labels[split.train_indices])
-    np.testing.assert_array_equal(split.train_corrupted,
-                                  split.train_true_labels != split.train_noisy_labels)
+    np.testing.assert_array_equal(
+        split.train_corrupted, split.train_true_labels != split.train_noisy_labels
+    )
     assert split.realised_noise_rate == pytest.approx(split.train_corrupted.mean())
     assert split.realised_noise_rate == pytest.approx(0.5, abs=0.05)
-    np.testing.assert_allclose(split.empirical_transition_matrix,
-                               noise_lib.empirical_transition_matrix(split.train_true_labels,
-                                                                split.train_noisy_labels, C))
+    np.testing.assert_allclose(
+        split.empirical_transition_matrix,
+        noise_lib.empirical_transition_matrix(split.train_true_labels, split.train_noisy_labels, C),
+    )
 
 
 def test_split_is_determined_by_the_seed():
     labels = balanced_labels(100)
-    first, same, other = (split_lib.make_split(labels, C, 50, "flip", 0.4, 10, seed)
-                          for seed in (1, 1, 2))
+    first, same, other = (
+        split_lib.make_split(labels, C, 50, "flip", 0.4, 10, seed) for seed in (1, 1, 2)
+    )
     for name in ("meta_indices", "train_indices", "train_noisy_labels", "transition_matrix"):
         np.testing.assert_array_equal(getattr(first, name), getattr(same, name))
     assert not np.array_equal(first.meta_indices, other.meta_indices)
@@ -241,8 +254,9 @@ def test_read_idx_round_trip_and_corrupt_files(tmp_path):
 
 def test_fashion_mnist_from_data_dir(tmp_path):
     arrays = write_fake_fashion_mnist(tmp_path)
-    x_train, y_train, x_test, y_test, num_classes = datasets.load_dataset("fashion_mnist",
-                                                                      str(tmp_path))[:5]
+    x_train, y_train, x_test, y_test, num_classes = datasets.load_dataset(
+        "fashion_mnist", str(tmp_path)
+    )[:5]
     assert num_classes == 10
     assert x_train.shape == (12, 28, 28, 1) and x_train.dtype == np.uint8
     assert x_test.shape == (6, 28, 28, 1) and y_test.dtype == np.int64
@@ -265,7 +279,8 @@ def test_fashion_mnist_missing_everywhere_says_where_to_put_it(tmp_path, monkeyp
 
 
 def test_an_explicit_data_dir_without_fashion_mnist_is_refused_naming_the_missing_files(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     # The files exist elsewhere (Keras' cache); an explicit --data_dir must not fall back there.
     (tmp_path / "datasets" / "fashion-mnist").mkdir(parents=True)
     write_fake_fashion_mnist(tmp_path / "datasets" / "fashion-mnist")
@@ -284,12 +299,15 @@ def test_an_explicit_data_dir_without_fashion_mnist_is_refused_naming_the_missin
 
 
 @pytest.mark.skipif(
-    not os.path.isfile(os.path.join(datasets.DEBIAN_FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz")),
+    not os.path.isfile(
+        os.path.join(datasets.DEBIAN_FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz")
+    ),
     reason="Debian's dataset-fashion-mnist is not installed",
 )
 def test_real_fashion_mnist_from_the_debian_package():
     x_train, y_train, x_test, y_test, num_classes = datasets.load_fashion_mnist_idx(
-        datasets.DEBIAN_FASHION_MNIST_DIR)[:5]
+        datasets.DEBIAN_FASHION_MNIST_DIR
+    )[:5]
     assert x_train.shape == (60000, 28, 28, 1) and x_test.shape == (10000, 28, 28, 1)
     np.testing.assert_array_equal(np.bincount(y_train), [6000] * 10)
     np.testing.assert_array_equal(np.bincount(y_test), [1000] * 10)
@@ -330,7 +348,7 @@ def test_normalization_stats():
 def test_random_crop_and_flip_is_a_window_of_the_reflected_image():
     image = np.arange(6 * 6 * 2).reshape(6, 6, 2).astype(np.uint8)
     padded = np.pad(image, [(2, 2), (2, 2), (0, 0)], mode="reflect")
-    windows = [padded[i:i + 6, j:j + 6] for i in range(5) for j in range(5)]
+    windows = [padded[i : i + 6, j : j + 6] for i in range(5) for j in range(5)]
     windows += [w[:, ::-1] for w in windows]
     seen = set()
     for seed in range(40):
@@ -347,8 +365,9 @@ def test_train_dataset_shapes_normalisation_and_indices():
     x = rng.integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 10, 50)
     mean, std = input_pipeline.normalization_stats("other", x)
-    plain = input_pipeline.train_dataset(x, y, 16, seed=0, augment=False, mean=mean, std=std,
-                               with_index=True)
+    plain = input_pipeline.train_dataset(
+        x, y, 16, seed=0, augment=False, mean=mean, std=std, with_index=True
+    )
     batches = list(plain)
     assert [len(b[0]) for b in batches] == [16, 16, 16, 2]
     images = np.concatenate([b[0] for b in batches])
@@ -359,8 +378,9 @@ def test_train_dataset_shapes_normalisation_and_indices():
     np.testing.assert_allclose(images.mean(axis=(0, 1, 2)), 0, atol=1e-5)
     np.testing.assert_allclose(images.std(axis=(0, 1, 2)), 1, atol=1e-4)
 
-    augmented = input_pipeline.train_dataset(x, y, 16, seed=0, augment=True, mean=mean, std=std,
-                                   drop_remainder=True)
+    augmented = input_pipeline.train_dataset(
+        x, y, 16, seed=0, augment=True, mean=mean, std=std, drop_remainder=True
+    )
     batches = list(augmented)
     assert len(batches) == 3
     assert batches[0][0].shape == (16, 32, 32, 3) and batches[0][0].dtype == "float32"
@@ -395,28 +415,49 @@ def test_eval_dataset_keeps_order():
     x = np.random.default_rng(0).integers(0, 256, (7, 4, 4, 1), dtype=np.uint8)
     batches = list(input_pipeline.eval_dataset(x, np.arange(7), 3, mean=[0.5], std=[0.5]))
     np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), np.arange(7))
-    np.testing.assert_allclose(np.concatenate([b[0] for b in batches]), (x / 255 - 0.5) / 0.5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.concatenate([b[0] for b in batches]), (x / 255 - 0.5) / 0.5, atol=1e-6
+    )
 
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 1), dtype=np.uint8)
 LABELS = np.arange(20) % 2
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: input_pipeline.normalize(IMAGES, [0.5, 0.5, 0.5], [0.2, 0.2, 0.2]),
-     r"one mean per channel \(1\); got mean=\[0.5, 0.5, 0.5\]"),  # was broadcast to 3 channels
-    (lambda: input_pipeline.normalize(IMAGES, [0.5], [0.0]), r"finite std > 0; got std=\[0.0\]"),
-    (lambda: input_pipeline.normalize(IMAGES, [float("nan")], [0.2]), r"finite mean; got mean=\[nan\]"),
-    (lambda: input_pipeline.train_dataset(IMAGES, LABELS, 4, 0, False, [0.5], [0.0]),
-     r"finite std > 0"),  # before tf.data traces anything
-    (lambda: input_pipeline.eval_dataset(IMAGES, LABELS, 4, [0.5, 0.5], [0.2, 0.2]), "one mean per channel"),
-    (lambda: input_pipeline.train_dataset(IMAGES, LABELS, 0, 0, False, [0.5], [0.2]),
-     "batch_size must be a positive integer; got 0"),
-    (lambda: split_lib.make_split(np.arange(1000) % 10, 10, 100, "uniform", 0.2, 1e12, 0),
-     r"leaves the last class without training examples \(the largest class keeps 90\)"),
-    (lambda: noise_lib.long_tail_counts(90, float("inf"), 10), "below 90"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: input_pipeline.normalize(IMAGES, [0.5, 0.5, 0.5], [0.2, 0.2, 0.2]),
+            r"one mean per channel \(1\); got mean=\[0.5, 0.5, 0.5\]",
+        ),  # was broadcast to 3 channels
+        (
+            lambda: input_pipeline.normalize(IMAGES, [0.5], [0.0]),
+            r"finite std > 0; got std=\[0.0\]",
+        ),
+        (
+            lambda: input_pipeline.normalize(IMAGES, [float("nan")], [0.2]),
+            r"finite mean; got mean=\[nan\]",
+        ),
+        (
+            lambda: input_pipeline.train_dataset(IMAGES, LABELS, 4, 0, False, [0.5], [0.0]),
+            r"finite std > 0",
+        ),  # before tf.data traces anything
+        (
+            lambda: input_pipeline.eval_dataset(IMAGES, LABELS, 4, [0.5, 0.5], [0.2, 0.2]),
+            "one mean per channel",
+        ),
+        (
+            lambda: input_pipeline.train_dataset(IMAGES, LABELS, 0, 0, False, [0.5], [0.2]),
+            "batch_size must be a positive integer; got 0",
+        ),
+        (
+            lambda: split_lib.make_split(np.arange(1000) % 10, 10, 100, "uniform", 0.2, 1e12, 0),
+            r"leaves the last class without training examples \(the largest class keeps 90\)",
+        ),
+        (lambda: noise_lib.long_tail_counts(90, float("inf"), 10), "below 90"),
+    ],
+)
 def test_data_helpers_refuse_what_would_train_on_wrong_data(call, message):
     with pytest.raises(ValueError, match=message):
         call()

@@ -47,9 +47,14 @@ def _backbone(batch_norm=False, synchronized=False):
 def _model(method, meta_data, n, batch_norm=False, **kwargs):
     keras.utils.set_random_seed(1)
     model = gdw_tf.GDWModel(
-        _backbone(batch_norm, kwargs.pop("synchronized", False)), NUM_CLASSES, method=method,
-        meta_data=meta_data, meta_batch_size=kwargs.pop("meta_batch_size", 4), track_examples=n,
-        l2=1e-3, **kwargs,
+        _backbone(batch_norm, kwargs.pop("synchronized", False)),
+        NUM_CLASSES,
+        method=method,
+        meta_data=meta_data,
+        meta_batch_size=kwargs.pop("meta_batch_size", 4),
+        track_examples=n,
+        l2=1e-3,
+        **kwargs,
     )
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9))
     return model
@@ -78,22 +83,27 @@ def test_two_replicas_take_the_steps_of_one_device(method, strategy):
     # All variables: backbone, weight net, meta cursor, per-example weights (each replica's
     # examples written by both), equal to one device's and the same on both replicas.
     for one, two in zip(single.variables, mirrored.variables):
-        np.testing.assert_allclose(np.asarray(two), np.asarray(one), rtol=1e-5, atol=1e-6,
-                                   err_msg=one.path)
+        np.testing.assert_allclose(
+            np.asarray(two), np.asarray(one), rtol=1e-5, atol=1e-6, err_msg=one.path
+        )
         replicas = _replica_values(two)
         assert len(replicas) == 2
         np.testing.assert_array_equal(replicas[0], replicas[1], err_msg=two.path)
     # The optimizers' state too: momentum, Adam's moments and step counts.
-    for one, two in zip(single.optimizer.variables + single.weight_net_optimizer.variables,
-                        mirrored.optimizer.variables + mirrored.weight_net_optimizer.variables):
-        np.testing.assert_allclose(np.asarray(two), np.asarray(one), rtol=1e-5, atol=1e-6,
-                                   err_msg=one.path)
+    for one, two in zip(
+        single.optimizer.variables + single.weight_net_optimizer.variables,
+        mirrored.optimizer.variables + mirrored.weight_net_optimizer.variables,
+    ):
+        np.testing.assert_allclose(
+            np.asarray(two), np.asarray(one), rtol=1e-5, atol=1e-6, err_msg=one.path
+        )
     if method != "ce":
         assert int(mirrored.meta_epoch.numpy()) == 1
     assert single_history.keys() == mirrored_history.keys()
     for name in single_history:
-        np.testing.assert_allclose(mirrored_history[name], single_history[name], rtol=1e-5,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            mirrored_history[name], single_history[name], rtol=1e-5, err_msg=name
+        )
 
 
 def test_batch_norm_keeps_per_replica_statistics_and_averages_the_moving_ones(strategy):
@@ -113,8 +123,10 @@ def test_batch_norm_keeps_per_replica_statistics_and_averages_the_moving_ones(st
     momentum = norm.momentum
     expected_mean = (1 - momentum) * np.mean([h.mean(0) for h in halves], axis=0)
     expected_variance = momentum + (1 - momentum) * np.mean([h.var(0) for h in halves], axis=0)
-    for variable, expected in ((norm.moving_mean, expected_mean),
-                               (norm.moving_variance, expected_variance)):
+    for variable, expected in (
+        (norm.moving_mean, expected_mean),
+        (norm.moving_variance, expected_variance),
+    ):
         for value in _replica_values(variable):
             np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-7)
 
@@ -154,12 +166,15 @@ def test_two_replicas_take_the_steps_of_one_device_with_a_head_meta_scope(method
         mirrored = _model(method, (x_meta, y_meta), len(x), meta_scope="head")
     mirrored_history = _fit(mirrored, x, y, steps=3)
     for one, two in zip(single.variables, mirrored.variables):
-        np.testing.assert_allclose(np.asarray(two), np.asarray(one), rtol=1e-5, atol=1e-6,
-                                   err_msg=one.path)
-    np.testing.assert_allclose(mirrored_history["meta/loss"], single_history["meta/loss"],
-                               rtol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(two), np.asarray(one), rtol=1e-5, atol=1e-6, err_msg=one.path
+        )
+    np.testing.assert_allclose(
+        mirrored_history["meta/loss"], single_history["meta/loss"], rtol=1e-5
+    )
     # The head scope's steps differ from the whole network's.
     full = _model(method, (x_meta, y_meta), len(x))
     _fit(full, x, y, steps=3)
-    assert not np.allclose(np.asarray(full.backbone.variables[0]),
-                           np.asarray(single.backbone.variables[0]), rtol=1e-6)
+    assert not np.allclose(
+        np.asarray(full.backbone.variables[0]), np.asarray(single.backbone.variables[0]), rtol=1e-6
+    )

@@ -15,10 +15,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from gdw_tf import distribute
-from gdw_tf import config as config_lib
-from gdw_tf import run as run_lib
 from test_train import REPO
 from test_train import TINY_FASHION_MNIST
 from test_train import _backbone_weights
@@ -28,17 +24,37 @@ from test_train import _main
 from test_train import _read_json
 from test_train import no_data_loading  # noqa: F401 (a fixture)
 
-tensorflow_only = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                                     reason="tf.distribute needs the TensorFlow backend")
+from gdw_tf import config as config_lib
+from gdw_tf import distribute
+from gdw_tf import run as run_lib
 
-RUN_FILES = ["config.json", "example_weights.npz", "history.csv", "label_issues.csv",
-             "model.keras", "report.html", "results.json", "split.npz", "tensorboard"]
+tensorflow_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="tf.distribute needs the TensorFlow backend"
+)
+
+RUN_FILES = [
+    "config.json",
+    "example_weights.npz",
+    "history.csv",
+    "label_issues.csv",
+    "model.keras",
+    "report.html",
+    "results.json",
+    "split.npz",
+    "tensorboard",
+]
 # Fashion-MNIST, 250 training examples in 5 global batches of 50 (25 per replica with two),
 # 2 epochs, crops and meta augmentation on: the data order, the crops and the meta batches must
 # all line up across the replicas. An MLP has no BatchNorm, whose per-replica batch statistics
 # would differ from one device's.
-RUN_ARGS = [*TINY_FASHION_MNIST, "--model=mlp", "--epochs=2", "--augment=true",
-            "--noise=uniform", "--ratio=0.6"]
+RUN_ARGS = [
+    *TINY_FASHION_MNIST,
+    "--model=mlp",
+    "--epochs=2",
+    "--augment=true",
+    "--noise=uniform",
+    "--ratio=0.6",
+]
 TIMEOUT_S = 300
 
 # `python -m gdw_tf.train` on two logical CPUs, as tests/conftest.py sets up. In a process of its
@@ -77,9 +93,13 @@ def _free_ports(count):
 
 def _subprocess_env(**variables):
     """The environment of a training process: TensorFlow, quiet, this checkout's gdw_tf."""
-    return {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2",
-            "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
-            **variables}
+    return {
+        **os.environ,
+        "KERAS_BACKEND": "tensorflow",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
+        **variables,
+    }
 
 
 def _start_workers(args, log_dir):
@@ -90,10 +110,18 @@ def _start_workers(args, log_dir):
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
         # Logs to files: a full pipe would block a worker, and with it the other.
         log = open(log_dir / f"worker{index}.log", "w")
-        workers.append((subprocess.Popen(
-            [sys.executable, "-m", "gdw_tf.train", *args], stdout=log,
-            stderr=subprocess.STDOUT, cwd=REPO,
-            env=_subprocess_env(TF_CONFIG=json.dumps(tf_config))), log))
+        workers.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, "-m", "gdw_tf.train", *args],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=REPO,
+                    env=_subprocess_env(TF_CONFIG=json.dumps(tf_config)),
+                ),
+                log,
+            )
+        )
     return workers
 
 
@@ -115,29 +143,42 @@ def _wait(workers, log_dir, timeout):
             log.close()
     codes = [process.returncode for process, _ in workers]
     if codes != [0, 0]:
-        logs = "\n".join(f"--- worker{i} (exit {code}):\n"
-                         + (log_dir / f"worker{i}.log").read_text()[-3000:]
-                         for i, code in enumerate(codes))
-        pytest.fail(f"the two workers did not both succeed within {timeout} s (one still "
-                    f"running then, or after the other failed, is killed):\n{logs}")
+        logs = "\n".join(
+            f"--- worker{i} (exit {code}):\n" + (log_dir / f"worker{i}.log").read_text()[-3000:]
+            for i, code in enumerate(codes)
+        )
+        pytest.fail(
+            f"the two workers did not both succeed within {timeout} s (one still "
+            f"running then, or after the other failed, is killed):\n{logs}"
+        )
 
 
 def _assert_same_run(actual_dir, expected_dir, exact):
     """The two runs' backbones, example weights and per-epoch metrics agree (bit for bit if
     `exact`, else up to float rounding)."""
-    check = (np.testing.assert_array_equal if exact else
-             lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6))
+    check = (
+        np.testing.assert_array_equal
+        if exact
+        else lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+    )
     for expected, actual in zip(_backbone_weights(expected_dir), _backbone_weights(actual_dir)):
         check(actual, expected)
-    with np.load(os.path.join(expected_dir, "example_weights.npz")) as expected, \
-            np.load(os.path.join(actual_dir, "example_weights.npz")) as actual:
+    with (
+        np.load(os.path.join(expected_dir, "example_weights.npz")) as expected,
+        np.load(os.path.join(actual_dir, "example_weights.npz")) as actual,
+    ):
         for name in expected.files:
             check(actual[name], expected[name])
     expected_rows, actual_rows = _history_rows(expected_dir), _history_rows(actual_dir)
     assert len(actual_rows) == len(expected_rows) == 2
     for expected, actual in zip(expected_rows, actual_rows):
-        for name in ("train/loss", "meta/loss", "weights/labelled_mean", "test/loss",
-                     "test/accuracy"):
+        for name in (
+            "train/loss",
+            "meta/loss",
+            "weights/labelled_mean",
+            "test/loss",
+            "test/accuracy",
+        ):
             check(float(actual[name]), float(expected[name]))
 
 
@@ -157,9 +198,20 @@ def one_device_run(tmp_path_factory):
 def test_mirrored_run_trains_as_one_device_and_records_its_replicas(tmp_path, one_device_run):
     run_dir = str(tmp_path / "run")
     result = subprocess.run(
-        [sys.executable, "-c", _TRAIN_ON_TWO_CPUS, *RUN_ARGS, "--distribute=mirrored",
-         f"--output_dir={run_dir}"],
-        capture_output=True, text=True, cwd=REPO, env=_subprocess_env(), timeout=TIMEOUT_S)
+        [
+            sys.executable,
+            "-c",
+            _TRAIN_ON_TWO_CPUS,
+            *RUN_ARGS,
+            "--distribute=mirrored",
+            f"--output_dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=_subprocess_env(),
+        timeout=TIMEOUT_S,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(run_dir)) == RUN_FILES
     results = _read_json(os.path.join(run_dir, "results.json"))
@@ -173,10 +225,12 @@ def test_mirrored_run_trains_as_one_device_and_records_its_replicas(tmp_path, on
 
 @tensorflow_only
 def test_two_workers_train_as_one_device_and_only_the_chief_writes_the_run_dir(
-        tmp_path, one_device_run):
+    tmp_path, one_device_run
+):
     run_dir = tmp_path / "run"
-    workers = _start_workers([*RUN_ARGS, "--distribute=multi_worker",
-                              f"--output_dir={run_dir}"], tmp_path)
+    workers = _start_workers(
+        [*RUN_ARGS, "--distribute=multi_worker", f"--output_dir={run_dir}"], tmp_path
+    )
     _wait(workers, tmp_path, TIMEOUT_S)
 
     # Worker 0 (the chief) wrote the run directory; worker 1 only its own under workers/.
@@ -206,7 +260,8 @@ class _Strategy:
 
     def __init__(self, cluster, task_type, task_id):
         self.cluster_resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-            tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
+            tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id
+        )
 
 
 @pytest.mark.parametrize(
@@ -219,14 +274,16 @@ class _Strategy:
     ],
 )
 def test_only_the_chief_writes_the_output_dir(tmp_path, cluster, task_type, task_id, subdir):
-    config = config_lib.Config(output_dir=str(tmp_path), export_dir=str(tmp_path / "serving"),
-                               distribute="multi_worker")
+    config = config_lib.Config(
+        output_dir=str(tmp_path), export_dir=str(tmp_path / "serving"), distribute="multi_worker"
+    )
     worker = distribute.worker_config(config, _Strategy(cluster, task_type, task_id))
     if subdir is None:
         assert worker == config
     else:
-        assert worker == config_lib.Config(output_dir=str(tmp_path / subdir), export_dir=None,
-                                           distribute="multi_worker")
+        assert worker == config_lib.Config(
+            output_dir=str(tmp_path / subdir), export_dir=None, distribute="multi_worker"
+        )
     assert distribute.worker_config(config, tf.distribute.get_strategy()) == config
 
 
@@ -236,13 +293,19 @@ def test_only_the_chief_writes_the_output_dir(tmp_path, cluster, task_type, task
 
 @tensorflow_only
 def test_multi_worker_without_tf_config_is_refused_before_any_data_is_loaded(
-        tmp_path, capsys, monkeypatch, no_data_loading):  # noqa: F811
+    tmp_path,
+    capsys,
+    monkeypatch,
+    no_data_loading,  # noqa: F811
+):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    status, message = _exit_message(capsys, "--distribute=multi_worker",
-                                    f"--output_dir={tmp_path / 'run'}")
+    status, message = _exit_message(
+        capsys, "--distribute=multi_worker", f"--output_dir={tmp_path / 'run'}"
+    )
     assert status == 2
-    assert message.startswith("error: --distribute=multi_worker reads the cluster from the "
-                              "TF_CONFIG environment variable")
+    assert message.startswith(
+        "error: --distribute=multi_worker reads the cluster from the TF_CONFIG environment variable"
+    )
     assert message.count("\n") == 1
     assert not (tmp_path / "run").exists()
 
@@ -258,17 +321,29 @@ def test_a_tf_config_that_is_not_json_is_refused(monkeypatch):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        ({"meta_batch_size": 5}, r"--meta_batch_size=5 must be a multiple of the number of "
-                                 r"replicas \(2, --distribute=mirrored\)"),
+        (
+            {"meta_batch_size": 5},
+            r"--meta_batch_size=5 must be a multiple of the number of "
+            r"replicas \(2, --distribute=mirrored\)",
+        ),
         ({"meta_grad": "nested"}, "--meta_grad=nested runs on one replica only"),
         ({"meta_interval": 2}, "--meta_interval=2 runs on one replica only on TensorFlow"),
     ],
 )
 def test_what_two_replicas_cannot_run_is_refused_before_any_data_is_loaded(
-        tmp_path, monkeypatch, no_data_loading, flags, message):  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    no_data_loading,  # noqa: F811
+    flags,
+    message,
+):
     monkeypatch.setattr(distribute, "make_strategy", _two_replica_strategy)
-    config = config_lib.Config(output_dir=str(tmp_path / "run"), num_meta=20,
-                               distribute="mirrored", **{"meta_batch_size": 10, **flags})
+    config = config_lib.Config(
+        output_dir=str(tmp_path / "run"),
+        num_meta=20,
+        distribute="mirrored",
+        **{"meta_batch_size": 10, **flags},
+    )
     with pytest.raises(ValueError, match=message):
         run_lib.run(config)
     assert not (tmp_path / "run").exists()
@@ -278,8 +353,10 @@ def test_what_two_replicas_cannot_run_is_refused_before_any_data_is_loaded(
 
 def test_multi_worker_is_refused_on_jax(monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
-    with pytest.raises(ValueError, match="--distribute=multi_worker uses tf.distribute, which "
-                                         "needs KERAS_BACKEND=tensorflow"):
+    with pytest.raises(
+        ValueError,
+        match="--distribute=multi_worker uses tf.distribute, which needs KERAS_BACKEND=tensorflow",
+    ):
         distribute.make_strategy("multi_worker")
     assert distribute.make_strategy("none") is tf.distribute.get_strategy()
 
@@ -288,16 +365,30 @@ def test_multi_worker_is_refused_on_jax(monkeypatch):
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
 def test_mirrored_on_jax_is_data_parallel_and_trains_as_one_device(tmp_path):
     # Two JAX processes on two host CPU devices: --distribute=mirrored (DataParallel) and none.
-    env = _subprocess_env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
-                          XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = _subprocess_env(
+        KERAS_BACKEND="jax",
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
     env.pop("JAX_ENABLE_X64", None)
     run_dirs = {}
     for devices in ("none", "mirrored"):
         run_dirs[devices] = str(tmp_path / devices)
         result = subprocess.run(
-            [sys.executable, "-m", "gdw_tf.train", *RUN_ARGS, f"--distribute={devices}",
-             f"--output_dir={run_dirs[devices]}"],
-            capture_output=True, text=True, cwd=REPO, env=env, timeout=TIMEOUT_S)
+            [
+                sys.executable,
+                "-m",
+                "gdw_tf.train",
+                *RUN_ARGS,
+                f"--distribute={devices}",
+                f"--output_dir={run_dirs[devices]}",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+            timeout=TIMEOUT_S,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     results = _read_json(os.path.join(run_dirs["mirrored"], "results.json"))
     assert results["config"]["num_replicas"] == 2

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gdw_tf import input_pipeline
-from gdw_tf import export
 from gdw_tf import backbones
+from gdw_tf import export
+from gdw_tf import input_pipeline
 
 BATCH_SIZES = (1, 7)  # Also in LOADER.
 TF_STARTUP_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)")
@@ -112,8 +112,10 @@ def assert_serves_like(backbone, results, images, mean, std):
         )
         np.testing.assert_array_equal(results[f"classes_{n}"], classes)
     np.testing.assert_allclose(
-        results["default_probabilities_2"], results[f"probabilities_{BATCH_SIZES[-1]}"][:2],
-        rtol=1e-5, atol=1e-7,
+        results["default_probabilities_2"],
+        results[f"probabilities_{BATCH_SIZES[-1]}"][:2],
+        rtol=1e-5,
+        atol=1e-7,
     )
 
 
@@ -163,8 +165,7 @@ def test_rest_request_body_of_the_readme_holds_the_signature_input(tmp_path):
     signature = tf.saved_model.load(str(tmp_path)).signatures[request["signature_name"]]
     served = signature(images=tf.constant(request["instances"], tf.uint8))
     probabilities, classes = expected_outputs(backbone, images, [0.5], [0.25])
-    np.testing.assert_allclose(served["probabilities"].numpy(), probabilities, rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(served["probabilities"].numpy(), probabilities, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(served["classes"].numpy(), classes)
 
 
@@ -211,7 +212,8 @@ def assert_one_line_error(completed, *fragments):
     """
     assert completed.returncode != 0
     lines = [
-        line for line in completed.stderr.splitlines()
+        line
+        for line in completed.stderr.splitlines()
         if line.strip() and not TF_STARTUP_LOG.match(line)
     ]
     assert "Traceback" not in completed.stderr
@@ -229,8 +231,9 @@ def test_cli_exports_a_run_dir_and_refuses_to_overwrite(tmp_path):
     completed = run_cli(f"--run_dir={run_dir}", f"--export_dir={export_dir}")
     assert completed.returncode == 0, completed.stderr[-3000:]
     images = np.random.default_rng(3).integers(0, 256, (7, 8, 8, 3), dtype=np.uint8)
-    assert_serves_like(backbone, serve_in_fresh_process(export_dir, images, tmp_path), images,
-                       mean, std)
+    assert_serves_like(
+        backbone, serve_in_fresh_process(export_dir, images, tmp_path), images, mean, std
+    )
 
     saved_model = (export_dir / "saved_model.pb").read_bytes()
     refused = run_cli(f"--run_dir={run_dir}", f"--export_dir={export_dir}")
@@ -297,13 +300,19 @@ def test_the_served_model_refuses_images_of_another_shape_or_dtype(builder, tmp_
     serve = tf.saved_model.load(str(tmp_path)).signatures["serve"]
     # Each of these was answered before (pooled or reshaped into 28x28x1 numbers): wrong answers.
     for shape in [(2, 32, 32, 1), (2, 28, 28, 3), (2, 28, 28), (2, 14, 56, 1), (2, 56, 14, 1)]:
-        with pytest.raises(tf.errors.InvalidArgumentError,
-                           match=re.escape(f"Shape of tensor images [{','.join(map(str, shape))}] "
-                                           "is not compatible with expected shape [?,28,28,1]")):
+        with pytest.raises(
+            tf.errors.InvalidArgumentError,
+            match=re.escape(
+                f"Shape of tensor images [{','.join(map(str, shape))}] "
+                "is not compatible with expected shape [?,28,28,1]"
+            ),
+        ):
             serve(images=tf.zeros(shape, tf.uint8))
     for dtype in (tf.float32, tf.int32, tf.uint16):
-        with pytest.raises(tf.errors.InvalidArgumentError,
-                           match=f"expected to be a uint8 tensor but is a {dtype.name[:-2]}"):
+        with pytest.raises(
+            tf.errors.InvalidArgumentError,
+            match=f"expected to be a uint8 tensor but is a {dtype.name[:-2]}",
+        ):
             serve(images=tf.zeros((2, 28, 28, 1), dtype))
     assert serve(images=tf.zeros((2, 28, 28, 1), tf.uint8))["classes"].shape == (2,)
 

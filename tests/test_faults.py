@@ -14,16 +14,16 @@ import sys
 import keras
 import numpy as np
 import pytest
-
-import gdw_tf
-from gdw_tf import backup
-from gdw_tf import backbones
-from gdw_tf import results as results_lib
 from test_train import REPO
 from test_train import TINY_FASHION_MNIST
 from test_train import _backbone_weights
 from test_train import _main
 from test_train import _read_json
+
+import gdw_tf
+from gdw_tf import backbones
+from gdw_tf import backup
+from gdw_tf import results as results_lib
 
 # Fashion-MNIST, 250 training examples in batches of 50: 5 steps an epoch, 3 epochs.
 ARGS = [*TINY_FASHION_MNIST, "--model=mlp", "--epochs=3", "--noise=uniform", "--ratio=0.6"]
@@ -79,15 +79,25 @@ app.run(train.main)
 
 def _train(run_dir, fault="none"):
     return subprocess.run(
-        [sys.executable, "-c", _FAULTY_TRAIN, fault, str(STEPS_PER_EPOCH), *ARGS,
-         f"--output_dir={run_dir}"],
-        capture_output=True, text=True, cwd=REPO,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+        [
+            sys.executable,
+            "-c",
+            _FAULTY_TRAIN,
+            fault,
+            str(STEPS_PER_EPOCH),
+            *ARGS,
+            f"--output_dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=300,
+    )
 
 
 def _committed(run_dir):
-    return sorted(backup.AtomicBackupAndRestore(os.path.join(run_dir, "backup"))
-                  .committed_epochs())
+    return sorted(backup.AtomicBackupAndRestore(os.path.join(run_dir, "backup")).committed_epochs())
 
 
 def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(tmp_path):
@@ -105,9 +115,12 @@ def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(tmp_path):
     assert full.stderr.splitlines()[-1] == (
         f"error: could not write the backup of epoch 2 to {faulty}/backup (no space left on "
         "device); the state after epoch 1 is kept there: make room and rerun the same command "
-        "to resume.")
+        "to resume."
+    )
     assert sorted(os.listdir(os.path.join(faulty, "backup"))) == [
-        "epoch-00001.json", "epoch-00001.weights.h5"]  # the partial write is gone
+        "epoch-00001.json",
+        "epoch-00001.weights.h5",
+    ]  # the partial write is gone
 
     # Killed in epoch 3 with epochs 1 and 2 backed up; then epoch 2's weights are damaged.
     killed = _train(faulty, f"step:{2 * STEPS_PER_EPOCH + 3}")
@@ -119,20 +132,32 @@ def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(tmp_path):
     reports = [line for line in finished.stderr.splitlines() if "backup in" in line]
     assert len(reports) == 1 and reports[0].endswith(
         "epoch 2 has damaged weights (checksum mismatch: a truncated or changed file); "
-        "resuming after epoch 1, the newest good one.")
+        "resuming after epoch 1, the newest good one."
+    )
 
-    for expected, actual in zip(_backbone_weights(uninterrupted), _backbone_weights(faulty),
-                                strict=True):
+    for expected, actual in zip(
+        _backbone_weights(uninterrupted), _backbone_weights(faulty), strict=True
+    ):
         np.testing.assert_allclose(actual, expected)
-    expected, actual = (results_lib.read_history(os.path.join(d, "history.csv"))
-                        for d in (uninterrupted, faulty))
+    expected, actual = (
+        results_lib.read_history(os.path.join(d, "history.csv")) for d in (uninterrupted, faulty)
+    )
     assert len(actual) == 3
     for expected_row, actual_row in zip(expected, actual):
-        for name in ("loss", "train/loss", "meta/loss", "weights/labelled_mean", "test/accuracy",
-                     "test/loss", "learning_rate"):
+        for name in (
+            "loss",
+            "train/loss",
+            "meta/loss",
+            "weights/labelled_mean",
+            "test/accuracy",
+            "test/loss",
+            "learning_rate",
+        ):
             assert actual_row[name] == expected_row[name], name
-    assert (_read_json(os.path.join(faulty, "results.json"))["test_accuracy"]
-            == _read_json(os.path.join(uninterrupted, "results.json"))["test_accuracy"])
+    assert (
+        _read_json(os.path.join(faulty, "results.json"))["test_accuracy"]
+        == _read_json(os.path.join(uninterrupted, "results.json"))["test_accuracy"]
+    )
     assert not os.path.exists(os.path.join(faulty, "backup"))
 
 
@@ -144,8 +169,9 @@ def _model(seed=0):
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(0)
     meta = (rng.normal(size=(12, 4)).astype("float32"), np.arange(12) % 3)
-    model = gdw_tf.GDWModel(backbones.mlp((4,), 3, hidden=(8,)), 3, meta_data=meta,
-                            meta_batch_size=6)
+    model = gdw_tf.GDWModel(
+        backbones.mlp((4,), 3, hidden=(8,)), 3, meta_data=meta, meta_batch_size=6
+    )
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9))
     return model
 
@@ -153,8 +179,15 @@ def _model(seed=0):
 def _fit(model, epochs, callback, initial_epoch=0):
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(20, 4)).astype("float32"), rng.integers(0, 3, 20)
-    model.fit(x, y, batch_size=10, epochs=epochs, verbose=0, callbacks=[callback],
-              initial_epoch=initial_epoch)
+    model.fit(
+        x,
+        y,
+        batch_size=10,
+        epochs=epochs,
+        verbose=0,
+        callbacks=[callback],
+        initial_epoch=initial_epoch,
+    )
 
 
 def _variables(model):
@@ -164,8 +197,12 @@ def _variables(model):
 def test_backups_keep_the_latest_two_epochs_and_restore_the_newest(tmp_path):
     model = _model()
     _fit(model, 3, backup.AtomicBackupAndRestore(str(tmp_path), delete_checkpoint=False))
-    assert sorted(os.listdir(tmp_path)) == ["epoch-00002.json", "epoch-00002.weights.h5",
-                                            "epoch-00003.json", "epoch-00003.weights.h5"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "epoch-00002.json",
+        "epoch-00002.weights.h5",
+        "epoch-00003.json",
+        "epoch-00003.weights.h5",
+    ]
     record = json.loads((tmp_path / "epoch-00003.json").read_text())
     assert record["epoch"] == 3
     assert record["sha256"] == backup._sha256(str(tmp_path / "epoch-00003.weights.h5"))
@@ -178,18 +215,26 @@ def test_backups_keep_the_latest_two_epochs_and_restore_the_newest(tmp_path):
         np.testing.assert_array_equal(actual, expected)
 
 
-@pytest.mark.parametrize("damage, problem", [
-    ("truncate", "epoch 2 has damaged weights (checksum mismatch"),
-    ("delete_weights", "epoch 2 has no readable weights"),
-    ("garble_record", "epoch 2 has an unreadable record"),
-])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        ("truncate", "epoch 2 has damaged weights (checksum mismatch"),
+        ("delete_weights", "epoch 2 has no readable weights"),
+        ("garble_record", "epoch 2 has an unreadable record"),
+    ],
+)
 def test_a_damaged_backup_is_reported_in_one_line_and_the_previous_one_used(
-        tmp_path, caplog, damage, problem):
+    tmp_path, caplog, damage, problem
+):
     model = _model()
     _fit(model, 1, backup.AtomicBackupAndRestore(str(tmp_path), delete_checkpoint=False))
     after_epoch_1 = _variables(model)
-    _fit(model, 2, backup.AtomicBackupAndRestore(str(tmp_path), delete_checkpoint=False),
-         initial_epoch=1)
+    _fit(
+        model,
+        2,
+        backup.AtomicBackupAndRestore(str(tmp_path), delete_checkpoint=False),
+        initial_epoch=1,
+    )
     weights = tmp_path / "epoch-00002.weights.h5"
     if damage == "truncate":
         os.truncate(weights, weights.stat().st_size // 2)
@@ -250,11 +295,16 @@ def test_a_full_disk_keeps_the_previous_backup_usable(tmp_path, monkeypatch):
 
     monkeypatch.setattr(backup.AtomicBackupAndRestore, "_write_weights", full_disk)
     with pytest.raises(backup.BackupError) as error:
-        _fit(model, 2, backup.AtomicBackupAndRestore(str(tmp_path), delete_checkpoint=False),
-             initial_epoch=1)
+        _fit(
+            model,
+            2,
+            backup.AtomicBackupAndRestore(str(tmp_path), delete_checkpoint=False),
+            initial_epoch=1,
+        )
     assert str(error.value) == (
         f"could not write the backup of epoch 2 to {tmp_path} (no space left on device); the "
-        "state after epoch 1 is kept there: make room and rerun the same command to resume.")
+        "state after epoch 1 is kept there: make room and rerun the same command to resume."
+    )
     assert sorted(os.listdir(tmp_path)) == ["epoch-00001.json", "epoch-00001.weights.h5"]
     monkeypatch.undo()
     restored = _model(seed=1)

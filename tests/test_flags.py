@@ -36,8 +36,16 @@ def test_flags_and_config_fields_are_the_same():
 def test_a_hand_built_model_has_the_command_lines_defaults():
     signature = inspect.signature(gdw_tf.GDWModel.__init__).parameters
     shared = [name for name in signature if name in config_lib.Config.__dataclass_fields__]
-    assert set(shared) >= {"method", "meta_batch_size", "outer_lr", "clip", "l2", "meta_grad",
-                           "meta_interval", "seed"}
+    assert set(shared) >= {
+        "method",
+        "meta_batch_size",
+        "outer_lr",
+        "clip",
+        "l2",
+        "meta_grad",
+        "meta_interval",
+        "seed",
+    }
     for name in shared:
         assert signature[name].default == getattr(config_lib.DEFAULTS, name), name
 
@@ -45,9 +53,18 @@ def test_a_hand_built_model_has_the_command_lines_defaults():
 def test_defaults_are_the_reference_recipe():
     config = _parse("--output_dir=out")
     assert (config.dataset, config.noise, config.ratio, config.method, config.model) == (
-        "cifar10", "uniform", 0.4, "gdw", "auto")  # auto: resnet32 on --dataset
+        "cifar10",
+        "uniform",
+        0.4,
+        "gdw",
+        "auto",
+    )  # auto: resnet32 on --dataset
     assert (config.epochs, config.batch_size, config.meta_batch_size, config.num_meta) == (
-        80, 100, 100, 1000)
+        80,
+        100,
+        100,
+        1000,
+    )
     assert (config.lr, config.momentum, config.l2, config.clip) == (0.1, 0.9, 5e-4, 0.2)
     assert config.outer_lr is None  # by the number of classes
 
@@ -58,8 +75,12 @@ def test_the_flag_files_cover_the_papers_settings():
         for setting in ("uniform_40", "uniform_60", "flip_20", "flip_40"):
             assert f"{dataset}_{setting}" in names
     for dataset in ("cifar10", "fashion_mnist"):
-        for setting in ("imbalance_10", "imbalance_100", "imbalance_200",
-                        "uniform_40_imbalance_10"):
+        for setting in (
+            "imbalance_10",
+            "imbalance_100",
+            "imbalance_200",
+            "uniform_40_imbalance_10",
+        ):
             assert f"{dataset}_{setting}" in names
 
 
@@ -68,7 +89,7 @@ def test_every_flag_file_parses_into_its_setting(path):
     config = _parse(f"--flagfile={path}", "--output_dir=out")
     name = os.path.basename(path)[: -len(".flags")]
     assert name.startswith(config.dataset + "_")
-    setting = name[len(config.dataset) + 1:].split("_")
+    setting = name[len(config.dataset) + 1 :].split("_")
     if setting[0] in ("uniform", "flip"):
         assert config.noise == setting[0] and config.ratio == int(setting[1]) / 100
     else:
@@ -150,12 +171,15 @@ def test_every_float_flag_is_checked_for_nan_and_inf():
     flag_values = flags.FlagValues()
     config_lib.define_flags(flag_values)
     assert {name for name in flag_values if flag_values[name].flag_type() == "float"} == set(
-        FLOAT_FLAGS)
+        FLOAT_FLAGS
+    )
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 @pytest.mark.parametrize("name", FLOAT_FLAGS)
 def test_non_finite_floats_are_refused_at_parse_time(name, value):
-    with pytest.raises(flags.IllegalFlagValueError,
-                       match=re.escape(f"--{name} must be a finite number (not nan or inf)")):
+    with pytest.raises(
+        flags.IllegalFlagValueError,
+        match=re.escape(f"--{name} must be a finite number (not nan or inf)"),
+    ):
         _parse(f"--{name}={value}", "--output_dir=out")

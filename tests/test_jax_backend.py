@@ -61,8 +61,16 @@ def test_core_tests_pass_on_jax():
 @needs_jax
 @from_tensorflow
 def test_the_benchmark_runs_on_jax():
-    args = ["-m", "gdw_tf.bench", "--model=small_cnn", "--batch_size=8", "--steps=1",
-            "--warmup=1", "--methods=ce,gdw", "--json"]
+    args = [
+        "-m",
+        "gdw_tf.bench",
+        "--model=small_cnn",
+        "--batch_size=8",
+        "--steps=1",
+        "--warmup=1",
+        "--methods=ce,gdw",
+        "--json",
+    ]
     result = _run_on_jax(args, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
@@ -74,6 +82,7 @@ def test_the_benchmark_runs_on_jax():
 
 # ------------------------------------------------------------------------------------------------
 # The same fit on both backends.
+
 
 def _problem(seed=0, n=60, meta=30, inputs=8, classes=3):
     rng = np.random.default_rng(seed)
@@ -95,8 +104,12 @@ def _model(method, data):
         ]
     )
     model = gdw_tf.GDWModel(
-        backbone, 3, method=method, meta_data=(data["x_meta"], data["y_meta"]),
-        meta_batch_size=10, track_examples=len(data["y"]),
+        backbone,
+        3,
+        method=method,
+        meta_data=(data["x_meta"], data["y_meta"]),
+        meta_batch_size=10,
+        track_examples=len(data["y"]),
     )
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9))
     return model
@@ -171,7 +184,10 @@ def test_tensorflow_and_jax_fit_to_the_same_weights(tmp_path):
         assert sorted(k.split(":", 1)[1] for k in actual if k.startswith(f"{method}:")) == keys
         for key in keys:
             np.testing.assert_allclose(
-                actual[f"{method}:{key}"], expected[method][key], rtol=2e-4, atol=2e-6,
+                actual[f"{method}:{key}"],
+                expected[method][key],
+                rtol=2e-4,
+                atol=2e-6,
                 err_msg=f"{method} {key}",
             )
         # The step did something: the weights moved, the weight net learned (not CE, L2RW).

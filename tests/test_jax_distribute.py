@@ -21,20 +21,28 @@ import sys
 import keras
 import numpy as np
 import pytest
+from test_jax_backend import model_state
 
 import gdw_tf
-from test_jax_backend import model_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 2
 # (method, BatchNorm in the backbone, meta_interval)
-CASES = (("gdw", False, 1), ("mwnet", False, 1), ("l2rw", False, 1), ("ce", False, 1),
-         ("gdw", True, 1), ("gdw", False, 2))
+CASES = (
+    ("gdw", False, 1),
+    ("mwnet", False, 1),
+    ("l2rw", False, 1),
+    ("ce", False, 1),
+    ("gdw", True, 1),
+    ("gdw", False, 2),
+)
 N, NUM_META, META_BATCH, BATCH = 60, 25, 10, 20
 
 
 def _case_name(method, batch_norm, meta_interval):
-    return method + ("_bn" if batch_norm else "") + (f"_k{meta_interval}" if meta_interval > 1 else "")
+    return (
+        method + ("_bn" if batch_norm else "") + (f"_k{meta_interval}" if meta_interval > 1 else "")
+    )
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
@@ -45,12 +53,22 @@ def _case_name(method, batch_norm, meta_interval):
 def test_data_parallel_takes_the_steps_of_one_device(tmp_path):
     path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES}"
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", XLA_FLAGS=flags.strip(),
-               PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="jax",
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=flags.strip(),
+        PYTHONPATH=path,
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
     env.pop("JAX_ENABLE_X64", None)
     result = subprocess.run(
         [sys.executable, __file__, str(tmp_path / "out.npz")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     facts = json.loads(result.stdout.strip().splitlines()[-1])
@@ -70,7 +88,10 @@ def test_data_parallel_takes_the_steps_of_one_device(tmp_path):
         assert keys == sorted(k.split(":", 2)[2] for k in out if k.startswith(f"{case}:two:"))
         for key in keys:
             np.testing.assert_allclose(
-                out[f"{case}:two:{key}"], out[f"{case}:one:{key}"], rtol=1e-5, atol=1e-6,
+                out[f"{case}:two:{key}"],
+                out[f"{case}:one:{key}"],
+                rtol=1e-5,
+                atol=1e-6,
                 err_msg=f"{case} {key}",
             )
         # The comparison has substance: the step moved the backbone, drew meta batches across a
@@ -112,8 +133,13 @@ def _model(method, batch_norm, meta_interval, data):
         layers.append(keras.layers.BatchNormalization())
     layers.append(keras.layers.Dense(3))
     model = gdw_tf.GDWModel(
-        keras.Sequential(layers), 3, method=method, meta_data=(data["x_meta"], data["y_meta"]),
-        meta_batch_size=META_BATCH, track_examples=N, meta_interval=meta_interval,
+        keras.Sequential(layers),
+        3,
+        method=method,
+        meta_data=(data["x_meta"], data["y_meta"]),
+        meta_batch_size=META_BATCH,
+        track_examples=N,
+        meta_interval=meta_interval,
     )
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9))
     return model
@@ -127,9 +153,7 @@ def _fit(model, data):
     index = np.arange(N, dtype="int32")
     dataset = tf.data.Dataset.from_tensor_slices((data["x"], data["y"], index)).batch(BATCH)
     history = model.fit(dataset, epochs=1, verbose=0).history
-    evaluation = model.evaluate(
-        data["x"], data["y"], batch_size=BATCH, verbose=0, return_dict=True
-    )
+    evaluation = model.evaluate(data["x"], data["y"], batch_size=BATCH, verbose=0, return_dict=True)
     out = model_state(model)
     out.update({f"history/{k}": np.asarray(v) for k, v in history.items()})
     out.update({f"evaluate/{k}": np.asarray(v) for k, v in evaluation.items()})
@@ -176,8 +200,11 @@ def main(argv):
         out[f"{case}:two:init/backbone/0"] = parallel.backbone.get_weights()[0]
         out[f"{case}:two:init/weight_net/0"] = parallel.weight_net.get_weights()[0]
         out.update({f"{case}:two:{k}": v for k, v in _fit(parallel, data).items()})
-        variables = (parallel.variables + parallel.optimizer.variables
-                     + parallel.weight_net_optimizer.variables)
+        variables = (
+            parallel.variables
+            + parallel.optimizer.variables
+            + parallel.weight_net_optimizer.variables
+        )
         variable_devices |= {len(v.value.sharding.device_set) for v in variables}
         if case == "gdw":
             hlo = _compiled_step(parallel, data)
@@ -187,12 +214,16 @@ def main(argv):
         keras.distribution.set_distribution(None)
         keras.backend.clear_session()
     np.savez(argv[1], **out)
-    print(json.dumps({
-        "devices": len(devices),
-        "variable_devices": sorted(variable_devices),
-        "all_reduces": all_reduces,
-        "meta_share": meta_share,
-    }))
+    print(
+        json.dumps(
+            {
+                "devices": len(devices),
+                "variable_devices": sorted(variable_devices),
+                "all_reduces": all_reduces,
+                "meta_share": meta_share,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -11,18 +11,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_train import TINY_FASHION_MNIST
+from test_train import _main
 
 import gdw_tf
 from gdw_tf import backbones
 from gdw_tf import datasets
 from gdw_tf import input_pipeline
-from gdw_tf import split as split_lib
 from gdw_tf import label_issues
 from gdw_tf import report
+from gdw_tf import split as split_lib
 from gdw_tf.model import GDWModel
-
-from test_train import TINY_FASHION_MNIST
-from test_train import _main
 
 
 def _probabilities(rng, n, c):
@@ -50,8 +49,9 @@ def test_ranking_flags_and_fields_match_an_independent_computation():
     instance, labelled = rng.random(n), rng.random(n)
     ids = np.array([f"img_{i:03d}.png" for i in range(n)])
 
-    issues = label_issues.rank_label_issues(probabilities, given, instance, labelled, ids=ids,
-                                            class_names=list("abcde"))
+    issues = label_issues.rank_label_issues(
+        probabilities, given, instance, labelled, ids=ids, class_names=list("abcde")
+    )
 
     margins = _margins_by_loops(probabilities, given)
     order = sorted(range(n), key=lambda i: (margins[i], i))
@@ -84,12 +84,15 @@ def test_ties_keep_the_input_order_and_no_weights_are_nan():
     assert np.isnan(issues.instance_weight).all()
 
 
-@pytest.mark.parametrize("probabilities, given, message", [
-    (np.array([[2.0, -1.0], [0.3, 0.7]]), [0, 1], "softmax outputs, not logits"),
-    (np.array([[0.5, 0.5], [0.3, 0.7]]), [0, 2], r"must lie in \[0, 2\)"),
-    (np.array([[0.5, 0.5], [0.3, 0.7]]), [0], "must be 2 integers"),
-    (np.array([0.5, 0.5]), [0], r"must be \[N, C\]"),
-])
+@pytest.mark.parametrize(
+    "probabilities, given, message",
+    [
+        (np.array([[2.0, -1.0], [0.3, 0.7]]), [0, 1], "softmax outputs, not logits"),
+        (np.array([[0.5, 0.5], [0.3, 0.7]]), [0, 2], r"must lie in \[0, 2\)"),
+        (np.array([[0.5, 0.5], [0.3, 0.7]]), [0], "must be 2 integers"),
+        (np.array([0.5, 0.5]), [0], r"must be \[N, C\]"),
+    ],
+)
 def test_bad_input_is_refused_in_one_line(probabilities, given, message):
     with pytest.raises(ValueError, match=message):
         label_issues.rank_label_issues(probabilities, np.array(given))
@@ -99,17 +102,31 @@ def test_csv_columns_order_and_values(tmp_path):
     rng = np.random.default_rng(1)
     probabilities = _probabilities(rng, 30, 3)
     given = rng.integers(0, 3, 30)
-    issues = label_issues.rank_label_issues(probabilities, given, rng.random(30), None,
-                                            ids=np.arange(100, 130))
+    issues = label_issues.rank_label_issues(
+        probabilities, given, rng.random(30), None, ids=np.arange(100, 130)
+    )
     plain, named = tmp_path / "plain.csv", tmp_path / "named.csv"
     label_issues.write_label_issues_csv(plain, issues)
     label_issues.write_label_issues_csv(named, issues, class_names=["cat", "dog", "fox"])
 
     with open(plain, newline="") as file:
         rows = list(csv.reader(file))
-    assert tuple(rows[0]) == label_issues.CSV_COLUMNS == (
-        "rank", "id", "given_label", "suggested_label", "score", "flagged", "given_probability",
-        "suggested_probability", "instance_weight", "labelled_class_weight")
+    assert (
+        tuple(rows[0])
+        == label_issues.CSV_COLUMNS
+        == (
+            "rank",
+            "id",
+            "given_label",
+            "suggested_label",
+            "score",
+            "flagged",
+            "given_probability",
+            "suggested_probability",
+            "instance_weight",
+            "labelled_class_weight",
+        )
+    )
     assert len(rows) == 31
     for i, row in enumerate(rows[1:]):
         assert int(row[0]) == i + 1
@@ -139,8 +156,14 @@ def test_find_label_issues_uses_the_model_and_its_recorded_weights():
     x = rng.normal(size=(n, 6)).astype("float32")
     y = rng.integers(0, c, n)
     meta = (rng.normal(size=(30, 6)).astype("float32"), np.arange(30) % c)
-    model = GDWModel(backbones.mlp((6,), c, hidden=(8,)), c, method="gdw", meta_data=meta,
-                     meta_batch_size=10, track_examples=n)
+    model = GDWModel(
+        backbones.mlp((6,), c, hidden=(8,)),
+        c,
+        method="gdw",
+        meta_data=meta,
+        meta_batch_size=10,
+        track_examples=n,
+    )
     model.compile(keras.optimizers.SGD(0.1))
     train = tf.data.Dataset.from_tensor_slices((x, y, np.arange(n))).batch(16)
     model.fit(train, epochs=1, verbose=0)
@@ -151,21 +174,21 @@ def test_find_label_issues_uses_the_model_and_its_recorded_weights():
     expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     margins = _margins_by_loops(expected, y)
     np.testing.assert_allclose(issues.in_input_order("score"), margins, atol=1e-5)
-    np.testing.assert_array_equal(issues.in_input_order("suggested_label"),
-                                  expected.argmax(axis=1))
+    np.testing.assert_array_equal(issues.in_input_order("suggested_label"), expected.argmax(axis=1))
     recorded = keras.ops.convert_to_numpy(model.example_weights)
     assert np.ptp(recorded) > 0  # the weights were recorded, and differ
     np.testing.assert_allclose(issues.in_input_order("instance_weight"), recorded, rtol=1e-6)
-    np.testing.assert_allclose(issues.in_input_order("labelled_class_weight"),
-                               keras.ops.convert_to_numpy(model.example_label_weights),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        issues.in_input_order("labelled_class_weight"),
+        keras.ops.convert_to_numpy(model.example_label_weights),
+        rtol=1e-6,
+    )
 
     # A subset with its training-set positions: those examples' weights, ids = positions.
     index = np.array([5, 17, 40])
     subset = gdw_tf.find_label_issues(model, x[index], y[index], index=index)
     np.testing.assert_array_equal(np.sort(subset.id), index)
-    np.testing.assert_allclose(subset.in_input_order("instance_weight"), recorded[index],
-                               rtol=1e-6)
+    np.testing.assert_allclose(subset.in_input_order("instance_weight"), recorded[index], rtol=1e-6)
     np.testing.assert_allclose(subset.in_input_order("score"), margins[index], atol=1e-5)
     with pytest.raises(ValueError, match=r"index must lie in \[0, 64\)"):
         gdw_tf.find_label_issues(model, x[:2], y[:2], index=[0, 64])
@@ -180,15 +203,21 @@ def test_on_real_digits_most_changed_labels_are_flagged_and_few_others():
     rng = np.random.default_rng(0)
     order = rng.permutation(len(y))
     x, y = x[order], y[order]
-    meta_positions, meta_labels = split_lib.balanced_meta_subset(np.arange(len(y)), y, 10,
-                                                            per_class=10, seed=0)
+    meta_positions, meta_labels = split_lib.balanced_meta_subset(
+        np.arange(len(y)), y, 10, per_class=10, seed=0
+    )
     rest = np.setdiff1d(np.arange(len(y)), meta_positions)
     x_train, y_train = x[rest], y[rest].copy()
     changed = rng.random(len(y_train)) < 0.3
     y_train[changed] = (y_train[changed] + rng.integers(1, 10, changed.sum())) % 10
-    model = GDWModel(backbones.mlp((64,), 10, hidden=(64,)), 10, method="gdw",
-                     meta_data=(x[meta_positions], meta_labels), meta_batch_size=50,
-                     track_examples=len(y_train))
+    model = GDWModel(
+        backbones.mlp((64,), 10, hidden=(64,)),
+        10,
+        method="gdw",
+        meta_data=(x[meta_positions], meta_labels),
+        meta_batch_size=50,
+        track_examples=len(y_train),
+    )
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9))
     train = tf.data.Dataset.from_tensor_slices((x_train, y_train, np.arange(len(y_train))))
     model.fit(train.shuffle(len(y_train), seed=0).batch(50), epochs=10, verbose=0)
@@ -274,12 +303,18 @@ def test_report_of_feature_rows_lists_every_flagged_example(tmp_path):
 
 def test_training_run_writes_label_issues_and_a_report(tmp_path):
     run_dir = str(tmp_path / "run")
-    _main(*TINY_FASHION_MNIST, "--model=mlp", "--epochs=2", "--noise=uniform", "--ratio=0.6",
-          f"--output_dir={run_dir}")
+    _main(
+        *TINY_FASHION_MNIST,
+        "--model=mlp",
+        "--epochs=2",
+        "--noise=uniform",
+        "--ratio=0.6",
+        f"--output_dir={run_dir}",
+    )
 
     split = split_lib.Split.load(os.path.join(run_dir, "split.npz"))
     table = label_issues.read_label_issues_csv(os.path.join(run_dir, "label_issues.csv"))
-    assert list(table)[:len(label_issues.CSV_COLUMNS)] == list(label_issues.CSV_COLUMNS)
+    assert list(table)[: len(label_issues.CSV_COLUMNS)] == list(label_issues.CSV_COLUMNS)
     ids = np.array(table["id"], np.int64)
     # One row per training example, identified by its index in the dataset's training split.
     np.testing.assert_array_equal(np.sort(ids), split.train_indices)
@@ -294,22 +329,25 @@ def test_training_run_writes_label_issues_and_a_report(tmp_path):
     given = np.array(table["given_label"], np.int64)
     position = np.searchsorted(split.train_indices, ids)
     np.testing.assert_array_equal(given, split.train_noisy_labels[position])
-    np.testing.assert_allclose(np.array(table["score"], float),
-                               _margins_by_loops(probabilities, given), atol=2e-5)
+    np.testing.assert_allclose(
+        np.array(table["score"], float), _margins_by_loops(probabilities, given), atol=2e-5
+    )
     flagged = np.array(table["flagged"]) == "1"
     np.testing.assert_array_equal(flagged, np.array(table["score"], float) < 0)
     assert flagged.any()
     with np.load(os.path.join(run_dir, "example_weights.npz")) as weights:
         by_id = dict(zip(weights["index"], weights["instance_weight"]))
-    np.testing.assert_allclose(np.array(table["instance_weight"], float),
-                               [by_id[i] for i in ids], atol=1e-6)
+    np.testing.assert_allclose(
+        np.array(table["instance_weight"], float), [by_id[i] for i in ids], atol=1e-6
+    )
 
     parsed = _parse(os.path.join(run_dir, "report.html"))
     assert parsed.flagged_ids == [str(i) for i in ids[flagged]]
     assert len(parsed.images) == min(report.GALLERY_SIZE, len(ids))
     assert all(src.startswith("data:image/png;base64,") for src in parsed.images)
     assert {"Accuracy per epoch", "Estimated label noise", "Weight against loss"} <= set(
-        parsed.sections)
+        parsed.sections
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,10 +359,17 @@ def test_benchmark_script_scores_both_methods_against_the_truth_and_resumes(tmp_
     pytest.importorskip("sklearn")
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    args = [sys.executable, os.path.join(repo, "scripts", "label_issues_benchmark.py"),
-            f"--runs_dir={tmp_path}", "--settings=flip_40", "--folds=2",
-            "--train_flag=--epochs=1", "--train_flag=--max_train_examples=1200",
-            "--train_flag=--max_test_examples=200", "--train_flag=--num_meta=200"]
+    args = [
+        sys.executable,
+        os.path.join(repo, "scripts", "label_issues_benchmark.py"),
+        f"--runs_dir={tmp_path}",
+        "--settings=flip_40",
+        "--folds=2",
+        "--train_flag=--epochs=1",
+        "--train_flag=--max_train_examples=1200",
+        "--train_flag=--max_test_examples=200",
+        "--train_flag=--num_meta=200",
+    ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
     first = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -335,7 +380,8 @@ def test_benchmark_script_scores_both_methods_against_the_truth_and_resumes(tmp_
     assert metrics["num_train"] == len(split.train_indices) == 1000
     # gdw_tf's figures are those of the run's own label_issues.csv against the true labels.
     table = label_issues.read_label_issues_csv(
-        str(tmp_path / "flip_40" / "gdw" / "label_issues.csv"))
+        str(tmp_path / "flip_40" / "gdw" / "label_issues.csv")
+    )
     position = np.searchsorted(split.train_indices, np.array(table["id"], np.int64))
     flagged = np.array(table["flagged"]) == "1"
     wrong = split.train_corrupted[position]

@@ -11,8 +11,8 @@ import pytest
 from tensorflow.python.framework import config as tf_config
 
 import gdw_tf
-from gdw_tf import meta_scope as meta_scope_lib
 from gdw_tf import backbones
+from gdw_tf import meta_scope as meta_scope_lib
 from gdw_tf import methods
 from gdw_tf import step as step_lib
 from gdw_tf.model import build_weight_net
@@ -30,8 +30,11 @@ def float64():
 
 def _mlp(inputs=5, hidden=7):
     return keras.Sequential(
-        [keras.Input((inputs,)), keras.layers.Dense(hidden, activation="tanh"),
-         keras.layers.Dense(C)]
+        [
+            keras.Input((inputs,)),
+            keras.layers.Dense(hidden, activation="tanh"),
+            keras.layers.Dense(C),
+        ]
     )
 
 
@@ -121,7 +124,17 @@ def test_head_meta_gradient_is_that_of_the_restricted_objective(method, meta_gra
     record = methods.get(method)
     fwd = step_lib.forward(record, backbone, theta, non_trainable, x, y, C, split=split)
     meta = meta_scope_lib.meta_gradient(
-        split, record, fwd, weight_net, theta, non_trainable, phi, x_meta, y_meta, LR, C,
+        split,
+        record,
+        fwd,
+        weight_net,
+        theta,
+        non_trainable,
+        phi,
+        x_meta,
+        y_meta,
+        LR,
+        C,
         meta_grad,
     )
 
@@ -138,27 +151,45 @@ def test_head_meta_gradient_is_that_of_the_restricted_objective(method, meta_gra
     np.testing.assert_allclose(np.asarray(meta.dmeta_dweights), expected, rtol=1e-6, atol=1e-10)
     assert np.abs(expected).max() > 1e-4
     loss_lr = 1.0 if method == "l2rw" else LR
-    cotangent = weights[:, None] * objective.e / len(y) if weights.ndim == 1 else (
-        weights * objective.e / len(y))
-    assert float(meta.meta_loss) == pytest.approx(objective.meta_loss(cotangent, loss_lr), rel=1e-12)
+    cotangent = (
+        weights[:, None] * objective.e / len(y)
+        if weights.ndim == 1
+        else (weights * objective.e / len(y))
+    )
+    assert float(meta.meta_loss) == pytest.approx(
+        objective.meta_loss(cotangent, loss_lr), rel=1e-12
+    )
 
     if method == "mwnet":
         # ∂L_meta/∂φ: finite differences of φ ↦ L_meta(v(φ)), each weight-net entry in turn.
         phi_numpy = [np.asarray(p) for p in phi]
         for i, grad in enumerate(meta.weight_net_grads):
+
             def of_phi(entry, i=i):
                 changed = list(phi_numpy)
                 changed[i] = entry
                 return objective.of_weights(
-                    "mwnet", _weight_net_numpy(changed, objective.per_example_loss))
+                    "mwnet", _weight_net_numpy(changed, objective.per_example_loss)
+                )
 
-            np.testing.assert_allclose(np.asarray(grad), _central_difference(of_phi, phi_numpy[i]),
-                                       rtol=1e-6, atol=1e-10)
+            np.testing.assert_allclose(
+                np.asarray(grad), _central_difference(of_phi, phi_numpy[i]), rtol=1e-6, atol=1e-10
+            )
 
     # The full scope's meta-gradient is another one: the restriction is real.
     full = step_lib.meta_gradient(
-        record, step_lib.forward(record, backbone, theta, non_trainable, x, y, C), backbone,
-        weight_net, theta, non_trainable, phi, x, x_meta, y_meta, LR, C,
+        record,
+        step_lib.forward(record, backbone, theta, non_trainable, x, y, C),
+        backbone,
+        weight_net,
+        theta,
+        non_trainable,
+        phi,
+        x,
+        x_meta,
+        y_meta,
+        LR,
+        C,
     )
     assert not np.allclose(np.asarray(full.dmeta_dweights), expected, rtol=1e-3)
 
@@ -166,10 +197,16 @@ def test_head_meta_gradient_is_that_of_the_restricted_objective(method, meta_gra
 def _flat_mlp_bn():
     """Flatten first, so that the scope "last:3" covers every parameter yet splits the backbone
     (after the Flatten); a BatchNormalization in the top."""
-    return keras.Sequential([
-        keras.Input((2, 3)), keras.layers.Flatten(), keras.layers.Dense(7),
-        keras.layers.BatchNormalization(), keras.layers.Activation("tanh"), keras.layers.Dense(C),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((2, 3)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(7),
+            keras.layers.BatchNormalization(),
+            keras.layers.Activation("tanh"),
+            keras.layers.Dense(C),
+        ]
+    )
 
 
 def _fit_variables(method, meta_scope, backbone_fn, steps=4, meta_interval=1, **compile_kwargs):
@@ -182,19 +219,26 @@ def _fit_variables(method, meta_scope, backbone_fn, steps=4, meta_interval=1, **
     y_meta = np.arange(30) % C
     keras.utils.set_random_seed(2)
     model = gdw_tf.GDWModel(
-        backbone_fn(), C, method=method, meta_data=(x_meta, y_meta), meta_batch_size=10,
-        meta_scope=meta_scope, meta_interval=meta_interval,
+        backbone_fn(),
+        C,
+        method=method,
+        meta_data=(x_meta, y_meta),
+        meta_batch_size=10,
+        meta_scope=meta_scope,
+        meta_interval=meta_interval,
         meta_grad=compile_kwargs.pop("meta_grad", "jvp"),
     )
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9), **compile_kwargs)
     model.fit(x, y, batch_size=20, epochs=1, shuffle=False, verbose=0)
-    return model, [np.asarray(v.numpy()) for v in model.backbone.variables + model.weight_net.variables]
+    return model, [
+        np.asarray(v.numpy()) for v in model.backbone.variables + model.weight_net.variables
+    ]
 
 
-@pytest.mark.parametrize("method, meta_interval", [("gdw", 1), ("mwnet", 1), ("l2rw", 1),
-                                                   ("gdw", 2)])
-def test_a_scope_covering_every_parameter_gives_the_numbers_of_all(method, meta_interval,
-                                                                    float64):
+@pytest.mark.parametrize(
+    "method, meta_interval", [("gdw", 1), ("mwnet", 1), ("l2rw", 1), ("gdw", 2)]
+)
+def test_a_scope_covering_every_parameter_gives_the_numbers_of_all(method, meta_interval, float64):
     split, covering = _fit_variables(method, "last:3", _flat_mlp_bn, meta_interval=meta_interval)
     assert split._meta_split is not None  # split after the Flatten: the restricted path ran
     _, full = _fit_variables(method, "all", _flat_mlp_bn, meta_interval=meta_interval)
@@ -205,11 +249,16 @@ def test_a_scope_covering_every_parameter_gives_the_numbers_of_all(method, meta_
 
 
 def _conv_bn():
-    return keras.Sequential([
-        keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 3, padding="same", use_bias=False),
-        keras.layers.BatchNormalization(), keras.layers.ReLU(),
-        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(C),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras.layers.Conv2D(4, 3, padding="same", use_bias=False),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(C),
+        ]
+    )
 
 
 @pytest.fixture
@@ -225,17 +274,22 @@ def xla_allowed():
 @pytest.mark.parametrize("method, meta_interval", [("gdw", 1), ("mwnet", 2), ("l2rw", 1)])
 def test_head_scope_is_the_same_eagerly_in_graph_and_under_xla(method, meta_interval, xla_allowed):
     def fit(**kwargs):
-        return _fit_variables(method, "head", _conv_bn, steps=3, meta_interval=meta_interval,
-                              **kwargs)[1]
+        return _fit_variables(
+            method, "head", _conv_bn, steps=3, meta_interval=meta_interval, **kwargs
+        )[1]
 
     graph = fit(jit_compile=False)
-    for other in (fit(run_eagerly=True), fit(jit_compile=True), fit(jit_compile=False,
-                                                                    meta_grad="nested")):
+    for other in (
+        fit(run_eagerly=True),
+        fit(jit_compile=True),
+        fit(jit_compile=False, meta_grad="nested"),
+    ):
         for a, b in zip(graph, other):
             np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
     # Not the numbers of the whole-network virtual step.
-    full = _fit_variables(method, "all", _conv_bn, steps=3, meta_interval=meta_interval,
-                          jit_compile=False)[1]
+    full = _fit_variables(
+        method, "all", _conv_bn, steps=3, meta_interval=meta_interval, jit_compile=False
+    )[1]
     assert not all(np.allclose(a, b, rtol=1e-4) for a, b in zip(graph, full))
 
 
@@ -243,12 +297,18 @@ def test_meta_interval_with_a_head_scope_updates_the_weight_net_on_meta_steps_on
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(60, 6, 6, 2)).astype("float32"), rng.integers(0, C, 60)
     x_meta, y_meta = rng.normal(size=(30, 6, 6, 2)).astype("float32"), np.arange(30) % C
-    model = gdw_tf.GDWModel(_conv_bn(), C, meta_data=(x_meta, y_meta), meta_batch_size=10,
-                            meta_scope="head", meta_interval=2)
+    model = gdw_tf.GDWModel(
+        _conv_bn(),
+        C,
+        meta_data=(x_meta, y_meta),
+        meta_batch_size=10,
+        meta_scope="head",
+        meta_interval=2,
+    )
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9))
     phis = [np.asarray(model.weight_net.trainable_variables[0].numpy())]
     for i in range(3):
-        model.fit(x[20 * i:20 * (i + 1)], y[20 * i:20 * (i + 1)], batch_size=20, verbose=0)
+        model.fit(x[20 * i : 20 * (i + 1)], y[20 * i : 20 * (i + 1)], batch_size=20, verbose=0)
         phis.append(np.asarray(model.weight_net.trainable_variables[0].numpy()))
     np.testing.assert_array_equal(phis[1], phis[0])  # step 1: no meta step
     assert not np.array_equal(phis[2], phis[1])  # step 2: meta step
@@ -260,11 +320,18 @@ def test_scopes_name_units_of_the_bundled_backbones():
     resnet = backbones.resnet32(num_classes=10)
     assert meta_scope_lib.split_backbone(resnet, "head").top_layers == ["logits"]
     assert meta_scope_lib.split_backbone(resnet, "last:2").top_layers == [
-        "stage3_block5_conv1", "stage3_block5_bn1", "stage3_block5_conv2", "stage3_block5_bn2",
-        "logits"]
+        "stage3_block5_conv1",
+        "stage3_block5_bn1",
+        "stage3_block5_conv2",
+        "stage3_block5_bn2",
+        "logits",
+    ]
     cnn = backbones.small_cnn((28, 28, 1), 10)
     assert meta_scope_lib.split_backbone(cnn, "last:3").top_layers == [
-        "block2_conv", "block2_bn", "logits"]
+        "block2_conv",
+        "block2_bn",
+        "logits",
+    ]
     assert meta_scope_lib.split_backbone(cnn, "all") is None
 
 
@@ -295,8 +362,9 @@ def test_scopes_that_cannot_be_split_are_refused_at_construction(backbone_fn, me
         backbone = backbone_fn()
     x_meta, y_meta = np.zeros((6, 5), "float32"), np.arange(6) % C
     with pytest.raises(ValueError, match=message) as error:
-        gdw_tf.GDWModel(backbone, C, meta_data=(x_meta, y_meta), meta_batch_size=3,
-                        meta_scope=meta_scope)
+        gdw_tf.GDWModel(
+            backbone, C, meta_data=(x_meta, y_meta), meta_batch_size=3, meta_scope=meta_scope
+        )
     assert "\n" not in str(error.value)
 
 
@@ -304,8 +372,9 @@ def test_the_scope_is_saved_with_the_model(tmp_path):
     x_meta, y_meta = np.zeros((6, 5), "float32"), np.arange(6) % C
     models_by_scope = {}
     for scope in ("head", "all"):
-        model = gdw_tf.GDWModel(_mlp(), C, meta_data=(x_meta, y_meta), meta_batch_size=3,
-                                meta_scope=scope)
+        model = gdw_tf.GDWModel(
+            _mlp(), C, meta_data=(x_meta, y_meta), meta_batch_size=3, meta_scope=scope
+        )
         model.compile(keras.optimizers.SGD(0.1))
         models_by_scope[scope] = model
     path = str(tmp_path / "model.keras")
@@ -332,11 +401,16 @@ def test_the_study_script_runs_each_weighting_method_per_scope():
         "print(json.dumps([cells, study.run_dir('r', 'flip_40', 'gdw@last:2', 0), command[2:],\n"
         "                  study.variant_name('gdw@last:2')]))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     cells, directory, command, name = __import__("json").loads(result.stdout.splitlines()[-1])
-    assert cells == [["flip_40", "ce", "0"], ["flip_40", "gdw", "0"], ["flip_40", "gdw@last:2", "0"]]
+    assert cells == [
+        ["flip_40", "ce", "0"],
+        ["flip_40", "gdw", "0"],
+        ["flip_40", "gdw@last:2", "0"],
+    ]
     assert directory == os.path.join("r", "flip_40", "gdw_last2", "seed0")
     assert "--method=gdw" in command and "--meta_scope=last:2" in command
     assert name == "GDW (last:2)"

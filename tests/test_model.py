@@ -51,7 +51,9 @@ def test_meta_order_depends_only_on_the_seed():
     _, _, x_meta, y_meta = _data()
     orders = []
     for seed in (3, 3, 4):
-        model = gdw_tf.GDWModel(_mlp(), 3, meta_data=(x_meta, y_meta), meta_batch_size=10, seed=seed)
+        model = gdw_tf.GDWModel(
+            _mlp(), 3, meta_data=(x_meta, y_meta), meta_batch_size=10, seed=seed
+        )
         orders.append(np.concatenate([np.asarray(model._next_meta_batch()[0]) for _ in range(6)]))
     np.testing.assert_array_equal(orders[0], orders[1])
     assert not np.array_equal(orders[0], orders[2])
@@ -60,7 +62,11 @@ def test_meta_order_depends_only_on_the_seed():
 def _train(method, x, y, x_meta, y_meta, steps=3, **compile_kwargs):
     keras.utils.set_random_seed(1)
     model = gdw_tf.GDWModel(
-        _mlp(), 3, method=method, meta_data=(x_meta, y_meta), meta_batch_size=10,
+        _mlp(),
+        3,
+        method=method,
+        meta_data=(x_meta, y_meta),
+        meta_batch_size=10,
         meta_grad=compile_kwargs.pop("meta_grad", "jvp"),
     )
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9), **compile_kwargs)
@@ -97,7 +103,9 @@ def test_metrics_report_the_forward_pass_and_the_weights():
     backbone = _mlp(batch_norm=False)
     logits = np.asarray(backbone(x))
     ce = -np.log(np.exp(logits[np.arange(20), y]) / np.exp(logits).sum(1))
-    model = gdw_tf.GDWModel(backbone, 3, method="gdw", meta_data=(x_meta, y_meta), meta_batch_size=10)
+    model = gdw_tf.GDWModel(
+        backbone, 3, method="gdw", meta_data=(x_meta, y_meta), meta_batch_size=10
+    )
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9))
     logs = model.fit(x, y, batch_size=20, epochs=1, verbose=0).history
     assert logs["train/loss"][0] == pytest.approx(ce.mean(), rel=1e-5)
@@ -113,7 +121,9 @@ def test_metrics_report_the_forward_pass_and_the_weights():
 @pytest.mark.parametrize("method", ["gdw", "mwnet", "l2rw", "ce"])
 def test_example_weights_are_recorded_by_index(method):
     x, y, x_meta, y_meta = _data(n=60)
-    dataset = tf.data.Dataset.from_tensor_slices((x, y, np.arange(60))).shuffle(60, seed=0).batch(20)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((x, y, np.arange(60))).shuffle(60, seed=0).batch(20)
+    )
     model = gdw_tf.GDWModel(
         _mlp(), 3, method=method, meta_data=(x_meta, y_meta), meta_batch_size=10, track_examples=60
     )
@@ -137,7 +147,9 @@ def test_example_weights_are_recorded_by_index(method):
 
 def test_fit_without_indices_refuses_a_tracking_model():
     x, y, x_meta, y_meta = _data(n=20)
-    model = gdw_tf.GDWModel(_mlp(), 3, meta_data=(x_meta, y_meta), meta_batch_size=10, track_examples=20)
+    model = gdw_tf.GDWModel(
+        _mlp(), 3, meta_data=(x_meta, y_meta), meta_batch_size=10, track_examples=20
+    )
     model.compile(keras.optimizers.SGD(0.1))
     with pytest.raises(ValueError, match="track_examples"):
         model.fit(x, y, batch_size=10, epochs=1, verbose=0)
@@ -156,8 +168,10 @@ def _state_variables(model):
 
 
 def _state(model):
-    return {name: [np.array(v.numpy()) for v in variables]
-            for name, variables in _state_variables(model).items()}
+    return {
+        name: [np.array(v.numpy()) for v in variables]
+        for name, variables in _state_variables(model).items()
+    }
 
 
 def _set_state(model, state):
@@ -177,15 +191,24 @@ def test_meta_interval_takes_the_meta_step_on_every_kth_step_only(method):
 
     def model(meta_interval):
         keras.utils.set_random_seed(2)
-        backbone = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])  # softmax regression
-        gdw = gdw_tf.GDWModel(backbone, 3, method=method, meta_data=(x_meta, y_meta),
-                              meta_batch_size=10, l2=l2, meta_interval=meta_interval)
+        backbone = keras.Sequential(
+            [keras.Input((8,)), keras.layers.Dense(3)]
+        )  # softmax regression
+        gdw = gdw_tf.GDWModel(
+            backbone,
+            3,
+            method=method,
+            meta_data=(x_meta, y_meta),
+            meta_batch_size=10,
+            l2=l2,
+            meta_interval=meta_interval,
+        )
         gdw.compile(keras.optimizers.SGD(lr, momentum=momentum))
         return gdw
 
     every_third, every = model(3), model(1)
     for step in range(6):
-        xb, yb = x[batch * step: batch * (step + 1)], y[batch * step: batch * (step + 1)]
+        xb, yb = x[batch * step : batch * (step + 1)], y[batch * step : batch * (step + 1)]
         before = _state(every_third)
         velocities = [np.array(m.numpy()) for m in every_third.optimizer.momentums]
         logs = every_third.train_on_batch(xb, yb, return_dict=True)
@@ -205,12 +228,16 @@ def test_meta_interval_takes_the_meta_step_on_every_kth_step_only(method):
             e = (p - np.eye(3)[yb]) * v[:, None] / batch  # ∂(mean v·ℓ)/∂logits
             grads = [xb.T @ e + l2 * kernel, e.sum(0) + l2 * bias]
             velocities = [momentum * m - lr * g for m, g in zip(velocities, grads)]
-            expected = dict(before, backbone=[w + m for w, m in zip(before["backbone"], velocities)])
+            expected = dict(
+                before, backbone=[w + m for w, m in zip(before["backbone"], velocities)]
+            )
             expected["optimizer"] = after["optimizer"]  # momentum checked through the weights
             assert logs["weights/instance_mean"] == pytest.approx(v.mean(), rel=1e-5)
         for name in expected:
             for a, b in zip(after[name], expected[name]):
-                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=f"step {step + 1}: {name}")
+                np.testing.assert_allclose(
+                    a, b, rtol=1e-5, atol=1e-7, err_msg=f"step {step + 1}: {name}"
+                )
     assert every_third.weight_net_optimizer.iterations.numpy() == 2
     assert every_third.meta_cursor.numpy() == 20  # two meta batches of 10 drawn
 
@@ -218,8 +245,14 @@ def test_meta_interval_takes_the_meta_step_on_every_kth_step_only(method):
 def test_meta_interval_refuses_l2rw_and_non_positive_values():
     _, _, x_meta, y_meta = _data()
     with pytest.raises(ValueError, match="l2rw has none"):
-        gdw_tf.GDWModel(_mlp(), 3, method="l2rw", meta_data=(x_meta, y_meta), meta_batch_size=10,
-                        meta_interval=2)
+        gdw_tf.GDWModel(
+            _mlp(),
+            3,
+            method="l2rw",
+            meta_data=(x_meta, y_meta),
+            meta_batch_size=10,
+            meta_interval=2,
+        )
     with pytest.raises(ValueError, match="meta_interval must be a positive integer"):
         gdw_tf.GDWModel(_mlp(), 3, meta_data=(x_meta, y_meta), meta_batch_size=10, meta_interval=0)
 
@@ -254,7 +287,9 @@ def test_meta_weighting_beats_ce_under_heavy_uniform_noise(seed):
                 keras.layers.Dense(4),
             ]
         )
-        model = gdw_tf.GDWModel(backbone, 4, method=method, meta_data=(x_meta, y_meta), meta_batch_size=50)
+        model = gdw_tf.GDWModel(
+            backbone, 4, method=method, meta_data=(x_meta, y_meta), meta_batch_size=50
+        )
         model.compile(keras.optimizers.SGD(0.1, momentum=0.9))
         model.fit(x, noisy, batch_size=50, epochs=20, verbose=0)
         accuracy[method] = model.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]

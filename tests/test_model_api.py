@@ -92,8 +92,7 @@ BAD_META_SETS = {
     "inf_inputs": ((with_inf(META_X), META_Y), "NaN or infinite"),
     "inputs_of_wrong_rank": ((META_X[:, :, None], META_Y), r"the backbone expects \(6,\)"),
     "empty": ((META_X[:0], META_Y[:0]), "empty"),
-    "empty_dataset": (tf.data.Dataset.from_tensor_slices(
-        (META_X[:0], META_Y[:0])), "empty"),
+    "empty_dataset": (tf.data.Dataset.from_tensor_slices((META_X[:0], META_Y[:0])), "empty"),
     "missing_a_class": ((META_X[META_Y != 1], META_Y[META_Y != 1]), r"class\(es\) \[1\]"),
     "smaller_than_a_meta_batch": ((META_X[:6], META_Y[:6]), "meta_batch_size=10 exceeds"),
     "not_a_pair": (META_X, "tuple \\(x_meta, y_meta\\)"),
@@ -196,8 +195,7 @@ BAD_TRAINING_SETS = {
 }
 
 
-@pytest.mark.parametrize("x, y, message", BAD_TRAINING_SETS.values(),
-                         ids=BAD_TRAINING_SETS.keys())
+@pytest.mark.parametrize("x, y, message", BAD_TRAINING_SETS.values(), ids=BAD_TRAINING_SETS.keys())
 def test_fit_refuses_bad_numpy_training_data_before_any_step(x, y, message):
     model = make_model()
     before = snapshot(model)
@@ -222,16 +220,16 @@ def test_fit_refuses_sample_weight_before_any_step():
     model = make_model()
     before = snapshot(model)
     with pytest.raises(ValueError, match="takes no sample_weight"):
-        model.fit(X_TRAIN, Y_TRAIN, sample_weight=np.ones(len(Y_TRAIN)), batch_size=20,
-                  verbose=0)
+        model.fit(X_TRAIN, Y_TRAIN, sample_weight=np.ones(len(Y_TRAIN)), batch_size=20, verbose=0)
     assert_untouched(model, before)
 
 
 def test_fit_refuses_sample_weight_when_tracking_examples():
     model = make_model(track_examples=len(Y_TRAIN))
     with pytest.raises(ValueError, match="sample_weight"):
-        model.fit(X_TRAIN, Y_TRAIN, sample_weight=np.full(len(Y_TRAIN), 0.5), batch_size=20,
-                  verbose=0)
+        model.fit(
+            X_TRAIN, Y_TRAIN, sample_weight=np.full(len(Y_TRAIN), 0.5), batch_size=20, verbose=0
+        )
 
 
 def test_fit_refuses_out_of_range_labels_in_a_dataset():
@@ -258,9 +256,9 @@ def test_fit_without_a_meta_set_says_how_to_give_one():
 def fitted_and_saved(tmp_path):
     """A GDWModel after one epoch (two steps), saved to a `.keras` file; (model, path)."""
     model = make_model(track_examples=len(Y_TRAIN))
-    indexed = tf.data.Dataset.from_tensor_slices(
-        (X_TRAIN, Y_TRAIN, np.arange(len(Y_TRAIN)))
-    ).batch(20)
+    indexed = tf.data.Dataset.from_tensor_slices((X_TRAIN, Y_TRAIN, np.arange(len(Y_TRAIN)))).batch(
+        20
+    )
     model.fit(indexed, epochs=1, verbose=0)
     path = tmp_path / "gdw.keras"
     model.save(path)
@@ -275,22 +273,26 @@ def test_keras_file_restores_predictions_weight_net_and_meta_position(fitted_and
     config, loaded_config = model.get_config(), loaded.get_config()
     del config["backbone"], loaded_config["backbone"]  # Compared through its outputs below.
     assert loaded_config == config
-    np.testing.assert_array_equal(loaded.predict(X_TRAIN, verbose=0),
-                                  model.predict(X_TRAIN, verbose=0))
+    np.testing.assert_array_equal(
+        loaded.predict(X_TRAIN, verbose=0), model.predict(X_TRAIN, verbose=0)
+    )
     for saved, restored in zip(model.weight_net.weights, loaded.weight_net.weights, strict=True):
         np.testing.assert_array_equal(saved.numpy(), restored.numpy())
     assert (int(loaded.meta_cursor.numpy()), int(loaded.meta_epoch.numpy())) == (20, 0)
-    np.testing.assert_array_equal(loaded.example_label_weights.numpy(),
-                                  model.example_label_weights.numpy())
+    np.testing.assert_array_equal(
+        loaded.example_label_weights.numpy(), model.example_label_weights.numpy()
+    )
     assert loaded.num_meta == 0  # The meta set is data, not state: set it again.
 
 
 def test_keras_file_restores_both_optimizers(fitted_and_saved):
     model, path = fitted_and_saved
     loaded = keras.saving.load_model(path)
-    for saved, restored in zip(model.optimizer.variables + model.weight_net_optimizer.variables,
-                               loaded.optimizer.variables + loaded.weight_net_optimizer.variables,
-                               strict=True):
+    for saved, restored in zip(
+        model.optimizer.variables + model.weight_net_optimizer.variables,
+        loaded.optimizer.variables + loaded.weight_net_optimizer.variables,
+        strict=True,
+    ):
         np.testing.assert_array_equal(saved.numpy(), restored.numpy())
 
 
@@ -299,21 +301,24 @@ def test_a_loaded_model_resumes_training_exactly(fitted_and_saved):
     loaded = keras.saving.load_model(path)
     loaded.set_meta_data(meta_set())
 
-    for saved, restored in zip(model.weight_net_optimizer.variables + model.optimizer.variables,
-                               loaded.weight_net_optimizer.variables + loaded.optimizer.variables,
-                               strict=True):
+    for saved, restored in zip(
+        model.weight_net_optimizer.variables + model.optimizer.variables,
+        loaded.weight_net_optimizer.variables + loaded.optimizer.variables,
+        strict=True,
+    ):
         np.testing.assert_array_equal(saved.numpy(), restored.numpy(), err_msg=saved.path)
     assert int(loaded.weight_net_optimizer.iterations.numpy()) == 2
 
     # One more epoch on each gives the same weights: training continues where it stopped.
-    indexed = tf.data.Dataset.from_tensor_slices(
-        (X_TRAIN, Y_TRAIN, np.arange(len(Y_TRAIN)))
-    ).batch(20)
+    indexed = tf.data.Dataset.from_tensor_slices((X_TRAIN, Y_TRAIN, np.arange(len(Y_TRAIN)))).batch(
+        20
+    )
     model.fit(indexed, epochs=1, verbose=0)
     loaded.fit(indexed, epochs=1, verbose=0)
     for trained, resumed in zip(model.variables, loaded.variables, strict=True):
-        np.testing.assert_allclose(trained.numpy(), resumed.numpy(), rtol=1e-6, atol=1e-7,
-                                   err_msg=trained.path)
+        np.testing.assert_allclose(
+            trained.numpy(), resumed.numpy(), rtol=1e-6, atol=1e-7, err_msg=trained.path
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,12 +326,17 @@ def test_a_loaded_model_resumes_training_exactly(fitted_and_saved):
 
 
 def test_terminate_on_nan_stops_a_diverging_fit_at_the_first_non_finite_loss():
-    model = GDWModel(backbones.mlp((NUM_FEATURES,), NUM_CLASSES), NUM_CLASSES,
-                     meta_data=meta_set(), meta_batch_size=10)
+    model = GDWModel(
+        backbones.mlp((NUM_FEATURES,), NUM_CLASSES),
+        NUM_CLASSES,
+        meta_data=meta_set(),
+        meta_batch_size=10,
+    )
     model.compile(optimizer=keras.optimizers.SGD(1e30))  # diverges
     x, y = training_set(200)
-    history = model.fit(x, y, batch_size=10, epochs=5, verbose=0,
-                        callbacks=[keras.callbacks.TerminateOnNaN()])
+    history = model.fit(
+        x, y, batch_size=10, epochs=5, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN()]
+    )
     losses = history.history["loss"]
     assert len(losses) == 1 and not np.isfinite(losses[0])  # stopped in epoch 1
     assert int(model.optimizer.iterations.numpy()) < 20  # of 100 steps asked for
@@ -336,8 +346,15 @@ def test_loss_is_the_training_loss_and_val_loss_the_validation_loss():
     model = make_model()
     x, y = training_set()
     x_val, y_val = meta_set(seed=5)
-    history = model.fit(x, y, batch_size=10, epochs=2, verbose=0, validation_data=(x_val, y_val),
-                        callbacks=[keras.callbacks.EarlyStopping(monitor="loss", patience=5)])
+    history = model.fit(
+        x,
+        y,
+        batch_size=10,
+        epochs=2,
+        verbose=0,
+        validation_data=(x_val, y_val),
+        callbacks=[keras.callbacks.EarlyStopping(monitor="loss", patience=5)],
+    )
     logs = history.history
     assert logs["loss"] == logs["train/loss"]
     assert len(logs["val_loss"]) == 2 and logs["val_loss"] != logs["loss"]
@@ -346,8 +363,9 @@ def test_loss_is_the_training_loss_and_val_loss_the_validation_loss():
     # The validation loss is the mean cross-entropy of the final weights' predictions.
     logits = model.predict(x_val, verbose=0).astype("float64")
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    np.testing.assert_allclose(evaluated["loss"], -log_probs[np.arange(len(y_val)), y_val].mean(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        evaluated["loss"], -log_probs[np.arange(len(y_val)), y_val].mean(), rtol=1e-5
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,23 +384,37 @@ def _one_step(policy, method):
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
     x, y = training_set(40)
-    model = GDWModel(backbones.mlp((NUM_FEATURES,), NUM_CLASSES), NUM_CLASSES, method=method,
-                     meta_data=meta_set(), meta_batch_size=10, track_examples=40)
+    model = GDWModel(
+        backbones.mlp((NUM_FEATURES,), NUM_CLASSES),
+        NUM_CLASSES,
+        method=method,
+        meta_data=meta_set(),
+        meta_batch_size=10,
+        track_examples=40,
+    )
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     before = model.backbone.get_weights()
     batches = tf.data.Dataset.from_tensor_slices((x, y, np.arange(40))).batch(40)
     loss = model.fit(batches, epochs=1, verbose=0).history["loss"][0]
     keras.mixed_precision.set_global_policy("float32")
-    return before, model.backbone.get_weights(), np.asarray(model.example_label_weights), loss, model
+    return (
+        before,
+        model.backbone.get_weights(),
+        np.asarray(model.example_label_weights),
+        loss,
+        model,
+    )
 
 
 # bfloat16 keeps 8 significant bits (relative rounding 2^-8 = 0.4% per operation); through the
 # MLP's 256-term sums one step's update differed from float32's by 3-4% (GDW, MW-Net, CE) and
 # 6% (L2RW, whose weights are clipped at 0) when this test was written.
-@pytest.mark.parametrize("method, update_rtol", [("gdw", 0.1), ("mwnet", 0.1), ("l2rw", 0.15),
-                                                 ("ce", 0.1)])
+@pytest.mark.parametrize(
+    "method, update_rtol", [("gdw", 0.1), ("mwnet", 0.1), ("l2rw", 0.15), ("ce", 0.1)]
+)
 def test_mixed_bfloat16_takes_the_float32_step_within_bfloat16_rounding(
-        method, update_rtol, restore_dtype_policy):
+    method, update_rtol, restore_dtype_policy
+):
     start, expected, expected_weights, expected_loss, _ = _one_step("float32", method)
     start_mixed, actual, weights, loss, model = _one_step("mixed_bfloat16", method)
     assert model.backbone.compute_dtype == "bfloat16"  # mixed precision was in use
@@ -400,7 +432,11 @@ def test_mixed_bfloat16_takes_the_float32_step_within_bfloat16_rounding(
 
 def test_mixed_float16_is_refused_with_the_policy_to_use(restore_dtype_policy):
     keras.mixed_precision.set_global_policy("mixed_float16")
-    model = GDWModel(backbones.mlp((NUM_FEATURES,), NUM_CLASSES), NUM_CLASSES,
-                     meta_data=meta_set(), meta_batch_size=10)
+    model = GDWModel(
+        backbones.mlp((NUM_FEATURES,), NUM_CLASSES),
+        NUM_CLASSES,
+        meta_data=meta_set(),
+        meta_batch_size=10,
+    )
     with pytest.raises(ValueError, match="use keras.mixed_precision.set_global_policy"):
         model.compile(optimizer="sgd")

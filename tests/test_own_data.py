@@ -17,13 +17,13 @@ from absl import flags
 from absl.testing import flagsaver
 
 from gdw_tf import auto_meta
-from gdw_tf import config as config_lib
 from gdw_tf import backbones
+from gdw_tf import config as config_lib
 from gdw_tf import datasets
 from gdw_tf import input_pipeline
+from gdw_tf import own_data
 from gdw_tf import run_dir
 from gdw_tf import split as split_lib
-from gdw_tf import own_data
 from gdw_tf import train
 
 FLAGS = flags.FLAGS
@@ -83,15 +83,20 @@ def test_folder_tree_loads_the_images_written(tmp_path):
     trusted_images = _random_images(rng, 3, (6, 5, 1))
     _write_folder(str(tmp_path / "trusted"), trusted_images, ["emu", "cat", "dog"])
 
-    dataset = own_data.load_own_data(_config(train_data=str(tmp_path / "train"),
-                                             trusted_data=str(tmp_path / "trusted"),
-                                             meta_batch_size=3))
+    dataset = own_data.load_own_data(
+        _config(
+            train_data=str(tmp_path / "train"),
+            trusted_data=str(tmp_path / "trusted"),
+            meta_batch_size=3,
+        )
+    )
     assert dataset.class_names == ("cat", "dog", "emu") and dataset.num_classes == 3
     # Classes in sorted folder order, files sorted within a class; then the trusted set.
     order = sorted(range(9), key=lambda i: (labels[i], paths[i]))
     np.testing.assert_array_equal(dataset.x_train[:9], images[order])
-    np.testing.assert_array_equal(dataset.y_train[:9], np.searchsorted(["cat", "dog", "emu"],
-                                                                       labels[order]))
+    np.testing.assert_array_equal(
+        dataset.y_train[:9], np.searchsorted(["cat", "dog", "emu"], labels[order])
+    )
     assert dataset.train_ids[:9] == tuple(paths[i] for i in order)
     np.testing.assert_array_equal(dataset.x_train[9:], trusted_images[[1, 2, 0]])
     np.testing.assert_array_equal(dataset.y_train[9:], [0, 1, 2])
@@ -105,17 +110,33 @@ def test_csv_of_features_with_a_trusted_column(tmp_path):
     labels = ["b", "a", "b", "a", "b", "a", "a", "b"]
     trusted = ["", "yes", "0", "1", "true", "no", "false", "n"]
     path = str(tmp_path / "train.csv")
-    _write_csv(path, ["f1", "kind", "f2", "ok", "f3"],
-               [[repr(float(f[0])), y, repr(float(f[1])), t, repr(float(f[2]))]
-                for f, y, t in zip(features, labels, trusted)])
+    _write_csv(
+        path,
+        ["f1", "kind", "f2", "ok", "f3"],
+        [
+            [repr(float(f[0])), y, repr(float(f[1])), t, repr(float(f[2]))]
+            for f, y, t in zip(features, labels, trusted)
+        ],
+    )
     test_path = str(tmp_path / "test.csv")  # Columns in another order are matched by name.
-    _write_csv(test_path, ["f3", "f2", "f1", "kind"],
-               [[repr(float(f[2])), repr(float(f[1])), repr(float(f[0])), y]
-                for f, y in zip(features[:2], labels[:2])])
+    _write_csv(
+        test_path,
+        ["f3", "f2", "f1", "kind"],
+        [
+            [repr(float(f[2])), repr(float(f[1])), repr(float(f[0])), y]
+            for f, y in zip(features[:2], labels[:2])
+        ],
+    )
 
-    dataset = own_data.load_own_data(_config(train_data=path, test_data=test_path,
-                                             label_column="kind", trusted_column="ok",
-                                             meta_batch_size=2))
+    dataset = own_data.load_own_data(
+        _config(
+            train_data=path,
+            test_data=test_path,
+            label_column="kind",
+            trusted_column="ok",
+            meta_batch_size=2,
+        )
+    )
     np.testing.assert_array_equal(dataset.x_train, features)
     assert dataset.x_train.dtype == np.float32
     np.testing.assert_array_equal(dataset.y_train, [1, 0, 1, 0, 1, 0, 0, 1])
@@ -134,20 +155,19 @@ def test_csv_of_image_paths_unifies_channels_and_resizes(tmp_path):
     _write_csv(path, ["image", "label"], [["img/g.png", "0"], ["img/c.png", "1"]])
 
     dataset = own_data.load_own_data(_config(train_data=path, image_size=4, method="ce"))
-    assert dataset.x_train.shape == (2, 4, 4, 3) and dataset.train_ids == ("img/g.png",
-                                                                            "img/c.png")
+    assert dataset.x_train.shape == (2, 4, 4, 3) and dataset.train_ids == ("img/g.png", "img/c.png")
     np.testing.assert_array_equal(dataset.x_train[0], np.repeat(gray, 3, axis=-1))
     resized = tf.image.resize(rgb, (4, 4), method="bilinear").numpy()
-    np.testing.assert_array_equal(dataset.x_train[1],
-                                  np.clip(np.round(resized), 0, 255).astype(np.uint8))
+    np.testing.assert_array_equal(
+        dataset.x_train[1], np.clip(np.round(resized), 0, 255).astype(np.uint8)
+    )
 
 
 def test_npz_of_images_and_of_features(tmp_path):
     rng = np.random.default_rng(3)
     images = _random_images(rng, 6, (5, 5))
     np.savez(tmp_path / "images.npz", x=images, y=np.array(["10", "2", "10", "3", "2", "3"]))
-    dataset = own_data.load_own_data(_config(train_data=str(tmp_path / "images.npz"),
-                                             method="ce"))
+    dataset = own_data.load_own_data(_config(train_data=str(tmp_path / "images.npz"), method="ce"))
     assert dataset.class_names == ("2", "3", "10")  # integer names sort numerically
     np.testing.assert_array_equal(dataset.x_train, images[..., None])
     np.testing.assert_array_equal(dataset.y_train, [2, 0, 2, 1, 0, 1])
@@ -155,12 +175,16 @@ def test_npz_of_images_and_of_features(tmp_path):
 
     features = rng.normal(size=(6, 4))
     np.savez(tmp_path / "features.npz", x=features, y=np.array([0, 1, 0, 1, 0, 1]))
-    dataset = own_data.load_own_data(_config(train_data=str(tmp_path / "features.npz"),
-                                             method="ce"))
+    dataset = own_data.load_own_data(
+        _config(train_data=str(tmp_path / "features.npz"), method="ce")
+    )
     np.testing.assert_array_equal(dataset.x_train, features.astype(np.float32))
     mean, std = input_pipeline.normalization_stats("own_data", dataset.x_train)
-    np.testing.assert_allclose(input_pipeline.normalize(dataset.x_train, mean, std).numpy(),
-                               (features - features.mean(0)) / features.std(0), atol=1e-5)
+    np.testing.assert_allclose(
+        input_pipeline.normalize(dataset.x_train, mean, std).numpy(),
+        (features - features.mean(0)) / features.std(0),
+        atol=1e-5,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,8 +203,12 @@ def _bad_inputs(root):
     _write_folder(unreadable, images, [0, 1, 2] * 2)
     with open(os.path.join(unreadable, "1", "broken.png"), "wb") as file:
         file.write(b"not a png")
-    cases.append(({"train_data": unreadable, "method": "ce"},
-                  f"{os.path.join(unreadable, '1', 'broken.png')}: not a readable image"))
+    cases.append(
+        (
+            {"train_data": unreadable, "method": "ce"},
+            f"{os.path.join(unreadable, '1', 'broken.png')}: not a readable image",
+        )
+    )
 
     empty = os.path.join(root, "empty")
     _write_folder(empty, images, [0, 1] * 3)
@@ -192,16 +220,28 @@ def _bad_inputs(root):
 
     unknown = os.path.join(root, "unknown")
     _write_folder(unknown, images[:4], [0, 1, 2, 7])
-    cases.append(({"train_data": good, "trusted_data": unknown, "meta_batch_size": 2},
-                  f"{unknown}: label '7' is not a class of the training data (0, 1, 2)"))
+    cases.append(
+        (
+            {"train_data": good, "trusted_data": unknown, "meta_batch_size": 2},
+            f"{unknown}: label '7' is not a class of the training data (0, 1, 2)",
+        )
+    )
 
     missing = os.path.join(root, "missing")
     _write_folder(missing, images[:4], [0, 1, 0, 1])
-    cases.append(({"train_data": good, "trusted_data": missing, "meta_batch_size": 2},
-                  "has no example of class 2"))
+    cases.append(
+        (
+            {"train_data": good, "trusted_data": missing, "meta_batch_size": 2},
+            "has no example of class 2",
+        )
+    )
 
-    cases.append(({"train_data": good, "trusted_data": missing + "/../good",
-                   "meta_batch_size": 100}, "fewer than --meta_batch_size=100"))
+    cases.append(
+        (
+            {"train_data": good, "trusted_data": missing + "/../good", "meta_batch_size": 100},
+            "fewer than --meta_batch_size=100",
+        )
+    )
     cases.append(({"train_data": good}, "--method=gdw needs a trusted set"))
 
     sizes = os.path.join(root, "sizes")
@@ -215,8 +255,12 @@ def _bad_inputs(root):
 
     csv_path = os.path.join(root, "text.csv")
     _write_csv(csv_path, ["a", "label"], [["1", "x"], ["oops", "y"]])
-    cases.append(({"train_data": csv_path, "method": "ce"},
-                  f"{csv_path}:3: column 'a' holds 'oops', not a number"))
+    cases.append(
+        (
+            {"train_data": csv_path, "method": "ce"},
+            f"{csv_path}:3: column 'a' holds 'oops', not a number",
+        )
+    )
 
     csv_path = os.path.join(root, "ragged.csv")
     _write_csv(csv_path, ["a", "label"], [["1", "x"], ["2", "y", "3"]])
@@ -224,8 +268,9 @@ def _bad_inputs(root):
 
     csv_path = os.path.join(root, "flag.csv")
     _write_csv(csv_path, ["a", "label", "t"], [["1", "x", "1"], ["2", "y", "maybe"]])
-    cases.append(({"train_data": csv_path, "trusted_column": "t"},
-                  f"{csv_path}:3: column 't' holds 'maybe'"))
+    cases.append(
+        ({"train_data": csv_path, "trusted_column": "t"}, f"{csv_path}:3: column 't' holds 'maybe'")
+    )
 
     csv_path = os.path.join(root, "missing_image.csv")
     _write_csv(csv_path, ["image", "label"], [["nowhere.png", "x"]])
@@ -233,13 +278,18 @@ def _bad_inputs(root):
 
     csv_path = os.path.join(root, "none_trusted.csv")
     _write_csv(csv_path, ["a", "label", "t"], [["1", "x", "0"], ["2", "y", "no"]])
-    cases.append(({"train_data": csv_path, "trusted_column": "t"},
-                  "no row is marked trusted in column 't'"))
+    cases.append(
+        ({"train_data": csv_path, "trusted_column": "t"}, "no row is marked trusted in column 't'")
+    )
 
     features_path = os.path.join(root, "features.npz")
     np.savez(features_path, x=np.zeros((4, 3)), y=np.arange(4) % 2)
-    cases.append(({"train_data": good, "test_data": features_path, "method": "ce"},
-                  f"{features_path} holds features but {good} images"))
+    cases.append(
+        (
+            {"train_data": good, "test_data": features_path, "method": "ce"},
+            f"{features_path} holds features but {good} images",
+        )
+    )
 
     npz_path = os.path.join(root, "no_y.npz")
     np.savez(npz_path, x=images)
@@ -281,8 +331,10 @@ def test_the_cli_prints_one_error_line_and_trains_nothing(tmp_path, capsys):
         (["--trusted_data=/tmp"], "need --train_data"),
         (["--test_data=/tmp"], "need --train_data"),
         (["--train_data=/no/such/folder"], "--train_data must be an existing folder"),
-        (["--train_data=/tmp", "--trusted_data=auto", "--trusted_column=t"],
-         "--trusted_data or --trusted_column, not both"),
+        (
+            ["--train_data=/tmp", "--trusted_data=auto", "--trusted_column=t"],
+            "--trusted_data or --trusted_column, not both",
+        ),
         (["--image_size=-1"], "--image_size must be ≥ 0"),
         (["--auto_meta_warmup_epochs=0"], "--auto_meta_warmup_epochs must be a positive"),
         (["--model_weights=/no/such.weights.h5"], "--model_weights is not an existing file"),
@@ -341,8 +393,7 @@ def test_auto_split_moves_the_chosen_examples_to_the_meta_set(monkeypatch):
     probabilities = rng.dirichlet(np.ones(3), len(split.train_indices))
     monkeypatch.setattr(auto_meta, "warm_up_probabilities", lambda *args: probabilities)
     config = _config(trusted_data="auto", auto_meta_per_class=4, meta_batch_size=12)
-    auto = auto_meta.auto_split(split, config, "mlp", np.zeros((60, 2), np.float32), 0, 1,
-                                False)
+    auto = auto_meta.auto_split(split, config, "mlp", np.zeros((60, 2), np.float32), 0, 1, False)
 
     chosen = auto_meta.select_confident(probabilities, split.train_noisy_labels, 3, 4)
     assert auto.meta_source == "auto" and len(auto.meta_indices) == 12
@@ -350,15 +401,18 @@ def test_auto_split_moves_the_chosen_examples_to_the_meta_set(monkeypatch):
     np.testing.assert_array_equal(auto.meta_labels, split.train_noisy_labels[chosen])
     assert not np.intersect1d(auto.meta_indices, auto.train_indices).size
     assert not np.intersect1d(auto.meta_indices, split.meta_indices).size
-    np.testing.assert_array_equal(np.sort(np.r_[auto.meta_indices, auto.train_indices]),
-                                  split.train_indices)
+    np.testing.assert_array_equal(
+        np.sort(np.r_[auto.meta_indices, auto.train_indices]), split.train_indices
+    )
     np.testing.assert_array_equal(auto.train_true_labels, labels[auto.train_indices])
-    np.testing.assert_array_equal(auto.train_corrupted,
-                                  auto.train_true_labels != auto.train_noisy_labels)
+    np.testing.assert_array_equal(
+        auto.train_corrupted, auto.train_true_labels != auto.train_noisy_labels
+    )
     assert auto.realised_noise_rate == pytest.approx(auto.train_corrupted.mean())
     summary = auto_meta.summary(auto, config, true_labels=labels)
-    assert summary["purity"] == pytest.approx(np.mean(labels[auto.meta_indices]
-                                                      == auto.meta_labels))
+    assert summary["purity"] == pytest.approx(
+        np.mean(labels[auto.meta_indices] == auto.meta_labels)
+    )
 
 
 def test_a_run_saved_with_the_old_default_model_still_resumes():
@@ -367,11 +421,14 @@ def test_a_run_saved_with_the_old_default_model_still_resumes():
         del saved[key]  # written before these flags existed
     assert run_dir.config_differences(saved, _config()) == []
     assert run_dir.config_differences(saved, _config(model="small_cnn")) == [
-        "model: saved 'resnet32', now 'small_cnn'"]
+        "model: saved 'resnet32', now 'small_cnn'"
+    ]
     own = _config(train_data="data.csv")
     assert run_dir.config_differences(own.to_dict(), own) == []
     assert sorted(run_dir.config_differences(saved, own)) == [
-        "model: saved 'resnet32', now 'auto'", "train_data: saved None, now 'data.csv'"]
+        "model: saved 'resnet32', now 'auto'",
+        "train_data: saved None, now 'data.csv'",
+    ]
 
 
 def test_split_files_without_the_new_fields_still_load(tmp_path):
@@ -394,13 +451,25 @@ def test_features_csv_run_reports_no_made_up_truth_and_resumes(tmp_path):
     y = np.arange(150) % 3
     x = centres[y] + rng.normal(size=(150, 4))
     path = str(tmp_path / "data.csv")
-    _write_csv(path, ["a", "b", "c", "d", "label", "trusted"],
-               [[*map(repr, row), f"class{k}", int(i < 30)] for i, (row, k) in
-                enumerate(zip(x.tolist(), y))])
+    _write_csv(
+        path,
+        ["a", "b", "c", "d", "label", "trusted"],
+        [
+            [*map(repr, row), f"class{k}", int(i < 30)]
+            for i, (row, k) in enumerate(zip(x.tolist(), y))
+        ],
+    )
     run_dir = str(tmp_path / "run")
-    args = [f"--train_data={path}", "--trusted_column=trusted", "--meta_batch_size=30",
-            "--batch_size=40", "--epochs=2", "--lr=0.05", "--verbose=0",
-            f"--output_dir={run_dir}"]
+    args = [
+        f"--train_data={path}",
+        "--trusted_column=trusted",
+        "--meta_batch_size=30",
+        "--batch_size=40",
+        "--epochs=2",
+        "--lr=0.05",
+        "--verbose=0",
+        f"--output_dir={run_dir}",
+    ]
     _main(*args)
 
     results = json.load(open(os.path.join(run_dir, "results.json")))
@@ -414,8 +483,13 @@ def test_features_csv_run_reports_no_made_up_truth_and_resumes(tmp_path):
     assert not split.truth_known and split.meta_source == "trusted"
     np.testing.assert_array_equal(split.meta_indices, np.arange(30))
     with np.load(os.path.join(run_dir, "example_weights.npz")) as weights:
-        assert set(weights.files) == {"index", "given_label", "instance_weight",
-                                      "labelled_class_weight", "id"}
+        assert set(weights.files) == {
+            "index",
+            "given_label",
+            "instance_weight",
+            "labelled_class_weight",
+            "id",
+        }
         np.testing.assert_array_equal(weights["id"], [f"{path}:{i + 2}" for i in range(30, 150)])
         np.testing.assert_array_equal(weights["given_label"], y[30:])
 
@@ -463,9 +537,15 @@ def test_real_digits_folder_tree_end_to_end_low_weights_on_changed_labels(tmp_pa
 
     root, changed = digits
     run_dir = str(tmp_path / "run")
-    _main(f"--train_data={root}/train", f"--trusted_data={root}/trusted",
-          f"--test_data={root}/test",
-          "--epochs=20", "--lr=0.05", "--verbose=0", f"--output_dir={run_dir}")
+    _main(
+        f"--train_data={root}/train",
+        f"--trusted_data={root}/trusted",
+        f"--test_data={root}/test",
+        "--epochs=20",
+        "--lr=0.05",
+        "--verbose=0",
+        f"--output_dir={run_dir}",
+    )
 
     results = json.load(open(os.path.join(run_dir, "results.json")))
     assert results["config"]["model"] == "small_cnn"
@@ -487,9 +567,16 @@ def test_real_digits_folder_tree_end_to_end_low_weights_on_changed_labels(tmp_pa
 def test_automatic_trusted_set_on_real_digits_is_pure(tmp_path, digits):
     root, changed = digits
     run_dir = str(tmp_path / "run")
-    _main(f"--train_data={root}/train", "--trusted_data=auto",
-          "--auto_meta_per_class=10", "--auto_meta_warmup_epochs=3", "--epochs=1", "--lr=0.05",
-          "--verbose=0", f"--output_dir={run_dir}")
+    _main(
+        f"--train_data={root}/train",
+        "--trusted_data=auto",
+        "--auto_meta_per_class=10",
+        "--auto_meta_warmup_epochs=3",
+        "--epochs=1",
+        "--lr=0.05",
+        "--verbose=0",
+        f"--output_dir={run_dir}",
+    )
 
     results = json.load(open(os.path.join(run_dir, "results.json")))
     chosen = results["auto_meta"]
@@ -506,16 +593,31 @@ def test_automatic_trusted_set_on_real_digits_is_pure(tmp_path, digits):
 
 
 @pytest.mark.skipif(
-    not os.path.isfile(os.path.join(datasets.DEBIAN_FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz")),
+    not os.path.isfile(
+        os.path.join(datasets.DEBIAN_FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz")
+    ),
     reason="Debian's dataset-fashion-mnist is not installed",
 )
 def test_automatic_trusted_set_on_the_benchmark_reports_its_purity(tmp_path):
     run_dir = str(tmp_path / "run")
-    _main("--dataset=fashion_mnist", "--max_train_examples=600", "--max_test_examples=100",
-          "--noise=uniform", "--ratio=0.6", "--num_meta=50", "--trusted_data=auto",
-          "--auto_meta_per_class=5", "--auto_meta_warmup_epochs=2", "--batch_size=50",
-          "--meta_batch_size=50", "--model=mlp", "--lr=0.02", "--epochs=1", "--verbose=0",
-          f"--output_dir={run_dir}")
+    _main(
+        "--dataset=fashion_mnist",
+        "--max_train_examples=600",
+        "--max_test_examples=100",
+        "--noise=uniform",
+        "--ratio=0.6",
+        "--num_meta=50",
+        "--trusted_data=auto",
+        "--auto_meta_per_class=5",
+        "--auto_meta_warmup_epochs=2",
+        "--batch_size=50",
+        "--meta_batch_size=50",
+        "--model=mlp",
+        "--lr=0.02",
+        "--epochs=1",
+        "--verbose=0",
+        f"--output_dir={run_dir}",
+    )
 
     results = json.load(open(os.path.join(run_dir, "results.json")))
     split = split_lib.Split.load(os.path.join(run_dir, "split.npz"))
@@ -523,8 +625,9 @@ def test_automatic_trusted_set_on_the_benchmark_reports_its_purity(tmp_path):
     assert split.meta_source == "auto" and split.truth_known and len(split.meta_indices) == 50
     # The noisy pool is the clean-meta protocol's training set: the same indices, less the 50.
     base = split_lib.make_split(labels, 10, 50, "uniform", 0.6, 1.0, seed=0)
-    np.testing.assert_array_equal(np.sort(np.r_[split.meta_indices, split.train_indices]),
-                                  base.train_indices)
+    np.testing.assert_array_equal(
+        np.sort(np.r_[split.meta_indices, split.train_indices]), base.train_indices
+    )
     purity = np.mean(labels[split.meta_indices] == split.meta_labels)
     assert results["auto_meta"]["purity"] == pytest.approx(purity)
     assert results["noise"]["realised_rate"] == pytest.approx(split.train_corrupted.mean())

@@ -20,8 +20,11 @@ def test_readme_minimal_example_runs(capsys):
 
 
 # Import names of the distributions that install them, where the two differ.
-_DISTRIBUTIONS = {"absl": "absl-py", "tensorflow_datasets": "tensorflow-datasets",
-                  "sklearn": "scikit-learn"}
+_DISTRIBUTIONS = {
+    "absl": "absl-py",
+    "tensorflow_datasets": "tensorflow-datasets",
+    "sklearn": "scikit-learn",
+}
 
 
 def _requirement_name(requirement):
@@ -30,6 +33,7 @@ def _requirement_name(requirement):
 
 def test_the_readme_test_command_installs_what_the_tests_import_and_ci_runs_it():
     import sys
+
     import tomllib
 
     (command,) = re.findall(r"```bash\n(.*?)\n```", _section("Tests"), flags=re.S)
@@ -38,8 +42,10 @@ def test_the_readme_test_command_installs_what_the_tests_import_and_ci_runs_it()
     assert ci[-1] == command  # CI ends with exactly the README's command
 
     project = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]
-    installed = {_requirement_name(r) for r in
-                 project["dependencies"] + project["optional-dependencies"]["test"]}
+    installed = {
+        _requirement_name(r)
+        for r in project["dependencies"] + project["optional-dependencies"]["test"]
+    }
     imported = set()
     for path in (README.parent / "tests").glob("*.py"):
         imported |= set(re.findall(r"^\s*(?:import|from) (\w+)", path.read_text(), flags=re.M))

@@ -27,7 +27,11 @@ def float64():
 
 def _mlp(inputs=5, hidden=7, classes=3):
     return keras.Sequential(
-        [keras.Input((inputs,)), keras.layers.Dense(hidden, activation="tanh"), keras.layers.Dense(classes)]
+        [
+            keras.Input((inputs,)),
+            keras.layers.Dense(hidden, activation="tanh"),
+            keras.layers.Dense(classes),
+        ]
     )
 
 
@@ -154,7 +158,19 @@ def test_intermediate_gradients_jvp_nested_and_finite_differences_agree(make_bac
     fwd = step_lib.forward(methods.GDW, backbone, theta, non_trainable, x, y, 3)
     results = {
         mode: step_lib.meta_gradient(
-            methods.GDW, fwd, backbone, weight_net, theta, non_trainable, phi, x, x_meta, y_meta, LR, 3, mode
+            methods.GDW,
+            fwd,
+            backbone,
+            weight_net,
+            theta,
+            non_trainable,
+            phi,
+            x,
+            x_meta,
+            y_meta,
+            LR,
+            3,
+            mode,
         )
         for mode in ("jvp", "nested")
     }
@@ -166,7 +182,9 @@ def test_intermediate_gradients_jvp_nested_and_finite_differences_agree(make_bac
 
     assert np.abs(finite).max() > 1e-6  # a real signal, not a vacuous comparison
     for mode, result in results.items():
-        np.testing.assert_allclose(result.dmeta_dweights, finite, rtol=1e-5, atol=1e-10, err_msg=mode)
+        np.testing.assert_allclose(
+            result.dmeta_dweights, finite, rtol=1e-5, atol=1e-10, err_msg=mode
+        )
         assert float(result.meta_loss) == pytest.approx(meta_loss(omega0), rel=1e-12)
     for a, b in zip(results["jvp"].weight_net_grads, results["nested"].weight_net_grads):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-16)
@@ -185,7 +203,19 @@ def test_instance_meta_gradients_match_finite_differences(method):
 
     results = [
         step_lib.meta_gradient(
-            methods.get(method), fwd, backbone, weight_net, theta, non_trainable, phi, x, x_meta, y_meta, LR, 3, mode
+            methods.get(method),
+            fwd,
+            backbone,
+            weight_net,
+            theta,
+            non_trainable,
+            phi,
+            x,
+            x_meta,
+            y_meta,
+            LR,
+            3,
+            mode,
         )
         for mode in ("jvp", "nested")
     ]
@@ -242,7 +272,11 @@ def _spec_step(method, theta, phi, x, y, x_meta, y_meta, classes, l2=5e-4, beta=
     with tf.GradientTape(persistent=True) as outer:
         outer.watch(phi)
         v = _explicit_weight_net(phi, loss)
-        omega0 = constrain(tf.tile(v[:, None], [1, classes])) if method == "gdw" else v[:, None] * np.ones((1, classes))
+        omega0 = (
+            constrain(tf.tile(v[:, None], [1, classes]))
+            if method == "gdw"
+            else v[:, None] * np.ones((1, classes))
+        )
         outer.watch(omega0)
         with tf.GradientTape() as inner:
             inner.watch(theta)
@@ -278,7 +312,11 @@ def test_one_full_step_equals_the_spec_written_out(method):
     x, y, x_meta, y_meta = _data((5,), classes, batch, 6, seed=2)
     x[0] *= 30.0  # push one example's p past 0.999, so the clipping matters
     model = gdw_tf.GDWModel(
-        backbone, classes, method=method, meta_data=(x_meta, y_meta), meta_batch_size=6,
+        backbone,
+        classes,
+        method=method,
+        meta_data=(x_meta, y_meta),
+        meta_batch_size=6,
         weight_net_hidden=10,
     )
     model.compile(keras.optimizers.SGD(LR, momentum=0.9))
@@ -303,7 +341,9 @@ def test_batchnorm_statistics_move_once_as_in_a_ce_step():
         keras.utils.set_random_seed(0)
         backbone = _conv_bn()
         conv_output = np.asarray(backbone.layers[0](x))
-        model = gdw_tf.GDWModel(backbone, 3, method=method, meta_data=(x_meta, y_meta), meta_batch_size=6)
+        model = gdw_tf.GDWModel(
+            backbone, 3, method=method, meta_data=(x_meta, y_meta), meta_batch_size=6
+        )
         model.compile(keras.optimizers.SGD(LR, momentum=0.9))
         model.fit(x, y, batch_size=8, epochs=1, verbose=0)
         moving[method] = [v.numpy() for v in backbone.non_trainable_variables]

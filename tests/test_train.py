@@ -18,19 +18,19 @@ from absl import flags
 from absl.testing import flagsaver
 
 import gdw_tf
-from gdw_tf import callbacks
-from gdw_tf import results as results_lib
-from gdw_tf import run_dir
+from gdw_tf import backbones
 from gdw_tf import backend
+from gdw_tf import callbacks
 from gdw_tf import config as config_lib
-from gdw_tf import model as model_lib
 from gdw_tf import datasets
 from gdw_tf import input_pipeline
-from gdw_tf import split as split_lib
-from gdw_tf import backbones
+from gdw_tf import model as model_lib
+from gdw_tf import results as results_lib
 from gdw_tf import run as run_lib
-from gdw_tf.meta_sampling import MetaAugmentation
+from gdw_tf import run_dir
+from gdw_tf import split as split_lib
 from gdw_tf import train
+from gdw_tf.meta_sampling import MetaAugmentation
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,11 +38,25 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Mock CIFAR-10 (tfds.testing.mock_data, 60 train and 60 test images; its smallest class has 3
 # training images): 2 meta images per class, 40 training images, 4 steps an epoch.
 MOCK_EXAMPLES = 60
-TINY_CIFAR = ["--dataset=cifar10", "--num_meta=20", "--batch_size=10", "--meta_batch_size=10",
-              "--model=small_cnn", "--verbose=0"]
-TINY_FASHION_MNIST = ["--dataset=fashion_mnist", "--max_train_examples=300",
-                      "--max_test_examples=100", "--num_meta=50", "--batch_size=50",
-                      "--meta_batch_size=50", "--model=small_cnn", "--epochs=1", "--verbose=0"]
+TINY_CIFAR = [
+    "--dataset=cifar10",
+    "--num_meta=20",
+    "--batch_size=10",
+    "--meta_batch_size=10",
+    "--model=small_cnn",
+    "--verbose=0",
+]
+TINY_FASHION_MNIST = [
+    "--dataset=fashion_mnist",
+    "--max_train_examples=300",
+    "--max_test_examples=100",
+    "--num_meta=50",
+    "--batch_size=50",
+    "--meta_batch_size=50",
+    "--model=small_cnn",
+    "--epochs=1",
+    "--verbose=0",
+]
 
 
 def _main(*args):
@@ -105,22 +119,40 @@ def no_data_loading(monkeypatch):
 
 def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
     run_dir = str(tmp_path / "run")
-    _main_mock(*TINY_CIFAR, "--epochs=2", "--noise=uniform", "--ratio=0.6",
-               f"--output_dir={run_dir}")
+    _main_mock(
+        *TINY_CIFAR, "--epochs=2", "--noise=uniform", "--ratio=0.6", f"--output_dir={run_dir}"
+    )
 
     assert sorted(os.listdir(run_dir)) == [
-        "config.json", "example_weights.npz", "history.csv", "label_issues.csv", "model.keras",
-        "report.html", "results.json", "split.npz", "tensorboard"]  # backup/ is removed once the run is finished
+        "config.json",
+        "example_weights.npz",
+        "history.csv",
+        "label_issues.csv",
+        "model.keras",
+        "report.html",
+        "results.json",
+        "split.npz",
+        "tensorboard",
+    ]  # backup/ is removed once the run is finished
     tags = _tensorboard_tags(os.path.join(run_dir, "tensorboard"))
-    assert {"epoch_loss", "epoch_train/loss", "epoch_meta/loss", "epoch_weights/labelled_mean",
-            "epoch_test/accuracy", "epoch_test/loss"} <= tags["train"]
+    assert {
+        "epoch_loss",
+        "epoch_train/loss",
+        "epoch_meta/loss",
+        "epoch_weights/labelled_mean",
+        "epoch_test/accuracy",
+        "epoch_test/loss",
+    } <= tags["train"]
     assert {"epoch_accuracy", "epoch_loss"} <= tags["validation"]
 
     # config.json: the flags, and what export needs.
     saved = _read_json(os.path.join(run_dir, "config.json"))
     assert saved["config"]["ratio"] == 0.6 and saved["config"]["output_dir"] == run_dir
     assert (saved["dataset"], saved["num_classes"], saved["input_shape"]) == (
-        "cifar10", 10, [32, 32, 3])
+        "cifar10",
+        10,
+        [32, 32, 3],
+    )
     np.testing.assert_allclose(saved["normalization"]["mean"], input_pipeline.CIFAR_MEAN)
     np.testing.assert_allclose(saved["normalization"]["std"], input_pipeline.CIFAR_STD)
     assert saved["augment"] is True and saved["outer_lr"] == 100.0
@@ -136,16 +168,35 @@ def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
     # history.csv: one row per epoch, namespaced metrics, the cosine schedule.
     rows = _history_rows(run_dir)
     assert len(rows) == 2
-    for column in ("loss", "train/loss", "train/accuracy", "meta/loss", "weights/instance_mean",
-                   "weights/labelled_mean", "weights/other_mean", "test/loss", "test/accuracy",
-                   "val_loss", "val_accuracy", "learning_rate", "time/epoch_seconds"):
+    for column in (
+        "loss",
+        "train/loss",
+        "train/accuracy",
+        "meta/loss",
+        "weights/instance_mean",
+        "weights/labelled_mean",
+        "weights/other_mean",
+        "test/loss",
+        "test/accuracy",
+        "val_loss",
+        "val_accuracy",
+        "learning_rate",
+        "time/epoch_seconds",
+    ):
         assert column in rows[0]
     np.testing.assert_allclose([float(row["learning_rate"]) for row in rows], [0.1, 0.05])
 
     # results.json.
     results = _read_json(os.path.join(run_dir, "results.json"))
-    assert set(results) == {"test_accuracy", "metrics", "noise", "detection_auroc",
-                            "example_weights", "config", "timing"}
+    assert set(results) == {
+        "test_accuracy",
+        "metrics",
+        "noise",
+        "detection_auroc",
+        "example_weights",
+        "config",
+        "timing",
+    }
     accuracy = results["test_accuracy"]
     assert len(accuracy["per_epoch"]) == 2
     assert all(0.0 <= a <= 1.0 for a in accuracy["per_epoch"])  # fractions, not percent
@@ -157,8 +208,9 @@ def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
     noise = results["noise"]
     assert noise["realised_rate"] == pytest.approx(split.train_corrupted.mean())
     np.testing.assert_allclose(noise["transition_matrix"], split.empirical_transition_matrix)
-    np.testing.assert_allclose(noise["model_transition_matrix"],
-                               0.06 * np.ones((10, 10)) + 0.4 * np.eye(10))
+    np.testing.assert_allclose(
+        noise["model_transition_matrix"], 0.06 * np.ones((10, 10)) + 0.4 * np.eye(10)
+    )
     assert set(results["detection_auroc"]) == {"instance_weight", "labelled_class_weight"}
     assert all(0.0 <= v <= 1.0 for v in results["detection_auroc"].values())
     assert results["config"]["num_classes"] == 10 and results["config"]["method"] == "gdw"
@@ -168,12 +220,19 @@ def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
 
     # example_weights.npz: one row per training example.
     with np.load(os.path.join(run_dir, "example_weights.npz")) as weights:
-        assert set(weights.files) == {"index", "true_label", "given_label", "corrupted",
-                                      "instance_weight", "labelled_class_weight"}
+        assert set(weights.files) == {
+            "index",
+            "true_label",
+            "given_label",
+            "corrupted",
+            "instance_weight",
+            "labelled_class_weight",
+        }
         assert all(len(weights[name]) == num_train for name in weights.files)
         np.testing.assert_array_equal(weights["index"], split.train_indices)
-        np.testing.assert_array_equal(weights["corrupted"],
-                                      weights["true_label"] != weights["given_label"])
+        np.testing.assert_array_equal(
+            weights["corrupted"], weights["true_label"] != weights["given_label"]
+        )
         assert (weights["instance_weight"] > 0).all()  # every example was seen
         assert (weights["labelled_class_weight"] > 0).all()
 
@@ -209,8 +268,13 @@ def test_fashion_mnist_subset_run_refuses_a_second_run_unless_overwrite(tmp_path
 @pytest.mark.parametrize("method", ["mwnet", "l2rw", "ce"])
 def test_baseline_methods_run_and_report_their_weights(tmp_path, method):
     run_dir = str(tmp_path / "run")
-    _main(*TINY_FASHION_MNIST, f"--method={method}", "--noise=pair", "--ratio=0.4",
-          f"--output_dir={run_dir}")
+    _main(
+        *TINY_FASHION_MNIST,
+        f"--method={method}",
+        "--noise=pair",
+        "--ratio=0.4",
+        f"--output_dir={run_dir}",
+    )
     results = _read_json(os.path.join(run_dir, "results.json"))
     assert results["config"]["method"] == method
     aurocs = results["detection_auroc"]
@@ -232,23 +296,27 @@ def test_export_dir_exports_a_serving_model(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
     backbone = keras.saving.load_model(str(run_dir / "model.keras"))
     normalization = _read_json(str(run_dir / "config.json"))["normalization"]
-    logits = backbone.predict(input_pipeline.normalize(images, normalization["mean"], normalization["std"]),
-                              verbose=0)
+    logits = backbone.predict(
+        input_pipeline.normalize(images, normalization["mean"], normalization["std"]), verbose=0
+    )
     # The export at the end of the run, and one from the run directory afterwards.
     export.export_run(str(run_dir), str(tmp_path / "from_run_dir"))
     for directory in (export_dir, tmp_path / "from_run_dir"):
         outputs = tf.saved_model.load(str(directory)).signatures["serve"](tf.constant(images))
-        np.testing.assert_allclose(outputs["probabilities"], tf.nn.softmax(logits), rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            outputs["probabilities"], tf.nn.softmax(logits), rtol=1e-5, atol=1e-6
+        )
 
 
-def test_a_non_empty_export_dir_is_refused_before_any_data_is_loaded(tmp_path, capsys,
-                                                                      no_data_loading):
+def test_a_non_empty_export_dir_is_refused_before_any_data_is_loaded(
+    tmp_path, capsys, no_data_loading
+):
     pytest.importorskip("gdw_tf.export")
     (tmp_path / "serving").mkdir()
     (tmp_path / "serving" / "saved_model.pb").write_text("")
-    status, message = _exit_message(capsys, f"--export_dir={tmp_path / 'serving'}",
-                                    f"--output_dir={tmp_path / 'run'}")
+    status, message = _exit_message(
+        capsys, f"--export_dir={tmp_path / 'serving'}", f"--output_dir={tmp_path / 'run'}"
+    )
     assert status == 2 and "is not empty" in message
 
 
@@ -269,8 +337,9 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_run(tmp_path, monkeyp
 
     resumed = str(tmp_path / "resumed")
     with monkeypatch.context() as patch:
-        patch.setattr(callbacks._ReplayDataOrder, "on_train_batch_end", kill_in_epoch_3,
-                      raising=False)
+        patch.setattr(
+            callbacks._ReplayDataOrder, "on_train_batch_end", kill_in_epoch_3, raising=False
+        )
         with pytest.raises(_Killed):
             _main_mock(*args, f"--output_dir={resumed}")
     assert len(_history_rows(resumed)) == 2
@@ -280,8 +349,10 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_run(tmp_path, monkeyp
     _main_mock(*args, f"--output_dir={resumed}")
     for expected, actual in zip(_backbone_weights(uninterrupted), _backbone_weights(resumed)):
         np.testing.assert_allclose(actual, expected)
-    with np.load(os.path.join(uninterrupted, "example_weights.npz")) as expected, \
-            np.load(os.path.join(resumed, "example_weights.npz")) as actual:
+    with (
+        np.load(os.path.join(uninterrupted, "example_weights.npz")) as expected,
+        np.load(os.path.join(resumed, "example_weights.npz")) as actual,
+    ):
         for name in expected.files:
             np.testing.assert_allclose(actual[name], expected[name])
     expected_rows, actual_rows = _history_rows(uninterrupted), _history_rows(resumed)
@@ -311,17 +382,32 @@ app.run(train.main)
 
 def test_a_killed_process_resumes_in_a_new_one_as_if_never_killed(tmp_path):
     # Fashion-MNIST with augmentation forced on: crops of 28x28 images and meta batches.
-    args = [*TINY_FASHION_MNIST, "--epochs=3", "--augment=true", "--noise=uniform",
-            "--ratio=0.6"]  # --epochs=3 overrides the earlier --epochs=1
+    args = [
+        *TINY_FASHION_MNIST,
+        "--epochs=3",
+        "--augment=true",
+        "--noise=uniform",
+        "--ratio=0.6",
+    ]  # --epochs=3 overrides the earlier --epochs=1
     uninterrupted, resumed = str(tmp_path / "uninterrupted"), str(tmp_path / "resumed")
     _main(*args, f"--output_dir={uninterrupted}")
 
     def train(kill_at_step):
         return subprocess.run(
-            [sys.executable, "-c", _TRAIN_IN_SUBPROCESS, str(kill_at_step), *args,
-             f"--output_dir={resumed}"],
-            capture_output=True, text=True, cwd=REPO,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+            [
+                sys.executable,
+                "-c",
+                _TRAIN_IN_SUBPROCESS,
+                str(kill_at_step),
+                *args,
+                f"--output_dir={resumed}",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            timeout=300,
+        )
 
     killed = train(kill_at_step=2 * 5 + 3)  # 5 steps an epoch: in the third epoch
     assert killed.returncode == 3, killed.stderr
@@ -330,8 +416,9 @@ def test_a_killed_process_resumes_in_a_new_one_as_if_never_killed(tmp_path):
     assert finished.returncode == 0, finished.stderr
     for expected, actual in zip(_backbone_weights(uninterrupted), _backbone_weights(resumed)):
         np.testing.assert_allclose(actual, expected)
-    assert ([row["test/accuracy"] for row in _history_rows(resumed)]
-            == [row["test/accuracy"] for row in _history_rows(uninterrupted)])
+    assert [row["test/accuracy"] for row in _history_rows(resumed)] == [
+        row["test/accuracy"] for row in _history_rows(uninterrupted)
+    ]
 
 
 def test_backup_restores_both_optimizers_and_the_model_state(tmp_path):
@@ -342,9 +429,14 @@ def test_backup_restores_both_optimizers_and_the_model_state(tmp_path):
 
     def model():
         keras.utils.set_random_seed(1)
-        gdw = gdw_tf.GDWModel(backbones.small_cnn((6, 6, 3), 3), 3, meta_data=meta,
-                              meta_batch_size=4, meta_augmentation=MetaAugmentation(),
-                              track_examples=40)
+        gdw = gdw_tf.GDWModel(
+            backbones.small_cnn((6, 6, 3), 3),
+            3,
+            meta_data=meta,
+            meta_batch_size=4,
+            meta_augmentation=MetaAugmentation(),
+            track_examples=40,
+        )
         gdw.compile(keras.optimizers.SGD(0.1, momentum=0.9))
         return gdw
 
@@ -362,8 +454,9 @@ def test_backup_restores_both_optimizers_and_the_model_state(tmp_path):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
     assert int(restored.weight_net_optimizer.iterations.numpy()) == 4
     for name in ("meta_epoch", "meta_cursor", "example_weights", "example_label_weights"):
-        np.testing.assert_array_equal(np.asarray(getattr(restored, name)),
-                                      np.asarray(getattr(trained, name)))
+        np.testing.assert_array_equal(
+            np.asarray(getattr(restored, name)), np.asarray(getattr(trained, name))
+        )
     assert int(restored.meta_augmentation.calls.numpy()) == 4
 
 
@@ -388,11 +481,11 @@ def test_a_saved_config_without_a_newer_flag_ran_with_its_default():
     del saved["meta_interval"]  # written before --meta_interval existed
     assert run_dir.config_differences(saved, config) == []
     assert run_dir.config_differences(saved, dataclasses.replace(config, meta_interval=2)) == [
-        "meta_interval: saved 1, now 2"]
+        "meta_interval: saved 1, now 2"
+    ]
 
 
-def test_a_finished_run_is_refused_before_any_data_is_loaded(tmp_path, capsys,
-                                                            no_data_loading):
+def test_a_finished_run_is_refused_before_any_data_is_loaded(tmp_path, capsys, no_data_loading):
     (tmp_path / "results.json").write_text("{}")
     status, message = _exit_message(capsys, f"--output_dir={tmp_path}")
     assert status == 2 and "holds a finished run" in message
@@ -400,15 +493,17 @@ def test_a_finished_run_is_refused_before_any_data_is_loaded(tmp_path, capsys,
 
 
 def test_a_meta_set_larger_than_the_smallest_class_allows_is_refused(tmp_path, capsys):
-    status, message = _exit_message(capsys, *TINY_CIFAR, "--num_meta=40", "--epochs=1",
-                                    f"--output_dir={tmp_path}", mock=True)
+    status, message = _exit_message(
+        capsys, *TINY_CIFAR, "--num_meta=40", "--epochs=1", f"--output_dir={tmp_path}", mock=True
+    )
     assert status == 2
     assert "--num_meta=40 is too large" in message and "Lower --num_meta" in message
 
 
 def test_a_meta_set_that_cannot_be_balanced_is_refused(tmp_path, capsys):
-    status, message = _exit_message(capsys, *TINY_CIFAR, "--num_meta=15", "--epochs=1",
-                                    f"--output_dir={tmp_path}", mock=True)
+    status, message = _exit_message(
+        capsys, *TINY_CIFAR, "--num_meta=15", "--epochs=1", f"--output_dir={tmp_path}", mock=True
+    )
     assert status == 2 and "multiple of the number of classes" in message
 
 
@@ -417,22 +512,27 @@ def test_corrupt_data_files_are_refused(tmp_path, capsys):
     data_dir.mkdir()
     for name in datasets.FASHION_MNIST_FILES.values():
         (data_dir / name).write_bytes(b"not a gzip file")
-    status, message = _exit_message(capsys, *TINY_FASHION_MNIST, f"--data_dir={data_dir}",
-                                    f"--output_dir={tmp_path / 'run'}")
+    status, message = _exit_message(
+        capsys, *TINY_FASHION_MNIST, f"--data_dir={data_dir}", f"--output_dir={tmp_path / 'run'}"
+    )
     assert status == 2
     assert message.startswith("error: ") and "corrupt" in message
     assert str(data_dir) in message
 
 
 def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_epoch(
-        tmp_path, capsys, monkeypatch):
+    tmp_path, capsys, monkeypatch
+):
     schedule = callbacks.cosine_lr
-    monkeypatch.setattr(run_lib, "cosine_lr",
-                        lambda lr, epoch, epochs: 1e30 if epoch == 1 else schedule(lr, epoch,
-                                                                                  epochs))
+    monkeypatch.setattr(
+        run_lib,
+        "cosine_lr",
+        lambda lr, epoch, epochs: 1e30 if epoch == 1 else schedule(lr, epoch, epochs),
+    )
     run_dir = tmp_path / "run"
-    status, message = _exit_message(capsys, *TINY_CIFAR, "--epochs=2",
-                                    f"--output_dir={run_dir}", mock=True)
+    status, message = _exit_message(
+        capsys, *TINY_CIFAR, "--epochs=2", f"--output_dir={run_dir}", mock=True
+    )
     assert status == 1
     assert "became NaN or infinite in epoch 2" in message and "Lower --lr" in message
     assert f"the state after epoch 1 is kept in {run_dir / 'backup'}" in message
@@ -454,8 +554,12 @@ def test_the_cli_reports_bad_input_without_a_traceback(tmp_path, args, first_lin
     (tmp_path / "results.json").write_text("{}")
     result = subprocess.run(
         [sys.executable, "-m", "gdw_tf.train", f"--output_dir={tmp_path}", *args],
-        capture_output=True, text=True, cwd=REPO,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert first_line in result.stderr
@@ -478,7 +582,9 @@ def test_auroc_is_the_probability_that_a_positive_outscores_a_negative(seed):
     scores = rng.integers(0, 6, n).astype(float)  # many ties
     positive = rng.random(n) < 0.3
     positive[:2] = [True, False]
-    assert results_lib.auroc(scores, positive) == pytest.approx(_brute_force_auroc(scores, positive))
+    assert results_lib.auroc(scores, positive) == pytest.approx(
+        _brute_force_auroc(scores, positive)
+    )
 
 
 def test_auroc_edge_cases():
@@ -490,9 +596,11 @@ def test_auroc_edge_cases():
 
 def test_detection_auroc_flags_low_weights_as_corrupted():
     corrupted = np.array([True, True, False, False, False])
-    weights = {"corrupted": corrupted,
-               "instance_weight": np.array([0.1, 0.2, 0.9, 0.8, 0.15]),
-               "labelled_class_weight": np.array([0.1, 0.2, 0.9, 0.8, 0.7])}
+    weights = {
+        "corrupted": corrupted,
+        "instance_weight": np.array([0.1, 0.2, 0.9, 0.8, 0.15]),
+        "labelled_class_weight": np.array([0.1, 0.2, 0.9, 0.8, 0.7]),
+    }
     aurocs = results_lib.detection_aurocs("gdw", weights)
     assert aurocs == {"instance_weight": pytest.approx(5 / 6), "labelled_class_weight": 1.0}
     assert results_lib.detection_aurocs("mwnet", weights)["labelled_class_weight"] is None
@@ -519,7 +627,7 @@ def test_meta_augmentation_is_a_reflect_padded_crop_maybe_flipped():
     augmented = np.asarray(layer(images, training=True))
     padded = np.pad(images, [(0, 0), (4, 4), (4, 4), (0, 0)], mode="reflect")
     for image, out in zip(padded, augmented):
-        candidates = [image[r:r + 8, c:c + 8] for r in range(9) for c in range(9)]
+        candidates = [image[r : r + 8, c : c + 8] for r in range(9) for c in range(9)]
         candidates += [crop[:, ::-1] for crop in candidates]
         assert any(np.array_equal(out, crop) for crop in candidates)
     assert not np.array_equal(augmented, images)
@@ -538,8 +646,13 @@ def test_an_output_dir_that_cannot_be_created_is_one_line(output_dir, capsys, no
 
 def test_mixed_precision_trains_in_bfloat16_and_leaves_the_global_policy_alone(tmp_path):
     run_dir = tmp_path / "run"
-    _main(*TINY_FASHION_MNIST, "--model=mlp", "--mixed_precision", f"--output_dir={run_dir}",
-          f"--export_dir={tmp_path / 'serving'}")
+    _main(
+        *TINY_FASHION_MNIST,
+        "--model=mlp",
+        "--mixed_precision",
+        f"--output_dir={run_dir}",
+        f"--export_dir={tmp_path / 'serving'}",
+    )
     assert keras.mixed_precision.global_policy().name == "float32"
     results = _read_json(str(run_dir / "results.json"))
     assert results["config"]["mixed_precision"] is True
@@ -548,23 +661,27 @@ def test_mixed_precision_trains_in_bfloat16_and_leaves_the_global_policy_alone(t
     assert backbone.layers[-1].dtype_policy.name == "mixed_bfloat16"
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
     outputs = tf.saved_model.load(str(tmp_path / "serving")).signatures["serve"](
-        tf.constant(images))
+        tf.constant(images)
+    )
     assert outputs["probabilities"].dtype == tf.float32
     np.testing.assert_allclose(np.sum(outputs["probabilities"], axis=-1), 1.0, rtol=1e-5)
 
 
 def test_an_export_dir_that_cannot_be_created_is_refused_before_any_data_is_loaded(
-        tmp_path, capsys, no_data_loading):
+    tmp_path, capsys, no_data_loading
+):
     pytest.importorskip("gdw_tf.export")
-    status, message = _exit_message(capsys, "--export_dir=/proc/no_such_process/export",
-                                    f"--output_dir={tmp_path / 'run'}")
+    status, message = _exit_message(
+        capsys, "--export_dir=/proc/no_such_process/export", f"--output_dir={tmp_path / 'run'}"
+    )
     assert status == 2 and message.count("\n") == 1
     assert message.startswith("error: --export_dir=/proc/no_such_process/export cannot be created")
 
 
 def test_an_imbalance_that_empties_a_class_is_refused_before_training(tmp_path, capsys):
-    status, message = _exit_message(capsys, *TINY_FASHION_MNIST, "--imbalance=1e9",
-                                    f"--output_dir={tmp_path / 'run'}")
+    status, message = _exit_message(
+        capsys, *TINY_FASHION_MNIST, "--imbalance=1e9", f"--output_dir={tmp_path / 'run'}"
+    )
     assert status == 2 and message.count("\n") == 1
     assert "leaves the last class without training examples" in message
     assert not (tmp_path / "run" / "history.csv").exists()

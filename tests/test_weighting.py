@@ -60,7 +60,9 @@ def test_zero_mean_constraint_keeps_uniform_weights_when_p_unclipped():
     _, logits, _, onehot = _problem(3, scale=1.0)
     p, _ = weighting.softmax_error(logits, onehot, weighting.P_MAX)
     v = np.linspace(0.2, 0.9, logits.shape[0])[:, None] * np.ones_like(logits)
-    np.testing.assert_allclose(np.asarray(weighting.zero_mean_constraint(v, p, onehot)), v, rtol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(weighting.zero_mean_constraint(v, p, onehot)), v, rtol=1e-12
+    )
 
 
 def test_stage2_update_is_a_normalised_clipped_step():
@@ -83,7 +85,9 @@ def test_stage2_update_takes_no_step_without_signal():
     _, logits, _, onehot = _problem(5)
     p, _ = weighting.softmax_error(logits, onehot, weighting.P_MAX)
     omega0 = np.asarray(weighting.zero_mean_constraint(np.full(logits.shape, 0.5), p, onehot))
-    actual = np.asarray(weighting.stage2_update(omega0, np.zeros_like(omega0), 100.0, 0.2, p, onehot))
+    actual = np.asarray(
+        weighting.stage2_update(omega0, np.zeros_like(omega0), 100.0, 0.2, p, onehot)
+    )
     assert np.all(np.isfinite(actual))
     np.testing.assert_allclose(actual, omega0, rtol=1e-12)
 
@@ -106,4 +110,3 @@ def test_l2rw_weights_are_nonnegative_and_sum_to_one_or_vanish(scores):
         np.testing.assert_allclose(w, positive / positive.sum(), rtol=1e-12)
     else:
         np.testing.assert_array_equal(w, 0.0)
-

@@ -25,7 +25,10 @@ batch, so it takes the steps one device takes (`tests/test_jax_distribute.py`).
 import keras
 
 _STATE_NAMES = (
-    "trainable_variables", "non_trainable_variables", "optimizer_variables", "metrics_variables"
+    "trainable_variables",
+    "non_trainable_variables",
+    "optimizer_variables",
+    "metrics_variables",
 )
 
 
@@ -52,9 +55,14 @@ class JAXTrainer:
 
     # Carrying the weight-net optimizer's variables in the optimizer part of the state.
 
-    def _get_jax_state(self, trainable_variables=False, non_trainable_variables=False,
-                       optimizer_variables=False, metrics_variables=False,
-                       purge_model_variables=False):
+    def _get_jax_state(
+        self,
+        trainable_variables=False,
+        non_trainable_variables=False,
+        optimizer_variables=False,
+        metrics_variables=False,
+        purge_model_variables=False,
+    ):
         state = super()._get_jax_state(
             trainable_variables=trainable_variables,
             non_trainable_variables=non_trainable_variables,
@@ -73,8 +81,12 @@ class JAXTrainer:
             # Keras empties the variables here and writes them back from `_jax_state` after the
             # last step. If the first step raises (the step's ValueErrors come at tracing), there
             # is no `_jax_state` yet and the model would be left without values: keep these.
-            wanted = (trainable_variables, non_trainable_variables, optimizer_variables,
-                      metrics_variables)
+            wanted = (
+                trainable_variables,
+                non_trainable_variables,
+                optimizer_variables,
+                metrics_variables,
+            )
             names = [name for name, on in zip(_STATE_NAMES, wanted) if on]
             self._jax_state = dict(zip(names, state))
         return state
@@ -82,7 +94,7 @@ class JAXTrainer:
     def jax_state_sync(self):
         state = getattr(self, "_jax_state", None)
         if state and not self._jax_state_synced and state.get("optimizer_variables"):
-            values = state["optimizer_variables"][len(self.optimizer.variables):]
+            values = state["optimizer_variables"][len(self.optimizer.variables) :]
             for variable, value in zip(self.weight_net_optimizer.variables, values):
                 variable.assign(value)
         super().jax_state_sync()

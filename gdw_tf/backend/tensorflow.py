@@ -28,9 +28,7 @@ def vjp(fn, primals):
         out, aux = fn(primals)
 
     def vjp_fn(cotangent):
-        return tape.gradient(
-            out, primals, output_gradients=cotangent, unconnected_gradients=_ZERO
-        )
+        return tape.gradient(out, primals, output_gradients=cotangent, unconnected_gradients=_ZERO)
 
     return out, aux, vjp_fn
 
@@ -58,7 +56,9 @@ def vjp_and_transpose(vjp_fn, cotangent):
         grads = vjp_fn(cotangent)
 
     def transpose_fn(tangent):
-        return tape.gradient(grads, cotangent, output_gradients=tangent, unconnected_gradients=_ZERO)
+        return tape.gradient(
+            grads, cotangent, output_gradients=tangent, unconnected_gradients=_ZERO
+        )
 
     return grads, transpose_fn
 
