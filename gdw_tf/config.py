@@ -69,7 +69,7 @@ def _non_negative(value):
 
 
 _POSITIVE_INTEGER = "must be a positive integer"
-_NOT_FINITE = "must be a finite number (not nan or inf)"
+_NOT_FINITE = "must be a finite number"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +115,7 @@ class Config:
         "Long-tail factor rho = n_max/n_min >= 1: class k keeps n_max * rho^(-k/(C-1)) "
         "training examples (docs/ALGORITHM.md); 1 = balanced.",
         check=lambda v: v >= 1.0,
-        message="is n_max/n_min and must be a finite number ≥ 1; use 1 for a balanced set",
+        message="is n_max/n_min and must be ≥ 1; use 1 for a balanced set",
     )
     num_meta: int = setting(
         1000,
@@ -311,7 +311,7 @@ class Config:
         "Seed of the split, the noise, the initialisation, the data order and the meta-batch "
         "order.",
         check=lambda v: 0 <= v < 2**32,
-        message="must lie in [0, 2**32)",
+        message="must be an integer in [0, 2**32)",
     )
 
     # Run.
@@ -408,7 +408,7 @@ def problem(name, value):
     ):
         return _NOT_FINITE
     if field_type is int and (not isinstance(value, numbers.Integral) or isinstance(value, bool)):
-        return "must be an integer"
+        return metadata["message"] or "must be an integer"
     if metadata["check"] is not None and not metadata["check"](value):
         return metadata["message"]
     return None
@@ -514,7 +514,7 @@ def _define_flag(field, flag_values):
         flags.register_validator(
             field.name,
             lambda value: value is None or math.isfinite(value),
-            message=f"--{field.name} {_NOT_FINITE}{example}.",
+            message=f"--{field.name} {_NOT_FINITE} (not nan or inf){example}.",
             flag_values=flag_values,
         )
     if metadata["check"] is not None:

@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from gdw_tf import datasets
+from gdw_tf import methods
 from gdw_tf import split as split_lib
 
 # The image formats `keras.utils.image_dataset_from_directory` reads.
@@ -118,7 +119,7 @@ def load_own_data(config):
         y_train = np.concatenate([y_train, labels["trusted"]])
         ids += sources["trusted"].ids
         trusted = np.concatenate([trusted, np.ones(len(labels["trusted"]), bool)])
-    if config.trusted_data != "auto" and (trusted.any() or config.method != "ce"):
+    if config.trusted_data != "auto" and (trusted.any() or methods.get(config.method).meta_step):
         where = (
             sources["trusted"].path
             if "trusted" in sources
@@ -141,7 +142,7 @@ def load_own_data(config):
                 f"{', '.join(class_names[k] for k in missing)}; every class "
                 "needs at least one."
             )
-        if trusted.sum() < config.meta_batch_size and config.method != "ce":
+        if trusted.sum() < config.meta_batch_size and methods.get(config.method).meta_step:
             raise ValueError(
                 f"the trusted set ({where}) has {trusted.sum()} examples, fewer "
                 f"than --meta_batch_size={config.meta_batch_size}; lower it."

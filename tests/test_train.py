@@ -525,7 +525,7 @@ def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_epoch(
 ):
     schedule = callbacks.cosine_lr
     monkeypatch.setattr(
-        run_lib,
+        callbacks,
         "cosine_lr",
         lambda lr, epoch, epochs: 1e30 if epoch == 1 else schedule(lr, epoch, epochs),
     )
