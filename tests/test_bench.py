@@ -56,7 +56,8 @@ def test_the_command_ends_with_one_json_line():
     assert list(figures["ms_per_step"]) == ["ce", "gdw"]
 
 
-def test_meta_interval_is_passed_to_the_models_and_reported(monkeypatch):
+def _record_models(monkeypatch):
+    """A list to which every `GDWModel` the benchmark builds is appended."""
     built, model_class = [], gdw_tf.GDWModel
 
     def recording_model(*args, **kwargs):
@@ -64,6 +65,11 @@ def test_meta_interval_is_passed_to_the_models_and_reported(monkeypatch):
         return built[-1]
 
     monkeypatch.setattr(bench.gdw_tf, "GDWModel", recording_model)
+    return built
+
+
+def test_meta_interval_is_passed_to_the_models_and_reported(monkeypatch):
+    built = _record_models(monkeypatch)
     figures = bench.run(
         bench.Bench(
             model="small_cnn",
@@ -166,13 +172,7 @@ def test_each_weighting_method_is_timed_per_meta_scope(monkeypatch):
         "gdw",
         "gdw@last:3",
     ]
-    built, model_class = [], gdw_tf.GDWModel
-
-    def recording_model(*args, **kwargs):
-        built.append(model_class(*args, **kwargs))
-        return built[-1]
-
-    monkeypatch.setattr(bench.gdw_tf, "GDWModel", recording_model)
+    built = _record_models(monkeypatch)
     figures = bench.run(
         bench.Bench(
             model="small_cnn",
