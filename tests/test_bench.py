@@ -12,6 +12,20 @@ import pytest
 import gdw_tf
 from gdw_tf import bench
 
+# A quick benchmark of CE and GDW on a small CNN, ending with its JSON line.
+SMALL_BENCH_COMMAND = (
+    sys.executable,
+    "-m",
+    "gdw_tf.bench",
+    "--model=small_cnn",
+    "--batch_size=4",
+    "--steps=1",
+    "--warmup=1",
+    "--methods=ce,gdw",
+    "--jit_compile=false",
+    "--json",
+)
+
 
 def test_run_times_every_method_and_measures_memory():
     figures = bench.run(
@@ -36,18 +50,7 @@ def test_run_times_every_method_and_measures_memory():
 
 
 def test_the_command_ends_with_one_json_line():
-    command = [
-        sys.executable,
-        "-m",
-        "gdw_tf.bench",
-        "--model=small_cnn",
-        "--batch_size=4",
-        "--steps=1",
-        "--warmup=1",
-        "--methods=ce,gdw",
-        "--jit_compile=false",
-        "--json",
-    ]
+    command = list(SMALL_BENCH_COMMAND)
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
@@ -111,18 +114,7 @@ def test_unknown_methods_are_refused():
 
 
 def test_the_command_runs_where_the_allocator_keeps_no_statistics():
-    command = [
-        sys.executable,
-        "-m",
-        "gdw_tf.bench",
-        "--model=small_cnn",
-        "--batch_size=4",
-        "--steps=1",
-        "--warmup=1",
-        "--methods=ce,gdw",
-        "--jit_compile=false",
-        "--json",
-    ]
+    command = list(SMALL_BENCH_COMMAND)
     result = subprocess.run(
         command,
         capture_output=True,
