@@ -27,10 +27,10 @@ import numpy as np
 import tensorflow as tf
 
 import gdw_tf
-from gdw_tf import datasets
-from gdw_tf import input_pipeline
-from gdw_tf import noise
-from gdw_tf import split as split_lib
+from gdw_tf.data import datasets
+from gdw_tf.data import input_pipeline
+from gdw_tf.data import noise
+from gdw_tf.data import split as split_lib
 
 
 @dataclasses.dataclass

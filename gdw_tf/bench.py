@@ -34,20 +34,20 @@ from absl import app
 from absl import flags
 
 import gdw_tf
-from gdw_tf import backbones
 from gdw_tf import backend
-from gdw_tf import config as config_lib
-from gdw_tf import meta_scope as meta_scope_lib
-from gdw_tf import methods as methods_lib
+from gdw_tf.core import meta_scope as meta_scope_lib
+from gdw_tf.core import methods as methods_lib
+from gdw_tf.nets import backbones
+from gdw_tf.runs import config as config_lib
 
-# The settings shared with `python -m gdw_tf.train`, declared in `gdw_tf.config`. The meta batch
-# is as large as the training batch.
+# The settings shared with `python -m gdw_tf.train`, declared in `gdw_tf.runs.config`.
+# The meta batch is as large as the training batch.
 SHARED_SETTINGS = ("model", "batch_size", "meta_grad", "meta_interval", "jit_compile")
 
 
 @dataclasses.dataclass(frozen=True)
 class Bench:
-    """What to time: the shared settings (`gdw_tf.config`) and the benchmark's own."""
+    """What to time: the shared settings (`gdw_tf.runs.config`) and the benchmark's own."""
 
     methods: tuple
     steps: int

@@ -2,9 +2,9 @@
 
 The SavedModel's `serve` signature (also its `serving_default`) takes raw `uint8` images
 `[N, H, W, C]`, any `N`, and returns `{"probabilities": [N, C] float32, "classes": [N] int64}`.
-Normalisation (`(x / 255 − mean) / std`, per channel, as in `gdw_tf.input_pipeline.normalize`) is
-inside, and the backbone runs in inference mode (BatchNorm uses its moving statistics). The file is
-written by Keras' `keras.export.ExportArchive`, so it loads with `tf.saved_model.load` (or
+Normalisation (`(x / 255 − mean) / std`, per channel, as in `gdw_tf.data.input_pipeline.normalize`)
+is inside, and the backbone runs in inference mode (BatchNorm uses its moving statistics). The file
+is written by Keras' `keras.export.ExportArchive`, so it loads with `tf.saved_model.load` (or
 TF Serving) in a process that has neither gdw_tf nor its custom layers.
 
 From the command line, for a run directory written by `gdw_tf.train` (`model.keras`,
@@ -23,11 +23,11 @@ import tensorflow as tf
 from absl import app
 from absl import flags
 
-from gdw_tf import backbones  # noqa: F401  Registers `gdw_tf>OptionAShortcut` for load_model.
-from gdw_tf import input_pipeline
-from gdw_tf.model import GDWModel
-from gdw_tf.run_dir import CONFIG_FILE
-from gdw_tf.run_dir import MODEL_FILE
+from gdw_tf.core.model import GDWModel
+from gdw_tf.data import input_pipeline
+from gdw_tf.nets import backbones  # noqa: F401  Registers `gdw_tf>OptionAShortcut` for load_model.
+from gdw_tf.runs.run_dir import CONFIG_FILE
+from gdw_tf.runs.run_dir import MODEL_FILE
 
 SIGNATURE = "serve"
 
@@ -66,7 +66,7 @@ def export_serving(backbone, export_dir, mean, std):
       export_dir: the SavedModel directory to write (files already there are replaced; see
         `check_export_dir` to refuse a non-empty one).
       mean, std: per-channel statistics of the training images scaled to [0, 1], as used in
-        training (`gdw_tf.input_pipeline.normalization_stats`).
+        training (`gdw_tf.data.input_pipeline.normalization_stats`).
 
     Returns:
       `export_dir`.

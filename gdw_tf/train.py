@@ -2,8 +2,8 @@
 
     python -m gdw_tf.train --flagfile=flags/cifar10_uniform_40.flags --output_dir=runs/c10_u40
 
-The flags (`gdw_tf.config.define_flags`) are read here only and become a `Config`; the run
-itself is `gdw_tf.run.run`. Precedence: flag defaults, then `--flagfile`, then flags that come
+The flags (`gdw_tf.runs.config.define_flags`) are read here only and become a `Config`; the run
+itself is `gdw_tf.runs.run.run`. Precedence: flag defaults, then `--flagfile`, then flags that come
 after it on the command line. Bad input ends the program with one line on stderr naming the
 problem and the fix, and exit status 2 (1 for a loss that became non-finite or a backup that
 could not be written); absl reports invalid flag values itself (exit status 1).
@@ -14,10 +14,10 @@ import sys
 from absl import app
 from absl import flags
 
-from gdw_tf import backup
-from gdw_tf import callbacks
-from gdw_tf import config as config_lib
-from gdw_tf import run as run_lib
+from gdw_tf.runs import backup
+from gdw_tf.runs import callbacks
+from gdw_tf.runs import config as config_lib
+from gdw_tf.runs import run as run_lib
 
 FLAGS = flags.FLAGS
 config_lib.define_flags(FLAGS)

@@ -30,7 +30,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gdw_tf import meta_scope as meta_scope_lib  # noqa: E402  pylint: disable=wrong-import-position
+from gdw_tf.core import meta_scope as meta_scope_lib  # noqa: E402  pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("ce", "l2rw", "mwnet", "gdw")
@@ -268,7 +268,7 @@ def write_tables(path, markdown):
 
 def read_history(output_dir):
     """history.csv of a run as {column: array over epochs} (a rerun epoch's last row)."""
-    from gdw_tf import results as results_lib  # pylint: disable=import-outside-toplevel
+    from gdw_tf.runs import results as results_lib  # pylint: disable=import-outside-toplevel
 
     rows = results_lib.read_history(os.path.join(output_dir, "history.csv"))
     return {key: np.array([row.get(key, np.nan) for row in rows]) for key in rows[0]}

@@ -6,8 +6,8 @@
 For each setting (a flag file `flags/fashion_mnist_<setting>.flags`, with `--model=mlp`):
 
 1. gdw_tf: one GDW run, `python -m gdw_tf.train --flagfile=... --model=mlp`, whose
-   `label_issues.csv` ranks and flags the training set (`gdw_tf.label_issues`; recomputed here
-   from the saved model, so runs from before that file existed count too);
+   `label_issues.csv` ranks and flags the training set (`gdw_tf.labels.label_issues`; recomputed
+   here from the saved model, so runs from before that file existed count too);
 2. cleanlab: the same backbone trained with cross-entropy under the same recipe (flags, SGD,
    cosine schedule, L2) on K-fold splits of the same noisy training set (`split.npz` of the GDW
    run), its out-of-fold probabilities given to `cleanlab.filter.find_label_issues` (flags),
@@ -73,8 +73,8 @@ def train_flags(setting, output_dir):
 
 
 def parse_config(setting, output_dir):
-    """The `gdw_tf.config.Config` the GDW run of `setting` uses (the CE folds use its recipe)."""
-    from gdw_tf import config as config_lib
+    """The `gdw_tf.runs.config.Config` of the GDW run of `setting` (the CE folds use its recipe)."""
+    from gdw_tf.runs import config as config_lib
 
     values = flags.FlagValues()
     config_lib.define_flags(values)
@@ -102,8 +102,8 @@ def gdw_probabilities(config, dataset, split, gdw_dir):
     """The GDW model's probabilities on the (unaugmented, normalised) training set."""
     import keras
 
-    from gdw_tf import input_pipeline
-    from gdw_tf import label_issues
+    from gdw_tf.data import input_pipeline
+    from gdw_tf.labels import label_issues
 
     with open(os.path.join(gdw_dir, "config.json")) as file:
         normalization = json.load(file)["normalization"]
@@ -123,11 +123,11 @@ def run_ce_folds(config, dataset, split, ce_dir, folds):
     import keras
     from sklearn.model_selection import StratifiedKFold
 
-    from gdw_tf import backbones
-    from gdw_tf import callbacks
-    from gdw_tf import input_pipeline
-    from gdw_tf import label_issues
-    from gdw_tf.model import GDWModel
+    from gdw_tf.core.model import GDWModel
+    from gdw_tf.data import input_pipeline
+    from gdw_tf.labels import label_issues
+    from gdw_tf.nets import backbones
+    from gdw_tf.runs import callbacks
 
     os.makedirs(ce_dir, exist_ok=True)
     x = dataset.x_train[split.train_indices]
@@ -169,7 +169,7 @@ def run_ce_folds(config, dataset, split, ce_dir, folds):
 
 
 def auroc(scores, positive):
-    from gdw_tf.results import auroc as auroc_lib
+    from gdw_tf.runs.results import auroc as auroc_lib
 
     return auroc_lib(scores, positive)
 
@@ -194,7 +194,7 @@ def detection(flagged, score, suggested, split):
 
 def candidates(probabilities, split, weights):
     """AUROC of each candidate score and F1 of candidate flag rules, for gdw_tf's choice."""
-    from gdw_tf import label_issues
+    from gdw_tf.labels import label_issues
 
     given = split.train_noisy_labels
     rows = np.arange(len(given))
@@ -235,9 +235,9 @@ def _lowest(score, k):
 
 def evaluate(setting):
     """Runs what is missing for `setting` and returns its metrics dict (None if unfinished)."""
-    from gdw_tf import label_issues
-    from gdw_tf import run as run_lib
-    from gdw_tf import split as split_lib
+    from gdw_tf.data import split as split_lib
+    from gdw_tf.labels import label_issues
+    from gdw_tf.runs import run as run_lib
 
     setting_dir = os.path.join(FLAGS.runs_dir, setting)
     gdw_dir = os.path.join(setting_dir, "gdw")

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from gdw_tf import backbones
+from gdw_tf.nets import backbones
 
 
 def resnet32_parameter_counts(num_classes):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from gdw_tf import datasets
-from gdw_tf import input_pipeline
-from gdw_tf import noise as noise_lib
-from gdw_tf import split as split_lib
+from gdw_tf.data import datasets
+from gdw_tf.data import input_pipeline
+from gdw_tf.data import noise as noise_lib
+from gdw_tf.data import split as split_lib
 
 C = 10
 

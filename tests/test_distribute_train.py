@@ -24,9 +24,9 @@ from test_train import _main
 from test_train import _read_json
 from test_train import no_data_loading  # noqa: F401 (a fixture)
 
-from gdw_tf import config as config_lib
-from gdw_tf import distribute
-from gdw_tf import run as run_lib
+from gdw_tf.runs import config as config_lib
+from gdw_tf.runs import distribute
+from gdw_tf.runs import run as run_lib
 
 tensorflow_only = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="tf.distribute needs the TensorFlow backend"

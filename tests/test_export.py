@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gdw_tf import backbones
 from gdw_tf import export
-from gdw_tf import input_pipeline
+from gdw_tf.data import input_pipeline
+from gdw_tf.nets import backbones
 
 BATCH_SIZES = (1, 7)  # Also in LOADER.
 TF_STARTUP_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)")

@@ -21,9 +21,9 @@ from test_train import _main
 from test_train import _read_json
 
 import gdw_tf
-from gdw_tf import backbones
-from gdw_tf import backup
-from gdw_tf import results as results_lib
+from gdw_tf.nets import backbones
+from gdw_tf.runs import backup
+from gdw_tf.runs import results as results_lib
 
 # Fashion-MNIST, 250 training examples in batches of 50: 5 steps an epoch, 3 epochs.
 ARGS = [*TINY_FASHION_MNIST, "--model=mlp", "--epochs=3", "--noise=uniform", "--ratio=0.6"]
@@ -34,7 +34,9 @@ _FAULTY_TRAIN = """
 import errno, os, signal, sys
 import tensorflow as tf
 from absl import app
-from gdw_tf import backup, callbacks, train
+from gdw_tf.runs import backup
+from gdw_tf.runs import callbacks
+from gdw_tf import train
 
 tf.config.experimental.enable_op_determinism()
 kind, _, n = sys.argv[1].partition(":")

@@ -10,7 +10,7 @@ import pytest
 from absl import flags
 
 import gdw_tf
-from gdw_tf import config as config_lib
+from gdw_tf.runs import config as config_lib
 
 FLAGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "flags")
 FLAG_FILES = sorted(glob.glob(os.path.join(FLAGS_DIR, "*.flags")))

@@ -1,4 +1,4 @@
-"""Label issues (`gdw_tf.label_issues`) and the run report (`gdw_tf.report`)."""
+"""Label issues (`gdw_tf.labels.label_issues`) and the run report (`gdw_tf.labels.report`)."""
 
 import csv
 import html.parser
@@ -15,13 +15,13 @@ from test_train import TINY_FASHION_MNIST
 from test_train import _main
 
 import gdw_tf
-from gdw_tf import backbones
-from gdw_tf import datasets
-from gdw_tf import input_pipeline
-from gdw_tf import label_issues
-from gdw_tf import report
-from gdw_tf import split as split_lib
-from gdw_tf.model import GDWModel
+from gdw_tf.core.model import GDWModel
+from gdw_tf.data import datasets
+from gdw_tf.data import input_pipeline
+from gdw_tf.data import split as split_lib
+from gdw_tf.labels import label_issues
+from gdw_tf.labels import report
+from gdw_tf.nets import backbones
 
 
 def _probabilities(rng, n, c):

@@ -11,11 +11,11 @@ import pytest
 from tensorflow.python.framework import config as tf_config
 
 import gdw_tf
-from gdw_tf import backbones
-from gdw_tf import meta_scope as meta_scope_lib
-from gdw_tf import methods
-from gdw_tf import step as step_lib
-from gdw_tf.model import build_weight_net
+from gdw_tf.core import meta_scope as meta_scope_lib
+from gdw_tf.core import methods
+from gdw_tf.core import step as step_lib
+from gdw_tf.core.model import build_weight_net
+from gdw_tf.nets import backbones
 
 LR = 0.3
 C = 3

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from gdw_tf import GDWModel
-from gdw_tf import backbones
+from gdw_tf.nets import backbones
 
 NUM_CLASSES = 3
 NUM_FEATURES = 6

@@ -16,15 +16,15 @@ import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver
 
-from gdw_tf import auto_meta
-from gdw_tf import backbones
-from gdw_tf import config as config_lib
-from gdw_tf import datasets
-from gdw_tf import input_pipeline
-from gdw_tf import own_data
-from gdw_tf import run_dir
-from gdw_tf import split as split_lib
 from gdw_tf import train
+from gdw_tf.data import auto_meta
+from gdw_tf.data import datasets
+from gdw_tf.data import input_pipeline
+from gdw_tf.data import own_data
+from gdw_tf.data import split as split_lib
+from gdw_tf.nets import backbones
+from gdw_tf.runs import config as config_lib
+from gdw_tf.runs import run_dir
 
 FLAGS = flags.FLAGS
 

@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 
 import gdw_tf
-from gdw_tf import methods
-from gdw_tf import step as step_lib
+from gdw_tf.core import methods
+from gdw_tf.core import step as step_lib
 
 LR = 0.1
 

@@ -18,19 +18,19 @@ from absl import flags
 from absl.testing import flagsaver
 
 import gdw_tf
-from gdw_tf import backbones
 from gdw_tf import backend
-from gdw_tf import callbacks
-from gdw_tf import config as config_lib
-from gdw_tf import datasets
-from gdw_tf import input_pipeline
-from gdw_tf import model as model_lib
-from gdw_tf import results as results_lib
-from gdw_tf import run as run_lib
-from gdw_tf import run_dir
-from gdw_tf import split as split_lib
 from gdw_tf import train
-from gdw_tf.meta_sampling import MetaAugmentation
+from gdw_tf.core import model as model_lib
+from gdw_tf.core.meta_sampling import MetaAugmentation
+from gdw_tf.data import datasets
+from gdw_tf.data import input_pipeline
+from gdw_tf.data import split as split_lib
+from gdw_tf.nets import backbones
+from gdw_tf.runs import callbacks
+from gdw_tf.runs import config as config_lib
+from gdw_tf.runs import results as results_lib
+from gdw_tf.runs import run as run_lib
+from gdw_tf.runs import run_dir
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -366,7 +366,8 @@ _TRAIN_IN_SUBPROCESS = """
 import os, sys
 import tensorflow as tf
 from absl import app
-from gdw_tf import callbacks, train
+from gdw_tf.runs import callbacks
+from gdw_tf import train
 
 tf.config.experimental.enable_op_determinism()
 kill_at_step = int(sys.argv[1])

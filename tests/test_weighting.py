@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from gdw_tf import weighting
+from gdw_tf.core import weighting
 
 
 def _softmax(z):

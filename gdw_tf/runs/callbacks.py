@@ -11,10 +11,10 @@ import time
 
 import keras
 
-from gdw_tf.backup import AtomicBackupAndRestore
-from gdw_tf.run_dir import BACKUP_DIR
-from gdw_tf.run_dir import HISTORY_FILE
-from gdw_tf.run_dir import TENSORBOARD_DIR
+from gdw_tf.runs.backup import AtomicBackupAndRestore
+from gdw_tf.runs.run_dir import BACKUP_DIR
+from gdw_tf.runs.run_dir import HISTORY_FILE
+from gdw_tf.runs.run_dir import TENSORBOARD_DIR
 
 
 class NonFiniteLossError(RuntimeError):

@@ -26,7 +26,7 @@ class ImageDataset(typing.NamedTuple):
     """A dataset as arrays: uint8 images `[N, H, W, C]` (or float32 features `[N, D]`), int64
     labels.
 
-    The optional fields describe own data (`gdw_tf.own_data`); the benchmarks leave them None.
+    The optional fields describe own data (`gdw_tf.data.own_data`); the benchmarks leave them None.
     `train_ids` names each row of `x_train` (file path, `<csv>:<line>` or `.npz` index),
     `class_names` the classes in label order, `trusted` marks the rows of `x_train` that form
     the trusted (meta) set.

@@ -49,8 +49,8 @@ import keras
 from keras import ops
 
 from gdw_tf import backend
-from gdw_tf import weighting
-from gdw_tf.methods import weighted_cotangent
+from gdw_tf.core import weighting
+from gdw_tf.core.methods import weighted_cotangent
 
 
 class Forward(NamedTuple):
@@ -64,7 +64,7 @@ class Forward(NamedTuple):
       p, e: `[B, C]` softmax (clipped at 0.999 for GDW) and `e = p − onehot`, constants.
       per_example_loss: `[B]` cross-entropy `ℓ_i` against the given labels, a constant.
       vjp_fn: `cotangent [B, C] -> list of ∂/∂θ`; `vjp_fn(ω ⊙ e / B)` is `G(ω)`.
-      features: with a `gdw_tf.meta_scope.BackboneSplit`, the trunk's features of the batch
+      features: with a `gdw_tf.core.meta_scope.BackboneSplit`, the trunk's features of the batch
         (else `None`).
     """
 
@@ -129,8 +129,8 @@ def global_batch_size(per_example):
 def forward(method, backbone, trainable, non_trainable, x, y, num_classes, split=None):
     """Step 1: the training forward at `θ` (training mode), with its VJP; a `Forward`.
 
-    `method` is a `gdw_tf.methods.Method` (for its softmax clip). With `split` (a
-    `gdw_tf.meta_scope.BackboneSplit` of `backbone`) the same forward also returns the trunk's
+    `method` is a `gdw_tf.core.methods.Method` (for its softmax clip). With `split` (a
+    `gdw_tf.core.meta_scope.BackboneSplit` of `backbone`) the same forward also returns the trunk's
     features, for a virtual step over the top only.
     """
 
@@ -190,7 +190,7 @@ def meta_gradient(
     """Steps 2–5 of a GDW (or MW-Net, L2RW) step: the meta-gradients, as a pure function.
 
     Args:
-      method: a `gdw_tf.methods.Method` with a meta step (GDW, MW-Net, L2RW).
+      method: a `gdw_tf.core.methods.Method` with a meta step (GDW, MW-Net, L2RW).
       fwd: the step's `Forward` (from `forward` on the same batch and weights).
       backbone: the classifier (a built `keras.Model`, inputs → logits).
       weight_net: the MW-Net MLP `1 → hidden → 1` (unused by L2RW).
@@ -326,7 +326,7 @@ def real_gradient(
     """Steps 7–8: the real step's weights and backbone gradient (without the L2 term).
 
     Args:
-      method: a `gdw_tf.methods.Method`; its `real_weights` rule gives the weights.
+      method: a `gdw_tf.core.methods.Method`; its `real_weights` rule gives the weights.
       fwd: the step's `Forward`.
       meta: the step's `MetaGradient` (not for CE).
       weight_net, weight_net_trainable: MW-Net only: the weight net and its *updated* weights.

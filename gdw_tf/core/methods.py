@@ -2,7 +2,7 @@
 
 Each `Method` says what its step needs (a meta step, a weight net, a virtual step, class-level
 weights, GDW's clipped softmax) and holds its two weighting rules: the stage-1 weights that enter
-the virtual step, and the real step's weights. `gdw_tf.step` strings them together with the
+the virtual step, and the real step's weights. `gdw_tf.core.step` strings them together with the
 shared autodiff; `GDWModel` reads the properties to build variables and metrics. Adding a method
 means adding one record (and its rules) to `METHODS`. The equations are in `docs/ALGORITHM.md`.
 """
@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from keras import ops
 
-from gdw_tf import weighting
+from gdw_tf.core import weighting
 
 
 class RealWeights(NamedTuple):

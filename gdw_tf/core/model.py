@@ -1,14 +1,14 @@
 """`GDWModel`: a `keras.Model` whose `train_step` does GDW, MW-Net, L2RW or plain CE.
 
 `fit` sees only the (noisy) training data; meta batches are drawn inside the step from the clean
-meta set given at construction. The step itself is `gdw_tf.step`; this module holds the Keras
+meta set given at construction. The step itself is `gdw_tf.core.step`; this module holds the Keras
 plumbing: variables, optimizers, metrics, meta-batch sampling and serialization.
 
-Departures from the reference code are listed in `gdw_tf.step`. One more lives here: the backbone
-optimizer is the user's Keras optimizer; `keras.optimizers.SGD(momentum=0.9)` stores a velocity
-already scaled by the learning rate, so when the learning rate changes (the cosine schedule, once
-an epoch) its next steps differ slightly from PyTorch's SGD, which scales the whole buffer by the
-new rate. Between changes the two are the same update.
+Departures from the reference code are listed in `gdw_tf.core.step`. One more lives here: the
+backbone optimizer is the user's Keras optimizer; `keras.optimizers.SGD(momentum=0.9)` stores a
+velocity already scaled by the learning rate, so when the learning rate changes (the cosine
+schedule, once an epoch) its next steps differ slightly from PyTorch's SGD, which scales the whole
+buffer by the new rate. Between changes the two are the same update.
 """
 
 import keras
@@ -16,13 +16,13 @@ import numpy as np
 from keras import ops
 
 from gdw_tf import backend
-from gdw_tf import config as config_lib
-from gdw_tf import meta_scope as meta_scope_lib
-from gdw_tf import methods
-from gdw_tf import step as step_lib
-from gdw_tf import weighting
-from gdw_tf.meta_sampling import seeded_permutation
-from gdw_tf.optimizers import TorchAdam
+from gdw_tf.core import meta_scope as meta_scope_lib
+from gdw_tf.core import methods
+from gdw_tf.core import step as step_lib
+from gdw_tf.core import weighting
+from gdw_tf.core.meta_sampling import seeded_permutation
+from gdw_tf.core.optimizers import TorchAdam
+from gdw_tf.runs import config as config_lib
 
 _DEFAULT = config_lib.DEFAULTS
 
@@ -84,14 +84,14 @@ class GDWModel(backend.Trainer, keras.Model):
     Several devices: create and compile the model under a `tf.distribute` strategy's scope
     (TensorFlow), or after `keras.distribution.set_distribution(DataParallel(...))` (JAX). Each
     replica then takes its share of every training and meta batch, and the step is one device's
-    step on the global batch (`gdw_tf.step`); `meta_batch_size` must be a multiple of the number
-    of replicas. BatchNorm keeps per-replica batch statistics on TensorFlow (moving statistics
-    averaged over the replicas) and global ones on JAX.
+    step on the global batch (`gdw_tf.core.step`); `meta_batch_size` must be a multiple of the
+    number of replicas. BatchNorm keeps per-replica batch statistics on TensorFlow (moving
+    statistics averaged over the replicas) and global ones on JAX.
 
     Args:
       backbone: a built `keras.Model` mapping inputs to `num_classes` logits.
       num_classes: `C`.
-      method: "gdw", "mwnet", "l2rw" or "ce" (`gdw_tf.methods.NAMES`).
+      method: "gdw", "mwnet", "l2rw" or "ce" (`gdw_tf.core.methods.NAMES`).
       meta_data: the clean meta set: a tuple `(x, y)` of arrays, or a `tf.data.Dataset` of
         `(x, y)` (batched or not). May be left out for "ce", or given later with
         `set_meta_data` (a reloaded model does not carry it).
@@ -117,22 +117,22 @@ class GDWModel(backend.Trainer, keras.Model):
         (the last k units with weights; a residual block is one unit). A restricted scope runs
         the trunk below it forward on the meta batch without a backward pass, so the meta step
         costs little more than a forward pass; the real step still trains the whole network.
-        Needs a functional backbone. See `gdw_tf.meta_scope`; no effect on CE.
+        Needs a functional backbone. See `gdw_tf.core.meta_scope`; no effect on CE.
       meta_augmentation: optional Keras layer applied to each meta batch in training mode (the
         reference augments meta images like training images).
       seed: seed of the meta-batch order.
       track_examples: if set to the number `N` of training examples, `fit` takes
-        `(x, y, index)` batches (`index` in `[0, N)`, e.g. `gdw_tf.input_pipeline.train_dataset(...,
-        with_index=True)`), and the model keeps each example's most recent weights in
-        `example_weights` (instance weight of the real step) and `example_label_weights` (GDW: `ω¹`
-        on the given label; other methods: the instance weight). After an epoch in which every
-        example is seen once, these are the weights of that epoch: low values flag suspicious
-        labels.
+        `(x, y, index)` batches (`index` in `[0, N)`, e.g.
+        `gdw_tf.data.input_pipeline.train_dataset(..., with_index=True)`), and the model keeps
+        each example's most recent weights in `example_weights` (instance weight of the real
+        step) and `example_label_weights` (GDW: `ω¹` on the given label; other methods: the
+        instance weight). After an epoch in which every example is seen once, these are the
+        weights of that epoch: low values flag suspicious labels.
       **kwargs: `keras.Model` arguments (name, ...).
 
     The defaults of the settings it shares with `python -m gdw_tf.train` (method,
     meta_batch_size, outer_lr, clip, l2, meta_grad, meta_interval, seed) are the flags' own
-    (`gdw_tf.config.DEFAULTS`), and it checks them by the same rules.
+    (`gdw_tf.runs.config.DEFAULTS`), and it checks them by the same rules.
 
     Raises:
       ValueError: on an unknown method, a backbone whose output is not `[N, num_classes]`, or a
@@ -616,7 +616,7 @@ def replica_problem(
     """Why a model with these settings cannot train on `replicas` replicas, or None.
 
     Args:
-      method: a method name or `gdw_tf.methods.Method`.
+      method: a method name or `gdw_tf.core.methods.Method`.
       meta_batch_size, meta_grad, meta_interval: the model's settings.
       replicas: the number of replicas sharing each batch.
       prefix: put before setting names ("--" for flags).
@@ -696,7 +696,7 @@ def _correct(logits, labels):
 
 
 def _check_arguments(backbone, num_classes, method, track_examples, **settings):
-    """Refuses bad constructor arguments; the settings by the rules of `gdw_tf.config`."""
+    """Refuses bad constructor arguments; the settings by the rules of `gdw_tf.runs.config`."""
     method = methods.get(method)
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer ≥ 2; got {num_classes!r}.")
@@ -804,7 +804,7 @@ def _check_meta_arrays(x, y, num_classes, meta_batch_size, backbone):
     if missing:
         raise ValueError(
             f"the meta set has no example of class(es) {missing[:10]}; it must be clean and "
-            "cover every class (gdw_tf.split.balanced_meta_subset builds one)."
+            "cover every class (gdw_tf.data.split.balanced_meta_subset builds one)."
         )
     if len(y) < meta_batch_size:
         raise ValueError(

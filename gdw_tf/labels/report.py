@@ -34,7 +34,7 @@ def write_report(run_dir, issues, images=None, path=None):
     Args:
       run_dir: the run directory; `config.json`, `history.csv` and `example_weights.npz` are
         read from it when present (a section whose file is missing is left out).
-      issues: the run's `gdw_tf.label_issues.LabelIssues`.
+      issues: the run's `gdw_tf.labels.label_issues.LabelIssues`.
       images: optional training inputs in the order the issues were computed from
         (`issues.position` indexes them): uint8 images `[N, H, W, C]` become thumbnails,
         anything else `[N, ...]` rows of values.

@@ -21,7 +21,7 @@ image is (gray or gray+alpha), RGB otherwise (alpha dropped); resized bilinearly
 
 The trusted (meta) set is `--trusted_data` (a second folder or file), or the rows of
 `--trusted_column`, or, with `--trusted_data=auto`, chosen from the noisy training data
-(`gdw_tf.auto_meta`). The trusted examples are appended to the training arrays (`x_train`,
+(`gdw_tf.data.auto_meta`). The trusted examples are appended to the training arrays (`x_train`,
 with `trusted` marking them), so the run's split indexes one array as on the benchmarks. The
 labels of own data are the given ones; their truth is unknown, so the split records no
 corruption and the results no realised noise or detection AUROC (`truth_known=False`).
@@ -34,9 +34,9 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from gdw_tf import datasets
-from gdw_tf import methods
-from gdw_tf import split as split_lib
+from gdw_tf.core import methods
+from gdw_tf.data import datasets
+from gdw_tf.data import split as split_lib
 
 # The image formats `keras.utils.image_dataset_from_directory` reads.
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")

@@ -7,10 +7,10 @@ import os
 
 import numpy as np
 
-from gdw_tf import input_pipeline
-from gdw_tf import label_issues
-from gdw_tf import methods
-from gdw_tf import report
+from gdw_tf.core import methods
+from gdw_tf.data import input_pipeline
+from gdw_tf.labels import label_issues
+from gdw_tf.labels import report
 
 
 def read_history(path):

@@ -1,11 +1,11 @@
 """A complete, resumable training run: data protocol → GDWModel → fit → results on disk.
 
-`run(config)` does what `python -m gdw_tf.train` does, from a plain `gdw_tf.config.Config`:
+`run(config)` does what `python -m gdw_tf.train` does, from a plain `gdw_tf.runs.config.Config`:
 
 1. refuses an output directory holding a finished run (unless `overwrite`) or an unfinished
    run with another configuration — before any data is loaded;
-2. loads the dataset, draws the split (`gdw_tf.split.make_split`: disjoint clean meta set, label
-   noise, long tail) and saves it with the configuration — or, resuming, loads them;
+2. loads the dataset, draws the split (`gdw_tf.data.split.make_split`: disjoint clean meta set,
+   label noise, long tail) and saves it with the configuration — or, resuming, loads them;
 3. trains `GDWModel` with SGD, the reference's per-epoch cosine schedule, validation on the test
    set each epoch, and Keras callbacks for the progress bar, `history.csv`, TensorBoard logs,
    per-epoch backups (`BackupAndRestore`) and a stop on a non-finite loss;
@@ -13,7 +13,7 @@
    backbone), optionally a serving export, and last `results.json`, whose presence marks the
    run finished.
 
-The run directory's files are listed in `gdw_tf.run_dir`; devices in `gdw_tf.distribute`.
+The run directory's files are listed in `gdw_tf.runs.run_dir`; devices in `gdw_tf.runs.distribute`.
 
 Resuming: a run started again with the same configuration continues from the last finished
 epoch and ends with the weights an uninterrupted run ends with. `BackupAndRestore` restores
@@ -32,21 +32,21 @@ import time
 import keras
 import numpy as np
 
-from gdw_tf import auto_meta
-from gdw_tf import backbones
 from gdw_tf import backend
-from gdw_tf import callbacks
-from gdw_tf import datasets
-from gdw_tf import distribute
-from gdw_tf import input_pipeline
-from gdw_tf import methods
-from gdw_tf import own_data
-from gdw_tf import results as results_lib
-from gdw_tf import run_dir
-from gdw_tf import split as split_lib
-from gdw_tf.meta_sampling import MetaAugmentation
-from gdw_tf.model import GDWModel
-from gdw_tf.model import resolve_outer_lr
+from gdw_tf.core import methods
+from gdw_tf.core.meta_sampling import MetaAugmentation
+from gdw_tf.core.model import GDWModel
+from gdw_tf.core.model import resolve_outer_lr
+from gdw_tf.data import auto_meta
+from gdw_tf.data import datasets
+from gdw_tf.data import input_pipeline
+from gdw_tf.data import own_data
+from gdw_tf.data import split as split_lib
+from gdw_tf.nets import backbones
+from gdw_tf.runs import callbacks
+from gdw_tf.runs import distribute
+from gdw_tf.runs import results as results_lib
+from gdw_tf.runs import run_dir
 
 
 def run(config):
@@ -152,7 +152,7 @@ def run(config):
 
 def load_data(config):
     """The dataset, cut to `max_train_examples` / `max_test_examples` if they are set; or the
-    own data of `config.train_data` (`gdw_tf.own_data`)."""
+    own data of `config.train_data` (`gdw_tf.data.own_data`)."""
     if config.train_data:
         return own_data.load_own_data(config)
     dataset = datasets.load_dataset(config.dataset, config.data_dir)

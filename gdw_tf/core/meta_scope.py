@@ -13,7 +13,7 @@
   `resnet32` a unit is a whole residual block: `last:2` is the head and `stage3_block5`.
 
 With a restricted scope the backbone is split at the split point into a trunk and a top. The
-training forward (`gdw_tf.step.forward`) also returns the trunk's features; the virtual step
+training forward (`gdw_tf.core.step.forward`) also returns the trunk's features; the virtual step
 `θ'_top = θ_top − α G_top(ω)` moves only the top's parameters, with `G_top` the gradient of the
 top on those features (held constant); the meta batch runs through the trunk once, in training
 mode and without gradient, then through the top at `θ'_top`. So `∂L_meta/∂ω` and `∂L_meta/∂φ`
@@ -26,7 +26,7 @@ import keras
 from keras import ops
 
 from gdw_tf import backend
-from gdw_tf import step as step_lib
+from gdw_tf.core import step as step_lib
 
 ALL = "all"
 HEAD = "head"
@@ -82,8 +82,8 @@ def split_backbone(backbone, meta_scope):
     if point is None:
         raise ValueError(
             f"meta_scope={meta_scope!r}: the backbone {backbone.name!r} has only {units} units "
-            "with trainable weights that can be split off (see gdw_tf.meta_scope); use a smaller "
-            "k or meta_scope='all'."
+            "with trainable weights that can be split off (see gdw_tf.core.meta_scope); use a "
+            "smaller k or meta_scope='all'."
         )
     if point is inputs[0]:
         return None
@@ -215,12 +215,13 @@ def meta_gradient(
     num_classes,
     meta_grad="jvp",
 ):
-    """`gdw_tf.step.meta_gradient` with the virtual step over the top's parameters only.
+    """`gdw_tf.core.step.meta_gradient` with the virtual step over the top's parameters only.
 
     Args:
       split: the backbone's `BackboneSplit`.
-      fwd: the step's `Forward` from `gdw_tf.step.forward(..., split=split)` (with features).
-      Others: as `gdw_tf.step.meta_gradient` (`trainable`, `non_trainable`: the whole backbone's).
+      fwd: the step's `Forward` from `gdw_tf.core.step.forward(..., split=split)` (with features).
+      Others: as `gdw_tf.core.step.meta_gradient` (`trainable`, `non_trainable`: the whole
+        backbone's).
 
     Returns:
       A `MetaGradient`.

@@ -40,8 +40,8 @@ def seeded_permutation(n, seed, epoch):
 class MetaAugmentation(keras.layers.Layer):
     """Reflect-pad 4, random crop, horizontal flip of a batch of normalised meta images.
 
-    The training images' augmentation (`gdw_tf.input_pipeline.random_crop_and_flip`), applied after
-    normalisation: reflect padding copies pixels, so it commutes with per-channel
+    The training images' augmentation (`gdw_tf.data.input_pipeline.random_crop_and_flip`),
+    applied after normalisation: reflect padding copies pixels, so it commutes with per-channel
     normalisation. Written with `keras.ops`, so it runs on every backend. Call `n` draws its
     crops and flips from an integer hash of `(seed, n)`, `n` a variable saved with the model, so
     a resumed run augments its meta batches as an uninterrupted one does (a

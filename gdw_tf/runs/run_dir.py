@@ -6,20 +6,20 @@ Run directory:
     config.json           the config, and what export needs: dataset, num_classes,
                           input_shape, normalization {mean, std} (per channel, of images
                           scaled to [0, 1])
-    split.npz             `gdw_tf.split.Split`: meta/train indices, true and given labels
+    split.npz             `gdw_tf.data.split.Split`: meta/train indices, true and given labels
     history.csv           one row per epoch: train/…, meta/…, weights/…, test/loss and
                           test/accuracy (also as Keras' val_loss, val_accuracy),
                           learning_rate, time/epoch_seconds
     tensorboard/          the same scalars for TensorBoard (Keras prefixes `epoch_`)
-    backup/               the last two epochs' state, `gdw_tf.backup` (removed once the run is
+    backup/               the last two epochs' state, `gdw_tf.runs.backup` (removed once the run is
                           finished)
     example_weights.npz   per training example: index, labels, corrupted flag, weights
                           (own data: no true label or corrupted flag, but an id)
     label_issues.csv      the training examples ranked by how suspicious their label is, with
-                          a suggested label and a flag (`gdw_tf.label_issues`)
+                          a suggested label and a flag (`gdw_tf.labels.label_issues`)
     report.html           one self-contained page to look at: accuracy curves, estimated
                           noise, weight against loss, the most suspicious examples
-                          (`gdw_tf.report`)
+                          (`gdw_tf.labels.report`)
     model.keras           the trained backbone (normalised float images in, logits out)
     results.json          accuracies (fractions in [0, 1]), noise, detection AUROC, timing
                           (None where own data leaves them unknown); with
@@ -35,10 +35,10 @@ import shutil
 import keras
 import numpy as np
 
-from gdw_tf import label_issues
-from gdw_tf import report
-from gdw_tf import split as split_lib
-from gdw_tf.config import Config
+from gdw_tf.data import split as split_lib
+from gdw_tf.labels import label_issues
+from gdw_tf.labels import report
+from gdw_tf.runs.config import Config
 
 CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.npz"
@@ -152,7 +152,7 @@ def load_or_make_split(config, labels, num_classes, make=None):
     """The run's split: loaded from `split.npz` if present, else drawn and saved atomically.
 
     `make`, if given, draws the split instead of `split.make_split` (own data, an automatic
-    meta set: `gdw_tf.run.split_maker`).
+    meta set: `gdw_tf.runs.run.split_maker`).
 
     Raises:
       ValueError: if the meta set cannot be class-balanced (too few examples in a class), or

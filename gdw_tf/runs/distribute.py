@@ -21,13 +21,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gdw_tf.config import DISTRIBUTE
-from gdw_tf.model import replica_problem
-from gdw_tf.run_dir import WORKERS_DIR
+from gdw_tf.core.model import replica_problem
+from gdw_tf.runs.config import DISTRIBUTE
+from gdw_tf.runs.run_dir import WORKERS_DIR
 
 
 def make_strategy(name):
-    """The `tf.distribute` strategy of `--distribute=name` (`gdw_tf.config.DISTRIBUTE`).
+    """The `tf.distribute` strategy of `--distribute=name` (`gdw_tf.runs.config.DISTRIBUTE`).
 
     `none` is TensorFlow's default strategy (one device); `mirrored` a `MirroredStrategy` over
     TensorFlow's default devices (all GPUs, else the CPU); `multi_worker` a

@@ -18,7 +18,7 @@ epoch's instance weight and the weight on the given label (GDW: ω¹).
 
     issues = gdw_tf.find_label_issues(model, x_train, y_train)   # x_train as fit saw it
     issues.flagged.sum(), issues.id[:10]                          # ranked, most suspicious first
-    gdw_tf.label_issues.write_label_issues_csv("label_issues.csv", issues)
+    gdw_tf.labels.label_issues.write_label_issues_csv("label_issues.csv", issues)
 """
 
 import csv

@@ -19,9 +19,9 @@ import dataclasses
 import keras
 import numpy as np
 
-from gdw_tf import backbones
-from gdw_tf import input_pipeline
-from gdw_tf import noise as noise_lib
+from gdw_tf.data import input_pipeline
+from gdw_tf.data import noise as noise_lib
+from gdw_tf.nets import backbones
 
 
 def select_confident(probabilities, given_labels, num_classes, per_class):
@@ -101,7 +101,7 @@ def auto_split(split, config, model_name, x, mean, std, augment):
     """`split` with its meta set replaced by examples chosen from its training set.
 
     Args:
-        split: a `gdw_tf.split.Split` whose training set (indices into `x`, given labels) is
+        split: a `gdw_tf.data.split.Split` whose training set (indices into `x`, given labels) is
             the pool.
         config: the run's `Config`.
         model_name: the backbone of the warm-up (the run's, resolved).
@@ -110,8 +110,8 @@ def auto_split(split, config, model_name, x, mean, std, augment):
         augment: whether the warm-up augments its batches.
 
     Returns:
-        A new `gdw_tf.split.Split` (`meta_source="auto"`): meta set = the chosen examples with their
-        given labels, training set = the others.
+        A new `gdw_tf.data.split.Split` (`meta_source="auto"`): meta set = the chosen examples
+        with their given labels, training set = the others.
 
     Raises:
         ValueError: if a class has too few examples, or the meta set would be smaller than

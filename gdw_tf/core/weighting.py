@@ -2,7 +2,7 @@
 
 Everything here is plain tensor arithmetic on logits, labels and weights: no automatic
 differentiation and no model. The backend-specific part of a step (VJPs, JVPs) lives in
-`gdw_tf.backend`; the step itself, which strings the two together, in `gdw_tf.step`.
+`gdw_tf.backend`; the step itself, which strings the two together, in `gdw_tf.core.step`.
 
 Notation follows `docs/ALGORITHM.md`: `B` examples, `C` classes, `p = softmax(z)`,
 `e = p − onehot(ỹ)` (the gradient of the cross-entropy with respect to the logits), class-level

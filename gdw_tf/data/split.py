@@ -3,7 +3,7 @@ training set drawn from one dataset's training split.
 
 `make_split` follows Meta-Weight-Net and the GDW reference code: a small clean, class-balanced
 meta set is taken out of the training set, the rest gets label noise from one of the noise
-models of `gdw_tf.noise`, and is then subsampled into a long tail by true class.
+models of `gdw_tf.data.noise`, and is then subsampled into a long tail by true class.
 
 Where we depart from the reference code, and why:
 
@@ -21,7 +21,7 @@ import dataclasses
 
 import numpy as np
 
-from gdw_tf import noise as noise_lib
+from gdw_tf.data import noise as noise_lib
 
 
 @dataclasses.dataclass(eq=False)
@@ -49,7 +49,7 @@ class Split:
     # False for own data: the given labels are all we know (true labels -1, rates NaN).
     truth_known: bool = True
     # Where the meta set comes from: "clean" (held out before noise), "trusted" (the user's
-    # trusted set) or "auto" (chosen from the noisy training data, `gdw_tf.auto_meta`).
+    # trusted set) or "auto" (chosen from the noisy training data, `gdw_tf.data.auto_meta`).
     meta_source: str = "clean"
 
     def save(self, path):
@@ -106,7 +106,7 @@ def make_split(labels, num_classes, num_meta, noise, ratio, imbalance, seed):
         labels: true labels of the whole original training set, ints in [0, num_classes).
         num_classes: number of classes `C`.
         num_meta: size of the clean meta set, a positive multiple of `C`.
-        noise: one of `gdw_tf.noise.NOISE_MODELS`.
+        noise: one of `gdw_tf.data.noise.NOISE_MODELS`.
         ratio: noise ratio in [0, 1].
         imbalance: long-tail factor `n_max / n_min` >= 1 (1: no subsampling).
         seed: the run's seed.

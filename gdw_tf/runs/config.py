@@ -7,7 +7,7 @@ Each field of `Config` carries its default, help text, allowed values and check 
   of `python -m gdw_tf.bench`), with validators that refuse impossible values while the command
   line is parsed, before any data is loaded;
 - `Config.from_flags` turns the parsed flags into the frozen dataclass that library code
-  (`gdw_tf.run`) takes; library code never reads flags;
+  (`gdw_tf.runs.run`) takes; library code never reads flags;
 - `check(name, value)` applies the same rule to a Python argument: `GDWModel` validates its
   arguments with it, and its signature defaults are `DEFAULTS`' fields, so a model built by the
   CLI and one built by hand share defaults and rules.
@@ -24,10 +24,10 @@ import os
 
 from absl import flags
 
-from gdw_tf import backbones
-from gdw_tf import meta_scope
-from gdw_tf import methods
-from gdw_tf import noise as noise_lib
+from gdw_tf.core import meta_scope
+from gdw_tf.core import methods
+from gdw_tf.data import noise as noise_lib
+from gdw_tf.nets import backbones
 
 AUTO_TRUE_FALSE = ("auto", "true", "false")
 DISTRIBUTE = ("none", "mirrored", "multi_worker")
@@ -138,7 +138,7 @@ class Config:
         check=_non_negative,
         message="must be ≥ 0 (0 = all)",
     )
-    # Own data (gdw_tf.own_data) and the automatic trusted set (gdw_tf.auto_meta).
+    # Own data (gdw_tf.data.own_data) and the automatic trusted set (gdw_tf.data.auto_meta).
     train_data: str = setting(
         None,
         "Train on your own data instead of --dataset's benchmark protocol: a folder with one "
@@ -302,7 +302,7 @@ class Config:
         "layer only: the meta-gradient needs a forward of the trunk on the meta batch, no "
         "backward through it; a faster approximation) or last:k (the last k units with weights; "
         "a residual block counts as one). The real step always trains the whole network; see "
-        "gdw_tf/meta_scope.py.",
+        "gdw_tf/core/meta_scope.py.",
         check=lambda v: _is_meta_scope(v),
         message="must be all, head or last:k with an integer k ≥ 1 (e.g. --meta_scope=last:2)",
     )

@@ -1,0 +1,1 @@
+"""Wrong labels: ranking the training labels (`label_issues`) and the run's `report.html`."""

@@ -1,0 +1,1 @@
+"""The backbones: ResNet-32, `small_cnn`, `mlp` and `keras.applications` models."""
