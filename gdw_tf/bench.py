@@ -37,6 +37,7 @@ import gdw_tf
 from gdw_tf import backend
 from gdw_tf.core import meta_scope as meta_scope_lib
 from gdw_tf.core import methods as methods_lib
+from gdw_tf.core import settings
 from gdw_tf.nets import backbones
 from gdw_tf.runs import config as config_lib
 
@@ -116,15 +117,19 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_bool(
         "json", False, "End with one JSON line of the figures.", flag_values=flag_values
     )
-    flags.register_multi_flags_validator(
+    config_lib.register_rule(
+        flag_values,
         ["methods", "meta_interval"],
-        lambda v: all(
-            config_lib.meta_interval_problem(methods_lib.get(m), v["meta_interval"]) is None
-            for m in v["methods"]
+        lambda v: next(
+            filter(
+                None,
+                (
+                    settings.meta_interval_problem(m, v["meta_interval"], prefix="--")
+                    for m in v["methods"]
+                ),
+            ),
+            None,
         ),
-        message="--meta_interval above 1 does not apply to l2rw (no weight net); pass "
-        "--methods=ce,mwnet,gdw.",
-        flag_values=flag_values,
     )
 
 

@@ -268,9 +268,9 @@ def write_tables(path, markdown):
 
 def read_history(output_dir):
     """history.csv of a run as {column: array over epochs} (a rerun epoch's last row)."""
-    from gdw_tf.runs import results as results_lib  # pylint: disable=import-outside-toplevel
+    from gdw_tf.runs import run_dir as run_dir_lib  # pylint: disable=import-outside-toplevel
 
-    rows = results_lib.read_history(os.path.join(output_dir, "history.csv"))
+    rows = run_dir_lib.read_history(output_dir)
     return {key: np.array([row.get(key, np.nan) for row in rows]) for key in rows[0]}
 
 

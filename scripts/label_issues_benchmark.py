@@ -238,6 +238,7 @@ def evaluate(setting):
     from gdw_tf.data import split as split_lib
     from gdw_tf.labels import label_issues
     from gdw_tf.runs import run as run_lib
+    from gdw_tf.runs import run_dir as run_dir_lib
 
     setting_dir = os.path.join(FLAGS.runs_dir, setting)
     gdw_dir = os.path.join(setting_dir, "gdw")
@@ -264,7 +265,7 @@ def evaluate(setting):
     flagged, score, suggested = (
         issues.in_input_order(name) for name in ("flagged", "score", "suggested_label")
     )
-    csv_path = os.path.join(gdw_dir, label_issues.LABEL_ISSUES_FILE)
+    csv_path = os.path.join(gdw_dir, run_dir_lib.LABEL_ISSUES_FILE)
     if os.path.exists(csv_path):
         table = label_issues.read_label_issues_csv(csv_path)
         position = np.searchsorted(split.train_indices, np.array(table["id"], np.int64))

@@ -96,7 +96,7 @@ def test_meta_interval_is_refused_for_l2rw():
     command = [sys.executable, "-m", "gdw_tf.bench", "--meta_interval=2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert "does not apply to l2rw" in result.stderr
+    assert "l2rw has none: use --meta_interval=1" in result.stderr
 
 
 def test_an_empty_method_list_is_refused():

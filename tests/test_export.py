@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gdw_tf import export
 from gdw_tf.data import input_pipeline
 from gdw_tf.nets import backbones
+from gdw_tf.runs import run_dir as run_dir_lib
+from gdw_tf.runs import serving
 
 BATCH_SIZES = (1, 7)  # Also in LOADER.
 TF_STARTUP_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)")
@@ -132,7 +133,7 @@ def test_exported_model_serves_same_predictions_without_gdw_tf(
     backbone = trained_looking_backbone(builder, input_shape, num_classes, mean, std)
     export_dir = tmp_path / "export"
 
-    assert export.export_serving(backbone, str(export_dir), mean, std) == str(export_dir)
+    assert serving.export_serving(backbone, str(export_dir), mean, std) == str(export_dir)
 
     images = np.random.default_rng(2).integers(0, 256, (7,) + input_shape, dtype=np.uint8)
     results = serve_in_fresh_process(export_dir, images, tmp_path)
@@ -145,7 +146,7 @@ def test_exported_model_serves_same_predictions_without_gdw_tf(
 
 def test_serving_signature_takes_uint8_images_of_any_batch_size(tmp_path):
     backbone = backbones.small_cnn((28, 28, 1), 4)
-    export.export_serving(backbone, str(tmp_path), [0.5], [0.25])
+    serving.export_serving(backbone, str(tmp_path), [0.5], [0.25])
     signature = tf.saved_model.load(str(tmp_path)).signatures["serve"]
     _, inputs = signature.structured_input_signature
     assert inputs == {"images": tf.TensorSpec((None, 28, 28, 1), tf.uint8, name="images")}
@@ -155,7 +156,7 @@ def test_serving_signature_takes_uint8_images_of_any_batch_size(tmp_path):
 
 def test_rest_request_body_of_the_readme_holds_the_signature_input(tmp_path):
     backbone = backbones.small_cnn((28, 28, 1), 4)
-    export.export_serving(backbone, str(tmp_path), [0.5], [0.25])
+    serving.export_serving(backbone, str(tmp_path), [0.5], [0.25])
     images = np.random.default_rng(4).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
 
     # As in the README: the body of a TF Serving REST predict request.
@@ -176,14 +177,14 @@ def test_rest_request_body_of_the_readme_holds_the_signature_input(tmp_path):
 def test_export_serving_refuses_bad_statistics(mean, std, message, tmp_path):
     backbone = backbones.small_cnn((28, 28, 1), 10)
     with pytest.raises(ValueError, match=message):
-        export.export_serving(backbone, str(tmp_path / "export"), mean, std)
+        serving.export_serving(backbone, str(tmp_path / "export"), mean, std)
     assert not (tmp_path / "export").exists()
 
 
 def test_export_serving_refuses_a_backbone_that_does_not_take_images(tmp_path):
     backbone = backbones.mlp((20,), 5)
     with pytest.raises(ValueError, match=r"images \[N, H, W, C\]"):
-        export.export_serving(backbone, str(tmp_path / "export"), [0.5], [0.2])
+        serving.export_serving(backbone, str(tmp_path / "export"), [0.5], [0.2])
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,10 +256,10 @@ def test_export_run_overwrites_only_when_asked(tmp_path):
     (export_dir / "stale.txt").write_text("an earlier export")
 
     with pytest.raises(ValueError, match="--overwrite"):
-        export.export_run(str(run_dir), str(export_dir))
+        run_dir_lib.export_run(str(run_dir), str(export_dir))
     assert (export_dir / "stale.txt").exists()
 
-    assert export.export_run(str(run_dir), str(export_dir), overwrite=True) == str(export_dir)
+    assert run_dir_lib.export_run(str(run_dir), str(export_dir), overwrite=True) == str(export_dir)
     assert not (export_dir / "stale.txt").exists()
     assert tf.saved_model.contains_saved_model(str(export_dir))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["export", "run"]
@@ -269,7 +270,7 @@ def test_export_run_overwrites_only_when_asked(tmp_path):
     [
         ("no_model", "model.keras is missing"),
         ("no_config", "config.json is missing"),
-        ("bad_json", "Could not read"),
+        ("bad_json", "is unreadable"),
         ("no_normalization", "normalization"),
         ("corrupt_model", "Could not load"),
         ("wrong_num_classes", "num_classes=7"),
@@ -290,13 +291,13 @@ def test_export_run_names_the_problem_with_a_run_dir(broken, message, tmp_path):
     elif broken == "corrupt_model":
         (run_dir / "model.keras").write_bytes(b"not a zip file")
     with pytest.raises(ValueError, match=message):
-        export.export_run(str(run_dir), str(tmp_path / "export"))
+        run_dir_lib.export_run(str(run_dir), str(tmp_path / "export"))
     assert not (tmp_path / "export").exists()
 
 
 @pytest.mark.parametrize("builder", [backbones.small_cnn, backbones.mlp], ids=["small_cnn", "mlp"])
 def test_the_served_model_refuses_images_of_another_shape_or_dtype(builder, tmp_path):
-    export.export_serving(builder((28, 28, 1), 4), str(tmp_path), [0.5], [0.25])
+    serving.export_serving(builder((28, 28, 1), 4), str(tmp_path), [0.5], [0.25])
     serve = tf.saved_model.load(str(tmp_path)).signatures["serve"]
     # Each of these was answered before (pooled or reshaped into 28x28x1 numbers): wrong answers.
     for shape in [(2, 32, 32, 1), (2, 28, 28, 3), (2, 28, 28), (2, 14, 56, 1), (2, 56, 14, 1)]:
@@ -320,7 +321,7 @@ def test_the_served_model_refuses_images_of_another_shape_or_dtype(builder, tmp_
 def test_export_run_to_a_directory_that_cannot_be_written_is_one_line(tmp_path):
     write_run_dir(tmp_path / "run", backbones.small_cnn((8, 8, 1), 3), [0.5], [0.25])
     with pytest.raises(ValueError) as error:
-        export.export_run(str(tmp_path / "run"), "/proc/no_such_process/export")
+        run_dir_lib.export_run(str(tmp_path / "run"), "/proc/no_such_process/export")
     message = str(error.value)
     assert message.startswith("could not write the export next to /proc/no_such_process/export")
     assert "\n" not in message and "--export_dir you may write to" in message

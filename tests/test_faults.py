@@ -23,7 +23,7 @@ from test_train import _read_json
 import gdw_tf
 from gdw_tf.nets import backbones
 from gdw_tf.runs import backup
-from gdw_tf.runs import results as results_lib
+from gdw_tf.runs import run_dir as run_dir_lib
 
 # Fashion-MNIST, 250 training examples in batches of 50: 5 steps an epoch, 3 epochs.
 ARGS = [*TINY_FASHION_MNIST, "--model=mlp", "--epochs=3", "--noise=uniform", "--ratio=0.6"]
@@ -141,9 +141,7 @@ def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(tmp_path):
         _backbone_weights(uninterrupted), _backbone_weights(faulty), strict=True
     ):
         np.testing.assert_allclose(actual, expected)
-    expected, actual = (
-        results_lib.read_history(os.path.join(d, "history.csv")) for d in (uninterrupted, faulty)
-    )
+    expected, actual = (run_dir_lib.read_history(d) for d in (uninterrupted, faulty))
     assert len(actual) == 3
     for expected_row, actual_row in zip(expected, actual):
         for name in (

@@ -128,7 +128,7 @@ def test_precedence_defaults_then_flagfile_then_command_line(tmp_path):
         (["--epochs=0"], "--epochs must be a positive integer"),
         (["--num_meta=0"], "--num_meta must be a positive"),
         (["--meta_batch_size=0"], "--meta_batch_size must be a positive integer"),
-        (["--num_meta=50"], "--meta_batch_size must not exceed --num_meta"),
+        (["--num_meta=50"], "--meta_batch_size=100 exceeds the 50 examples of the meta set"),
         (["--lr=0"], "--lr must be > 0"),
         (["--momentum=1"], "--momentum must lie in [0, 1)"),
         (["--outer_lr=-2"], "--outer_lr must be ≥ 0"),
@@ -167,7 +167,17 @@ def test_known_datasets_pass_the_dataset_validator():
         assert _parse(f"--dataset={dataset}", "--output_dir=out").dataset == dataset
 
 
-FLOAT_FLAGS = ("ratio", "imbalance", "lr", "momentum", "l2", "outer_lr", "clip")
+FLOAT_FLAGS = (
+    "ratio",
+    "imbalance",
+    "lr",
+    "momentum",
+    "l2",
+    "outer_lr",
+    "clip",
+    "weight_net_lr",
+    "weight_net_l2",
+)
 
 
 def test_every_float_flag_is_checked_for_nan_and_inf():

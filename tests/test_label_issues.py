@@ -22,6 +22,7 @@ from gdw_tf.data import split as split_lib
 from gdw_tf.labels import label_issues
 from gdw_tf.labels import report
 from gdw_tf.nets import backbones
+from gdw_tf.runs import run_dir as run_dir_lib
 
 
 def _probabilities(rng, n, c):
@@ -272,21 +273,13 @@ def _parse(path):
     return parser
 
 
-def test_encode_png_round_trips_through_a_png_decoder():
-    rng = np.random.default_rng(3)
-    for shape in ((5, 7), (5, 7, 1), (4, 3, 3), (2, 6, 4)):
-        image = rng.integers(0, 256, shape, dtype=np.uint8)
-        decoded = tf.io.decode_png(report.encode_png(image)).numpy()
-        np.testing.assert_array_equal(decoded.reshape(image.shape), image)
-
-
 def test_report_of_feature_rows_lists_every_flagged_example(tmp_path):
     rng = np.random.default_rng(4)
     probabilities = _probabilities(rng, 80, 4)
     given = rng.integers(0, 4, 80)
     features = rng.normal(size=(80, 12))
     issues = label_issues.rank_label_issues(probabilities, given, ids=np.arange(80) * 10)
-    path = report.write_report(str(tmp_path), issues, images=features)
+    path = run_dir_lib.write_report(str(tmp_path), issues, images=features)
 
     parsed = _parse(path)
     assert parsed.flagged_ids == [str(i) for i in issues.id[issues.flagged]]

@@ -122,20 +122,29 @@ def test_head_meta_gradient_is_that_of_the_restricted_objective(method, meta_gra
     non_trainable = _values(backbone.non_trainable_variables)
     phi = _values(weight_net.trainable_variables)
     record = methods.get(method)
-    fwd = step_lib.forward(record, backbone, theta, non_trainable, x, y, C, split=split)
+    fwd = step_lib.forward(
+        record,
+        backbone,
+        trainable=theta,
+        non_trainable=non_trainable,
+        x=x,
+        y=y,
+        num_classes=C,
+        split=split,
+    )
     meta = meta_scope_lib.meta_gradient(
         split,
         record,
         fwd,
-        weight_net,
-        theta,
-        non_trainable,
-        phi,
-        x_meta,
-        y_meta,
-        LR,
-        C,
-        meta_grad,
+        weight_net=weight_net,
+        trainable=theta,
+        non_trainable=non_trainable,
+        weight_net_trainable=phi,
+        x_meta=x_meta,
+        y_meta=y_meta,
+        learning_rate=LR,
+        num_classes=C,
+        meta_grad=meta_grad,
     )
 
     objective = _RestrictedObjective(backbone, x, y, x_meta, y_meta)
@@ -179,17 +188,19 @@ def test_head_meta_gradient_is_that_of_the_restricted_objective(method, meta_gra
     # The full scope's meta-gradient is another one: the restriction is real.
     full = step_lib.meta_gradient(
         record,
-        step_lib.forward(record, backbone, theta, non_trainable, x, y, C),
-        backbone,
-        weight_net,
-        theta,
-        non_trainable,
-        phi,
-        x,
-        x_meta,
-        y_meta,
-        LR,
-        C,
+        step_lib.forward(
+            record, backbone, trainable=theta, non_trainable=non_trainable, x=x, y=y, num_classes=C
+        ),
+        backbone=backbone,
+        weight_net=weight_net,
+        trainable=theta,
+        non_trainable=non_trainable,
+        weight_net_trainable=phi,
+        x=x,
+        x_meta=x_meta,
+        y_meta=y_meta,
+        learning_rate=LR,
+        num_classes=C,
     )
     assert not np.allclose(np.asarray(full.dmeta_dweights), expected, rtol=1e-3)
 
@@ -347,8 +358,8 @@ class _Subclassed(keras.Model):
 @pytest.mark.parametrize(
     "backbone_fn, meta_scope, message",
     [
-        (_mlp, "last", "meta_scope must be 'all', 'head' or 'last:k'"),
-        (_mlp, "last:0", "meta_scope must be 'all', 'head' or 'last:k'"),
+        (_mlp, "last", "meta_scope must be all, head or last:k"),
+        (_mlp, "last:0", "meta_scope must be all, head or last:k"),
         (_mlp, "last:3", "has only 2 units"),
         (None, "head", "needs a functional backbone"),
     ],

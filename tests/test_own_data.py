@@ -239,7 +239,7 @@ def _bad_inputs(root):
     cases.append(
         (
             {"train_data": good, "trusted_data": missing + "/../good", "meta_batch_size": 100},
-            "fewer than --meta_batch_size=100",
+            "--meta_batch_size=100 exceeds the",
         )
     )
     cases.append(({"train_data": good}, "--method=gdw needs a trusted set"))

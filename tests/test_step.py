@@ -99,7 +99,9 @@ def test_unit_weights_give_the_ce_gradient_and_row_weights_the_instance_weighted
     backbone = _mlp()
     x, y, _, _ = _data((5,), 3, 8, 3)
     theta = _values(backbone.trainable_variables)
-    fwd = step_lib.forward(methods.MWNET, backbone, theta, [], x, y, 3)
+    fwd = step_lib.forward(
+        methods.MWNET, backbone, trainable=theta, non_trainable=[], x=x, y=y, num_classes=3
+    )
     batch = len(y)
 
     def ce(theta):
@@ -107,7 +109,7 @@ def test_unit_weights_give_the_ce_gradient_and_row_weights_the_instance_weighted
         return keras.ops.mean(_per_example_ce(logits, y))
 
     expected = _gradient(ce, theta)
-    actual = fwd.vjp_fn(np.ones((batch, 3)) * fwd.e / batch)
+    actual = fwd.vjp_fn(np.ones((batch, 3)) * fwd.error / batch)
     for a, b in zip(actual, expected):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
 
@@ -118,7 +120,7 @@ def test_unit_weights_give_the_ce_gradient_and_row_weights_the_instance_weighted
         return keras.ops.mean(v * _per_example_ce(logits, y))
 
     expected = _gradient(weighted, theta)
-    actual = fwd.vjp_fn(v[:, None] * fwd.e / batch)
+    actual = fwd.vjp_fn(v[:, None] * fwd.error / batch)
     for a, b in zip(actual, expected):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
 
@@ -155,28 +157,30 @@ def test_intermediate_gradients_jvp_nested_and_finite_differences_agree(make_bac
     non_trainable = _values(backbone.non_trainable_variables)
     phi = _values(weight_net.trainable_variables)
 
-    fwd = step_lib.forward(methods.GDW, backbone, theta, non_trainable, x, y, 3)
+    fwd = step_lib.forward(
+        methods.GDW, backbone, trainable=theta, non_trainable=non_trainable, x=x, y=y, num_classes=3
+    )
     results = {
         mode: step_lib.meta_gradient(
             methods.GDW,
             fwd,
-            backbone,
-            weight_net,
-            theta,
-            non_trainable,
-            phi,
-            x,
-            x_meta,
-            y_meta,
-            LR,
-            3,
-            mode,
+            backbone=backbone,
+            weight_net=weight_net,
+            trainable=theta,
+            non_trainable=non_trainable,
+            weight_net_trainable=phi,
+            x=x,
+            x_meta=x_meta,
+            y_meta=y_meta,
+            learning_rate=LR,
+            num_classes=3,
+            meta_grad=mode,
         )
         for mode in ("jvp", "nested")
     }
     omega0 = np.asarray(results["jvp"].weights)
     meta_loss = _meta_loss_of_weights(
-        backbone, theta, non_trainable, x, np.asarray(fwd.e), x_meta, y_meta, LR
+        backbone, theta, non_trainable, x, np.asarray(fwd.error), x_meta, y_meta, LR
     )
     finite = _central_differences(meta_loss, omega0)
 
@@ -198,24 +202,32 @@ def test_instance_meta_gradients_match_finite_differences(method):
     theta = _values(backbone.trainable_variables)
     non_trainable = _values(backbone.non_trainable_variables)
     phi = _values(weight_net.trainable_variables)
-    fwd = step_lib.forward(methods.get(method), backbone, theta, non_trainable, x, y, 3)
-    e = np.asarray(fwd.e)
+    fwd = step_lib.forward(
+        methods.get(method),
+        backbone,
+        trainable=theta,
+        non_trainable=non_trainable,
+        x=x,
+        y=y,
+        num_classes=3,
+    )
+    e = np.asarray(fwd.error)
 
     results = [
         step_lib.meta_gradient(
             methods.get(method),
             fwd,
-            backbone,
-            weight_net,
-            theta,
-            non_trainable,
-            phi,
-            x,
-            x_meta,
-            y_meta,
-            LR,
-            3,
-            mode,
+            backbone=backbone,
+            weight_net=weight_net,
+            trainable=theta,
+            non_trainable=non_trainable,
+            weight_net_trainable=phi,
+            x=x,
+            x_meta=x_meta,
+            y_meta=y_meta,
+            learning_rate=LR,
+            num_classes=3,
+            meta_grad=mode,
         )
         for mode in ("jvp", "nested")
     ]

@@ -290,18 +290,17 @@ def test_baseline_methods_run_and_report_their_weights(tmp_path, method):
 
 
 def test_export_dir_exports_a_serving_model(tmp_path):
-    export = pytest.importorskip("gdw_tf.export")
-    export_dir, run_dir = tmp_path / "serving", tmp_path / "run"
-    _main(*TINY_FASHION_MNIST, f"--export_dir={export_dir}", f"--output_dir={run_dir}")
+    export_dir, run_path = tmp_path / "serving", tmp_path / "run"
+    _main(*TINY_FASHION_MNIST, f"--export_dir={export_dir}", f"--output_dir={run_path}")
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
-    backbone = keras.saving.load_model(str(run_dir / "model.keras"))
-    normalization = _read_json(str(run_dir / "config.json"))["normalization"]
+    backbone = keras.saving.load_model(str(run_path / "model.keras"))
+    normalization = _read_json(str(run_path / "config.json"))["normalization"]
     logits = backbone.predict(
         input_pipeline.normalize(images, normalization["mean"], normalization["std"]), verbose=0
     )
     # The export at the end of the run, and one from the run directory afterwards.
-    export.export_run(str(run_dir), str(tmp_path / "from_run_dir"))
-    for directory in (export_dir, tmp_path / "from_run_dir"):
+    run_dir.export_run(str(run_path), str(tmp_path / "from_run_path"))
+    for directory in (export_dir, tmp_path / "from_run_path"):
         outputs = tf.saved_model.load(str(directory)).signatures["serve"](tf.constant(images))
         np.testing.assert_allclose(
             outputs["probabilities"], tf.nn.softmax(logits), rtol=1e-5, atol=1e-6
@@ -311,7 +310,6 @@ def test_export_dir_exports_a_serving_model(tmp_path):
 def test_a_non_empty_export_dir_is_refused_before_any_data_is_loaded(
     tmp_path, capsys, no_data_loading
 ):
-    pytest.importorskip("gdw_tf.export")
     (tmp_path / "serving").mkdir()
     (tmp_path / "serving" / "saved_model.pb").write_text("")
     status, message = _exit_message(
@@ -671,7 +669,6 @@ def test_mixed_precision_trains_in_bfloat16_and_leaves_the_global_policy_alone(t
 def test_an_export_dir_that_cannot_be_created_is_refused_before_any_data_is_loaded(
     tmp_path, capsys, no_data_loading
 ):
-    pytest.importorskip("gdw_tf.export")
     status, message = _exit_message(
         capsys, "--export_dir=/proc/no_such_process/export", f"--output_dir={tmp_path / 'run'}"
     )

@@ -22,14 +22,18 @@ need no backward pass through the trunk (Meta-Weight-Net's FaMUS and IEG's
 network's step with the learned weights.
 """
 
+from typing import Any
+
 import keras
 from keras import ops
 
 from gdw_tf import backend
 from gdw_tf.core import step as step_lib
+from gdw_tf.core.methods import Method
 
 ALL = "all"
 HEAD = "head"
+SPELLING = "must be all, head or last:k with an integer k ≥ 1 (e.g. last:2)"
 
 
 def parse(meta_scope):
@@ -46,10 +50,7 @@ def parse(meta_scope):
         count = meta_scope[len("last:") :]
         if count.isdigit() and int(count) >= 1:
             return int(count)
-    raise ValueError(
-        f"meta_scope must be 'all', 'head' or 'last:k' with an integer k >= 1 (e.g. 'last:2'); "
-        f"got {meta_scope!r}."
-    )
+    raise ValueError(f"meta_scope {SPELLING}; got {meta_scope!r}.")
 
 
 def split_backbone(backbone, meta_scope):
@@ -202,19 +203,20 @@ def _take(values, indices):
 
 
 def meta_gradient(
-    split,
-    method,
-    fwd,
-    weight_net,
-    trainable,
-    non_trainable,
-    weight_net_trainable,
-    x_meta,
-    y_meta,
-    learning_rate,
-    num_classes,
-    meta_grad="jvp",
-):
+    split: BackboneSplit,
+    method: Method,
+    fwd: step_lib.Forward,
+    *,
+    weight_net: keras.Model,
+    trainable: list,
+    non_trainable: list,
+    weight_net_trainable: list,
+    x_meta: Any,
+    y_meta: Any,
+    learning_rate: Any,
+    num_classes: int,
+    meta_grad: str = "jvp",
+) -> step_lib.MetaGradient:
     """`gdw_tf.core.step.meta_gradient` with the virtual step over the top's parameters only.
 
     Args:
@@ -243,15 +245,15 @@ def meta_gradient(
     return step_lib.meta_gradient(
         method,
         fwd._replace(vjp_fn=top_vjp),
-        top,
-        weight_net,
-        top_trainable,
-        top_non_trainable,
-        weight_net_trainable,
-        features,
-        meta_features,
-        y_meta,
-        learning_rate,
-        num_classes,
-        meta_grad,
+        backbone=top,
+        weight_net=weight_net,
+        trainable=top_trainable,
+        non_trainable=top_non_trainable,
+        weight_net_trainable=weight_net_trainable,
+        x=features,
+        x_meta=meta_features,
+        y_meta=y_meta,
+        learning_rate=learning_rate,
+        num_classes=num_classes,
+        meta_grad=meta_grad,
     )

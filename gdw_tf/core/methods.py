@@ -82,8 +82,8 @@ class Method:
 
 def _gdw_stage1(v, fwd):
     # ω⁰: v_i on every class, then the zero-mean constraint.
-    omega = ops.broadcast_to(ops.expand_dims(v, -1), ops.shape(fwd.e))
-    return weighting.zero_mean_constraint(omega, fwd.p, fwd.onehot)
+    omega = ops.broadcast_to(ops.expand_dims(v, -1), ops.shape(fwd.error))
+    return weighting.zero_mean_constraint(omega, fwd.probabilities, fwd.onehot)
 
 
 def _instance_stage1(v, fwd):
@@ -98,27 +98,27 @@ def _gdw_real(fwd, meta, batch_size, context):
         meta.dmeta_dweights,
         context["outer_lr"],
         context["clip"],
-        fwd.p,
+        fwd.probabilities,
         fwd.onehot,
         sum_fn=context["sum_fn"],
     )
-    return RealWeights(class_weights * fwd.e / batch_size, meta.instance_weights, class_weights)
+    return RealWeights(class_weights * fwd.error / batch_size, meta.instance_weights, class_weights)
 
 
 def _mwnet_real(fwd, meta, batch_size, context):
     del meta
     v = context["updated_v"]()
-    return RealWeights(weighted_cotangent(v, fwd.e, batch_size), v)
+    return RealWeights(weighted_cotangent(v, fwd.error, batch_size), v)
 
 
 def _l2rw_real(fwd, meta, batch_size, context):
     normalised = weighting.l2rw_weights(-meta.dmeta_dweights, sum_fn=context["sum_fn"])
-    return RealWeights(ops.expand_dims(normalised, -1) * fwd.e, normalised * batch_size)
+    return RealWeights(ops.expand_dims(normalised, -1) * fwd.error, normalised * batch_size)
 
 
 def _ce_real(fwd, meta, batch_size, context):
     del meta, context
-    return RealWeights(fwd.e / batch_size, ops.ones_like(fwd.per_example_loss))
+    return RealWeights(fwd.error / batch_size, ops.ones_like(fwd.per_example_loss))
 
 
 GDW = Method(

@@ -11,6 +11,8 @@ schedule, once an epoch) its next steps differ slightly from PyTorch's SGD, whic
 buffer by the new rate. Between changes the two are the same update.
 """
 
+import dataclasses
+
 import keras
 import numpy as np
 from keras import ops
@@ -18,48 +20,14 @@ from keras import ops
 from gdw_tf import backend
 from gdw_tf.core import meta_scope as meta_scope_lib
 from gdw_tf.core import methods
+from gdw_tf.core import settings as settings_lib
 from gdw_tf.core import step as step_lib
 from gdw_tf.core import weighting
 from gdw_tf.core.meta_sampling import seeded_permutation
 from gdw_tf.core.optimizers import TorchAdam
-from gdw_tf.runs import config as config_lib
-
-_DEFAULT = config_lib.DEFAULTS
-
-
-def build_weight_net(hidden=100, dtype=None):
-    """The Meta-Weight-Net MLP `1 → hidden → 1`: Dense + ReLU, then Dense + sigmoid.
-
-    Initialised as PyTorch's `nn.Linear` (uniform in `±1/√fan_in`, weights and biases), as in the
-    reference code.
-    """
-
-    def torch_linear_init():
-        return keras.initializers.VarianceScaling(
-            scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
-        )
-
-    inputs = keras.Input((1,), dtype=dtype, name="loss")
-    hidden_layer = keras.layers.Dense(
-        hidden,
-        activation="relu",
-        kernel_initializer=torch_linear_init(),
-        bias_initializer=keras.initializers.RandomUniform(-1.0, 1.0),
-        dtype=dtype,
-        name="hidden",
-    )
-    output_layer = keras.layers.Dense(
-        1,
-        activation="sigmoid",
-        kernel_initializer=torch_linear_init(),
-        bias_initializer=keras.initializers.RandomUniform(
-            -1.0 / np.sqrt(hidden), 1.0 / np.sqrt(hidden)
-        ),
-        dtype=dtype,
-        name="weight",
-    )
-    return keras.Model(inputs, output_layer(hidden_layer(inputs)), name="weight_net")
-
+from gdw_tf.core.settings import MODEL_DEFAULTS as _DEFAULT
+from gdw_tf.core.settings import ModelSettings
+from gdw_tf.core.weight_net import build_weight_net
 
 _TRAIN_METRICS = ("train/loss", "train/accuracy")
 _TEST_METRICS = ("loss", "accuracy")
@@ -132,7 +100,7 @@ class GDWModel(backend.Trainer, keras.Model):
 
     The defaults of the settings it shares with `python -m gdw_tf.train` (method,
     meta_batch_size, outer_lr, clip, l2, meta_grad, meta_interval, seed) are the flags' own
-    (`gdw_tf.runs.config.DEFAULTS`), and it checks them by the same rules.
+    (`gdw_tf.core.settings.MODEL_DEFAULTS`), and it checks them by the same rules.
 
     Raises:
       ValueError: on an unknown method, a backbone whose output is not `[N, num_classes]`, or a
@@ -148,9 +116,9 @@ class GDWModel(backend.Trainer, keras.Model):
         meta_batch_size=_DEFAULT.meta_batch_size,
         outer_lr=_DEFAULT.outer_lr,
         clip=_DEFAULT.clip,
-        weight_net_hidden=100,
-        weight_net_lr=1e-3,
-        weight_net_l2=1e-4,
+        weight_net_hidden=_DEFAULT.weight_net_hidden,
+        weight_net_lr=_DEFAULT.weight_net_lr,
+        weight_net_l2=_DEFAULT.weight_net_l2,
         l2=_DEFAULT.l2,
         meta_grad=_DEFAULT.meta_grad,
         meta_augmentation=None,
@@ -161,19 +129,22 @@ class GDWModel(backend.Trainer, keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_weight_net_settings(weight_net_hidden, weight_net_lr, weight_net_l2)
         _check_arguments(
             backbone,
             num_classes,
-            method,
+            track_examples,
+            method=method,
             meta_batch_size=meta_batch_size,
             outer_lr=outer_lr,
             clip=clip,
+            weight_net_hidden=weight_net_hidden,
+            weight_net_lr=weight_net_lr,
+            weight_net_l2=weight_net_l2,
             l2=l2,
             meta_grad=meta_grad,
             meta_interval=meta_interval,
+            meta_scope=meta_scope,
             seed=seed,
-            track_examples=track_examples,
         )
         self.backbone = backbone
         self.num_classes = int(num_classes)
@@ -430,11 +401,11 @@ class GDWModel(backend.Trainer, keras.Model):
         fwd = step_lib.forward(
             self._method,
             self.backbone,
-            trainable,
-            non_trainable,
-            x,
-            y,
-            self.num_classes,
+            trainable=trainable,
+            non_trainable=non_trainable,
+            x=x,
+            y=y,
+            num_classes=self.num_classes,
             split=self._meta_split,
         )
 
@@ -447,11 +418,11 @@ class GDWModel(backend.Trainer, keras.Model):
         real = step_lib.real_gradient(
             self._method,
             fwd,
-            meta,
-            self.weight_net,
-            backend.read_values(self.weight_net.trainable_variables),
-            self.outer_lr,
-            self.clip,
+            meta=meta,
+            weight_net=self.weight_net,
+            weight_net_trainable=backend.read_values(self.weight_net.trainable_variables),
+            outer_lr=self.outer_lr,
+            clip=self.clip,
         )
         # Each replica holds its share of G(ω¹) and of the L2 term; the optimizer sums them.
         l2 = self.l2 / backend.num_replicas()
@@ -506,36 +477,20 @@ class GDWModel(backend.Trainer, keras.Model):
         weight_net_trainable = backend.read_values(self.weight_net.trainable_variables)
 
         def meta_gradient(x_meta, y_meta):
-            if self._meta_split is not None:
-                return meta_scope_lib.meta_gradient(
-                    self._meta_split,
-                    self._method,
-                    fwd,
-                    self.weight_net,
-                    trainable,
-                    non_trainable,
-                    weight_net_trainable,
-                    x_meta,
-                    y_meta,
-                    self.optimizer.learning_rate,
-                    self.num_classes,
-                    self.meta_grad,
-                )
-            return step_lib.meta_gradient(
-                self._method,
-                fwd,
-                self.backbone,
-                self.weight_net,
-                trainable,
-                non_trainable,
-                weight_net_trainable,
-                x,
-                x_meta,
-                y_meta,
-                self.optimizer.learning_rate,
-                self.num_classes,
-                self.meta_grad,
+            common = dict(
+                weight_net=self.weight_net,
+                trainable=trainable,
+                non_trainable=non_trainable,
+                weight_net_trainable=weight_net_trainable,
+                x_meta=x_meta,
+                y_meta=y_meta,
+                learning_rate=self.optimizer.learning_rate,
+                num_classes=self.num_classes,
+                meta_grad=self.meta_grad,
             )
+            if self._meta_split is not None:
+                return meta_scope_lib.meta_gradient(self._meta_split, self._method, fwd, **common)
+            return step_lib.meta_gradient(self._method, fwd, backbone=self.backbone, x=x, **common)
 
         if self.meta_interval == 1:
             meta = meta_gradient(*self._next_meta_batch())
@@ -583,20 +538,11 @@ class GDWModel(backend.Trainer, keras.Model):
             "name": self.name,
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "num_classes": self.num_classes,
-            "method": self.method,
-            "meta_batch_size": self.meta_batch_size,
-            "outer_lr": self.outer_lr,
-            "clip": self.clip,
-            "weight_net_hidden": self.weight_net_hidden,
-            "weight_net_lr": self.weight_net_lr,
-            "weight_net_l2": self.weight_net_l2,
-            "l2": self.l2,
-            "meta_grad": self.meta_grad,
             "meta_augmentation": meta_augmentation,
-            "seed": self.seed,
             "track_examples": self.track_examples,
-            "meta_interval": self.meta_interval,
-            "meta_scope": self.meta_scope,
+            **{
+                field.name: getattr(self, field.name) for field in dataclasses.fields(ModelSettings)
+            },
         }
 
     @classmethod
@@ -695,26 +641,19 @@ def _correct(logits, labels):
     return ops.cast(ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), labels), "float32")
 
 
-def _check_arguments(backbone, num_classes, method, track_examples, **settings):
-    """Refuses bad constructor arguments; the settings by the rules of `gdw_tf.runs.config`."""
-    method = methods.get(method)
+def _check_arguments(backbone, num_classes, track_examples, **settings):
+    """Refuses bad constructor arguments; the settings by their rules in `gdw_tf.core.settings`."""
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer ≥ 2; got {num_classes!r}.")
-    for name in ("meta_batch_size", "meta_interval"):
-        if not isinstance(settings[name], (int, np.integer)):
-            raise ValueError(f"{name} must be a positive integer; got {settings[name]!r}.")
     for name, value in settings.items():
-        config_lib.check(name, value)
+        ModelSettings.check(name, value)
     if track_examples is not None and (
         not isinstance(track_examples, (int, np.integer)) or track_examples < 1
     ):
         raise ValueError(f"track_examples must be a positive integer; got {track_examples!r}.")
-    problem = config_lib.meta_interval_problem(method, settings["meta_interval"])
+    problem = settings_lib.meta_interval_problem(settings["method"], settings["meta_interval"])
     if problem:
-        raise ValueError(
-            f"{problem} (its weights exist only for the batch its meta step scores). Use "
-            "meta_interval=1 with it, or method='mwnet' or 'gdw'."
-        )
+        raise ValueError(problem)
     if not isinstance(backbone, keras.Model) or not backbone.built:
         raise ValueError(
             "backbone must be a built keras.Model (a functional model, or call it on a batch "
@@ -727,20 +666,6 @@ def _check_arguments(backbone, num_classes, method, track_examples, **settings):
             f"the backbone's output has shape {output_shape}, but num_classes={num_classes}: "
             f"its last layer must give {num_classes} logits per example."
         )
-
-
-def _check_weight_net_settings(hidden, learning_rate, l2):
-    """Refuses a weight-net width that is not a positive integer, a learning rate that is not a
-    finite number > 0, or an L2 coefficient that is not a finite number ≥ 0."""
-    if not isinstance(hidden, (int, np.integer)) or isinstance(hidden, bool) or hidden < 1:
-        raise ValueError(f"weight_net_hidden must be a positive integer; got {hidden!r}.")
-    for name, value in (("weight_net_lr", learning_rate), ("weight_net_l2", l2)):
-        if not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
-            raise ValueError(f"{name} must be a finite number; got {value!r}.")
-    if not learning_rate > 0:
-        raise ValueError(f"weight_net_lr must be > 0; got {learning_rate!r}.")
-    if not l2 >= 0:
-        raise ValueError(f"weight_net_l2 must be ≥ 0; got {l2!r}.")
 
 
 def _meta_arrays(meta_data):
@@ -806,7 +731,6 @@ def _check_meta_arrays(x, y, num_classes, meta_batch_size, backbone):
             f"the meta set has no example of class(es) {missing[:10]}; it must be clean and "
             "cover every class (gdw_tf.data.split.balanced_meta_subset builds one)."
         )
-    if len(y) < meta_batch_size:
-        raise ValueError(
-            f"meta_batch_size={meta_batch_size} exceeds the meta set's {len(y)} examples."
-        )
+    problem = settings_lib.meta_batch_problem(meta_batch_size, len(y))
+    if problem:
+        raise ValueError(problem)

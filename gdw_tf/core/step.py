@@ -41,7 +41,10 @@ Where this departs from the reference code (GGchen1997/GDW-NIPS2021) and why:
 - L2RW is not in the reference; it follows Ren et al. (2018) on the same machinery.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from typing import Any
 from typing import NamedTuple
 
@@ -50,7 +53,11 @@ from keras import ops
 
 from gdw_tf import backend
 from gdw_tf.core import weighting
+from gdw_tf.core.methods import Method
 from gdw_tf.core.methods import weighted_cotangent
+
+if TYPE_CHECKING:
+    from gdw_tf.core.meta_scope import BackboneSplit
 
 
 class Forward(NamedTuple):
@@ -61,7 +68,8 @@ class Forward(NamedTuple):
       non_trainable: the backbone's non-trainable values after the forward (BatchNorm moving
         statistics moved once).
       onehot: `[B, C]` one-hot given labels.
-      p, e: `[B, C]` softmax (clipped at 0.999 for GDW) and `e = p − onehot`, constants.
+      probabilities, error: `[B, C]` softmax `p` (clipped at 0.999 for GDW) and
+        `e = p − onehot`, constants.
       per_example_loss: `[B]` cross-entropy `ℓ_i` against the given labels, a constant.
       vjp_fn: `cotangent [B, C] -> list of ∂/∂θ`; `vjp_fn(ω ⊙ e / B)` is `G(ω)`.
       features: with a `gdw_tf.core.meta_scope.BackboneSplit`, the trunk's features of the batch
@@ -71,8 +79,8 @@ class Forward(NamedTuple):
     logits: Any
     non_trainable: Any
     onehot: Any
-    p: Any
-    e: Any
+    probabilities: Any
+    error: Any
     per_example_loss: Any
     vjp_fn: Callable
     features: Any = None
@@ -126,7 +134,17 @@ def global_batch_size(per_example):
     return backend.replica_sum(ops.cast(ops.shape(per_example)[0], per_example.dtype))
 
 
-def forward(method, backbone, trainable, non_trainable, x, y, num_classes, split=None):
+def forward(
+    method: Method,
+    backbone: keras.Model,
+    *,
+    trainable: list,
+    non_trainable: list,
+    x: Any,
+    y: Any,
+    num_classes: int,
+    split: BackboneSplit | None = None,
+) -> Forward:
     """Step 1: the training forward at `θ` (training mode), with its VJP; a `Forward`.
 
     `method` is a `gdw_tf.core.methods.Method` (for its softmax clip). With `split` (a
@@ -149,20 +167,20 @@ def forward(method, backbone, trainable, non_trainable, x, y, num_classes, split
         new_non_trainable, features = new_non_trainable
     logits_const = ops.stop_gradient(logits)
     onehot = ops.one_hot(y, num_classes, dtype=logits.dtype)
-    p, e = weighting.softmax_error(logits_const, onehot, method.softmax_clip)
+    probabilities, error = weighting.softmax_error(logits_const, onehot, method.softmax_clip)
     return Forward(
         logits=logits,
         non_trainable=new_non_trainable,
         onehot=onehot,
-        p=p,
-        e=e,
+        probabilities=probabilities,
+        error=error,
         per_example_loss=weighting.per_example_cross_entropy(logits_const, onehot),
         vjp_fn=vjp_fn,
         features=features,
     )
 
 
-def weight_net_output(weight_net, weight_net_trainable, per_example_loss):
+def weight_net_output(weight_net: keras.Model, weight_net_trainable: list, per_example_loss: Any):
     """`v_i = V_φ(ℓ_i)` with the weight net on substitute weights; `[B]`."""
     out, _ = weight_net.stateless_call(
         weight_net_trainable,
@@ -173,20 +191,21 @@ def weight_net_output(weight_net, weight_net_trainable, per_example_loss):
 
 
 def meta_gradient(
-    method,
-    fwd,
-    backbone,
-    weight_net,
-    trainable,
-    non_trainable,
-    weight_net_trainable,
-    x,
-    x_meta,
-    y_meta,
-    learning_rate,
-    num_classes,
-    meta_grad="jvp",
-):
+    method: Method,
+    fwd: Forward,
+    *,
+    backbone: keras.Model,
+    weight_net: keras.Model,
+    trainable: list,
+    non_trainable: list,
+    weight_net_trainable: list,
+    x: Any,
+    x_meta: Any,
+    y_meta: Any,
+    learning_rate: Any,
+    num_classes: int,
+    meta_grad: str = "jvp",
+) -> MetaGradient:
     """Steps 2–5 of a GDW (or MW-Net, L2RW) step: the meta-gradients, as a pure function.
 
     Args:
@@ -222,7 +241,7 @@ def meta_gradient(
         virtual_lr = ops.cast(1.0, dtype)
 
     # The virtual step's logit cotangent: G(weights) = fwd.vjp_fn(cotangent).
-    cotangent = weighted_cotangent(weights, fwd.e, batch_size)
+    cotangent = weighted_cotangent(weights, fwd.error, batch_size)
 
     def meta_loss_fn(params):
         meta_logits = training_logits(backbone, params, non_trainable, x_meta)
@@ -259,7 +278,7 @@ def meta_gradient(
         dmeta_dcotangent = -virtual_lr * logits_jvp(meta_grads)
 
     # Chain rule through cotangent = weights ⊙ e / B.
-    dmeta_domega = dmeta_dcotangent * fwd.e / batch_size
+    dmeta_domega = dmeta_dcotangent * fwd.error / batch_size
     if method.class_level:
         dmeta_dweights = dmeta_domega
     else:
@@ -277,7 +296,9 @@ def meta_gradient(
     )
 
 
-def stage1_weights(method, fwd, weight_net, weight_net_trainable):
+def stage1_weights(
+    method: Method, fwd: Forward, weight_net: keras.Model, weight_net_trainable: list
+) -> tuple:
     """Step 2: `(weights, v)`, the stage-1 weights and the weight net's `v_i = V_φ(ℓ_i)`.
 
     `weights` is the method's `stage1` rule of `v`: `ω⁰ [B, C]` for GDW (`v_i` on every class,
@@ -287,7 +308,9 @@ def stage1_weights(method, fwd, weight_net, weight_net_trainable):
     return method.stage1(v, fwd), v
 
 
-def no_meta_gradient(method, fwd, weight_net, weight_net_trainable):
+def no_meta_gradient(
+    method: Method, fwd: Forward, weight_net: keras.Model, weight_net_trainable: list
+) -> MetaGradient:
     """A step that skips the meta step (`GDWModel(meta_interval=k)`, k > 1): a `MetaGradient`
     like `meta_gradient`'s, with the stage-1 weights of the current weight net and zero
     gradients, so that `real_gradient` takes the real step without a meta-gradient.
@@ -306,7 +329,7 @@ def no_meta_gradient(method, fwd, weight_net, weight_net_trainable):
     )
 
 
-def training_logits(backbone, params, non_trainable, x):
+def training_logits(backbone: keras.Model, params: list, non_trainable: list, x: Any):
     """Training-mode logits on substitute weights, BatchNorm statistics discarded."""
     logits, _ = backbone.stateless_call(params, non_trainable, x, training=True)
     return float32_at_least(logits)
@@ -321,8 +344,15 @@ def float32_at_least(logits):
 
 
 def real_gradient(
-    method, fwd, meta=None, weight_net=None, weight_net_trainable=None, outer_lr=None, clip=None
-):
+    method: Method,
+    fwd: Forward,
+    *,
+    meta: MetaGradient | None = None,
+    weight_net: keras.Model | None = None,
+    weight_net_trainable: list | None = None,
+    outer_lr: float | None = None,
+    clip: float | None = None,
+) -> RealGradient:
     """Steps 7–8: the real step's weights and backbone gradient (without the L2 term).
 
     Args:
@@ -343,7 +373,7 @@ def real_gradient(
         "clip": clip,
         "sum_fn": backend.replica_sum,
     }
-    real = method.real_weights(fwd, meta, global_batch_size(fwd.e), context)
+    real = method.real_weights(fwd, meta, global_batch_size(fwd.error), context)
     return RealGradient(
         grads=fwd.vjp_fn(ops.stop_gradient(real.cotangent)),
         instance_weights=ops.stop_gradient(real.instance_weights),

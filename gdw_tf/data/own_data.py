@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from gdw_tf.core import methods
+from gdw_tf.core import settings
 from gdw_tf.data import datasets
 from gdw_tf.data import split as split_lib
 
@@ -142,11 +143,14 @@ def load_own_data(config):
                 f"{', '.join(class_names[k] for k in missing)}; every class "
                 "needs at least one."
             )
-        if trusted.sum() < config.meta_batch_size and methods.get(config.method).meta_step:
-            raise ValueError(
-                f"the trusted set ({where}) has {trusted.sum()} examples, fewer "
-                f"than --meta_batch_size={config.meta_batch_size}; lower it."
-            )
+        problem = settings.meta_batch_problem(
+            config.meta_batch_size,
+            int(trusted.sum()),
+            prefix="--",
+            meta_set=f"the trusted set ({where})",
+        )
+        if problem and methods.get(config.method).meta_step:
+            raise ValueError(problem)
         if trusted.all():
             raise ValueError(
                 f"every example of {config.train_data} is trusted: nothing is left to train on."

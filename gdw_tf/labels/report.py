@@ -11,41 +11,39 @@ library), so the file can be mailed or opened anywhere without its run directory
 """
 
 import base64
-import csv
 import html
-import json
 import math
-import os
-import struct
-import zlib
 
 import numpy as np
+import tensorflow as tf
 
-REPORT_FILE = "report.html"
 GALLERY_SIZE = 60  # examples in the gallery
 FLAGGED_LIST_LIMIT = 2000  # rows of the list of flagged examples (all are in label_issues.csv)
 _THUMBNAIL_PIXELS = 84  # longest side of a thumbnail
 _BLUE, _RED, _GREY = "#3465a4", "#cc0000", "#888a85"
 
 
-def write_report(run_dir, issues, images=None, path=None):
-    """Writes the run's report (default `run_dir/report.html`) and returns its path.
+def render_report(issues, *, title="", config=None, history=(), example_weights=None, images=None):
+    """The HTML page of a run's report (a section without its data is left out).
 
     Args:
-      run_dir: the run directory; `config.json`, `history.csv` and `example_weights.npz` are
-        read from it when present (a section whose file is missing is left out).
       issues: the run's `gdw_tf.labels.label_issues.LabelIssues`.
+      title: the run's name, for the page title.
+      config: the run's `config.json` content.
+      history: the rows of `history.csv` as dicts of floats, one per epoch.
+      example_weights: the arrays of `example_weights.npz`; with `true_label` and `corrupted`
+        (injected noise), the report compares the flags with the truth.
       images: optional training inputs in the order the issues were computed from
         (`issues.position` indexes them): uint8 images `[N, H, W, C]` become thumbnails,
         anything else `[N, ...]` rows of values.
-      path: where to write (default `run_dir/report.html`).
+
+    Returns:
+      The page, as a string (`gdw_tf.runs.run_dir.write_report` writes a run's).
     """
-    config = _read_json(os.path.join(run_dir, "config.json")) or {}
-    history = _read_history(os.path.join(run_dir, "history.csv"))
-    truth = _read_truth(os.path.join(run_dir, "example_weights.npz"), issues)
+    config = config or {}
+    truth = _truth(example_weights, issues)
     names = _class_names(issues)
     run_config = config.get("config", {})
-    title = f"gdw_tf report: {os.path.basename(os.path.abspath(run_dir))}"
     sections = [
         _summary(run_config, config, history, issues, truth),
         _section("Accuracy per epoch", _accuracy_chart(history)) if history else "",
@@ -57,13 +55,9 @@ def write_report(run_dir, issues, images=None, path=None):
         ),
         _section(f"Flagged examples ({issues.num_flagged:,})", _flagged_list(issues, names)),
     ]
-    page = _PAGE.format(title=html.escape(title), style=_STYLE, body="\n".join(sections))
-    path = path or os.path.join(run_dir, REPORT_FILE)
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(page)
-    os.replace(temporary, path)
-    return path
+    return _PAGE.format(
+        title=html.escape(f"gdw_tf report: {title}"), style=_STYLE, body="\n".join(sections)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,45 +421,10 @@ def _mix(a, b, t):
 # Thumbnails (PNG)
 
 
-def encode_png(image):
-    """PNG bytes of a uint8 image `[H, W]`, `[H, W, 1]`, `[H, W, 3]` or `[H, W, 4]`."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"encode_png takes uint8 images; got {image.dtype}.")
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    if image.ndim == 2:
-        colour_type = 0
-    elif image.ndim == 3 and image.shape[-1] in (3, 4):
-        colour_type = 2 if image.shape[-1] == 3 else 6
-    else:
-        raise ValueError(
-            f"encode_png takes [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] "
-            f"images; got shape {image.shape}."
-        )
-    height, width = image.shape[:2]
-    rows = image.reshape(height, -1)
-    raw = b"".join(b"\x00" + row.tobytes() for row in rows)  # filter type 0 on every row
-
-    def chunk(kind, payload):
-        return (
-            struct.pack(">I", len(payload))
-            + kind
-            + payload
-            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw, 9))
-        + chunk(b"IEND", b"")
-    )
-
-
 def _png_data_uri(image):
-    return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
+    image = np.asarray(image)
+    png = tf.io.encode_png(image[..., None] if image.ndim == 2 else image).numpy()
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _thumbnail(image):
@@ -489,39 +448,12 @@ def _is_image_array(x):
 # Reading the run directory, formatting
 
 
-def _read_json(path):
-    if not os.path.exists(path):
-        return None
-    with open(path) as file:
-        return json.load(file)
-
-
-def _read_history(path):
-    """history.csv rows as dicts of floats (the last row of each epoch), or []."""
-    if not os.path.exists(path):
-        return []
-    by_epoch = {}
-    with open(path, newline="") as file:
-        for row in csv.DictReader(file):
-            values = {}
-            for key, value in row.items():
-                try:
-                    values[key] = float(value)
-                except (TypeError, ValueError):
-                    pass
-            by_epoch[int(values.get("epoch", len(by_epoch)))] = values
-    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
-
-
-def _read_truth(path, issues):
+def _truth(example_weights, issues):
     """True labels and corruption flags in the issues' (ranked) order, if the run's noise was
-    injected (some label corrupted) and `example_weights.npz` matches the issues; else None."""
-    if not os.path.exists(path):
+    injected (some label corrupted) and `example_weights` match the issues; else None."""
+    if example_weights is None or not {"corrupted", "true_label"} <= example_weights.keys():
         return None
-    with np.load(path) as stored:
-        if "corrupted" not in stored or "true_label" not in stored:
-            return None
-        corrupted, true = stored["corrupted"], stored["true_label"]
+    corrupted, true = example_weights["corrupted"], example_weights["true_label"]
     if len(corrupted) != len(issues) or not corrupted.any():
         return None
     return {

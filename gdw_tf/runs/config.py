@@ -1,16 +1,16 @@
 """Every setting of a training run, declared once: the `Config` dataclass and its flags.
 
-Each field of `Config` carries its default, help text, allowed values and check in its metadata
-(`setting(...)`). From those:
+`Config` inherits the step's settings from `gdw_tf.core.settings.ModelSettings` (where
+`GDWModel` reads its defaults and rules) and adds those of the data and the run. Each field
+carries its default, help text, allowed values and check in its metadata (`setting(...)`). From
+those:
 
 - `define_flags` declares the flags of `python -m gdw_tf.train` (and, for the fields it names,
-  of `python -m gdw_tf.bench`), with validators that refuse impossible values while the command
-  line is parsed, before any data is loaded;
+  of `python -m gdw_tf.bench` and `python -m gdw_tf.export`), with validators that refuse
+  impossible values while the command line is parsed, before any data is loaded;
 - `Config.from_flags` turns the parsed flags into the frozen dataclass that library code
   (`gdw_tf.runs.run`) takes; library code never reads flags;
-- `check(name, value)` applies the same rule to a Python argument: `GDWModel` validates its
-  arguments with it, and its signature defaults are `DEFAULTS`' fields, so a model built by the
-  CLI and one built by hand share defaults and rules.
+- `Config.check(name, value)` applies the same rule to a Python argument.
 
 Precedence (as absl applies it, left to right): flag defaults, then the flags of
 `--flagfile=flags/....flags`, then flags given after it on the command line. The algorithm behind
@@ -19,62 +19,40 @@ the settings is described in `docs/ALGORITHM.md`.
 
 import dataclasses
 import math
-import numbers
 import os
 
 from absl import flags
 
-from gdw_tf.core import meta_scope
-from gdw_tf.core import methods
+from gdw_tf.core import settings
+from gdw_tf.core.settings import POSITIVE_INTEGER
+from gdw_tf.core.settings import ModelSettings
+from gdw_tf.core.settings import non_negative
+from gdw_tf.core.settings import positive
+from gdw_tf.core.settings import setting
 from gdw_tf.data import noise as noise_lib
 from gdw_tf.nets import backbones
 
 AUTO_TRUE_FALSE = ("auto", "true", "false")
 DISTRIBUTE = ("none", "mirrored", "multi_worker")
-META_GRADIENTS = ("jvp", "nested")
 
 
-def setting(default, help, *, choices=None, check=None, message=None, run_defining=True):
-    """A `Config` field with its flag's metadata.
+def _is_known_dataset(name):
+    """Whether `name` is Fashion-MNIST (read offline) or a registered TFDS dataset."""
+    import tensorflow_datasets as tfds
 
-    Args:
-      default: the default value (its type is the flag's: str, int, float or bool; None for an
-        optional string).
-      help: the flag's help text.
-      choices: the allowed values of an enum.
-      check: a predicate on a value that is not None (floats are also refused when NaN or
-        infinite, before `check` sees them).
-      message: what `check` demands, after the setting's name ("must be > 0").
-      run_defining: False for the fields that only say where things are or how fast they run:
-        a resumed run may change them.
-    """
-    return dataclasses.field(
-        default=default,
-        metadata={
-            "help": help,
-            "choices": choices,
-            "check": check,
-            "message": message,
-            "run_defining": run_defining,
-        },
-    )
+    base = name.split(":")[0].split("/")[0]
+    return base == "fashion_mnist" or base in tfds.list_builders(with_community_datasets=False)
 
 
-def _positive(value):
-    return value > 0
-
-
-def _non_negative(value):
-    return value >= 0
-
-
-_POSITIVE_INTEGER = "must be a positive integer"
-_NOT_FINITE = "must be a finite number"
+def _is_data_path(path):
+    """Whether `path` is an existing folder, or an existing .csv or .npz file."""
+    return os.path.isdir(path) or (os.path.isfile(path) and path.lower().endswith((".csv", ".npz")))
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Everything a training run needs; each field is the flag of the same name."""
+class Config(ModelSettings):
+    """Everything a training run needs; each field is the flag of the same name. The step's
+    settings (method, meta_batch_size, ...) are inherited from `ModelSettings`."""
 
     # Data protocol.
     dataset: str = setting(
@@ -82,7 +60,7 @@ class Config:
         "cifar10, cifar100, fashion_mnist, mnist, or any TFDS image-classification dataset with "
         "`image`/`label` features and train/test splits (reference recipe: CIFAR; "
         "docs/ALGORITHM.md).",
-        check=lambda name: _is_known_dataset(name),
+        check=_is_known_dataset,
         message="is unknown: use cifar10, cifar100, fashion_mnist, mnist or another TFDS "
         "image-classification dataset name",
     )
@@ -121,21 +99,21 @@ class Config:
         1000,
         "Size of the clean, class-balanced meta set taken out of the training set before noise "
         "(a multiple of the number of classes; reference: 1000).",
-        check=_positive,
+        check=positive,
         message="must be a positive multiple of the number of classes",
     )
     max_train_examples: int = setting(
         0,
         "Use only the first N examples of the training split (0 = all). For tests and quick "
         "looks, not for paper numbers.",
-        check=_non_negative,
+        check=non_negative,
         message="must be ≥ 0 (0 = all)",
     )
     max_test_examples: int = setting(
         0,
         "Evaluate on only the first N test examples (0 = all). For tests and quick looks, not "
         "for paper numbers.",
-        check=_non_negative,
+        check=non_negative,
         message="must be ≥ 0 (0 = all)",
     )
     # Own data (gdw_tf.data.own_data) and the automatic trusted set (gdw_tf.data.auto_meta).
@@ -147,7 +125,7 @@ class Config:
         "an .npz of x (uint8 images or features [N, D]) and y. No noise is added; --dataset, "
         "--noise, --ratio, --imbalance, --num_meta (except for auto) and --max_*_examples are "
         "ignored.",
-        check=lambda v: _is_data_path(v),
+        check=_is_data_path,
         message="must be an existing folder (one sub-folder per class), .csv or .npz file",
     )
     trusted_data: str = setting(
@@ -163,7 +141,7 @@ class Config:
         None,
         "Own data: a test set with correct labels (folder, .csv or .npz) evaluated each epoch. "
         "Without it a run with --train_data reports no test accuracy.",
-        check=lambda v: _is_data_path(v),
+        check=_is_data_path,
         message="must be an existing folder, .csv or .npz file",
     )
     label_column: str = setting(
@@ -183,7 +161,7 @@ class Config:
         0,
         "Own images: resize every image to NxN (bilinear). 0 = keep the size, which all images "
         "must then share.",
-        check=_non_negative,
+        check=non_negative,
         message="must be ≥ 0 (0 = keep the size)",
     )
     model_weights: str = setting(
@@ -191,22 +169,22 @@ class Config:
         "Initial weights of the backbone from a local file: for a keras.applications --model, "
         "its weights without the top (include_top=False); otherwise a .weights.h5 file of "
         "the same backbone. Default: a fresh initialisation.",
-        check=lambda v: os.path.isfile(v),
+        check=os.path.isfile,
         message="is not an existing file",
     )
     auto_meta_per_class: int = setting(
         0,
         "--trusted_data=auto: examples per class in the chosen meta set; 0 = --num_meta / the "
         "number of classes.",
-        check=_non_negative,
+        check=non_negative,
         message="must be ≥ 0 (0 = --num_meta / classes)",
     )
     auto_meta_warmup_epochs: int = setting(
         2,
         "--trusted_data=auto: epochs of cross-entropy training (on all the noisy training data, "
         "learning rate --lr) before choosing the meta set.",
-        check=_positive,
-        message=_POSITIVE_INTEGER,
+        check=positive,
+        message=POSITIVE_INTEGER,
     )
     augment: str = setting(
         "auto",
@@ -216,12 +194,6 @@ class Config:
     )
 
     # Method and model.
-    method: str = setting(
-        "gdw",
-        "; ".join(f"{m.name} ({m.summary})" for m in methods.METHODS.values())
-        + "; docs/ALGORITHM.md.",
-        choices=methods.NAMES,
-    )
     model: str = setting(
         "auto",
         "Backbone: resnet32 (the reference's ResNet-32), small_cnn (two conv blocks, for 28x28 "
@@ -235,23 +207,17 @@ class Config:
     epochs: int = setting(
         80,
         "Epochs E of the cosine schedule (reference: 80).",
-        check=_positive,
-        message=_POSITIVE_INTEGER,
+        check=positive,
+        message=POSITIVE_INTEGER,
     )
     batch_size: int = setting(
-        100, "Training batch size (reference: 100).", check=_positive, message=_POSITIVE_INTEGER
-    )
-    meta_batch_size: int = setting(
-        100,
-        "Meta batch size (reference: 100); at most --num_meta.",
-        check=_positive,
-        message=_POSITIVE_INTEGER,
+        100, "Training batch size (reference: 100).", check=positive, message=POSITIVE_INTEGER
     )
     lr: float = setting(
         0.1,
         "Initial SGD learning rate; epoch e uses lr (1 + cos(pi e / E)) / 2 as the reference "
         "(docs/ALGORITHM.md, recipe). Also the virtual step's alpha_t.",
-        check=_positive,
+        check=positive,
         message="must be > 0",
     )
     momentum: float = setting(
@@ -259,59 +225,6 @@ class Config:
         "SGD momentum of the real step (reference: 0.9).",
         check=lambda v: 0.0 <= v < 1.0,
         message="must lie in [0, 1)",
-    )
-    l2: float = setting(
-        5e-4,
-        "L2 coefficient added to the real step's gradient, as PyTorch's SGD weight_decay "
-        "(reference: 5e-4; docs/ALGORITHM.md, step 8).",
-        check=_non_negative,
-        message="must be ≥ 0",
-    )
-    outer_lr: float = setting(
-        None,
-        "GDW's stage-2 step beta (docs/ALGORITHM.md, step 7). Unset = by the number of classes "
-        "as the reference: 100 for up to 10 classes, 1000 above (CIFAR-100).",
-        check=_non_negative,
-        message="must be ≥ 0 (or unset: by the number of classes)",
-    )
-    clip: float = setting(
-        0.2,
-        "GDW's clip c of each stage-2 step entry (reference: 0.2).",
-        check=_positive,
-        message="must be > 0",
-    )
-    meta_grad: str = setting(
-        "jvp",
-        "How the meta-gradient is computed: jvp (one JVP of the training logits) or nested "
-        "(double backprop, as the reference's create_graph); docs/ALGORITHM.md, step 5.",
-        choices=META_GRADIENTS,
-    )
-    meta_interval: int = setting(
-        1,
-        "Take the meta step (virtual step, meta-gradient, weight-net update) on every k-th step "
-        "only, as Meta-Weight-Net's code: steps k, 2k, ...; the others weight examples by the "
-        "current weight net (for gdw: the instance weight on every class) at about a CE step's "
-        "cost. 1 = the method as published. Not for l2rw; with --distribute on TensorFlow, 1 "
-        "only.",
-        check=_positive,
-        message=_POSITIVE_INTEGER + " (1 = a meta step on every step)",
-    )
-    meta_scope: str = setting(
-        meta_scope.ALL,
-        "Parameters the virtual step moves: all (the method as published), head (the classifier "
-        "layer only: the meta-gradient needs a forward of the trunk on the meta batch, no "
-        "backward through it; a faster approximation) or last:k (the last k units with weights; "
-        "a residual block counts as one). The real step always trains the whole network; see "
-        "gdw_tf/core/meta_scope.py.",
-        check=lambda v: _is_meta_scope(v),
-        message="must be all, head or last:k with an integer k ≥ 1 (e.g. --meta_scope=last:2)",
-    )
-    seed: int = setting(
-        0,
-        "Seed of the split, the noise, the initialisation, the data order and the meta-batch "
-        "order.",
-        check=lambda v: 0 <= v < 2**32,
-        message="must be an integer in [0, 2**32)",
     )
 
     # Run.
@@ -322,8 +235,8 @@ class Config:
     )
     export_dir: str = setting(
         None,
-        "If set, export a serving SavedModel (uint8 images in, normalisation inside) there "
-        "at the end.",
+        "Directory to write a serving SavedModel to (uint8 images in, normalisation inside); "
+        "python -m gdw_tf.train writes it at the end of the run.",
         run_defining=False,
     )
     # A run may resume on other devices, and `mirrored` does not fix the number of replicas
@@ -351,8 +264,8 @@ class Config:
     )
     overwrite: bool = setting(
         False,
-        "Start over: delete the run files in --output_dir (a finished, unfinished or "
-        "different run) and a non-empty --export_dir instead of refusing them.",
+        "Replace instead of refusing: the run files in --output_dir (a finished, unfinished or "
+        "different run; gdw_tf.train starts it over) and a non-empty --export_dir.",
         run_defining=False,
     )
     jit_compile: str = setting(
@@ -390,60 +303,33 @@ class Config:
 
 
 DEFAULTS = Config()
-_FIELDS = {field.name: field for field in dataclasses.fields(Config)}
-
-
-def problem(name, value):
-    """What is wrong with `value` for the setting `name` ("must be > 0"), or None if it is fine."""
-    metadata = _FIELDS[name].metadata
-    if value is None:
-        return None
-    if metadata["choices"] is not None:
-        if value not in metadata["choices"]:
-            return f"must be one of {tuple(metadata['choices'])}"
-        return None
-    field_type = _FIELDS[name].type
-    if field_type is float and (
-        not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value)
-    ):
-        return _NOT_FINITE
-    if field_type is int and (not isinstance(value, numbers.Integral) or isinstance(value, bool)):
-        return metadata["message"] or "must be an integer"
-    if metadata["check"] is not None and not metadata["check"](value):
-        return metadata["message"]
-    return None
-
-
-def check(name, value):
-    """Raises `ValueError` naming the setting `name` if `value` breaks its rule (Python API)."""
-    message = problem(name, value)
-    if message is not None:
-        raise ValueError(f"{name} {message}; got {value!r}.")
 
 
 def define_flags(flag_values, names=None):
     """Defines the flags of the `Config` fields `names` (all by default) on `flag_values`, each
     with its validator; with all of them, also `--output_dir`'s requirement and the rules that
-    tie two flags together."""
-    names = list(_FIELDS) if names is None else list(names)
+    tie two flags together (`gdw_tf.core.settings`)."""
+    names = [field.name for field in dataclasses.fields(Config)] if names is None else names
     for name in names:
-        _define_flag(_FIELDS[name], flag_values)
+        _define_flag(Config.field(name), flag_values)
     if "output_dir" in names:
         flags.mark_flag_as_required("output_dir", flag_values=flag_values)
     if {"meta_batch_size", "num_meta"} <= set(names):
-        flags.register_multi_flags_validator(
+        register_rule(
+            flag_values,
             ["meta_batch_size", "num_meta"],
-            lambda v: v["meta_batch_size"] <= v["num_meta"],
-            message="--meta_batch_size must not exceed --num_meta (the meta set's size).",
-            flag_values=flag_values,
+            lambda v: settings.meta_batch_problem(
+                v["meta_batch_size"],
+                v["num_meta"],
+                prefix="--",
+                meta_set=f"the meta set (--num_meta={v['num_meta']})",
+            ),
         )
     if {"method", "meta_interval"} <= set(names):
-        flags.register_multi_flags_validator(
+        register_rule(
+            flag_values,
             ["method", "meta_interval"],
-            lambda v: meta_interval_problem(methods.get(v["method"]), v["meta_interval"]) is None,
-            message="--meta_interval above 1 needs a weight net to weight the steps between meta "
-            "steps; l2rw has none: use --meta_interval=1 with --method=l2rw.",
-            flag_values=flag_values,
+            lambda v: settings.meta_interval_problem(v["method"], v["meta_interval"], prefix="--"),
         )
     if {"train_data", "trusted_data", "test_data", "trusted_column"} <= set(names):
         flags.register_multi_flags_validator(
@@ -469,28 +355,17 @@ def define_flags(flag_values, names=None):
         )
 
 
-def _is_meta_scope(value):
-    """Whether `value` is a `GDWModel(meta_scope=...)` spelling (the backbone is checked later)."""
-    try:
-        meta_scope.parse(value)
-    except ValueError:
-        return False
-    return True
+def register_rule(flag_values, names, problem):
+    """Validates the flags `names` together by `problem` (a dict of their values → what is wrong,
+    or None), whose message is the error's."""
 
+    def checker(values):
+        message = problem(values)
+        if message is not None:
+            raise flags.ValidationError(message)
+        return True
 
-def _is_data_path(path):
-    """Whether `path` is an existing folder, or an existing .csv or .npz file."""
-    return os.path.isdir(path) or (os.path.isfile(path) and path.lower().endswith((".csv", ".npz")))
-
-
-def meta_interval_problem(method, meta_interval):
-    """Why `meta_interval` does not suit `method` (a `methods.Method`), or None."""
-    if meta_interval > 1 and method.meta_step and not method.weight_net:
-        return (
-            f"meta_interval={meta_interval} needs a weight net to weight the steps between "
-            f"meta steps; {method.name} has none"
-        )
-    return None
+    flags.register_multi_flags_validator(names, checker, flag_values=flag_values)
 
 
 def _define_flag(field, flag_values):
@@ -501,11 +376,11 @@ def _define_flag(field, flag_values):
             field.name, default, list(metadata["choices"]), metadata["help"], **kwargs
         )
         return
-    if isinstance(default, bool):
+    if field.type is bool:
         flags.DEFINE_boolean(field.name, default, metadata["help"], **kwargs)
-    elif isinstance(default, int):
+    elif field.type is int:
         flags.DEFINE_integer(field.name, default, metadata["help"], **kwargs)
-    elif isinstance(default, float) or field.type is float:
+    elif field.type is float:
         flags.DEFINE_float(field.name, default, metadata["help"], **kwargs)
     else:
         flags.DEFINE_string(field.name, default, metadata["help"], **kwargs)
@@ -514,21 +389,13 @@ def _define_flag(field, flag_values):
         flags.register_validator(
             field.name,
             lambda value: value is None or math.isfinite(value),
-            message=f"--{field.name} {_NOT_FINITE} (not nan or inf){example}.",
+            message=f"--{field.name} {settings.NOT_FINITE} (not nan or inf){example}.",
             flag_values=flag_values,
         )
     if metadata["check"] is not None:
         flags.register_validator(
             field.name,
-            lambda value, name=field.name: problem(name, value) is None,
+            lambda value, name=field.name: Config.problem(name, value) is None,
             message=f"--{field.name} {metadata['message']}.",
             flag_values=flag_values,
         )
-
-
-def _is_known_dataset(name):
-    """Whether `name` is Fashion-MNIST (read offline) or a registered TFDS dataset."""
-    import tensorflow_datasets as tfds
-
-    base = name.split(":")[0].split("/")[0]
-    return base == "fashion_mnist" or base in tfds.list_builders(with_community_datasets=False)

@@ -1,31 +1,16 @@
-"""What a finished run reports: the per-epoch history, each training example's weights, the
-ranked label issues and the HTML report, and `results.json` (accuracies, noise, the detection
-AUROC of the weights, timing)."""
-
-import csv
-import os
+"""What a finished run reports: each training example's weights, the ranked label issues, and
+`results.json` (accuracies, noise, the detection AUROC of the weights, timing). The files are
+written by `gdw_tf.runs.run_dir`."""
 
 import numpy as np
 
 from gdw_tf.core import methods
 from gdw_tf.data import input_pipeline
 from gdw_tf.labels import label_issues
-from gdw_tf.labels import report
 
 
-def read_history(path):
-    """Rows of `history.csv` as dicts of floats, one per epoch (a rerun epoch's last row)."""
-    by_epoch = {}
-    with open(path, newline="") as file:
-        for row in csv.DictReader(file):
-            by_epoch[int(row["epoch"])] = {
-                key: float(value) for key, value in row.items() if value not in ("", "NA")
-            }
-    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
-
-
-def save_example_weights(model, split, path, ids=None):
-    """Writes each training example's weights of the last epoch with its labels; returns them.
+def example_weights(model, split, ids=None):
+    """Each training example's weights of the last epoch with its labels (`example_weights.npz`).
 
     `true_label` and `corrupted` only where the truth is known (the benchmarks); `id` (file
     path, `<csv>:<line>` or `.npz` row) where `ids` names the rows `split` indexes (own data).
@@ -42,28 +27,22 @@ def save_example_weights(model, split, path, ids=None):
         del arrays["true_label"], arrays["corrupted"]
     if ids is not None:
         arrays["id"] = np.array([ids[i] for i in split.train_indices], dtype=str)
-    np.savez(path, **arrays)
     return arrays
 
 
-def write_label_issues_and_report(output_dir, model, dataset, split, mean, std, batch_size):
-    """Writes `label_issues.csv` (the model on the unaugmented training set, with its recorded
-    weights) and `report.html`. Ids: the dataset's `train_ids` if it has them, else the index in
-    the training split."""
+def training_label_issues(model, dataset, split, x_train, mean, std, batch_size):
+    """The training labels ranked by the trained model on the unaugmented training set
+    `x_train`, with its recorded weights. Ids: the dataset's `train_ids` if it has them, else the
+    index in the training split."""
     train_ids = getattr(dataset, "train_ids", None)
     ids = split.train_indices if train_ids is None else np.asarray(train_ids)[split.train_indices]
-    images = dataset.x_train[split.train_indices]
-    issues = label_issues.find_label_issues(
+    return label_issues.find_label_issues(
         model,
-        input_pipeline.eval_dataset(images, split.train_noisy_labels, batch_size, mean, std),
+        input_pipeline.eval_dataset(x_train, split.train_noisy_labels, batch_size, mean, std),
         split.train_noisy_labels,
         ids=ids,
         class_names=getattr(dataset, "class_names", None),
     )
-    label_issues.write_label_issues_csv(
-        os.path.join(output_dir, label_issues.LABEL_ISSUES_FILE), issues
-    )
-    report.write_report(output_dir, issues, images=images)
 
 
 def make_results(config, settings, split, history, example_weights, seconds):

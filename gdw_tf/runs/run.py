@@ -37,6 +37,7 @@ from gdw_tf.core import methods
 from gdw_tf.core.meta_sampling import MetaAugmentation
 from gdw_tf.core.model import GDWModel
 from gdw_tf.core.model import resolve_outer_lr
+from gdw_tf.core.settings import ModelSettings
 from gdw_tf.data import auto_meta
 from gdw_tf.data import datasets
 from gdw_tf.data import input_pipeline
@@ -47,6 +48,7 @@ from gdw_tf.runs import callbacks
 from gdw_tf.runs import distribute
 from gdw_tf.runs import results as results_lib
 from gdw_tf.runs import run_dir
+from gdw_tf.runs import serving
 
 
 def run(config):
@@ -86,8 +88,9 @@ def run(config):
 
     # Pipelines: the noisy training set with example indices, the clean meta set as arrays.
     mean, std = settings.normalization["mean"], settings.normalization["std"]
+    x_train = dataset.x_train[split.train_indices]
     train_data = input_pipeline.train_dataset(
-        dataset.x_train[split.train_indices],
+        x_train,
         split.train_noisy_labels,
         config.batch_size,
         config.seed,
@@ -123,18 +126,16 @@ def run(config):
 
     # Outputs; results.json last, as the mark of a finished run.
     output_dir = config.output_dir
-    history = results_lib.read_history(os.path.join(output_dir, run_dir.HISTORY_FILE))
-    example_weights = results_lib.save_example_weights(
-        model, split, os.path.join(output_dir, run_dir.EXAMPLE_WEIGHTS_FILE), ids=dataset.train_ids
+    history = run_dir.read_history(output_dir)
+    example_weights = results_lib.example_weights(model, split, ids=dataset.train_ids)
+    run_dir.write_npz(os.path.join(output_dir, run_dir.EXAMPLE_WEIGHTS_FILE), example_weights)
+    issues = results_lib.training_label_issues(
+        model, dataset, split, x_train, mean, std, config.batch_size
     )
-    results_lib.write_label_issues_and_report(
-        output_dir, model, dataset, split, mean, std, config.batch_size
-    )
+    run_dir.write_label_issues_and_report(output_dir, issues, images=x_train)
     model.backbone.save(os.path.join(output_dir, run_dir.MODEL_FILE))
     if config.export_dir:
-        from gdw_tf.export import export_serving
-
-        export_serving(model.backbone, config.export_dir, mean, std)
+        serving.export_serving(model.backbone, config.export_dir, mean, std)
     results = results_lib.make_results(
         config, settings, split, history, example_weights, time.perf_counter() - start
     )
@@ -237,21 +238,15 @@ def _build_gdw_model(config, settings, meta_data):
     backbone = backbones.build_model(
         settings.model, settings.input_shape, settings.num_classes, weights=config.model_weights
     )
+    # The step's settings are `Config`'s fields inherited from `ModelSettings`.
+    step_settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(ModelSettings)}
     model = GDWModel(
         backbone,
         settings.num_classes,
-        method=config.method,
         meta_data=meta_data,
-        meta_batch_size=config.meta_batch_size,
-        outer_lr=settings.outer_lr,
-        clip=config.clip,
-        l2=config.l2,
-        meta_grad=config.meta_grad,
-        meta_interval=config.meta_interval,
-        meta_scope=config.meta_scope,
         meta_augmentation=MetaAugmentation(seed=config.seed) if settings.augment else None,
-        seed=config.seed,
         track_examples=settings.num_train,
+        **{**step_settings, "outer_lr": settings.outer_lr},
     )
     # L2 is in the step (PyTorch-style, GDWModel(l2=...)), not in the optimizer.
     model.compile(

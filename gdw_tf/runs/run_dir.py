@@ -1,5 +1,6 @@
-"""The run directory of `python -m gdw_tf.train`: its files, the refusal of a finished or
-different run, resuming with the same configuration, and the split saved once.
+"""The run directory of `python -m gdw_tf.train`, and the one module that knows its files: their
+names, their readers and atomic writers, the refusal of a finished or different run, resuming
+with the same configuration, the split saved once, and the export of a finished run.
 
 Run directory:
 
@@ -27,6 +28,8 @@ Run directory:
     workers/              with --distribute=multi_worker: the other workers' run directories
 """
 
+import contextlib
+import csv
 import dataclasses
 import json
 import os
@@ -34,10 +37,14 @@ import shutil
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from gdw_tf.core.model import GDWModel
 from gdw_tf.data import split as split_lib
 from gdw_tf.labels import label_issues
 from gdw_tf.labels import report
+from gdw_tf.nets import backbones  # noqa: F401  Registers `gdw_tf>OptionAShortcut` for load_model.
+from gdw_tf.runs import serving
 from gdw_tf.runs.config import Config
 
 CONFIG_FILE = "config.json"
@@ -46,8 +53,8 @@ HISTORY_FILE = "history.csv"
 TENSORBOARD_DIR = "tensorboard"
 BACKUP_DIR = "backup"
 EXAMPLE_WEIGHTS_FILE = "example_weights.npz"
-LABEL_ISSUES_FILE = label_issues.LABEL_ISSUES_FILE
-REPORT_FILE = report.REPORT_FILE
+LABEL_ISSUES_FILE = "label_issues.csv"
+REPORT_FILE = "report.html"
 MODEL_FILE = "model.keras"
 RESULTS_FILE = "results.json"
 WORKERS_DIR = "workers"
@@ -107,8 +114,6 @@ def prepare_output_dir(config):
                 f"KERAS_BACKEND=tensorflow (now {keras.backend.backend()}); drop --export_dir "
                 "and export the run afterwards with python -m gdw_tf.export."
             )
-        from gdw_tf.export import check_export_dir
-
         check_export_dir(config.export_dir, config.overwrite)
         try:  # Now, not after training: a directory that cannot be made is refused up front.
             os.makedirs(config.export_dir, exist_ok=True)
@@ -199,9 +204,8 @@ def load_or_make_split(config, labels, num_classes, make=None):
         )
     else:
         split = make()
-    temporary = path + ".tmp"
-    split.save(temporary)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        split.save(temporary)
     return split
 
 
@@ -209,22 +213,206 @@ def _first_line(err):
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def read_json(path):
-    """The JSON content of `path`, or None if there is no such file."""
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary path beside `path` to write to; renamed to `path` when the block ends without
+    an error (a kill or a failure mid-write leaves any earlier `path` intact)."""
+    temporary = path + ".tmp"
+    try:
+        yield temporary
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    os.replace(temporary, path)
+
+
+def write_json(path, content):
+    """Writes JSON atomically."""
+    with atomic_path(path) as temporary, open(temporary, "w") as file:
+        json.dump(content, file, indent=2)
+
+
+def write_text(path, text):
+    """Writes UTF-8 text atomically."""
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as file:
+        file.write(text)
+
+
+def write_npz(path, arrays):
+    """Writes a dict of arrays as `.npz`, atomically."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        np.savez(file, **arrays)
+
+
+def read_json(path, required=False):
+    """The JSON content of `path`; None if there is no such file, unless `required`.
+
+    Raises:
+      ValueError: if the file is unreadable or not JSON, or `required` and missing.
+    """
     if not os.path.exists(path):
+        if required:
+            raise ValueError(f"{path} is missing.")
         return None
     try:
         with open(path) as file:
             return json.load(file)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(
-            f"{path} is unreadable ({err}); move it away or pass --overwrite to start the run over."
+            f"{path} is unreadable ({err}); move it away, or pass --overwrite to start a run "
+            "there over."
         ) from None
 
 
-def write_json(path, content):
-    """Writes JSON atomically (a temporary file, then a rename)."""
-    temporary = path + ".tmp"
-    with open(temporary, "w") as file:
-        json.dump(content, file, indent=2)
-    os.replace(temporary, path)
+def read_history(output_dir):
+    """Rows of the run's `history.csv` as dicts of floats, one per epoch (a rerun epoch's last
+    row); [] if there is no history yet. Values that are not numbers are left out."""
+    path = os.path.join(output_dir, HISTORY_FILE)
+    if not os.path.exists(path):
+        return []
+    by_epoch = {}
+    with open(path, newline="") as file:
+        for row in csv.DictReader(file):
+            values = {}
+            for key, value in row.items():
+                try:
+                    values[key] = float(value)
+                except (TypeError, ValueError):
+                    pass
+            by_epoch[int(values.get("epoch", len(by_epoch)))] = values
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def read_example_weights(output_dir):
+    """The arrays of the run's `example_weights.npz` as a dict, or None if there is none."""
+    path = os.path.join(output_dir, EXAMPLE_WEIGHTS_FILE)
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as stored:
+        return dict(stored)
+
+
+def write_label_issues_and_report(output_dir, issues, images=None):
+    """Writes the run's `label_issues.csv` and `report.html` for `issues` (its ranked labels).
+
+    `images`: the training inputs in the order the issues were computed from, for the report's
+    gallery (`gdw_tf.labels.report.render_report`).
+    """
+    with atomic_path(os.path.join(output_dir, LABEL_ISSUES_FILE)) as temporary:
+        label_issues.write_label_issues_csv(temporary, issues)
+    write_report(output_dir, issues, images=images)
+
+
+def write_report(output_dir, issues, images=None):
+    """Writes `report.html` from the run's files (`config.json`, `history.csv`,
+    `example_weights.npz`, each where present) and `issues`; returns its path."""
+    page = report.render_report(
+        issues,
+        title=os.path.basename(os.path.abspath(output_dir)),
+        config=read_json(os.path.join(output_dir, CONFIG_FILE)) or {},
+        history=read_history(output_dir),
+        example_weights=read_example_weights(output_dir),
+        images=images,
+    )
+    path = os.path.join(output_dir, REPORT_FILE)
+    write_text(path, page)
+    return path
+
+
+def check_export_dir(export_dir, overwrite=False):
+    """Refuses an export directory that holds files, unless `overwrite`.
+
+    Raises:
+      ValueError: if `export_dir` is a file, or a non-empty directory and `overwrite` is false.
+    """
+    if os.path.isfile(export_dir):
+        raise ValueError(f"--export_dir={export_dir} is a file; give a directory path.")
+    if os.path.isdir(export_dir) and os.listdir(export_dir) and not overwrite:
+        raise ValueError(
+            f"--export_dir={export_dir} is not empty; pass --overwrite to replace it, or choose "
+            "another directory."
+        )
+
+
+def export_run(run_dir, export_dir, overwrite=False):
+    """Exports the backbone of a finished run directory (`model.keras` + `config.json`).
+
+    The SavedModel is written next to `export_dir` first and moved into place once complete, so
+    an export that fails half-way leaves any earlier one intact.
+
+    Args:
+      run_dir: a run directory written by `gdw_tf.train`.
+      export_dir: the SavedModel directory to write.
+      overwrite: replace a non-empty `export_dir`.
+
+    Returns:
+      `export_dir`.
+
+    Raises:
+      ValueError: for a missing run directory or file, an unreadable model or config, a
+        config without normalisation statistics, or a non-empty `export_dir` without `overwrite`.
+    """
+    check_export_dir(export_dir, overwrite)
+    backbone, config = load_run(run_dir)
+    normalization = config["normalization"]
+    staging = os.path.normpath(export_dir) + ".partial"
+    if os.path.exists(staging):
+        shutil.rmtree(staging)
+    try:
+        serving.export_serving(backbone, staging, normalization["mean"], normalization["std"])
+    except (OSError, tf.errors.OpError) as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = getattr(err, "message", None) or getattr(err, "strerror", None) or err
+        raise ValueError(
+            f"could not write the export next to {export_dir} ({reason}); give "
+            "an --export_dir you may write to."
+        ) from None
+    if os.path.isdir(export_dir):
+        shutil.rmtree(export_dir)
+    os.replace(staging, export_dir)
+    return export_dir
+
+
+def load_run(run_dir):
+    """Reads `(backbone, config)` from a run directory, checking they agree.
+
+    A saved `GDWModel` is accepted too; its backbone is returned.
+
+    Raises:
+      ValueError: if the directory, `model.keras` or `config.json` is missing or unreadable,
+        the config lacks `normalization.mean`/`std` or `num_classes`, or `num_classes` does not
+        match the model's output.
+    """
+    if not os.path.isdir(run_dir):
+        raise ValueError(f"--run_dir={run_dir} does not exist; give the directory of a run.")
+    model_path = os.path.join(run_dir, MODEL_FILE)
+    config_path = os.path.join(run_dir, CONFIG_FILE)
+    for path in (model_path, config_path):
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{path} is missing: is {run_dir} the directory of a finished gdw_tf.train run?"
+            )
+    config = read_json(config_path, required=True)
+    normalization = config.get("normalization") if isinstance(config, dict) else None
+    if (
+        not isinstance(normalization, dict)
+        or not {"mean", "std"} <= normalization.keys()
+        or "num_classes" not in config
+    ):
+        raise ValueError(
+            f"{config_path} is not a gdw_tf run config: it needs num_classes and "
+            '"normalization": {"mean": [...], "std": [...]}.'
+        )
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+    except Exception as err:  # Keras raises many kinds for a bad file; all mean "unreadable".
+        raise ValueError(f"Could not load {model_path}: {type(err).__name__}: {err}.") from err
+    backbone = model.backbone if isinstance(model, GDWModel) else model
+    num_classes = backbone.outputs[0].shape[-1]
+    if num_classes != config["num_classes"]:
+        raise ValueError(
+            f"{model_path} gives {num_classes} logits but {config_path} says num_classes="
+            f"{config['num_classes']}; the two files come from different runs."
+        )
+    return backbone, config
