@@ -140,7 +140,7 @@ def split_trusted(noisy, per_class, seed):
     """The trusted subset as a class-balanced meta set and, from the rest, a validation set."""
     positions = np.arange(len(noisy.y_trusted))
     meta_positions, y_meta = split_lib.balanced_meta_subset(
-        positions, noisy.y_trusted, noisy.num_classes, per_class, seed
+        positions, noisy.y_trusted, noisy.num_classes, per_class=per_class, seed=seed
     )
     rest = np.setdiff1d(positions, meta_positions)
     return (noisy.x_trusted[meta_positions], y_meta), (noisy.x_trusted[rest], noisy.y_trusted[rest])
@@ -262,7 +262,7 @@ def image_example(noisy=None, epochs=6, batch_size=100, per_class=25, flag_fract
             noisy.x_train,
             noisy.y_train,
             batch_size,
-            seed,
+            seed=seed,
             augment=False,
             mean=mean,
             std=std,

@@ -147,7 +147,13 @@ def run_ce_folds(config, dataset, split, ce_dir, folds):
             )
             model.compile(keras.optimizers.SGD(config.lr, momentum=config.momentum))
             train = input_pipeline.train_dataset(
-                x[fit_rows], y[fit_rows], config.batch_size, config.seed + fold, False, mean, std
+                x[fit_rows],
+                y[fit_rows],
+                config.batch_size,
+                seed=config.seed + fold,
+                augment=False,
+                mean=mean,
+                std=std,
             )
             schedule = keras.callbacks.LearningRateScheduler(
                 lambda epoch: callbacks.cosine_lr(config.lr, epoch, config.epochs)
@@ -259,8 +265,8 @@ def evaluate(setting):
     issues = label_issues.rank_label_issues(
         probabilities,
         split.train_noisy_labels,
-        weights["instance_weight"],
-        weights["labelled_class_weight"],
+        instance_weights=weights["instance_weight"],
+        label_weights=weights["labelled_class_weight"],
     )
     flagged, score, suggested = (
         issues.in_input_order(name) for name in ("flagged", "score", "suggested_label")

@@ -147,7 +147,10 @@ def test_split_is_disjoint_balanced_and_consistent():
 def test_split_is_determined_by_the_seed():
     labels = balanced_labels(100)
     first, same, other = (
-        split_lib.make_split(labels, C, 50, "flip", 0.4, 10, seed) for seed in (1, 1, 2)
+        split_lib.make_split(
+            labels, C, num_meta=50, noise="flip", ratio=0.4, imbalance=10, seed=seed
+        )
+        for seed in (1, 1, 2)
     )
     for name in ("meta_indices", "train_indices", "train_noisy_labels", "transition_matrix"):
         np.testing.assert_array_equal(getattr(first, name), getattr(same, name))
@@ -156,7 +159,9 @@ def test_split_is_determined_by_the_seed():
 
 
 def test_split_round_trips_through_npz(tmp_path):
-    split = split_lib.make_split(balanced_labels(40), C, 20, "pair", 0.3, 5, seed=4)
+    split = split_lib.make_split(
+        balanced_labels(40), C, num_meta=20, noise="pair", ratio=0.3, imbalance=5, seed=4
+    )
     path = os.path.join(tmp_path, "split.npz")
     split.save(path)
     loaded = split_lib.Split.load(path)
@@ -172,15 +177,23 @@ def test_split_rejects_too_small_classes_and_bad_meta_sizes():
     labels = balanced_labels(20)
     labels = np.concatenate([labels[labels != 4], [4, 4, 4]])
     with pytest.raises(ValueError, match=r"Class 4 has 3 examples, fewer than the 5"):
-        split_lib.make_split(labels, C, 50, "none", 0.0, 1, seed=0)
+        split_lib.make_split(labels, C, num_meta=50, noise="none", ratio=0.0, imbalance=1, seed=0)
     with pytest.raises(ValueError, match="multiple"):
-        split_lib.make_split(balanced_labels(20), C, 55, "none", 0.0, 1, seed=0)
+        split_lib.make_split(
+            balanced_labels(20), C, num_meta=55, noise="none", ratio=0.0, imbalance=1, seed=0
+        )
     with pytest.raises(ValueError, match="multiple"):
-        split_lib.make_split(balanced_labels(20), C, 0, "none", 0.0, 1, seed=0)
+        split_lib.make_split(
+            balanced_labels(20), C, num_meta=0, noise="none", ratio=0.0, imbalance=1, seed=0
+        )
     with pytest.raises(ValueError, match=">= 1"):
-        split_lib.make_split(balanced_labels(20), C, 10, "none", 0.0, 0.5, seed=0)
+        split_lib.make_split(
+            balanced_labels(20), C, num_meta=10, noise="none", ratio=0.0, imbalance=0.5, seed=0
+        )
     with pytest.raises(ValueError, match=r"\[0, 10\)"):
-        split_lib.make_split(balanced_labels(20) + 1, C, 10, "none", 0.0, 1, seed=0)
+        split_lib.make_split(
+            balanced_labels(20) + 1, C, num_meta=10, noise="none", ratio=0.0, imbalance=1, seed=0
+        )
 
 
 def test_balanced_meta_subset():
@@ -392,7 +405,9 @@ def test_train_dataset_is_seeded_and_reshuffles_each_epoch():
     y = np.arange(20)
 
     def epochs(seed):
-        dataset = input_pipeline.train_dataset(x, y, 20, seed, augment=True, mean=[0.5], std=[0.25])
+        dataset = input_pipeline.train_dataset(
+            x, y, 20, seed=seed, augment=True, mean=[0.5], std=[0.25]
+        )
         return [next(iter(dataset)) for _ in range(2)]
 
     (first_x, first_y), (second_x, second_y) = epochs(1)
@@ -440,7 +455,9 @@ LABELS = np.arange(20) % 2
             r"finite mean; got mean=\[nan\]",
         ),
         (
-            lambda: input_pipeline.train_dataset(IMAGES, LABELS, 4, 0, False, [0.5], [0.0]),
+            lambda: input_pipeline.train_dataset(
+                IMAGES, LABELS, 4, seed=0, augment=False, mean=[0.5], std=[0.0]
+            ),
             r"finite std > 0",
         ),  # before tf.data traces anything
         (
@@ -448,11 +465,21 @@ LABELS = np.arange(20) % 2
             "one mean per channel",
         ),
         (
-            lambda: input_pipeline.train_dataset(IMAGES, LABELS, 0, 0, False, [0.5], [0.2]),
+            lambda: input_pipeline.train_dataset(
+                IMAGES, LABELS, 0, seed=0, augment=False, mean=[0.5], std=[0.2]
+            ),
             "batch_size must be a positive integer; got 0",
         ),
         (
-            lambda: split_lib.make_split(np.arange(1000) % 10, 10, 100, "uniform", 0.2, 1e12, 0),
+            lambda: split_lib.make_split(
+                np.arange(1000) % 10,
+                10,
+                num_meta=100,
+                noise="uniform",
+                ratio=0.2,
+                imbalance=1e12,
+                seed=0,
+            ),
             r"leaves the last class without training examples \(the largest class keeps 90\)",
         ),
         (lambda: noise_lib.long_tail_counts(90, float("inf"), 10), "below 90"),

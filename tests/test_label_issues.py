@@ -51,7 +51,12 @@ def test_ranking_flags_and_fields_match_an_independent_computation():
     ids = np.array([f"img_{i:03d}.png" for i in range(n)])
 
     issues = label_issues.rank_label_issues(
-        probabilities, given, instance, labelled, ids=ids, class_names=list("abcde")
+        probabilities,
+        given,
+        instance_weights=instance,
+        label_weights=labelled,
+        ids=ids,
+        class_names=list("abcde"),
     )
 
     margins = _margins_by_loops(probabilities, given)
@@ -104,7 +109,7 @@ def test_csv_columns_order_and_values(tmp_path):
     probabilities = _probabilities(rng, 30, 3)
     given = rng.integers(0, 3, 30)
     issues = label_issues.rank_label_issues(
-        probabilities, given, rng.random(30), None, ids=np.arange(100, 130)
+        probabilities, given, instance_weights=rng.random(30), ids=np.arange(100, 130)
     )
     plain, named = tmp_path / "plain.csv", tmp_path / "named.csv"
     label_issues.write_label_issues_csv(plain, issues)

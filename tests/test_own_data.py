@@ -388,12 +388,16 @@ def test_select_confident_matches_a_numpy_ranking():
 
 def test_auto_split_moves_the_chosen_examples_to_the_meta_set(monkeypatch):
     labels = np.arange(60) % 3
-    split = split_lib.make_split(labels, 3, 6, "uniform", 0.5, 1.0, seed=0)
+    split = split_lib.make_split(
+        labels, 3, num_meta=6, noise="uniform", ratio=0.5, imbalance=1.0, seed=0
+    )
     rng = np.random.default_rng(6)
     probabilities = rng.dirichlet(np.ones(3), len(split.train_indices))
     monkeypatch.setattr(auto_meta, "warm_up_probabilities", lambda *args: probabilities)
     config = _config(trusted_data="auto", auto_meta_per_class=4, meta_batch_size=12)
-    auto = auto_meta.auto_split(split, config, "mlp", np.zeros((60, 2), np.float32), 0, 1, False)
+    auto = auto_meta.auto_split(
+        split, config, "mlp", np.zeros((60, 2), np.float32), mean=0, std=1, augment=False
+    )
 
     chosen = auto_meta.select_confident(probabilities, split.train_noisy_labels, 3, 4)
     assert auto.meta_source == "auto" and len(auto.meta_indices) == 12
@@ -432,7 +436,9 @@ def test_a_run_saved_with_the_old_default_model_still_resumes():
 
 
 def test_split_files_without_the_new_fields_still_load(tmp_path):
-    split = split_lib.make_split(np.arange(30) % 3, 3, 3, "flip", 0.2, 1.0, seed=0)
+    split = split_lib.make_split(
+        np.arange(30) % 3, 3, num_meta=3, noise="flip", ratio=0.2, imbalance=1.0, seed=0
+    )
     fields = dataclasses.asdict(split)
     del fields["truth_known"], fields["meta_source"]
     np.savez(tmp_path / "old.npz", **fields)
@@ -624,7 +630,9 @@ def test_automatic_trusted_set_on_the_benchmark_reports_its_purity(tmp_path):
     labels = datasets.load_dataset("fashion_mnist").y_train[:600]
     assert split.meta_source == "auto" and split.truth_known and len(split.meta_indices) == 50
     # The noisy pool is the clean-meta protocol's training set: the same indices, less the 50.
-    base = split_lib.make_split(labels, 10, 50, "uniform", 0.6, 1.0, seed=0)
+    base = split_lib.make_split(
+        labels, 10, num_meta=50, noise="uniform", ratio=0.6, imbalance=1.0, seed=0
+    )
     np.testing.assert_array_equal(
         np.sort(np.r_[split.meta_indices, split.train_indices]), base.train_indices
     )

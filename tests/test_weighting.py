@@ -76,7 +76,9 @@ def test_stage2_update_is_a_normalised_clipped_step():
     p = np.asarray(p)
     rows = np.arange(len(labels))
     omega1[rows, labels] = (omega1 * p * (1 - onehot)).sum(axis=1) / (1 - p[rows, labels])
-    actual = np.asarray(weighting.stage2_update(omega0, g, beta, clip, p, onehot))
+    actual = np.asarray(
+        weighting.stage2_update(omega0, g, outer_lr=beta, clip=clip, p=p, onehot=onehot)
+    )
     np.testing.assert_allclose(actual, omega1, rtol=1e-12)
     assert np.abs(step).max() == pytest.approx(clip)  # the clip is active in this problem
 
@@ -86,7 +88,9 @@ def test_stage2_update_takes_no_step_without_signal():
     p, _ = weighting.softmax_error(logits, onehot, weighting.P_MAX)
     omega0 = np.asarray(weighting.zero_mean_constraint(np.full(logits.shape, 0.5), p, onehot))
     actual = np.asarray(
-        weighting.stage2_update(omega0, np.zeros_like(omega0), 100.0, 0.2, p, onehot)
+        weighting.stage2_update(
+            omega0, np.zeros_like(omega0), outer_lr=100.0, clip=0.2, p=p, onehot=onehot
+        )
     )
     assert np.all(np.isfinite(actual))
     np.testing.assert_allclose(actual, omega0, rtol=1e-12)

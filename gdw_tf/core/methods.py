@@ -96,10 +96,10 @@ def _gdw_real(fwd, meta, batch_size, context):
     class_weights = weighting.stage2_update(
         meta.weights,
         meta.dmeta_dweights,
-        context["outer_lr"],
-        context["clip"],
-        fwd.probabilities,
-        fwd.onehot,
+        outer_lr=context["outer_lr"],
+        clip=context["clip"],
+        p=fwd.probabilities,
+        onehot=fwd.onehot,
         sum_fn=context["sum_fn"],
     )
     return RealWeights(class_weights * fwd.error / batch_size, meta.instance_weights, class_weights)

@@ -557,7 +557,7 @@ class GDWModel(backend.Trainer, keras.Model):
 
 
 def replica_problem(
-    method, meta_batch_size, meta_grad, meta_interval, replicas, prefix="", where=""
+    method, meta_batch_size, meta_grad, meta_interval, replicas, *, prefix="", where=""
 ):
     """Why a model with these settings cannot train on `replicas` replicas, or None.
 

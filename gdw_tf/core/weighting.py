@@ -62,7 +62,7 @@ def zero_mean_constraint(omega, p, onehot):
     return omega * others + omega_label * onehot
 
 
-def stage2_update(omega0, dmeta_domega, outer_lr, clip, p, onehot, sum_fn=None):
+def stage2_update(omega0, dmeta_domega, *, outer_lr, clip, p, onehot, sum_fn=None):
     """GDW's stage 2: one normalised, clipped descent step on the class-level weights.
 
     `Δ = clip(β g / Σ|g|, −c, c)`, `ω¹ = clamp(ω⁰ − Δ, 1e−6, 1e6)`, then the zero-mean constraint.

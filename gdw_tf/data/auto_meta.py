@@ -68,7 +68,7 @@ def per_class_count(config, num_classes):
     return config.num_meta // num_classes
 
 
-def warm_up_probabilities(config, model_name, x, labels, num_classes, mean, std, augment):
+def warm_up_probabilities(config, model_name, x, labels, num_classes, *, mean, std, augment):
     """Trains a fresh backbone with cross-entropy on `(x, labels)`; returns its probabilities.
 
     SGD with `config.lr` and `config.momentum`, constant, for `config.auto_meta_warmup_epochs`
@@ -86,7 +86,9 @@ def warm_up_probabilities(config, model_name, x, labels, num_classes, mean, std,
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     backbone.fit(
-        input_pipeline.train_dataset(x, labels, config.batch_size, config.seed, augment, mean, std),
+        input_pipeline.train_dataset(
+            x, labels, config.batch_size, seed=config.seed, augment=augment, mean=mean, std=std
+        ),
         epochs=config.auto_meta_warmup_epochs,
         shuffle=False,
         verbose=config.verbose,
@@ -97,7 +99,7 @@ def warm_up_probabilities(config, model_name, x, labels, num_classes, mean, std,
     return keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
 
 
-def auto_split(split, config, model_name, x, mean, std, augment):
+def auto_split(split, config, model_name, x, *, mean, std, augment):
     """`split` with its meta set replaced by examples chosen from its training set.
 
     Args:
@@ -132,7 +134,14 @@ def auto_split(split, config, model_name, x, mean, std, augment):
             np.ones((len(given), split.num_classes)), given, split.num_classes, per_class
         )
     probabilities = warm_up_probabilities(
-        config, model_name, x[split.train_indices], given, split.num_classes, mean, std, augment
+        config,
+        model_name,
+        x[split.train_indices],
+        given,
+        split.num_classes,
+        mean=mean,
+        std=std,
+        augment=augment,
     )
     chosen = select_confident(probabilities, given, split.num_classes, per_class)
     keep = np.ones(len(given), bool)

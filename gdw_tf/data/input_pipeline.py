@@ -81,7 +81,7 @@ def random_crop_and_flip(image, seed, padding=4):
 
 
 def train_dataset(
-    x, y, batch_size, seed, augment, mean, std, *, with_index=False, drop_remainder=False
+    x, y, batch_size, *, seed, augment, mean, std, with_index=False, drop_remainder=False
 ):
     """A shuffled (every epoch anew), optionally augmented, normalised, batched `tf.data` set.
 

@@ -93,7 +93,7 @@ class Split:
         return cls(**fields)
 
 
-def make_split(labels, num_classes, num_meta, noise, ratio, imbalance, seed):
+def make_split(labels, num_classes, *, num_meta, noise, ratio, imbalance, seed):
     """Draws the meta set, the noisy training labels and the long tail from one seed.
 
     One permutation from `np.random.default_rng(seed)` orders the examples; the meta set takes
@@ -166,7 +166,7 @@ def make_split(labels, num_classes, num_meta, noise, ratio, imbalance, seed):
     )
 
 
-def balanced_meta_subset(x, y, num_classes, per_class, seed):
+def balanced_meta_subset(x, y, num_classes, *, per_class, seed):
     """Carves a class-balanced meta set out of a trusted, correctly labelled subset.
 
     Args:

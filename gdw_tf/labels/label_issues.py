@@ -103,6 +103,7 @@ def label_margin(probabilities, given_labels):
 def rank_label_issues(
     probabilities,
     given_labels,
+    *,
     instance_weights=None,
     label_weights=None,
     ids=None,
@@ -190,7 +191,7 @@ def rank_label_issues(
     return issues
 
 
-def write_label_issues_csv(path, issues, class_names=None):
+def write_label_issues_csv(path, issues, *, class_names=None):
     """Writes `issues` to `path` as CSV, one row per example, most suspicious first.
 
     Columns: `CSV_COLUMNS`, then `given_class`, `suggested_class` if class names are known
@@ -236,7 +237,7 @@ def predict_probabilities(model, x, batch_size=256):
     return probabilities / probabilities.sum(axis=1, keepdims=True)
 
 
-def find_label_issues(model, x, y, index=None, ids=None, class_names=None, batch_size=256):
+def find_label_issues(model, x, y, *, index=None, ids=None, class_names=None, batch_size=256):
     """The ranked label issues of `(x, y)` under a trained `GDWModel` (or any logits model).
 
     Args:
@@ -283,7 +284,12 @@ def find_label_issues(model, x, y, index=None, ids=None, class_names=None, batch
     if len(probabilities) != len(y):
         raise ValueError(f"x has {len(probabilities)} examples but y has {len(y)} labels.")
     return rank_label_issues(
-        probabilities, y, instance_weights, label_weights, ids=ids, class_names=class_names
+        probabilities,
+        y,
+        instance_weights=instance_weights,
+        label_weights=label_weights,
+        ids=ids,
+        class_names=class_names,
     )
 
 

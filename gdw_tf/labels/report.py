@@ -112,7 +112,7 @@ def _accuracy_chart(history):
             series.append((label, colour, values))
     if not series:
         return "<p>No accuracy in history.csv.</p>"
-    return _line_chart(epochs, series, "epoch", "accuracy", y_range=(0.0, 1.0))
+    return _line_chart(epochs, series, x_label="epoch", y_label="accuracy", y_range=(0.0, 1.0))
 
 
 def _noise_section(issues, names, truth):
@@ -164,7 +164,9 @@ def _weight_loss_section(issues):
     ):
         if np.all(np.isfinite(values)) and len(values) and np.ptp(values) > 0:
             panels.append(
-                _histogram_2d(loss, values, issues.flagged, "loss −log p(given label)", label)
+                _histogram_2d(
+                    loss, values, issues.flagged, x_label="loss −log p(given label)", y_label=label
+                )
             )
     if not panels:
         return (
@@ -247,7 +249,7 @@ def _flagged_list(issues, names):
 # Charts (SVG)
 
 
-def _line_chart(xs, series, x_label, y_label, y_range, width=560, height=280):
+def _line_chart(xs, series, *, x_label, y_label, y_range, width=560, height=280):
     left, right, top, bottom = 50, 16, 12, 40
     x0, x1 = min(xs), max(max(xs), min(xs) + 1)
     y0, y1 = y_range
@@ -258,7 +260,18 @@ def _line_chart(xs, series, x_label, y_label, y_range, width=560, height=280):
     def py(y):
         return top + (1 - (y - y0) / (y1 - y0)) * (height - top - bottom)
 
-    parts = [_axes(width, height, left, right, top, bottom, x_label, y_label)]
+    parts = [
+        _axes(
+            width,
+            height,
+            left=left,
+            right=right,
+            top=top,
+            bottom=bottom,
+            x_label=x_label,
+            y_label=y_label,
+        )
+    ]
     for tick in np.linspace(y0, y1, 6):
         parts.append(
             f"<line x1='{left}' x2='{width - right}' y1='{py(tick):.1f}' "
@@ -297,7 +310,18 @@ def _bar_chart(names, bars, y_label, width=560, height=280):
 
     slot = (width - left - right) / c
     bar = slot * 0.8 / len(bars)
-    parts = [_axes(width, height, left, right, top, bottom, "", y_label)]
+    parts = [
+        _axes(
+            width,
+            height,
+            left=left,
+            right=right,
+            top=top,
+            bottom=bottom,
+            x_label="",
+            y_label=y_label,
+        )
+    ]
     for tick in np.linspace(0, top_value, 6):
         parts.append(
             f"<line x1='{left}' x2='{width - right}' y1='{py(tick):.1f}' "
@@ -327,7 +351,7 @@ def _bar_chart(names, bars, y_label, width=560, height=280):
     return _svg(width, height, parts)
 
 
-def _histogram_2d(x, y, flagged, x_label, y_label, bins=40, width=420, height=330):
+def _histogram_2d(x, y, flagged, *, x_label, y_label, bins=40, width=420, height=330):
     left, right, top, bottom = 50, 12, 12, 40
     x_max = max(float(np.quantile(x, 0.995)), 1e-3)
     y_min, y_max = float(np.min(y)), float(np.max(y))
@@ -340,7 +364,18 @@ def _histogram_2d(x, y, flagged, x_label, y_label, bins=40, width=420, height=33
     np.add.at(red, (xi, yi), flagged.astype(float))
     cell_w = (width - left - right) / bins
     cell_h = (height - top - bottom) / bins
-    parts = [_axes(width, height, left, right, top, bottom, x_label, y_label)]
+    parts = [
+        _axes(
+            width,
+            height,
+            left=left,
+            right=right,
+            top=top,
+            bottom=bottom,
+            x_label=x_label,
+            y_label=y_label,
+        )
+    ]
     scale = math.log1p(count.max())
     for i, j in zip(*np.nonzero(count)):
         share = red[i, j] / count[i, j]
@@ -385,7 +420,7 @@ def _matrix_table(matrix, names, caption):
     )
 
 
-def _axes(width, height, left, right, top, bottom, x_label, y_label):
+def _axes(width, height, *, left, right, top, bottom, x_label, y_label):
     return (
         f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' "
         f"y2='{height - bottom}' class='axis'/><line x1='{left}' y1='{top}' x2='{left}' "

@@ -30,7 +30,7 @@ def example_weights(model, split, ids=None):
     return arrays
 
 
-def training_label_issues(model, dataset, split, x_train, mean, std, batch_size):
+def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_size):
     """The training labels ranked by the trained model on the unaugmented training set
     `x_train`, with its recorded weights. Ids: the dataset's `train_ids` if it has them, else the
     index in the training split."""

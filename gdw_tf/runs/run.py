@@ -93,10 +93,10 @@ def run(config):
         x_train,
         split.train_noisy_labels,
         config.batch_size,
-        config.seed,
-        settings.augment,
-        mean,
-        std,
+        seed=config.seed,
+        augment=settings.augment,
+        mean=mean,
+        std=std,
         with_index=True,
     )
     test_data = None  # Own data without --test_data: no test accuracy.
@@ -130,7 +130,7 @@ def run(config):
     example_weights = results_lib.example_weights(model, split, ids=dataset.train_ids)
     run_dir.write_npz(os.path.join(output_dir, run_dir.EXAMPLE_WEIGHTS_FILE), example_weights)
     issues = results_lib.training_label_issues(
-        model, dataset, split, x_train, mean, std, config.batch_size
+        model, dataset, split, x_train, mean=mean, std=std, batch_size=config.batch_size
     )
     run_dir.write_label_issues_and_report(output_dir, issues, images=x_train)
     model.backbone.save(os.path.join(output_dir, run_dir.MODEL_FILE))
@@ -273,11 +273,11 @@ def split_maker(config, dataset):
             split = split_lib.make_split(
                 dataset.y_train,
                 dataset.num_classes,
-                config.num_meta,
-                config.noise,
-                config.ratio,
-                config.imbalance,
-                config.seed,
+                num_meta=config.num_meta,
+                noise=config.noise,
+                ratio=config.ratio,
+                imbalance=config.imbalance,
+                seed=config.seed,
             )
         if config.trusted_data != "auto":
             return split
@@ -289,9 +289,9 @@ def split_maker(config, dataset):
             config,
             resolve_model(config, input_shape),
             dataset.x_train,
-            mean,
-            std,
-            resolve_augment(config.augment, input_shape),
+            mean=mean,
+            std=std,
+            augment=resolve_augment(config.augment, input_shape),
         )
         keras.utils.set_random_seed(config.seed)  # The run starts as it would without warm-up.
         return split

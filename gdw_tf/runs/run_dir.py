@@ -196,11 +196,11 @@ def load_or_make_split(config, labels, num_classes, make=None):
         split = split_lib.make_split(
             labels,
             num_classes,
-            config.num_meta,
-            config.noise,
-            config.ratio,
-            config.imbalance,
-            config.seed,
+            num_meta=config.num_meta,
+            noise=config.noise,
+            ratio=config.ratio,
+            imbalance=config.imbalance,
+            seed=config.seed,
         )
     else:
         split = make()
