@@ -12,6 +12,7 @@ buffer by the new rate. Between changes the two are the same update.
 """
 
 import dataclasses
+from typing import Any
 
 import keras
 import numpy as np
@@ -33,7 +34,7 @@ _TRAIN_METRICS = ("train/loss", "train/accuracy")
 _TEST_METRICS = ("loss", "accuracy")
 
 
-def resolve_outer_lr(outer_lr, num_classes):
+def resolve_outer_lr(outer_lr: float | None, num_classes: int) -> float:
     """GDW's `β`: `outer_lr`, or when it is None the reference's 100 for up to 10 classes and
     1000 above (CIFAR-100)."""
     if outer_lr is None:
@@ -109,23 +110,24 @@ class GDWModel(backend.Trainer, keras.Model):
 
     def __init__(
         self,
-        backbone,
-        num_classes,
-        method=_DEFAULT.method,
-        meta_data=None,
-        meta_batch_size=_DEFAULT.meta_batch_size,
-        outer_lr=_DEFAULT.outer_lr,
-        clip=_DEFAULT.clip,
-        weight_net_hidden=_DEFAULT.weight_net_hidden,
-        weight_net_lr=_DEFAULT.weight_net_lr,
-        weight_net_l2=_DEFAULT.weight_net_l2,
-        l2=_DEFAULT.l2,
-        meta_grad=_DEFAULT.meta_grad,
-        meta_augmentation=None,
-        seed=_DEFAULT.seed,
-        track_examples=None,
-        meta_interval=_DEFAULT.meta_interval,
-        meta_scope=_DEFAULT.meta_scope,
+        backbone: keras.Model,
+        num_classes: int,
+        *,
+        method: str = _DEFAULT.method,
+        meta_data: Any = None,
+        meta_batch_size: int = _DEFAULT.meta_batch_size,
+        outer_lr: float | None = _DEFAULT.outer_lr,
+        clip: float = _DEFAULT.clip,
+        weight_net_hidden: int = _DEFAULT.weight_net_hidden,
+        weight_net_lr: float = _DEFAULT.weight_net_lr,
+        weight_net_l2: float = _DEFAULT.weight_net_l2,
+        l2: float = _DEFAULT.l2,
+        meta_grad: str = _DEFAULT.meta_grad,
+        meta_augmentation: keras.layers.Layer | None = None,
+        seed: int = _DEFAULT.seed,
+        track_examples: int | None = None,
+        meta_interval: int = _DEFAULT.meta_interval,
+        meta_scope: str = _DEFAULT.meta_scope,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -557,8 +559,15 @@ class GDWModel(backend.Trainer, keras.Model):
 
 
 def replica_problem(
-    method, meta_batch_size, meta_grad, meta_interval, replicas, *, prefix="", where=""
-):
+    method: str | methods.Method,
+    meta_batch_size: int,
+    meta_grad: str,
+    meta_interval: int,
+    replicas: int,
+    *,
+    prefix: str = "",
+    where: str = "",
+) -> str | None:
     """Why a model with these settings cannot train on `replicas` replicas, or None.
 
     Args:

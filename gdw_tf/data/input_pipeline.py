@@ -6,6 +6,9 @@ per-channel mean/std normalisation, with the reference's CIFAR statistics
 (`normalization_stats`).
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import tensorflow as tf
 
@@ -14,7 +17,7 @@ CIFAR_MEAN = np.array([125.3, 123.0, 113.9]) / 255.0
 CIFAR_STD = np.array([63.0, 62.1, 66.7]) / 255.0
 
 
-def normalization_stats(name, x_train):
+def normalization_stats(name: str, x_train: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of images scaled to [0, 1].
 
     CIFAR-10 and CIFAR-100 use the reference code's constants (the CIFAR-10 statistics, for
@@ -39,7 +42,7 @@ def normalization_stats(name, x_train):
     return np.array(mean) / 255.0, np.array(std) / 255.0
 
 
-def normalize(images, mean, std):
+def normalize(images: Any, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
     """Scales uint8 images to [0, 1], then standardises each channel: float32 out.
 
     Raises:
@@ -81,8 +84,17 @@ def random_crop_and_flip(image, seed, padding=4):
 
 
 def train_dataset(
-    x, y, batch_size, *, seed, augment, mean, std, with_index=False, drop_remainder=False
-):
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    *,
+    seed: int,
+    augment: bool,
+    mean: Sequence[float],
+    std: Sequence[float],
+    with_index: bool = False,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
     """A shuffled (every epoch anew), optionally augmented, normalised, batched `tf.data` set.
 
     Args:
@@ -123,7 +135,13 @@ def train_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(x, y, batch_size, mean, std):
+def eval_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> tf.data.Dataset:
     """Normalised batches of `(images float32, labels int64)` in order, for evaluation."""
     _check_images(x, y)
     check_statistics(mean, std, x.shape[-1])

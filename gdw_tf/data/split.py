@@ -93,7 +93,16 @@ class Split:
         return cls(**fields)
 
 
-def make_split(labels, num_classes, *, num_meta, noise, ratio, imbalance, seed):
+def make_split(
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    num_meta: int,
+    noise: str,
+    ratio: float,
+    imbalance: float,
+    seed: int,
+) -> Split:
     """Draws the meta set, the noisy training labels and the long tail from one seed.
 
     One permutation from `np.random.default_rng(seed)` orders the examples; the meta set takes
@@ -166,7 +175,9 @@ def make_split(labels, num_classes, *, num_meta, noise, ratio, imbalance, seed):
     )
 
 
-def balanced_meta_subset(x, y, num_classes, *, per_class, seed):
+def balanced_meta_subset(
+    x: np.ndarray, y: np.ndarray, num_classes: int, *, per_class: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Carves a class-balanced meta set out of a trusted, correctly labelled subset.
 
     Args:

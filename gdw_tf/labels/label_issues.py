@@ -23,9 +23,12 @@ epoch's instance weight and the weight on the given label (GDW: ω¹).
 
 import csv
 import dataclasses
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
+from numpy.typing import ArrayLike
 
 LABEL_ISSUES_FILE = "label_issues.csv"
 # Columns of `label_issues.csv`, in order; the two class-name columns only with class names.
@@ -101,14 +104,14 @@ def label_margin(probabilities, given_labels):
 
 
 def rank_label_issues(
-    probabilities,
-    given_labels,
+    probabilities: ArrayLike,
+    given_labels: ArrayLike,
     *,
-    instance_weights=None,
-    label_weights=None,
-    ids=None,
-    class_names=None,
-):
+    instance_weights: ArrayLike | None = None,
+    label_weights: ArrayLike | None = None,
+    ids: ArrayLike | None = None,
+    class_names: Sequence[str] | None = None,
+) -> LabelIssues:
     """Ranks examples by the margin of their given label; flags those with a negative margin.
 
     Args:
@@ -191,7 +194,9 @@ def rank_label_issues(
     return issues
 
 
-def write_label_issues_csv(path, issues, *, class_names=None):
+def write_label_issues_csv(
+    path: str, issues: LabelIssues, *, class_names: Sequence[str] | None = None
+) -> None:
     """Writes `issues` to `path` as CSV, one row per example, most suspicious first.
 
     Columns: `CSV_COLUMNS`, then `given_class`, `suggested_class` if class names are known
@@ -220,14 +225,14 @@ def write_label_issues_csv(path, issues, *, class_names=None):
             writer.writerow(row)
 
 
-def read_label_issues_csv(path):
+def read_label_issues_csv(path: str) -> dict[str, list[str]]:
     """Reads a `label_issues.csv` into a dict of column name → list of strings."""
     with open(path, newline="") as file:
         rows = list(csv.DictReader(file))
     return {name: [row[name] for row in rows] for name in (rows[0] if rows else {})}
 
 
-def predict_probabilities(model, x, batch_size=256):
+def predict_probabilities(model: keras.Model, x: Any, batch_size: int = 256) -> np.ndarray:
     """Softmax of `model`'s logits on `x` (arrays, or a `tf.data.Dataset` of batches of `x` or
     `(x, y)`), as a float64 NumPy array `[N, C]`."""
     logits = model.predict(x, batch_size=None if _is_dataset(x) else batch_size, verbose=0)
@@ -237,7 +242,16 @@ def predict_probabilities(model, x, batch_size=256):
     return probabilities / probabilities.sum(axis=1, keepdims=True)
 
 
-def find_label_issues(model, x, y, *, index=None, ids=None, class_names=None, batch_size=256):
+def find_label_issues(
+    model: keras.Model,
+    x: Any,
+    y: ArrayLike,
+    *,
+    index: ArrayLike | None = None,
+    ids: ArrayLike | None = None,
+    class_names: Sequence[str] | None = None,
+    batch_size: int = 256,
+) -> LabelIssues:
     """The ranked label issues of `(x, y)` under a trained `GDWModel` (or any logits model).
 
     Args:

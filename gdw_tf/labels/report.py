@@ -13,9 +13,12 @@ library), so the file can be mailed or opened anywhere without its run directory
 import base64
 import html
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from gdw_tf.labels.label_issues import LabelIssues
 
 GALLERY_SIZE = 60  # examples in the gallery
 FLAGGED_LIST_LIMIT = 2000  # rows of the list of flagged examples (all are in label_issues.csv)
@@ -23,7 +26,15 @@ _THUMBNAIL_PIXELS = 84  # longest side of a thumbnail
 _BLUE, _RED, _GREY = "#3465a4", "#cc0000", "#888a85"
 
 
-def render_report(issues, *, title="", config=None, history=(), example_weights=None, images=None):
+def render_report(
+    issues: LabelIssues,
+    *,
+    title: str = "",
+    config: dict | None = None,
+    history: Sequence[dict] = (),
+    example_weights: dict | None = None,
+    images: np.ndarray | None = None,
+) -> str:
     """The HTML page of a run's report (a section without its data is left out).
 
     Args:

@@ -49,9 +49,10 @@ from gdw_tf.runs import distribute
 from gdw_tf.runs import results as results_lib
 from gdw_tf.runs import run_dir
 from gdw_tf.runs import serving
+from gdw_tf.runs.config import Config
 
 
-def run(config):
+def run(config: Config) -> dict:
     """Trains as `config` says, writes the run directory, and returns the results dict.
 
     With `config.distribute="multi_worker"`, every worker calls this with the same config; a

@@ -335,7 +335,7 @@ def check_export_dir(export_dir, overwrite=False):
         )
 
 
-def export_run(run_dir, export_dir, overwrite=False):
+def export_run(run_dir: str, export_dir: str, overwrite: bool = False) -> str:
     """Exports the backbone of a finished run directory (`model.keras` + `config.json`).
 
     The SavedModel is written next to `export_dir` first and moved into place once complete, so
@@ -374,7 +374,7 @@ def export_run(run_dir, export_dir, overwrite=False):
     return export_dir
 
 
-def load_run(run_dir):
+def load_run(run_dir: str) -> tuple[keras.Model, dict]:
     """Reads `(backbone, config)` from a run directory, checking they agree.
 
     A saved `GDWModel` is accepted too; its backbone is returned.

@@ -9,6 +9,9 @@ TF Serving) in a process that has neither gdw_tf nor its custom layers. A run di
 exported by `gdw_tf.runs.run_dir.export_run` (`python -m gdw_tf.export`).
 """
 
+from collections.abc import Callable
+from collections.abc import Sequence
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -19,7 +22,9 @@ from gdw_tf.data import input_pipeline
 SIGNATURE = "serve"
 
 
-def serving_function(backbone, mean, std):
+def serving_function(
+    backbone: keras.Model, mean: Sequence[float], std: Sequence[float]
+) -> Callable:
     """The function `uint8 images [N, H, W, C] -> {"probabilities", "classes"}`.
 
     Args:
@@ -44,7 +49,9 @@ def serving_function(backbone, mean, std):
     return serve
 
 
-def export_serving(backbone, export_dir, mean, std):
+def export_serving(
+    backbone: keras.Model, export_dir: str, mean: Sequence[float], std: Sequence[float]
+) -> str:
     """Writes a SavedModel whose `serve` signature classifies raw `uint8` images.
 
     Args:
