@@ -4,7 +4,7 @@ Two self-contained examples, each under half a minute on two CPU cores:
 
 - `tabular`: an MLP on synthetic tabular features (Gaussian clusters, 40% of the training labels
   wrong), trained from NumPy arrays. A class-balanced meta set is carved out of a trusted,
-  correctly labelled subset with `gdw_tf.split_lib.balanced_meta_subset`; the rest of that subset is
+  correctly labelled subset with `gdw_tf.balanced_meta_subset`; the rest of that subset is
   the validation set of standard Keras callbacks (`EarlyStopping`, `ReduceLROnPlateau`).
 - `images`: your own functional CNN on a `tf.data.Dataset` of images (four Fashion-MNIST classes
   if the dataset is installed, otherwise synthetic images), again with 40% wrong labels.
@@ -28,9 +28,7 @@ import tensorflow as tf
 
 import gdw_tf
 from gdw_tf.data import datasets
-from gdw_tf.data import input_pipeline
 from gdw_tf.data import noise
-from gdw_tf.data import split as split_lib
 
 
 @dataclasses.dataclass
@@ -139,7 +137,7 @@ def synthetic_images(n, num_classes, seed):
 def split_trusted(noisy, per_class, seed):
     """The trusted subset as a class-balanced meta set and, from the rest, a validation set."""
     positions = np.arange(len(noisy.y_trusted))
-    meta_positions, y_meta = split_lib.balanced_meta_subset(
+    meta_positions, y_meta = gdw_tf.balanced_meta_subset(
         positions, noisy.y_trusted, noisy.num_classes, per_class=per_class, seed=seed
     )
     rest = np.setdiff1d(positions, meta_positions)
@@ -235,7 +233,7 @@ def image_example(noisy=None, epochs=6, batch_size=100, per_class=25, flag_fract
         noisy = make_image_data(seed=seed)
     keras.utils.set_random_seed(seed)
     (x_meta, y_meta), (x_val, y_val) = split_trusted(noisy, per_class, seed)
-    mean, std = input_pipeline.normalization_stats("own_images", noisy.x_train)
+    mean, std = gdw_tf.normalization_stats("own_images", noisy.x_train)
 
     inputs = keras.Input(noisy.x_train.shape[1:])
     x = keras.layers.Conv2D(16, 3, activation="relu")(inputs)
@@ -249,7 +247,7 @@ def image_example(noisy=None, epochs=6, batch_size=100, per_class=25, flag_fract
         backbone,
         noisy.num_classes,
         meta_data=(
-            input_pipeline.normalize(x_meta, mean, std),
+            gdw_tf.normalize(x_meta, mean, std),
             y_meta,
         ),  # Normalised like training data.
         meta_batch_size=len(y_meta),
@@ -258,7 +256,7 @@ def image_example(noisy=None, epochs=6, batch_size=100, per_class=25, flag_fract
     )
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     history = model.fit(
-        input_pipeline.train_dataset(
+        gdw_tf.train_dataset(
             noisy.x_train,
             noisy.y_train,
             batch_size,
@@ -269,7 +267,7 @@ def image_example(noisy=None, epochs=6, batch_size=100, per_class=25, flag_fract
             with_index=True,
         ),
         epochs=epochs,
-        validation_data=input_pipeline.eval_dataset(x_val, y_val, 256, mean, std),
+        validation_data=gdw_tf.eval_dataset(x_val, y_val, 256, mean, std),
         callbacks=[
             keras.callbacks.EarlyStopping(
                 monitor="val_accuracy",
@@ -281,7 +279,7 @@ def image_example(noisy=None, epochs=6, batch_size=100, per_class=25, flag_fract
         ],
         verbose=0,
     )
-    x_test = input_pipeline.normalize(noisy.x_test, mean, std)
+    x_test = gdw_tf.normalize(noisy.x_test, mean, std)
     return report("images", model, noisy, history, flag_fraction, x_test, noisy.y_test)
 
 
