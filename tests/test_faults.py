@@ -255,34 +255,6 @@ def test_a_damaged_backup_is_reported_in_one_line_and_the_previous_one_used(
         np.testing.assert_array_equal(actual, expected)
 
 
-def test_a_damaged_backup_in_keras_format_is_reported_and_training_starts_over(tmp_path, caplog):
-    model = _model()
-    _fit(model, 1, keras.callbacks.BackupAndRestore(str(tmp_path), delete_checkpoint=False))
-    latest = tmp_path / "latest.weights.h5"  # what earlier versions wrote
-    os.truncate(latest, latest.stat().st_size // 2)
-    restored = _model(seed=1)
-    callback = backup.AtomicBackupAndRestore(str(tmp_path))
-    callback.set_model(restored)
-    with caplog.at_level(logging.WARNING):
-        callback.on_train_begin()  # Keras' own callback raises OSError here
-    (message,) = [r.getMessage() for r in caplog.records if "backup in" in r.getMessage()]
-    assert "latest.weights.h5 is damaged" in message
-    assert message.endswith("no good backup is left: training starts from epoch 1.")
-    assert not restored._initial_epoch  # unset: fit starts at epoch 0
-
-
-def test_a_whole_keras_format_backup_from_an_earlier_version_is_restored(tmp_path):
-    model = _model()
-    _fit(model, 2, keras.callbacks.BackupAndRestore(str(tmp_path), delete_checkpoint=False))
-    restored = _model(seed=1)
-    callback = backup.AtomicBackupAndRestore(str(tmp_path))
-    callback.set_model(restored)
-    callback.on_train_begin()
-    assert restored._initial_epoch == 2
-    for expected, actual in zip(_variables(model), _variables(restored), strict=True):
-        np.testing.assert_array_equal(actual, expected)
-
-
 def test_a_full_disk_keeps_the_previous_backup_usable(tmp_path, monkeypatch):
     model = _model()
     _fit(model, 1, backup.AtomicBackupAndRestore(str(tmp_path), delete_checkpoint=False))

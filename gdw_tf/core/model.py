@@ -468,7 +468,9 @@ class GDWModel(backend.Trainer, keras.Model):
         if real.class_weights is not None:
             t["weights/labelled_mean"].update_state(label_weights)
             t["weights/other_mean"].update_state(real.class_weights, sample_weight=1.0 - fwd.onehot)
-        logs = {name: _result(tracker) for name, tracker in t.items() if name not in _TEST_METRICS}
+        logs = {
+            name: _global_mean(tracker) for name, tracker in t.items() if name not in _TEST_METRICS
+        }
         # Keras' own key first: callbacks that watch `loss` (TerminateOnNaN, EarlyStopping,
         # ReduceLROnPlateau) see the training loss; `train/loss` is the same value, namespaced.
         return {"loss": logs["train/loss"], **logs}
@@ -530,7 +532,7 @@ class GDWModel(backend.Trainer, keras.Model):
         onehot = ops.one_hot(y, self.num_classes, dtype=logits.dtype)
         self._trackers["loss"].update_state(weighting.per_example_cross_entropy(logits, onehot))
         self._trackers["accuracy"].update_state(_correct(logits, y))
-        return {name: _result(self._trackers[name]) for name in _TEST_METRICS}
+        return {name: _global_mean(self._trackers[name]) for name in _TEST_METRICS}
 
     def get_config(self):
         meta_augmentation = self.meta_augmentation
@@ -639,7 +641,7 @@ def _replica_mean_floats(values):
     return values
 
 
-def _result(tracker):
+def _global_mean(tracker):
     """A `keras.metrics.Mean`'s value over all replicas (in a replica, `result()` is that
     replica's alone)."""
     total, count = backend.replica_sum(backend.read_values([tracker.total, tracker.count]))

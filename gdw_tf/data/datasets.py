@@ -22,7 +22,7 @@ DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class ImageDataset(typing.NamedTuple):
+class Dataset(typing.NamedTuple):
     """A dataset as arrays: uint8 images `[N, H, W, C]` (or float32 features `[N, D]`), int64
     labels.
 
@@ -53,7 +53,7 @@ def load_dataset(name, data_dir=None):
     have `image` and `label` features, fixed-size images and `train`/`test` splits.
 
     Returns:
-        An `ImageDataset` `(x_train, y_train, x_test, y_test, num_classes)`: uint8 images
+        An `Dataset` `(x_train, y_train, x_test, y_test, num_classes)`: uint8 images
         `[N, H, W, C]` (grayscale keeps a channel axis) and int64 labels.
 
     Raises:
@@ -129,7 +129,7 @@ def load_fashion_mnist_idx(directory):
             )
         if labels.size and labels.max() >= 10:
             raise ValueError(f"{labels_file}: labels must lie in [0, 10); max {labels.max()}.")
-    return ImageDataset(
+    return Dataset(
         arrays["x_train"][..., np.newaxis],
         arrays["y_train"].astype(np.int64),
         arrays["x_test"][..., np.newaxis],
@@ -206,4 +206,4 @@ def _load_tfds(name, data_dir):
         pairs = dataset.map(lambda example: (example["image"], example["label"])).batch(4096)
         images, labels = zip(*tfds.as_numpy(pairs))
         arrays += [np.concatenate(images), np.concatenate(labels).astype(np.int64)]
-    return ImageDataset(*arrays, features["label"].num_classes)
+    return Dataset(*arrays, features["label"].num_classes)

@@ -62,10 +62,10 @@ class _Source:
 
 
 def load_own_data(config):
-    """The training, trusted and test sets of `config.train_data` etc. as one `ImageDataset`.
+    """The training, trusted and test sets of `config.train_data` etc. as one `Dataset`.
 
     Returns:
-        An `ImageDataset` whose `x_train` holds the training examples followed by the trusted
+        An `Dataset` whose `x_train` holds the training examples followed by the trusted
         ones (`trusted` marks them; none with `--trusted_data=auto`), `y_train` their given
         labels (ints in `[0, C)`, classes in `class_names` order), `train_ids` each row's file
         path or `<csv>:<line>` or `.npz` index, and `x_test`/`y_test` (empty without
@@ -159,7 +159,7 @@ def load_own_data(config):
         x_test, y_test = arrays["test"], labels["test"]
     else:
         x_test, y_test = x_train[:0], y_train[:0]
-    return datasets.ImageDataset(
+    return datasets.Dataset(
         x_train,
         y_train,
         x_test,

@@ -10,8 +10,7 @@ variable and of the epoch to resume at) with another way of writing and choosing
 - The last `keep` committed epochs are kept (default 2: the latest and the previous good one).
 - On restore the newest committed epoch whose weights match their checksum and load is used; a
   damaged one (truncated, changed, missing) is reported in one warning line and the previous one
-  used. A backup in Keras' own format (`latest.weights.h5`, from runs of earlier versions) is
-  restored too, and reported in one line if damaged.
+  used.
 - A failed write (a full disk) removes its temporary files, keeps the earlier backups, and raises
   `BackupError` with one line saying which epoch is kept.
 
@@ -72,12 +71,6 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 self._report(damaged, f"resuming after epoch {epoch}, the newest good one")
                 return
             damaged.append(f"epoch {epoch} {problem}")
-        if not damaged and os.path.exists(self._weights_path):  # Keras' own format
-            try:
-                super()._load_model()
-                return
-            except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
-                damaged.append(f"{self._weights_path} is damaged ({_first_line(err)})")
         if unfit:
             raise ValueError(
                 f"the backup in {self.backup_dir} does not fit this model ({'; '.join(damaged)}); "

@@ -34,14 +34,14 @@ def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_si
     """The training labels ranked by the trained model on the unaugmented training set
     `x_train`, with its recorded weights. Ids: the dataset's `train_ids` if it has them, else the
     index in the training split."""
-    train_ids = getattr(dataset, "train_ids", None)
+    train_ids = dataset.train_ids
     ids = split.train_indices if train_ids is None else np.asarray(train_ids)[split.train_indices]
     return label_issues.find_label_issues(
         model,
         input_pipeline.eval_dataset(x_train, split.train_noisy_labels, batch_size, mean, std),
         split.train_noisy_labels,
         ids=ids,
-        class_names=getattr(dataset, "class_names", None),
+        class_names=dataset.class_names,
     )
 
 

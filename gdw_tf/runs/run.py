@@ -30,7 +30,6 @@ import shutil
 import time
 
 import keras
-import numpy as np
 
 from gdw_tf import backend
 from gdw_tf.core import methods
@@ -264,12 +263,9 @@ def split_maker(config, dataset):
 
     def make():
         if config.train_data:
-            trusted = (
-                np.zeros(len(dataset.y_train), bool)
-                if dataset.trusted is None
-                else (dataset.trusted)
+            split = own_data.own_split(
+                dataset.y_train, dataset.trusted, dataset.num_classes, config.seed
             )
-            split = own_data.own_split(dataset.y_train, trusted, dataset.num_classes, config.seed)
         else:
             split = split_lib.make_split(
                 dataset.y_train,

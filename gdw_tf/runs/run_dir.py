@@ -141,11 +141,6 @@ def config_differences(saved, config):
     defaults = dataclasses.asdict(Config(output_dir=config.output_dir))
     saved = {**defaults, **saved}
     now = config.run_defining()
-    for fields in (saved, now):  # On the benchmarks --model=auto is resnet32, the old default.
-        if not fields.get("train_data") and fields.get("model") == "auto":
-            fields["model"] = "resnet32"
-    if saved["outer_lr"] == -1.0:  # Before version 0.2, -1 meant "by the number of classes".
-        saved["outer_lr"] = None
     return [
         f"{name}: saved {saved.get(name)!r}, now {value!r}"
         for name, value in now.items()
