@@ -13,7 +13,6 @@ cd "$(dirname "$0")/.."
 output_dir="${1:-runs/quickstart}"
 
 python -m pip install -r requirements.txt
-python -m pip install -e .
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
     && { apt-get install -y dataset-fashion-mnist \

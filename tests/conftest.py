@@ -1,13 +1,20 @@
-"""Shared test set-up: quiet, deterministic TensorFlow (or JAX: KERAS_BACKEND=jax) on the CPU."""
+"""Shared test set-up: quiet, deterministic TensorFlow (or JAX: KERAS_BACKEND=jax) on the CPU;
+and the helpers several test files use (training runs through the CLI, run-directory readers)."""
 
+import csv
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+from absl import flags  # noqa: E402
+from absl.testing import flagsaver  # noqa: E402
 
 # Two logical CPU devices, so tf.distribute strategies have two replicas on this CPU
 # (tests/test_distribute.py); set before TensorFlow's runtime starts. Ops still default to CPU:0.
@@ -37,3 +44,83 @@ def _seed_and_clean():
     keras.utils.set_random_seed(0)
     yield
     keras.backend.clear_session()
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers shared by the test files: `from conftest import ...`.
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MOCK_EXAMPLES = 60  # tfds.testing.mock_data's examples per split
+TINY_FASHION_MNIST = [
+    "--dataset=fashion_mnist",
+    "--max_train_examples=300",
+    "--max_test_examples=100",
+    "--num_meta=50",
+    "--batch_size=50",
+    "--meta_batch_size=50",
+    "--model=small_cnn",
+    "--epochs=1",
+    "--verbose=0",
+]
+
+
+def train_main(*args):
+    """Runs `python -m gdw_tf.train` in this process: `args` parsed into its flags (restored
+    after), then its `main`."""
+    from gdw_tf import train
+
+    with flagsaver.flagsaver():
+        flags.FLAGS(["prog", *args])
+        train.main(["prog"])
+
+
+def train_main_mock(*args):
+    """`train_main` on TFDS' mock data."""
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        train_main(*args)
+
+
+def train_exit_message(capsys, *args, mock=False):
+    """Runs `train_main`, expecting it to exit; returns (status, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        (train_main_mock if mock else train_main)(*args)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def read_json(path):
+    with open(path) as file:
+        return json.load(file)
+
+
+def history_rows(run_dir):
+    with open(os.path.join(run_dir, "history.csv"), newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def backbone_weights(run_dir):
+    return keras.saving.load_model(os.path.join(run_dir, "model.keras")).get_weights()
+
+
+def model_state(model):
+    """A GDWModel's state as `{"<part>/<i>": array}`: backbone, weight net, both optimizers,
+    the meta-batch cursor and the per-example weights."""
+    state = {
+        "backbone": model.backbone.variables,
+        "weight_net": model.weight_net.variables,
+        "optimizer": model.optimizer.variables,
+        "weight_net_optimizer": model.weight_net_optimizer.variables,
+        "meta": [model.meta_epoch, model.meta_cursor],
+        "examples": [model.example_weights, model.example_label_weights],
+    }
+    return {f"{k}/{i}": np.asarray(v.numpy()) for k, vs in state.items() for i, v in enumerate(vs)}
+
+
+@pytest.fixture
+def no_data_loading(monkeypatch):
+    """Fails the test if the run loads any data."""
+    from gdw_tf.runs import run as run_lib
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("data was loaded")
+
+    monkeypatch.setattr(run_lib.datasets, "load_dataset", refuse)

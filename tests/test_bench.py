@@ -49,6 +49,7 @@ def test_run_times_every_method_and_measures_memory():
     assert "gdw" in table and "× MW-Net" in table
 
 
+@pytest.mark.slow
 def test_the_command_ends_with_one_json_line():
     command = list(SMALL_BENCH_COMMAND)
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -92,6 +93,7 @@ def test_meta_interval_is_passed_to_the_models_and_reported(monkeypatch):
     assert int(built[1].weight_net_optimizer.iterations.numpy()) == 2
 
 
+@pytest.mark.slow
 def test_meta_interval_is_refused_for_l2rw():
     command = [sys.executable, "-m", "gdw_tf.bench", "--meta_interval=2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -99,6 +101,7 @@ def test_meta_interval_is_refused_for_l2rw():
     assert "l2rw has none: use --meta_interval=1" in result.stderr
 
 
+@pytest.mark.slow
 def test_an_empty_method_list_is_refused():
     command = [sys.executable, "-m", "gdw_tf.bench", "--methods="]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -106,6 +109,7 @@ def test_an_empty_method_list_is_refused():
     assert "--methods is empty" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_unknown_methods_are_refused():
     command = [sys.executable, "-m", "gdw_tf.bench", "--methods=gdw,bogus"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -113,6 +117,7 @@ def test_unknown_methods_are_refused():
     assert "bogus" in result.stderr
 
 
+@pytest.mark.slow
 def test_the_command_runs_where_the_allocator_keeps_no_statistics():
     command = list(SMALL_BENCH_COMMAND)
     result = subprocess.run(
@@ -184,6 +189,7 @@ def test_each_weighting_method_is_timed_per_meta_scope(monkeypatch):
     assert "gdw@head" in bench.format_table(figures)
 
 
+@pytest.mark.slow
 def test_unknown_meta_scopes_are_refused():
     command = [sys.executable, "-m", "gdw_tf.bench", "--meta_scopes=all,top"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)

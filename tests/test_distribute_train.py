@@ -15,14 +15,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_train import REPO
-from test_train import TINY_FASHION_MNIST
-from test_train import _backbone_weights
-from test_train import _exit_message
-from test_train import _history_rows
-from test_train import _main
-from test_train import _read_json
-from test_train import no_data_loading  # noqa: F401 (a fixture)
+from conftest import REPO
+from conftest import TINY_FASHION_MNIST
+from conftest import backbone_weights
+from conftest import history_rows
+from conftest import read_json
+from conftest import train_exit_message
+from conftest import train_main
 
 from gdw_tf.runs import config as config_lib
 from gdw_tf.runs import distribute
@@ -161,7 +160,7 @@ def _assert_same_run(actual_dir, expected_dir, exact):
         if exact
         else lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
     )
-    for expected, actual in zip(_backbone_weights(expected_dir), _backbone_weights(actual_dir)):
+    for expected, actual in zip(backbone_weights(expected_dir), backbone_weights(actual_dir)):
         check(actual, expected)
     with (
         np.load(os.path.join(expected_dir, "example_weights.npz")) as expected,
@@ -169,7 +168,7 @@ def _assert_same_run(actual_dir, expected_dir, exact):
     ):
         for name in expected.files:
             check(actual[name], expected[name])
-    expected_rows, actual_rows = _history_rows(expected_dir), _history_rows(actual_dir)
+    expected_rows, actual_rows = history_rows(expected_dir), history_rows(actual_dir)
     assert len(actual_rows) == len(expected_rows) == 2
     for expected, actual in zip(expected_rows, actual_rows):
         for name in (
@@ -190,10 +189,11 @@ def _assert_same_run(actual_dir, expected_dir, exact):
 def one_device_run(tmp_path_factory):
     """A `--distribute=none` run of `RUN_ARGS`: what the distributed runs must reproduce."""
     run_dir = str(tmp_path_factory.mktemp("one_device") / "run")
-    _main(*RUN_ARGS, f"--output_dir={run_dir}")
+    train_main(*RUN_ARGS, f"--output_dir={run_dir}")
     return run_dir
 
 
+@pytest.mark.slow
 @tensorflow_only
 def test_mirrored_run_trains_as_one_device_and_records_its_replicas(tmp_path, one_device_run):
     run_dir = str(tmp_path / "run")
@@ -214,15 +214,16 @@ def test_mirrored_run_trains_as_one_device_and_records_its_replicas(tmp_path, on
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(run_dir)) == RUN_FILES
-    results = _read_json(os.path.join(run_dir, "results.json"))
+    results = read_json(os.path.join(run_dir, "results.json"))
     # MirroredStrategy's default devices: all GPUs, else the CPUs (two logical ones here).
     replicas = len(tf.config.list_logical_devices("GPU")) or 2
     assert results["config"]["distribute"] == "mirrored"
     assert results["config"]["num_replicas"] == replicas
-    assert _read_json(os.path.join(run_dir, "config.json"))["num_replicas"] == replicas
+    assert read_json(os.path.join(run_dir, "config.json"))["num_replicas"] == replicas
     _assert_same_run(run_dir, one_device_run, exact=False)
 
 
+@pytest.mark.slow
 @tensorflow_only
 def test_two_workers_train_as_one_device_and_only_the_chief_writes_the_run_dir(
     tmp_path, one_device_run
@@ -239,7 +240,7 @@ def test_two_workers_train_as_one_device_and_only_the_chief_writes_the_run_dir(
     assert os.listdir(run_dir / "workers") == ["worker1"]
     assert sorted(os.listdir(worker_dir)) == RUN_FILES
     for directory in (run_dir, worker_dir):
-        results = _read_json(str(directory / "results.json"))
+        results = read_json(str(directory / "results.json"))
         assert results["config"]["output_dir"] == str(directory)
         assert results["config"]["distribute"] == "multi_worker"
         assert results["config"]["num_replicas"] == 2  # one CPU replica per worker
@@ -299,7 +300,7 @@ def test_multi_worker_without_tf_config_is_refused_before_any_data_is_loaded(
     no_data_loading,  # noqa: F811
 ):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    status, message = _exit_message(
+    status, message = train_exit_message(
         capsys, "--distribute=multi_worker", f"--output_dir={tmp_path / 'run'}"
     )
     assert status == 2
@@ -361,6 +362,7 @@ def test_multi_worker_is_refused_on_jax(monkeypatch):
     assert distribute.make_strategy("none") is tf.distribute.get_strategy()
 
 
+@pytest.mark.slow
 @tensorflow_only
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
 def test_mirrored_on_jax_is_data_parallel_and_trains_as_one_device(tmp_path):
@@ -390,6 +392,6 @@ def test_mirrored_on_jax_is_data_parallel_and_trains_as_one_device(tmp_path):
             timeout=TIMEOUT_S,
         )
         assert result.returncode == 0, result.stderr[-3000:]
-    results = _read_json(os.path.join(run_dirs["mirrored"], "results.json"))
+    results = read_json(os.path.join(run_dirs["mirrored"], "results.json"))
     assert results["config"]["num_replicas"] == 2
     _assert_same_run(run_dirs["mirrored"], run_dirs["none"], exact=False)

@@ -18,6 +18,7 @@ def own_data():
     return module
 
 
+@pytest.mark.slow
 def test_tabular_example_from_the_command_line_flags_wrong_labels(own_data):
     results = own_data.main(["--part=tabular"])
 
@@ -29,6 +30,7 @@ def test_tabular_example_from_the_command_line_flags_wrong_labels(own_data):
     assert result.test_accuracy > 0.8
 
 
+@pytest.mark.slow
 def test_image_example_on_a_small_fashion_mnist_subset(own_data):
     noisy = own_data.make_image_data(num_train=1000, num_trusted=150, num_test=500)
     assert noisy.x_train.dtype == np.uint8 and noisy.x_train.shape == (1000, 28, 28, 1)

@@ -15,7 +15,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 
+from gdw_tf import export
 from gdw_tf.data import input_pipeline
 from gdw_tf.nets import backbones
 from gdw_tf.runs import run_dir as run_dir_lib
@@ -120,6 +122,7 @@ def assert_serves_like(backbone, results, images, mean, std):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "builder, input_shape, num_classes",
     [(backbones.small_cnn, (28, 28, 1), 10), (backbones.resnet32, (8, 8, 3), 3)],
@@ -223,6 +226,7 @@ def assert_one_line_error(completed, *fragments):
         assert fragment in lines[0]
 
 
+@pytest.mark.slow
 def test_cli_exports_a_run_dir_and_refuses_to_overwrite(tmp_path):
     mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
     backbone = trained_looking_backbone(backbones.resnet32, (8, 8, 3), 3, mean, std)
@@ -243,9 +247,22 @@ def test_cli_exports_a_run_dir_and_refuses_to_overwrite(tmp_path):
 
 
 def test_cli_rejects_a_missing_run_dir_in_one_line(tmp_path):
-    completed = run_cli(f"--run_dir={tmp_path / 'nowhere'}", f"--export_dir={tmp_path / 'x'}")
-    assert_one_line_error(completed, "nowhere", "does not exist")
+    flag_values = flags.FlagValues()
+    export.define_flags(flag_values)
+    flag_values(["prog", f"--run_dir={tmp_path / 'nowhere'}", f"--export_dir={tmp_path / 'x'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        export.export_from_flags(flag_values)
+    message = str(exit_info.value.code)
+    assert message.startswith("gdw_tf.export: error: ") and "\n" not in message
+    assert "nowhere" in message and "does not exist" in message
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_requires_both_directories():
+    flag_values = flags.FlagValues()
+    export.define_flags(flag_values)
+    with pytest.raises(flags.IllegalFlagValueError, match="export_dir"):
+        flag_values(["prog", "--run_dir=somewhere"])
 
 
 def test_export_run_overwrites_only_when_asked(tmp_path):
@@ -295,6 +312,7 @@ def test_export_run_names_the_problem_with_a_run_dir(broken, message, tmp_path):
     assert not (tmp_path / "export").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("builder", [backbones.small_cnn, backbones.mlp], ids=["small_cnn", "mlp"])
 def test_the_served_model_refuses_images_of_another_shape_or_dtype(builder, tmp_path):
     serving.export_serving(builder((28, 28, 1), 4), str(tmp_path), [0.5], [0.25])

@@ -14,11 +14,11 @@ import sys
 import keras
 import numpy as np
 import pytest
-from test_train import REPO
-from test_train import TINY_FASHION_MNIST
-from test_train import _backbone_weights
-from test_train import _main
-from test_train import _read_json
+from conftest import REPO
+from conftest import TINY_FASHION_MNIST
+from conftest import backbone_weights
+from conftest import read_json
+from conftest import train_main
 
 import gdw_tf
 from gdw_tf.nets import backbones
@@ -102,9 +102,10 @@ def _committed(run_dir):
     return sorted(backup.AtomicBackupAndRestore(os.path.join(run_dir, "backup")).committed_epochs())
 
 
+@pytest.mark.slow
 def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(tmp_path):
     uninterrupted, faulty = str(tmp_path / "uninterrupted"), str(tmp_path / "faulty")
-    _main(*ARGS, f"--output_dir={uninterrupted}")
+    train_main(*ARGS, f"--output_dir={uninterrupted}")
 
     # Each fault hits epoch 2; each rerun resumes after epoch 1.
     for fault in ("step:7", "eval:2", "weights:2", "record:2"):
@@ -138,7 +139,7 @@ def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(tmp_path):
     )
 
     for expected, actual in zip(
-        _backbone_weights(uninterrupted), _backbone_weights(faulty), strict=True
+        backbone_weights(uninterrupted), backbone_weights(faulty), strict=True
     ):
         np.testing.assert_allclose(actual, expected)
     expected, actual = (run_dir_lib.read_history(d) for d in (uninterrupted, faulty))
@@ -155,8 +156,8 @@ def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(tmp_path):
         ):
             assert actual_row[name] == expected_row[name], name
     assert (
-        _read_json(os.path.join(faulty, "results.json"))["test_accuracy"]
-        == _read_json(os.path.join(uninterrupted, "results.json"))["test_accuracy"]
+        read_json(os.path.join(faulty, "results.json"))["test_accuracy"]
+        == read_json(os.path.join(uninterrupted, "results.json"))["test_accuracy"]
     )
     assert not os.path.exists(os.path.join(faulty, "backup"))
 

@@ -16,6 +16,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import model_state
 
 import gdw_tf
 
@@ -49,6 +50,7 @@ def _run_on_jax(args, timeout):
     )
 
 
+@pytest.mark.slow
 @needs_jax
 @from_tensorflow
 def test_core_tests_pass_on_jax():
@@ -58,6 +60,7 @@ def test_core_tests_pass_on_jax():
     assert " passed" in result.stdout, result.stdout[-2000:]
 
 
+@pytest.mark.slow
 @needs_jax
 @from_tensorflow
 def test_the_benchmark_runs_on_jax():
@@ -115,20 +118,6 @@ def _model(method, data):
     return model
 
 
-def model_state(model):
-    """A GDWModel's state as `{"<part>/<i>": array}`: backbone, weight net, both optimizers,
-    the meta-batch cursor and the per-example weights."""
-    state = {
-        "backbone": model.backbone.variables,
-        "weight_net": model.weight_net.variables,
-        "optimizer": model.optimizer.variables,
-        "weight_net_optimizer": model.weight_net_optimizer.variables,
-        "meta": [model.meta_epoch, model.meta_cursor],
-        "examples": [model.example_weights, model.example_label_weights],
-    }
-    return {f"{k}/{i}": np.asarray(v.numpy()) for k, vs in state.items() for i, v in enumerate(vs)}
-
-
 def _fit(model, data):
     """Two epochs of three batches in order, the learning rate halved each epoch by a callback."""
     import tensorflow as tf
@@ -161,6 +150,7 @@ def _train_from(arrays, method):
     return _fit(model, data)
 
 
+@pytest.mark.slow
 @needs_jax
 @from_tensorflow
 def test_tensorflow_and_jax_fit_to_the_same_weights(tmp_path):

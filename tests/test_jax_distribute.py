@@ -21,7 +21,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from test_jax_backend import model_state
+from conftest import model_state
 
 import gdw_tf
 
@@ -45,6 +45,7 @@ def _case_name(method, batch_norm, meta_interval):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
 @pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",

@@ -11,8 +11,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_train import TINY_FASHION_MNIST
-from test_train import _main
+from conftest import TINY_FASHION_MNIST
+from conftest import train_main
 
 import gdw_tf
 from gdw_tf.core.model import GDWModel
@@ -299,9 +299,10 @@ def test_report_of_feature_rows_lists_every_flagged_example(tmp_path):
 # A training run writes label_issues.csv and report.html
 
 
+@pytest.mark.slow
 def test_training_run_writes_label_issues_and_a_report(tmp_path):
     run_dir = str(tmp_path / "run")
-    _main(
+    train_main(
         *TINY_FASHION_MNIST,
         "--model=mlp",
         "--epochs=2",
@@ -352,6 +353,7 @@ def test_training_run_writes_label_issues_and_a_report(tmp_path):
 # scripts/label_issues_benchmark.py, tiny
 
 
+@pytest.mark.slow
 def test_benchmark_script_scores_both_methods_against_the_truth_and_resumes(tmp_path):
     pytest.importorskip("cleanlab")
     pytest.importorskip("sklearn")

@@ -396,6 +396,7 @@ def test_the_scope_is_saved_with_the_model(tmp_path):
     assert len(models_by_scope["head"].variables) == len(models_by_scope["all"].variables)
 
 
+@pytest.mark.slow
 def test_the_study_script_runs_each_weighting_method_per_scope():
     """scripts/fashion_mnist_study.py --meta_scopes: cells, run directories and commands."""
     import os

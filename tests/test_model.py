@@ -272,6 +272,7 @@ def _noisy_blobs(seed, classes=4, features=16, n_train=2000, ratio=0.6):
     return x, noisy, x_meta, y_meta, x_test, y_test
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_meta_weighting_beats_ce_under_heavy_uniform_noise(seed):
     """60% uniform noise: an over-parameterised MLP memorises it under CE; GDW and MW-Net don't."""

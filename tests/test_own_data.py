@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
-from absl.testing import flagsaver
+from conftest import train_exit_message
+from conftest import train_main
 
-from gdw_tf import train
 from gdw_tf.data import auto_meta
 from gdw_tf.data import datasets
 from gdw_tf.data import input_pipeline
@@ -52,19 +52,6 @@ def _write_csv(path, header, rows):
         writer = csv.writer(file)
         writer.writerow(header)
         writer.writerows(rows)
-
-
-def _main(*args):
-    """Runs `train.main` with `args` parsed into the train module's flags (restored after)."""
-    with flagsaver.flagsaver():
-        FLAGS(["prog", *args])
-        train.main(["prog"])
-
-
-def _exit_message(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        _main(*args)
-    return exit_info.value.code, capsys.readouterr().err
 
 
 def _random_images(rng, n, shape):
@@ -319,7 +306,7 @@ def test_the_cli_prints_one_error_line_and_trains_nothing(tmp_path, capsys):
     for overrides, message in (cases[0], cases[3], cases[4]):
         run_dir = os.path.join(root, "run")
         args = [f"--{name}={value}" for name, value in overrides.items()]
-        status, err = _exit_message(capsys, *args, f"--output_dir={run_dir}", "--verbose=0")
+        status, err = train_exit_message(capsys, *args, f"--output_dir={run_dir}", "--verbose=0")
         assert status == 2
         assert err.startswith("error: ") and err.count("\n") == 1 and message in err
         assert not os.path.exists(os.path.join(run_dir, "history.csv"))
@@ -448,6 +435,7 @@ def test_split_files_without_the_new_fields_still_load(tmp_path):
 # End to end
 
 
+@pytest.mark.slow
 def test_features_csv_run_reports_no_made_up_truth_and_resumes(tmp_path):
     rng = np.random.default_rng(7)
     centres = rng.normal(scale=3, size=(3, 4))
@@ -473,7 +461,7 @@ def test_features_csv_run_reports_no_made_up_truth_and_resumes(tmp_path):
         "--verbose=0",
         f"--output_dir={run_dir}",
     ]
-    _main(*args)
+    train_main(*args)
 
     results = json.load(open(os.path.join(run_dir, "results.json")))
     assert results["config"]["model"] == "mlp" and results["config"]["dataset"] == "own_data"
@@ -498,11 +486,11 @@ def test_features_csv_run_reports_no_made_up_truth_and_resumes(tmp_path):
 
     # An unfinished run (no results.json) resumes from its split; another config is refused.
     os.remove(os.path.join(run_dir, "results.json"))
-    _main(*args, "--epochs=2")
+    train_main(*args, "--epochs=2")
     assert json.load(open(os.path.join(run_dir, "results.json")))["test_accuracy"] is None
     os.remove(os.path.join(run_dir, "results.json"))
     with pytest.raises(SystemExit):
-        _main(*args[:-1], "--label_column=a", f"--output_dir={run_dir}")
+        train_main(*args[:-1], "--label_column=a", f"--output_dir={run_dir}")
 
 
 def _write_digits(root, changed_fraction=0.25, seed=0):
@@ -535,12 +523,13 @@ def _changed_mask(ids, changed):
     return np.array([os.path.basename(str(path)) in changed for path in ids])
 
 
+@pytest.mark.slow
 def test_real_digits_folder_tree_end_to_end_low_weights_on_changed_labels(tmp_path, digits):
     from sklearn.metrics import roc_auc_score
 
     root, changed = digits
     run_dir = str(tmp_path / "run")
-    _main(
+    train_main(
         f"--train_data={root}/train",
         f"--trusted_data={root}/trusted",
         f"--test_data={root}/test",
@@ -567,10 +556,11 @@ def test_real_digits_folder_tree_end_to_end_low_weights_on_changed_labels(tmp_pa
         assert len(rows) == len(weight)
 
 
+@pytest.mark.slow
 def test_automatic_trusted_set_on_real_digits_is_pure(tmp_path, digits):
     root, changed = digits
     run_dir = str(tmp_path / "run")
-    _main(
+    train_main(
         f"--train_data={root}/train",
         "--trusted_data=auto",
         "--auto_meta_per_class=10",
@@ -595,6 +585,7 @@ def test_automatic_trusted_set_on_real_digits_is_pure(tmp_path, digits):
         assert len(weights["id"]) == 1397 - 100
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not os.path.isfile(
         os.path.join(datasets.DEBIAN_FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz")
@@ -603,7 +594,7 @@ def test_automatic_trusted_set_on_real_digits_is_pure(tmp_path, digits):
 )
 def test_automatic_trusted_set_on_the_benchmark_reports_its_purity(tmp_path):
     run_dir = str(tmp_path / "run")
-    _main(
+    train_main(
         "--dataset=fashion_mnist",
         "--max_train_examples=600",
         "--max_test_examples=100",

@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "fashion_mnist_study.py")
 
 pytestmark = pytest.mark.skipif(
@@ -41,6 +41,7 @@ def _study(tmp_path, *extra):
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_study_runs_resumes_and_reports_mean_and_std_over_seeds(tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -1,6 +1,5 @@
 """`python -m gdw_tf.train` end to end: outputs, resume, refusals and bad input; run helpers."""
 
-import csv
 import dataclasses
 import itertools
 import json
@@ -13,13 +12,19 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 from absl import flags
-from absl.testing import flagsaver
+from conftest import MOCK_EXAMPLES
+from conftest import REPO
+from conftest import TINY_FASHION_MNIST
+from conftest import backbone_weights
+from conftest import history_rows
+from conftest import read_json
+from conftest import train_exit_message
+from conftest import train_main
+from conftest import train_main_mock
 
 import gdw_tf
 from gdw_tf import backend
-from gdw_tf import train
 from gdw_tf.core import model as model_lib
 from gdw_tf.core.meta_sampling import MetaAugmentation
 from gdw_tf.data import datasets
@@ -33,11 +38,8 @@ from gdw_tf.runs import run as run_lib
 from gdw_tf.runs import run_dir
 
 FLAGS = flags.FLAGS
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 # Mock CIFAR-10 (tfds.testing.mock_data, 60 train and 60 test images; its smallest class has 3
 # training images): 2 meta images per class, 40 training images, 4 steps an epoch.
-MOCK_EXAMPLES = 60
 TINY_CIFAR = [
     "--dataset=cifar10",
     "--num_meta=20",
@@ -46,46 +48,6 @@ TINY_CIFAR = [
     "--model=small_cnn",
     "--verbose=0",
 ]
-TINY_FASHION_MNIST = [
-    "--dataset=fashion_mnist",
-    "--max_train_examples=300",
-    "--max_test_examples=100",
-    "--num_meta=50",
-    "--batch_size=50",
-    "--meta_batch_size=50",
-    "--model=small_cnn",
-    "--epochs=1",
-    "--verbose=0",
-]
-
-
-def _main(*args):
-    """Runs `train.main` with `args` parsed into the train module's flags (restored after)."""
-    with flagsaver.flagsaver():
-        FLAGS(["prog", *args])
-        train.main(["prog"])
-
-
-def _main_mock(*args):
-    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-        _main(*args)
-
-
-def _exit_message(capsys, *args, mock=False):
-    """Runs `main`, expecting it to exit; returns (status, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        (_main_mock if mock else _main)(*args)
-    return exit_info.value.code, capsys.readouterr().err
-
-
-def _read_json(path):
-    with open(path) as file:
-        return json.load(file)
-
-
-def _history_rows(run_dir):
-    with open(os.path.join(run_dir, "history.csv"), newline="") as file:
-        return list(csv.DictReader(file))
 
 
 def _tensorboard_tags(log_dir):
@@ -99,27 +61,14 @@ def _tensorboard_tags(log_dir):
     return tags
 
 
-def _backbone_weights(run_dir):
-    return keras.saving.load_model(os.path.join(run_dir, "model.keras")).get_weights()
-
-
-@pytest.fixture
-def no_data_loading(monkeypatch):
-    """Fails the test if the run loads any data."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("data was loaded")
-
-    monkeypatch.setattr(run_lib.datasets, "load_dataset", refuse)
-
-
 # --------------------------------------------------------------------------------------------
 # End to end
 
 
+@pytest.mark.slow
 def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
     run_dir = str(tmp_path / "run")
-    _main_mock(
+    train_main_mock(
         *TINY_CIFAR, "--epochs=2", "--noise=uniform", "--ratio=0.6", f"--output_dir={run_dir}"
     )
 
@@ -146,7 +95,7 @@ def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
     assert {"epoch_accuracy", "epoch_loss"} <= tags["validation"]
 
     # config.json: the flags, and what export needs.
-    saved = _read_json(os.path.join(run_dir, "config.json"))
+    saved = read_json(os.path.join(run_dir, "config.json"))
     assert saved["config"]["ratio"] == 0.6 and saved["config"]["output_dir"] == run_dir
     assert (saved["dataset"], saved["num_classes"], saved["input_shape"]) == (
         "cifar10",
@@ -166,7 +115,7 @@ def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
     np.testing.assert_array_equal(np.bincount(split.meta_labels, minlength=10), [2] * 10)
 
     # history.csv: one row per epoch, namespaced metrics, the cosine schedule.
-    rows = _history_rows(run_dir)
+    rows = history_rows(run_dir)
     assert len(rows) == 2
     for column in (
         "loss",
@@ -187,7 +136,7 @@ def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
     np.testing.assert_allclose([float(row["learning_rate"]) for row in rows], [0.1, 0.05])
 
     # results.json.
-    results = _read_json(os.path.join(run_dir, "results.json"))
+    results = read_json(os.path.join(run_dir, "results.json"))
     assert set(results) == {
         "test_accuracy",
         "metrics",
@@ -242,40 +191,42 @@ def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
     assert logits.shape == (3, 10) and np.isfinite(logits).all()
 
 
+@pytest.mark.slow
 def test_fashion_mnist_subset_run_refuses_a_second_run_unless_overwrite(tmp_path, capsys):
     run_dir = str(tmp_path / "run")
     args = (*TINY_FASHION_MNIST, "--noise=uniform", "--ratio=0.6", f"--output_dir={run_dir}")
-    _main(*args)
-    results = _read_json(os.path.join(run_dir, "results.json"))
+    train_main(*args)
+    results = read_json(os.path.join(run_dir, "results.json"))
     assert results["config"]["input_shape"] == [28, 28, 1]
     assert results["config"]["augment"] is False
     assert results["config"]["num_train"] == 250
-    assert len(_history_rows(run_dir)) == 1
+    assert len(history_rows(run_dir)) == 1
     with np.load(os.path.join(run_dir, "example_weights.npz")) as weights:
         assert len(weights["index"]) == 250
     backbone = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
     assert backbone.predict(np.zeros((2, 28, 28, 1), "float32"), verbose=0).shape == (2, 10)
 
-    status, message = _exit_message(capsys, *args)
+    status, message = train_exit_message(capsys, *args)
     assert status == 2
     assert "holds a finished run" in message and "--overwrite" in message
 
-    _main(*args, "--overwrite")
-    assert len(_history_rows(run_dir)) == 1  # started over, not appended
-    assert _read_json(os.path.join(run_dir, "results.json"))["timing"] != results["timing"]
+    train_main(*args, "--overwrite")
+    assert len(history_rows(run_dir)) == 1  # started over, not appended
+    assert read_json(os.path.join(run_dir, "results.json"))["timing"] != results["timing"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["mwnet", "l2rw", "ce"])
 def test_baseline_methods_run_and_report_their_weights(tmp_path, method):
     run_dir = str(tmp_path / "run")
-    _main(
+    train_main(
         *TINY_FASHION_MNIST,
         f"--method={method}",
         "--noise=pair",
         "--ratio=0.4",
         f"--output_dir={run_dir}",
     )
-    results = _read_json(os.path.join(run_dir, "results.json"))
+    results = read_json(os.path.join(run_dir, "results.json"))
     assert results["config"]["method"] == method
     aurocs = results["detection_auroc"]
     if method == "ce":
@@ -289,12 +240,13 @@ def test_baseline_methods_run_and_report_their_weights(tmp_path, method):
         assert len(weights["instance_weight"]) == 250
 
 
+@pytest.mark.slow
 def test_export_dir_exports_a_serving_model(tmp_path):
     export_dir, run_path = tmp_path / "serving", tmp_path / "run"
-    _main(*TINY_FASHION_MNIST, f"--export_dir={export_dir}", f"--output_dir={run_path}")
+    train_main(*TINY_FASHION_MNIST, f"--export_dir={export_dir}", f"--output_dir={run_path}")
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
     backbone = keras.saving.load_model(str(run_path / "model.keras"))
-    normalization = _read_json(str(run_path / "config.json"))["normalization"]
+    normalization = read_json(str(run_path / "config.json"))["normalization"]
     logits = backbone.predict(
         input_pipeline.normalize(images, normalization["mean"], normalization["std"]), verbose=0
     )
@@ -312,7 +264,7 @@ def test_a_non_empty_export_dir_is_refused_before_any_data_is_loaded(
 ):
     (tmp_path / "serving").mkdir()
     (tmp_path / "serving" / "saved_model.pb").write_text("")
-    status, message = _exit_message(
+    status, message = train_exit_message(
         capsys, f"--export_dir={tmp_path / 'serving'}", f"--output_dir={tmp_path / 'run'}"
     )
     assert status == 2 and "is not empty" in message
@@ -322,12 +274,13 @@ class _Killed(Exception):
     """Stands for the process being killed."""
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_run(tmp_path, monkeypatch):
     # 3 epochs, augmentation on (32x32 RGB): the data order, the crops and the meta
     # augmentation must all continue where they stopped.
     args = (*TINY_CIFAR, "--epochs=3", "--noise=flip", "--ratio=0.4")
     uninterrupted = str(tmp_path / "uninterrupted")
-    _main_mock(*args, f"--output_dir={uninterrupted}")
+    train_main_mock(*args, f"--output_dir={uninterrupted}")
 
     def kill_in_epoch_3(self, batch, logs=None):
         if int(self.model.optimizer.iterations.numpy()) == 2 * self.steps_per_epoch + 2:
@@ -339,13 +292,13 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_run(tmp_path, monkeyp
             callbacks._ReplayDataOrder, "on_train_batch_end", kill_in_epoch_3, raising=False
         )
         with pytest.raises(_Killed):
-            _main_mock(*args, f"--output_dir={resumed}")
-    assert len(_history_rows(resumed)) == 2
+            train_main_mock(*args, f"--output_dir={resumed}")
+    assert len(history_rows(resumed)) == 2
     assert os.path.exists(os.path.join(resumed, "backup"))
     assert not os.path.exists(os.path.join(resumed, "results.json"))
 
-    _main_mock(*args, f"--output_dir={resumed}")
-    for expected, actual in zip(_backbone_weights(uninterrupted), _backbone_weights(resumed)):
+    train_main_mock(*args, f"--output_dir={resumed}")
+    for expected, actual in zip(backbone_weights(uninterrupted), backbone_weights(resumed)):
         np.testing.assert_allclose(actual, expected)
     with (
         np.load(os.path.join(uninterrupted, "example_weights.npz")) as expected,
@@ -353,7 +306,7 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_run(tmp_path, monkeyp
     ):
         for name in expected.files:
             np.testing.assert_allclose(actual[name], expected[name])
-    expected_rows, actual_rows = _history_rows(uninterrupted), _history_rows(resumed)
+    expected_rows, actual_rows = history_rows(uninterrupted), history_rows(resumed)
     assert len(actual_rows) == 3
     for expected, actual in zip(expected_rows, actual_rows):
         assert actual["val_accuracy"] == expected["val_accuracy"]
@@ -379,6 +332,7 @@ app.run(train.main)
 """
 
 
+@pytest.mark.slow
 def test_a_killed_process_resumes_in_a_new_one_as_if_never_killed(tmp_path):
     # Fashion-MNIST with augmentation forced on: crops of 28x28 images and meta batches.
     args = [
@@ -389,7 +343,7 @@ def test_a_killed_process_resumes_in_a_new_one_as_if_never_killed(tmp_path):
         "--ratio=0.6",
     ]  # --epochs=3 overrides the earlier --epochs=1
     uninterrupted, resumed = str(tmp_path / "uninterrupted"), str(tmp_path / "resumed")
-    _main(*args, f"--output_dir={uninterrupted}")
+    train_main(*args, f"--output_dir={uninterrupted}")
 
     def train(kill_at_step):
         return subprocess.run(
@@ -410,13 +364,13 @@ def test_a_killed_process_resumes_in_a_new_one_as_if_never_killed(tmp_path):
 
     killed = train(kill_at_step=2 * 5 + 3)  # 5 steps an epoch: in the third epoch
     assert killed.returncode == 3, killed.stderr
-    assert len(_history_rows(resumed)) == 2
+    assert len(history_rows(resumed)) == 2
     finished = train(kill_at_step=0)
     assert finished.returncode == 0, finished.stderr
-    for expected, actual in zip(_backbone_weights(uninterrupted), _backbone_weights(resumed)):
+    for expected, actual in zip(backbone_weights(uninterrupted), backbone_weights(resumed)):
         np.testing.assert_allclose(actual, expected)
-    assert [row["test/accuracy"] for row in _history_rows(resumed)] == [
-        row["test/accuracy"] for row in _history_rows(uninterrupted)
+    assert [row["test/accuracy"] for row in history_rows(resumed)] == [
+        row["test/accuracy"] for row in history_rows(uninterrupted)
     ]
 
 
@@ -468,7 +422,7 @@ def test_an_unfinished_run_with_another_config_is_refused(tmp_path, capsys, no_d
     run_dir.mkdir()
     saved = config_lib.Config(output_dir=str(run_dir), ratio=0.2).to_dict()
     (run_dir / "config.json").write_text(json.dumps({"config": saved}))
-    status, message = _exit_message(capsys, f"--output_dir={run_dir}", "--ratio=0.6")
+    status, message = train_exit_message(capsys, f"--output_dir={run_dir}", "--ratio=0.6")
     assert status == 2
     assert message.startswith("error: ") and message.count("\n") == 1
     assert "another configuration (ratio: saved 0.2, now 0.6)" in message
@@ -486,13 +440,13 @@ def test_a_saved_config_without_a_newer_flag_ran_with_its_default():
 
 def test_a_finished_run_is_refused_before_any_data_is_loaded(tmp_path, capsys, no_data_loading):
     (tmp_path / "results.json").write_text("{}")
-    status, message = _exit_message(capsys, f"--output_dir={tmp_path}")
+    status, message = train_exit_message(capsys, f"--output_dir={tmp_path}")
     assert status == 2 and "holds a finished run" in message
     assert (tmp_path / "results.json").read_text() == "{}"
 
 
 def test_a_meta_set_larger_than_the_smallest_class_allows_is_refused(tmp_path, capsys):
-    status, message = _exit_message(
+    status, message = train_exit_message(
         capsys, *TINY_CIFAR, "--num_meta=40", "--epochs=1", f"--output_dir={tmp_path}", mock=True
     )
     assert status == 2
@@ -500,7 +454,7 @@ def test_a_meta_set_larger_than_the_smallest_class_allows_is_refused(tmp_path, c
 
 
 def test_a_meta_set_that_cannot_be_balanced_is_refused(tmp_path, capsys):
-    status, message = _exit_message(
+    status, message = train_exit_message(
         capsys, *TINY_CIFAR, "--num_meta=15", "--epochs=1", f"--output_dir={tmp_path}", mock=True
     )
     assert status == 2 and "multiple of the number of classes" in message
@@ -511,7 +465,7 @@ def test_corrupt_data_files_are_refused(tmp_path, capsys):
     data_dir.mkdir()
     for name in datasets.FASHION_MNIST_FILES.values():
         (data_dir / name).write_bytes(b"not a gzip file")
-    status, message = _exit_message(
+    status, message = train_exit_message(
         capsys, *TINY_FASHION_MNIST, f"--data_dir={data_dir}", f"--output_dir={tmp_path / 'run'}"
     )
     assert status == 2
@@ -529,7 +483,7 @@ def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_epoch(
         lambda lr, epoch, epochs: 1e30 if epoch == 1 else schedule(lr, epoch, epochs),
     )
     run_dir = tmp_path / "run"
-    status, message = _exit_message(
+    status, message = train_exit_message(
         capsys, *TINY_CIFAR, "--epochs=2", f"--output_dir={run_dir}", mock=True
     )
     assert status == 1
@@ -540,6 +494,7 @@ def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_epoch(
     assert not (run_dir / "results.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, first_line",
     [
@@ -637,15 +592,16 @@ def test_meta_augmentation_is_a_reflect_padded_crop_maybe_flipped():
 
 @pytest.mark.parametrize("output_dir", ["/proc/no_such_process/run", "/proc/version/run"])
 def test_an_output_dir_that_cannot_be_created_is_one_line(output_dir, capsys, no_data_loading):
-    status, message = _exit_message(capsys, f"--output_dir={output_dir}")
+    status, message = train_exit_message(capsys, f"--output_dir={output_dir}")
     assert status == 2
     assert message.startswith(f"error: --output_dir={output_dir} cannot be created")
     assert message.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_mixed_precision_trains_in_bfloat16_and_leaves_the_global_policy_alone(tmp_path):
     run_dir = tmp_path / "run"
-    _main(
+    train_main(
         *TINY_FASHION_MNIST,
         "--model=mlp",
         "--mixed_precision",
@@ -653,7 +609,7 @@ def test_mixed_precision_trains_in_bfloat16_and_leaves_the_global_policy_alone(t
         f"--export_dir={tmp_path / 'serving'}",
     )
     assert keras.mixed_precision.global_policy().name == "float32"
-    results = _read_json(str(run_dir / "results.json"))
+    results = read_json(str(run_dir / "results.json"))
     assert results["config"]["mixed_precision"] is True
     assert 0.0 < results["test_accuracy"]["last"] <= 1.0
     backbone = keras.saving.load_model(str(run_dir / "model.keras"))
@@ -669,7 +625,7 @@ def test_mixed_precision_trains_in_bfloat16_and_leaves_the_global_policy_alone(t
 def test_an_export_dir_that_cannot_be_created_is_refused_before_any_data_is_loaded(
     tmp_path, capsys, no_data_loading
 ):
-    status, message = _exit_message(
+    status, message = train_exit_message(
         capsys, "--export_dir=/proc/no_such_process/export", f"--output_dir={tmp_path / 'run'}"
     )
     assert status == 2 and message.count("\n") == 1
@@ -677,7 +633,7 @@ def test_an_export_dir_that_cannot_be_created_is_refused_before_any_data_is_load
 
 
 def test_an_imbalance_that_empties_a_class_is_refused_before_training(tmp_path, capsys):
-    status, message = _exit_message(
+    status, message = train_exit_message(
         capsys, *TINY_FASHION_MNIST, "--imbalance=1e9", f"--output_dir={tmp_path / 'run'}"
     )
     assert status == 2 and message.count("\n") == 1
@@ -689,7 +645,7 @@ def test_an_unreadable_split_from_another_version_is_one_line(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "split.npz").write_text("not a split")
-    status, message = _exit_message(capsys, *TINY_FASHION_MNIST, f"--output_dir={run_dir}")
+    status, message = train_exit_message(capsys, *TINY_FASHION_MNIST, f"--output_dir={run_dir}")
     assert status == 2 and message.count("\n") == 1
     assert message.startswith(f"error: {run_dir / 'split.npz'} is unreadable (")
     assert "--overwrite" in message
