@@ -40,7 +40,7 @@ def test_the_readme_test_command_installs_what_the_tests_import_and_ci_runs_it()
         import tomli as tomllib
 
     (command,) = re.findall(r"```bash\n(.*?)\n```", _section("Tests"), flags=re.S)
-    assert command == 'python3 -m pip install -e ".[test]" && python3 -m pytest -q tests'
+    assert command == 'python3 -m pip install -e ".[test]" && python3 -m pytest -q -n auto tests'
     ci = (README.parent / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == command  # CI ends with exactly the README's command
 
