@@ -26,6 +26,7 @@ from absl import flags
 
 from gdw_tf.core import meta_scope
 from gdw_tf.core import methods
+from gdw_tf.data import image_files
 from gdw_tf.data import noise as noise_lib
 from gdw_tf.nets import backbones
 
@@ -174,6 +175,14 @@ class Config:
         "Own data, CSV: the column of image paths (relative to the CSV's folder); a CSV without "
         "it holds numeric features in every column but the label and trusted ones.",
     )
+    image_root: str = setting(
+        None,
+        "Own data: the folder that the image paths of a .txt list file or a CSV's --image_column "
+        "are relative to. Default: the list's or CSV's own folder.",
+        check=os.path.isdir,
+        message="is not an existing directory",
+        run_defining=False,
+    )
     trusted_column: str = setting(
         None,
         "Own data, CSV: a column marking the trusted rows (1/0, true/false, yes/no); they form "
@@ -183,8 +192,10 @@ class Config:
         0,
         "Own images: resize every image to NxN (bilinear). 0 = keep the size, which all images "
         "must then share.",
-        check=_non_negative,
-        message="must be ≥ 0 (0 = keep the size)",
+        check=lambda v: 0 <= v <= image_files.MAX_IMAGE_SIZE,
+        message=f"must be ≥ 0 and ≤ {image_files.MAX_IMAGE_SIZE} (0 = keep the size; one "
+        f"{image_files.MAX_IMAGE_SIZE}x{image_files.MAX_IMAGE_SIZE} RGB image is 201 MB as "
+        "float32)",
     )
     model_weights: str = setting(
         None,
@@ -479,8 +490,10 @@ def _is_meta_scope(value):
 
 
 def _is_data_path(path):
-    """Whether `path` is an existing folder, or an existing .csv or .npz file."""
-    return os.path.isdir(path) or (os.path.isfile(path) and path.lower().endswith((".csv", ".npz")))
+    """Whether `path` is an existing folder, or an existing .csv, .txt or .npz file."""
+    return os.path.isdir(path) or (
+        os.path.isfile(path) and path.lower().endswith((".csv", ".txt", ".npz"))
+    )
 
 
 def meta_interval_problem(method, meta_interval):

@@ -39,6 +39,7 @@ from gdw_tf.core.model import GDWModel
 from gdw_tf.core.model import resolve_outer_lr
 from gdw_tf.data import auto_meta
 from gdw_tf.data import datasets
+from gdw_tf.data import image_files
 from gdw_tf.data import input_pipeline
 from gdw_tf.data import own_data
 from gdw_tf.data import split as split_lib
@@ -104,7 +105,10 @@ def run(config):
     meta_data = None
     if methods.get(config.method).meta_step:
         meta_data = (
-            input_pipeline.normalize(dataset.x_train[split.meta_indices], mean, std).numpy(),
+            # Decoded here if streamed: the meta set is the small, trusted one.
+            input_pipeline.normalize(
+                np.asarray(dataset.x_train[split.meta_indices]), mean, std
+            ).numpy(),
             split.meta_labels,
         )
 
@@ -152,9 +156,10 @@ def run(config):
 
 def load_data(config):
     """The dataset, cut to `max_train_examples` / `max_test_examples` if they are set; or the
-    own data of `config.train_data` (`gdw_tf.data.own_data`)."""
+    own data of `config.train_data` (`gdw_tf.data.own_data`; the image scan is cached, and
+    skipped files listed, in the run directory)."""
     if config.train_data:
-        return own_data.load_own_data(config)
+        return own_data.load_own_data(config, work_dir=config.output_dir)
     dataset = datasets.load_dataset(config.dataset, config.data_dir)
     train, test = config.max_train_examples or None, config.max_test_examples or None
     return dataset._replace(
@@ -174,7 +179,10 @@ class RunSettings:
       dataset, num_classes, input_shape: the data's name ("own_data" for `--train_data`),
         classes and per-example shape.
       model, class_names: the resolved backbone name; the classes' names (own data) or None.
-      normalization: `{"mean": [...], "std": [...]}` per channel, of images scaled to [0, 1].
+      normalization: `{"mean": [...], "std": [...]}` per channel, of images scaled to [0, 1];
+        for streamed image files also `images_sampled`, how many images gave them.
+      meta_batch_size: `config.meta_batch_size`, or the meta set's size if that is smaller and
+        the flag was left at its default (`own_data.resolve_meta_batch_size`).
       augment, outer_lr, jit_compile: `config`'s `auto`/unset values resolved.
       num_train, num_meta, steps_per_epoch: the split's sizes and the steps of an epoch.
       num_replicas: the replicas that share each batch.
@@ -191,6 +199,7 @@ class RunSettings:
     jit_compile: bool
     num_train: int
     num_meta: int
+    meta_batch_size: int
     steps_per_epoch: int
     num_replicas: int
 
@@ -204,18 +213,26 @@ def run_settings(config, dataset, split, num_replicas):
     name = "own_data" if config.train_data else config.dataset
     mean, std = input_pipeline.normalization_stats(name, dataset.x_train)
     input_shape = [int(d) for d in dataset.x_train.shape[1:]]
+    normalization = {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+    if image_files.is_image_files(dataset.x_train):
+        normalization["images_sampled"] = len(
+            input_pipeline.normalization_sample(len(dataset.x_train))
+        )
     return RunSettings(
         dataset=name,
         model=resolve_model(config, input_shape),
         class_names=list(dataset.class_names) if dataset.class_names else None,
         num_classes=int(dataset.num_classes),
         input_shape=input_shape,
-        normalization={"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
+        normalization=normalization,
         augment=resolve_augment(config.augment, input_shape),
         outer_lr=resolve_outer_lr(config.outer_lr, dataset.num_classes),
         jit_compile=backend.resolve_jit_compile(config.jit_compile),
         num_train=int(len(split.train_indices)),
         num_meta=int(len(split.meta_indices)),
+        meta_batch_size=own_data.resolve_meta_batch_size(
+            config.meta_batch_size, len(split.meta_indices)
+        ),
         steps_per_epoch=math.ceil(len(split.train_indices) / config.batch_size),
         num_replicas=int(num_replicas),
     )
@@ -242,7 +259,7 @@ def _build_gdw_model(config, settings, meta_data):
         settings.num_classes,
         method=config.method,
         meta_data=meta_data,
-        meta_batch_size=config.meta_batch_size,
+        meta_batch_size=settings.meta_batch_size,
         outer_lr=settings.outer_lr,
         clip=config.clip,
         l2=config.l2,
