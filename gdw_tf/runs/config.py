@@ -199,11 +199,12 @@ class Config:
     )
     model_weights: str = setting(
         None,
-        "Initial weights of the backbone from a local file: for a keras.applications --model, "
-        "its weights without the top (include_top=False); otherwise a .weights.h5 file of "
-        "the same backbone. Default: a fresh initialisation.",
-        check=lambda v: os.path.isfile(v),
-        message="is not an existing file",
+        "Initial weights of the backbone: for a keras.applications --model, 'imagenet' (Keras' "
+        "ImageNet weights, from its cache ~/.keras/models, downloaded there if missing) or a "
+        "local file of its weights without the top (include_top=False); otherwise a "
+        ".weights.h5 file of the same backbone. Default: a fresh initialisation.",
+        check=lambda v: v == "imagenet" or os.path.isfile(v),
+        message="is not an existing file (nor 'imagenet')",
     )
     auto_meta_per_class: int = setting(
         0,
@@ -446,6 +447,14 @@ def define_flags(flag_values, names=None):
             ["meta_batch_size", "num_meta"],
             lambda v: v["meta_batch_size"] <= v["num_meta"],
             message="--meta_batch_size must not exceed --num_meta (the meta set's size).",
+            flag_values=flag_values,
+        )
+    if {"model", "model_weights"} <= set(names):
+        flags.register_multi_flags_validator(
+            ["model", "model_weights"],
+            lambda v: v["model_weights"] != "imagenet" or v["model"] in backbones.APPLICATION_NAMES,
+            message="--model_weights=imagenet needs a keras.applications --model (ResNet50, "
+            "MobileNetV2, ...).",
             flag_values=flag_values,
         )
     if {"method", "meta_interval"} <= set(names):

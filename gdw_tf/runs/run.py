@@ -211,10 +211,13 @@ class RunSettings:
 def run_settings(config, dataset, split, num_replicas):
     """The run's `RunSettings`."""
     name = "own_data" if config.train_data else config.dataset
-    mean, std = input_pipeline.normalization_stats(name, dataset.x_train)
     input_shape = [int(d) for d in dataset.x_train.shape[1:]]
+    mean, std = normalization_of(config, dataset.x_train)
     normalization = {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
-    if image_files.is_image_files(dataset.x_train):
+    if (
+        image_files.is_image_files(dataset.x_train)
+        and resolve_model(config, input_shape) not in backbones.APPLICATION_NAMES
+    ):
         normalization["images_sampled"] = len(
             input_pipeline.normalization_sample(len(dataset.x_train))
         )
@@ -236,6 +239,16 @@ def run_settings(config, dataset, split, num_replicas):
         steps_per_epoch=math.ceil(len(split.train_indices) / config.batch_size),
         num_replicas=int(num_replicas),
     )
+
+
+def normalization_of(config, x_train):
+    """The run's per-channel `(mean, std)`: the data's (`input_pipeline.normalization_stats`),
+    or for a `keras.applications` backbone, which preprocesses raw pixels itself, those that
+    leave the pixels as they are (`backbones.raw_pixel_statistics`)."""
+    if resolve_model(config, x_train.shape[1:]) in backbones.APPLICATION_NAMES:
+        return backbones.raw_pixel_statistics(x_train.shape[-1])
+    name = "own_data" if config.train_data else config.dataset
+    return input_pipeline.normalization_stats(name, x_train)
 
 
 def build_gdw_model(config, settings, meta_data):
@@ -303,8 +316,7 @@ def split_maker(config, dataset):
             )
         if config.trusted_data != "auto":
             return split
-        name = "own_data" if config.train_data else config.dataset
-        mean, std = input_pipeline.normalization_stats(name, dataset.x_train)
+        mean, std = normalization_of(config, dataset.x_train)
         input_shape = list(dataset.x_train.shape[1:])
         split = auto_meta.auto_split(
             split,
