@@ -190,8 +190,8 @@ class Config:
     )
     image_size: int = setting(
         0,
-        "Own images: resize every image to NxN (bilinear). 0 = keep the size, which all images "
-        "must then share.",
+        "Own images, and TFDS datasets: resize every image to NxN (bilinear) as it is read. "
+        "0 = keep the size, which all images must then share.",
         check=lambda v: 0 <= v <= image_files.MAX_IMAGE_SIZE,
         message=f"must be ≥ 0 and ≤ {image_files.MAX_IMAGE_SIZE} (0 = keep the size; one "
         f"{image_files.MAX_IMAGE_SIZE}x{image_files.MAX_IMAGE_SIZE} RGB image is 201 MB as "

@@ -160,7 +160,7 @@ def load_data(config):
     skipped files listed, in the run directory)."""
     if config.train_data:
         return own_data.load_own_data(config, work_dir=config.output_dir)
-    dataset = datasets.load_dataset(config.dataset, config.data_dir)
+    dataset = datasets.load_dataset(config.dataset, config.data_dir, image_size=config.image_size)
     train, test = config.max_train_examples or None, config.max_test_examples or None
     return dataset._replace(
         x_train=dataset.x_train[:train],
