@@ -37,6 +37,8 @@ class ImageDataset(typing.NamedTuple):
     labels.
 
     The optional fields describe own data (`gdw_tf.data.own_data`); the benchmarks leave them None.
+    Own image files are not decoded: their `x_train`, `x_test` are `image_files.ImageFiles`,
+    which act as read-only uint8 arrays and are decoded by the input pipeline.
     `train_ids` names each row of `x_train` (file path, `<csv>:<line>` or `.npz` index),
     `class_names` the classes in label order, `trusted` marks the rows of `x_train` that form
     the trusted (meta) set.
