@@ -103,3 +103,80 @@ def test_build_model_dispatch():
     assert set(backbones.MODEL_NAMES) == {"resnet32", "small_cnn", "mlp"}
     with pytest.raises(ValueError, match="Unknown model 'resnet18'"):
         backbones.build_model("resnet18", (32, 32, 3), 10)
+
+
+# --------------------------------------------------------------------------------------------
+# keras.applications: raw pixels in, their own preprocess_input inside
+
+
+def _legacy_notop_file(path, application):
+    """Writes `application`'s weights as Keras writes its ImageNet `*_notop.h5` files."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as file:
+        legacy_h5_format.save_weights_to_hdf5_group(file, application)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, module", [("ResNet50", "resnet50"), ("MobileNetV2", "mobilenet_v2")]
+)
+def test_an_application_on_raw_pixels_is_the_application_on_its_preprocess_input(
+    tmp_path, name, module
+):
+    # ResNet50: "caffe" preprocessing (RGB to BGR, ImageNet means); MobileNetV2: "tf" ([-1, 1]).
+    application = getattr(keras.applications, name)(
+        include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg"
+    )
+    rng = np.random.default_rng(0)
+    application.set_weights(
+        [w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in application.get_weights()]
+    )
+    weights = str(tmp_path / f"{module}_notop.h5")
+    _legacy_notop_file(weights, application)
+    pixels = rng.uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    preprocess = getattr(keras.applications, module).preprocess_input
+    expected = application.predict(preprocess(pixels.copy()), verbose=0)
+
+    backbone = backbones.build_model(name, (32, 32, 3), 4, weights=weights)
+    features = keras.Model(backbone.input, backbone.get_layer("logits").input)
+    np.testing.assert_allclose(features.predict(pixels, verbose=0), expected, rtol=1e-5, atol=1e-4)
+    # model.keras keeps the preprocessing.
+    backbone.save(str(tmp_path / "model.keras"))
+    reloaded = keras.saving.load_model(str(tmp_path / "model.keras"))
+    np.testing.assert_allclose(
+        reloaded.predict(pixels, verbose=0), backbone.predict(pixels, verbose=0), rtol=1e-6
+    )
+
+
+def test_gray_images_are_repeated_to_rgb_for_an_application():
+    backbone = backbones.build_model("MobileNetV2", (32, 32, 1), 3)
+    gray = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 1)).astype(np.float32)
+    np.testing.assert_allclose(
+        backbone.get_layer("preprocess_input")(gray).numpy(),
+        np.repeat(gray, 3, axis=-1) / 127.5 - 1.0,
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+def test_imagenet_weights_that_cannot_be_downloaded_name_the_file_and_the_folder(monkeypatch):
+    from keras.src.utils import file_utils
+
+    real_get_file = file_utils.get_file
+    asked = []
+
+    def offline(fname=None, origin=None, **kwargs):
+        asked.append(fname)  # A port nothing listens on: a real, immediate download failure.
+        return real_get_file(fname, "http://127.0.0.1:9/" + origin.split("/")[-1], **kwargs)
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(ValueError) as error:
+        backbones.build_model("ResNet50", (32, 32, 3), 4, weights="imagenet")
+    message = str(error.value)
+    assert asked == ["resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"]
+    assert "\n" not in message and f"put {asked[0]} " in message
+    assert os.path.join(backbones._keras_home(), "models") + "/" in message
+    with pytest.raises(ValueError, match="--model_weights=imagenet is for keras.applications"):
+        backbones.build_model("small_cnn", (28, 28, 1), 4, weights="imagenet")

@@ -488,3 +488,76 @@ LABELS = np.arange(20) % 2
 def test_data_helpers_refuse_what_would_train_on_wrong_data(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# --------------------------------------------------------------------------------------------
+# TFDS datasets of varying image sizes, without a test split, not prepared offline
+
+
+def _mock_flowers_images():
+    """The images tfds.testing.mock_data gives for tf_flowers' train split (in the mock)."""
+    builder = tfds.builder("tf_flowers")
+    return [
+        (example["image"].numpy(), int(example["label"]))
+        for example in builder.as_dataset(split="train")
+    ]
+
+
+def test_a_tfds_dataset_of_varying_image_sizes_is_resized_as_it_is_read(monkeypatch, tmp_path):
+    from gdw_tf.data import own_data
+
+    with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+        examples = _mock_flowers_images()
+        assert len({image.shape for image, _ in examples}) > 1  # varying sizes
+        with pytest.raises(ValueError, match="varying size .*; pass --image_size=N"):
+            datasets.load_dataset("tf_flowers", str(tmp_path))
+        dataset = datasets.load_dataset("tf_flowers", str(tmp_path), image_size=16)
+    expected = own_data._convert_arrays([image for image, _ in examples], 3, 16)
+    # No split info in the mock: train and test are both read (the mock gives each 12).
+    np.testing.assert_array_equal(dataset.x_train, expected)
+    np.testing.assert_array_equal(dataset.y_train, [label for _, label in examples])
+    assert dataset.x_test.shape == (12, 16, 16, 3) and dataset.num_classes == 5
+
+
+def test_a_tfds_dataset_without_a_test_split_holds_out_every_tenth_example(monkeypatch, tmp_path):
+    from tensorflow_datasets.core import splits as splits_lib
+
+    real_builder = tfds.builder
+
+    def train_split_only(name, **kwargs):  # What tf_flowers' prepared info says: train only.
+        builder = real_builder(name, **kwargs)
+        builder.info.set_splits(
+            splits_lib.SplitDict(
+                [splits_lib.SplitInfo(name="train", shard_lengths=[25], num_bytes=0)]
+            )
+        )
+        return builder
+
+    monkeypatch.setattr(datasets.tfds, "builder", train_split_only)
+    with tfds.testing.mock_data(num_examples=25, policy=tfds.testing.MockPolicy.USE_CODE):
+        examples = _mock_flowers_images()
+        dataset = datasets.load_dataset("tf_flowers", str(tmp_path), image_size=8)
+    labels = np.array([label for _, label in examples])
+    test = np.arange(25) % datasets.HELD_OUT_EVERY == datasets.HELD_OUT_EVERY - 1  # 9 and 19
+    np.testing.assert_array_equal(dataset.y_test, labels[test])
+    np.testing.assert_array_equal(dataset.y_train, labels[~test])
+    assert len(dataset.x_train) == 23 and len(dataset.x_test) == 2
+
+
+def test_an_unprepared_tfds_dataset_fails_in_seconds_when_nothing_can_be_downloaded(
+    monkeypatch, tmp_path
+):
+    import socket
+    import time
+
+    def no_network(self, address):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)  # No download can start.
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as error:
+        datasets.load_dataset("mnist", str(tmp_path))
+    assert time.perf_counter() - start < 20
+    message = str(error.value)
+    assert message.startswith(f"Could not load 'mnist' with TFDS (data_dir={tmp_path}): ")
+    assert "run `tfds build mnist` elsewhere" in message and "\n" not in message

@@ -196,3 +196,22 @@ def test_non_finite_floats_are_refused_at_parse_time(name, value):
         match=re.escape(f"--{name} must be a finite number (not nan or inf)"),
     ):
         _parse(f"--{name}={value}", "--output_dir=out")
+
+
+def test_the_real_world_recipe_parses_into_a_pretrained_resnet50(tmp_path):
+    (tmp_path / "noisy.txt").write_text("a.jpg 0\n")
+    config = _parse(
+        f"--flagfile={os.path.join(FLAGS_DIR, 'real_world', 'resnet50_imagenet.flags')}",
+        f"--train_data={tmp_path / 'noisy.txt'}",
+        "--output_dir=out",
+    )
+    assert (config.model, config.model_weights, config.image_size) == ("ResNet50", "imagenet", 224)
+    assert (config.lr, config.momentum, config.l2, config.batch_size, config.epochs) == (
+        0.01,
+        0.9,
+        1e-3,
+        32,
+        10,
+    )
+    with pytest.raises(flags.IllegalFlagValueError, match="needs a keras.applications --model"):
+        _parse("--model_weights=imagenet", "--model=small_cnn", "--output_dir=out")

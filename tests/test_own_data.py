@@ -186,14 +186,16 @@ def _bad_inputs(root):
     _write_folder(good, images, [0, 1, 2] * 2)
     cases = []
 
-    unreadable = os.path.join(root, "unreadable")
-    _write_folder(unreadable, images, [0, 1, 2] * 2)
-    with open(os.path.join(unreadable, "1", "broken.png"), "wb") as file:
-        file.write(b"not a png")
+    mostly_unreadable = os.path.join(root, "mostly_unreadable")
+    _write_folder(mostly_unreadable, images[:2], [0, 1])
+    for name in ("a", "b", "c"):
+        with open(os.path.join(mostly_unreadable, "1", f"{name}.png"), "wb") as file:
+            file.write(b"not a png")
     cases.append(
         (
-            {"train_data": unreadable, "method": "ce"},
-            f"{os.path.join(unreadable, '1', 'broken.png')}: not a readable image",
+            {"train_data": mostly_unreadable, "method": "ce"},
+            f"{mostly_unreadable}: 3 of its 5 image files are missing or unreadable, e.g. "
+            f"{os.path.join(mostly_unreadable, '1', 'a.png')}: not a readable image",
         )
     )
 
@@ -214,6 +216,8 @@ def _bad_inputs(root):
         )
     )
 
+    three = os.path.join(root, "three")
+    _write_folder(three, images[:3], [0, 1, 2])
     missing = os.path.join(root, "missing")
     _write_folder(missing, images[:4], [0, 1, 0, 1])
     cases.append(
@@ -225,8 +229,22 @@ def _bad_inputs(root):
 
     cases.append(
         (
-            {"train_data": good, "trusted_data": missing + "/../good", "meta_batch_size": 100},
-            "--meta_batch_size=100 exceeds the",
+            {"train_data": good, "trusted_data": three, "meta_batch_size": 150},
+            "--meta_batch_size=150 exceeds the",
+        )
+    )
+    cases.append(
+        (
+            {"train_data": good, "trusted_data": missing + "/../good", "meta_batch_size": 2},
+            f"--trusted_data={missing}/../good is the training set itself",
+        )
+    )
+    copy = os.path.join(root, "copy_of_good")
+    os.symlink(good, copy)
+    cases.append(
+        (
+            {"train_data": good, "trusted_data": copy, "meta_batch_size": 2},
+            "is the training set itself",
         )
     )
     cases.append(({"train_data": good}, "--method=gdw needs a trusted set"))

@@ -21,6 +21,7 @@ import numpy as np
 
 from gdw_tf.data import input_pipeline
 from gdw_tf.data import noise as noise_lib
+from gdw_tf.data import own_data
 from gdw_tf.nets import backbones
 
 
@@ -120,7 +121,10 @@ def auto_split(split, config, model_name, x, *, mean, std, augment):
             `--meta_batch_size`.
     """
     per_class = per_class_count(config, split.num_classes)
-    if per_class * split.num_classes < config.meta_batch_size:
+    meta_batch_size = own_data.resolve_meta_batch_size(
+        config.meta_batch_size, per_class * split.num_classes
+    )
+    if per_class * split.num_classes < meta_batch_size:
         raise ValueError(
             f"the automatic trusted set would hold {per_class * split.num_classes} examples "
             f"({per_class} per class), fewer than --meta_batch_size={config.meta_batch_size}; "

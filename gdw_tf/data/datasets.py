@@ -4,10 +4,12 @@
 
 import gzip
 import os
+import socket
 import typing
 import zlib
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 FASHION_MNIST_FILES = {
@@ -17,6 +19,14 @@ FASHION_MNIST_FILES = {
     "y_test": "t10k-labels-idx1-ubyte.gz",
 }
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+# A TFDS dataset without a `test` split is tested on every HELD_OUT_EVERY-th example of its
+# `train` split (positions 9, 19, 29, ...: 10%) and trained on the others.
+HELD_OUT_EVERY = 10
+# Where TFDS downloads from first (prepared data on Google Cloud Storage): probed before a
+# download so that a machine without internet fails in seconds, not after minutes of retries.
+_TFDS_HOST = ("storage.googleapis.com", 443)
+# TFDS' own download (replaced by `tfds.testing.mock_data`, which needs no network).
+_DOWNLOAD_AND_PREPARE = tfds.core.DatasetBuilder.download_and_prepare
 
 # idx type codes (http://yann.lecun.com/exdb/mnist/): big-endian element types.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -27,6 +37,8 @@ class Dataset(typing.NamedTuple):
     labels.
 
     The optional fields describe own data (`gdw_tf.data.own_data`); the benchmarks leave them None.
+    Own image files are not decoded: their `x_train`, `x_test` are `image_files.ImageFiles`,
+    which act as read-only uint8 arrays and are decoded by the input pipeline.
     `train_ids` names each row of `x_train` (file path, `<csv>:<line>` or `.npz` index),
     `class_names` the classes in label order, `trusted` marks the rows of `x_train` that form
     the trusted (meta) set.
@@ -42,7 +54,7 @@ class Dataset(typing.NamedTuple):
     trusted: np.ndarray | None = None
 
 
-def load_dataset(name, data_dir=None):
+def load_dataset(name, data_dir=None, *, image_size=0):
     """Loads an image-classification dataset into NumPy arrays.
 
     `fashion_mnist` is read from the four original idx `.gz` files (or TFDS' prepared data) in
@@ -50,7 +62,12 @@ def load_dataset(name, data_dir=None):
     (`$KERAS_HOME` or `~/.keras`, `datasets/fashion-mnist/`), then
     `/usr/share/datasets/fashion-mnist/` (Debian's `dataset-fashion-mnist`), then TFDS. Every
     other name goes through TFDS (`data_dir` is its data directory); it must
-    have `image` and `label` features, fixed-size images and `train`/`test` splits.
+    have `image` and `label` features and a `train` split. Images of varying size (tf_flowers,
+    food101, ...) need `image_size`: every image is resized bilinearly to `image_size` squares
+    as it is read (rounded back to uint8), and the dataset is held in memory at that size. A
+    dataset without a `test` split is tested on every `HELD_OUT_EVERY`-th example of `train`
+    (10%) and trained on the rest. An unprepared dataset on a machine that cannot reach TFDS'
+    servers fails at once (no download retries).
 
     Returns:
         An `Dataset` `(x_train, y_train, x_test, y_test, num_classes)`: uint8 images
@@ -77,7 +94,7 @@ def load_dataset(name, data_dir=None):
                 "(pass the first with --data_dir; `apt-get install dataset-fashion-mnist` "
                 f"fills the last), or prepare TFDS' fashion_mnist in --data_dir. TFDS said: {err}"
             ) from err
-    return _load_tfds(name, data_dir)
+    return _load_tfds(name, data_dir, image_size)
 
 
 def _fashion_mnist_in(data_dir):
@@ -167,8 +184,9 @@ def read_idx(path):
     return data.astype(dtype.newbyteorder("="))
 
 
-def _load_tfds(name, data_dir):
-    """Loads the `train` and `test` splits of a TFDS image-classification dataset."""
+def _load_tfds(name, data_dir, image_size=0):
+    """Loads the `train` and `test` splits of a TFDS image-classification dataset (see
+    `load_dataset`: resizing to `image_size`, the held-out test split)."""
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.DatasetNotFoundError:
@@ -185,25 +203,67 @@ def _load_tfds(name, data_dir):
             f"`image` and `label` features, it has {list(features.keys())}."
         )
     image_shape = features["image"].shape
-    if None in image_shape or features["image"].np_dtype != np.uint8:
+    if features["image"].np_dtype != np.uint8:
         raise ValueError(
-            f"Dataset {name!r} has images of shape {image_shape} and dtype "
-            f"{features['image'].np_dtype}; we need fixed-size uint8 images."
+            f"Dataset {name!r} has images of dtype {features['image'].np_dtype}; we need uint8 "
+            "images."
+        )
+    if None in image_shape[:2] and not image_size:
+        raise ValueError(
+            f"Dataset {name!r} has images of varying size {image_shape}; pass --image_size=N "
+            "to resize them to NxN as they are read."
         )
     known_splits = list(builder.info.splits.keys())
-    if known_splits and not {"train", "test"} <= set(known_splits):
-        raise ValueError(f"Dataset {name!r} has splits {known_splits}; we need train and test.")
+    if known_splits and "train" not in known_splits:
+        raise ValueError(f"Dataset {name!r} has splits {known_splits}; we need train.")
+    held_out = bool(known_splits) and "test" not in known_splits
+    unavailable = (
+        f"Could not load {name!r} with TFDS (data_dir={data_dir}): {{}}. Without internet, "
+        f"run `tfds build {name}` elsewhere and copy its data directory to --data_dir."
+    )
+    downloads = type(builder).download_and_prepare == _DOWNLOAD_AND_PREPARE  # (a wrapper)
+    if downloads and not builder.is_prepared() and not _reachable(*_TFDS_HOST):
+        raise ValueError(
+            unavailable.format(f"it is not prepared there and {_TFDS_HOST[0]} is unreachable")
+        )
     try:
         builder.download_and_prepare()
-        splits = builder.as_dataset(split=["train", "test"])
+        splits = builder.as_dataset(split=["train"] if held_out else ["train", "test"])
     except Exception as err:  # TFDS raises many kinds; all mean "not available here".
-        raise ValueError(
-            f"Could not load {name!r} with TFDS (data_dir={data_dir}): {err}. Without internet, "
-            f"run `tfds build {name}` elsewhere and copy its data directory to --data_dir."
-        ) from err
+        raise ValueError(unavailable.format(err)) from err
     arrays = []
     for dataset in splits:
-        pairs = dataset.map(lambda example: (example["image"], example["label"])).batch(4096)
+        pairs = dataset.map(
+            lambda example: (_resized(example["image"], image_size), example["label"]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        ).batch(4096)
         images, labels = zip(*tfds.as_numpy(pairs))
         arrays += [np.concatenate(images), np.concatenate(labels).astype(np.int64)]
+    if held_out:
+        test = np.arange(len(arrays[1])) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
+        arrays = [arrays[0][~test], arrays[1][~test], arrays[0][test], arrays[1][test]]
     return Dataset(*arrays, features["label"].num_classes)
+
+
+def _resized(image, image_size):
+    """`image` resized bilinearly to `image_size` squares, rounded back to uint8 (as own images
+    are); unchanged without `image_size` or at that size already."""
+    if not image_size:
+        return image
+    size = (image_size, image_size)
+    return tf.cond(
+        tf.reduce_all(tf.shape(image)[:2] == size),
+        lambda: image,
+        lambda: tf.cast(
+            tf.clip_by_value(tf.round(tf.image.resize(image, size, "bilinear")), 0, 255), tf.uint8
+        ),
+    )
+
+
+def _reachable(host, port, timeout=3.0):
+    """Whether a TCP connection to `host:port` opens within `timeout` seconds."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True

@@ -4,6 +4,10 @@ pipelines that feed `GDWModel.fit` and evaluation.
 It mirrors the reference's CIFAR transform: reflect-pad 4, random crop, horizontal flip,
 per-channel mean/std normalisation, with the reference's CIFAR statistics
 (`normalization_stats`).
+
+`x` may be an array in memory (the benchmarks, `.npz` files) or image files on disk
+(`gdw_tf.data.image_files.ImageFiles`): those are decoded and resized in a parallel map right
+after the shuffle (which then shuffles paths, not pixels), so both give the same batches.
 """
 
 from collections.abc import Sequence
@@ -11,6 +15,11 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+
+from gdw_tf.data import image_files
+
+# Images of a stream whose pixels give its normalisation statistics (`normalization_stats`).
+NORMALIZATION_SAMPLE = 2000
 
 # The reference's per-channel statistics of CIFAR images scaled to [0, 1], for both CIFARs.
 CIFAR_MEAN = np.array([125.3, 123.0, 113.9]) / 255.0
@@ -21,7 +30,9 @@ def normalization_stats(name: str, x_train: np.ndarray) -> tuple[list[float], li
     """Per-channel mean and std of images scaled to [0, 1].
 
     CIFAR-10 and CIFAR-100 use the reference code's constants (the CIFAR-10 statistics, for
-    both); any other dataset gets those of `x_train` (uint8 `[N, H, W, C]`), computed exactly.
+    both); any other dataset gets those of `x_train` (uint8 `[N, H, W, C]`), computed exactly;
+    for image files (`ImageFiles`), exactly over a sample of `NORMALIZATION_SAMPLE` of them
+    (all, if there are fewer; else drawn with NumPy's seed 0, `normalization_sample`).
 
     Returns:
         `(mean, std)`, float64 arrays with one entry per channel.
@@ -34,12 +45,29 @@ def normalization_stats(name: str, x_train: np.ndarray) -> tuple[list[float], li
         return x_train.mean(0, dtype=np.float64) / 255.0, np.where(std > 0, std, 1.0) / 255.0
     values = np.arange(256)
     mean, std = [], []
-    for channel in range(x_train.shape[-1]):
-        counts = np.bincount(x_train[..., channel].ravel(), minlength=256)
+    if image_files.is_image_files(x_train):
+        sample = x_train[normalization_sample(len(x_train))].dataset().batch(64)
+        all_counts = np.zeros((x_train.shape[-1], 256), np.int64)
+        for images in sample.as_numpy_iterator():
+            for channel in range(x_train.shape[-1]):
+                all_counts[channel] += np.bincount(images[..., channel].ravel(), minlength=256)
+    else:
+        all_counts = [
+            np.bincount(x_train[..., channel].ravel(), minlength=256)
+            for channel in range(x_train.shape[-1])
+        ]
+    for counts in all_counts:
         channel_mean = counts @ values / counts.sum()
         mean.append(channel_mean)
         std.append(np.sqrt(counts @ (values - channel_mean) ** 2 / counts.sum()))
     return np.array(mean) / 255.0, np.array(std) / 255.0
+
+
+def normalization_sample(n: int) -> np.ndarray:
+    """The sorted positions of the images whose statistics stand for `n` streamed images."""
+    if n <= NORMALIZATION_SAMPLE:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, NORMALIZATION_SAMPLE, replace=False))
 
 
 def normalize(images: Any, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
@@ -98,7 +126,7 @@ def train_dataset(
     """A shuffled (every epoch anew), optionally augmented, normalised, batched `tf.data` set.
 
     Args:
-        x: uint8 images `[N, H, W, C]`.
+        x: uint8 images `[N, H, W, C]`: an array, or `ImageFiles` (decoded after the shuffle).
         y: their labels.
         batch_size: examples per batch.
         seed: seed of the shuffle and of the augmentation; the same seed gives the same
@@ -116,11 +144,16 @@ def train_dataset(
     check_statistics(mean, std, x.shape[-1])
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
-    columns = (x, np.asarray(y, np.int64))
+    streamed = image_files.is_image_files(x)
+    columns = (x.paths if streamed else x, np.asarray(y, np.int64))
     if with_index:
         columns += (np.arange(len(x), dtype=np.int64),)
     dataset = tf.data.Dataset.from_tensor_slices(columns)
     dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if streamed:
+        dataset = dataset.map(
+            lambda path, *rest: (x.decode(path),) + rest, num_parallel_calls=tf.data.AUTOTUNE
+        )
     if augment:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip(dataset, seeds).map(
@@ -136,16 +169,21 @@ def train_dataset(
 
 
 def eval_dataset(
-    x: np.ndarray,
+    x: Any,
     y: np.ndarray,
     batch_size: int,
     mean: Sequence[float],
     std: Sequence[float],
 ) -> tf.data.Dataset:
-    """Normalised batches of `(images float32, labels int64)` in order, for evaluation."""
+    """Normalised batches of `(images float32, labels int64)` in order, for evaluation (`x`: an
+    array, or `ImageFiles` decoded in a parallel, order-keeping map)."""
     _check_images(x, y)
     check_statistics(mean, std, x.shape[-1])
-    dataset = tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int64)))
+    if image_files.is_image_files(x):
+        labels = tf.data.Dataset.from_tensor_slices(np.asarray(y, np.int64))
+        dataset = tf.data.Dataset.zip(x.dataset(), labels)
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int64)))
     dataset = dataset.batch(batch_size).map(
         lambda images, labels: (normalize(images, mean, std), labels),
         num_parallel_calls=tf.data.AUTOTUNE,

@@ -1,4 +1,4 @@
-"""Your own data for `python -m gdw_tf.train`: a folder tree of images, a CSV or an `.npz`.
+"""Your own data for `python -m gdw_tf.train`: a folder tree of images, a CSV, a list or an `.npz`.
 
 `--train_data=PATH` replaces `--dataset`'s benchmark protocol. PATH (and `--trusted_data`,
 `--test_data`) is one of:
@@ -7,17 +7,25 @@
   `.jpg`, `.png`), the convention of `keras.utils.image_dataset_from_directory`; the class
   names are the sub-folders' names, other files are skipped as Keras skips them;
 - a `.csv` file with a header row, a label column (`--label_column`) and either a column of
-  image paths (`--image_column`, relative to the CSV's folder) or numeric feature columns
-  (every other column); optionally a column marking trusted rows (`--trusted_column`);
+  image paths (`--image_column`, relative to `--image_root` or else the CSV's folder) or
+  numeric feature columns (every other column); optionally a column marking trusted rows
+  (`--trusted_column`);
+- a `.txt` list file, one `relative/path.jpg label` per line (Clothing1M's and WebVision's
+  form), paths relative to `--image_root` or else to the file's folder;
 - a `.npz` file with arrays `x` (uint8 images `[N, H, W]` or `[N, H, W, C]`, or numeric
   features `[N, D]`) and `y` (labels `[N]`, integers or strings).
 
-Every image is decoded here, once, into memory (the training pipeline indexes arrays and
-tracks every example's weight); an unreadable file is named in a one-line `ValueError` before
-any training, as are an empty folder, an unknown label in the trusted or test set, a trusted
-set missing a class, and sets of different shapes. Images become one shape: grayscale if every
-image is (gray or gray+alpha), RGB otherwise (alpha dropped); resized bilinearly to
-`--image_size` squares if that is set, otherwise all images must share one size.
+Image files (folders, CSVs of paths, lists) are streamed: the dataset holds their paths
+(`gdw_tf.data.image_files.ImageFiles`), and the input pipeline decodes, resizes and augments
+them in a parallel `tf.data` map, so memory does not grow with the number of images. Before
+training, one parallel pass decodes every file once (cached in the run directory for a resumed
+run): an unreadable file is skipped and listed in `skipped_files.txt`, with one warning line.
+What operating systems leave beside images (`__MACOSX/`, `._*`, `.DS_Store`) is ignored. An
+`.npz`'s images are arrays in memory. An empty folder, an unknown label in the trusted or test
+set, a trusted set missing a class or equal to the training set, and images of different sizes
+without `--image_size` are one-line `ValueError`s before any training. Images become one
+shape: grayscale if every image is (gray or gray+alpha), RGB otherwise (alpha dropped); resized
+bilinearly to `--image_size` squares if that is set, otherwise all images must share one size.
 
 The trusted (meta) set is `--trusted_data` (a second folder or file), or the rows of
 `--trusted_column`, or, with `--trusted_data=auto`, chosen from the noisy training data
@@ -28,8 +36,8 @@ corruption and the results no realised noise or detection AUROC (`truth_known=Fa
 """
 
 import csv
+import logging
 import os
-import re
 
 import numpy as np
 import tensorflow as tf
@@ -37,10 +45,16 @@ import tensorflow as tf
 from gdw_tf.core import methods
 from gdw_tf.core import settings
 from gdw_tf.data import datasets
+from gdw_tf.data import image_files
 from gdw_tf.data import split as split_lib
 
-# The image formats `keras.utils.image_dataset_from_directory` reads.
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+IMAGE_EXTENSIONS = image_files.IMAGE_EXTENSIONS
+read_image = image_files.read_image
+# The run directory's record of the image scan (`image_files.scan`) and of the files skipped.
+SCAN_FILE = "image_scan.npz"
+SKIPPED_FILE = "skipped_files.txt"
+# A set with more unreadable files than this share is refused rather than trained without them.
+MAX_UNREADABLE_SHARE = 0.5
 _TRUE = ("1", "true", "yes", "y", "t")
 _FALSE = ("0", "false", "no", "n", "f", "")
 
@@ -48,9 +62,13 @@ _FALSE = ("0", "false", "no", "n", "f", "")
 class _Source:
     """One file or folder as read: images or features, raw labels, ids, trusted marks."""
 
-    def __init__(self, path, x, labels, ids, trusted=None, feature_names=None):
+    def __init__(self, path, x, labels, ids, *, trusted=None, feature_names=None, files=None):
         self.path = path
-        self.x = x  # A list of uint8 [H, W, C] arrays (images), or float32 [N, D] (features).
+        # A list of uint8 [H, W, C] arrays (an .npz's images), float32 [N, D] (features), or
+        # None with `files`, the image files' paths (decoded when read, `image_files`).
+        self.x = x
+        self.files = files
+        self.shapes = None  # Image files: their native (channels, height, width), once scanned.
         self.labels = labels  # list of str
         self.ids = ids  # list of str
         self.trusted = trusted  # bool array, or None
@@ -58,11 +76,35 @@ class _Source:
 
     @property
     def is_images(self):
-        return isinstance(self.x, list)
+        return self.files is not None or isinstance(self.x, list)
+
+    def keep(self, mask):
+        """The source with only the rows of the bool `mask`."""
+        pick = np.flatnonzero(mask)
+        return _Source(
+            self.path,
+            None if self.x is None else [self.x[i] for i in pick],
+            [self.labels[i] for i in pick],
+            [self.ids[i] for i in pick],
+            trusted=None if self.trusted is None else self.trusted[pick],
+            feature_names=self.feature_names,
+            files=None if self.files is None else [self.files[i] for i in pick],
+        )
 
 
-def load_own_data(config):
+def load_own_data(config, *, work_dir=None):
     """The training, trusted and test sets of `config.train_data` etc. as one `Dataset`.
+
+    Image files (folders, CSVs of paths, `.txt` lists) are not decoded here: `x_train` and
+    `x_test` are `image_files.ImageFiles`, decoded by the input pipeline. Every file is decoded
+    once first, in one parallel pass (`image_files.scan`): an unreadable file is skipped and
+    named in `work_dir/skipped_files.txt`, with one warning line (a set with more than half
+    of its files unreadable is refused instead).
+
+    Args:
+      config: the run's `Config`.
+      work_dir: the run directory, or None: where the scan is cached (a resumed run reads it
+        instead of scanning again) and the skipped files are listed.
 
     Returns:
         An `Dataset` whose `x_train` holds the training examples followed by the trusted
@@ -83,6 +125,7 @@ def load_own_data(config):
     sources = {"train": train}
     if config.trusted_data and config.trusted_data != "auto":
         sources["trusted"] = read_source(config.trusted_data, config)
+        _check_not_the_training_set(train, sources["trusted"])
     if config.test_data:
         sources["test"] = read_source(config.test_data, config)
     kind = {True: "images", False: "features"}
@@ -93,7 +136,8 @@ def load_own_data(config):
                 f"{kind[train.is_images]}; give every set in one form."
             )
     if train.is_images:
-        arrays = _unify_images(sources, config.image_size)
+        sources, arrays = _images(sources, config.image_size, work_dir)
+        train = sources["train"]
     else:
         arrays = _unify_features(sources)
         if config.export_dir:
@@ -116,7 +160,7 @@ def load_own_data(config):
     trusted = train.trusted if train.trusted is not None else np.zeros(len(train.ids), bool)
     x_train, y_train, ids = arrays["train"], labels["train"], list(train.ids)
     if "trusted" in sources:
-        x_train = np.concatenate([x_train, arrays["trusted"]])
+        x_train = _concatenate(x_train, arrays["trusted"])
         y_train = np.concatenate([y_train, labels["trusted"]])
         ids += sources["trusted"].ids
         trusted = np.concatenate([trusted, np.ones(len(labels["trusted"]), bool)])
@@ -149,7 +193,8 @@ def load_own_data(config):
             prefix="--",
             meta_set=f"the trusted set ({where})",
         )
-        if problem and methods.get(config.method).meta_step:
+        explicit = config.meta_batch_size != settings.MODEL_DEFAULTS.meta_batch_size
+        if explicit and problem and methods.get(config.method).meta_step:
             raise ValueError(problem)
         if trusted.all():
             raise ValueError(
@@ -169,6 +214,50 @@ def load_own_data(config):
         class_names=tuple(class_names),
         trusted=trusted,
     )
+
+
+def resolve_meta_batch_size(meta_batch_size: int, num_meta: int) -> int:
+    """The meta batch size of a run: `meta_batch_size`, or the meta set's size if that is
+    smaller and `meta_batch_size` is the default (a person with a small trusted set did not ask
+    for 100). Set to another value, it is demanded (`settings.meta_batch_problem`)."""
+    if (
+        meta_batch_size == settings.MODEL_DEFAULTS.meta_batch_size
+        and 0 < num_meta < meta_batch_size
+    ):
+        logging.warning(
+            "The trusted set holds %d examples: meta batches of %d (not the default "
+            "--meta_batch_size=%d).",
+            num_meta,
+            num_meta,
+            meta_batch_size,
+        )
+        return int(num_meta)
+    return int(meta_batch_size)
+
+
+def _check_not_the_training_set(train, trusted):
+    """Refuses a trusted set that is the training set itself (the same files or rows): its
+    labels are the noisy ones the meta set is meant to judge."""
+    same_path = os.path.realpath(train.path) == os.path.realpath(trusted.path)
+    same_files = (
+        train.files is not None
+        and trusted.files is not None
+        and {os.path.realpath(f) for f in trusted.files}
+        == {os.path.realpath(f) for f in train.files}
+    )
+    if same_path or same_files:
+        raise ValueError(
+            f"--trusted_data={trusted.path} is the training set itself (the same "
+            f"{'files' if same_files and not same_path else 'data'}): its labels are the noisy "
+            "ones GDW judges. Give a separately checked set, or --trusted_data=auto to choose "
+            "one from the noisy data."
+        )
+
+
+def _concatenate(a, b):
+    if image_files.is_image_files(a):
+        return a.concatenate(b)
+    return np.concatenate([a, b])
 
 
 def own_split(labels, trusted, num_classes, seed):
@@ -217,40 +306,92 @@ def read_source(path, config):
         raise ValueError(f"{path}: no such file or folder.")
     extension = os.path.splitext(path)[1].lower()
     if extension == ".csv":
-        return read_csv(path, config.label_column, config.image_column, config.trusted_column)
+        return read_csv(
+            path,
+            config.label_column,
+            config.image_column,
+            config.trusted_column,
+            image_root=config.image_root,
+        )
     if extension == ".npz":
         return read_npz(path)
-    raise ValueError(f"{path}: expected a folder of class sub-folders, a .csv or an .npz file.")
+    if extension == ".txt":
+        return read_list(path, image_root=config.image_root)
+    raise ValueError(
+        f"{path}: expected a folder of class sub-folders, a .csv, a .txt list or an .npz file."
+    )
+
+
+def read_list(path, *, image_root=None):
+    """Image files of a list file, one `relative/path.jpg label` per line (the form in which
+    Clothing1M and WebVision publish their labels).
+
+    Paths are relative to `image_root`, or else to the list file's folder; the label is the
+    line's last word, so a path may hold spaces. Empty lines and `#` comments are skipped. Ids
+    are the paths as written.
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as file:
+            lines = file.read().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read it as a text list ({err}).") from None
+    folder = image_root or os.path.dirname(os.path.abspath(path))
+    ids, labels = [], []
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2:
+            raise ValueError(
+                f"{path}:{number}: {line!r} is not 'relative/path.jpg label' (a path, a space, "
+                "a label)."
+            )
+        ids.append(parts[0])
+        labels.append(parts[1])
+    if not ids:
+        raise ValueError(f"{path}: no 'relative/path.jpg label' lines.")
+    files = [os.path.join(folder, name) for name in ids]
+    return _Source(path, None, labels, ids, files=files)
 
 
 def read_folder(path):
-    """Images of a folder tree, one sub-folder per class (sub-folders in sorted order)."""
-    classes = sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+    """Image files of a folder tree, one sub-folder per class (sub-folders in sorted order).
+
+    What operating systems leave beside the images (`image_files.is_os_debris`: `__MACOSX/`,
+    AppleDouble `._*` files, `.DS_Store`, hidden names) is skipped, as are non-image files.
+    """
+    classes = sorted(
+        entry.name
+        for entry in os.scandir(path)
+        if entry.is_dir() and not image_files.is_os_debris(entry.name)
+    )
     if not classes:
         raise ValueError(
             f"{path}: no class sub-folders; put each class's images in a folder "
             "named after the class."
         )
-    images, labels, ids = [], [], []
+    files, labels = [], []
     for name in classes:
-        files = sorted(
-            os.path.join(root, file)
-            for root, _, names in os.walk(os.path.join(path, name))
-            for file in names
-            if file.lower().endswith(IMAGE_EXTENSIONS)
-        )
-        if not files:
+        found = []
+        for root, folders, names in os.walk(os.path.join(path, name)):
+            folders[:] = [f for f in folders if not image_files.is_os_debris(f)]
+            found += [
+                os.path.join(root, file)
+                for file in names
+                if file.lower().endswith(IMAGE_EXTENSIONS) and not image_files.is_os_debris(file)
+            ]
+        if not found:
             raise ValueError(
                 f"{os.path.join(path, name)}: empty class folder (no "
                 f"{'/'.join(IMAGE_EXTENSIONS)} images)."
             )
-        images += [read_image(file) for file in files]
-        labels += [name] * len(files)
-        ids += files
-    return _Source(path, images, labels, ids)
+        files += sorted(found)
+        labels += [name] * len(found)
+    return _Source(path, None, labels, list(files), files=files)
 
 
-def read_csv(path, label_column, image_column, trusted_column):
+def read_csv(path, label_column, image_column, trusted_column, image_root=None):
     """Rows of a CSV: image paths or numeric features, a label, optionally a trusted mark.
 
     Ids are `<path>:<line>` (the header is line 1), or for image rows the image's path.
@@ -290,10 +431,10 @@ def read_csv(path, label_column, image_column, trusted_column):
             ]
         )
     if image_column and image_column in header:
-        folder = os.path.dirname(os.path.abspath(path))
+        folder = image_root or os.path.dirname(os.path.abspath(path))
         ids = [row[column[image_column]].strip() for _, row in rows]
-        images = [read_image(os.path.join(folder, name)) for name in ids]
-        return _Source(path, images, labels, ids, trusted)
+        files = [os.path.join(folder, name) for name in ids]
+        return _Source(path, None, labels, ids, trusted=trusted, files=files)
     feature_names = [name for name in header if name not in (label_column, trusted_column)]
     if not feature_names:
         raise ValueError(f"{path}: no feature columns and no image column {image_column!r}.")
@@ -312,7 +453,12 @@ def read_csv(path, label_column, image_column, trusted_column):
                     f"{path}:{line}: column {name!r} holds {value!r}, not a finite number."
                 )
     return _Source(
-        path, features, labels, [f"{path}:{line}" for line, _ in rows], trusted, feature_names
+        path,
+        features,
+        labels,
+        [f"{path}:{line}" for line, _ in rows],
+        trusted=trusted,
+        feature_names=feature_names,
     )
 
 
@@ -353,19 +499,6 @@ def read_npz(path):
     )
 
 
-def read_image(path):
-    """Decodes one image file to a uint8 `[H, W, C]` array (the first frame of a GIF)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such image file.")
-    try:
-        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
-    except (tf.errors.OpError, ValueError) as err:
-        message = str(getattr(err, "message", err)).strip().splitlines()[0]
-        message = re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", message).strip().rstrip(".")  # TF's op names
-        raise ValueError(f"{path}: not a readable image ({message}).") from None
-    return image.numpy()
-
-
 # --------------------------------------------------------------------------------------------
 # Labels and shapes
 
@@ -392,38 +525,112 @@ def to_indices(labels, class_names, path):
     return np.array([index[label] for label in labels], np.int64)
 
 
-def _unify_images(sources, image_size):
-    """One uint8 `[N, H, W, C]` array per source: common channels, common (or given) size."""
-    all_channels = {image.shape[-1] for source in sources.values() for image in source.x}
+def _images(sources, image_size, work_dir):
+    """The image sources without their unreadable files, and one uint8 image "array" per source:
+    `ImageFiles` for image files, arrays for an `.npz`'s images (all arrays if the two mix).
+
+    Images become one shape: grayscale if every image is (gray or gray+alpha), RGB otherwise;
+    `image_size` squares, or the one size all images must share.
+    """
+    sources = _drop_unreadable(sources, work_dir)
+    shapes = {}  # (height, width) -> first image of that size
+    all_channels = set()
+    for source in sources.values():
+        if source.files is not None:
+            for name, (c, h, w) in zip(source.ids, source.shapes):
+                all_channels.add(c)
+                shapes.setdefault((h, w), name)
+        else:
+            for name, image in zip(source.ids, source.x):
+                all_channels.add(image.shape[-1])
+                shapes.setdefault(image.shape[:2], name)
     channels = 1 if all_channels <= {1, 2} else 3
-    if not image_size:
-        sizes = {}
-        for source in sources.values():
-            for image, name in zip(source.x, source.ids):
-                sizes.setdefault(image.shape[:2], name)
-        if len(sizes) > 1:
-            (size_a, file_a), (size_b, file_b) = list(sizes.items())[:2]
-            raise ValueError(
-                f"images of different sizes ({file_a}: {size_a[0]}x{size_a[1]}, "
-                f"{file_b}: {size_b[0]}x{size_b[1]}); pass --image_size=N to "
-                "resize all to NxN."
-            )
+    if not image_size and len(shapes) > 1:
+        (size_a, file_a), (size_b, file_b) = list(shapes.items())[:2]
+        raise ValueError(
+            f"images of different sizes ({file_a}: {size_a[0]}x{size_a[1]}, "
+            f"{file_b}: {size_b[0]}x{size_b[1]}); pass --image_size=N to "
+            "resize all to NxN."
+        )
+    height, width = (image_size, image_size) if image_size else next(iter(shapes))
+    streamed = all(source.files is not None for source in sources.values())
     arrays = {}
     for name, source in sources.items():
-        converted = []
-        for image in source.x:
-            if channels == 1:
-                image = image[..., :1]
-            elif image.shape[-1] < 3:
-                image = np.repeat(image[..., :1], 3, axis=-1)
-            else:
-                image = image[..., :3]
-            if image_size and image.shape[:2] != (image_size, image_size):
-                resized = tf.image.resize(image, (image_size, image_size), method="bilinear")
-                image = np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
-            converted.append(image)
-        arrays[name] = np.stack(converted)
-    return arrays
+        if source.files is not None:
+            files = image_files.ImageFiles(
+                source.files, height=height, width=width, channels=channels
+            )
+            arrays[name] = files if streamed else files.load()
+        else:
+            arrays[name] = _convert_arrays(source.x, channels, image_size)
+    return sources, arrays
+
+
+def _drop_unreadable(sources, work_dir):
+    """Scans every image file of `sources` in one parallel pass (`image_files.scan`), drops the
+    unreadable ones (listed in `work_dir/skipped_files.txt`, one warning line) and gives each
+    file source its files' native `(channels, height, width)` as `shapes`.
+
+    Raises:
+      ValueError: if more than `MAX_UNREADABLE_SHARE` of a set's files are unreadable (wrong
+        paths, most likely), naming the first.
+    """
+    file_sources = [name for name, source in sources.items() if source.files is not None]
+    if not file_sources:
+        return sources
+    paths = [path for name in file_sources for path in sources[name].files]
+    found = image_files.scan(paths, cache=work_dir and os.path.join(work_dir, SCAN_FILE))
+    sources = dict(sources)
+    skipped, start = [], 0
+    for name in file_sources:
+        source = sources[name]
+        end = start + len(source.files)
+        ok = found.ok[start:end]
+        problems = [found.problems[i] for i in range(start, end) if not found.ok[i]]
+        if len(problems) > MAX_UNREADABLE_SHARE * len(ok):
+            raise ValueError(
+                f"{source.path}: {len(problems)} of its {len(ok)} image files are missing or "
+                f"unreadable, e.g. {problems[0]} Check the paths (--image_root)."
+            )
+        kept = source.keep(ok)
+        kept.shapes = np.stack(
+            [found.channels[start:end], found.heights[start:end], found.widths[start:end]], 1
+        )[ok]
+        sources[name] = kept
+        skipped += problems
+        start = end
+    if skipped:
+        where = ""
+        if work_dir:
+            with open(os.path.join(work_dir, SKIPPED_FILE), "w") as file:
+                file.writelines(line + "\n" for line in skipped)
+            where = f"; all listed in {os.path.join(work_dir, SKIPPED_FILE)}"
+        logging.warning(
+            "Skipped %d unreadable image file(s) of %d (e.g. %s)%s",
+            len(skipped),
+            len(paths),
+            skipped[0],
+            where,
+        )
+    return sources
+
+
+def _convert_arrays(images, channels, image_size):
+    """A list of uint8 `[H, W, C]` images as one array of `channels` channels (and
+    `image_size` squares, if set)."""
+    converted = []
+    for image in images:
+        if channels == 1:
+            image = image[..., :1]
+        elif image.shape[-1] < 3:
+            image = np.repeat(image[..., :1], 3, axis=-1)
+        else:
+            image = image[..., :3]
+        if image_size and image.shape[:2] != (image_size, image_size):
+            resized = tf.image.resize(image, (image_size, image_size), method="bilinear")
+            image = np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
+        converted.append(image)
+    return np.stack(converted)
 
 
 def _unify_features(sources):

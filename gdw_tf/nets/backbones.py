@@ -1,8 +1,10 @@
 """Backbones: the reference ResNet-32 for CIFAR, a small CNN and an MLP.
 
-All models are functional `keras.Model`s that take normalised float32 images and return
-logits (no softmax). They hold no normalisation layer, so the training pipeline and an
-exported serving model can each put normalisation where they need it.
+All models are functional `keras.Model`s that take float32 images and return logits (no
+softmax). Ours take normalised images and hold no normalisation layer, so the training pipeline
+and an exported serving model can each put normalisation where they need it; the
+`keras.applications` models take raw pixels and apply their own `preprocess_input` inside
+(`application`).
 
 `resnet32` follows the reference code's ResNet-32 (the CIFAR ResNet of He et al. 2016, as
 written for Meta-Weight-Net and GDW) layer for layer:
@@ -24,6 +26,9 @@ relative difference in the statistics used at test time.
 """
 
 import math
+import os
+import re
+import sys
 
 import keras
 
@@ -184,8 +189,8 @@ def build_model(name, input_shape, num_classes, weights=None):
         input_shape: shape of one (normalised) input example.
         num_classes: number of logits.
         weights: None (fresh initialisation), or a local weights file: for a
-            `keras.applications` model, its weights without the top (`include_top=False`);
-            for the others, a file written by `backbone.save_weights`.
+            `keras.applications` model, its weights without the top (`include_top=False`),
+            or "imagenet"; for the others, a file written by `backbone.save_weights`.
 
     Raises:
         ValueError: for an unknown name.
@@ -194,6 +199,11 @@ def build_model(name, input_shape, num_classes, weights=None):
         return application(name, input_shape, num_classes, weights)
     if name not in _BUILDERS:
         raise ValueError(f"Unknown model {name!r}; expected one of {MODEL_NAMES}.")
+    if weights == "imagenet":
+        raise ValueError(
+            f"--model_weights=imagenet is for keras.applications models (ResNet50, ...), not "
+            f"{name}; give a .weights.h5 file of {name} or leave the flag out."
+        )
     model = _BUILDERS[name](input_shape=tuple(input_shape), num_classes=num_classes)
     if weights:
         model.load_weights(weights)
@@ -203,16 +213,89 @@ def build_model(name, input_shape, num_classes, weights=None):
 def application(name, input_shape, num_classes, weights=None):
     """A `keras.applications` model without its top, average-pooled, with a new logits layer.
 
-    The inputs are the run's normalised images (training mean/std), not the application's own
-    `preprocess_input`; with weights trained on ImageNet that is a change of input scale the
-    fine-tuning has to absorb. Models that normalise inside (EfficientNet, ConvNeXt,
-    MobileNetV3) normalise again.
+    It takes raw pixels (floats in [0, 255]) and applies the application's own
+    `preprocess_input` inside (`ApplicationPreprocessing`, first layer), so ImageNet weights
+    see the inputs they were trained on, and `model.keras`, a serving export and
+    `find_label_issues` all see the same model. (The run feeds it raw pixels:
+    `raw_pixel_statistics`.) Gray images are repeated to RGB there.
+
+    Args:
+        name: the application's name (`APPLICATION_NAMES`).
+        input_shape: `(height, width, channels)` of the images.
+        num_classes: number of logits.
+        weights: None, "imagenet" (Keras' ImageNet weights from its cache, downloaded there
+            if missing), or a local file of the application's weights without the top.
+
+    Raises:
+        ValueError: with one line naming the file to put where, if the ImageNet weights can be
+            neither found nor downloaded.
     """
-    base = getattr(keras.applications, name)(
-        include_top=False, weights=weights, input_shape=tuple(input_shape), pooling="avg"
-    )
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    pixels = ApplicationPreprocessing(name, name="preprocess_input")(inputs)
+    try:
+        base = getattr(keras.applications, name)(
+            include_top=False, weights=weights, input_tensor=pixels, pooling="avg"
+        )
+    except Exception as err:  # get_file raises a bare Exception when it cannot download.
+        if weights != "imagenet":
+            raise
+        url = re.search(r"https?://\S+?\.h5", str(err))
+        file = url.group(0).rsplit("/", 1)[1] if url else f"{name}'s *_notop.h5 weights"
+        keras_home = _keras_home()
+        raise ValueError(
+            f"--model_weights=imagenet: cannot download {name}'s ImageNet weights "
+            f"({str(err).splitlines()[0][:120]}); put {file} "
+            f"({url.group(0) if url else 'from keras.applications'}) in "
+            f"{os.path.join(keras_home, 'models')}/ and run again."
+        ) from None
     logits = keras.layers.Dense(num_classes, name="logits")(base.output)
-    return keras.Model(base.input, logits, name=name.lower())
+    return keras.Model(inputs, logits, name=name.lower())
+
+
+def _keras_home():
+    """Keras' cache folder, where `keras.utils.get_file` keeps downloaded weights under
+    `models/` ($KERAS_HOME, else ~/.keras)."""
+    from keras.src.backend import config as keras_config
+
+    default = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    return getattr(keras_config, "keras_home", lambda: default)()
+
+
+def preprocess_function(name):
+    """`keras.applications.<module>.preprocess_input` of the application `name`."""
+    module = sys.modules[getattr(keras.applications, name).__module__].__name__.rsplit(".", 1)[1]
+    return getattr(keras.applications, module).preprocess_input
+
+
+@keras.saving.register_keras_serializable(package="gdw_tf")
+class ApplicationPreprocessing(keras.layers.Layer):
+    """The `preprocess_input` of a `keras.applications` model, as a layer: raw pixels (floats
+    in [0, 255], RGB) in, the application's inputs out. A gray image is repeated to RGB first.
+
+    Args:
+        application: the application's name (ResNet50, MobileNetV2, ...).
+    """
+
+    def __init__(self, application, **kwargs):
+        super().__init__(**kwargs)
+        self.application = application
+
+    def call(self, inputs):
+        if inputs.shape[-1] == 1:
+            inputs = keras.ops.repeat(inputs, 3, axis=-1)
+        return preprocess_function(self.application)(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 3)
+
+    def get_config(self):
+        return {**super().get_config(), "application": self.application}
+
+
+def raw_pixel_statistics(channels):
+    """The normalisation `(mean, std)` under which the input pipeline's `normalize` hands on raw
+    pixels, `(x / 255 - 0) / (1 / 255)`: for the applications, which preprocess inside."""
+    return [0.0] * channels, [1.0 / 255.0] * channels
 
 
 _BUILDERS = {"resnet32": resnet32, "small_cnn": small_cnn, "mlp": mlp}

@@ -29,6 +29,7 @@ from gdw_tf.core.settings import ModelSettings
 from gdw_tf.core.settings import non_negative
 from gdw_tf.core.settings import positive
 from gdw_tf.core.settings import setting
+from gdw_tf.data import image_files
 from gdw_tf.data import noise as noise_lib
 from gdw_tf.nets import backbones
 
@@ -45,8 +46,10 @@ def _is_known_dataset(name):
 
 
 def _is_data_path(path):
-    """Whether `path` is an existing folder, or an existing .csv or .npz file."""
-    return os.path.isdir(path) or (os.path.isfile(path) and path.lower().endswith((".csv", ".npz")))
+    """Whether `path` is an existing folder, or an existing .csv, .txt or .npz file."""
+    return os.path.isdir(path) or (
+        os.path.isfile(path) and path.lower().endswith((".csv", ".txt", ".npz"))
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +155,14 @@ class Config(ModelSettings):
         "Own data, CSV: the column of image paths (relative to the CSV's folder); a CSV without "
         "it holds numeric features in every column but the label and trusted ones.",
     )
+    image_root: str = setting(
+        None,
+        "Own data: the folder that the image paths of a .txt list file or a CSV's --image_column "
+        "are relative to. Default: the list's or CSV's own folder.",
+        check=os.path.isdir,
+        message="is not an existing directory",
+        run_defining=False,
+    )
     trusted_column: str = setting(
         None,
         "Own data, CSV: a column marking the trusted rows (1/0, true/false, yes/no); they form "
@@ -159,18 +170,21 @@ class Config(ModelSettings):
     )
     image_size: int = setting(
         0,
-        "Own images: resize every image to NxN (bilinear). 0 = keep the size, which all images "
-        "must then share.",
-        check=non_negative,
-        message="must be ≥ 0 (0 = keep the size)",
+        "Own images, and TFDS datasets: resize every image to NxN (bilinear) as it is read. "
+        "0 = keep the size, which all images must then share.",
+        check=lambda v: 0 <= v <= image_files.MAX_IMAGE_SIZE,
+        message=f"must be ≥ 0 and ≤ {image_files.MAX_IMAGE_SIZE} (0 = keep the size; one "
+        f"{image_files.MAX_IMAGE_SIZE}x{image_files.MAX_IMAGE_SIZE} RGB image is 201 MB as "
+        "float32)",
     )
     model_weights: str = setting(
         None,
-        "Initial weights of the backbone from a local file: for a keras.applications --model, "
-        "its weights without the top (include_top=False); otherwise a .weights.h5 file of "
-        "the same backbone. Default: a fresh initialisation.",
-        check=os.path.isfile,
-        message="is not an existing file",
+        "Initial weights of the backbone: for a keras.applications --model, 'imagenet' (Keras' "
+        "ImageNet weights, from its cache ~/.keras/models, downloaded there if missing) or a "
+        "local file of its weights without the top (include_top=False); otherwise a "
+        ".weights.h5 file of the same backbone. Default: a fresh initialisation.",
+        check=lambda v: v == "imagenet" or os.path.isfile(v),
+        message="is not an existing file (nor 'imagenet')",
     )
     auto_meta_per_class: int = setting(
         0,
@@ -324,6 +338,14 @@ def define_flags(flag_values, names=None):
                 prefix="--",
                 meta_set=f"the meta set (--num_meta={v['num_meta']})",
             ),
+        )
+    if {"model", "model_weights"} <= set(names):
+        flags.register_multi_flags_validator(
+            ["model", "model_weights"],
+            lambda v: v["model_weights"] != "imagenet" or v["model"] in backbones.APPLICATION_NAMES,
+            message="--model_weights=imagenet needs a keras.applications --model (ResNet50, "
+            "MobileNetV2, ...).",
+            flag_values=flag_values,
         )
     if {"method", "meta_interval"} <= set(names):
         register_rule(

@@ -30,6 +30,7 @@ import shutil
 import time
 
 import keras
+import numpy as np
 
 from gdw_tf import backend
 from gdw_tf.core import methods
@@ -39,6 +40,7 @@ from gdw_tf.core.model import resolve_outer_lr
 from gdw_tf.core.settings import ModelSettings
 from gdw_tf.data import auto_meta
 from gdw_tf.data import datasets
+from gdw_tf.data import image_files
 from gdw_tf.data import input_pipeline
 from gdw_tf.data import own_data
 from gdw_tf.data import split as split_lib
@@ -107,7 +109,10 @@ def run(config: Config) -> dict:
     meta_data = None
     if methods.get(config.method).meta_step:
         meta_data = (
-            input_pipeline.normalize(dataset.x_train[split.meta_indices], mean, std).numpy(),
+            # Decoded here if streamed: the meta set is the small, trusted one.
+            input_pipeline.normalize(
+                np.asarray(dataset.x_train[split.meta_indices]), mean, std
+            ).numpy(),
             split.meta_labels,
         )
 
@@ -153,10 +158,11 @@ def run(config: Config) -> dict:
 
 def load_data(config):
     """The dataset, cut to `max_train_examples` / `max_test_examples` if they are set; or the
-    own data of `config.train_data` (`gdw_tf.data.own_data`)."""
+    own data of `config.train_data` (`gdw_tf.data.own_data`; the image scan is cached, and
+    skipped files listed, in the run directory)."""
     if config.train_data:
-        return own_data.load_own_data(config)
-    dataset = datasets.load_dataset(config.dataset, config.data_dir)
+        return own_data.load_own_data(config, work_dir=config.output_dir)
+    dataset = datasets.load_dataset(config.dataset, config.data_dir, image_size=config.image_size)
     train, test = config.max_train_examples or None, config.max_test_examples or None
     return dataset._replace(
         x_train=dataset.x_train[:train],
@@ -175,7 +181,10 @@ class RunSettings:
       dataset, num_classes, input_shape: the data's name ("own_data" for `--train_data`),
         classes and per-example shape.
       model, class_names: the resolved backbone name; the classes' names (own data) or None.
-      normalization: `{"mean": [...], "std": [...]}` per channel, of images scaled to [0, 1].
+      normalization: `{"mean": [...], "std": [...]}` per channel, of images scaled to [0, 1];
+        for streamed image files also `images_sampled`, how many images gave them.
+      meta_batch_size: `config.meta_batch_size`, or the meta set's size if that is smaller and
+        the flag was left at its default (`own_data.resolve_meta_batch_size`).
       augment, outer_lr, jit_compile: `config`'s `auto`/unset values resolved.
       num_train, num_meta, steps_per_epoch: the split's sizes and the steps of an epoch.
       num_replicas: the replicas that share each batch.
@@ -192,6 +201,7 @@ class RunSettings:
     jit_compile: bool
     num_train: int
     num_meta: int
+    meta_batch_size: int
     steps_per_epoch: int
     num_replicas: int
 
@@ -203,23 +213,44 @@ class RunSettings:
 def run_settings(config, dataset, split, num_replicas):
     """The run's `RunSettings`."""
     name = "own_data" if config.train_data else config.dataset
-    mean, std = input_pipeline.normalization_stats(name, dataset.x_train)
     input_shape = [int(d) for d in dataset.x_train.shape[1:]]
+    mean, std = normalization_of(config, dataset.x_train)
+    normalization = {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+    if (
+        image_files.is_image_files(dataset.x_train)
+        and resolve_model(config, input_shape) not in backbones.APPLICATION_NAMES
+    ):
+        normalization["images_sampled"] = len(
+            input_pipeline.normalization_sample(len(dataset.x_train))
+        )
     return RunSettings(
         dataset=name,
         model=resolve_model(config, input_shape),
         class_names=list(dataset.class_names) if dataset.class_names else None,
         num_classes=int(dataset.num_classes),
         input_shape=input_shape,
-        normalization={"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
+        normalization=normalization,
         augment=resolve_augment(config.augment, input_shape),
         outer_lr=resolve_outer_lr(config.outer_lr, dataset.num_classes),
         jit_compile=backend.resolve_jit_compile(config.jit_compile),
         num_train=int(len(split.train_indices)),
         num_meta=int(len(split.meta_indices)),
+        meta_batch_size=own_data.resolve_meta_batch_size(
+            config.meta_batch_size, len(split.meta_indices)
+        ),
         steps_per_epoch=math.ceil(len(split.train_indices) / config.batch_size),
         num_replicas=int(num_replicas),
     )
+
+
+def normalization_of(config, x_train):
+    """The run's per-channel `(mean, std)`: the data's (`input_pipeline.normalization_stats`),
+    or for a `keras.applications` backbone, which preprocesses raw pixels itself, those that
+    leave the pixels as they are (`backbones.raw_pixel_statistics`)."""
+    if resolve_model(config, x_train.shape[1:]) in backbones.APPLICATION_NAMES:
+        return backbones.raw_pixel_statistics(x_train.shape[-1])
+    name = "own_data" if config.train_data else config.dataset
+    return input_pipeline.normalization_stats(name, x_train)
 
 
 def build_gdw_model(config, settings, meta_data):
@@ -246,7 +277,11 @@ def _build_gdw_model(config, settings, meta_data):
         meta_data=meta_data,
         meta_augmentation=MetaAugmentation(seed=config.seed) if settings.augment else None,
         track_examples=settings.num_train,
-        **{**step_settings, "outer_lr": settings.outer_lr},
+        **{
+            **step_settings,
+            "outer_lr": settings.outer_lr,
+            "meta_batch_size": settings.meta_batch_size,
+        },
     )
     # L2 is in the step (PyTorch-style, GDWModel(l2=...)), not in the optimizer.
     model.compile(
@@ -278,8 +313,7 @@ def split_maker(config, dataset):
             )
         if config.trusted_data != "auto":
             return split
-        name = "own_data" if config.train_data else config.dataset
-        mean, std = input_pipeline.normalization_stats(name, dataset.x_train)
+        mean, std = normalization_of(config, dataset.x_train)
         input_shape = list(dataset.x_train.shape[1:])
         split = auto_meta.auto_split(
             split,

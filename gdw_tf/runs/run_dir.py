@@ -25,6 +25,9 @@ Run directory:
     results.json          accuracies (fractions in [0, 1]), noise, detection AUROC, timing
                           (None where own data leaves them unknown); with
                           --trusted_data=auto, the chosen meta set (`auto_meta`)
+    image_scan.npz        own image files: the scan before training (`own_data`; read again
+                          on resuming instead of decoding every file twice)
+    skipped_files.txt     own image files that could not be read, one per line, if any
     workers/              with --distribute=multi_worker: the other workers' run directories
 """
 
@@ -40,6 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from gdw_tf.core.model import GDWModel
+from gdw_tf.data import own_data
 from gdw_tf.data import split as split_lib
 from gdw_tf.labels import label_issues
 from gdw_tf.labels import report
@@ -58,6 +62,8 @@ REPORT_FILE = "report.html"
 MODEL_FILE = "model.keras"
 RESULTS_FILE = "results.json"
 WORKERS_DIR = "workers"
+IMAGE_SCAN_FILE = own_data.SCAN_FILE
+SKIPPED_FILE = own_data.SKIPPED_FILE
 RUN_FILES = (
     CONFIG_FILE,
     SPLIT_FILE,
@@ -69,6 +75,8 @@ RUN_FILES = (
     REPORT_FILE,
     MODEL_FILE,
     RESULTS_FILE,
+    IMAGE_SCAN_FILE,
+    SKIPPED_FILE,
 )
 
 

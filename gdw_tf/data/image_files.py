@@ -1,0 +1,247 @@
+"""Image files streamed from disk: a lazy `[N, H, W, C]` uint8 array that `tf.data` decodes.
+
+Own images (a folder tree, a CSV of image paths, a `.txt` list file) are not decoded into
+memory. `ImageFiles` holds their paths and the shape every image is decoded to (channels,
+height and width); `gdw_tf.data.input_pipeline` reads, decodes, converts and resizes them in a
+parallel `tf.data` map, so the memory of a run does not grow with the number of images (a path
+costs its length in bytes).
+
+`ImageFiles` acts as a read-only uint8 array where the code around it needs one: `shape`,
+`dtype`, `ndim`, `len`; indexing with a slice or an index array gives another `ImageFiles`
+(nothing is decoded), with an integer the decoded image, and `np.asarray(files)` decodes all
+(for small sets: the meta set, tests). Each file is decoded as `read_image` decodes it:
+`tf.io.decode_image`'s first frame, grayscale kept as one channel only if every image is gray,
+alpha dropped, resized bilinearly (rounded back to uint8) when its size is not the target.
+
+`scan` finds the unreadable files of a list before training, in one parallel pass that decodes
+every file (`tf.data`, all cores), and records each image's channels and size; its result can
+be cached in the run directory so a resumed run does not pay for it again.
+"""
+
+import dataclasses
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+# The image formats `keras.utils.image_dataset_from_directory` reads.
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+# Files and folders that operating systems leave beside the images: macOS' resource forks
+# (`__MACOSX/`, AppleDouble `._name`), its folder settings, Windows' thumbnail caches.
+OS_DEBRIS = ("__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini")
+# The largest --image_size: one 4096x4096 RGB image is 201 MB as float32, a batch of 100 20 GB.
+MAX_IMAGE_SIZE = 4096
+
+
+def is_os_debris(name: str) -> bool:
+    """Whether a file or folder name is left by an operating system, not data: `__MACOSX`,
+    AppleDouble `._*` files, `.DS_Store`, `Thumbs.db`, `desktop.ini`, hidden (`.`) names."""
+    return name in OS_DEBRIS or name.startswith(".")
+
+
+def read_image(path: str) -> np.ndarray:
+    """Decodes one image file to a uint8 `[H, W, C]` array (the first frame of a GIF).
+
+    Raises:
+        ValueError: naming the file, if it is missing or not a readable image.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such image file.")
+    try:
+        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+    except (tf.errors.OpError, ValueError) as err:
+        message = str(getattr(err, "message", err)).strip().splitlines()[0]
+        message = re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", message).strip().rstrip(".")  # TF's op names
+        raise ValueError(f"{path}: not a readable image ({message}).") from None
+    return image.numpy()
+
+
+@dataclasses.dataclass(frozen=True)
+class Scan:
+    """What `scan` found: per file, whether it decodes, and its native channels and size.
+
+    Attributes:
+      paths: the files scanned, in order.
+      ok: bool `[N]`, the file decodes.
+      channels, heights, widths: int `[N]` of the decoded images (0 where not `ok`).
+      problems: `{position: one-line reason}` of the files that are not `ok`.
+    """
+
+    paths: tuple
+    ok: np.ndarray
+    channels: np.ndarray
+    heights: np.ndarray
+    widths: np.ndarray
+    problems: dict
+
+    def save(self, path: str) -> None:
+        """Writes the scan to an `.npz` file (atomically)."""
+        positions = np.array(sorted(self.problems), np.int64)
+        temporary = path + ".tmp.npz"
+        np.savez(
+            temporary,
+            paths=np.array(self.paths, dtype=str),
+            ok=self.ok,
+            channels=self.channels,
+            heights=self.heights,
+            widths=self.widths,
+            problem_positions=positions,
+            problem_texts=np.array([self.problems[int(i)] for i in positions], dtype=str),
+        )
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, path: str) -> "Scan":
+        """Reads a scan written by `save`."""
+        with np.load(path, allow_pickle=False) as stored:
+            return cls(
+                paths=tuple(stored["paths"].tolist()),
+                ok=stored["ok"],
+                channels=stored["channels"],
+                heights=stored["heights"],
+                widths=stored["widths"],
+                problems=dict(
+                    zip(stored["problem_positions"].tolist(), stored["problem_texts"].tolist())
+                ),
+            )
+
+
+def scan(paths, *, cache: str | None = None) -> Scan:
+    """Decodes every file once, in parallel, to find the unreadable ones and each image's shape.
+
+    Args:
+      paths: image file paths.
+      cache: an `.npz` file: if it holds the scan of exactly these paths it is returned as
+        it is; otherwise the scan is made and written there.
+
+    Returns:
+      A `Scan`. A missing or undecodable file is not `ok`, with its reason in `problems`.
+    """
+    paths = tuple(str(p) for p in paths)
+    if cache and os.path.exists(cache):
+        try:
+            cached = Scan.load(cache)
+        except (OSError, ValueError, KeyError):
+            cached = None
+        if cached is not None and cached.paths == paths:
+            return cached
+    n = len(paths)
+    ok = np.zeros(n, bool)
+    shapes = np.zeros((n, 3), np.int64)
+
+    def probe(position, path):
+        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+        return position, tf.shape(image, out_type=tf.int64)
+
+    if n:
+        dataset = tf.data.Dataset.from_tensor_slices((np.arange(n, dtype=np.int64), list(paths)))
+        dataset = dataset.map(probe, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        dataset = dataset.ignore_errors().batch(1024)
+        for positions, found in dataset.as_numpy_iterator():
+            ok[positions] = True
+            shapes[positions] = found
+    problems = {}
+    for position in np.flatnonzero(~ok):
+        try:  # Undecodable in the pass: the reason, in the words of the eager decoder.
+            read_image(paths[position])
+            problems[int(position)] = f"{paths[position]}: not a readable image."
+        except ValueError as err:
+            problems[int(position)] = str(err)
+    result = Scan(paths, ok, shapes[:, 2], shapes[:, 0], shapes[:, 1], problems)
+    if cache:
+        result.save(cache)
+    return result
+
+
+class ImageFiles:
+    """Image files as a lazy uint8 array `[N, height, width, channels]` (see the module doc).
+
+    Args:
+      paths: the files, in order.
+      height, width: the size every image is decoded to (images of another size are resized
+        bilinearly).
+      channels: 1 (each image's first channel; for sets of gray images) or 3 (gray repeated,
+        alpha dropped).
+    """
+
+    ndim = 4
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, paths, *, height: int, width: int, channels: int):
+        if channels not in (1, 3):
+            raise ValueError(f"ImageFiles decodes to 1 or 3 channels; got {channels}.")
+        if not (isinstance(paths, np.ndarray) and paths.dtype.kind == "S"):
+            # Bytes: one byte per ASCII character (a str array takes four).
+            paths = np.array([os.fsencode(p) for p in paths], dtype=bytes).reshape(-1)
+        self.paths = paths
+        self.height, self.width, self.channels = int(height), int(width), int(channels)
+
+    @property
+    def shape(self):
+        return (len(self.paths), self.height, self.width, self.channels)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __repr__(self):
+        return f"ImageFiles({len(self)} files as {self.shape[1:]})"
+
+    def _like(self, paths):
+        return ImageFiles(paths, height=self.height, width=self.width, channels=self.channels)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.decode(tf.constant(self.paths[key])).numpy()
+        return self._like(self.paths[key])
+
+    def __array__(self, dtype=None, copy=None):
+        array = self.load()
+        return array if dtype is None else array.astype(dtype)
+
+    def concatenate(self, other: "ImageFiles") -> "ImageFiles":
+        """These files followed by `other`'s (which must decode to the same shape)."""
+        if other.shape[1:] != self.shape[1:]:
+            raise ValueError(
+                f"cannot join images of shapes {self.shape[1:]} and {other.shape[1:]}."
+            )
+        return self._like(np.concatenate([self.paths, other.paths]))
+
+    def decode(self, path):
+        """The uint8 `[height, width, channels]` image of the file `path` (a string tensor)."""
+        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+        if self.channels == 1:
+            image = image[..., :1]
+        else:
+            image = tf.cond(
+                tf.shape(image)[-1] < 3,
+                lambda: tf.repeat(image[..., :1], 3, axis=-1),
+                lambda: image[..., :3],
+            )
+        size = (self.height, self.width)
+        image = tf.cond(
+            tf.reduce_all(tf.shape(image)[:2] == size),
+            lambda: image,
+            lambda: tf.cast(
+                tf.clip_by_value(tf.round(tf.image.resize(image, size, "bilinear")), 0, 255),
+                tf.uint8,
+            ),
+        )
+        return tf.ensure_shape(image, self.shape[1:])
+
+    def dataset(self) -> tf.data.Dataset:
+        """The decoded images in order, one per element (a parallel, order-keeping map)."""
+        return tf.data.Dataset.from_tensor_slices(self.paths).map(
+            self.decode, num_parallel_calls=tf.data.AUTOTUNE
+        )
+
+    def load(self) -> np.ndarray:
+        """All the images decoded: a uint8 array `shape` (for small sets only)."""
+        if not len(self):
+            return np.zeros(self.shape, np.uint8)
+        return np.concatenate(list(self.dataset().batch(256).as_numpy_iterator()))
+
+
+def is_image_files(x) -> bool:
+    """Whether `x` is an `ImageFiles` (streamed) rather than an array in memory."""
+    return isinstance(x, ImageFiles)
