@@ -11,6 +11,7 @@ from gdw_tf.core import methods
 from gdw_tf.data import input_pipeline
 from gdw_tf.labels import label_issues
 from gdw_tf.labels import report
+from gdw_tf.labels import wrong_count
 
 
 def read_history(path):
@@ -48,22 +49,61 @@ def save_example_weights(model, split, path, ids=None):
 
 def write_label_issues_and_report(output_dir, model, dataset, split, mean, std, batch_size):
     """Writes `label_issues.csv` (the model on the unaugmented training set, with its recorded
-    weights) and `report.html`. Ids: the dataset's `train_ids` if it has them, else the index in
-    the training split."""
+    weights) and `report.html`; returns the `LabelIssues`. Ids: the dataset's `train_ids` if it
+    has them, else the index in the training split. With a meta set, the number of wrong labels
+    is estimated with it and the flags cut at that estimate (`label_issues.rank_label_issues`)."""
     train_ids = getattr(dataset, "train_ids", None)
     ids = split.train_indices if train_ids is None else np.asarray(train_ids)[split.train_indices]
     images = dataset.x_train[split.train_indices]
+    trusted = None
+    if len(split.meta_indices):
+        trusted = (
+            input_pipeline.eval_dataset(
+                dataset.x_train[split.meta_indices], split.meta_labels, batch_size, mean, std
+            ),
+            split.meta_labels,
+        )
     issues = label_issues.find_label_issues(
         model,
         input_pipeline.eval_dataset(images, split.train_noisy_labels, batch_size, mean, std),
         split.train_noisy_labels,
         ids=ids,
         class_names=getattr(dataset, "class_names", None),
+        trusted=trusted,
     )
+    if issues.estimate is not None:
+        issues.estimate["trusted_source"] = split.meta_source
     label_issues.write_label_issues_csv(
         os.path.join(output_dir, label_issues.LABEL_ISSUES_FILE), issues
     )
     report.write_report(output_dir, issues, images=images)
+    return issues
+
+
+def wrong_labels_summary(issues, split):
+    """The `results.json` entry `wrong_labels`: the estimated number of wrong labels (None
+    without a trusted set), how many are flagged, and, where the noise was injected, the truth."""
+    estimate = issues.estimate
+    summary = {"flagged": issues.num_flagged, "estimate": None, "true": None}
+    if split.truth_known:
+        summary["true"] = int(split.train_corrupted.sum())
+    if estimate is not None:
+        summary["estimate"] = {
+            key: estimate[key]
+            for key in (
+                "count",
+                "interval",
+                "rate",
+                "per_given_label",
+                "per_given_label_interval",
+                "transition_matrix",
+                "num_trusted",
+                "method",
+                "trusted_source",
+            )
+        }
+        summary["estimate"]["rests_on"] = wrong_count.rests_on(estimate)
+    return summary
 
 
 def make_results(config, settings, split, history, example_weights, seconds):

@@ -127,7 +127,7 @@ def run(config):
     example_weights = results_lib.save_example_weights(
         model, split, os.path.join(output_dir, run_dir.EXAMPLE_WEIGHTS_FILE), ids=dataset.train_ids
     )
-    results_lib.write_label_issues_and_report(
+    issues = results_lib.write_label_issues_and_report(
         output_dir, model, dataset, split, mean, std, config.batch_size
     )
     model.backbone.save(os.path.join(output_dir, run_dir.MODEL_FILE))
@@ -138,6 +138,7 @@ def run(config):
     results = results_lib.make_results(
         config, settings, split, history, example_weights, time.perf_counter() - start
     )
+    results["wrong_labels"] = results_lib.wrong_labels_summary(issues, split)
     if split.meta_source == "auto":
         results["auto_meta"] = auto_meta.summary(
             split,
