@@ -89,8 +89,9 @@ def _summary(run_config, config, history, issues, truth):
         )
     if history and "test/accuracy" in history[-1]:
         items.append(("test accuracy (last epoch)", f"{history[-1]['test/accuracy']:.2%}"))
+    protocol_keys = ("dataset", "noise", "ratio", "imbalance")  # Not used by own data.
     for key in ("dataset", "method", "model", "noise", "ratio", "imbalance", "epochs"):
-        if key in run_config:
+        if key in run_config and not (run_config.get("train_data") and key in protocol_keys):
             items.append((key, str(run_config[key])))
     if truth is not None:
         wrong = truth["corrupted"]
