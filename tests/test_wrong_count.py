@@ -200,3 +200,47 @@ def test_rank_label_issues_with_a_trusted_set_flags_as_many_as_estimated():
     np.testing.assert_array_equal(issues.score, without.score)
     with pytest.raises(ValueError, match="or neither"):
         label_issues.rank_label_issues(probabilities, given, trusted_labels=trusted_true)
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark's instance-dependent setting (scripts/label_issues_benchmark.py)
+
+
+@pytest.mark.slow
+def test_benchmark_writes_instance_dependent_fashion_mnist_and_trains_on_it_as_a_user(tmp_path):
+    import importlib.util
+    import pathlib
+
+    from absl import flags
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "label_issues_benchmark.py"
+    spec = importlib.util.spec_from_file_location("label_issues_benchmark", script)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    data_dir = tmp_path / "instance_20" / "data"
+
+    benchmark.write_instance_noise_data("instance_20", str(data_dir))
+
+    with np.load(data_dir / "truth.npz") as truth:
+        true, given = truth["true_label"], truth["given_label"]
+        train_rows, trusted_rows = truth["train_rows"], truth["trusted_rows"]
+        flip_probability = truth["flip_probability"]
+    with np.load(data_dir / "train.npz") as train, np.load(data_dir / "trusted.npz") as trusted:
+        np.testing.assert_array_equal(train["y"], given)
+        assert train["x"].shape == (59000, 28, 28) and train["x"].dtype == np.uint8
+        np.testing.assert_array_equal(np.bincount(trusted["y"]), np.full(10, 100))
+    assert not set(train_rows.tolist()) & set(trusted_rows.tolist())
+    for k in range(10):  # 20% of each class, up to sampling (sd 0.5%)
+        assert abs((given != true)[true == k].mean() - 0.2) < 0.02
+    # Most flips are of examples the classifier found ambiguous (flip probability >= 0.5).
+    assert (flip_probability[given != true] >= 0.5).mean() > 0.5
+    assert (flip_probability[given == true] >= 0.5).mean() < 0.05
+
+    # The GDW run's flags: the flag file's recipe, on these files, its protocol lines dropped.
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["benchmark"])
+    run_flags = benchmark.train_flags("instance_20", str(tmp_path / "instance_20" / "gdw"))
+    assert f"--train_data={data_dir}/train.npz" in run_flags
+    assert f"--trusted_data={data_dir}/trusted.npz" in run_flags
+    assert "--lr=0.02" in run_flags and "--model=mlp" in run_flags
+    assert not [f for f in run_flags if f.split("=")[0] in ("--dataset", "--noise", "--num_meta")]
