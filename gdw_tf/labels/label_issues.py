@@ -205,6 +205,7 @@ def rank_label_issues(
             probabilities, given, trusted_probabilities, trusted_labels
         )
         flagged = wrong_count.cut_at_estimate(score, given, estimate["per_given_label"])
+        estimate["flags_cut_at_estimate"] = True
     order = np.argsort(score, kind="stable")
     rows = np.arange(n)
     issues = LabelIssues(

@@ -115,7 +115,7 @@ def _summary(run_config, config, history, issues, truth):
         "suspicious); the <b>suggested</b> label is the model's most probable class. The "
         "full ranked table is <code>label_issues.csv</code>."
     )
-    if estimate is not None:
+    if estimate is not None and estimate.get("flags_cut_at_estimate", True):
         rule = (
             "The <b>score</b> of an example is p(given) − max<sub>other</sub> p under the "
             "trained model (lower = more suspicious); the <b>suggested</b> label is the model's "
@@ -126,6 +126,12 @@ def _summary(run_config, config, history, issues, truth):
             "suggestion (a wrong label the model learned). The estimate rests on "
             f"{html.escape(wrong_count.rests_on(estimate))}. The full ranked table is "
             "<code>label_issues.csv</code>."
+        )
+    elif estimate is not None:
+        rule += (
+            " The number of wrong labels was also estimated with the trusted set (Gold Loss "
+            "Correction's estimate, Hendrycks et al. 2018), but not used to flag: it rests on "
+            f"{html.escape(wrong_count.rests_on(estimate))}."
         )
     return f"<section><div class='stats'>{cells}</div><p class='note'>{rule}</p></section>"
 
@@ -151,7 +157,7 @@ def _noise_section(issues, names, truth):
     counts = np.bincount(given, minlength=c)
     estimated = np.bincount(given[issues.flagged], minlength=c) / np.maximum(counts, 1)
     bars = [("estimated (flagged)", _RED, estimated)]
-    if issues.estimate is not None:
+    if issues.estimate is not None and issues.estimate.get("flags_cut_at_estimate", True):
         bars = [
             (
                 "estimated with the trusted set",
@@ -182,7 +188,7 @@ def _noise_section(issues, names, truth):
         "estimated transition matrix, P(given label | suggested class), each row a "
         "suggested class (the diagonal keeps its label).</p>"
     )
-    if issues.estimate is not None:
+    if issues.estimate is not None and issues.estimate.get("flags_cut_at_estimate", True):
         text = (
             "<p class='note'>Above: the estimated share of each given label that is wrong "
             "(the trusted set's estimate). Below: the transition matrix estimated on the "

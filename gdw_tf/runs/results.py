@@ -73,6 +73,11 @@ def write_label_issues_and_report(output_dir, model, dataset, split, mean, std, 
     )
     if issues.estimate is not None:
         issues.estimate["trusted_source"] = split.meta_source
+        if split.meta_source == "auto":
+            # An automatic trusted set holds the clearest examples: its estimate undercounts
+            # (docs/LABEL_ISSUES.md, "Automatic trusted set"), so the flags stay score < 0.
+            issues.flagged = issues.score < 0
+            issues.estimate["flags_cut_at_estimate"] = False
     label_issues.write_label_issues_csv(
         os.path.join(output_dir, label_issues.LABEL_ISSUES_FILE), issues
     )
@@ -100,6 +105,7 @@ def wrong_labels_summary(issues, split):
                 "num_trusted",
                 "method",
                 "trusted_source",
+                "flags_cut_at_estimate",
             )
         }
         summary["estimate"]["rests_on"] = wrong_count.rests_on(estimate)
