@@ -37,12 +37,27 @@ from absl import flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-SETTINGS = ("uniform_60", "flip_40", "uniform_40_imbalance_10")
+SETTINGS = (
+    "uniform_60",
+    "flip_40",
+    "uniform_40_imbalance_10",
+    "instance_20",
+    "instance_35",
+)
 SETTING_NAMES = {
     "uniform_60": "uniform 60%",
     "flip_40": "flip 40%",
     "uniform_40_imbalance_10": "uniform 40% + long tail ρ=10",
+    "instance_20": "instance-dependent 20%",
+    "instance_35": "instance-dependent 35%",
 }
+# Instance-dependent settings: the expected fraction of wrong labels of each.
+INSTANCE_RATIOS = {"instance_20": 0.2, "instance_35": 0.35}
+# Their recipe: the flag files' (this one's, less its dataset, noise and meta-set lines), on
+# .npz files written here, as a user with their own data would run it.
+INSTANCE_RECIPE_FLAGFILE = "flags/fashion_mnist_uniform_60.flags"
+INSTANCE_DROPPED_FLAGS = ("--dataset", "--noise", "--ratio", "--imbalance", "--num_meta")
+INSTANCE_META_PER_CLASS = 100
 COMMON_OVERRIDES = ("--model=mlp", "--verbose=2")
 
 FLAGS = flags.FLAGS
@@ -60,16 +75,78 @@ flags.DEFINE_multi_string(
     "--train_flag=--epochs=5 or --train_flag=--max_train_examples=20000.",
 )
 flags.DEFINE_bool("report_only", False, "Do not train; report what is finished.")
+flags.DEFINE_bool("train_only", False, "Train the GDW runs and CE folds; do not evaluate.")
 
 
 def train_flags(setting, output_dir):
     """The `gdw_tf.train` flags of the setting's GDW run."""
-    return [
-        f"--flagfile=flags/fashion_mnist_{setting}.flags",
-        *COMMON_OVERRIDES,
-        *FLAGS.train_flag,
-        f"--output_dir={output_dir}",
-    ]
+    if setting in INSTANCE_RATIOS:
+        data_dir = os.path.join(os.path.dirname(output_dir), "data")
+        with open(os.path.join(REPO, INSTANCE_RECIPE_FLAGFILE)) as file:
+            recipe = [
+                line.strip()
+                for line in file
+                if line.strip().startswith("--")
+                and line.split("=")[0].strip() not in INSTANCE_DROPPED_FLAGS
+            ]
+        source = [
+            *recipe,
+            f"--train_data={data_dir}/train.npz",
+            f"--trusted_data={data_dir}/trusted.npz",
+            f"--test_data={data_dir}/test.npz",
+        ]
+    else:
+        source = [f"--flagfile=flags/fashion_mnist_{setting}.flags"]
+    return [*source, *COMMON_OVERRIDES, *FLAGS.train_flag, f"--output_dir={output_dir}"]
+
+
+def write_instance_noise_data(setting, data_dir, seed=0):
+    """Writes the `.npz` files of an instance-dependent setting unless they exist.
+
+    Fashion-MNIST's training set: 100 images per class drawn (seeded) as the clean trusted set,
+    the other 59,000 given instance-dependent noisy labels (`gdw_tf.data.noise`: a softmax
+    regression trained on all 60,000 clean labels measures each image's ambiguity; the
+    noise is drawn from it). `truth.npz` keeps the true labels and the flip probabilities.
+    """
+    if os.path.exists(os.path.join(data_dir, "truth.npz")):
+        return
+    from gdw_tf.data import datasets
+    from gdw_tf.data import noise
+
+    dataset = datasets.load_dataset("fashion_mnist")
+    rng = np.random.default_rng(seed)
+    trusted = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(dataset.y_train == k), INSTANCE_META_PER_CLASS, False)
+            for k in range(dataset.num_classes)
+        ]
+    )
+    train = np.setdiff1d(np.arange(len(dataset.y_train)), trusted)
+    probabilities = noise.softmax_regression_probabilities(
+        dataset.x_train, dataset.y_train, dataset.num_classes, seed=seed
+    )
+    noisy, flip_probability = noise.instance_dependent_labels(
+        dataset.y_train[train],
+        probabilities[train],
+        INSTANCE_RATIOS[setting],
+        seed=seed,
+    )
+    os.makedirs(data_dir, exist_ok=True)
+    np.savez(os.path.join(data_dir, "train.npz"), x=dataset.x_train[train, ..., 0], y=noisy)
+    np.savez(
+        os.path.join(data_dir, "trusted.npz"),
+        x=dataset.x_train[trusted, ..., 0],
+        y=dataset.y_train[trusted],
+    )
+    np.savez(os.path.join(data_dir, "test.npz"), x=dataset.x_test[..., 0], y=dataset.y_test)
+    np.savez(
+        os.path.join(data_dir, "truth.npz"),
+        train_rows=train,
+        trusted_rows=trusted,
+        true_label=dataset.y_train[train],
+        given_label=noisy,
+        flip_probability=flip_probability,
+    )
 
 
 def parse_config(setting, output_dir):
@@ -98,27 +175,61 @@ def run_gdw(setting, output_dir):
     return code == 0
 
 
-def gdw_probabilities(config, dataset, split, gdw_dir):
-    """The GDW model's probabilities on the (unaugmented, normalised) training set."""
-    import keras
+class Problem:
+    """A setting's data as the benchmark scores it: the noisy training set (uint8 images and
+    given labels, in the order of the GDW run's training split), the truth, the trusted set,
+    and how the run's `label_issues.csv` ids map to training rows."""
 
-    from gdw_tf.data import input_pipeline
-    from gdw_tf.labels import label_issues
+    def __init__(self, setting, gdw_dir):
+        self.config = parse_config(setting, gdw_dir)
+        with open(os.path.join(gdw_dir, "config.json")) as file:
+            normalization = json.load(file)["normalization"]
+        self.mean, self.std = normalization["mean"], normalization["std"]
+        if setting in INSTANCE_RATIOS:
+            data_dir = os.path.join(os.path.dirname(gdw_dir), "data")
+            with np.load(os.path.join(data_dir, "train.npz")) as train:
+                self.x = train["x"][..., np.newaxis]
+                self.given = train["y"].astype(np.int64)
+            with np.load(os.path.join(data_dir, "trusted.npz")) as trusted:
+                self.x_trusted = trusted["x"][..., np.newaxis]
+                self.y_trusted = trusted["y"].astype(np.int64)
+            with np.load(os.path.join(data_dir, "truth.npz")) as truth:
+                self.true = truth["true_label"].astype(np.int64)
+            self.num_classes = 10
+            self.csv_rows = lambda ids: np.array(ids, np.int64)
+            # The CE folds normalise as the GDW run did (own data: its training set's stats).
+            self.ce_mean, self.ce_std = np.array(self.mean), np.array(self.std)
+        else:
+            from gdw_tf.data import input_pipeline
+            from gdw_tf.data import split as split_lib
+            from gdw_tf.runs import run as run_lib
 
-    with open(os.path.join(gdw_dir, "config.json")) as file:
-        normalization = json.load(file)["normalization"]
-    backbone = keras.models.load_model(os.path.join(gdw_dir, "model.keras"))
-    images = input_pipeline.eval_dataset(
-        dataset.x_train[split.train_indices],
-        split.train_noisy_labels,
-        config.batch_size,
-        normalization["mean"],
-        normalization["std"],
-    )
-    return label_issues.predict_probabilities(backbone, images)
+            dataset = run_lib.load_data(self.config)
+            split = split_lib.Split.load(os.path.join(gdw_dir, "split.npz"))
+            self.x = dataset.x_train[split.train_indices]
+            self.given = split.train_noisy_labels
+            self.true = split.train_true_labels
+            self.x_trusted = dataset.x_train[split.meta_indices]
+            self.y_trusted = split.meta_labels
+            self.num_classes = dataset.num_classes
+            self.csv_rows = lambda ids: np.searchsorted(
+                split.train_indices, np.array(ids, np.int64)
+            )
+            self.ce_mean, self.ce_std = input_pipeline.normalization_stats(
+                self.config.dataset, dataset.x_train
+            )
+        self.wrong = self.given != self.true
+
+    def probabilities(self, model, x, y):
+        """`model`'s probabilities on uint8 images `x`, normalised as the GDW run's."""
+        from gdw_tf.data import input_pipeline
+        from gdw_tf.labels import label_issues
+
+        images = input_pipeline.eval_dataset(x, y, self.config.batch_size, self.mean, self.std)
+        return label_issues.predict_probabilities(model, images)
 
 
-def run_ce_folds(config, dataset, split, ce_dir, folds):
+def run_ce_folds(problem, ce_dir, folds):
     """Trains the CE folds not yet done; returns (out-of-fold probabilities, seconds) or None."""
     import keras
     from sklearn.model_selection import StratifiedKFold
@@ -130,20 +241,19 @@ def run_ce_folds(config, dataset, split, ce_dir, folds):
     from gdw_tf.runs import callbacks
 
     os.makedirs(ce_dir, exist_ok=True)
-    x = dataset.x_train[split.train_indices]
-    y = split.train_noisy_labels
-    mean, std = input_pipeline.normalization_stats(config.dataset, dataset.x_train)
+    config, x, y = problem.config, problem.x, problem.given
+    mean, std = problem.ce_mean, problem.ce_std
     kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
-    probabilities = np.zeros((len(y), dataset.num_classes))
+    probabilities = np.zeros((len(y), problem.num_classes))
     seconds = 0.0
     for fold, (fit_rows, held_out) in enumerate(kfold.split(x, y)):
         path = os.path.join(ce_dir, f"fold{fold}.npz")
         if not os.path.exists(path):
             start = time.perf_counter()
             keras.utils.set_random_seed(config.seed + fold)
-            backbone = backbones.build_model(config.model, x.shape[1:], dataset.num_classes)
+            backbone = backbones.build_model(config.model, x.shape[1:], problem.num_classes)
             model = GDWModel(
-                backbone, dataset.num_classes, method="ce", l2=config.l2, seed=config.seed
+                backbone, problem.num_classes, method="ce", l2=config.l2, seed=config.seed
             )
             model.compile(keras.optimizers.SGD(config.lr, momentum=config.momentum))
             train = input_pipeline.train_dataset(
@@ -180,9 +290,9 @@ def auroc(scores, positive):
     return auroc_lib(scores, positive)
 
 
-def detection(flagged, score, suggested, split):
+def detection(flagged, score, suggested, problem):
     """Metrics of a flagged set and a score (lower = more suspicious) against the truth."""
-    wrong = split.train_corrupted
+    wrong = problem.wrong
     true_positives = int((flagged & wrong).sum())
     precision = true_positives / max(int(flagged.sum()), 1)
     recall = true_positives / max(int(wrong.sum()), 1)
@@ -192,17 +302,21 @@ def detection(flagged, score, suggested, split):
         "recall": recall,
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
         "flagged": int(flagged.sum()),
-        "suggested_accuracy_on_wrong": float(
-            (suggested[wrong] == split.train_true_labels[wrong]).mean()
-        ),
+        "suggested_accuracy_on_wrong": float((suggested[wrong] == problem.true[wrong]).mean()),
     }
 
 
-def candidates(probabilities, split, weights):
+def _f1(flagged, wrong):
+    tp = (flagged & wrong).sum()
+    precision, recall = tp / max(flagged.sum(), 1), tp / max(wrong.sum(), 1)
+    return float(2 * precision * recall / (precision + recall)) if tp else 0.0
+
+
+def candidates(probabilities, problem, weights, estimates):
     """AUROC of each candidate score and F1 of candidate flag rules, for gdw_tf's choice."""
     from gdw_tf.labels import label_issues
 
-    given = split.train_noisy_labels
+    given = problem.given
     rows = np.arange(len(given))
     margin = label_issues.label_margin(probabilities, given)
     instance, labelled = weights["instance_weight"], weights["labelled_class_weight"]
@@ -213,7 +327,7 @@ def candidates(probabilities, split, weights):
         "margin p(given) − max other p": margin,
         "instance weight × p(given)": instance * probabilities[rows, given],
     }
-    wrong = split.train_corrupted
+    wrong = problem.wrong
     rules = {
         "margin < 0 (suggested ≠ given)": margin < 0,
         "instance weight < max/2": instance < instance.max() / 2,
@@ -224,13 +338,34 @@ def candidates(probabilities, split, weights):
         "lowest k by instance weight, k = true number wrong (oracle)": _lowest(
             instance, int(wrong.sum())
         ),
+        "lowest k by margin, k = true number wrong (oracle)": _lowest(margin, int(wrong.sum())),
     }
-    f1 = {}
-    for name, flagged in rules.items():
-        tp = (flagged & wrong).sum()
-        precision, recall = tp / max(flagged.sum(), 1), tp / max(wrong.sum(), 1)
-        f1[name] = float(2 * precision * recall / (precision + recall)) if tp else 0.0
+    for name, count in estimates.items():
+        rules[f"lowest k by margin, k = {name}"] = _lowest(margin, int(round(count)))
+    f1 = {name: _f1(flagged, wrong) for name, flagged in rules.items()}
     return ({name: auroc(-score, wrong) for name, score in scores.items()}, f1)
+
+
+def estimate_candidates(probabilities, given, trusted_probabilities, trusted_labels):
+    """Candidate estimates of the number of wrong labels (the measurements behind the choice)."""
+    from gdw_tf.labels import label_issues
+    from gdw_tf.labels import wrong_count
+
+    rows = np.arange(len(given))
+    num_classes = probabilities.shape[1]
+    counts = np.bincount(given, minlength=num_classes).astype(np.float64)
+    own = np.stack([trusted_probabilities[trusted_labels == k].mean(0) for k in range(num_classes)])
+    glc = wrong_count.estimate_wrong_labels(
+        probabilities, given, trusted_probabilities, trusted_labels, bootstrap=0
+    )
+    return {
+        "#(margin < 0)": float((label_issues.label_margin(probabilities, given) < 0).sum()),
+        "sum of 1 − p(given)": float((1 - probabilities[rows, given]).sum()),
+        "GLC, the model's own probabilities on the trusted set": float(
+            wrong_count._wrong_per_given_label(own, counts).sum()
+        ),
+        "GLC, probe of the given labels (chosen)": glc["count"],
+    }
 
 
 def _lowest(score, k):
@@ -241,54 +376,54 @@ def _lowest(score, k):
 
 def evaluate(setting):
     """Runs what is missing for `setting` and returns its metrics dict (None if unfinished)."""
-    from gdw_tf.data import split as split_lib
+    import keras
+
     from gdw_tf.labels import label_issues
-    from gdw_tf.runs import run as run_lib
-    from gdw_tf.runs import run_dir as run_dir_lib
 
     setting_dir = os.path.join(FLAGS.runs_dir, setting)
     gdw_dir = os.path.join(setting_dir, "gdw")
+    if setting in INSTANCE_RATIOS and not FLAGS.report_only:
+        write_instance_noise_data(setting, os.path.join(setting_dir, "data"))
     if not FLAGS.report_only and not run_gdw(setting, gdw_dir):
         return None
     if not os.path.exists(os.path.join(gdw_dir, "results.json")):
         return None
-    config = parse_config(setting, gdw_dir)
-    dataset = run_lib.load_data(config)
-    split = split_lib.Split.load(os.path.join(gdw_dir, "split.npz"))
+    problem = Problem(setting, gdw_dir)
+    if FLAGS.train_only:
+        run_ce_folds(problem, os.path.join(setting_dir, "ce"), FLAGS.folds)
+        return None
     with open(os.path.join(gdw_dir, "results.json")) as file:
         results = json.load(file)
 
-    # gdw_tf: the run's own label_issues.csv (recomputed from model.keras and
-    # example_weights.npz for a run from before that file existed).
+    # gdw_tf: label issues recomputed from model.keras, example_weights.npz and the trusted
+    # set with this code (so runs of older code count too; the training step is the same).
     weights = dict(np.load(os.path.join(gdw_dir, "example_weights.npz")))
-    probabilities = gdw_probabilities(config, dataset, split, gdw_dir)
+    backbone = keras.models.load_model(os.path.join(gdw_dir, "model.keras"))
+    probabilities = problem.probabilities(backbone, problem.x, problem.given)
+    trusted_probabilities = problem.probabilities(backbone, problem.x_trusted, problem.y_trusted)
     issues = label_issues.rank_label_issues(
         probabilities,
-        split.train_noisy_labels,
+        problem.given,
         instance_weights=weights["instance_weight"],
         label_weights=weights["labelled_class_weight"],
+        trusted_probabilities=trusted_probabilities,
+        trusted_labels=problem.y_trusted,
     )
     flagged, score, suggested = (
         issues.in_input_order(name) for name in ("flagged", "score", "suggested_label")
     )
-    csv_path = os.path.join(gdw_dir, run_dir_lib.LABEL_ISSUES_FILE)
-    if os.path.exists(csv_path):
-        table = label_issues.read_label_issues_csv(csv_path)
-        position = np.searchsorted(split.train_indices, np.array(table["id"], np.int64))
-        recomputed = score[position]
-        flagged, score, suggested = (np.empty_like(a) for a in (flagged, score, suggested))
-        flagged[position] = np.array(table["flagged"]) == "1"
-        score[position] = np.array(table["score"], np.float64)
-        suggested[position] = np.array(table["suggested_label"], np.int64)
-        print(
-            f"{setting}: {csv_path}, largest difference from the recomputed score "
-            f"{np.abs(recomputed - score[position]).max():.1e}",
-            flush=True,
-        )
-    gdw = detection(flagged, score, suggested, split)
+    gdw = detection(flagged, score, suggested, problem)
     gdw["seconds"] = results["timing"]["total_seconds"]
     gdw["test_accuracy"] = results["test_accuracy"]["last"]
-    candidate_aurocs, candidate_f1 = candidates(probabilities, split, weights)
+    estimate = issues.estimate
+    gdw["estimated_wrong"] = estimate["count"]
+    gdw["estimated_wrong_interval"] = estimate["interval"]
+    candidate_estimates = estimate_candidates(
+        probabilities, problem.given, trusted_probabilities, problem.y_trusted
+    )
+    candidate_aurocs, candidate_f1 = candidates(
+        probabilities, problem, weights, candidate_estimates
+    )
 
     # cleanlab on K-fold out-of-fold probabilities of the same backbone trained with CE.
     if FLAGS.report_only and not all(
@@ -298,23 +433,23 @@ def evaluate(setting):
     import cleanlab.filter
     import cleanlab.rank
 
-    out_of_fold, seconds = run_ce_folds(
-        config, dataset, split, os.path.join(setting_dir, "ce"), FLAGS.folds
-    )
+    out_of_fold, seconds = run_ce_folds(problem, os.path.join(setting_dir, "ce"), FLAGS.folds)
     start = time.perf_counter()
-    given = split.train_noisy_labels
+    given = problem.given
     flagged = cleanlab.filter.find_label_issues(given, out_of_fold)
     quality = cleanlab.rank.get_label_quality_scores(given, out_of_fold)
-    cleanlab_metrics = detection(flagged, quality, out_of_fold.argmax(axis=1), split)
+    cleanlab_metrics = detection(flagged, quality, out_of_fold.argmax(axis=1), problem)
     cleanlab_metrics["seconds"] = seconds + time.perf_counter() - start
     metrics = {
         "setting": setting,
         "train_flags": train_flags(setting, gdw_dir)[:-1],
         "num_train": int(len(given)),
-        "realised_noise_rate": float(split.realised_noise_rate),
+        "realised_noise_rate": float(problem.wrong.mean()),
+        "true_wrong": int(problem.wrong.sum()),
         "gdw_tf": gdw,
         "cleanlab": cleanlab_metrics,
         "folds": FLAGS.folds,
+        "candidate_estimates": candidate_estimates,
         "candidate_score_auroc": candidate_aurocs,
         "candidate_rule_f1": candidate_f1,
     }
@@ -343,6 +478,36 @@ def markdown(all_metrics):
                 f"{r['flagged']:,} | {r['suggested_accuracy_on_wrong']:.3f} | "
                 f"{r['seconds'] / 60:.1f} min |"
             )
+    lines += [
+        "",
+        "| setting | truly wrong | estimated (95% interval) | error | test accuracy (GDW) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for m in all_metrics:
+        r = m["gdw_tf"]
+        low, high = r["estimated_wrong_interval"]
+        lines.append(
+            f"| {SETTING_NAMES.get(m['setting'], m['setting'])} | {m['true_wrong']:,} | "
+            f"{r['estimated_wrong']:,.0f} ({low:,.0f}–{high:,.0f}) | "
+            f"{r['estimated_wrong'] / m['true_wrong'] - 1:+.1%} | {r['test_accuracy']:.4f} |"
+        )
+    lines += [
+        "",
+        "| candidate estimate of the number wrong (error) | "
+        + " | ".join(SETTING_NAMES.get(m["setting"], m["setting"]) for m in all_metrics)
+        + " |",
+        "| --- |" + " --- |" * len(all_metrics),
+    ]
+    for name in all_metrics[0]["candidate_estimates"]:
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                f"{m['candidate_estimates'][name]:,.0f} "
+                f"({m['candidate_estimates'][name] / m['true_wrong'] - 1:+.1%})"
+                for m in all_metrics
+            )
+            + " |"
+        )
     lines += [
         "",
         "| candidate score: AUROC | "

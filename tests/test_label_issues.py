@@ -331,9 +331,22 @@ def test_training_run_writes_label_issues_and_a_report(tmp_path):
     np.testing.assert_allclose(
         np.array(table["score"], float), _margins_by_loops(probabilities, given), atol=2e-5
     )
+    # With the meta set as trusted set, each given label's lowest scores are flagged, as many
+    # as results.json's estimate of its wrong labels.
     flagged = np.array(table["flagged"]) == "1"
-    np.testing.assert_array_equal(flagged, np.array(table["score"], float) < 0)
-    assert flagged.any()
+    with open(os.path.join(run_dir, "results.json")) as file:
+        wrong_labels = json.load(file)["wrong_labels"]
+    per_label = wrong_labels["estimate"]["per_given_label"]
+    score = np.array(table["score"], float)
+    for label, count in enumerate(per_label):
+        here = given == label
+        assert flagged[here].sum() == round(count)
+        if flagged[here].any() and (~flagged[here]).any():
+            assert score[here][flagged[here]].max() <= score[here][~flagged[here]].min()
+    assert wrong_labels["flagged"] == flagged.sum() > 0
+    assert wrong_labels["true"] == int(split.train_corrupted.sum())
+    low, high = wrong_labels["estimate"]["interval"]
+    assert low <= wrong_labels["estimate"]["count"] <= high
     with np.load(os.path.join(run_dir, "example_weights.npz")) as weights:
         by_id = dict(zip(weights["index"], weights["instance_weight"]))
     np.testing.assert_allclose(

@@ -22,6 +22,7 @@ from gdw_tf.data import datasets
 from gdw_tf.data import input_pipeline
 from gdw_tf.data import own_data
 from gdw_tf.data import split as split_lib
+from gdw_tf.labels import label_issues
 from gdw_tf.nets import backbones
 from gdw_tf.runs import config as config_lib
 from gdw_tf.runs import run_dir
@@ -601,6 +602,16 @@ def test_automatic_trusted_set_on_real_digits_is_pure(tmp_path, digits):
     with np.load(os.path.join(run_dir, "example_weights.npz")) as weights:
         assert not set(weights["id"]) & set(chosen["ids"])
         assert len(weights["id"]) == 1397 - 100
+    # The trusted set's estimate is reported with what it rests on, but the flags stay
+    # score < 0: an automatic trusted set holds the clearest examples and undercounts.
+    estimate = results["wrong_labels"]["estimate"]
+    assert estimate["trusted_source"] == "auto" and not estimate["flags_cut_at_estimate"]
+    assert "automatic trusted set" in estimate["rests_on"]
+    table = label_issues.read_label_issues_csv(os.path.join(run_dir, "label_issues.csv"))
+    np.testing.assert_array_equal(
+        np.array(table["flagged"]) == "1", np.array(table["score"], float) < 0
+    )
+    assert results["wrong_labels"]["flagged"] == int((np.array(table["score"], float) < 0).sum())
 
 
 @pytest.mark.slow

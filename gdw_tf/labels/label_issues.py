@@ -13,6 +13,13 @@ reproduce them; `docs/LABEL_ISSUES.md` has the measurements that chose this scor
 over the instance weight, GDW's labelled-class weight ω¹, the probability of the given label
 and combinations of them.
 
+With a trusted set (examples whose labels are right: a GDW run's meta set), the number of wrong
+labels is estimated instead (`gdw_tf.labels.wrong_count`: Gold Loss Correction's estimate of the
+noise, per given label, with a bootstrap interval), and within each given label the lowest
+scores are flagged, as many as estimated. A model that learned some wrong labels (annotators'
+mistakes on ambiguous examples are learnable) prefers the given label on them, so "score < 0"
+misses them; the trusted set measures how many there are. `LabelIssues.estimate` holds it.
+
 The recorded weights (`GDWModel(track_examples=N)`) are reported beside the score: the last
 epoch's instance weight and the weight on the given label (GDW: ω¹).
 
@@ -29,6 +36,8 @@ from typing import Any
 import keras
 import numpy as np
 from numpy.typing import ArrayLike
+
+from gdw_tf.labels import wrong_count
 
 LABEL_ISSUES_FILE = "label_issues.csv"
 # Columns of `label_issues.csv`, in order; the two class-name columns only with class names.
@@ -57,11 +66,14 @@ class LabelIssues:
       position: its position in the arrays the ranking was computed from.
       given_label, suggested_label: int labels; the suggestion is the model's argmax.
       score: p(given) − max_{k ≠ given} p(k), lower = more suspicious.
-      flagged: score < 0 (the suggested label differs from the given one).
+      flagged: without a trusted set, score < 0 (the suggested label differs from the given
+        one); with one, the lowest scores of each given label, as many as `estimate` says.
       given_probability, suggested_probability: the model's probabilities of those labels.
       instance_weight, labelled_class_weight: the recorded weights (NaN where none).
       num_classes: `C`.
       class_names: names of the classes, or None.
+      estimate: with a trusted set, `gdw_tf.labels.wrong_count.estimate_wrong_labels`' dict
+        (the estimated number of wrong labels, its interval, per given label); else None.
     """
 
     rank: np.ndarray
@@ -77,6 +89,7 @@ class LabelIssues:
     labelled_class_weight: np.ndarray
     num_classes: int
     class_names: tuple | None = None
+    estimate: dict | None = None
 
     def __len__(self):
         return len(self.rank)
@@ -111,8 +124,15 @@ def rank_label_issues(
     label_weights: ArrayLike | None = None,
     ids: ArrayLike | None = None,
     class_names: Sequence[str] | None = None,
+    trusted_probabilities: ArrayLike | None = None,
+    trusted_labels: ArrayLike | None = None,
 ) -> LabelIssues:
-    """Ranks examples by the margin of their given label; flags those with a negative margin.
+    """Ranks examples by the margin of their given label and flags the suspicious ones.
+
+    Without a trusted set, those with a negative margin are flagged. With one
+    (`trusted_probabilities` and `trusted_labels`: the model on examples whose labels are
+    right), the number of wrong labels of each given label is estimated
+    (`wrong_count.estimate_wrong_labels`) and that many of its lowest scores are flagged.
 
     Args:
       probabilities: `[N, C]` class probabilities of the trained model (rows sum to 1).
@@ -120,13 +140,16 @@ def rank_label_issues(
       instance_weights, label_weights: optional `[N]` recorded weights (reported, not scored).
       ids: optional `[N]` ids of the examples (default: `0..N-1`).
       class_names: optional `C` names of the classes.
+      trusted_probabilities: optional `[M, C]` probabilities of trusted examples.
+      trusted_labels: their `[M]` right labels; every class must appear.
 
     Returns:
       A `LabelIssues`, most suspicious first (ties keep the input order).
 
     Raises:
-      ValueError: on mismatched lengths, labels outside `[0, C)`, or probabilities that are
-        not finite, not in `[0, 1]` or not `[N, C]`.
+      ValueError: on mismatched lengths, labels outside `[0, C)`, probabilities that are
+        not finite, not in `[0, 1]` or not `[N, C]`, or a trusted set that is half given, of
+        another shape or missing a class.
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 2 or probabilities.shape[1] < 2:
@@ -172,8 +195,20 @@ def rank_label_issues(
         if len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes.")
 
+    if (trusted_probabilities is None) != (trusted_labels is None):
+        raise ValueError("Give both trusted_probabilities and trusted_labels, or neither.")
     score = label_margin(probabilities, given)
     suggested = probabilities.argmax(axis=1)
+    flagged, estimate = score < 0, None
+    if trusted_probabilities is not None:
+        trusted_probabilities, trusted_labels = _check_trusted(
+            trusted_probabilities, trusted_labels, num_classes
+        )
+        estimate = wrong_count.estimate_wrong_labels(
+            probabilities, given, trusted_probabilities, trusted_labels
+        )
+        flagged = wrong_count.cut_at_estimate(score, given, estimate["per_given_label"])
+        estimate["flags_cut_at_estimate"] = True
     order = np.argsort(score, kind="stable")
     rows = np.arange(n)
     issues = LabelIssues(
@@ -183,15 +218,33 @@ def rank_label_issues(
         given_label=given[order],
         suggested_label=suggested[order],
         score=score[order],
-        flagged=score[order] < 0,
+        flagged=flagged[order],
         given_probability=probabilities[rows, given][order],
         suggested_probability=probabilities[rows, suggested][order],
         instance_weight=weights[0][order],
         labelled_class_weight=weights[1][order],
         num_classes=num_classes,
         class_names=class_names,
+        estimate=estimate,
     )
     return issues
+
+
+def _check_trusted(probabilities, labels, num_classes):
+    probabilities = np.asarray(probabilities, np.float64)
+    labels = np.asarray(labels).reshape(-1)
+    if probabilities.ndim != 2 or probabilities.shape != (len(labels), num_classes):
+        raise ValueError(
+            f"trusted_probabilities must be [M, {num_classes}] with M = {len(labels)} trusted "
+            f"labels; got shape {probabilities.shape}."
+        )
+    if not np.issubdtype(labels.dtype, np.integer) or (
+        len(labels) and (labels.min() < 0 or labels.max() >= num_classes)
+    ):
+        raise ValueError(f"trusted_labels must be integers in [0, {num_classes}).")
+    if not np.all(np.isfinite(probabilities)) or probabilities.min(initial=0) < 0:
+        raise ValueError("trusted_probabilities must be finite and in [0, 1] (not logits).")
+    return probabilities, labels.astype(np.int64)
 
 
 def write_label_issues_csv(
@@ -251,6 +304,7 @@ def find_label_issues(
     ids: ArrayLike | None = None,
     class_names: Sequence[str] | None = None,
     batch_size: int = 256,
+    trusted: tuple | None = None,
 ) -> LabelIssues:
     """The ranked label issues of `(x, y)` under a trained `GDWModel` (or any logits model).
 
@@ -266,6 +320,9 @@ def find_label_issues(
       ids: optional `[N]` ids for the table (default: `index`, else `0..N-1`).
       class_names: optional names of the classes.
       batch_size: prediction batch size for array inputs.
+      trusted: optional `(x_trusted, y_trusted)`, examples whose labels are right (e.g. the
+        meta set), `x_trusted` as the model takes it (array or dataset as `x`): the number of
+        wrong labels is then estimated with them and the flags cut at it (`rank_label_issues`).
 
     Returns:
       A `LabelIssues` (see `rank_label_issues`).
@@ -294,6 +351,12 @@ def find_label_issues(
         label_weights = keras.ops.convert_to_numpy(model.example_label_weights)[index]
         if ids is None:
             ids = index
+    trusted_probabilities = trusted_labels = None
+    if trusted is not None:
+        if len(trusted) != 2:
+            raise ValueError("trusted must be a pair (x_trusted, y_trusted).")
+        trusted_labels = np.asarray(trusted[1]).reshape(-1)
+        trusted_probabilities = predict_probabilities(model, trusted[0], batch_size)
     probabilities = predict_probabilities(model, x, batch_size)
     if len(probabilities) != len(y):
         raise ValueError(f"x has {len(probabilities)} examples but y has {len(y)} labels.")
@@ -304,6 +367,8 @@ def find_label_issues(
         label_weights=label_weights,
         ids=ids,
         class_names=class_names,
+        trusted_probabilities=trusted_probabilities,
+        trusted_labels=trusted_labels,
     )
 
 

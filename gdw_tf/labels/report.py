@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from gdw_tf.labels import wrong_count
 from gdw_tf.labels.label_issues import LabelIssues
 
 GALLERY_SIZE = 60  # examples in the gallery
@@ -81,10 +82,20 @@ def _summary(run_config, config, history, issues, truth):
         ("training examples", f"{n:,}"),
         ("flagged as wrong", f"{flagged:,} ({flagged / max(n, 1):.1%})"),
     ]
+    estimate = issues.estimate
+    if estimate is not None:
+        low, high = estimate["interval"] or (estimate["count"], estimate["count"])
+        items.append(
+            (
+                "estimated wrong labels (trusted set; 95% interval)",
+                f"{estimate['count']:,.0f} ({low:,.0f}–{high:,.0f})",
+            )
+        )
     if history and "test/accuracy" in history[-1]:
         items.append(("test accuracy (last epoch)", f"{history[-1]['test/accuracy']:.2%}"))
+    protocol_keys = ("dataset", "noise", "ratio", "imbalance")  # Not used by own data.
     for key in ("dataset", "method", "model", "noise", "ratio", "imbalance", "epochs"):
-        if key in run_config:
+        if key in run_config and not (run_config.get("train_data") and key in protocol_keys):
             items.append((key, str(run_config[key])))
     if truth is not None:
         wrong = truth["corrupted"]
@@ -108,6 +119,24 @@ def _summary(run_config, config, history, issues, truth):
         "suspicious); the <b>suggested</b> label is the model's most probable class. The "
         "full ranked table is <code>label_issues.csv</code>."
     )
+    if estimate is not None and estimate.get("flags_cut_at_estimate", True):
+        rule = (
+            "The <b>score</b> of an example is p(given) − max<sub>other</sub> p under the "
+            "trained model (lower = more suspicious); the <b>suggested</b> label is the model's "
+            "most probable class. The number of wrong labels of each given label was estimated "
+            "with the trusted set (Gold Loss Correction's estimate of the noise, Hendrycks et "
+            "al. 2018; the interval: bootstrap of the trusted set), and that many of its lowest "
+            "scores are <b>flagged</b>, so a flagged example may keep its given label as the "
+            "suggestion (a wrong label the model learned). The estimate rests on "
+            f"{html.escape(wrong_count.rests_on(estimate))}. The full ranked table is "
+            "<code>label_issues.csv</code>."
+        )
+    elif estimate is not None:
+        rule += (
+            " The number of wrong labels was also estimated with the trusted set (Gold Loss "
+            "Correction's estimate, Hendrycks et al. 2018), but not used to flag: it rests on "
+            f"{html.escape(wrong_count.rests_on(estimate))}."
+        )
     return f"<section><div class='stats'>{cells}</div><p class='note'>{rule}</p></section>"
 
 
@@ -132,6 +161,14 @@ def _noise_section(issues, names, truth):
     counts = np.bincount(given, minlength=c)
     estimated = np.bincount(given[issues.flagged], minlength=c) / np.maximum(counts, 1)
     bars = [("estimated (flagged)", _RED, estimated)]
+    if issues.estimate is not None and issues.estimate.get("flags_cut_at_estimate", True):
+        bars = [
+            (
+                "estimated with the trusted set",
+                _RED,
+                np.asarray(issues.estimate["per_given_label"]) / np.maximum(counts, 1),
+            )
+        ]
     if truth is not None:
         wrong = truth["corrupted"]
         bars.append(
@@ -155,6 +192,21 @@ def _noise_section(issues, names, truth):
         "estimated transition matrix, P(given label | suggested class), each row a "
         "suggested class (the diagonal keeps its label).</p>"
     )
+    if issues.estimate is not None and issues.estimate.get("flags_cut_at_estimate", True):
+        text = (
+            "<p class='note'>Above: the estimated share of each given label that is wrong "
+            "(the trusted set's estimate). Below: the transition matrix estimated on the "
+            "trusted set, P(given label | true class), each row a true class; then the "
+            "share of each suggested class given each label.</p>"
+        )
+        matrix = (
+            _matrix_table(
+                np.asarray(issues.estimate["transition_matrix"]),
+                names,
+                "true class ↓ / given label → (estimated with the trusted set)",
+            )
+            + matrix
+        )
     if truth is not None:
         true_joint = np.zeros((c, c))
         np.add.at(true_joint, (truth["true_label"], given), 1)
@@ -188,7 +240,11 @@ def _weight_loss_section(issues):
         "<p class='note'>Each cell counts examples (darker = more, on a log scale); its "
         f"colour is the share flagged, from <span style='color:{_BLUE}'>none</span> to "
         f"<span style='color:{_RED}'>all</span>. Weights are those of the last epoch; the "
-        "loss is the trained model's.</p>"
+        "loss is the trained model's. <b>Read with care:</b> a low weight marks a label the "
+        "model rejected; a wrong label the model learned (an annotator's mistake on an "
+        "ambiguous example) gets an ordinary weight. On the instance-dependent benchmark of "
+        "<code>docs/LABEL_ISSUES.md</code> the weight on the given label ranked wrong labels "
+        "no better than chance; the flags do not use the weights.</p>"
     )
     return note + "<div class='row'>" + "".join(panels) + "</div>"
 

@@ -7,6 +7,7 @@ import numpy as np
 from gdw_tf.core import methods
 from gdw_tf.data import input_pipeline
 from gdw_tf.labels import label_issues
+from gdw_tf.labels import wrong_count
 
 
 def example_weights(model, split, ids=None):
@@ -33,16 +34,61 @@ def example_weights(model, split, ids=None):
 def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_size):
     """The training labels ranked by the trained model on the unaugmented training set
     `x_train`, with its recorded weights. Ids: the dataset's `train_ids` if it has them, else the
-    index in the training split."""
+    index in the training split. With a meta set, the number of wrong labels is estimated with it
+    and the flags cut at that estimate (`label_issues.rank_label_issues`)."""
     train_ids = dataset.train_ids
     ids = split.train_indices if train_ids is None else np.asarray(train_ids)[split.train_indices]
-    return label_issues.find_label_issues(
+    trusted = None
+    if len(split.meta_indices):
+        trusted = (
+            input_pipeline.eval_dataset(
+                dataset.x_train[split.meta_indices], split.meta_labels, batch_size, mean, std
+            ),
+            split.meta_labels,
+        )
+    issues = label_issues.find_label_issues(
         model,
         input_pipeline.eval_dataset(x_train, split.train_noisy_labels, batch_size, mean, std),
         split.train_noisy_labels,
         ids=ids,
         class_names=dataset.class_names,
+        trusted=trusted,
     )
+    if issues.estimate is not None:
+        issues.estimate["trusted_source"] = split.meta_source
+        if split.meta_source == "auto":
+            # An automatic trusted set holds the clearest examples: its estimate undercounts
+            # (docs/LABEL_ISSUES.md, "Automatic trusted set"), so the flags stay score < 0.
+            issues.flagged = issues.score < 0
+            issues.estimate["flags_cut_at_estimate"] = False
+    return issues
+
+
+def wrong_labels_summary(issues, split):
+    """The `results.json` entry `wrong_labels`: the estimated number of wrong labels (None
+    without a trusted set), how many are flagged, and, where the noise was injected, the truth."""
+    estimate = issues.estimate
+    summary = {"flagged": issues.num_flagged, "estimate": None, "true": None}
+    if split.truth_known:
+        summary["true"] = int(split.train_corrupted.sum())
+    if estimate is not None:
+        summary["estimate"] = {
+            key: estimate[key]
+            for key in (
+                "count",
+                "interval",
+                "rate",
+                "per_given_label",
+                "per_given_label_interval",
+                "transition_matrix",
+                "num_trusted",
+                "method",
+                "trusted_source",
+                "flags_cut_at_estimate",
+            )
+        }
+        summary["estimate"]["rests_on"] = wrong_count.rests_on(estimate)
+    return summary
 
 
 def make_results(config, settings, split, history, example_weights, seconds):

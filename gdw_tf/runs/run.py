@@ -144,6 +144,7 @@ def run(config: Config) -> dict:
     results = results_lib.make_results(
         config, settings, split, history, example_weights, time.perf_counter() - start
     )
+    results["wrong_labels"] = results_lib.wrong_labels_summary(issues, split)
     if split.meta_source == "auto":
         results["auto_meta"] = auto_meta.summary(
             split,

@@ -1,0 +1,98 @@
+"""What GDW's weights do under instance-dependent noise, epoch by epoch (measurements for
+`docs/LABEL_ISSUES.md`, "What the weights say").
+
+    nice python scripts/weights_under_instance_noise.py --setting=instance_35 \
+        --runs_dir=runs/label_issues_benchmark
+
+Reruns the benchmark's GDW run of `--setting` (same flags, data of `<runs_dir>/<setting>/data`,
+or of the injected settings' protocol) into `<runs_dir>/<setting>/weights_by_epoch/`, and after
+every epoch records, for the training set: the instance weight and GDW's weight ω¹ on the given
+label as last recorded (each example's most recent step), the loss −log p(given) of the model in
+inference mode, and the weight net's curve v(ℓ). Prints per epoch the AUROC of each for "the
+label is wrong" (low weight / high loss = wrong), the spread of the instance weights (1st to
+99th percentile), and the mean ω¹ − v on right and on wrong labels (what stage 2 did to the given
+label's weight). Writes `weights_by_epoch.json`.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app
+from absl import flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+
+import label_issues_benchmark as benchmark  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("setting", "instance_35", "A setting of scripts/label_issues_benchmark.py.")
+
+
+def main(argv):
+    del argv
+    import keras
+
+    from gdw_tf.runs import callbacks as callbacks_lib
+    from gdw_tf.runs import config as config_lib
+    from gdw_tf.runs import results
+    from gdw_tf.runs import run as run_lib
+
+    os.chdir(REPO)
+    setting_dir = os.path.join(FLAGS.runs_dir, FLAGS.setting)
+    problem = benchmark.Problem(FLAGS.setting, os.path.join(setting_dir, "gdw"))
+    output_dir = os.path.join(setting_dir, "weights_by_epoch")
+    values = flags.FlagValues()
+    config_lib.define_flags(values)
+    values(["weights", *benchmark.train_flags(FLAGS.setting, output_dir)])
+    config = config_lib.Config.from_flags(values)
+    grid = np.linspace(0.0, 6.0, 25)
+    wrong = problem.wrong
+    records = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            instance = np.asarray(self.model.example_weights, np.float64)
+            labelled = np.asarray(self.model.example_label_weights, np.float64)
+            probabilities = problem.probabilities(self.model.backbone, problem.x, problem.given)
+            loss = -np.log(np.clip(probabilities[np.arange(len(wrong)), problem.given], 1e-12, 1))
+            curve = np.asarray(self.model.weight_net(grid[:, None].astype("float32")))[:, 0]
+            row = {
+                "epoch": epoch + 1,
+                "auroc_instance_weight": results.auroc(-instance, wrong),
+                "auroc_labelled_class_weight": results.auroc(-labelled, wrong),
+                "auroc_loss": results.auroc(loss, wrong),
+                "instance_weight_p1_p99": np.percentile(instance, [1, 99]).tolist(),
+                "mean_loss_right_wrong": [float(loss[~wrong].mean()), float(loss[wrong].mean())],
+                "stage2_change_right_wrong": [
+                    float((labelled - instance)[~wrong].mean()),
+                    float((labelled - instance)[wrong].mean()),
+                ],
+                "weight_net_curve": dict(zip(grid.round(2).tolist(), curve.tolist())),
+                "train_accuracy_given": float((probabilities.argmax(1) == problem.given).mean()),
+            }
+            records.append(row)
+            print(
+                f"epoch {row['epoch']:2d}: AUROC instance {row['auroc_instance_weight']:.3f} "
+                f"ω¹ {row['auroc_labelled_class_weight']:.3f} loss {row['auroc_loss']:.3f}; "
+                f"instance weight p1–p99 {row['instance_weight_p1_p99'][0]:.3f}–"
+                f"{row['instance_weight_p1_p99'][1]:.3f}; loss right/wrong "
+                f"{row['mean_loss_right_wrong'][0]:.2f}/{row['mean_loss_right_wrong'][1]:.2f}; "
+                f"ω¹ − v right/wrong {row['stage2_change_right_wrong'][0]:+.3f}/"
+                f"{row['stage2_change_right_wrong'][1]:+.3f}; v(0)={curve[0]:.3f} "
+                f"v(1)={curve[4]:.3f} v(3)={curve[12]:.3f} v(6)={curve[-1]:.3f}",
+                flush=True,
+            )
+
+    make_callbacks = callbacks_lib.make_callbacks
+    callbacks_lib.make_callbacks = lambda *a, **k: [*make_callbacks(*a, **k), Record()]
+    run_lib.run(config)
+    with open(os.path.join(output_dir, "weights_by_epoch.json"), "w") as file:
+        json.dump(records, file, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)

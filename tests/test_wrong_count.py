@@ -1,0 +1,246 @@
+"""Instance-dependent noise (`gdw_tf.data.noise`) and the number of wrong labels estimated with
+the trusted set (`gdw_tf.labels.wrong_count`, and the flags of `rank_label_issues` cut at it),
+on small synthetic data where the answer is known."""
+
+import numpy as np
+import pytest
+
+from gdw_tf.data import noise
+from gdw_tf.labels import label_issues
+from gdw_tf.labels import wrong_count
+
+# --------------------------------------------------------------------------------------------
+# Instance-dependent noise
+
+
+def _gaussian_classes(n_per_class, seed, num_classes=3, spread=1.0):
+    """Points around `num_classes` centres on a circle, and the exact Bayes posterior."""
+    rng = np.random.default_rng(seed)
+    angles = 2 * np.pi * np.arange(num_classes) / num_classes
+    centres = 2.0 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    labels = np.repeat(np.arange(num_classes), n_per_class)
+    x = centres[labels] + spread * rng.normal(size=(len(labels), 2))
+    log_density = -0.5 * ((x[:, None, :] - centres[None]) ** 2).sum(-1) / spread**2
+    posterior = np.exp(log_density - log_density.max(axis=1, keepdims=True))
+    return x, labels, posterior / posterior.sum(axis=1, keepdims=True)
+
+
+def test_instance_dependent_noise_rate_per_class_and_flips_to_the_likeliest_wrong_class():
+    _, labels, posterior = _gaussian_classes(4000, seed=0)
+    noisy, flip_probability = noise.instance_dependent_labels(labels, posterior, 0.3, seed=1)
+
+    wrong = noisy != labels
+    for k in range(3):
+        # Expected rate exactly 0.3 per class; 4000 Bernoulli draws: sd 0.0072.
+        assert flip_probability[labels == k].mean() == pytest.approx(0.3, abs=1e-9)
+        assert abs(wrong[labels == k].mean() - 0.3) < 0.03
+    others = posterior.copy()
+    others[np.arange(len(labels)), labels] = -1
+    np.testing.assert_array_equal(noisy[wrong], others.argmax(axis=1)[wrong])
+    assert flip_probability.min() >= 0 and flip_probability.max() <= 1
+
+
+def test_instance_dependent_noise_flips_the_ambiguous_examples():
+    _, labels, posterior = _gaussian_classes(4000, seed=2)
+    noisy, _ = noise.instance_dependent_labels(labels, posterior, 0.2, seed=3)
+
+    wrong = noisy != labels
+    p_true = posterior[np.arange(len(labels)), labels]
+    ambiguous = p_true < np.quantile(p_true, 0.25)  # the quarter the Bayes rule finds hardest
+    clear = p_true > np.quantile(p_true, 0.75)
+    assert wrong[ambiguous].mean() > 0.5  # against 0.2 overall
+    assert wrong[clear].mean() < 0.02
+    assert p_true[wrong].mean() < p_true[~wrong].mean() - 0.3
+
+
+def test_instance_dependent_noise_is_reproducible_and_checks_its_input():
+    _, labels, posterior = _gaussian_classes(500, seed=4)
+    first, _ = noise.instance_dependent_labels(labels, posterior, 0.25, seed=7)
+    again, _ = noise.instance_dependent_labels(labels, posterior, 0.25, seed=7)
+    other, _ = noise.instance_dependent_labels(labels, posterior, 0.25, seed=8)
+    np.testing.assert_array_equal(first, again)
+    assert (first != other).any()
+    with pytest.raises(ValueError, match="ratio"):
+        noise.instance_dependent_labels(labels, posterior, 1.0, seed=0)
+    with pytest.raises(ValueError, match="probabilities must be"):
+        noise.instance_dependent_labels(labels, posterior[:10], 0.2, seed=0)
+
+
+def test_softmax_regression_learns_separable_classes():
+    x, labels, posterior = _gaussian_classes(500, seed=5, spread=0.5)
+    probabilities = noise.softmax_regression_probabilities(x, labels, 3, seed=0, epochs=5)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    # The Bayes rule's accuracy here is about 0.99; a linear model can match it.
+    bayes = (posterior.argmax(axis=1) == labels).mean()
+    assert (probabilities.argmax(axis=1) == labels).mean() > bayes - 0.02
+
+
+# --------------------------------------------------------------------------------------------
+# The number of wrong labels
+
+
+def _noisy_model(n, num_classes, transition, seed, sharpness=4.0, accuracy=1.0, spread=0.2):
+    """Model probabilities and given labels of class-conditional noise with a known `transition`.
+
+    The "model" believes the true class with probability `accuracy` (else a random other one)
+    and outputs a noisy distribution peaked at that belief; given labels are drawn from
+    `transition[true]`, independently of the model. With `accuracy=1` the belief is the true
+    class: GLC's premise (a model of the given labels whose input tells the classes apart);
+    a small `spread` keeps P(given | log-probabilities) nearly linear, as the probe assumes.
+    """
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, num_classes, n)
+    belief = np.where(
+        rng.random(n) < accuracy, true, (true + rng.integers(1, num_classes, n)) % num_classes
+    )
+    logits = sharpness * np.eye(num_classes)[belief] + spread * rng.normal(size=(n, num_classes))
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    cumulative = np.cumsum(transition, axis=1)
+    given = (rng.random(n)[:, None] > cumulative[true]).sum(axis=1)
+    return probabilities, np.minimum(given, num_classes - 1), true
+
+
+def test_estimate_recovers_the_number_of_wrong_labels_of_known_noise():
+    transition = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.0, 0.4, 0.6]])
+    probabilities, given, true = _noisy_model(20000, 3, transition, seed=0)
+    trusted_probabilities, _, trusted_true = _noisy_model(3000, 3, transition, seed=1)
+
+    result = wrong_count.estimate_wrong_labels(
+        probabilities, given, trusted_probabilities, trusted_true, bootstrap=100
+    )
+
+    wrong = given != true
+    assert result["count"] == pytest.approx(wrong.sum(), rel=0.05)
+    low, high = result["interval"]
+    assert low < wrong.sum() < high and high - low < 0.1 * wrong.sum()
+    true_per_label = np.bincount(given[wrong], minlength=3)
+    np.testing.assert_allclose(result["per_given_label"], true_per_label, rtol=0.12)
+    # C[true, given] recovers the transition matrix the labels were drawn from.
+    np.testing.assert_allclose(result["transition_matrix"], transition, atol=0.05)
+    assert result["count"] == pytest.approx(sum(result["per_given_label"]))
+
+
+def test_estimate_is_near_zero_on_clean_labels_and_refuses_a_missing_class():
+    transition = np.eye(3)
+    probabilities, given, true = _noisy_model(5000, 3, transition, seed=2)
+    trusted_probabilities, _, trusted_true = _noisy_model(600, 3, transition, seed=3)
+    result = wrong_count.estimate_wrong_labels(
+        probabilities, given, trusted_probabilities, trusted_true, bootstrap=0
+    )
+    assert result["count"] < 0.01 * len(given)
+    assert result["interval"] is None
+    with pytest.raises(ValueError, match="no example of class"):
+        wrong_count.estimate_wrong_labels(
+            probabilities,
+            given,
+            trusted_probabilities[trusted_true < 2],
+            trusted_true[trusted_true < 2],
+        )
+
+
+def test_estimate_counts_the_models_own_confusions_as_noise():
+    """The documented bias: where the model confuses the true classes of trusted examples (here
+    10% of the time, independently of the labels), those confusions read as noise."""
+    transition = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.0, 0.4, 0.6]])
+    probabilities, given, true = _noisy_model(20000, 3, transition, seed=0, accuracy=0.9)
+    trusted_probabilities, _, trusted_true = _noisy_model(3000, 3, transition, 1, accuracy=0.9)
+    result = wrong_count.estimate_wrong_labels(
+        probabilities, given, trusted_probabilities, trusted_true, bootstrap=0
+    )
+    wrong = int((given != true).sum())
+    assert 1.2 * wrong < result["count"] < 1.6 * wrong
+
+
+def test_label_probe_reaches_the_optimum():
+    transition = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.0, 0.4, 0.6]])
+    probabilities, given, _ = _noisy_model(3000, 3, transition, seed=4)
+    weights, mean, std = wrong_count.fit_label_probe(np.log(probabilities), given, l2=1e-3)
+    x = np.concatenate([(np.log(probabilities) - mean) / std, np.ones((len(given), 1))], axis=1)
+    logits = x @ weights
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    gradient = x.T @ (p - np.eye(3)[given]) / len(given) + 1e-3 * weights
+    assert np.abs(gradient).max() < 1e-8
+
+
+def test_cut_at_estimate_flags_the_lowest_scores_of_each_label():
+    rng = np.random.default_rng(0)
+    score = rng.random(50)
+    given = rng.integers(0, 3, 50)
+    flagged = wrong_count.cut_at_estimate(score, given, [2.4, 0.0, 5.6])
+    for label, k in ((0, 2), (1, 0), (2, 6)):
+        rows = np.flatnonzero(given == label)
+        expected = set(rows[np.argsort(score[rows])[:k]].tolist())
+        assert set(np.flatnonzero(flagged & (given == label)).tolist()) == expected
+
+
+def test_rank_label_issues_with_a_trusted_set_flags_as_many_as_estimated():
+    transition = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.0, 0.4, 0.6]])
+    probabilities, given, true = _noisy_model(6000, 3, transition, seed=5)
+    trusted_probabilities, _, trusted_true = _noisy_model(900, 3, transition, seed=6)
+
+    without = label_issues.rank_label_issues(probabilities, given)
+    issues = label_issues.rank_label_issues(
+        probabilities,
+        given,
+        trusted_probabilities=trusted_probabilities,
+        trusted_labels=trusted_true,
+    )
+
+    assert without.estimate is None
+    per_label = issues.estimate["per_given_label"]
+    for label in range(3):
+        flagged_here = issues.flagged & (issues.given_label == label)
+        assert flagged_here.sum() == round(per_label[label])
+    # The model resists the noise here (its belief is the true class): margin < 0 flags the
+    # wrong labels too, and the estimate agrees with it and with the truth.
+    wrong = int((given != true).sum())
+    assert abs(issues.num_flagged - wrong) < 0.05 * wrong
+    assert abs(without.num_flagged - wrong) < 0.05 * wrong
+    np.testing.assert_array_equal(issues.score, without.score)
+    with pytest.raises(ValueError, match="or neither"):
+        label_issues.rank_label_issues(probabilities, given, trusted_labels=trusted_true)
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark's instance-dependent setting (scripts/label_issues_benchmark.py)
+
+
+@pytest.mark.slow
+def test_benchmark_writes_instance_dependent_fashion_mnist_and_trains_on_it_as_a_user(tmp_path):
+    import importlib.util
+    import pathlib
+
+    from absl import flags
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "label_issues_benchmark.py"
+    spec = importlib.util.spec_from_file_location("label_issues_benchmark", script)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    data_dir = tmp_path / "instance_20" / "data"
+
+    benchmark.write_instance_noise_data("instance_20", str(data_dir))
+
+    with np.load(data_dir / "truth.npz") as truth:
+        true, given = truth["true_label"], truth["given_label"]
+        train_rows, trusted_rows = truth["train_rows"], truth["trusted_rows"]
+        flip_probability = truth["flip_probability"]
+    with np.load(data_dir / "train.npz") as train, np.load(data_dir / "trusted.npz") as trusted:
+        np.testing.assert_array_equal(train["y"], given)
+        assert train["x"].shape == (59000, 28, 28) and train["x"].dtype == np.uint8
+        np.testing.assert_array_equal(np.bincount(trusted["y"]), np.full(10, 100))
+    assert not set(train_rows.tolist()) & set(trusted_rows.tolist())
+    for k in range(10):  # 20% of each class, up to sampling (sd 0.5%)
+        assert abs((given != true)[true == k].mean() - 0.2) < 0.02
+    # Most flips are of examples the classifier found ambiguous (flip probability >= 0.5).
+    assert (flip_probability[given != true] >= 0.5).mean() > 0.5
+    assert (flip_probability[given == true] >= 0.5).mean() < 0.05
+
+    # The GDW run's flags: the flag file's recipe, on these files, its protocol lines dropped.
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["benchmark"])
+    run_flags = benchmark.train_flags("instance_20", str(tmp_path / "instance_20" / "gdw"))
+    assert f"--train_data={data_dir}/train.npz" in run_flags
+    assert f"--trusted_data={data_dir}/trusted.npz" in run_flags
+    assert "--lr=0.02" in run_flags and "--model=mlp" in run_flags
+    assert not [f for f in run_flags if f.split("=")[0] in ("--dataset", "--noise", "--num_meta")]
