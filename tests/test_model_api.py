@@ -136,7 +136,7 @@ def test_meta_inputs_of_the_wrong_shape_are_refused():
         ({"meta_grad": "finite_differences"}, "meta_grad must be one of"),
         ({"meta_batch_size": 0}, "meta_batch_size must be a positive integer"),
         ({"meta_batch_size": -5}, "meta_batch_size must be a positive integer"),
-        ({"meta_batch_size": 31}, "meta_batch_size=31 exceeds the meta set's 30"),
+        ({"meta_batch_size": 31}, "meta_batch_size=31 exceeds the 30 examples of the meta set"),
         ({"track_examples": 0}, "track_examples must be a positive integer"),
         ({"clip": 0.0}, "clip must be > 0"),
         ({"outer_lr": -1.0}, "outer_lr must be ≥ 0"),

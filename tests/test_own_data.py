@@ -399,7 +399,7 @@ def test_auto_split_moves_the_chosen_examples_to_the_meta_set(monkeypatch):
     )
     rng = np.random.default_rng(6)
     probabilities = rng.dirichlet(np.ones(3), len(split.train_indices))
-    monkeypatch.setattr(auto_meta, "warm_up_probabilities", lambda *args: probabilities)
+    monkeypatch.setattr(auto_meta, "warm_up_probabilities", lambda *args, **kwargs: probabilities)
     config = _config(trusted_data="auto", auto_meta_per_class=4, meta_batch_size=12)
     auto = auto_meta.auto_split(
         split, config, "mlp", np.zeros((60, 2), np.float32), mean=0, std=1, augment=False
