@@ -42,6 +42,7 @@ CSV_COLUMNS = (
     "labelled_class_weight",
 )
 CSV_NAME_COLUMNS = ("given_class", "suggested_class")
+TOP_K = 5  # the model's most probable classes kept per example (for review.html)
 
 
 @dataclasses.dataclass(eq=False)
@@ -59,6 +60,8 @@ class LabelIssues:
       instance_weight, labelled_class_weight: the recorded weights (NaN where none).
       num_classes: `C`.
       class_names: names of the classes, or None.
+      top_classes, top_probabilities: `[N, min(TOP_K, C)]` the model's most probable classes
+        of each example, most probable first, and their probabilities.
     """
 
     rank: np.ndarray
@@ -74,6 +77,8 @@ class LabelIssues:
     labelled_class_weight: np.ndarray
     num_classes: int
     class_names: tuple | None = None
+    top_classes: np.ndarray | None = None
+    top_probabilities: np.ndarray | None = None
 
     def __len__(self):
         return len(self.rank)
@@ -172,6 +177,7 @@ def rank_label_issues(
     suggested = probabilities.argmax(axis=1)
     order = np.argsort(score, kind="stable")
     rows = np.arange(n)
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, : min(TOP_K, num_classes)]
     issues = LabelIssues(
         rank=np.arange(1, n + 1),
         id=ids[order],
@@ -186,6 +192,8 @@ def rank_label_issues(
         labelled_class_weight=weights[1][order],
         num_classes=num_classes,
         class_names=class_names,
+        top_classes=top[order],
+        top_probabilities=np.take_along_axis(probabilities, top, axis=1)[order],
     )
     return issues
 

@@ -11,6 +11,7 @@ from gdw_tf.core import methods
 from gdw_tf.data import input_pipeline
 from gdw_tf.labels import label_issues
 from gdw_tf.labels import report
+from gdw_tf.labels import review
 
 
 def read_history(path):
@@ -48,8 +49,8 @@ def save_example_weights(model, split, path, ids=None):
 
 def write_label_issues_and_report(output_dir, model, dataset, split, mean, std, batch_size):
     """Writes `label_issues.csv` (the model on the unaugmented training set, with its recorded
-    weights) and `report.html`. Ids: the dataset's `train_ids` if it has them, else the index in
-    the training split."""
+    weights), `report.html` and `review.html`. Ids: the dataset's `train_ids` if it has them,
+    else the index in the training split."""
     train_ids = getattr(dataset, "train_ids", None)
     ids = split.train_indices if train_ids is None else np.asarray(train_ids)[split.train_indices]
     images = dataset.x_train[split.train_indices]
@@ -64,6 +65,7 @@ def write_label_issues_and_report(output_dir, model, dataset, split, mean, std, 
         os.path.join(output_dir, label_issues.LABEL_ISSUES_FILE), issues
     )
     report.write_report(output_dir, issues, images=images)
+    review.write_review(output_dir, issues, images=images)
 
 
 def make_results(config, settings, split, history, example_weights, seconds):
