@@ -251,7 +251,8 @@ function typed(digit) {
   buffer += digit;
   const value = parseInt(buffer, 10);
   if (value >= C) { buffer = ""; render(); return; }
-  if (value * 10 >= C) pick(value);  // no longer class number starts with these digits
+  // Commit once no longer class number starts with these digits ("0" starts none).
+  if (value === 0 || value * 10 >= C) pick(value);
   else render();
 }
 function render() {

@@ -20,10 +20,13 @@ Run directory:
     report.html           one self-contained page to look at: accuracy curves, estimated
                           noise, weight against loss, the most suspicious examples
                           (`gdw_tf.labels.report`)
+    review.html           the flagged examples to review by keyboard; downloads the
+                          corrections.csv that --corrections reads (`gdw_tf.labels.review`)
     model.keras           the trained backbone (normalised float images in, logits out)
     results.json          accuracies (fractions in [0, 1]), noise, detection AUROC, timing
                           (None where own data leaves them unknown); with
-                          --trusted_data=auto, the chosen meta set (`auto_meta`)
+                          --trusted_data=auto, the chosen meta set (`auto_meta`); with
+                          --corrections, the reviews' counts (`corrections`)
     workers/              with --distribute=multi_worker: the other workers' run directories
 """
 
@@ -38,6 +41,7 @@ import numpy as np
 from gdw_tf.data import split as split_lib
 from gdw_tf.labels import label_issues
 from gdw_tf.labels import report
+from gdw_tf.labels import review
 from gdw_tf.runs.config import Config
 
 CONFIG_FILE = "config.json"
@@ -48,6 +52,7 @@ BACKUP_DIR = "backup"
 EXAMPLE_WEIGHTS_FILE = "example_weights.npz"
 LABEL_ISSUES_FILE = label_issues.LABEL_ISSUES_FILE
 REPORT_FILE = report.REPORT_FILE
+REVIEW_FILE = review.REVIEW_FILE
 MODEL_FILE = "model.keras"
 RESULTS_FILE = "results.json"
 WORKERS_DIR = "workers"
@@ -60,6 +65,7 @@ RUN_FILES = (
     EXAMPLE_WEIGHTS_FILE,
     LABEL_ISSUES_FILE,
     REPORT_FILE,
+    REVIEW_FILE,
     MODEL_FILE,
     RESULTS_FILE,
 )
