@@ -375,3 +375,44 @@ def test_review_in_chromium_then_train_with_the_corrections(tmp_path):
     label_of = dict(zip(split.train_indices.tolist(), split.train_noisy_labels.tolist()))
     label_of.update(zip(split.meta_indices.tolist(), split.meta_labels.tolist()))
     assert [label_of[int(row["id"][i])] for i in range(24)] == reviewed.tolist()
+
+
+@pytest.mark.slow
+def test_twelve_classes_by_number_and_hostile_names_shown_as_text_in_chromium(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    names = [f"<b>c{k}</b> & co" for k in range(12)]
+    _, _, issues = _issues(num=60, classes=12, names=names, seed=4)
+    rows = np.arange(60 * 3, dtype=float).reshape(60, 3)
+    path = review.write_review(str(tmp_path), issues, images=rows)
+    items = review.review_data(issues, images=rows, run_name=tmp_path.name)["items"]
+    assert len(items) >= 4
+    with sync_api.sync_playwright() as playwright:
+        browser = _browser(playwright)
+        page = browser.new_page(accept_downloads=True)
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto("file://" + path)
+        assert page.inner_text("#given-name") == f"{items[0]['given']} {names[items[0]['given']]}"
+        assert page.locator("#view b").count() == 0  # names are text, not markup
+        assert page.inner_text("#view td >> nth=1") == f"{rows[int(issues.position[0])][0]:g}"
+        # "1" could start 10 or 11: wait; "1" again → 11. "1", Enter → 1. "7" → 7 at once.
+        for keys in (["1", "1"], ["1", "Enter"], ["7"]):
+            for key in keys:
+                page.keyboard.press(key)
+        assert page.inner_text("#progress-text").startswith("example 4 of ")
+        with page.expect_download() as download_info:
+            page.click("#download")
+        download_info.value.save_as(str(tmp_path / "corrections.csv"))
+        browser.close()
+    assert errors == []
+    reviews = corrections_lib.read_corrections(
+        str(tmp_path / "corrections.csv"), num_classes=12, class_names=names
+    )
+    assert reviews.ids == tuple(item["id"] for item in items[:3])
+    np.testing.assert_array_equal(reviews.reviewed_labels, [11, 1, 7])
+    with open(tmp_path / "corrections.csv", newline="") as file:
+        assert [r["reviewed_class"] for r in csv.DictReader(file)] == [
+            names[11],
+            names[1],
+            names[7],
+        ]

@@ -209,7 +209,11 @@ function load() {
 let store = load();
 if (!store.decisions) store = { decisions: {}, position: 0 };
 let position = Math.min(store.position || 0, Math.max(ITEMS.length - 1, 0));
-let buffer = "";
+let buffer = "", last = "";
+function describe(decision) {
+  return decision === "keep" ? "kept the given label"
+    : decision === "suggested" ? "took the suggestion" : "another class";
+}
 function save() {
   store.position = position;
   try { localStorage.setItem(DATA.key, JSON.stringify(store)); }
@@ -231,6 +235,8 @@ function decide(label, decision) {
   const item = ITEMS[position];
   if (!item) return;
   store.decisions[item.id] = { label: label, decision: decision };
+  last = `last: rank ${item.rank} → ` +
+    (decision === "skip" ? "skipped" : `${className(label)} (${describe(decision)})`);
   buffer = "";
   if (position < ITEMS.length - 1) position++;
   save();
@@ -315,8 +321,8 @@ function render() {
   });
   $("decision").textContent = !d ? "not reviewed yet"
     : d.decision === "skip" ? "skipped"
-    : `reviewed: ${className(d.label)} (${d.decision === "keep" ? "kept the given label"
-       : d.decision === "suggested" ? "took the suggestion" : "another class"})`;
+    : `reviewed: ${className(d.label)} (${describe(d.decision)})`;
+  $("last").textContent = last;
   const next = ITEMS[position + 1];
   if (next && next.image) { const pre = new Image(); pre.src = next.image; }
 }
@@ -398,7 +404,7 @@ _PAGE = """<!DOCTYPE html>
 <div class="name" id="suggested-name"></div></div></div>
 <div class="what">the model's most probable classes</div><div class="top" id="top"></div>
 <div class="what">or pick the class <span id="buffer"></span></div><div id="classes"></div>
-<div id="decision"></div>
+<div id="decision"></div><div class="meta" id="last"></div>
 <div id="keys"><kbd>k</kbd>/<kbd>Enter</kbd> keep given · <kbd>a</kbd> take suggestion ·
 <kbd>0</kbd>–<kbd>9</kbd> class (<span id="n-classes"></span>) · <kbd>s</kbd>/<kbd>→</kbd> skip
 · <kbd>b</kbd>/<kbd>←</kbd> back · <kbd>d</kbd> download. Decisions stay in this browser
