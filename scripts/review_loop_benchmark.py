@@ -1,6 +1,6 @@
 """The review loop, simulated: train, review the most suspicious labels in review.html, train again.
 
-    pip install playwright                 # drives the system Chromium (/usr/bin/chromium)
+    pip install -r scripts/requirements.txt   # playwright: drives the system Chromium
     nice python scripts/review_loop_benchmark.py --runs_dir=runs/review_loop
 
 For each setting (`flags/fashion_mnist_<setting>.flags`, with `--model=mlp`) and each start
