@@ -1,7 +1,8 @@
 """`review.html`: one self-contained page per run to review the flagged labels by keyboard.
 
-The page walks the flagged examples (`label_issues.csv`'s `flagged`), most suspicious first, up
-to `REVIEW_LIMIT` of them: the image (or the row of feature values), the given and the suggested
+The page walks the flagged examples (`label_issues.csv`'s `flagged`), up to `REVIEW_LIMIT` of
+them, most suspicious first within each suggested class and the classes in turn
+(`review_order`): the image (or the row of feature values), the given and the suggested
 label and the model's most probable classes. One key each:
 
     k / Enter   keep the given label         a   take the suggested label
@@ -75,7 +76,8 @@ def write_review(run_dir, issues, images=None, path=None, limit=REVIEW_LIMIT):
 
 
 def review_data(issues, *, images=None, run_name="run", limit=REVIEW_LIMIT):
-    """The page's JSON: the run, the classes and the flagged examples to review (in rank order).
+    """The page's JSON: the run, the classes and the flagged examples to review (in
+    `review_order`).
 
     Each item: `rank`, `id` (text), `given`, `suggested`, `score`, `top` (pairs of class and
     probability), and `image` (a PNG data URI) or `row` (feature values).
@@ -85,7 +87,7 @@ def review_data(issues, *, images=None, run_name="run", limit=REVIEW_LIMIT):
         if issues.class_names is not None
         else [str(k) for k in range(issues.num_classes)]
     )
-    flagged = np.flatnonzero(issues.flagged)[:limit]
+    flagged = review_order(issues)[:limit]
     is_image = images is not None and report._is_image_array(images)
     items, image_bytes = [], 0
     for i in flagged:
@@ -121,6 +123,25 @@ def review_data(issues, *, images=None, run_name="run", limit=REVIEW_LIMIT):
         "num_flagged": issues.num_flagged,
         "items": items,
     }
+
+
+def review_order(issues):
+    """Positions (in `issues`' ranked order) of the flagged examples in the order of review.
+
+    In rounds: the most suspicious flagged example of each suggested class, then the second
+    most suspicious of each, and so on; within a round, most suspicious first. Any prefix of
+    the review is thus spread over the classes as evenly as the flags allow, which is what
+    lets the reviewed examples join the class-balanced trusted set
+    (`gdw_tf.data.corrections`); in score order alone the first hundreds are mostly of the
+    one or two classes the model is surest of.
+    """
+    flagged = np.flatnonzero(issues.flagged)  # ranked: most suspicious first
+    suggested = issues.suggested_label[flagged]
+    round_of = np.zeros(len(flagged), np.int64)
+    for k in np.unique(suggested):
+        members = suggested == k
+        round_of[members] = np.arange(int(members.sum()))
+    return flagged[np.lexsort((np.arange(len(flagged)), round_of))]
 
 
 def _top(issues, i):
