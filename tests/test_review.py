@@ -186,6 +186,18 @@ def test_apply_corrections_for_fit_users(tmp_path):
 # The page's data and its escaping
 
 
+def _in_rounds(suggested):
+    """Positions of `suggested` (labels of examples ranked most suspicious first) in review
+    order, by queues: each round takes the next example of every class, rank order within."""
+    queues = {}
+    for position, label in enumerate(suggested):
+        queues.setdefault(int(label), []).append(position)
+    order = []
+    for r in range(max((len(q) for q in queues.values()), default=0)):
+        order += sorted(q[r] for q in queues.values() if len(q) > r)
+    return order
+
+
 def _issues(num=40, classes=4, names=None, seed=0):
     rng = np.random.default_rng(seed)
     probabilities = rng.dirichlet(np.ones(classes), num)
@@ -206,7 +218,12 @@ def test_review_data_lists_the_flagged_examples_with_their_top_classes():
     flagged = [i for i in range(40) if probabilities[i].argmax() != given[i]]
     margin = lambda i: probabilities[i, given[i]] - np.delete(probabilities[i], given[i]).max()  # noqa: E731
     flagged.sort(key=margin)
+    flagged = [flagged[j] for j in _in_rounds([probabilities[i].argmax() for i in flagged])]
     assert [item["id"] for item in data["items"]] == [f"f{i}.png" for i in flagged]
+    # The first round holds one example of each suggested class.
+    classes = {item["suggested"] for item in data["items"]}
+    first_round = [item["suggested"] for item in data["items"][: len(classes)]]
+    assert len(set(first_round)) == len(first_round)
     assert data["num_flagged"] == len(flagged) and data["num_examples"] == 40
     for item, i in zip(data["items"], flagged):
         order = np.argsort(-probabilities[i])
@@ -312,6 +329,9 @@ def test_review_in_chromium_then_train_with_the_corrections(tmp_path):
     table = label_issues.read_label_issues_csv(os.path.join(first, "label_issues.csv"))
     flagged = [i for i, f in enumerate(table["flagged"]) if f == "1"]
     assert len(flagged) >= 30
+    flagged = [
+        flagged[j] for j in _in_rounds([table["suggested_label"][i] for i in flagged])
+    ]  # the page's order
     row = {name: [table[name][i] for i in flagged] for name in ("id", "given_label")}
     row["suggested_label"] = [int(table["suggested_label"][i]) for i in flagged]
     given = [int(g) for g in row["given_label"]]
