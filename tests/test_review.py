@@ -180,6 +180,14 @@ def test_apply_corrections_for_fit_users(tmp_path):
     names = np.array([f"img{i}.png" for i in range(30)])
     with pytest.raises(ValueError, match=r"4 reviewed id\(s\) are not in the training data"):
         corrections_lib.apply_corrections(x, y, corrections=path, ids=names)
+    # Paths match however the folder was spelled ("./photos//a.png" is "photos/a.png").
+    paths = np.array([f"photos/img{i}.png" for i in range(30)])
+    spelled = _write_csv(
+        tmp_path / "p.csv", [[f"./photos//img{i}.png", y[i], lab] for i, _, lab in rows]
+    )
+    by_path = corrections_lib.apply_corrections(x, y, corrections=spelled, ids=paths)
+    np.testing.assert_array_equal(by_path.y, fixed.y)
+    np.testing.assert_array_equal(by_path.ids, paths[keep])
 
 
 # --------------------------------------------------------------------------------------------

@@ -258,14 +258,18 @@ def correct_split(split, corrections: Corrections, *, ids: Sequence | None = Non
 def locate_ids(reviewed_ids: Sequence[str], *, train_ids: Sequence, meta_ids: Sequence = ()):
     """Positions of the reviewed ids in the training set and in the meta set (-1: not there).
 
+    Ids are compared as normalised paths (`os.path.normpath`: `./photos/a.png` is
+    `photos/a.png`), so a run may spell its `--train_data` folder another way; an id that is a
+    number or `file.csv:line` stays as it is.
+
     Raises:
       ValueError: if some reviewed id is in neither.
     """
-    train_lookup = {str(i): p for p, i in enumerate(train_ids)}
-    meta_lookup = {str(i): p for p, i in enumerate(meta_ids)}
-    train_pos = np.array([train_lookup.get(i, -1) for i in reviewed_ids], np.int64)
+    train_lookup = {_key(i): p for p, i in enumerate(train_ids)}
+    meta_lookup = {_key(i): p for p, i in enumerate(meta_ids)}
+    train_pos = np.array([train_lookup.get(_key(i), -1) for i in reviewed_ids], np.int64)
     meta_pos = np.array(
-        [meta_lookup.get(i, -1) if t < 0 else -1 for i, t in zip(reviewed_ids, train_pos)],
+        [meta_lookup.get(_key(i), -1) if t < 0 else -1 for i, t in zip(reviewed_ids, train_pos)],
         np.int64,
     )
     unknown = [i for i, t, m in zip(reviewed_ids, train_pos, meta_pos) if t < 0 and m < 0]
@@ -364,6 +368,10 @@ def _parse_label(text, num_classes, names):
     except ValueError:
         return names.get(text)
     return label if 0 <= label < num_classes else None
+
+
+def _key(example_id):
+    return os.path.normpath(str(example_id))
 
 
 def _text(value):
