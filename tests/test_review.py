@@ -444,3 +444,22 @@ def test_twelve_classes_by_number_and_hostile_names_shown_as_text_in_chromium(tm
             names[1],
             names[7],
         ]
+
+
+def test_correct_split_of_own_data_without_a_trusted_set():
+    from gdw_tf.data import own_data
+
+    labels = np.repeat(np.arange(2), 10)
+    split = own_data.own_split(labels, np.zeros(20, bool), 2, 0)
+    assert len(split.meta_indices) == 0
+    ids = [f"d/{i}.png" for i in range(20)]
+    reviews = corrections_lib.Corrections(
+        ("d/3.png", "./d/15.png", "d/4.png"), np.array([1, 0, 0]), ("x",) * 3, ("f.csv",)
+    )
+    corrected, summary = corrections_lib.correct_split(split, reviews, ids=ids)
+    # One review per class joins (3 → class 1, 15 → class 0); 4 keeps label 0 in training.
+    np.testing.assert_array_equal(corrected.meta_indices, [3, 15])
+    np.testing.assert_array_equal(corrected.meta_labels, [1, 0])
+    assert 3 not in corrected.train_indices and 4 in corrected.train_indices
+    assert summary["changed"] == 2 and summary["added_to_trusted"] == 2
+    assert summary["corrected_in_training"] == 1

@@ -207,11 +207,9 @@ def correct_split(split, corrections: Corrections, *, ids: Sequence | None = Non
     )
     reviewed = corrections.reviewed_labels
     in_train = train_pos >= 0
-    given = np.where(
-        in_train,
-        split.train_noisy_labels[np.maximum(train_pos, 0)],
-        split.meta_labels[np.maximum(meta_pos, 0)],
-    )
+    given = np.empty(len(reviewed), np.int64)  # the labels the data gave
+    given[in_train] = split.train_noisy_labels[train_pos[in_train]]
+    given[~in_train] = split.meta_labels[meta_pos[~in_train]]
     meta_labels = split.meta_labels.copy()
     meta_labels[meta_pos[~in_train]] = reviewed[~in_train]
 
