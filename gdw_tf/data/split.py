@@ -51,6 +51,9 @@ class Split:
     # Where the meta set comes from: "clean" (held out before noise), "trusted" (the user's
     # trusted set) or "auto" (chosen from the noisy training data, `gdw_tf.data.auto_meta`).
     meta_source: str = "clean"
+    # Reviews applied to the split (`gdw_tf.data.corrections.correct_split`): their summary as
+    # JSON, "" if none.
+    corrections: str = ""
 
     def save(self, path):
         """Writes the split to a `.npz` file at `path`."""
@@ -86,6 +89,7 @@ class Split:
             "realised_noise_rate": float,
             "truth_known": bool,
             "meta_source": str,
+            "corrections": str,
         }
         for name, cast in scalars.items():
             if name in fields:

@@ -54,6 +54,7 @@ CSV_COLUMNS = (
     "labelled_class_weight",
 )
 CSV_NAME_COLUMNS = ("given_class", "suggested_class")
+TOP_K = 5  # the model's most probable classes kept per example (for review.html)
 
 
 @dataclasses.dataclass(eq=False)
@@ -74,6 +75,8 @@ class LabelIssues:
       class_names: names of the classes, or None.
       estimate: with a trusted set, `gdw_tf.labels.wrong_count.estimate_wrong_labels`' dict
         (the estimated number of wrong labels, its interval, per given label); else None.
+      top_classes, top_probabilities: `[N, min(TOP_K, C)]` the model's most probable classes
+        of each example, most probable first, and their probabilities.
     """
 
     rank: np.ndarray
@@ -90,6 +93,8 @@ class LabelIssues:
     num_classes: int
     class_names: tuple | None = None
     estimate: dict | None = None
+    top_classes: np.ndarray | None = None
+    top_probabilities: np.ndarray | None = None
 
     def __len__(self):
         return len(self.rank)
@@ -211,6 +216,7 @@ def rank_label_issues(
         estimate["flags_cut_at_estimate"] = True
     order = np.argsort(score, kind="stable")
     rows = np.arange(n)
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, : min(TOP_K, num_classes)]
     issues = LabelIssues(
         rank=np.arange(1, n + 1),
         id=ids[order],
@@ -226,6 +232,8 @@ def rank_label_issues(
         num_classes=num_classes,
         class_names=class_names,
         estimate=estimate,
+        top_classes=top[order],
+        top_probabilities=np.take_along_axis(probabilities, top, axis=1)[order],
     )
     return issues
 

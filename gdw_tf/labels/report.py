@@ -254,7 +254,7 @@ def _gallery(issues, names, images):
     if images is not None and _is_image_array(images):
         cards = []
         for i in range(count):
-            thumbnail = _png_data_uri(_thumbnail(images[issues.position[i]]))
+            thumbnail = png_data_uri(_thumbnail(images[issues.position[i]]))
             cards.append(
                 f"<figure class='card'><img src='{thumbnail}' alt='example {_id(issues, i)}'>"
                 f"<figcaption><b>#{i + 1}</b> id {_id(issues, i)}<br>"
@@ -523,7 +523,9 @@ def _mix(a, b, t):
 # Thumbnails (PNG)
 
 
-def _png_data_uri(image):
+def png_data_uri(image):
+    """A uint8 image `[H, W]` or `[H, W, C]` as a `data:` URI of a PNG (the report's thumbnails, the
+    review page's images)."""
     image = np.asarray(image)
     png = tf.io.encode_png(image[..., None] if image.ndim == 2 else image).numpy()
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

@@ -200,6 +200,15 @@ class Config(ModelSettings):
         check=positive,
         message=POSITIVE_INTEGER,
     )
+    corrections: str = setting(
+        None,
+        "Reviewed labels: FILE[,FILE...] of corrections.csv downloaded from a run's review.html "
+        "(columns id, reviewed_label). Each reviewed example takes its reviewed label and joins "
+        "the trusted meta set, every class by the same number so that its balance is kept; the "
+        "rest stay in the training set with their reviewed labels (gdw_tf.data.corrections).",
+        check=lambda v: all(os.path.isfile(p.strip()) for p in v.split(",") if p.strip()),
+        message="must name existing corrections.csv files, separated by commas",
+    )
     augment: str = setting(
         "auto",
         "Reflect-pad 4, random crop, horizontal flip of training and meta images "

@@ -9,9 +9,9 @@
 3. trains `GDWModel` with SGD, the reference's per-epoch cosine schedule, validation on the test
    set each epoch, and Keras callbacks for the progress bar, `history.csv`, TensorBoard logs,
    per-epoch backups (`BackupAndRestore`) and a stop on a non-finite loss;
-4. writes `example_weights.npz`, `label_issues.csv` and `report.html`, `model.keras` (the
-   backbone), optionally a serving export, and last `results.json`, whose presence marks the
-   run finished.
+4. writes `example_weights.npz`, `label_issues.csv`, `report.html` and `review.html`,
+   `model.keras` (the backbone), optionally a serving export, and last `results.json`, whose
+   presence marks the run finished.
 
 The run directory's files are listed in `gdw_tf.runs.run_dir`; devices in `gdw_tf.runs.distribute`.
 
@@ -24,6 +24,7 @@ deterministic ops for bit-equal results: `tf.config.experimental.enable_op_deter
 """
 
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -39,6 +40,7 @@ from gdw_tf.core.model import GDWModel
 from gdw_tf.core.model import resolve_outer_lr
 from gdw_tf.core.settings import ModelSettings
 from gdw_tf.data import auto_meta
+from gdw_tf.data import corrections as corrections_lib
 from gdw_tf.data import datasets
 from gdw_tf.data import image_files
 from gdw_tf.data import input_pipeline
@@ -152,6 +154,8 @@ def run(config: Config) -> dict:
             true_labels=None if config.train_data else dataset.y_train,
             ids=dataset.train_ids,
         )
+    if split.corrections:
+        results["corrections"] = json.loads(split.corrections)
     run_dir.write_json(os.path.join(output_dir, run_dir.RESULTS_FILE), results)
     shutil.rmtree(os.path.join(output_dir, run_dir.BACKUP_DIR), ignore_errors=True)
     return results
@@ -292,12 +296,21 @@ def _build_gdw_model(config, settings, meta_data):
 
 
 def split_maker(config, dataset):
-    """The function that draws the split of own data or of an automatic meta set; None for the
-    benchmark protocol's (`split.make_split` with a clean meta set)."""
-    if not config.train_data and config.trusted_data != "auto":
+    """The function that draws the split of own data, of an automatic meta set or with reviewed
+    labels (`--corrections`); None for the benchmark protocol's (`split.make_split` with a clean
+    meta set)."""
+    if not config.train_data and config.trusted_data != "auto" and not config.corrections:
         return None
 
     def make():
+        # Reviews first: a bad file is refused before the data is split or a warm-up runs.
+        reviews = None
+        if config.corrections:
+            reviews = corrections_lib.read_corrections(
+                config.corrections,
+                num_classes=dataset.num_classes,
+                class_names=dataset.class_names,
+            )
         if config.train_data:
             split = own_data.own_split(
                 dataset.y_train, dataset.trusted, dataset.num_classes, config.seed
@@ -312,20 +325,23 @@ def split_maker(config, dataset):
                 imbalance=config.imbalance,
                 seed=config.seed,
             )
-        if config.trusted_data != "auto":
-            return split
-        mean, std = normalization_of(config, dataset.x_train)
-        input_shape = list(dataset.x_train.shape[1:])
-        split = auto_meta.auto_split(
-            split,
-            config,
-            resolve_model(config, input_shape),
-            dataset.x_train,
-            mean=mean,
-            std=std,
-            augment=resolve_augment(config.augment, input_shape),
-        )
-        keras.utils.set_random_seed(config.seed)  # The run starts as it would without warm-up.
+        if reviews is not None:  # Unknown ids are refused before the warm-up.
+            corrections_lib.correct_split(split, reviews, ids=dataset.train_ids)
+        if config.trusted_data == "auto":
+            mean, std = normalization_of(config, dataset.x_train)
+            input_shape = list(dataset.x_train.shape[1:])
+            split = auto_meta.auto_split(
+                split,
+                config,
+                resolve_model(config, input_shape),
+                dataset.x_train,
+                mean=mean,
+                std=std,
+                augment=resolve_augment(config.augment, input_shape),
+            )
+            keras.utils.set_random_seed(config.seed)  # The run starts as without warm-up.
+        if reviews is not None:
+            split, _ = corrections_lib.correct_split(split, reviews, ids=dataset.train_ids)
         return split
 
     return make

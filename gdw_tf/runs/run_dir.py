@@ -21,10 +21,13 @@ Run directory:
     report.html           one self-contained page to look at: accuracy curves, estimated
                           noise, weight against loss, the most suspicious examples
                           (`gdw_tf.labels.report`)
+    review.html           the flagged examples to review by keyboard; downloads the
+                          corrections.csv that --corrections reads (`gdw_tf.labels.review`)
     model.keras           the trained backbone (normalised float images in, logits out)
     results.json          accuracies (fractions in [0, 1]), noise, detection AUROC, timing
                           (None where own data leaves them unknown); with
-                          --trusted_data=auto, the chosen meta set (`auto_meta`)
+                          --trusted_data=auto, the chosen meta set (`auto_meta`); with
+                          --corrections, the reviews' counts (`corrections`)
     image_scan.npz        own image files: the scan before training (`own_data`; read again
                           on resuming instead of decoding every file twice)
     skipped_files.txt     own image files that could not be read, one per line, if any
@@ -47,6 +50,7 @@ from gdw_tf.data import own_data
 from gdw_tf.data import split as split_lib
 from gdw_tf.labels import label_issues
 from gdw_tf.labels import report
+from gdw_tf.labels import review
 from gdw_tf.nets import backbones  # noqa: F401  Registers `gdw_tf>OptionAShortcut` for load_model.
 from gdw_tf.runs import serving
 from gdw_tf.runs.config import Config
@@ -59,6 +63,7 @@ BACKUP_DIR = "backup"
 EXAMPLE_WEIGHTS_FILE = "example_weights.npz"
 LABEL_ISSUES_FILE = "label_issues.csv"
 REPORT_FILE = "report.html"
+REVIEW_FILE = "review.html"
 MODEL_FILE = "model.keras"
 RESULTS_FILE = "results.json"
 WORKERS_DIR = "workers"
@@ -73,6 +78,7 @@ RUN_FILES = (
     EXAMPLE_WEIGHTS_FILE,
     LABEL_ISSUES_FILE,
     REPORT_FILE,
+    REVIEW_FILE,
     MODEL_FILE,
     RESULTS_FILE,
     IMAGE_SCAN_FILE,
@@ -297,7 +303,8 @@ def read_example_weights(output_dir):
 
 
 def write_label_issues_and_report(output_dir, issues, images=None):
-    """Writes the run's `label_issues.csv` and `report.html` for `issues` (its ranked labels).
+    """Writes the run's `label_issues.csv`, `report.html` and `review.html` for `issues` (its
+    ranked labels).
 
     `images`: the training inputs in the order the issues were computed from, for the report's
     gallery (`gdw_tf.labels.report.render_report`).
@@ -305,6 +312,7 @@ def write_label_issues_and_report(output_dir, issues, images=None):
     with atomic_path(os.path.join(output_dir, LABEL_ISSUES_FILE)) as temporary:
         label_issues.write_label_issues_csv(temporary, issues)
     write_report(output_dir, issues, images=images)
+    write_review(output_dir, issues, images=images)
 
 
 def write_report(output_dir, issues, images=None):
@@ -319,6 +327,17 @@ def write_report(output_dir, issues, images=None):
         images=images,
     )
     path = os.path.join(output_dir, REPORT_FILE)
+    write_text(path, page)
+    return path
+
+
+def write_review(output_dir, issues, images=None):
+    """Writes `review.html`, the page on which a person reviews the flagged labels; returns its
+    path."""
+    page = review.render_review(
+        issues, run_name=os.path.basename(os.path.abspath(output_dir)), images=images
+    )
+    path = os.path.join(output_dir, REVIEW_FILE)
     write_text(path, page)
     return path
 

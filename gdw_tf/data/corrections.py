@@ -1,0 +1,376 @@
+"""Reviewed labels (`corrections.csv`, from a run's `review.html`) turned into trusted data.
+
+A person who reviewed an example has checked its label, so the example is *trusted*: it takes
+its reviewed label and joins the meta set, which is what GDW (and MW-Net, L2RW) learn from.
+The meta sampler draws meta batches uniformly from the meta set, so a meta set whose classes
+are unequally represented weights the classes unequally in every meta loss. The reviewed
+examples are far from balanced (they are the examples a model found suspicious), hence the rule:
+
+    every class of the meta set grows by the same number of reviewed examples,
+    a = min over classes k of (reviewed examples whose reviewed label is k),
+
+the first `a` of each class in review order (the order of the files, then of their rows). A
+balanced meta set stays balanced; an unbalanced one (an own trusted set) keeps its counts'
+differences. The reviewed examples left over stay in the training set with their reviewed
+labels: they are no longer noisy, just not needed to keep the meta set balanced. A reviewed
+example that is already in the meta set takes its reviewed label there. Everything not
+reviewed stays as it was.
+
+`corrections.csv` has one row per reviewed example with at least the columns `id` (as in
+`label_issues.csv`) and `reviewed_label` (a class index, or a class name); the review page
+also writes `given_label`, `decision`, `suggested_label`, `rank`, `score` and class names,
+which are informative only. A row whose `reviewed_label` is empty is not a review (skipped).
+
+    fixed = gdw_tf.data.corrections.apply_corrections(
+        x_train, y_train, corrections="corrections.csv", meta_data=(x_meta, y_meta))
+    model = gdw_tf.GDWModel(backbone, num_classes, meta_data=fixed.meta_data)
+    model.fit(fixed.x, fixed.y, ...)
+"""
+
+import csv
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from gdw_tf.data import noise as noise_lib
+
+CORRECTIONS_FILE = "corrections.csv"
+REQUIRED_COLUMNS = ("id", "reviewed_label")
+
+
+@dataclasses.dataclass(frozen=True)
+class Corrections:
+    """Reviews read from one or more `corrections.csv` files, one per reviewed id.
+
+    Attributes:
+      ids: the reviewed examples' ids, as text (`label_issues.csv`'s `id`).
+      reviewed_labels: `[R]` int labels in `[0, C)`.
+      sources: where each review was read (`file:line`).
+      files: the files read, in order.
+    """
+
+    ids: tuple
+    reviewed_labels: np.ndarray
+    sources: tuple
+    files: tuple
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class CorrectedData:
+    """Training data and meta set after `apply_corrections`.
+
+    Attributes:
+      x, y: the training examples left in the training set (reviewed ones there carry their
+        reviewed label).
+      ids: their ids.
+      meta_data: `(x_meta, y_meta)`: the given meta set (if any) followed by the reviewed
+        examples that joined it.
+      summary: counts, as `correct_split`'s summary.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    ids: np.ndarray
+    meta_data: tuple
+    summary: dict
+
+
+def parse_paths(paths: str | Sequence[str]) -> list[str]:
+    """`"a.csv,b.csv"` or a list of paths → the list of paths (empty entries dropped)."""
+    if isinstance(paths, str | os.PathLike):
+        paths = str(paths).split(",")
+    return [str(path).strip() for path in paths if str(path).strip()]
+
+
+def read_corrections(
+    paths: str | Sequence[str],
+    *,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+) -> Corrections:
+    """Reads and checks reviews from one or more `corrections.csv` files.
+
+    Args:
+      paths: a path, several separated by commas, or a list of paths.
+      num_classes: `C`; a reviewed label is an integer in `[0, C)`...
+      class_names: ...or one of these names.
+
+    Returns:
+      The `Corrections`, one per reviewed id (an id reviewed twice with the same label counts
+      once).
+
+    Raises:
+      ValueError: (one line) for a missing file, a file without the `id` and
+        `reviewed_label` columns, a reviewed label that is not a class, or two reviews of one
+        id that give different labels.
+    """
+    files = parse_paths(paths)
+    if not files:
+        raise ValueError("--corrections names no file; give FILE[,FILE...] of corrections.csv.")
+    names = {str(name): k for k, name in enumerate(class_names or ())}
+    by_id = {}  # id → (label, source)
+    for path in files:
+        if not os.path.isfile(path):
+            raise ValueError(f"corrections file {path} does not exist.")
+        with open(path, newline="", encoding="utf-8") as file:
+            reader = csv.DictReader(file)
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or ())]
+            if missing:
+                raise ValueError(
+                    f"{path} lacks the column(s) {', '.join(missing)}; a corrections file "
+                    "(review.html's download) has id and reviewed_label."
+                )
+            for row in reader:
+                text = (row["reviewed_label"] or "").strip()
+                if not text:
+                    continue  # Not reviewed.
+                source = f"{path}:{reader.line_num}"
+                label = _parse_label(text, num_classes, names)
+                if label is None:
+                    raise ValueError(
+                        f"{source}: reviewed_label {text!r} is not a class: give an integer "
+                        f"in [0, {num_classes})" + (" or a class name." if names else ".")
+                    )
+                example_id = row["id"]
+                if example_id in by_id and by_id[example_id][0] != label:
+                    raise ValueError(
+                        f"id {example_id!r} is reviewed as {by_id[example_id][0]} "
+                        f"({by_id[example_id][1]}) and as {label} ({source}); keep one review "
+                        "of it."
+                    )
+                by_id.setdefault(example_id, (label, source))
+    return Corrections(
+        ids=tuple(by_id),
+        reviewed_labels=np.array([label for label, _ in by_id.values()], np.int64),
+        sources=tuple(source for _, source in by_id.values()),
+        files=tuple(files),
+    )
+
+
+def meta_additions(reviewed_labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Which reviewed examples join the meta set: the first `a` of each class, where `a` is
+    the smallest number of reviewed examples in any class (see the module docstring).
+
+    Args:
+      reviewed_labels: `[R]` reviewed labels in `[0, C)`, in review order.
+      num_classes: `C`.
+
+    Returns:
+      `[R]` bool, True for the examples that join the meta set (`a * C` of them).
+    """
+    labels = np.asarray(reviewed_labels, np.int64)
+    counts = np.bincount(labels, minlength=num_classes)
+    per_class = int(counts.min()) if len(counts) else 0
+    rank_in_class = np.zeros(len(labels), np.int64)
+    for k in range(num_classes):
+        members = labels == k
+        rank_in_class[members] = np.arange(int(members.sum()))
+    return rank_in_class < per_class
+
+
+def correct_split(split, corrections: Corrections, *, ids: Sequence | None = None):
+    """A run's split with the reviews applied (the module docstring's rule).
+
+    Args:
+      split: a `gdw_tf.data.split.Split` (indices into the dataset).
+      corrections: the reviews (`read_corrections`).
+      ids: the dataset's ids, indexed as the split indexes it (own data: file paths, rows);
+        None for the benchmarks, whose ids are the indices.
+
+    Returns:
+      `(split, summary)`: a new `Split` (`corrections` holds the summary as JSON), and the
+      summary dict: `files`, `reviewed`, `changed` (reviewed label ≠ the label the data gave),
+      `added_to_trusted`, `added_to_trusted_per_class`, `relabelled_in_trusted` (reviewed
+      examples already in the meta set), `corrected_in_training` (reviewed examples left in
+      the training set with their reviewed label).
+
+    Raises:
+      ValueError: if a reviewed id is not in the split's training or meta set.
+    """
+    num_classes = split.num_classes
+
+    def text_ids(indices):
+        if ids is None:
+            return [str(int(i)) for i in indices]
+        return [str(ids[int(i)]) for i in indices]
+
+    train_pos, meta_pos = locate_ids(
+        corrections.ids,
+        train_ids=text_ids(split.train_indices),
+        meta_ids=text_ids(split.meta_indices),
+    )
+    reviewed = corrections.reviewed_labels
+    in_train = train_pos >= 0
+    given = np.empty(len(reviewed), np.int64)  # the labels the data gave
+    given[in_train] = split.train_noisy_labels[train_pos[in_train]]
+    given[~in_train] = split.meta_labels[meta_pos[~in_train]]
+    meta_labels = split.meta_labels.copy()
+    meta_labels[meta_pos[~in_train]] = reviewed[~in_train]
+
+    positions, labels = train_pos[in_train], reviewed[in_train]
+    joins = meta_additions(labels, num_classes)
+    noisy = split.train_noisy_labels.copy()
+    noisy[positions] = labels
+    keep = np.ones(len(noisy), bool)
+    keep[positions[joins]] = False
+
+    meta_indices = np.concatenate([split.meta_indices, split.train_indices[positions[joins]]])
+    meta_labels = np.concatenate([meta_labels, labels[joins]])
+    order = np.argsort(meta_indices, kind="stable")
+    true, noisy = split.train_true_labels[keep], noisy[keep]
+    known = split.truth_known
+    summary = {
+        "files": list(corrections.files),
+        "reviewed": len(corrections),
+        "changed": int((given != reviewed).sum()),
+        "added_to_trusted": int(joins.sum()),
+        "added_to_trusted_per_class": int(joins.sum()) // num_classes,
+        "relabelled_in_trusted": int((~in_train).sum()),
+        "corrected_in_training": int((~joins).sum()),
+    }
+    corrected = dataclasses.replace(
+        split,
+        meta_indices=meta_indices[order],
+        meta_labels=meta_labels[order],
+        train_indices=split.train_indices[keep],
+        train_true_labels=true,
+        train_noisy_labels=noisy,
+        train_corrupted=(true != noisy) if known else split.train_corrupted[keep],
+        empirical_transition_matrix=(
+            noise_lib.empirical_transition_matrix(true, noisy, num_classes)
+            if known
+            else split.empirical_transition_matrix
+        ),
+        realised_noise_rate=noise_lib.realised_noise_rate(true, noisy) if known else float("nan"),
+        corrections=json.dumps(summary),
+    )
+    return corrected, summary
+
+
+def locate_ids(reviewed_ids: Sequence[str], *, train_ids: Sequence, meta_ids: Sequence = ()):
+    """Positions of the reviewed ids in the training set and in the meta set (-1: not there).
+
+    Ids are compared as normalised paths (`os.path.normpath`: `./photos/a.png` is
+    `photos/a.png`), so a run may spell its `--train_data` folder another way; an id that is a
+    number or `file.csv:line` stays as it is.
+
+    Raises:
+      ValueError: if some reviewed id is in neither.
+    """
+    train_lookup = {_key(i): p for p, i in enumerate(train_ids)}
+    meta_lookup = {_key(i): p for p, i in enumerate(meta_ids)}
+    train_pos = np.array([train_lookup.get(_key(i), -1) for i in reviewed_ids], np.int64)
+    meta_pos = np.array(
+        [meta_lookup.get(_key(i), -1) if t < 0 else -1 for i, t in zip(reviewed_ids, train_pos)],
+        np.int64,
+    )
+    unknown = [i for i, t, m in zip(reviewed_ids, train_pos, meta_pos) if t < 0 and m < 0]
+    if unknown:
+        shown = ", ".join(repr(i) for i in unknown[:3])
+        raise ValueError(
+            f"{len(unknown)} reviewed id(s) are not in the training data ({shown}"
+            f"{', ...' if len(unknown) > 3 else ''}); the corrections belong to other data "
+            "(another --dataset, --train_data or --max_train_examples)."
+        )
+    return train_pos, meta_pos
+
+
+def apply_corrections(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    corrections: str | Sequence[str] | Corrections,
+    meta_data: tuple | None = None,
+    ids: Sequence | None = None,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> CorrectedData:
+    """Applies reviews to training arrays and a meta set, for `GDWModel.fit` users.
+
+    Args:
+      x, y: the training examples and their given labels (`[N, ...]`, `[N]`).
+      corrections: `corrections.csv` path(s) (a list, or comma-separated), or `Corrections`.
+      meta_data: optional `(x_meta, y_meta)` trusted set the reviewed examples join.
+      ids: `[N]` ids of the training examples, as in `label_issues.csv` (default `0..N-1`,
+        the ids `find_label_issues` gives without `ids=`).
+      num_classes: `C` (default: one more than the largest label in `y` and `y_meta`).
+      class_names: names of the classes, if reviewed labels may be given by name.
+
+    Returns:
+      A `CorrectedData`: the remaining training data, the grown meta set and the counts.
+
+    Raises:
+      ValueError: as `read_corrections` and `locate_ids`, or for a meta set or `ids` that do not
+        fit the data.
+    """
+    x = np.asarray(x)
+    y = np.asarray(y).reshape(-1).astype(np.int64)
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} examples but y has {len(y)} labels.")
+    if meta_data is None:
+        x_meta, y_meta = np.zeros((0,) + x.shape[1:], x.dtype), np.zeros(0, np.int64)
+    else:
+        x_meta, y_meta = np.asarray(meta_data[0]), np.asarray(meta_data[1]).reshape(-1)
+        if len(x_meta) != len(y_meta) or x_meta.shape[1:] != x.shape[1:]:
+            raise ValueError(
+                "meta_data must be (x_meta, y_meta) with one label per example and the "
+                f"training examples' shape {x.shape[1:]}; got {x_meta.shape} and {y_meta.shape}."
+            )
+        y_meta = y_meta.astype(np.int64)
+    if num_classes is None:
+        num_classes = int(max(y.max(initial=-1), y_meta.max(initial=-1))) + 1
+    ids = np.arange(len(y)) if ids is None else np.asarray(ids)
+    if ids.shape[:1] != y.shape:
+        raise ValueError(f"ids must have {len(y)} entries, one per example; got {len(ids)}.")
+    if not isinstance(corrections, Corrections):
+        corrections = read_corrections(
+            corrections, num_classes=num_classes, class_names=class_names
+        )
+    train_pos, _ = locate_ids(corrections.ids, train_ids=[_text(i) for i in ids])
+    reviewed = corrections.reviewed_labels
+    joins = meta_additions(reviewed, num_classes)
+    y_fixed = y.copy()
+    y_fixed[train_pos] = reviewed
+    keep = np.ones(len(y), bool)
+    keep[train_pos[joins]] = False
+    summary = {
+        "files": list(corrections.files),
+        "reviewed": len(corrections),
+        "changed": int((y[train_pos] != reviewed).sum()),
+        "added_to_trusted": int(joins.sum()),
+        "added_to_trusted_per_class": int(joins.sum()) // num_classes,
+        "relabelled_in_trusted": 0,
+        "corrected_in_training": int((~joins).sum()),
+    }
+    return CorrectedData(
+        x=x[keep],
+        y=y_fixed[keep],
+        ids=ids[keep],
+        meta_data=(
+            np.concatenate([x_meta, x[train_pos[joins]]]),
+            np.concatenate([y_meta, reviewed[joins]]),
+        ),
+        summary=summary,
+    )
+
+
+def _parse_label(text, num_classes, names):
+    try:
+        label = int(text)
+    except ValueError:
+        return names.get(text)
+    return label if 0 <= label < num_classes else None
+
+
+def _key(example_id):
+    return os.path.normpath(str(example_id))
+
+
+def _text(value):
+    return str(value.item() if hasattr(value, "item") else value)

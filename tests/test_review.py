@@ -1,0 +1,468 @@
+"""Review and fix: corrections.csv read and applied (gdw_tf.data.corrections), the review page
+(gdw_tf.labels.review), and the loop train → review in a real browser → train again."""
+
+import csv
+import html.parser
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import TINY_FASHION_MNIST
+from conftest import train_exit_message
+from conftest import train_main
+
+from gdw_tf.data import corrections as corrections_lib
+from gdw_tf.data import split as split_lib
+from gdw_tf.labels import label_issues
+from gdw_tf.labels import review
+from gdw_tf.runs import run_dir as run_dir_lib
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _write_csv(path, rows, header=("id", "given_label", "reviewed_label")):
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading corrections.csv
+
+
+def test_read_corrections_merges_files_accepts_names_and_skips_empty_reviews(tmp_path):
+    first = _write_csv(tmp_path / "a.csv", [["7", 1, 2], ["a,b.png", 0, "cat"], ["9", 3, ""]])
+    second = _write_csv(tmp_path / "b.csv", [["7", 1, "2"], ["11", 2, 0]])
+    reviews = corrections_lib.read_corrections(
+        f"{first},{second}", num_classes=3, class_names=["dog", "cat", "bird"]
+    )
+    assert reviews.ids == ("7", "a,b.png", "11")  # "9" was not reviewed; "7" twice, agreeing
+    np.testing.assert_array_equal(reviews.reviewed_labels, [2, 1, 0])
+    assert reviews.sources == (f"{first}:2", f"{first}:3", f"{second}:3")
+    assert reviews.files == (first, second)
+
+
+@pytest.mark.parametrize(
+    "rows, header, message",
+    [
+        ([["1", 0, 3]], None, r"reviewed_label '3' is not a class: give an integer in \[0, 3\)"),
+        ([["1", 0, "cow"]], None, "reviewed_label 'cow' is not a class"),
+        ([["1", 0, 2], ["1", 0, 1]], None, r"id '1' is reviewed as 2 \(.*:2\) and as 1 \(.*:3\)"),
+        ([["1", 2]], ("id", "label"), "lacks the column"),
+    ],
+)
+def test_bad_corrections_are_one_line_errors(tmp_path, rows, header, message):
+    path = _write_csv(tmp_path / "c.csv", rows, header or ("id", "given_label", "reviewed_label"))
+    with pytest.raises(ValueError, match=message) as info:
+        corrections_lib.read_corrections(path, num_classes=3)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="does not exist"):
+        corrections_lib.read_corrections(str(tmp_path / "missing.csv"), num_classes=3)
+
+
+def test_contradiction_across_two_files_is_refused(tmp_path):
+    first = _write_csv(tmp_path / "a.csv", [["5", 0, 1]])
+    second = _write_csv(tmp_path / "b.csv", [["5", 0, 2]])
+    with pytest.raises(ValueError, match=r"id '5' is reviewed as 1 .*a.csv:2.* as 2 .*b.csv:2"):
+        corrections_lib.read_corrections([first, second], num_classes=3)
+
+
+# --------------------------------------------------------------------------------------------
+# Which reviewed examples join the meta set, and the split they make
+
+
+def test_meta_additions_take_the_first_min_count_of_each_class():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 50)
+    joins = corrections_lib.meta_additions(labels, 4)
+    smallest = min(int((labels == k).sum()) for k in range(4))
+    seen = dict.fromkeys(range(4), 0)
+    expected = []
+    for label in labels:  # loop: the first `smallest` of each class, in order
+        expected.append(seen[int(label)] < smallest)
+        seen[int(label)] += 1
+    np.testing.assert_array_equal(joins, expected)
+    assert joins.sum() == 4 * smallest
+    # A class nobody reviewed: nothing joins (the meta set would lose its balance).
+    assert not corrections_lib.meta_additions(np.array([0, 0, 1, 2]), 4).any()
+
+
+def test_correct_split_moves_a_balanced_share_to_the_meta_set_and_relabels_the_rest(tmp_path):
+    labels = np.repeat(np.arange(3), 40)
+    split = split_lib.make_split(
+        labels, 3, num_meta=15, noise="uniform", ratio=0.6, imbalance=1.0, seed=3
+    )
+    rng = np.random.default_rng(1)
+    reviewed_train = rng.choice(len(split.train_indices), 20, replace=False)
+    reviewed_meta = [0, 7]
+    ids = [str(i) for i in split.train_indices[reviewed_train]] + [
+        str(i) for i in split.meta_indices[reviewed_meta]
+    ]
+    new_labels = rng.integers(0, 3, len(ids))
+    reviews = corrections_lib.Corrections(
+        ids=tuple(ids), reviewed_labels=new_labels, sources=("x",) * len(ids), files=("f.csv",)
+    )
+    corrected, summary = corrections_lib.correct_split(split, reviews)
+
+    train_labels = new_labels[:20]
+    per_class = min(int((train_labels == k).sum()) for k in range(3))
+    before = (
+        split.train_noisy_labels[reviewed_train].tolist()
+        + split.meta_labels[reviewed_meta].tolist()
+    )
+    assert summary == {
+        "files": ["f.csv"],
+        "reviewed": 22,
+        "changed": int(np.sum(np.array(before) != new_labels)),
+        "added_to_trusted": 3 * per_class,
+        "added_to_trusted_per_class": per_class,
+        "relabelled_in_trusted": 2,
+        "corrected_in_training": 20 - 3 * per_class,
+    }
+    assert json.loads(corrected.corrections) == summary
+    # Nothing lost or duplicated; the meta set grew by per_class in every class.
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate([corrected.meta_indices, corrected.train_indices])),
+        np.sort(np.concatenate([split.meta_indices, split.train_indices])),
+    )
+    old_meta = split.meta_labels.copy()
+    old_meta[reviewed_meta] = new_labels[20:]
+    np.testing.assert_array_equal(
+        np.bincount(corrected.meta_labels, minlength=3),
+        np.bincount(old_meta, minlength=3) + per_class,
+    )
+    # Every example's label: the reviewed one where reviewed, the old one elsewhere.
+    label_of = dict(zip(split.train_indices.tolist(), split.train_noisy_labels.tolist()))
+    label_of.update(zip(split.meta_indices.tolist(), split.meta_labels.tolist()))
+    label_of.update({int(i): int(lab) for i, lab in zip(ids, new_labels)})
+    for indices, labels_now in (
+        (corrected.meta_indices, corrected.meta_labels),
+        (corrected.train_indices, corrected.train_noisy_labels),
+    ):
+        assert [label_of[i] for i in indices.tolist()] == labels_now.tolist()
+    true_of = dict(zip(split.train_indices.tolist(), split.train_true_labels.tolist()))
+    np.testing.assert_array_equal(
+        corrected.train_corrupted,
+        [true_of[i] != label_of[i] for i in corrected.train_indices.tolist()],
+    )
+    assert corrected.realised_noise_rate == pytest.approx(corrected.train_corrupted.mean())
+    # The split saves and loads with its summary.
+    corrected.save(str(tmp_path / "split.npz"))
+    assert json.loads(split_lib.Split.load(str(tmp_path / "split.npz")).corrections) == summary
+    with pytest.raises(ValueError, match=r"1 reviewed id\(s\) are not in the training data"):
+        corrections_lib.correct_split(
+            split,
+            corrections_lib.Corrections(("99999",), np.array([0]), ("x",), ("f.csv",)),
+        )
+
+
+def test_apply_corrections_for_fit_users(tmp_path):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(30, 4)).astype("float32")
+    y = rng.integers(0, 2, 30)
+    x_meta, y_meta = rng.normal(size=(4, 4)).astype("float32"), np.array([0, 1, 0, 1])
+    rows = [[3, y[3], 1], [8, y[8], 0], [12, y[12], 1], [20, y[20], 1]]
+    path = _write_csv(tmp_path / "c.csv", rows)
+    fixed = corrections_lib.apply_corrections(x, y, corrections=path, meta_data=(x_meta, y_meta))
+    # Classes reviewed: 1 three times, 0 once → one of each joins: ids 3 (first 1) and 8.
+    np.testing.assert_array_equal(fixed.meta_data[0], np.r_[x_meta, x[[3, 8]]])
+    np.testing.assert_array_equal(fixed.meta_data[1], [0, 1, 0, 1, 1, 0])
+    keep = np.setdiff1d(np.arange(30), [3, 8])
+    np.testing.assert_array_equal(fixed.ids, keep)
+    np.testing.assert_array_equal(fixed.x, x[keep])
+    expected_y = y.copy()
+    expected_y[[12, 20]] = 1
+    np.testing.assert_array_equal(fixed.y, expected_y[keep])
+    changed = sum(int(y[i] != lab) for i, _, lab in rows)
+    assert fixed.summary["reviewed"] == 4 and fixed.summary["changed"] == changed
+    assert fixed.summary["added_to_trusted"] == 2 and fixed.summary["corrected_in_training"] == 2
+    # Ids given as file names; an unknown one is refused.
+    names = np.array([f"img{i}.png" for i in range(30)])
+    with pytest.raises(ValueError, match=r"4 reviewed id\(s\) are not in the training data"):
+        corrections_lib.apply_corrections(x, y, corrections=path, ids=names)
+    # Paths match however the folder was spelled ("./photos//a.png" is "photos/a.png").
+    paths = np.array([f"photos/img{i}.png" for i in range(30)])
+    spelled = _write_csv(
+        tmp_path / "p.csv", [[f"./photos//img{i}.png", y[i], lab] for i, _, lab in rows]
+    )
+    by_path = corrections_lib.apply_corrections(x, y, corrections=spelled, ids=paths)
+    np.testing.assert_array_equal(by_path.y, fixed.y)
+    np.testing.assert_array_equal(by_path.ids, paths[keep])
+
+
+# --------------------------------------------------------------------------------------------
+# The page's data and its escaping
+
+
+def _in_rounds(suggested):
+    """Positions of `suggested` (labels of examples ranked most suspicious first) in review
+    order, by queues: each round takes the next example of every class, rank order within."""
+    queues = {}
+    for position, label in enumerate(suggested):
+        queues.setdefault(int(label), []).append(position)
+    order = []
+    for r in range(max((len(q) for q in queues.values()), default=0)):
+        order += sorted(q[r] for q in queues.values() if len(q) > r)
+    return order
+
+
+def _issues(num=40, classes=4, names=None, seed=0):
+    rng = np.random.default_rng(seed)
+    probabilities = rng.dirichlet(np.ones(classes), num)
+    given = rng.integers(0, classes, num)
+    return (
+        probabilities,
+        given,
+        label_issues.rank_label_issues(
+            probabilities, given, ids=np.array([f"f{i}.png" for i in range(num)]), class_names=names
+        ),
+    )
+
+
+def test_review_data_lists_the_flagged_examples_with_their_top_classes():
+    probabilities, given, issues = _issues()
+    images = np.random.default_rng(1).integers(0, 256, (40, 12, 12, 1), dtype=np.uint8)
+    data = review.review_data(issues, images=images, run_name="r", limit=1000)
+    flagged = [i for i in range(40) if probabilities[i].argmax() != given[i]]
+    margin = lambda i: probabilities[i, given[i]] - np.delete(probabilities[i], given[i]).max()  # noqa: E731
+    flagged.sort(key=margin)
+    flagged = [flagged[j] for j in _in_rounds([probabilities[i].argmax() for i in flagged])]
+    assert [item["id"] for item in data["items"]] == [f"f{i}.png" for i in flagged]
+    # The first round holds one example of each suggested class.
+    classes = {item["suggested"] for item in data["items"]}
+    first_round = [item["suggested"] for item in data["items"][: len(classes)]]
+    assert len(set(first_round)) == len(first_round)
+    assert data["num_flagged"] == len(flagged) and data["num_examples"] == 40
+    for item, i in zip(data["items"], flagged):
+        order = np.argsort(-probabilities[i])
+        assert [k for k, _ in item["top"]] == order.tolist()  # C = 4 ≤ TOP_K: every class
+        np.testing.assert_allclose([p for _, p in item["top"]], probabilities[i][order], atol=1e-4)
+        assert item["given"] == given[i] and item["suggested"] == order[0]
+        assert item["image"].startswith("data:image/png;base64,")
+    assert len(review.review_data(issues, images=images, limit=3)["items"]) == 3
+    # Another run (other scores) stores its decisions under another key.
+    other = review.review_data(_issues(seed=5)[2], images=images, run_name="r")
+    assert other["key"] != data["key"] and data["key"].startswith("gdw_tf.review/r/")
+
+
+class _ScriptData(html.parser.HTMLParser):
+    """The page's `<script>` elements: [id, text] each."""
+
+    def __init__(self):
+        super().__init__()
+        self.scripts, self._inside = [], False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "script":
+            self.scripts.append([dict(attrs).get("id"), ""])
+            self._inside = True
+
+    def handle_endtag(self, tag):
+        self._inside = False
+
+    def handle_data(self, data):
+        if self._inside:
+            self.scripts[-1][1] += data
+
+
+def test_user_text_cannot_break_out_of_the_page(tmp_path):
+    hostile = ["</script><script>alert(1)</script>", "a & b <i>", '"quoted", comma', "{data}"]
+    _, _, issues = _issues(names=hostile)
+    issues.id[:] = "</script><img src=x onerror=alert(2)>"
+    run_dir = tmp_path / "{title}<run>"
+    run_dir.mkdir()
+    path = run_dir_lib.write_review(str(run_dir), issues, images=np.zeros((40, 3)))
+    with open(path, encoding="utf-8") as file:
+        page = file.read()
+    assert "<script>alert" not in page and "<img src=x" not in page
+    parser = _ScriptData()
+    parser.feed(page)
+    assert [name for name, _ in parser.scripts] == ["review-data", None]  # no script injected
+    data = json.loads(parser.scripts[0][1])
+    assert data["classes"] == hostile
+    assert data == review.review_data(issues, images=np.zeros((40, 3)), run_name="{title}<run>")
+    assert "<title>gdw_tf review: {title}&lt;run&gt;</title>" in page
+
+
+# --------------------------------------------------------------------------------------------
+# The command line
+
+
+@pytest.mark.slow
+def test_corrections_with_an_unknown_id_stop_the_run_before_training(tmp_path, capsys):
+    path = _write_csv(tmp_path / "c.csv", [["123456", 0, 1]])
+    status, err = train_exit_message(
+        capsys, *TINY_FASHION_MNIST, f"--corrections={path}", f"--output_dir={tmp_path / 'run'}"
+    )
+    assert status == 2
+    assert err.strip().splitlines() == [
+        "error: 1 reviewed id(s) are not in the training data ('123456'); the corrections "
+        "belong to other data (another --dataset, --train_data or --max_train_examples)."
+    ]
+    assert not os.path.exists(tmp_path / "run" / "history.csv")
+
+
+# --------------------------------------------------------------------------------------------
+# The loop in a real browser: train, review by keyboard, reload, download, train again
+
+
+def _browser(playwright):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt install chromium)")
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
+    )
+
+
+TINY_LOOP = [
+    "--dataset=fashion_mnist",
+    "--max_train_examples=600",
+    "--max_test_examples=100",
+    "--num_meta=50",
+    "--batch_size=50",
+    "--meta_batch_size=50",
+    "--model=mlp",
+    "--epochs=2",
+    "--noise=flip",
+    "--ratio=0.4",
+    "--verbose=0",
+]
+
+
+@pytest.mark.slow
+def test_review_in_chromium_then_train_with_the_corrections(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    train_main(*TINY_LOOP, f"--output_dir={first}")
+    table = label_issues.read_label_issues_csv(os.path.join(first, "label_issues.csv"))
+    flagged = [i for i, f in enumerate(table["flagged"]) if f == "1"]
+    assert len(flagged) >= 30
+    flagged = [
+        flagged[j] for j in _in_rounds([table["suggested_label"][i] for i in flagged])
+    ]  # the page's order
+    row = {name: [table[name][i] for i in flagged] for name in ("id", "given_label")}
+    row["suggested_label"] = [int(table["suggested_label"][i]) for i in flagged]
+    given = [int(g) for g in row["given_label"]]
+    other = next(k for k in range(10) if k not in (given[2], row["suggested_label"][2]))
+    # Item 1: take the suggestion; 2: keep; 3: another class by digit; 4: skip, back, take the
+    # suggestion; items 5-24: the class i % 10, so every class is reviewed at least twice.
+    expected = {0: row["suggested_label"][0], 1: given[1], 2: other, 3: row["suggested_label"][3]}
+    expected.update({i: i % 10 for i in range(4, 24)})
+
+    url = "file://" + os.path.join(first, "review.html")
+    with sync_api.sync_playwright() as playwright:
+        browser = _browser(playwright)
+        page = browser.new_page(accept_downloads=True)
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(url)
+        assert page.inner_text("#meta").startswith(f"rank 1 · id {row['id'][0]} ·")
+        for key in ["a", "k", str(other), "s", "b", "a"]:
+            page.keyboard.press(key)
+        assert page.inner_text("#progress-text").startswith("example 5 of ")
+        page.reload()
+        # The decisions and the position survived the reload.
+        assert page.inner_text("#progress-text").startswith("example 5 of ")
+        assert " 4 reviewed (" in page.inner_text("#progress-text")
+        page.keyboard.press("b")
+        assert page.inner_text("#meta").startswith(f"rank {flagged[3] + 1} · id {row['id'][3]}")
+        assert "took the suggestion" in page.inner_text("#decision")
+        page.keyboard.press("ArrowRight")  # skip item 4... and undo that by reviewing it again:
+        page.keyboard.press("b")
+        page.keyboard.press("a")
+        for i in range(4, 24):
+            page.keyboard.press(str(i % 10))
+        with page.expect_download() as download_info:
+            page.keyboard.press("d")
+        corrections = str(tmp_path / "corrections.csv")
+        download_info.value.save_as(corrections)
+        page.screenshot(path=str(tmp_path / "review.png"))
+        browser.close()
+    assert errors == []
+
+    with open(corrections, newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [r["id"] for r in rows] == [row["id"][i] for i in range(24)]
+    assert [int(r["reviewed_label"]) for r in rows] == [expected[i] for i in range(24)]
+    assert [int(r["given_label"]) for r in rows] == given[:24]
+    assert rows[0]["decision"] == "suggested" and rows[1]["decision"] == "keep"
+
+    train_main(*TINY_LOOP, f"--corrections={corrections}", f"--output_dir={second}")
+    with open(os.path.join(second, "results.json")) as file:
+        summary = json.load(file)["corrections"]
+    reviewed = np.array([expected[i] for i in range(24)])
+    per_class = min(int((reviewed == k).sum()) for k in range(10))
+    assert per_class >= 2
+    assert summary["reviewed"] == 24
+    assert summary["changed"] == int(np.sum(reviewed != np.array(given[:24])))
+    assert summary["added_to_trusted"] == 10 * per_class
+    assert summary["corrected_in_training"] == 24 - 10 * per_class
+    split = split_lib.Split.load(os.path.join(second, "split.npz"))
+    assert len(split.meta_indices) == 50 + 10 * per_class
+    np.testing.assert_array_equal(np.bincount(split.meta_labels), [5 + per_class] * 10)
+    label_of = dict(zip(split.train_indices.tolist(), split.train_noisy_labels.tolist()))
+    label_of.update(zip(split.meta_indices.tolist(), split.meta_labels.tolist()))
+    assert [label_of[int(row["id"][i])] for i in range(24)] == reviewed.tolist()
+
+
+@pytest.mark.slow
+def test_twelve_classes_by_number_and_hostile_names_shown_as_text_in_chromium(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    names = [f"<b>c{k}</b> & co" for k in range(12)]
+    _, _, issues = _issues(num=60, classes=12, names=names, seed=4)
+    rows = np.arange(60 * 3, dtype=float).reshape(60, 3)
+    path = run_dir_lib.write_review(str(tmp_path), issues, images=rows)
+    items = review.review_data(issues, images=rows, run_name=tmp_path.name)["items"]
+    assert len(items) >= 4
+    with sync_api.sync_playwright() as playwright:
+        browser = _browser(playwright)
+        page = browser.new_page(accept_downloads=True)
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto("file://" + path)
+        assert page.inner_text("#given-name") == f"{items[0]['given']} {names[items[0]['given']]}"
+        assert page.locator("#view b").count() == 0  # names are text, not markup
+        assert page.inner_text("#view td >> nth=1") == f"{rows[int(issues.position[0])][0]:g}"
+        # "1" could start 10 or 11: wait; "1" again → 11. "1", Enter → 1. "7" → 7 at once.
+        for keys in (["1", "1"], ["1", "Enter"], ["7"]):
+            for key in keys:
+                page.keyboard.press(key)
+        assert page.inner_text("#progress-text").startswith("example 4 of ")
+        with page.expect_download() as download_info:
+            page.click("#download")
+        download_info.value.save_as(str(tmp_path / "corrections.csv"))
+        browser.close()
+    assert errors == []
+    reviews = corrections_lib.read_corrections(
+        str(tmp_path / "corrections.csv"), num_classes=12, class_names=names
+    )
+    assert reviews.ids == tuple(item["id"] for item in items[:3])
+    np.testing.assert_array_equal(reviews.reviewed_labels, [11, 1, 7])
+    with open(tmp_path / "corrections.csv", newline="") as file:
+        assert [r["reviewed_class"] for r in csv.DictReader(file)] == [
+            names[11],
+            names[1],
+            names[7],
+        ]
+
+
+def test_correct_split_of_own_data_without_a_trusted_set():
+    from gdw_tf.data import own_data
+
+    labels = np.repeat(np.arange(2), 10)
+    split = own_data.own_split(labels, np.zeros(20, bool), 2, 0)
+    assert len(split.meta_indices) == 0
+    ids = [f"d/{i}.png" for i in range(20)]
+    reviews = corrections_lib.Corrections(
+        ("d/3.png", "./d/15.png", "d/4.png"), np.array([1, 0, 0]), ("x",) * 3, ("f.csv",)
+    )
+    corrected, summary = corrections_lib.correct_split(split, reviews, ids=ids)
+    # One review per class joins (3 → class 1, 15 → class 0); 4 keeps label 0 in training.
+    np.testing.assert_array_equal(corrected.meta_indices, [3, 15])
+    np.testing.assert_array_equal(corrected.meta_labels, [1, 0])
+    assert 3 not in corrected.train_indices and 4 in corrected.train_indices
+    assert summary["changed"] == 2 and summary["added_to_trusted"] == 2
+    assert summary["corrected_in_training"] == 1
