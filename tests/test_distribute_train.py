@@ -39,6 +39,7 @@ RUN_FILES = [
     "model.keras",
     "report.html",
     "results.json",
+    "review.html",
     "split.npz",
     "tensorboard",
 ]

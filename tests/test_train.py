@@ -80,6 +80,7 @@ def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
         "model.keras",
         "report.html",
         "results.json",
+        "review.html",
         "split.npz",
         "tensorboard",
     ]  # backup/ is removed once the run is finished
