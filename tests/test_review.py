@@ -466,3 +466,55 @@ def test_correct_split_of_own_data_without_a_trusted_set():
     assert 3 not in corrected.train_indices and 4 in corrected.train_indices
     assert summary["changed"] == 2 and summary["added_to_trusted"] == 2
     assert summary["corrected_in_training"] == 1
+
+
+@pytest.mark.slow
+def test_review_loop_benchmark_script_tiny(tmp_path):
+    pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    import subprocess
+    import sys
+
+    from gdw_tf.data import datasets
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = [
+        sys.executable,
+        os.path.join(repo, "scripts", "review_loop_benchmark.py"),
+        f"--runs_dir={tmp_path}",
+        "--settings=flip_40",
+        "--starts=clean",
+        "--review_size=20",
+        "--train_flag=--epochs=1",
+        "--train_flag=--max_train_examples=1200",
+        "--train_flag=--max_test_examples=200",
+        "--train_flag=--num_meta=200",
+    ]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
+    done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    base = tmp_path / "flip_40_clean"
+    with open(base / "metrics.json") as file:
+        metrics = json.load(file)
+    truth = datasets.load_dataset("fashion_mnist").y_train
+    with open(base / "corrections.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    # The reviewer answered every example with its true label; its useful share is the changed.
+    assert len(rows) == metrics["review"]["reviewed"] == 20
+    assert all(int(r["reviewed_label"]) == truth[int(r["id"])] for r in rows)
+    wrong = sum(int(r["given_label"]) != int(r["reviewed_label"]) for r in rows)
+    assert metrics["review"]["truly_wrong"] == wrong
+    first, second = metrics["rounds"]
+    assert second["corrections"]["reviewed"] == 20 and second["corrections"]["changed"] == wrong
+    assert second["num_meta"] == 200 + second["corrections"]["added_to_trusted"]
+    # Round 1's F1: its label_issues.csv flags against its split's injected noise.
+    split = split_lib.Split.load(str(base / "round1" / "split.npz"))
+    table = label_issues.read_label_issues_csv(str(base / "round1" / "label_issues.csv"))
+    position = np.searchsorted(split.train_indices, np.array(table["id"], np.int64))
+    flagged = np.array(table["flagged"]) == "1"
+    hits = int((flagged & split.train_corrupted[position]).sum())
+    precision, recall = hits / flagged.sum(), hits / split.train_corrupted.sum()
+    assert first["f1"] == pytest.approx(2 * precision * recall / (precision + recall))
+    assert "| flip_40 | clean | 2 | " in done.stdout
