@@ -17,7 +17,7 @@ decision, suggested_label, rank, score, given_class, reviewed_class`, which
 
 Everything the page shows comes from one JSON block; labels, class names and ids are user data,
 inserted as text only (never as HTML), and the JSON cannot close its `<script>` element.
-Images are inline PNG (`gdw_tf.labels.report.encode_png`); no network, no server.
+Images are inline PNG (`gdw_tf.labels.report.png_data_uri`); no network, no server.
 """
 
 import hashlib
