@@ -39,7 +39,6 @@ from numpy.typing import ArrayLike
 
 from gdw_tf.labels import wrong_count
 
-LABEL_ISSUES_FILE = "label_issues.csv"
 # Columns of `label_issues.csv`, in order; the two class-name columns only with class names.
 CSV_COLUMNS = (
     "rank",
