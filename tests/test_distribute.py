@@ -157,6 +157,7 @@ def test_what_one_replica_only_runs_is_refused_across_replicas(strategy, kwargs,
         _fit(model, x, y, steps=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["gdw", "mwnet", "l2rw"])
 def test_two_replicas_take_the_steps_of_one_device_with_a_head_meta_scope(method, strategy):
     x, y, x_meta, y_meta = _data()

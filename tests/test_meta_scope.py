@@ -246,6 +246,7 @@ def _fit_variables(method, meta_scope, backbone_fn, steps=4, meta_interval=1, **
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "method, meta_interval", [("gdw", 1), ("mwnet", 1), ("l2rw", 1), ("gdw", 2)]
 )
@@ -282,6 +283,7 @@ def xla_allowed():
         tf_config.enable_op_determinism()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, meta_interval", [("gdw", 1), ("mwnet", 2), ("l2rw", 1)])
 def test_head_scope_is_the_same_eagerly_in_graph_and_under_xla(method, meta_interval, xla_allowed):
     def fit(**kwargs):

@@ -85,7 +85,12 @@ def xla_allowed():
     tf_config.enable_op_determinism()
 
 
-@pytest.mark.parametrize("method", ["gdw", "mwnet", "l2rw", "ce"])
+# XLA compiles are the slow part: GDW and MW-Net in the full suite, L2RW and CE in the fast tier.
+@pytest.mark.parametrize(
+    "method",
+    [pytest.param("gdw", marks=pytest.mark.slow), pytest.param("mwnet", marks=pytest.mark.slow)]
+    + ["l2rw", "ce"],
+)
 def test_eager_graph_and_xla_give_the_same_weights(method, xla_allowed):
     x, y, x_meta, y_meta = _data()
     graph = _train(method, x, y, x_meta, y_meta)
@@ -181,7 +186,7 @@ def _set_state(model, state):
             variable.assign(value)
 
 
-@pytest.mark.parametrize("method", ["gdw", "mwnet"])
+@pytest.mark.parametrize("method", [pytest.param("gdw", marks=pytest.mark.slow), "mwnet"])
 def test_meta_interval_takes_the_meta_step_on_every_kth_step_only(method):
     """k = 3: steps 3 and 6 are the usual step (as a meta_interval=1 model's from the same
     state); steps 1, 2, 4, 5 are SGD on the CE weighted by the current weight net (NumPy below)
