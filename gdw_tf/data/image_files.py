@@ -30,8 +30,6 @@ IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 # Files and folders that operating systems leave beside the images: macOS' resource forks
 # (`__MACOSX/`, AppleDouble `._name`), its folder settings, Windows' thumbnail caches.
 OS_DEBRIS = ("__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini")
-# The largest --image_size: one 4096x4096 RGB image is 201 MB as float32, a batch of 100 20 GB.
-MAX_IMAGE_SIZE = 4096
 
 
 def is_os_debris(name: str) -> bool:

@@ -244,12 +244,23 @@ def application(name, input_shape, num_classes, weights=None):
         keras_home = _keras_home()
         raise ValueError(
             f"--model_weights=imagenet: cannot download {name}'s ImageNet weights "
-            f"({str(err).splitlines()[0][:120]}); put {file} "
+            f"({str(err).splitlines()[0].rsplit(': ', 1)[-1][:120]}); put {file} "
             f"({url.group(0) if url else 'from keras.applications'}) in "
             f"{os.path.join(keras_home, 'models')}/ and run again."
         ) from None
     logits = keras.layers.Dense(num_classes, name="logits")(base.output)
     return keras.Model(inputs, logits, name=name.lower())
+
+
+def check_imagenet_weights(name):
+    """Builds the application `name` with its ImageNet weights once, so that weights that can
+    be neither found nor downloaded are reported (`application`'s one line) before any data is
+    read; afterwards they are in Keras' cache.
+
+    Raises:
+        ValueError: as `application`.
+    """
+    application(name, (None, None, 3), 2, weights="imagenet")
 
 
 def _keras_home():

@@ -29,11 +29,12 @@ from gdw_tf.core.settings import ModelSettings
 from gdw_tf.core.settings import non_negative
 from gdw_tf.core.settings import positive
 from gdw_tf.core.settings import setting
-from gdw_tf.data import image_files
 from gdw_tf.data import noise as noise_lib
 from gdw_tf.nets import backbones
 
 AUTO_TRUE_FALSE = ("auto", "true", "false")
+# The largest --image_size: one 4096x4096 RGB image is 201 MB as float32, a batch of 100 20 GB.
+MAX_IMAGE_SIZE = 4096
 DISTRIBUTE = ("none", "mirrored", "multi_worker")
 
 
@@ -172,9 +173,9 @@ class Config(ModelSettings):
         0,
         "Own images, and TFDS datasets: resize every image to NxN (bilinear) as it is read. "
         "0 = keep the size, which all images must then share.",
-        check=lambda v: 0 <= v <= image_files.MAX_IMAGE_SIZE,
-        message=f"must be ≥ 0 and ≤ {image_files.MAX_IMAGE_SIZE} (0 = keep the size; one "
-        f"{image_files.MAX_IMAGE_SIZE}x{image_files.MAX_IMAGE_SIZE} RGB image is 201 MB as "
+        check=lambda v: 0 <= v <= MAX_IMAGE_SIZE,
+        message=f"must be ≥ 0 and ≤ {MAX_IMAGE_SIZE} (0 = keep the size; one "
+        f"{MAX_IMAGE_SIZE}x{MAX_IMAGE_SIZE} RGB image is 201 MB as "
         "float32)",
     )
     model_weights: str = setting(

@@ -75,6 +75,8 @@ def run(config: Config) -> dict:
     replicas = distribute.num_replicas(strategy)
     distribute.check_replicas(config, replicas)
     run_dir.prepare_output_dir(config)
+    if config.model_weights == "imagenet":  # Found or downloaded now, before the data is read.
+        backbones.check_imagenet_weights(config.model)
     # Python, NumPy and TensorFlow seeds: the initial weights, and with the dataset's own seeds
     # (which TensorFlow combines with its global seed) the data order.
     keras.utils.set_random_seed(config.seed)
