@@ -211,6 +211,7 @@ def test_a_small_trusted_set_gets_a_smaller_default_meta_batch(tmp_path):
     assert own_data.resolve_meta_batch_size(100, 30) == 30  # The default: cut to the set.
     assert own_data.resolve_meta_batch_size(100, 300) == 100
     assert own_data.resolve_meta_batch_size(50, 30) == 50  # Asked for: kept (refused later).
+    assert own_data.resolve_meta_batch_size(100, 15, replicas=2) == 14  # An equal share each.
     rng = np.random.default_rng(6)
     images = rng.integers(0, 256, (9, 4, 4, 3), dtype=np.uint8)
     _write_folder(str(tmp_path / "train"), images[:6], [0, 1, 2] * 2)
