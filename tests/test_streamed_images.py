@@ -12,17 +12,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
-from absl.testing import flagsaver
+from conftest import train_main
 
-from gdw_tf import train
 from gdw_tf.data import image_files
 from gdw_tf.data import input_pipeline
 from gdw_tf.data import own_data
 from gdw_tf.labels import report as report_lib
 from gdw_tf.runs import callbacks
 from gdw_tf.runs import config as config_lib
-
-FLAGS = flags.FLAGS
 
 
 def _config(**overrides):
@@ -41,12 +38,6 @@ def _write_folder(root, images, labels):
         paths.append(os.path.join(root, str(label), f"{i:03d}.png"))
         _write_png(paths[-1], image)
     return sorted(paths, key=lambda p: (os.path.basename(os.path.dirname(p)), p))
-
-
-def _main(*args):
-    with flagsaver.flagsaver():
-        FLAGS(["prog", *args])
-        train.main(["prog"])
 
 
 def _mixed_size_files(root, rng, n=10):
@@ -211,6 +202,7 @@ def test_a_small_trusted_set_gets_a_smaller_default_meta_batch(tmp_path):
     assert own_data.resolve_meta_batch_size(100, 30) == 30  # The default: cut to the set.
     assert own_data.resolve_meta_batch_size(100, 300) == 100
     assert own_data.resolve_meta_batch_size(50, 30) == 50  # Asked for: kept (refused later).
+    assert own_data.resolve_meta_batch_size(100, 15, replicas=2) == 14  # An equal share each.
     rng = np.random.default_rng(6)
     images = rng.integers(0, 256, (9, 4, 4, 3), dtype=np.uint8)
     _write_folder(str(tmp_path / "train"), images[:6], [0, 1, 2] * 2)
@@ -268,9 +260,9 @@ def test_a_streamed_run_equals_the_run_on_the_same_arrays_and_resumes(tmp_path, 
     common = ["--epochs=3", "--batch_size=8", "--lr=0.05", "--augment=true", "--verbose=0"]
     streamed = str(tmp_path / "streamed")
     folders = [f"--train_data={root}/train", f"--trusted_data={root}/trusted"]
-    _main(*folders, f"--test_data={root}/test", *common, f"--output_dir={streamed}")
+    train_main(*folders, f"--test_data={root}/test", *common, f"--output_dir={streamed}")
     arrays = str(tmp_path / "arrays")
-    _main(
+    train_main(
         f"--train_data={tmp_path}/train.npz",
         f"--trusted_data={tmp_path}/trusted.npz",
         *common,
@@ -310,9 +302,9 @@ def test_a_streamed_run_equals_the_run_on_the_same_arrays_and_resumes(tmp_path, 
             callbacks._ReplayDataOrder, "on_train_batch_end", kill_in_epoch_3, raising=False
         )
         with pytest.raises(Killed):
-            _main(*args)
+            train_main(*args)
     assert os.path.exists(os.path.join(resumed, own_data.SCAN_FILE))
-    _main(*args)
+    train_main(*args)
     with (
         np.load(os.path.join(streamed, "example_weights.npz")) as a,
         np.load(os.path.join(resumed, "example_weights.npz")) as b,

@@ -216,22 +216,24 @@ def load_own_data(config, *, work_dir=None):
     )
 
 
-def resolve_meta_batch_size(meta_batch_size: int, num_meta: int) -> int:
-    """The meta batch size of a run: `meta_batch_size`, or the meta set's size if that is
-    smaller and `meta_batch_size` is the default (a person with a small trusted set did not ask
-    for 100). Set to another value, it is demanded (`settings.meta_batch_problem`)."""
+def resolve_meta_batch_size(meta_batch_size: int, num_meta: int, *, replicas: int = 1) -> int:
+    """The meta batch size of a run: `meta_batch_size`, or, if that is the default and the meta
+    set is smaller, the meta set's size cut to a multiple of `replicas` (a person with a small
+    trusted set did not ask for 100; each replica takes an equal share). Set to another value,
+    it is demanded (`settings.meta_batch_problem`)."""
     if (
         meta_batch_size == settings.MODEL_DEFAULTS.meta_batch_size
         and 0 < num_meta < meta_batch_size
     ):
+        resolved = max(num_meta - num_meta % replicas, replicas)
         logging.warning(
             "The trusted set holds %d examples: meta batches of %d (not the default "
             "--meta_batch_size=%d).",
             num_meta,
-            num_meta,
+            resolved,
             meta_batch_size,
         )
-        return int(num_meta)
+        return int(resolved)
     return int(meta_batch_size)
 
 

@@ -243,7 +243,7 @@ def run_settings(config, dataset, split, num_replicas):
         num_train=int(len(split.train_indices)),
         num_meta=int(len(split.meta_indices)),
         meta_batch_size=own_data.resolve_meta_batch_size(
-            config.meta_batch_size, len(split.meta_indices)
+            config.meta_batch_size, len(split.meta_indices), replicas=num_replicas
         ),
         steps_per_epoch=math.ceil(len(split.train_indices) / config.batch_size),
         num_replicas=int(num_replicas),
