@@ -99,9 +99,9 @@ class GDWModel(backend.Trainer, keras.Model):
         weights of that epoch: low values flag suspicious labels.
       **kwargs: `keras.Model` arguments (name, ...).
 
-    The defaults of the settings it shares with `python -m gdw_tf.train` (method,
-    meta_batch_size, outer_lr, clip, l2, meta_grad, meta_interval, seed) are the flags' own
-    (`gdw_tf.core.settings.MODEL_DEFAULTS`), and it checks them by the same rules.
+    Every argument from `method` to `meta_scope` but `meta_data`, `meta_augmentation` and
+    `track_examples` is a field of `gdw_tf.core.settings.ModelSettings`: its default is
+    `MODEL_DEFAULTS`' and the flag of the same name's, and it is checked by the same rule.
 
     Raises:
       ValueError: on an unknown method, a backbone whose output is not `[N, num_classes]`, or a
