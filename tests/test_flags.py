@@ -6,6 +6,7 @@ import inspect
 import os
 import re
 
+import keras
 import pytest
 from absl import flags
 
@@ -36,16 +37,12 @@ def test_flags_and_config_fields_are_the_same():
 def test_a_hand_built_model_has_the_command_lines_defaults():
     signature = inspect.signature(gdw_tf.GDWModel.__init__).parameters
     shared = [name for name in signature if name in config_lib.Config.__dataclass_fields__]
-    assert set(shared) >= {
-        "method",
-        "meta_batch_size",
-        "outer_lr",
-        "clip",
-        "l2",
-        "meta_grad",
-        "meta_interval",
-        "seed",
-    }
+    # Every setting of the step is an argument of the model and a flag; get_config saves them.
+    step_settings = {field.name for field in dataclasses.fields(gdw_tf.ModelSettings)}
+    assert set(shared) == step_settings >= {"method", "meta_batch_size", "weight_net_lr"}
+    backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    config = gdw_tf.GDWModel(backbone, 2, method="ce", weight_net_hidden=7).get_config()
+    assert step_settings <= set(config) and config["weight_net_hidden"] == 7
     for name in shared:
         assert signature[name].default == getattr(config_lib.DEFAULTS, name), name
 
