@@ -24,6 +24,8 @@ from gdw_tf.core.optimizers import TorchAdam
 from gdw_tf.core.settings import MODEL_DEFAULTS
 from gdw_tf.core.settings import ModelSettings
 from gdw_tf.core.weight_net import build_weight_net
+from gdw_tf.data.corrections import apply_corrections
+from gdw_tf.data.corrections import read_corrections
 from gdw_tf.data.split import balanced_meta_subset
 from gdw_tf.labels.label_issues import LabelIssues
 from gdw_tf.labels.label_issues import find_label_issues
@@ -46,10 +48,12 @@ __all__ = [
     "LabelIssues",
     "ModelSettings",
     "TorchAdam",
+    "apply_corrections",
     "balanced_meta_subset",
     "build_weight_net",
     "find_label_issues",
     "rank_label_issues",
+    "read_corrections",
     "read_label_issues_csv",
     "resolve_outer_lr",
     "write_label_issues_csv",
