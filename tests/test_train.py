@@ -146,6 +146,7 @@ def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
         "example_weights",
         "config",
         "timing",
+        "wrong_labels",
     }
     accuracy = results["test_accuracy"]
     assert len(accuracy["per_epoch"]) == 2
