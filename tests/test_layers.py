@@ -88,7 +88,6 @@ def test_the_step_functions_take_their_tensors_by_keyword():
         step.forward(*range(7))
 
 
-@pytest.mark.slow
 def test_the_model_trains_with_keras_on_jax_and_no_tensorflow():
     """`GDWModel.fit`, `find_label_issues` and the benchmark's module import without TensorFlow
     (the GPU machines have Keras and JAX only)."""
