@@ -87,6 +87,19 @@ def train_exit_message(capsys, *args, mock=False):
     return exit_info.value.code, capsys.readouterr().err
 
 
+def make_config(**overrides):
+    """A `Config` with the flags' defaults but `overrides` (and an unused output_dir)."""
+    from gdw_tf.runs import config as config_lib
+
+    return config_lib.Config(output_dir="unused", **overrides)
+
+
+def write_png(path, image):
+    """Writes a uint8 image `[H, W, C]` as a PNG file, making its folder."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tf.io.write_file(path, tf.io.encode_png(image))
+
+
 def read_json(path):
     with open(path) as file:
         return json.load(file)

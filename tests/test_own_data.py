@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
+from conftest import make_config
 from conftest import train_exit_message
 from conftest import train_main
+from conftest import write_png
 
 from gdw_tf.data import auto_meta
 from gdw_tf.data import datasets
@@ -30,21 +32,12 @@ from gdw_tf.runs import run_dir
 FLAGS = flags.FLAGS
 
 
-def _config(**overrides):
-    return config_lib.Config(output_dir="unused", **overrides)
-
-
-def _write_png(path, image):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tf.io.write_file(path, tf.io.encode_png(image))
-
-
 def _write_folder(root, images, labels):
     """Writes `images[i]` as `root/<labels[i]>/<i>.png`; returns the paths in that order."""
     paths = []
     for i, (image, label) in enumerate(zip(images, labels)):
         paths.append(os.path.join(root, str(label), f"{i:03d}.png"))
-        _write_png(paths[-1], image)
+        write_png(paths[-1], image)
     return paths
 
 
@@ -72,7 +65,7 @@ def test_folder_tree_loads_the_images_written(tmp_path):
     _write_folder(str(tmp_path / "trusted"), trusted_images, ["emu", "cat", "dog"])
 
     dataset = own_data.load_own_data(
-        _config(
+        make_config(
             train_data=str(tmp_path / "train"),
             trusted_data=str(tmp_path / "trusted"),
             meta_batch_size=3,
@@ -117,7 +110,7 @@ def test_csv_of_features_with_a_trusted_column(tmp_path):
     )
 
     dataset = own_data.load_own_data(
-        _config(
+        make_config(
             train_data=path,
             test_data=test_path,
             label_column="kind",
@@ -137,12 +130,12 @@ def test_csv_of_features_with_a_trusted_column(tmp_path):
 def test_csv_of_image_paths_unifies_channels_and_resizes(tmp_path):
     rng = np.random.default_rng(2)
     gray, rgb = _random_images(rng, 1, (4, 4, 1))[0], _random_images(rng, 1, (6, 6, 3))[0]
-    _write_png(str(tmp_path / "img" / "g.png"), gray)
-    _write_png(str(tmp_path / "img" / "c.png"), rgb)
+    write_png(str(tmp_path / "img" / "g.png"), gray)
+    write_png(str(tmp_path / "img" / "c.png"), rgb)
     path = str(tmp_path / "train.csv")
     _write_csv(path, ["image", "label"], [["img/g.png", "0"], ["img/c.png", "1"]])
 
-    dataset = own_data.load_own_data(_config(train_data=path, image_size=4, method="ce"))
+    dataset = own_data.load_own_data(make_config(train_data=path, image_size=4, method="ce"))
     assert dataset.x_train.shape == (2, 4, 4, 3) and dataset.train_ids == ("img/g.png", "img/c.png")
     np.testing.assert_array_equal(dataset.x_train[0], np.repeat(gray, 3, axis=-1))
     resized = tf.image.resize(rgb, (4, 4), method="bilinear").numpy()
@@ -155,7 +148,9 @@ def test_npz_of_images_and_of_features(tmp_path):
     rng = np.random.default_rng(3)
     images = _random_images(rng, 6, (5, 5))
     np.savez(tmp_path / "images.npz", x=images, y=np.array(["10", "2", "10", "3", "2", "3"]))
-    dataset = own_data.load_own_data(_config(train_data=str(tmp_path / "images.npz"), method="ce"))
+    dataset = own_data.load_own_data(
+        make_config(train_data=str(tmp_path / "images.npz"), method="ce")
+    )
     assert dataset.class_names == ("2", "3", "10")  # integer names sort numerically
     np.testing.assert_array_equal(dataset.x_train, images[..., None])
     np.testing.assert_array_equal(dataset.y_train, [2, 0, 2, 1, 0, 1])
@@ -164,7 +159,7 @@ def test_npz_of_images_and_of_features(tmp_path):
     features = rng.normal(size=(6, 4))
     np.savez(tmp_path / "features.npz", x=features, y=np.array([0, 1, 0, 1, 0, 1]))
     dataset = own_data.load_own_data(
-        _config(train_data=str(tmp_path / "features.npz"), method="ce")
+        make_config(train_data=str(tmp_path / "features.npz"), method="ce")
     )
     np.testing.assert_array_equal(dataset.x_train, features.astype(np.float32))
     mean, std = input_pipeline.normalization_stats("own_data", dataset.x_train)
@@ -252,7 +247,7 @@ def _bad_inputs(root):
 
     sizes = os.path.join(root, "sizes")
     _write_folder(sizes, images, [0, 1, 2] * 2)
-    _write_png(os.path.join(sizes, "0", "big.png"), images[0].repeat(2, axis=0))
+    write_png(os.path.join(sizes, "0", "big.png"), images[0].repeat(2, axis=0))
     cases.append(({"train_data": sizes, "method": "ce"}, "pass --image_size=N"))
 
     csv_path = os.path.join(root, "no_label.csv")
@@ -314,7 +309,7 @@ def _bad_inputs(root):
 def test_each_bad_input_is_one_line_error(tmp_path):
     for overrides, message in _bad_inputs(str(tmp_path)):
         with pytest.raises(ValueError) as error:
-            own_data.load_own_data(_config(**overrides))
+            own_data.load_own_data(make_config(**overrides))
         assert message in str(error.value), (overrides, str(error.value))
         assert "\n" not in str(error.value)
 
@@ -400,7 +395,7 @@ def test_auto_split_moves_the_chosen_examples_to_the_meta_set(monkeypatch):
     rng = np.random.default_rng(6)
     probabilities = rng.dirichlet(np.ones(3), len(split.train_indices))
     monkeypatch.setattr(auto_meta, "warm_up_probabilities", lambda *args, **kwargs: probabilities)
-    config = _config(trusted_data="auto", auto_meta_per_class=4, meta_batch_size=12)
+    config = make_config(trusted_data="auto", auto_meta_per_class=4, meta_batch_size=12)
     auto = auto_meta.auto_split(
         split, config, "mlp", np.zeros((60, 2), np.float32), mean=0, std=1, augment=False
     )
@@ -426,14 +421,14 @@ def test_auto_split_moves_the_chosen_examples_to_the_meta_set(monkeypatch):
 
 
 def test_a_saved_config_without_a_newer_flag_resumes_with_its_default():
-    saved = _config().to_dict()
+    saved = make_config().to_dict()
     for key in ("weight_net_hidden", "auto_meta_per_class"):
         del saved[key]  # written before these flags existed: they ran with their defaults
-    assert run_dir.config_differences(saved, _config()) == []
-    assert run_dir.config_differences(saved, _config(weight_net_hidden=50)) == [
+    assert run_dir.config_differences(saved, make_config()) == []
+    assert run_dir.config_differences(saved, make_config(weight_net_hidden=50)) == [
         "weight_net_hidden: saved 100, now 50"
     ]
-    assert run_dir.config_differences(saved, _config(model="small_cnn")) == [
+    assert run_dir.config_differences(saved, make_config(model="small_cnn")) == [
         "model: saved 'auto', now 'small_cnn'"
     ]
 
@@ -527,7 +522,7 @@ def _write_digits(root, changed_fraction=0.25, seed=0):
     given[change] = (given[change] + rng.integers(1, 10, len(change))) % 10
     for part, indices in (("train", train_part), ("trusted", trusted), ("test", test)):
         for i in indices:
-            _write_png(os.path.join(root, part, str(given[i]), f"{i:04d}.png"), images[i])
+            write_png(os.path.join(root, part, str(given[i]), f"{i:04d}.png"), images[i])
     return {f"{i:04d}.png" for i in change}
 
 

@@ -10,9 +10,10 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from absl import flags
+from conftest import make_config
 from conftest import train_main
+from conftest import write_png
 
 from gdw_tf.data import image_files
 from gdw_tf.data import input_pipeline
@@ -22,21 +23,12 @@ from gdw_tf.runs import callbacks
 from gdw_tf.runs import config as config_lib
 
 
-def _config(**overrides):
-    return config_lib.Config(output_dir="unused", **overrides)
-
-
-def _write_png(path, image):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tf.io.write_file(path, tf.io.encode_png(image))
-
-
 def _write_folder(root, images, labels):
     """Writes `images[i]` as `root/<labels[i]>/<i>.png`; returns the paths in reading order."""
     paths = []
     for i, (image, label) in enumerate(zip(images, labels)):
         paths.append(os.path.join(root, str(label), f"{i:03d}.png"))
-        _write_png(paths[-1], image)
+        write_png(paths[-1], image)
     return sorted(paths, key=lambda p: (os.path.basename(os.path.dirname(p)), p))
 
 
@@ -47,7 +39,7 @@ def _mixed_size_files(root, rng, n=10):
         channels = (1, 2, 3, 4)[i % 4]
         image = rng.integers(0, 256, (5 + i, 7 + 2 * i, channels), dtype=np.uint8)
         paths.append(os.path.join(root, f"{i}.png"))
-        _write_png(paths[-1], image)
+        write_png(paths[-1], image)
     return paths
 
 
@@ -125,7 +117,7 @@ def test_unreadable_files_are_skipped_listed_and_the_scan_is_not_repeated(tmp_pa
     work_dir = str(tmp_path / "run")
     os.makedirs(work_dir)
 
-    dataset = own_data.load_own_data(_config(train_data=root, method="ce"), work_dir=work_dir)
+    dataset = own_data.load_own_data(make_config(train_data=root, method="ce"), work_dir=work_dir)
     assert dataset.train_ids == tuple(paths)
     np.testing.assert_array_equal(np.asarray(dataset.x_train), images[[0, 3, 1, 4, 2, 5]])
     with open(os.path.join(work_dir, own_data.SKIPPED_FILE)) as file:
@@ -138,11 +130,11 @@ def test_unreadable_files_are_skipped_listed_and_the_scan_is_not_repeated(tmp_pa
     # Resuming reads the cached scan: a file broken since is still taken as readable...
     with open(paths[0], "wb") as file:
         file.write(b"broken since")
-    again = own_data.load_own_data(_config(train_data=root, method="ce"), work_dir=work_dir)
+    again = own_data.load_own_data(make_config(train_data=root, method="ce"), work_dir=work_dir)
     assert again.train_ids == tuple(paths)
     # ...while another list of files is scanned anew.
     os.remove(empty)
-    anew = own_data.load_own_data(_config(train_data=root, method="ce"), work_dir=work_dir)
+    anew = own_data.load_own_data(make_config(train_data=root, method="ce"), work_dir=work_dir)
     assert anew.train_ids == tuple(paths[1:])
 
 
@@ -163,7 +155,7 @@ def test_what_operating_systems_leave_beside_images_is_ignored(tmp_path):
         os.makedirs(os.path.dirname(os.path.join(root, junk)), exist_ok=True)
         with open(os.path.join(root, junk), "wb") as file:
             file.write(b"\x00\x05\x16\x07 AppleDouble")
-    dataset = own_data.load_own_data(_config(train_data=root, method="ce"))
+    dataset = own_data.load_own_data(make_config(train_data=root, method="ce"))
     assert dataset.class_names == ("cat", "dog") and dataset.train_ids == tuple(paths)
 
 
@@ -171,12 +163,12 @@ def test_a_list_file_reads_paths_relative_to_its_folder_or_the_image_root(tmp_pa
     rng = np.random.default_rng(5)
     images = rng.integers(0, 256, (4, 5, 5, 3), dtype=np.uint8)
     for i, image in enumerate(images):
-        _write_png(str(tmp_path / "images" / f"dir {i % 2}" / f"{i}.png"), image)
+        write_png(str(tmp_path / "images" / f"dir {i % 2}" / f"{i}.png"), image)
     lines = [f"images/dir {i % 2}/{i}.png {label}" for i, label in enumerate([3, 0, 12, 3])]
     listed = tmp_path / "noisy_label_kv.txt"
     listed.write_text("# Clothing1M style\n" + "\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:]))
 
-    dataset = own_data.load_own_data(_config(train_data=str(listed), method="ce"))
+    dataset = own_data.load_own_data(make_config(train_data=str(listed), method="ce"))
     assert dataset.class_names == ("0", "3", "12")  # integer labels sort numerically
     np.testing.assert_array_equal(dataset.y_train, [1, 0, 2, 1])
     assert dataset.train_ids == tuple(line.rsplit(" ", 1)[0] for line in lines)
@@ -186,13 +178,13 @@ def test_a_list_file_reads_paths_relative_to_its_folder_or_the_image_root(tmp_pa
     elsewhere.mkdir()
     moved = elsewhere / "train.txt"
     moved.write_text("\n".join(lines))
-    config = _config(train_data=str(moved), image_root=str(tmp_path), method="ce")
+    config = make_config(train_data=str(moved), image_root=str(tmp_path), method="ce")
     np.testing.assert_array_equal(np.asarray(own_data.load_own_data(config).x_train), images)
 
     bad = tmp_path / "bad.txt"
     bad.write_text(lines[0] + "\nonly_a_path.jpg\n")
     with pytest.raises(ValueError, match=r"bad.txt:2: 'only_a_path.jpg' is not 'relative/path"):
-        own_data.load_own_data(_config(train_data=str(bad), method="ce"))
+        own_data.load_own_data(make_config(train_data=str(bad), method="ce"))
     flag_values = flags.FlagValues()
     config_lib.define_flags(flag_values)
     flag_values(["prog", f"--train_data={listed}", "--output_dir=out"])  # .txt passes the flag.
@@ -208,7 +200,7 @@ def test_a_small_trusted_set_gets_a_smaller_default_meta_batch(tmp_path):
     _write_folder(str(tmp_path / "train"), images[:6], [0, 1, 2] * 2)
     _write_folder(str(tmp_path / "trusted"), images[6:], [0, 1, 2])
     dataset = own_data.load_own_data(
-        _config(train_data=str(tmp_path / "train"), trusted_data=str(tmp_path / "trusted"))
+        make_config(train_data=str(tmp_path / "train"), trusted_data=str(tmp_path / "trusted"))
     )
     assert dataset.trusted.sum() == 3
 
@@ -232,7 +224,7 @@ def _digit_like_tree(root, rng, per_class=12):
         for k in range(3):
             for i in range(count):
                 image = np.clip(rng.normal(60 + 70 * k, 40, (12, 12, 3)), 0, 255).astype(np.uint8)
-                _write_png(os.path.join(root, part, f"c{k}", f"{i:03d}.png"), image)
+                write_png(os.path.join(root, part, f"c{k}", f"{i:03d}.png"), image)
                 if part == "train":
                     train_images.append(image)
                     train_labels.append(k)
