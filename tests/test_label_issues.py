@@ -292,7 +292,10 @@ def test_report_of_feature_rows_lists_every_flagged_example(tmp_path):
     # No history or weights in this directory: those sections say so or are left out.
     assert "Accuracy per epoch" not in parsed.sections
     with open(path, encoding="utf-8") as file:
-        assert "No recorded weights" in file.read()
+        page = file.read()
+    assert "No recorded weights" in page
+    assert "<a href='review.html'>review.html</a>" in page  # the run's review page, beside it
+    assert "review.html" not in report.render_report(issues)  # no link without one
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ def render_report(
     history: Sequence[dict] = (),
     example_weights: dict | None = None,
     images: np.ndarray | None = None,
+    review_page: str | None = None,
 ) -> str:
     """The HTML page of a run's report (a section without its data is left out).
 
@@ -48,6 +49,8 @@ def render_report(
       images: optional training inputs in the order the issues were computed from
         (`issues.position` indexes them): uint8 images `[N, H, W, C]` become thumbnails,
         anything else `[N, ...]` rows of values.
+      review_page: the file name of the run's review page beside this one, linked from the
+        summary; None for no link.
 
     Returns:
       The page, as a string (`gdw_tf.runs.run_dir.write_report` writes a run's).
@@ -57,7 +60,7 @@ def render_report(
     names = _class_names(issues)
     run_config = config.get("config", {})
     sections = [
-        _summary(run_config, config, history, issues, truth),
+        _summary(run_config, config, history, issues, truth, review_page),
         _section("Accuracy per epoch", _accuracy_chart(history)) if history else "",
         _section("Estimated label noise", _noise_section(issues, names, truth)),
         _section("Weight against loss", _weight_loss_section(issues)),
@@ -76,7 +79,7 @@ def render_report(
 # Sections
 
 
-def _summary(run_config, config, history, issues, truth):
+def _summary(run_config, config, history, issues, truth, review_page=None):
     n, flagged = len(issues), issues.num_flagged
     items = [
         ("training examples", f"{n:,}"),
@@ -136,6 +139,12 @@ def _summary(run_config, config, history, issues, truth):
             " The number of wrong labels was also estimated with the trusted set (Gold Loss "
             "Correction's estimate, Hendrycks et al. 2018), but not used to flag: it rests on "
             f"{html.escape(wrong_count.rests_on(estimate))}."
+        )
+    if review_page:
+        link = html.escape(review_page, quote=True)
+        rule += (
+            f" To check the flagged labels one by one and fix them, open <a href='{link}'>"
+            f"{html.escape(review_page)}</a>, beside this page."
         )
     return f"<section><div class='stats'>{cells}</div><p class='note'>{rule}</p></section>"
 

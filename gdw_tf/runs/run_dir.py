@@ -325,6 +325,7 @@ def write_report(output_dir, issues, images=None):
         history=read_history(output_dir),
         example_weights=read_example_weights(output_dir),
         images=images,
+        review_page=REVIEW_FILE,
     )
     path = os.path.join(output_dir, REPORT_FILE)
     write_text(path, page)
