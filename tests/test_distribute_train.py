@@ -74,6 +74,19 @@ app.run(train.main)
 """
 
 
+def _train_mirrored_on_two_cpus(*args):
+    """`python -m gdw_tf.train args --distribute=mirrored` on two logical CPUs, in a process of
+    its own; the completed process."""
+    return subprocess.run(
+        [sys.executable, "-c", _TRAIN_ON_TWO_CPUS, *args, "--distribute=mirrored"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=_subprocess_env(),
+        timeout=TIMEOUT_S,
+    )
+
+
 def _two_replica_strategy(name):
     """`distribute.make_strategy` with two replicas, whatever `name`."""
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # tests/conftest.py's CPUs
@@ -201,21 +214,7 @@ def one_device_run(tmp_path_factory):
 @tensorflow_only
 def test_mirrored_run_trains_as_one_device_and_records_its_replicas(tmp_path, one_device_run):
     run_dir = str(tmp_path / "run")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _TRAIN_ON_TWO_CPUS,
-            *RUN_ARGS,
-            "--distribute=mirrored",
-            f"--output_dir={run_dir}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=_subprocess_env(),
-        timeout=TIMEOUT_S,
-    )
+    result = _train_mirrored_on_two_cpus(*RUN_ARGS, f"--output_dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(run_dir)) == RUN_FILES
     results = read_json(os.path.join(run_dir, "results.json"))
@@ -284,21 +283,7 @@ def test_streamed_image_files_train_as_one_device_mirrored_and_on_two_workers(tm
     one_device = str(tmp_path / "one")
     train_main(*args, f"--output_dir={one_device}")
     mirrored = str(tmp_path / "mirrored")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _TRAIN_ON_TWO_CPUS,
-            *args,
-            "--distribute=mirrored",
-            f"--output_dir={mirrored}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=_subprocess_env(),
-        timeout=TIMEOUT_S,
-    )
+    result = _train_mirrored_on_two_cpus(*args, f"--output_dir={mirrored}")
     assert result.returncode == 0, result.stderr[-3000:]
     # Cross-replica sums round differently, and the meta step amplifies it: the example
     # weights (~0.7) moved by up to 5e-5. Another seed moves them by more than 1e-2.
