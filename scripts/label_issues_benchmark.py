@@ -43,6 +43,8 @@ SETTINGS = (
     "uniform_40_imbalance_10",
     "instance_20",
     "instance_35",
+    "projection_20",
+    "projection_35",
 )
 SETTING_NAMES = {
     "uniform_60": "uniform 60%",
@@ -50,9 +52,20 @@ SETTING_NAMES = {
     "uniform_40_imbalance_10": "uniform 40% + long tail ρ=10",
     "instance_20": "instance-dependent 20%",
     "instance_35": "instance-dependent 35%",
+    "projection_20": "projection-dependent 20%",
+    "projection_35": "projection-dependent 35%",
 }
-# Instance-dependent settings: the expected fraction of wrong labels of each.
-INSTANCE_RATIOS = {"instance_20": 0.2, "instance_35": 0.35}
+# Instance-dependent settings: the expected fraction of wrong labels of each, and the recipe
+# (`gdw_tf.data.noise`): "ambiguity", Chen et al. 2021's (the wrong label is the class a clean
+# classifier finds likeliest after the true one), or "projection", Xia et al. 2020's (random
+# projections of the pixels choose it).
+INSTANCE_RATIOS = {
+    "instance_20": 0.2,
+    "instance_35": 0.35,
+    "projection_20": 0.2,
+    "projection_35": 0.35,
+}
+INSTANCE_RECIPES = {setting: setting.split("_")[0] for setting in INSTANCE_RATIOS}
 # Their recipe: the flag files' (this one's, less its dataset, noise and meta-set lines), on
 # .npz files written here, as a user with their own data would run it.
 INSTANCE_RECIPE_FLAGFILE = "flags/fashion_mnist_uniform_60.flags"
@@ -104,9 +117,10 @@ def write_instance_noise_data(setting, data_dir, seed=0):
     """Writes the `.npz` files of an instance-dependent setting unless they exist.
 
     Fashion-MNIST's training set: 100 images per class drawn (seeded) as the clean trusted set,
-    the other 59,000 given instance-dependent noisy labels (`gdw_tf.data.noise`: a softmax
-    regression trained on all 60,000 clean labels measures each image's ambiguity; the
-    noise is drawn from it). `truth.npz` keeps the true labels and the flip probabilities.
+    the other 59,000 given instance-dependent noisy labels (`gdw_tf.data.noise`; "ambiguity": a
+    softmax regression trained on all 60,000 clean labels measures each image's ambiguity and
+    the noise is drawn from it; "projection": Xia et al.'s random projections). `truth.npz`
+    keeps the true labels and the flip probabilities.
     """
     if os.path.exists(os.path.join(data_dir, "truth.npz")):
         return
@@ -122,15 +136,24 @@ def write_instance_noise_data(setting, data_dir, seed=0):
         ]
     )
     train = np.setdiff1d(np.arange(len(dataset.y_train)), trusted)
-    probabilities = noise.softmax_regression_probabilities(
-        dataset.x_train, dataset.y_train, dataset.num_classes, seed=seed
-    )
-    noisy, flip_probability = noise.instance_dependent_labels(
-        dataset.y_train[train],
-        probabilities[train],
-        INSTANCE_RATIOS[setting],
-        seed=seed,
-    )
+    if INSTANCE_RECIPES[setting] == "projection":
+        noisy, flip_probability = noise.projection_dependent_labels(
+            dataset.x_train[train],
+            dataset.y_train[train],
+            INSTANCE_RATIOS[setting],
+            num_classes=dataset.num_classes,
+            seed=seed,
+        )
+    else:
+        probabilities = noise.softmax_regression_probabilities(
+            dataset.x_train, dataset.y_train, dataset.num_classes, seed=seed
+        )
+        noisy, flip_probability = noise.instance_dependent_labels(
+            dataset.y_train[train],
+            probabilities[train],
+            INSTANCE_RATIOS[setting],
+            seed=seed,
+        )
     os.makedirs(data_dir, exist_ok=True)
     np.savez(os.path.join(data_dir, "train.npz"), x=dataset.x_train[train, ..., 0], y=noisy)
     np.savez(

@@ -334,18 +334,24 @@ def test_training_run_writes_label_issues_and_a_report(tmp_path):
     np.testing.assert_allclose(
         np.array(table["score"], float), _margins_by_loops(probabilities, given), atol=2e-5
     )
-    # With the meta set as trusted set, each given label's lowest scores are flagged, as many
-    # as results.json's estimate of its wrong labels.
+    # With the meta set as trusted set: score < 0 where the noise was found class-conditional,
+    # else each given label's lowest scores, as many as results.json's estimate of its wrong
+    # labels.
     flagged = np.array(table["flagged"]) == "1"
     with open(os.path.join(run_dir, "results.json")) as file:
         wrong_labels = json.load(file)["wrong_labels"]
-    per_label = wrong_labels["estimate"]["per_given_label"]
+    estimate = wrong_labels["estimate"]
     score = np.array(table["score"], float)
-    for label, count in enumerate(per_label):
-        here = given == label
-        assert flagged[here].sum() == round(count)
-        if flagged[here].any() and (~flagged[here]).any():
-            assert score[here][flagged[here]].max() <= score[here][~flagged[here]].min()
+    assert estimate["noise_model"] in ("class-conditional", "instance-dependent")
+    assert estimate["flags_cut_at_estimate"] == (estimate["noise_model"] == "instance-dependent")
+    if estimate["flags_cut_at_estimate"]:
+        for label, count in enumerate(estimate["per_given_label"]):
+            here = given == label
+            assert flagged[here].sum() == round(count)
+            if flagged[here].any() and (~flagged[here]).any():
+                assert score[here][flagged[here]].max() <= score[here][~flagged[here]].min()
+    else:
+        np.testing.assert_array_equal(flagged, score < 0)
     assert wrong_labels["flagged"] == flagged.sum() > 0
     assert wrong_labels["true"] == int(split.train_corrupted.sum())
     low, high = wrong_labels["estimate"]["interval"]

@@ -26,6 +26,13 @@ of Xia et al. 2020's part-dependent noise; a global top `r` left 75% of Fashion-
 and 66% of its pullovers wrong at r = 0.35, i.e. mostly wrong labels in a class): within a
 class the ambiguous examples are flipped most, an unambiguous one rarely.
 `softmax_regression_probabilities` is the classifier (NumPy).
+
+The field's usual instance-dependent benchmark (`projection_dependent_labels`) is Xia et al.'s
+(NeurIPS 2020, "Part-dependent Label Noise: Towards Instance-dependent Label Noise"; the
+"IDN" of many later papers): each example's flip rate is drawn from a normal distribution
+around `r` (standard deviation 0.1, truncated to [0, 1]) and its wrong label from a softmax of
+a random projection of its pixels, one projection per true class. The noise depends on the
+image, but not on what makes it ambiguous: the harder case for a detector is the first one.
 """
 
 import numpy as np
@@ -209,6 +216,56 @@ def instance_dependent_labels(
         flip_probability[in_class] = _scaled_to_mean(ambiguity[in_class], ratio)
     flipped = np.random.default_rng(seed).random(len(labels)) < flip_probability
     return np.where(flipped, target, labels), flip_probability
+
+
+def projection_dependent_labels(
+    images: np.ndarray,
+    labels: np.ndarray,
+    ratio: float,
+    *,
+    num_classes: int,
+    seed: int,
+    spread: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Xia et al. (2020)'s instance-dependent noisy labels, from random projections of pixels.
+
+    Example `n` of true class `y` gets a flip rate `q_n` ~ N(ratio, spread²) truncated to
+    [0, 1] and the label distribution `(1 - q_n)` on `y` plus `q_n softmax(x_n W_y)` over the
+    other classes, `x_n` its pixels scaled to [0, 1] and flattened and `W_y` a `[D, C]`
+    standard normal projection drawn per class; the noisy label is drawn from it.
+
+    Args:
+      images: `[N, ...]` uint8 images (or floats in [0, 1]).
+      labels: `[N]` true int labels in `[0, num_classes)`.
+      ratio: the mean flip rate, in `[0, 1)`.
+      num_classes: `C`.
+      seed: seeds the flip rates, the projections and the draws.
+
+    Returns:
+      `(noisy_labels, flip_probability)`: int64 `[N]` and each example's `q_n`.
+    """
+    labels = check_labels(labels, num_classes)
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"The noise ratio must lie in [0, 1); got {ratio}.")
+    x = np.asarray(images).reshape(len(labels), -1).astype(np.float64)
+    if np.issubdtype(np.asarray(images).dtype, np.integer):
+        x /= 255.0
+    rng = np.random.default_rng(seed)
+    # Truncated normal by rejection: redraw what falls outside [0, 1].
+    flip_rate = rng.normal(ratio, spread, len(labels))
+    while (outside := (flip_rate < 0) | (flip_rate > 1)).any():
+        flip_rate[outside] = rng.normal(ratio, spread, outside.sum())
+    projections = rng.standard_normal((num_classes, x.shape[1], num_classes))
+    logits = np.empty((len(labels), num_classes))
+    for k in range(num_classes):
+        logits[labels == k] = x[labels == k] @ projections[k]
+    rows = np.arange(len(labels))
+    logits[rows, labels] = -np.inf
+    distribution = flip_rate[:, None] * _softmax(logits)
+    distribution[rows, labels] = 1.0 - flip_rate
+    draws = rng.random(len(labels))[:, None] > np.cumsum(distribution, axis=1)
+    noisy = np.minimum(draws.sum(axis=1), num_classes - 1)
+    return noisy.astype(np.int64), flip_rate
 
 
 def _scaled_to_mean(values, mean):

@@ -14,11 +14,14 @@ over the instance weight, GDW's labelled-class weight ω¹, the probability of t
 and combinations of them.
 
 With a trusted set (examples whose labels are right: a GDW run's meta set), the number of wrong
-labels is estimated instead (`gdw_tf.labels.wrong_count`: Gold Loss Correction's estimate of the
-noise, per given label, with a bootstrap interval), and within each given label the lowest
-scores are flagged, as many as estimated. A model that learned some wrong labels (annotators'
-mistakes on ambiguous examples are learnable) prefers the given label on them, so "score < 0"
-misses them; the trusted set measures how many there are. `LabelIssues.estimate` holds it.
+labels is estimated too (`gdw_tf.labels.wrong_count`, per given label, with a bootstrap
+interval), and the trusted set tells which kind of noise the data has. Where it depends on the
+image (annotators err on ambiguous examples, and such mistakes are learnable), the model
+prefers the given label on many wrong ones, so "score < 0" misses them: within each given label
+the lowest scores are flagged instead, as many as estimated. Where the noise is class-
+conditional, the model rejects the wrong labels and "score < 0" stays the rule (it flags them
+more precisely than a cut at the estimate: docs/LABEL_ISSUES.md). `LabelIssues.estimate`
+holds the estimate.
 
 The recorded weights (`GDWModel(track_examples=N)`) are reported beside the score: the last
 epoch's instance weight and the weight on the given label (GDW: ω¹).
@@ -66,8 +69,9 @@ class LabelIssues:
       position: its position in the arrays the ranking was computed from.
       given_label, suggested_label: int labels; the suggestion is the model's argmax.
       score: p(given) − max_{k ≠ given} p(k), lower = more suspicious.
-      flagged: without a trusted set, score < 0 (the suggested label differs from the given
-        one); with one, the lowest scores of each given label, as many as `estimate` says.
+      flagged: score < 0 (the suggested label differs from the given one); where a trusted
+        set found the noise instance-dependent, the lowest scores of each given label, as many
+        as `estimate` says (`estimate["flags_cut_at_estimate"]`).
       given_probability, suggested_probability: the model's probabilities of those labels.
       instance_weight, labelled_class_weight: the recorded weights (NaN where none).
       num_classes: `C`.
@@ -133,10 +137,10 @@ def rank_label_issues(
 ) -> LabelIssues:
     """Ranks examples by the margin of their given label and flags the suspicious ones.
 
-    Without a trusted set, those with a negative margin are flagged. With one
-    (`trusted_probabilities` and `trusted_labels`: the model on examples whose labels are
-    right), the number of wrong labels of each given label is estimated
-    (`wrong_count.estimate_wrong_labels`) and that many of its lowest scores are flagged.
+    Those with a negative margin are flagged. With a trusted set (`trusted_probabilities` and
+    `trusted_labels`: the model on examples whose labels are right), the number of wrong
+    labels of each given label is estimated (`wrong_count.estimate_wrong_labels`); where the
+    noise is instance-dependent, that many of its lowest scores are flagged instead.
 
     Args:
       probabilities: `[N, C]` class probabilities of the trained model (rows sum to 1).
@@ -211,8 +215,9 @@ def rank_label_issues(
         estimate = wrong_count.estimate_wrong_labels(
             probabilities, given, trusted_probabilities, trusted_labels
         )
-        flagged = wrong_count.cut_at_estimate(score, given, estimate["per_given_label"])
-        estimate["flags_cut_at_estimate"] = True
+        estimate["flags_cut_at_estimate"] = estimate["noise_model"] == "instance-dependent"
+        if estimate["flags_cut_at_estimate"]:
+            flagged = wrong_count.cut_at_estimate(score, given, estimate["per_given_label"])
     order = np.argsort(score, kind="stable")
     rows = np.arange(n)
     top = np.argsort(-probabilities, axis=1, kind="stable")[:, : min(TOP_K, num_classes)]

@@ -135,10 +135,17 @@ def _summary(run_config, config, history, issues, truth, review_page=None):
             "<code>label_issues.csv</code>."
         )
     elif estimate is not None:
+        why = (
+            "the model rejects wrong labels of class-conditional noise, and its rejections "
+            "flag them more precisely than a cut at the count would. It rests on "
+            if estimate.get("noise_model") == "class-conditional"
+            and estimate.get("trusted_source") != "auto"
+            else "it rests on "
+        )
         rule += (
             " The number of wrong labels was also estimated with the trusted set (Gold Loss "
-            "Correction's estimate, Hendrycks et al. 2018), but not used to flag: it rests on "
-            f"{html.escape(wrong_count.rests_on(estimate))}."
+            "Correction's estimate, Hendrycks et al. 2018), but not used to flag: "
+            f"{why}{html.escape(wrong_count.rests_on(estimate))}."
         )
     if review_page:
         link = html.escape(review_page, quote=True)
@@ -168,16 +175,15 @@ def _noise_section(issues, names, truth):
     c = issues.num_classes
     given, suggested = issues.given_label, issues.suggested_label
     counts = np.bincount(given, minlength=c)
-    estimated = np.bincount(given[issues.flagged], minlength=c) / np.maximum(counts, 1)
-    bars = [("estimated (flagged)", _RED, estimated)]
-    if issues.estimate is not None and issues.estimate.get("flags_cut_at_estimate", True):
-        bars = [
-            (
-                "estimated with the trusted set",
-                _RED,
-                np.asarray(issues.estimate["per_given_label"]) / np.maximum(counts, 1),
-            )
-        ]
+    flagged_share = np.bincount(given[issues.flagged], minlength=c) / np.maximum(counts, 1)
+    estimate = issues.estimate
+    if estimate is not None and estimate.get("trusted_source") == "auto":
+        estimate = None  # It undercounts (rests_on): shown in the summary only.
+    cut = estimate is not None and estimate.get("flags_cut_at_estimate", True)
+    bars = [] if cut else [("flagged" if estimate else "estimated (flagged)", _RED, flagged_share)]
+    if estimate is not None:
+        estimated_share = np.asarray(estimate["per_given_label"]) / np.maximum(counts, 1)
+        bars.append(("estimated with the trusted set", _BLUE if not cut else _RED, estimated_share))
     if truth is not None:
         wrong = truth["corrupted"]
         bars.append(
@@ -201,16 +207,21 @@ def _noise_section(issues, names, truth):
         "estimated transition matrix, P(given label | suggested class), each row a "
         "suggested class (the diagonal keeps its label).</p>"
     )
-    if issues.estimate is not None and issues.estimate.get("flags_cut_at_estimate", True):
+    if estimate is not None:
+        above = (
+            "the estimated share of each given label that is wrong (the trusted set's estimate)"
+            if cut
+            else "the share of each given label that is flagged, and the share the trusted "
+            "set estimates is wrong"
+        )
         text = (
-            "<p class='note'>Above: the estimated share of each given label that is wrong "
-            "(the trusted set's estimate). Below: the transition matrix estimated on the "
+            f"<p class='note'>Above: {above}. Below: the transition matrix estimated on the "
             "trusted set, P(given label | true class), each row a true class; then the "
             "share of each suggested class given each label.</p>"
         )
         matrix = (
             _matrix_table(
-                np.asarray(issues.estimate["transition_matrix"]),
+                np.asarray(estimate["transition_matrix"]),
                 names,
                 "true class ↓ / given label → (estimated with the trusted set)",
             )
