@@ -66,6 +66,36 @@ def test_instance_dependent_noise_is_reproducible_and_checks_its_input():
         noise.instance_dependent_labels(labels, posterior[:10], 0.2, seed=0)
 
 
+def test_projection_dependent_noise_follows_xia_et_al():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6000, 8, 8), dtype=np.uint8)
+    labels = rng.integers(0, 4, 6000)
+    noisy, flip_rate = noise.projection_dependent_labels(
+        images, labels, 0.35, num_classes=4, seed=1
+    )
+
+    # Flip rates: N(0.35, 0.1²) truncated to [0, 1]; realised wrong labels at that rate.
+    assert flip_rate.min() >= 0 and flip_rate.max() <= 1
+    assert flip_rate.mean() == pytest.approx(0.35, abs=0.005)
+    assert flip_rate.std() == pytest.approx(0.1, abs=0.005)
+    wrong = noisy != labels
+    assert wrong.mean() == pytest.approx(0.35, abs=0.02)
+    # The wrong label depends on the image: with one projection per class and pixels of this
+    # scale, the softmax is nearly one-hot, so the same image always goes the same way.
+    again, _ = noise.projection_dependent_labels(
+        np.concatenate([images[:1]] * 2000), np.full(2000, labels[0]), 0.35, num_classes=4, seed=1
+    )
+    targets = again[again != labels[0]]
+    assert np.bincount(targets, minlength=4).max() > 0.95 * len(targets)
+    # Seeded; integer and [0, 1] float images give the same labels.
+    same, _ = noise.projection_dependent_labels(images / 255.0, labels, 0.35, num_classes=4, seed=1)
+    np.testing.assert_array_equal(same, noisy)
+    other, _ = noise.projection_dependent_labels(images, labels, 0.35, num_classes=4, seed=2)
+    assert (other != noisy).any()
+    with pytest.raises(ValueError, match="ratio"):
+        noise.projection_dependent_labels(images, labels, 1.0, num_classes=4, seed=1)
+
+
 def test_softmax_regression_learns_separable_classes():
     x, labels, posterior = _gaussian_classes(500, seed=5, spread=0.5)
     probabilities = noise.softmax_regression_probabilities(x, labels, 3, seed=0, epochs=5)
