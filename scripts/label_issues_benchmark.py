@@ -378,16 +378,23 @@ def estimate_candidates(probabilities, given, trusted_probabilities, trusted_lab
     num_classes = probabilities.shape[1]
     counts = np.bincount(given, minlength=num_classes).astype(np.float64)
     own = np.stack([trusted_probabilities[trusted_labels == k].mean(0) for k in range(num_classes)])
-    glc = wrong_count.estimate_wrong_labels(
+    estimate = wrong_count.estimate_wrong_labels(
         probabilities, given, trusted_probabilities, trusted_labels, bootstrap=0
     )
+    by_model = estimate["count_by_noise_model"]
     return {
         "#(margin < 0)": float((label_issues.label_margin(probabilities, given) < 0).sum()),
         "sum of 1 − p(given)": float((1 - probabilities[rows, given]).sum()),
         "GLC, the model's own probabilities on the trusted set": float(
             wrong_count._wrong_per_given_label(own, counts).sum()
         ),
-        "GLC, probe of the given labels (chosen)": glc["count"],
+        "GLC, probe of the given labels (used for instance-dependent noise)": by_model[
+            "instance-dependent"
+        ],
+        "GLC with the model's confusions divided out (used for class-conditional noise)": by_model[
+            "class-conditional"
+        ],
+        "chosen by the likelihood test": estimate["count"],
     }
 
 
@@ -441,6 +448,8 @@ def evaluate(setting):
     estimate = issues.estimate
     gdw["estimated_wrong"] = estimate["count"]
     gdw["estimated_wrong_interval"] = estimate["interval"]
+    gdw["noise_model"] = estimate["noise_model"]
+    gdw["likelihood_gap"] = estimate["likelihood_gap"]
     candidate_estimates = estimate_candidates(
         probabilities, problem.given, trusted_probabilities, problem.y_trusted
     )
@@ -503,8 +512,9 @@ def markdown(all_metrics):
             )
     lines += [
         "",
-        "| setting | truly wrong | estimated (95% interval) | error | test accuracy (GDW) |",
-        "| --- | --- | --- | --- | --- |",
+        "| setting | truly wrong | estimated (95% interval) | error | noise model (likelihood "
+        "gap, nats) | test accuracy (GDW) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for m in all_metrics:
         r = m["gdw_tf"]
@@ -512,7 +522,8 @@ def markdown(all_metrics):
         lines.append(
             f"| {SETTING_NAMES.get(m['setting'], m['setting'])} | {m['true_wrong']:,} | "
             f"{r['estimated_wrong']:,.0f} ({low:,.0f}–{high:,.0f}) | "
-            f"{r['estimated_wrong'] / m['true_wrong'] - 1:+.1%} | {r['test_accuracy']:.4f} |"
+            f"{r['estimated_wrong'] / m['true_wrong'] - 1:+.1%} | {r['noise_model']} "
+            f"({r['likelihood_gap']:.3f}) | {r['test_accuracy']:.4f} |"
         )
     lines += [
         "",

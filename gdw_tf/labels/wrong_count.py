@@ -134,7 +134,8 @@ def estimate_wrong_labels(
       quantiles; None without resamples), `rate` (count / N), `per_given_label` (`C` expected
       wrong counts), `per_given_label_interval`, `transition_matrix` (`C[true, given]`),
       `true_class_sizes`, `noise_model` ("class-conditional" or "instance-dependent"),
-      `likelihood_gap` (nats per example, the test between them), `num_trusted`, `method`.
+      `likelihood_gap` (nats per example, the test between them), `count_by_noise_model`
+      (the count under either), `num_trusted`, `method`.
 
     Raises:
       ValueError: when a class has no trusted example.
@@ -173,6 +174,10 @@ def estimate_wrong_labels(
 
     matrix = matrix_of(rows)
     wrong = _wrong_per_given_label(matrix, counts)
+    by_noise_model = {
+        "class-conditional": _wrong_per_given_label(_deblurred(glc, confusion), counts).sum(),
+        "instance-dependent": _wrong_per_given_label(glc, counts).sum(),
+    }
     result = {
         "count": float(wrong.sum()),
         "interval": None,
@@ -183,6 +188,7 @@ def estimate_wrong_labels(
         "true_class_sizes": _true_sizes(matrix, counts).tolist(),
         "noise_model": "class-conditional" if class_conditional else "instance-dependent",
         "likelihood_gap": gap,
+        "count_by_noise_model": {name: float(n) for name, n in by_noise_model.items()},
         "num_trusted": int(len(trusted_labels)),
         "method": METHOD,
     }
