@@ -381,20 +381,20 @@ def estimate_candidates(probabilities, given, trusted_probabilities, trusted_lab
     estimate = wrong_count.estimate_wrong_labels(
         probabilities, given, trusted_probabilities, trusted_labels, bootstrap=0
     )
-    by_model = estimate["count_by_noise_model"]
+    count_if = estimate["count_if"]
     return {
         "#(margin < 0)": float((label_issues.label_margin(probabilities, given) < 0).sum()),
         "sum of 1 − p(given)": float((1 - probabilities[rows, given]).sum()),
         "GLC, the model's own probabilities on the trusted set": float(
             wrong_count._wrong_per_given_label(own, counts).sum()
         ),
-        "GLC, probe of the given labels (used for instance-dependent noise)": by_model[
-            "instance-dependent"
+        "GLC, probe of the given labels (used where the model learned wrong labels)": count_if[
+            "learned"
         ],
-        "GLC with the model's confusions divided out (used for class-conditional noise)": by_model[
-            "class-conditional"
+        "GLC with the model's confusions divided out (used where it rejected them)": count_if[
+            "rejected"
         ],
-        "chosen by the likelihood test": estimate["count"],
+        "chosen by the share rejected": estimate["count"],
     }
 
 
@@ -448,8 +448,8 @@ def evaluate(setting):
     estimate = issues.estimate
     gdw["estimated_wrong"] = estimate["count"]
     gdw["estimated_wrong_interval"] = estimate["interval"]
-    gdw["noise_model"] = estimate["noise_model"]
-    gdw["likelihood_gap"] = estimate["likelihood_gap"]
+    gdw["model_learned_wrong_labels"] = estimate["model_learned_wrong_labels"]
+    gdw["rejected_share"] = estimate["rejected_share"]
     candidate_estimates = estimate_candidates(
         probabilities, problem.given, trusted_probabilities, problem.y_trusted
     )
@@ -512,8 +512,8 @@ def markdown(all_metrics):
             )
     lines += [
         "",
-        "| setting | truly wrong | estimated (95% interval) | error | noise model (likelihood "
-        "gap, nats) | test accuracy (GDW) |",
+        "| setting | truly wrong | estimated (95% interval) | error | the model rejected or "
+        "learned the wrong labels (share rejected) | test accuracy (GDW) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for m in all_metrics:
@@ -522,8 +522,9 @@ def markdown(all_metrics):
         lines.append(
             f"| {SETTING_NAMES.get(m['setting'], m['setting'])} | {m['true_wrong']:,} | "
             f"{r['estimated_wrong']:,.0f} ({low:,.0f}–{high:,.0f}) | "
-            f"{r['estimated_wrong'] / m['true_wrong'] - 1:+.1%} | {r['noise_model']} "
-            f"({r['likelihood_gap']:.3f}) | {r['test_accuracy']:.4f} |"
+            f"{r['estimated_wrong'] / m['true_wrong'] - 1:+.1%} | "
+            f"{'learned' if r['model_learned_wrong_labels'] else 'rejected'} "
+            f"({r['rejected_share']:.2f}) | {r['test_accuracy']:.4f} |"
         )
     lines += [
         "",

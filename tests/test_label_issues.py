@@ -21,6 +21,7 @@ from gdw_tf.data import input_pipeline
 from gdw_tf.data import split as split_lib
 from gdw_tf.labels import label_issues
 from gdw_tf.labels import report
+from gdw_tf.labels import wrong_count
 from gdw_tf.nets import backbones
 from gdw_tf.runs import run_dir as run_dir_lib
 
@@ -334,7 +335,7 @@ def test_training_run_writes_label_issues_and_a_report(tmp_path):
     np.testing.assert_allclose(
         np.array(table["score"], float), _margins_by_loops(probabilities, given), atol=2e-5
     )
-    # With the meta set as trusted set: score < 0 where the noise was found class-conditional,
+    # With the meta set as trusted set: score < 0 where the model rejected the wrong labels,
     # else each given label's lowest scores, as many as results.json's estimate of its wrong
     # labels.
     flagged = np.array(table["flagged"]) == "1"
@@ -342,8 +343,10 @@ def test_training_run_writes_label_issues_and_a_report(tmp_path):
         wrong_labels = json.load(file)["wrong_labels"]
     estimate = wrong_labels["estimate"]
     score = np.array(table["score"], float)
-    assert estimate["noise_model"] in ("class-conditional", "instance-dependent")
-    assert estimate["flags_cut_at_estimate"] == (estimate["noise_model"] == "instance-dependent")
+    assert estimate["flags_cut_at_estimate"] == estimate["model_learned_wrong_labels"]
+    assert estimate["model_learned_wrong_labels"] == (
+        estimate["rejected_share"] < wrong_count.REJECTED_SHARE
+    )
     if estimate["flags_cut_at_estimate"]:
         for label, count in enumerate(estimate["per_given_label"]):
             here = given == label

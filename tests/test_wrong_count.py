@@ -168,10 +168,10 @@ def test_estimate_is_near_zero_on_clean_labels_and_refuses_a_missing_class():
         )
 
 
-def test_estimate_divides_out_the_models_own_confusions_of_class_conditional_noise():
-    """The model confuses the true classes of 10% of the examples, independently of the labels:
-    GLC alone reads those confusions on the trusted set as noise (1.2-1.6x the truth here); the
-    trusted set's second probe measures them and they are divided out."""
+def test_estimate_divides_out_the_confusions_of_a_model_that_rejected_the_wrong_labels():
+    """The model believes the true class (it rejected the wrong labels) but confuses the true
+    classes of 10% of the examples: GLC alone reads those confusions on the trusted set as
+    noise (1.2-1.6x the truth here); the second probe measures them and they are divided out."""
     transition = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.0, 0.4, 0.6]])
     probabilities, given, true = _noisy_model(20000, 3, transition, seed=0, accuracy=0.9)
     trusted_probabilities, _, trusted_true = _noisy_model(3000, 3, transition, 1, accuracy=0.9)
@@ -179,16 +179,17 @@ def test_estimate_divides_out_the_models_own_confusions_of_class_conditional_noi
         probabilities, given, trusted_probabilities, trusted_true, bootstrap=0
     )
     wrong = int((given != true).sum())
-    assert result["noise_model"] == "class-conditional"
-    assert result["likelihood_gap"] < wrong_count.CLASS_CONDITIONAL_GAP
+    assert not result["model_learned_wrong_labels"]
+    assert result["rejected_share"] >= wrong_count.REJECTED_SHARE
     assert result["count"] == pytest.approx(wrong, rel=0.05)
     np.testing.assert_allclose(result["transition_matrix"], transition, atol=0.05)
 
 
-def _learned_instance_noise(n, seed, mean_rate=0.3):
+def _learned_instance_noise(n, seed, memorised=0.0, mean_rate=0.3):
     """Instance-dependent noise that the model has learned: example `i` of true class `y` has
     an ambiguity `a ~ U(0, 1)` and is labelled `(y + 1) mod 3` with probability `f = 2 r a`
-    (mean `r`); the model outputs exactly that label distribution, P(given | x)."""
+    (mean `r`). The model outputs that label distribution, P(given | x), mixed with a share
+    `memorised` of the one-hot given label (on its training set, which it memorised)."""
     rng = np.random.default_rng(seed)
     true = rng.integers(0, 3, n)
     flip = 2 * mean_rate * rng.random(n)
@@ -198,13 +199,15 @@ def _learned_instance_noise(n, seed, mean_rate=0.3):
     probabilities[np.arange(n), other] += flip
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     given = np.where(rng.random(n) < flip, other, true)
+    probabilities = (1 - memorised) * probabilities + memorised * np.eye(3)[given]
     return probabilities, given, true
 
 
-def test_estimate_of_noise_the_model_learned_is_instance_dependent_and_counts_it():
-    """The label distribution varies within each class (by the ambiguity), so class-conditional
-    noise explains the given labels worse than the model does; the count is GLC's."""
-    probabilities, given, true = _learned_instance_noise(20000, seed=0)
+def test_estimate_where_the_model_learned_the_wrong_labels_counts_them_and_cuts_there():
+    """A model that learned the annotators' mistakes prefers the given label on most wrong ones:
+    score < 0 finds a fraction of them; the trusted set counts them, and the flags are cut
+    there."""
+    probabilities, given, true = _learned_instance_noise(20000, seed=0, memorised=0.3)
     trusted_probabilities, _, trusted_true = _learned_instance_noise(3000, seed=1)
 
     result = wrong_count.estimate_wrong_labels(
@@ -218,13 +221,29 @@ def test_estimate_of_noise_the_model_learned_is_instance_dependent_and_counts_it
     )
 
     wrong = given != true
-    assert result["noise_model"] == "instance-dependent"
-    assert result["likelihood_gap"] > wrong_count.CLASS_CONDITIONAL_GAP
-    assert result["count"] == pytest.approx(wrong.sum(), rel=0.05)
-    low, high = result["interval"]
-    assert low < wrong.sum() < high
+    rejected = int((probabilities.argmax(axis=1) != given).sum())
+    assert rejected < 0.3 * wrong.sum()
+    assert result["rejected_share"] == pytest.approx(rejected / result["count"])
+    assert result["model_learned_wrong_labels"]
+    assert result["count"] == pytest.approx(wrong.sum(), rel=0.1)
     assert issues.estimate["flags_cut_at_estimate"]
     assert issues.num_flagged == pytest.approx(result["count"], abs=3)
+    hits = int((issues.flagged & wrong[issues.position]).sum())
+    assert hits > 2 * rejected  # the cut finds more than twice what score < 0 flags at all
+
+
+def test_estimate_undercounts_what_the_model_memorised():
+    """The documented bias: the label probe learns from memorised, over-confident outputs on the
+    training set, and the more the model memorised, the fewer wrong labels it reads."""
+    trusted_probabilities, _, trusted_true = _learned_instance_noise(3000, seed=1)
+    errors = []
+    for memorised in (0.3, 0.7):
+        probabilities, given, true = _learned_instance_noise(20000, seed=0, memorised=memorised)
+        result = wrong_count.estimate_wrong_labels(
+            probabilities, given, trusted_probabilities, trusted_true, bootstrap=0
+        )
+        errors.append(result["count"] / (given != true).sum() - 1)
+    assert errors[1] < errors[0] - 0.05 and errors[1] < -0.1
 
 
 def test_label_probe_reaches_the_optimum():
@@ -266,7 +285,7 @@ def test_rank_label_issues_keeps_score_below_zero_for_class_conditional_noise():
     assert without.estimate is None
     # The model resists the noise here (its belief is the true class): it rejects the wrong
     # labels, score < 0 stays the rule, and the estimate agrees with it and with the truth.
-    assert issues.estimate["noise_model"] == "class-conditional"
+    assert not issues.estimate["model_learned_wrong_labels"]
     assert not issues.estimate["flags_cut_at_estimate"]
     np.testing.assert_array_equal(issues.flagged, issues.score < 0)
     wrong = int((given != true).sum())

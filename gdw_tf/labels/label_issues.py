@@ -15,13 +15,12 @@ and combinations of them.
 
 With a trusted set (examples whose labels are right: a GDW run's meta set), the number of wrong
 labels is estimated too (`gdw_tf.labels.wrong_count`, per given label, with a bootstrap
-interval), and the trusted set tells which kind of noise the data has. Where it depends on the
-image (annotators err on ambiguous examples, and such mistakes are learnable), the model
-prefers the given label on many wrong ones, so "score < 0" misses them: within each given label
-the lowest scores are flagged instead, as many as estimated. Where the noise is class-
-conditional, the model rejects the wrong labels and "score < 0" stays the rule (it flags them
-more precisely than a cut at the estimate: docs/LABEL_ISSUES.md). `LabelIssues.estimate`
-holds the estimate.
+interval), and it tells whether the model rejected the wrong labels or learned many of them.
+Where it learned them (annotators err on ambiguous examples, and such mistakes are learnable),
+it prefers the given label on many wrong ones, so "score < 0" misses them: within each given
+label the lowest scores are flagged instead, as many as estimated. Where it rejected them,
+"score < 0" stays the rule (it flags them more precisely than a cut at the estimate:
+docs/LABEL_ISSUES.md). `LabelIssues.estimate` holds the estimate.
 
 The recorded weights (`GDWModel(track_examples=N)`) are reported beside the score: the last
 epoch's instance weight and the weight on the given label (GDW: ω¹).
@@ -70,8 +69,8 @@ class LabelIssues:
       given_label, suggested_label: int labels; the suggestion is the model's argmax.
       score: p(given) − max_{k ≠ given} p(k), lower = more suspicious.
       flagged: score < 0 (the suggested label differs from the given one); where a trusted
-        set found the noise instance-dependent, the lowest scores of each given label, as many
-        as `estimate` says (`estimate["flags_cut_at_estimate"]`).
+        set found that the model learned many wrong labels, the lowest scores of each given
+        label, as many as `estimate` says (`estimate["flags_cut_at_estimate"]`).
       given_probability, suggested_probability: the model's probabilities of those labels.
       instance_weight, labelled_class_weight: the recorded weights (NaN where none).
       num_classes: `C`.
@@ -140,7 +139,7 @@ def rank_label_issues(
     Those with a negative margin are flagged. With a trusted set (`trusted_probabilities` and
     `trusted_labels`: the model on examples whose labels are right), the number of wrong
     labels of each given label is estimated (`wrong_count.estimate_wrong_labels`); where the
-    noise is instance-dependent, that many of its lowest scores are flagged instead.
+    model learned many of them, that many of its lowest scores are flagged instead.
 
     Args:
       probabilities: `[N, C]` class probabilities of the trained model (rows sum to 1).
@@ -215,7 +214,7 @@ def rank_label_issues(
         estimate = wrong_count.estimate_wrong_labels(
             probabilities, given, trusted_probabilities, trusted_labels
         )
-        estimate["flags_cut_at_estimate"] = estimate["noise_model"] == "instance-dependent"
+        estimate["flags_cut_at_estimate"] = estimate["model_learned_wrong_labels"]
         if estimate["flags_cut_at_estimate"]:
             flagged = wrong_count.cut_at_estimate(score, given, estimate["per_given_label"])
     order = np.argsort(score, kind="stable")

@@ -136,9 +136,9 @@ def _summary(run_config, config, history, issues, truth, review_page=None):
         )
     elif estimate is not None:
         why = (
-            "the model rejects wrong labels of class-conditional noise, and its rejections "
-            "flag them more precisely than a cut at the count would. It rests on "
-            if estimate.get("noise_model") == "class-conditional"
+            "the model rejected the wrong labels, and its rejections flag them more precisely "
+            "than a cut at the count would. It rests on "
+            if not estimate.get("model_learned_wrong_labels", True)
             and estimate.get("trusted_source") != "auto"
             else "it rests on "
         )

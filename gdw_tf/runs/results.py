@@ -35,7 +35,7 @@ def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_si
     """The training labels ranked by the trained model on the unaugmented training set
     `x_train`, with its recorded weights. Ids: the dataset's `train_ids` if it has them, else the
     index in the training split. With a meta set, the number of wrong labels is estimated with it
-    (and the flags cut at it where the noise is instance-dependent:
+    (and the flags cut at it where the model learned many wrong labels:
     `label_issues.rank_label_issues`)."""
     train_ids = dataset.train_ids
     ids = split.train_indices if train_ids is None else np.asarray(train_ids)[split.train_indices]
@@ -82,8 +82,9 @@ def wrong_labels_summary(issues, split):
                 "per_given_label",
                 "per_given_label_interval",
                 "transition_matrix",
-                "noise_model",
-                "likelihood_gap",
+                "rejected_share",
+                "model_learned_wrong_labels",
+                "count_if",
                 "num_trusted",
                 "method",
                 "trusted_source",
