@@ -225,7 +225,7 @@ def rests_on(estimate: dict) -> str:
             f"an automatic trusted set of {estimate['num_trusted']} examples chosen from the "
             "noisy data by a warm-up model (--trusted_data=auto): their labels are assumed "
             "right, and they are the examples that model found easiest, so the estimate "
-            "reads the noise on the clearest examples and undercounts the wrong labels (85 for "
+            "reads the noise on the clearest examples and undercounts the wrong labels (47 for "
             "20,619 on the instance-dependent 35% benchmark); the flags are therefore score < 0"
         )
     trusted = (
