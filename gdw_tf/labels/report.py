@@ -369,6 +369,7 @@ def _line_chart(xs, series, *, x_label, y_label, y_range, width=560, height=280)
         parts.append(
             f"<text x='{px(x):.1f}' y='{height - bottom + 16}' text-anchor='middle'>{x:g}</text>"
         )
+    highest = max(range(len(series)), key=lambda i: series[i][2][-1])
     for number, (label, colour, values) in enumerate(series):
         points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(xs, values))
         parts.append(
@@ -378,7 +379,8 @@ def _line_chart(xs, series, *, x_label, y_label, y_range, width=560, height=280)
             f"<circle cx='{px(x):.1f}' cy='{py(y):.1f}' r='2.5' fill='{colour}'/>"
             for x, y in zip(xs, values)
         ]
-        label_y = py(values[-1]) + (14 if number else -8)  # the first above, others below
+        # The label of the series that ends highest above its line, the others below theirs.
+        label_y = py(values[-1]) + (-8 if number == highest else 14)
         parts.append(
             f"<text x='{width - right - 4}' y='{label_y:.1f}' text-anchor='end' "
             f"fill='{colour}'>{html.escape(label)} {values[-1]:.3f}</text>"

@@ -222,14 +222,14 @@ def rests_on(estimate: dict) -> str:
     """One sentence: what the estimate of the number of wrong labels rests on."""
     if estimate.get("trusted_source") == "auto":
         return (
-            f"an automatic trusted set of {estimate['num_trusted']} examples chosen from the "
+            f"an automatic trusted set of {estimate['num_trusted']:,} examples chosen from the "
             "noisy data by a warm-up model (--trusted_data=auto): their labels are assumed "
             "right, and they are the examples that model found easiest, so the estimate "
             "reads the noise on the clearest examples and undercounts the wrong labels (47 for "
             "20,619 on the instance-dependent 35% benchmark); the flags are therefore score < 0"
         )
     trusted = (
-        f"a trusted set of {estimate['num_trusted']} examples whose labels are right and that "
+        f"a trusted set of {estimate['num_trusted']:,} examples whose labels are right and that "
         "represent their classes"
     )
     share = estimate.get("rejected_share")
