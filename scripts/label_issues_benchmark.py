@@ -335,8 +335,9 @@ def _f1(flagged, wrong):
     return float(2 * precision * recall / (precision + recall)) if tp else 0.0
 
 
-def candidates(probabilities, problem, weights, estimates):
-    """AUROC of each candidate score and F1 of candidate flag rules, for gdw_tf's choice."""
+def candidates(probabilities, problem, weights, estimates, truth_probabilities):
+    """AUROC of each candidate score and F1 of candidate flag rules, for gdw_tf's choice
+    (`truth_probabilities`: the model's turned into the truth's with the trusted set)."""
     from gdw_tf.labels import label_issues
 
     given = problem.given
@@ -349,6 +350,9 @@ def candidates(probabilities, problem, weights, estimates):
         "p(given label)": probabilities[rows, given],
         "margin p(given) − max other p": margin,
         "instance weight × p(given)": instance * probabilities[rows, given],
+        "margin under the truth probe (trusted set)": label_issues.label_margin(
+            truth_probabilities, given
+        ),
     }
     wrong = problem.wrong
     rules = {
@@ -362,6 +366,9 @@ def candidates(probabilities, problem, weights, estimates):
             instance, int(wrong.sum())
         ),
         "lowest k by margin, k = true number wrong (oracle)": _lowest(margin, int(wrong.sum())),
+        "lowest k by the margin under the truth probe, k = true number wrong (oracle)": _lowest(
+            scores["margin under the truth probe (trusted set)"], int(wrong.sum())
+        ),
     }
     for name, count in estimates.items():
         rules[f"lowest k by margin, k = {name}"] = _lowest(margin, int(round(count)))
@@ -409,6 +416,7 @@ def evaluate(setting):
     import keras
 
     from gdw_tf.labels import label_issues
+    from gdw_tf.labels import wrong_count
 
     setting_dir = os.path.join(FLAGS.runs_dir, setting)
     gdw_dir = os.path.join(setting_dir, "gdw")
@@ -454,7 +462,11 @@ def evaluate(setting):
         probabilities, problem.given, trusted_probabilities, problem.y_trusted
     )
     candidate_aurocs, candidate_f1 = candidates(
-        probabilities, problem, weights, candidate_estimates
+        probabilities,
+        problem,
+        weights,
+        candidate_estimates,
+        wrong_count.truth_probabilities(probabilities, trusted_probabilities, problem.y_trusted),
     )
 
     # cleanlab on K-fold out-of-fold probabilities of the same backbone trained with CE.

@@ -332,16 +332,24 @@ def test_training_run_writes_label_issues_and_a_report(tmp_path):
     given = np.array(table["given_label"], np.int64)
     position = np.searchsorted(split.train_indices, ids)
     np.testing.assert_array_equal(given, split.train_noisy_labels[position])
-    np.testing.assert_allclose(
-        np.array(table["score"], float), _margins_by_loops(probabilities, given), atol=2e-5
-    )
     # With the meta set as trusted set: score < 0 where the model rejected the wrong labels,
-    # else each given label's lowest scores, as many as results.json's estimate of its wrong
-    # labels.
+    # else each given label's lowest scores (margins under the truth probe's probabilities), as
+    # many as results.json's estimate of its wrong labels.
     flagged = np.array(table["flagged"]) == "1"
     with open(os.path.join(run_dir, "results.json")) as file:
         wrong_labels = json.load(file)["wrong_labels"]
     estimate = wrong_labels["estimate"]
+    if estimate["flags_cut_at_estimate"]:
+        meta_logits = backbone.predict(
+            input_pipeline.normalize(dataset.x_train[split.meta_indices], mean, std), verbose=0
+        )
+        meta_probabilities = np.asarray(keras.ops.softmax(meta_logits), np.float64)
+        probabilities = wrong_count.truth_probabilities(
+            probabilities, meta_probabilities, split.meta_labels
+        )
+    np.testing.assert_allclose(
+        np.array(table["score"], float), _margins_by_loops(probabilities, given), atol=2e-5
+    )
     score = np.array(table["score"], float)
     assert estimate["flags_cut_at_estimate"] == estimate["model_learned_wrong_labels"]
     assert estimate["model_learned_wrong_labels"] == (

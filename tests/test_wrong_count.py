@@ -230,6 +230,31 @@ def test_estimate_where_the_model_learned_the_wrong_labels_counts_them_and_cuts_
     assert issues.num_flagged == pytest.approx(result["count"], abs=3)
     hits = int((issues.flagged & wrong[issues.position]).sum())
     assert hits > 2 * rejected  # the cut finds more than twice what score < 0 flags at all
+    # The scores are margins under the truth probe's probabilities, and a flagged label's
+    # suggestion is the likeliest other class: here the true one (the model learned the flip).
+    truth = wrong_count.truth_probabilities(probabilities, trusted_probabilities, trusted_true)
+    np.testing.assert_allclose(
+        issues.in_input_order("score"), label_issues.label_margin(truth, given), atol=1e-12
+    )
+    flagged_wrong = issues.flagged & wrong[issues.position]
+    right_suggestion = issues.suggested_label == true[issues.position]
+    assert right_suggestion[flagged_wrong].mean() > 0.95
+    assert (probabilities.argmax(axis=1) == true)[wrong].mean() < 0.5
+
+    # An automatic trusted set: the estimate is reported, the model's own scores and flags kept.
+    auto = label_issues.rank_label_issues(
+        probabilities,
+        given,
+        trusted_probabilities=trusted_probabilities,
+        trusted_labels=trusted_true,
+        trusted_for_flags=False,
+    )
+    assert not auto.estimate["flags_cut_at_estimate"]
+    assert auto.estimate["count"] == pytest.approx(result["count"])
+    np.testing.assert_array_equal(auto.flagged, auto.score < 0)
+    np.testing.assert_allclose(
+        auto.in_input_order("score"), label_issues.label_margin(probabilities, given)
+    )
 
 
 def test_estimate_undercounts_what_the_model_memorised():

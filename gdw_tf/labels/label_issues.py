@@ -66,8 +66,11 @@ class LabelIssues:
       rank: 1, 2, ... (1 = most suspicious).
       id: the example's id (its index, file path, row, ...).
       position: its position in the arrays the ranking was computed from.
-      given_label, suggested_label: int labels; the suggestion is the model's argmax.
-      score: p(given) − max_{k ≠ given} p(k), lower = more suspicious.
+      given_label, suggested_label: int labels; the suggestion is the most probable class,
+        and for a flagged example the most probable class other than its given label.
+      score: p(given) − max_{k ≠ given} p(k), lower = more suspicious; `p` the model's
+        probabilities, or where the flags are cut at the trusted set's estimate, those
+        probabilities turned into probabilities of the truth on the trusted set.
       flagged: score < 0 (the suggested label differs from the given one); where a trusted
         set found that the model learned many wrong labels, the lowest scores of each given
         label, as many as `estimate` says (`estimate["flags_cut_at_estimate"]`).
@@ -133,13 +136,17 @@ def rank_label_issues(
     class_names: Sequence[str] | None = None,
     trusted_probabilities: ArrayLike | None = None,
     trusted_labels: ArrayLike | None = None,
+    trusted_for_flags: bool = True,
 ) -> LabelIssues:
     """Ranks examples by the margin of their given label and flags the suspicious ones.
 
     Those with a negative margin are flagged. With a trusted set (`trusted_probabilities` and
     `trusted_labels`: the model on examples whose labels are right), the number of wrong
     labels of each given label is estimated (`wrong_count.estimate_wrong_labels`); where the
-    model learned many of them, that many of its lowest scores are flagged instead.
+    model learned many of them, its probabilities are those of the labels it learned, so they
+    are first turned into probabilities of the truth with the trusted set
+    (`wrong_count.truth_probabilities`), and each given label's lowest margins under them are
+    flagged, as many as estimated there.
 
     Args:
       probabilities: `[N, C]` class probabilities of the trained model (rows sum to 1).
@@ -149,6 +156,9 @@ def rank_label_issues(
       class_names: optional `C` names of the classes.
       trusted_probabilities: optional `[M, C]` probabilities of trusted examples.
       trusted_labels: their `[M]` right labels; every class must appear.
+      trusted_for_flags: False for a trusted set that does not represent the data (e.g. an
+        automatic one, of the clearest examples): the estimate is reported, but the
+        probabilities and flags stay the model's own (score < 0).
 
     Returns:
       A `LabelIssues`, most suspicious first (ties keep the input order).
@@ -204,9 +214,7 @@ def rank_label_issues(
 
     if (trusted_probabilities is None) != (trusted_labels is None):
         raise ValueError("Give both trusted_probabilities and trusted_labels, or neither.")
-    score = label_margin(probabilities, given)
-    suggested = probabilities.argmax(axis=1)
-    flagged, estimate = score < 0, None
+    estimate = None
     if trusted_probabilities is not None:
         trusted_probabilities, trusted_labels = _check_trusted(
             trusted_probabilities, trusted_labels, num_classes
@@ -214,9 +222,23 @@ def rank_label_issues(
         estimate = wrong_count.estimate_wrong_labels(
             probabilities, given, trusted_probabilities, trusted_labels
         )
-        estimate["flags_cut_at_estimate"] = estimate["model_learned_wrong_labels"]
+        estimate["flags_cut_at_estimate"] = (
+            trusted_for_flags and estimate["model_learned_wrong_labels"]
+        )
         if estimate["flags_cut_at_estimate"]:
-            flagged = wrong_count.cut_at_estimate(score, given, estimate["per_given_label"])
+            # The model's probabilities are those of the labels it learned; the trusted set
+            # turns them into probabilities of the truth.
+            probabilities = wrong_count.truth_probabilities(
+                probabilities, trusted_probabilities, trusted_labels
+            )
+    score = label_margin(probabilities, given)
+    flagged = score < 0
+    if estimate is not None and estimate["flags_cut_at_estimate"]:
+        flagged = wrong_count.cut_at_estimate(score, given, estimate["per_given_label"])
+    # A flagged label's suggestion is the likeliest other class (the argmax where score < 0).
+    others = probabilities.copy()
+    others[np.arange(n), given] = -1.0
+    suggested = np.where(flagged, others.argmax(axis=1), probabilities.argmax(axis=1))
     order = np.argsort(score, kind="stable")
     rows = np.arange(n)
     top = np.argsort(-probabilities, axis=1, kind="stable")[:, : min(TOP_K, num_classes)]
@@ -316,6 +338,7 @@ def find_label_issues(
     class_names: Sequence[str] | None = None,
     batch_size: int = 256,
     trusted: tuple | None = None,
+    trusted_for_flags: bool = True,
 ) -> LabelIssues:
     """The ranked label issues of `(x, y)` under a trained `GDWModel` (or any logits model).
 
@@ -333,7 +356,9 @@ def find_label_issues(
       batch_size: prediction batch size for array inputs.
       trusted: optional `(x_trusted, y_trusted)`, examples whose labels are right (e.g. the
         meta set), `x_trusted` as the model takes it (array or dataset as `x`): the number of
-        wrong labels is then estimated with them and the flags cut at it (`rank_label_issues`).
+        wrong labels is then estimated with them, and where the model learned many, the flags
+        cut at it (`rank_label_issues`).
+      trusted_for_flags: as `rank_label_issues` (False for an automatic trusted set).
 
     Returns:
       A `LabelIssues` (see `rank_label_issues`).
@@ -380,6 +405,7 @@ def find_label_issues(
         class_names=class_names,
         trusted_probabilities=trusted_probabilities,
         trusted_labels=trusted_labels,
+        trusted_for_flags=trusted_for_flags,
     )
 
 

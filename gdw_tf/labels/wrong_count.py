@@ -206,6 +206,17 @@ def estimate_wrong_labels(
     return result
 
 
+def truth_probabilities(
+    probabilities: np.ndarray, trusted_probabilities: np.ndarray, trusted_labels: np.ndarray
+) -> np.ndarray:
+    """`[N, C]` P(true class | the model's view): the truth probe, a softmax regression fitted
+    to the trusted examples' right labels on the model's log-probabilities, applied to
+    `probabilities`. Where the model learned wrong labels, its own probabilities say what an
+    image is *labelled*; these say what it *is* (as far as the model's view tells)."""
+    probe = fit_label_probe(_log(trusted_probabilities), np.asarray(trusted_labels, np.int64))
+    return _predict(probe, _log(probabilities))
+
+
 def cut_at_estimate(score: np.ndarray, given_labels: np.ndarray, per_given_label) -> np.ndarray:
     """Flags, within each given label `j`, the `round(per_given_label[j])` lowest scores."""
     score = np.asarray(score, np.float64)

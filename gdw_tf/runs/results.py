@@ -54,14 +54,12 @@ def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_si
         ids=ids,
         class_names=dataset.class_names,
         trusted=trusted,
+        # An automatic trusted set holds the clearest examples: its estimate undercounts
+        # (docs/LABEL_ISSUES.md, "Automatic trusted set"), so the flags stay score < 0.
+        trusted_for_flags=split.meta_source != "auto",
     )
     if issues.estimate is not None:
         issues.estimate["trusted_source"] = split.meta_source
-        if split.meta_source == "auto":
-            # An automatic trusted set holds the clearest examples: its estimate undercounts
-            # (docs/LABEL_ISSUES.md, "Automatic trusted set"), so the flags stay score < 0.
-            issues.flagged = issues.score < 0
-            issues.estimate["flags_cut_at_estimate"] = False
     return issues
 
 
