@@ -12,6 +12,15 @@ inference mode, and the weight net's curve v(ℓ). Prints per epoch the AUROC of
 label is wrong" (low weight / high loss = wrong), the spread of the instance weights (1st to
 99th percentile), and the mean ω¹ − v on right and on wrong labels (what stage 2 did to the given
 label's weight). Writes `weights_by_epoch.json`.
+
+Also, per epoch, what the meta gradient asks of each loss: for a fixed sample of training
+examples, the alignment `a_i = ∇ℓ_i · ∇L_meta` of each example's gradient with the gradient of
+the mean loss on the whole trusted set, at the epoch's weights (inference mode; a central
+difference of `ℓ_i(θ ± h ∇L_meta)`). An instance weight's meta gradient is `−η a_i` (to first
+order, MW-Net's and GDW's stage 1), so the weight net, a function of the loss, is pushed up
+where the mean alignment at that loss is positive. Printed: the mean alignment (scaled by the
+largest absolute mean of the epoch) of right and of wrong labels in each loss quintile, and
+the rank correlation of alignment and loss.
 """
 
 import json
@@ -30,6 +39,36 @@ import label_issues_benchmark as benchmark  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("setting", "instance_35", "A setting of scripts/label_issues_benchmark.py.")
+flags.DEFINE_integer("alignment_sample", 5000, "Training examples whose alignment is measured.")
+
+
+def meta_alignment(backbone, x, y, x_meta, y_meta, step=1e-3):
+    """`∇ℓ_i · ∇L_meta` for each example of `(x, y)`, `L_meta` the mean cross-entropy on
+    `(x_meta, y_meta)` (inputs as the backbone takes them), by a central difference along
+    `∇L_meta` scaled to a relative step `step`."""
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        logits = backbone(x_meta, training=False)
+        meta_loss = tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(y_meta, tf.cast(logits, tf.float32))
+        )
+    gradient = [g.numpy() for g in tape.gradient(meta_loss, backbone.trainable_variables)]
+    weights = [v.numpy() for v in backbone.trainable_variables]
+    norm = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in gradient))
+    h = step * np.sqrt(sum((w.astype(np.float64) ** 2).sum() for w in weights)) / norm
+
+    def losses(sign):
+        for variable, w, g in zip(backbone.trainable_variables, weights, gradient):
+            variable.assign(w + sign * h * g)
+        logits = backbone.predict(x, batch_size=1000, verbose=0)
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits).numpy().astype(np.float64)
+
+    try:
+        return (losses(+1) - losses(-1)) / (2 * h)
+    finally:
+        for variable, w in zip(backbone.trainable_variables, weights):
+            variable.assign(w)
 
 
 def main(argv):
@@ -49,9 +88,16 @@ def main(argv):
     config_lib.define_flags(values)
     values(["weights", *benchmark.train_flags(FLAGS.setting, output_dir)])
     config = config_lib.Config.from_flags(values)
+    from gdw_tf.data import input_pipeline
+
     grid = np.linspace(0.0, 6.0, 25)
     wrong = problem.wrong
     records = []
+    sample = np.sort(
+        np.random.default_rng(0).choice(len(wrong), FLAGS.alignment_sample, replace=False)
+    )
+    x_sample = input_pipeline.normalize(problem.x[sample], problem.mean, problem.std)
+    x_meta = input_pipeline.normalize(problem.x_trusted, problem.mean, problem.std)
 
     class Record(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -74,6 +120,36 @@ def main(argv):
                 "weight_net_curve": dict(zip(grid.round(2).tolist(), curve.tolist())),
                 "train_accuracy_given": float((probabilities.argmax(1) == problem.given).mean()),
             }
+            alignment = meta_alignment(
+                self.model.backbone,
+                x_sample,
+                problem.given[sample],
+                x_meta,
+                problem.y_trusted,
+            )
+            sample_loss, sample_wrong = loss[sample], wrong[sample]
+            edges = np.quantile(sample_loss, [0.2, 0.4, 0.6, 0.8])
+            quintile = np.searchsorted(edges, sample_loss)
+            scale = np.abs([alignment[quintile == q].mean() for q in range(5)]).max()
+            by_quintile = {
+                name: [
+                    float(alignment[(quintile == q) & rows].mean() / scale)
+                    if ((quintile == q) & rows).any()
+                    else None
+                    for q in range(5)
+                ]
+                for name, rows in (
+                    ("all", np.ones_like(sample_wrong)),
+                    ("right", ~sample_wrong),
+                    ("wrong", sample_wrong),
+                )
+            }
+            ranks = [np.argsort(np.argsort(v)) for v in (alignment, sample_loss)]
+            row["alignment_by_loss_quintile"] = by_quintile
+            row["alignment_loss_rank_correlation"] = float(np.corrcoef(*ranks)[0, 1])
+            row["wrong_share_by_loss_quintile"] = [
+                float(sample_wrong[quintile == q].mean()) for q in range(5)
+            ]
             records.append(row)
             print(
                 f"epoch {row['epoch']:2d}: AUROC instance {row['auroc_instance_weight']:.3f} "
@@ -84,6 +160,17 @@ def main(argv):
                 f"ω¹ − v right/wrong {row['stage2_change_right_wrong'][0]:+.3f}/"
                 f"{row['stage2_change_right_wrong'][1]:+.3f}; v(0)={curve[0]:.3f} "
                 f"v(1)={curve[4]:.3f} v(3)={curve[12]:.3f} v(6)={curve[-1]:.3f}",
+                flush=True,
+            )
+
+            def cells(values):
+                return " ".join("  —  " if v is None else f"{v:+.2f}" for v in values)
+
+            print(
+                f"          alignment by loss quintile (low → high): all "
+                f"{cells(by_quintile['all'])}"
+                f"; right {cells(by_quintile['right'])}; wrong {cells(by_quintile['wrong'])}; "
+                f"rank correlation with the loss {row['alignment_loss_rank_correlation']:+.3f}",
                 flush=True,
             )
 

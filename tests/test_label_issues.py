@@ -431,3 +431,41 @@ def test_benchmark_script_scores_both_methods_against_the_truth_and_resumes(tmp_
     assert again.returncode == 0, again.stderr[-3000:]
     assert "flip_40 gdw: done, skipped" in again.stdout
     assert "fold 0:" not in again.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/weights_under_instance_noise.py: the meta gradient's alignment with each example
+
+
+def test_meta_alignment_equals_the_dot_product_of_exact_gradients():
+    import importlib.util
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(repo, "scripts", "weights_under_instance_noise.py")
+    spec = importlib.util.spec_from_file_location("weights_under_instance_noise", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    keras.utils.set_random_seed(0)
+    backbone = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)]
+    )
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 6)).astype("float32"), rng.integers(0, 3, 20)
+    x_meta, y_meta = rng.normal(size=(30, 6)).astype("float32"), rng.integers(0, 3, 30)
+
+    alignment = script.meta_alignment(backbone, x, y, x_meta, y_meta)
+
+    def gradient(inputs, labels):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels, backbone(inputs))
+            )
+        return np.concatenate(
+            [g.numpy().ravel() for g in tape.gradient(loss, backbone.trainable_variables)]
+        )
+
+    meta = gradient(x_meta, y_meta)
+    exact = [gradient(x[i : i + 1], y[i : i + 1]) @ meta for i in range(len(y))]
+    np.testing.assert_allclose(alignment, exact, rtol=0.02, atol=1e-3 * np.abs(exact).max())
+    assert (np.sign(alignment) == np.sign(exact)).mean() > 0.9
