@@ -21,6 +21,12 @@ order, MW-Net's and GDW's stage 1), so the weight net, a function of the loss, i
 where the mean alignment at that loss is positive. Printed: the mean alignment (scaled by the
 largest absolute mean of the epoch) of right and of wrong labels in each loss quintile, and
 the rank correlation of alignment and loss.
+
+And what stage 2 does to the given label's weight (`stage2_on_given_label`, from the same
+logit changes `J·∇L_meta`): its mean on right and on wrong labels (scaled by its mean absolute
+value), on wrong labels split into the part that comes from the true class's term and the rest,
+and its rank correlation with the recorded ω¹ − v (the check that the first-order picture
+matches what training did).
 """
 
 import json
@@ -42,10 +48,10 @@ flags.DEFINE_string("setting", "instance_35", "A setting of scripts/label_issues
 flags.DEFINE_integer("alignment_sample", 5000, "Training examples whose alignment is measured.")
 
 
-def meta_alignment(backbone, x, y, x_meta, y_meta, step=1e-3):
-    """`∇ℓ_i · ∇L_meta` for each example of `(x, y)`, `L_meta` the mean cross-entropy on
-    `(x_meta, y_meta)` (inputs as the backbone takes them), by a central difference along
-    `∇L_meta` scaled to a relative step `step`."""
+def meta_logit_change(backbone, x, x_meta, y_meta, step=1e-3):
+    """`J·∇L_meta`: how each logit of `x` moves along the gradient of `L_meta`, the mean
+    cross-entropy on `(x_meta, y_meta)` (inputs as the backbone takes them, inference mode), by
+    a central difference along `∇L_meta` scaled to a relative step `step`. `[N, C]`."""
     import tensorflow as tf
 
     with tf.GradientTape() as tape:
@@ -58,17 +64,44 @@ def meta_alignment(backbone, x, y, x_meta, y_meta, step=1e-3):
     norm = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in gradient))
     h = step * np.sqrt(sum((w.astype(np.float64) ** 2).sum() for w in weights)) / norm
 
-    def losses(sign):
+    def logits_at(sign):
         for variable, w, g in zip(backbone.trainable_variables, weights, gradient):
             variable.assign(w + sign * h * g)
-        logits = backbone.predict(x, batch_size=1000, verbose=0)
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits).numpy().astype(np.float64)
+        return np.asarray(backbone.predict(x, batch_size=1000, verbose=0), np.float64)
 
     try:
-        return (losses(+1) - losses(-1)) / (2 * h)
+        return (logits_at(+1) - logits_at(-1)) / (2 * h)
     finally:
         for variable, w in zip(backbone.trainable_variables, weights):
             variable.assign(w)
+
+
+def meta_alignment(backbone, x, y, x_meta, y_meta, step=1e-3):
+    """`∇ℓ_i · ∇L_meta` for each example of `(x, y)`: `Σ_j e_ij (J·∇L_meta)_ij` with
+    `e = softmax(z) − onehot(y)` (the chain rule through the logits)."""
+    logits = np.asarray(backbone.predict(x, batch_size=1000, verbose=0), np.float64)
+    e = _softmax(logits) - np.eye(logits.shape[1])[y]
+    return (e * meta_logit_change(backbone, x, x_meta, y_meta, step)).sum(axis=1)
+
+
+def stage2_on_given_label(probabilities, y, logit_change):
+    """What GDW's stage 2 does to the given label's weight, up to a positive factor, and the
+    part of it that comes from class `j` (`[N, C]`, zero at the given label).
+
+    Stage 2 moves `ω_ij` by `−β g_ij / S` with `g_ij = −(α/B) e_ij (J·u)_ij`; for `j ≠ y`,
+    `e_ij = p_ij`, so `ω_ij` rises by a positive factor times `p_ij (J·u)_ij` (clip and clamp
+    aside). The zero-mean constraint then sets the given label's weight to
+    `Σ_{j≠y} ω_ij p_ij / (1 − p_iy)`, which moves by `Σ_{j≠y} p_ij² (J·u)_ij / (1 − p_iy)`."""
+    rows = np.arange(len(y))
+    p = np.clip(probabilities, None, 0.999)
+    parts = p**2 * logit_change / (1.0 - p[rows, y])[:, None]
+    parts[rows, y] = 0.0
+    return parts.sum(axis=1), parts
+
+
+def _softmax(logits):
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def main(argv):
@@ -120,13 +153,18 @@ def main(argv):
                 "weight_net_curve": dict(zip(grid.round(2).tolist(), curve.tolist())),
                 "train_accuracy_given": float((probabilities.argmax(1) == problem.given).mean()),
             }
-            alignment = meta_alignment(
-                self.model.backbone,
-                x_sample,
-                problem.given[sample],
-                x_meta,
-                problem.y_trusted,
+            logit_change = meta_logit_change(
+                self.model.backbone, x_sample, x_meta, problem.y_trusted
             )
+            sample_probabilities = probabilities[sample]
+            given_sample = problem.given[sample]
+            alignment = (
+                (sample_probabilities - np.eye(sample_probabilities.shape[1])[given_sample])
+                * logit_change
+            ).sum(axis=1)
+            stage2, parts = stage2_on_given_label(sample_probabilities, given_sample, logit_change)
+            true_sample = problem.true[sample]
+            from_true = parts[np.arange(len(sample)), true_sample]
             sample_loss, sample_wrong = loss[sample], wrong[sample]
             edges = np.quantile(sample_loss, [0.2, 0.4, 0.6, 0.8])
             quintile = np.searchsorted(edges, sample_loss)
@@ -147,6 +185,19 @@ def main(argv):
             ranks = [np.argsort(np.argsort(v)) for v in (alignment, sample_loss)]
             row["alignment_by_loss_quintile"] = by_quintile
             row["alignment_loss_rank_correlation"] = float(np.corrcoef(*ranks)[0, 1])
+            recorded = (labelled - instance)[sample]
+            stage2_scale = np.abs(stage2).mean()
+            row["stage2_given_right_wrong"] = [
+                float(stage2[~sample_wrong].mean() / stage2_scale),
+                float(stage2[sample_wrong].mean() / stage2_scale),
+            ]
+            row["stage2_wrong_from_true_class_and_others"] = [
+                float(from_true[sample_wrong].mean() / stage2_scale),
+                float((stage2 - from_true)[sample_wrong].mean() / stage2_scale),
+            ]
+            row["stage2_rank_correlation_with_recorded"] = float(
+                np.corrcoef(np.argsort(np.argsort(stage2)), np.argsort(np.argsort(recorded)))[0, 1]
+            )
             row["wrong_share_by_loss_quintile"] = [
                 float(sample_wrong[quintile == q].mean()) for q in range(5)
             ]
@@ -171,6 +222,15 @@ def main(argv):
                 f"{cells(by_quintile['all'])}"
                 f"; right {cells(by_quintile['right'])}; wrong {cells(by_quintile['wrong'])}; "
                 f"rank correlation with the loss {row['alignment_loss_rank_correlation']:+.3f}",
+                flush=True,
+            )
+            right, wrong_mean = row["stage2_given_right_wrong"]
+            true_part, other_part = row["stage2_wrong_from_true_class_and_others"]
+            print(
+                f"          stage 2 on the given label (mean |.| = 1): right {right:+.2f}, wrong "
+                f"{wrong_mean:+.2f} (true class {true_part:+.2f}, others {other_part:+.2f}); "
+                "rank correlation with the recorded ω¹ − v "
+                f"{row['stage2_rank_correlation_with_recorded']:+.3f}",
                 flush=True,
             )
 

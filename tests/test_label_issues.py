@@ -437,7 +437,9 @@ def test_benchmark_script_scores_both_methods_against_the_truth_and_resumes(tmp_
 # scripts/weights_under_instance_noise.py: the meta gradient's alignment with each example
 
 
-def test_meta_alignment_equals_the_dot_product_of_exact_gradients():
+@pytest.fixture(scope="module")
+def weights_script():
+    """scripts/weights_under_instance_noise.py as a module (loaded once: it defines flags)."""
     import importlib.util
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -445,6 +447,10 @@ def test_meta_alignment_equals_the_dot_product_of_exact_gradients():
     spec = importlib.util.spec_from_file_location("weights_under_instance_noise", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_meta_alignment_equals_the_dot_product_of_exact_gradients(weights_script):
 
     keras.utils.set_random_seed(0)
     backbone = keras.Sequential(
@@ -454,7 +460,7 @@ def test_meta_alignment_equals_the_dot_product_of_exact_gradients():
     x, y = rng.normal(size=(20, 6)).astype("float32"), rng.integers(0, 3, 20)
     x_meta, y_meta = rng.normal(size=(30, 6)).astype("float32"), rng.integers(0, 3, 30)
 
-    alignment = script.meta_alignment(backbone, x, y, x_meta, y_meta)
+    alignment = weights_script.meta_alignment(backbone, x, y, x_meta, y_meta)
 
     def gradient(inputs, labels):
         with tf.GradientTape() as tape:
@@ -469,3 +475,27 @@ def test_meta_alignment_equals_the_dot_product_of_exact_gradients():
     exact = [gradient(x[i : i + 1], y[i : i + 1]) @ meta for i in range(len(y))]
     np.testing.assert_allclose(alignment, exact, rtol=0.02, atol=1e-3 * np.abs(exact).max())
     assert (np.sign(alignment) == np.sign(exact)).mean() > 0.9
+
+
+def test_stage2_on_the_given_label_matches_gdws_own_stage2(weights_script):
+    from gdw_tf.core import weighting
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(12, 4)) * 2
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = rng.integers(0, 4, 12)
+    onehot = np.eye(4)[y]
+    logit_change = rng.normal(size=(12, 4))  # J·u
+    omega0 = weighting.zero_mean_constraint(np.tile(rng.random((12, 1)), (1, 4)), p, onehot)
+    g = -(0.1 / 12) * (p - onehot) * logit_change  # g = −(α/B) e ⊙ (J·u)
+    omega1 = weighting.stage2_update(omega0, g, outer_lr=1e-3, clip=1.0, p=p, onehot=onehot)
+    change = np.asarray(omega1 - omega0)[np.arange(12), y]
+
+    predicted, parts = weights_script.stage2_on_given_label(p, y, logit_change)
+
+    # The same up to one positive factor (α β / (B S), no clip or clamp active).
+    factor = change / predicted
+    np.testing.assert_allclose(factor, factor[0], rtol=1e-5)
+    assert factor[0] > 0
+    np.testing.assert_allclose(parts.sum(axis=1), predicted)
+    assert (parts[np.arange(12), y] == 0).all()
