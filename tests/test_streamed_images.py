@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import flags
 from conftest import make_config
 from conftest import train_main
@@ -78,6 +79,82 @@ def test_streamed_batches_equal_those_of_the_decoded_array(tmp_path):
     for (a_x, a_y), (b_x, b_y) in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a_x, b_x)
         np.testing.assert_array_equal(a_y, b_y)
+
+
+class _RecordingFiles(image_files.ImageFiles):
+    """`ImageFiles` that note, in `log`, each path they decode."""
+
+    def __init__(self, paths, *, log, **shape):
+        super().__init__(paths, **shape)
+        self.log = log
+
+    def read(self, path):
+        def note(value):
+            self.log.append(value.numpy().decode())
+            return value
+
+        noted = tf.py_function(note, [path], tf.string)
+        noted.set_shape([])
+        return super().read(noted)
+
+
+@pytest.mark.parametrize("pipelines, replicas", [(2, 2), (1, 2), (2, 4)])
+def test_each_input_pipeline_decodes_only_its_replicas_share_of_each_batch(
+    tmp_path, pipelines, replicas
+):
+    # 23 images in batches of 5: the last batch (3 rows) leaves some replicas no rows.
+    rng = np.random.default_rng(4)
+    paths = _mixed_size_files(str(tmp_path), rng, n=23)
+    labels = rng.integers(0, 3, 23)
+    shape = dict(height=7, width=7, channels=3)
+    mean, std = [0.5] * 3, [0.25] * 3
+    args = dict(batch_size=5, seed=5, augment=True, mean=mean, std=std, with_index=True)
+    whole = list(
+        input_pipeline.train_dataset(
+            image_files.ImageFiles(paths, **shape), labels, **args
+        ).as_numpy_iterator()
+    )
+    offsets = input_pipeline.replica_shares(5, replicas)
+    local = replicas // pipelines
+    shares, decoded = {}, []
+    for pipeline in range(pipelines):
+        log = []
+        context = tf.distribute.InputContext(pipelines, pipeline, replicas)
+        files = _RecordingFiles(paths, log=log, **shape)
+        batches = list(
+            input_pipeline.train_dataset(
+                files, labels, **args, input_context=context
+            ).as_numpy_iterator()
+        )
+        assert len(batches) == local * len(whole)  # Its replicas' shares of every batch.
+        for b, batch in enumerate(batches):
+            shares[b // local, pipeline * local + b % local] = batch
+        decoded.append(log)
+        # It decoded exactly the rows it yields: each once.
+        yielded = [paths[i] for batch in batches for i in batch[2]]
+        assert sorted(log) == sorted(yielded)
+    # Together the pipelines decoded every image once: disjoint shares of the epoch.
+    assert sorted(path for log in decoded for path in log) == sorted(paths)
+    for step, batch in enumerate(whole):
+        for replica in range(replicas):  # Replica r: rows [offsets[r], offsets[r + 1]).
+            rows = slice(min(offsets[replica], len(batch[1])), offsets[replica + 1])
+            for got, expected in zip(shares[step, replica], batch, strict=True):
+                np.testing.assert_array_equal(got, expected[rows])
+    assert any(len(share[1]) == 0 for share in shares.values())  # An empty share was met.
+
+
+def test_images_in_memory_are_not_shared_out_by_the_pipeline():
+    with pytest.raises(ValueError, match="shares out streamed images only"):
+        input_pipeline.train_dataset(
+            np.zeros((4, 2, 2, 1), np.uint8),
+            np.zeros(4, np.int64),
+            2,
+            seed=0,
+            augment=False,
+            mean=[0.5],
+            std=[0.5],
+            input_context=tf.distribute.InputContext(2, 0, 2),
+        )
 
 
 def test_normalisation_of_a_stream_is_exact_on_a_bounded_sample(tmp_path, monkeypatch):

@@ -5,9 +5,11 @@ It mirrors the reference's CIFAR transform: reflect-pad 4, random crop, horizont
 per-channel mean/std normalisation, with the reference's CIFAR statistics
 (`normalization_stats`).
 
-`x` may be an array in memory (the benchmarks, `.npz` files) or image files on disk
-(`gdw_tf.data.image_files.ImageFiles`): those are decoded and resized in a parallel map right
-after the shuffle (which then shuffles paths, not pixels), so both give the same batches.
+`x` may be an array in memory (the benchmarks, `.npz` files) or streamed images
+(`gdw_tf.data.image_files.StreamedImages`: image files on disk, records of a TFDS split): those
+are shuffled as keys (paths, not pixels), batched, and decoded and resized a batch at a time in
+a parallel map, so both give the same batches; under `tf.distribute` each input pipeline
+decodes only its replicas' share of each batch (`train_dataset`'s `input_context`).
 """
 
 from collections.abc import Sequence
@@ -45,7 +47,7 @@ def normalization_stats(name: str, x_train: np.ndarray) -> tuple[list[float], li
         return x_train.mean(0, dtype=np.float64) / 255.0, np.where(std > 0, std, 1.0) / 255.0
     values = np.arange(256)
     mean, std = [], []
-    if image_files.is_image_files(x_train):
+    if image_files.is_streamed(x_train):
         sample = x_train[normalization_sample(len(x_train))].dataset().batch(64)
         all_counts = np.zeros((x_train.shape[-1], 256), np.int64)
         for images in sample.as_numpy_iterator():
@@ -122,50 +124,124 @@ def train_dataset(
     std: Sequence[float],
     with_index: bool = False,
     drop_remainder: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """A shuffled (every epoch anew), optionally augmented, normalised, batched `tf.data` set.
 
+    Streamed images (`image_files.StreamedImages`) are shuffled as keys and batched before they
+    are decoded: each batch's keys are decoded (and augmented) together in a parallel map, so
+    the batches equal those of the decoded array. With `input_context` (a streamed `x` under a
+    `tf.distribute` strategy, `distribute_datasets_from_function`) the pipeline decodes only the
+    rows of its own replicas: every input pipeline draws the same shuffle and crops (the same
+    seeds), cuts each global batch of `batch_size` keys into one contiguous share per replica
+    (`replica_shares`), and yields the shares of its replicas in turn, decoded.
+
     Args:
-        x: uint8 images `[N, H, W, C]`: an array, or `ImageFiles` (decoded after the shuffle).
+        x: uint8 images `[N, H, W, C]`: an array, or `StreamedImages` (decoded after the
+            shuffle).
         y: their labels.
-        batch_size: examples per batch.
+        batch_size: examples per (global) batch.
         seed: seed of the shuffle and of the augmentation; the same seed gives the same
             sequence of epochs.
         augment: apply `random_crop_and_flip` (the reference's CIFAR augmentation).
         mean, std: per-channel statistics of images scaled to [0, 1] (`normalization_stats`).
         with_index: also yield each example's position in `x`.
         drop_remainder: drop the last, smaller batch.
+        input_context: this input pipeline's place among the strategy's (streamed `x` only).
 
     Returns:
         A `tf.data.Dataset` of `(images float32, labels int64)` or, with `with_index`,
         `(images, labels, positions int64)`.
+
+    Raises:
+        ValueError: for images that are neither, labels of another length, bad statistics or
+            batch size, or an `input_context` with images in memory.
     """
     _check_images(x, y)
     check_statistics(mean, std, x.shape[-1])
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
-    streamed = image_files.is_image_files(x)
-    columns = (x.paths if streamed else x, np.asarray(y, np.int64))
+    streamed = image_files.is_streamed(x)
+    if input_context is not None and not streamed:
+        raise ValueError(
+            "train_dataset shares out streamed images only; give images in memory to "
+            "tf.distribute whole (experimental_distribute_dataset shards them)."
+        )
+    columns = (x.keys if streamed else x, np.asarray(y, np.int64))
     if with_index:
         columns += (np.arange(len(x), dtype=np.int64),)
     dataset = tf.data.Dataset.from_tensor_slices(columns)
     dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     if streamed:
+        if augment:  # Each example's seed pair, drawn in the shuffled order, goes with it.
+            dataset = tf.data.Dataset.zip(dataset, seeds).map(lambda row, pair: row + (pair,))
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        if input_context is not None:
+            dataset = _own_shares(dataset, batch_size, input_context)
         dataset = dataset.map(
-            lambda path, *rest: (x.decode(path),) + rest, num_parallel_calls=tf.data.AUTOTUNE
-        )
-    if augment:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip(dataset, seeds).map(
-            lambda columns, pair: (random_crop_and_flip(columns[0], pair),) + columns[1:],
+            lambda keys, *rest: _decoded_rows(x, keys, rest, augment),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    else:
+        if augment:
+            dataset = tf.data.Dataset.zip(dataset, seeds).map(
+                lambda columns, pair: (random_crop_and_flip(columns[0], pair),) + columns[1:],
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     dataset = dataset.map(
         lambda images, *rest: (normalize(images, mean, std),) + rest,
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def replica_shares(batch_size: int, num_replicas: int) -> np.ndarray:
+    """Where each replica's rows of a global batch begin: `num_replicas + 1` offsets.
+
+    Replica `r` takes the rows `[offsets[r], offsets[r + 1])` of a full batch (sizes differ
+    by at most one, the larger first) and of a last, smaller batch the part of them it still
+    has: possibly none, an empty batch, as `tf.distribute`'s own split of a batch can give.
+    """
+    sizes = [
+        batch_size // num_replicas + (r < batch_size % num_replicas) for r in range(num_replicas)
+    ]
+    return np.cumsum([0] + sizes)
+
+
+def _own_shares(dataset, batch_size, input_context):
+    """Batches of keys → the shares of the input pipeline's replicas, one after another."""
+    local = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+    first = input_context.input_pipeline_id * local
+    offsets = tf.constant(replica_shares(batch_size, input_context.num_replicas_in_sync))
+
+    def share(batch, replica):
+        n = tf.shape(tf.nest.flatten(batch)[0], out_type=tf.int64)[0]
+        begin = tf.minimum(offsets[replica], n)
+        end = tf.minimum(offsets[replica + 1], n)
+        return tf.nest.map_structure(lambda column: column[begin:end], batch)
+
+    return dataset.flat_map(
+        lambda *batch: tf.data.Dataset.range(first, first + local).map(
+            lambda replica: share(batch, replica)
+        )
+    )
+
+
+def _decoded_rows(x, keys, rest, augment):
+    """A batch's images from its `keys` (each decoded, then cropped and flipped with its seed
+    pair, the last of `rest`, if `augment`), and the other columns."""
+    if augment:
+        seeds, rest = rest[-1], rest[:-1]
+        images = tf.map_fn(
+            lambda row: random_crop_and_flip(x.decode(row[0]), row[1]),
+            (keys, seeds),
+            fn_output_signature=tf.TensorSpec(x.shape[1:], tf.uint8),
+        )
+    else:
+        images = tf.map_fn(x.decode, keys, fn_output_signature=tf.TensorSpec(x.shape[1:], tf.uint8))
+    return (images,) + tuple(rest)
 
 
 def eval_dataset(
@@ -179,7 +255,7 @@ def eval_dataset(
     array, or `ImageFiles` decoded in a parallel, order-keeping map)."""
     _check_images(x, y)
     check_statistics(mean, std, x.shape[-1])
-    if image_files.is_image_files(x):
+    if image_files.is_streamed(x):
         labels = tf.data.Dataset.from_tensor_slices(np.asarray(y, np.int64))
         dataset = tf.data.Dataset.zip(x.dataset(), labels)
     else:
