@@ -12,10 +12,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
+from conftest import backbone_weights
+from conftest import history_rows
 from conftest import make_config
+from conftest import prepare_tfds_images
+from conftest import random_sized_images
 from conftest import train_main
 from conftest import write_png
 
+from gdw_tf.data import datasets
 from gdw_tf.data import image_files
 from gdw_tf.data import input_pipeline
 from gdw_tf.data import own_data
@@ -379,3 +384,87 @@ def test_a_streamed_run_equals_the_run_on_the_same_arrays_and_resumes(tmp_path, 
         np.load(os.path.join(resumed, "example_weights.npz")) as b,
     ):
         np.testing.assert_array_equal(a["instance_weight"], b["instance_weight"])
+
+
+@pytest.mark.slow
+def test_a_streamed_tfds_run_equals_the_run_on_its_images_in_memory_and_resumes(
+    tmp_path, monkeypatch
+):
+    # A prepared TFDS dataset of varying image sizes with a train split only: streamed from
+    # its files, the held-out tenth (7 images) as the test set.
+    prepare_tfds_images(
+        tmp_path / "tfds",
+        "varsize_run",
+        {"train": random_sized_images(np.random.default_rng(10), 70)},
+        num_classes=3,
+    )
+    common = [
+        "--dataset=varsize_run",
+        f"--data_dir={tmp_path / 'tfds'}",
+        "--image_size=12",
+        "--model=mlp",
+        "--num_meta=9",
+        "--meta_batch_size=9",
+        "--batch_size=9",
+        "--epochs=3",
+        "--lr=0.05",
+        "--augment=true",
+        "--verbose=0",
+    ]
+    streamed = str(tmp_path / "streamed")
+    train_main(*common, f"--output_dir={streamed}")
+
+    # The same run on the same images decoded into memory first.
+    load_dataset = datasets.load_dataset
+
+    def in_memory(*args, **kwargs):
+        dataset = load_dataset(*args, **kwargs)
+        assert image_files.is_streamed(dataset.x_train) and image_files.is_streamed(dataset.x_test)
+        return dataset._replace(
+            x_train=np.asarray(dataset.x_train), x_test=np.asarray(dataset.x_test)
+        )
+
+    arrays = str(tmp_path / "arrays")
+    with monkeypatch.context() as patch:
+        patch.setattr(datasets, "load_dataset", in_memory)
+        train_main(*common, f"--output_dir={arrays}")
+    with (
+        np.load(os.path.join(streamed, "example_weights.npz")) as a,
+        np.load(os.path.join(arrays, "example_weights.npz")) as b,
+    ):
+        assert len(a["instance_weight"]) == 63 - 9  # train minus the held-out and meta sets
+        for name in b.files:
+            np.testing.assert_array_equal(a[name], b[name])
+        indices = set(a["index"].tolist())
+    for expected, got in zip(backbone_weights(arrays), backbone_weights(streamed), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    history = [history_rows(run) for run in (streamed, arrays)]
+    assert [row["test/accuracy"] for row in history[0]] == [
+        row["test/accuracy"] for row in history[1]
+    ]
+    config = json.load(open(os.path.join(streamed, "config.json")))
+    assert config["normalization"]["images_sampled"] == 63 and config["input_shape"] == [12, 12, 3]
+    with open(os.path.join(streamed, "label_issues.csv"), newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 54 and {int(row["id"]) for row in rows} == indices
+    report = open(os.path.join(streamed, "report.html")).read()
+    assert report.count("<img src='data:image/png;base64,") == min(report_lib.GALLERY_SIZE, 54)
+
+    # Killed in epoch 3, resumed: it ends as the uninterrupted run.
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_3(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == 2 * self.steps_per_epoch + 2:
+            raise Killed()
+
+    resumed = str(tmp_path / "resumed")
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            callbacks._ReplayDataOrder, "on_train_batch_end", kill_in_epoch_3, raising=False
+        )
+        with pytest.raises(Killed):
+            train_main(*common, f"--output_dir={resumed}")
+    train_main(*common, f"--output_dir={resumed}")
+    for expected, got in zip(backbone_weights(streamed), backbone_weights(resumed), strict=True):
+        np.testing.assert_array_equal(got, expected)
