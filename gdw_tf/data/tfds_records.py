@@ -9,13 +9,15 @@ prepared dataset: it is the example's index in a run (example weights, `label_is
 the data order of a resumed run). A record's key is `(file, offset, length)`: 24 bytes an
 image, and 8 for its label.
 
-`TfdsRecords.read` fetches one record by its place (`tf.data.FixedLengthRecordDataset`, which
-reads `length` bytes at `offset`), parses it with the dataset's own features (the image kept
+`TfdsRecords.read` fetches one record by its place (`os.pread` of `length` bytes at `offset`,
+in a `tf.numpy_function`: TensorFlow has no op that reads part of a file without reading
+what comes before it), parses it with the dataset's own features (the image kept
 encoded) and decodes the image as TFDS does (`tfds.features.Image.decode_example`); then
 `StreamedImages.decode` converts its channels and resizes it bilinearly, as own image files are.
 """
 
 import os
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -25,6 +27,33 @@ from gdw_tf.data import image_files
 
 # A TFRecord record: an 8-byte length and its 4-byte CRC, the data, the data's 4-byte CRC.
 _RECORD_HEAD, _RECORD_OVERHEAD = 12, 16
+
+
+class _RecordReader:
+    """Reads `length` bytes at `offset` of one of `files` (`os.pread`: thread-safe, no seek
+    shared between threads), each file opened once per process."""
+
+    def __init__(self, files):
+        self.files = tuple(files)
+        self._descriptors = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, file, offset, length):
+        file = int(file)
+        descriptor = self._descriptors.get(file)
+        if descriptor is None:
+            with self._lock:
+                descriptor = self._descriptors.setdefault(
+                    file, os.open(self.files[file], os.O_RDONLY)
+                )
+        data = os.pread(descriptor, int(length), int(offset))
+        if len(data) != length:
+            raise OSError(f"{self.files[file]}: {len(data)} bytes at {offset}, {length} expected.")
+        return np.array(data, dtype=object)
+
+    def __del__(self):
+        for descriptor in self._descriptors.values():
+            os.close(descriptor)
 
 
 class TfdsRecords(image_files.StreamedImages):
@@ -43,10 +72,10 @@ class TfdsRecords(image_files.StreamedImages):
         )
         self.files = tuple(files)
         self.features = features
-        self._sizes = np.array([os.path.getsize(f) for f in self.files], np.int64)
+        self._reader = _RecordReader(self.files)
 
     def _like(self, keys):
-        return TfdsRecords(
+        like = TfdsRecords(
             keys,
             files=self.files,
             features=self.features,
@@ -54,16 +83,12 @@ class TfdsRecords(image_files.StreamedImages):
             width=self.width,
             channels=self.channels,
         )
+        like._reader = self._reader  # One set of open files.
+        return like
 
     def read(self, key):
-        file, offset, length = tf.unstack(key)
-        record = tf.data.FixedLengthRecordDataset(
-            tf.gather(self.files, file),
-            record_bytes=length,
-            header_bytes=offset,
-            footer_bytes=tf.gather(self._sizes, file) - offset - length,
-            buffer_size=length,
-        ).get_single_element()
+        record = tf.numpy_function(self._reader, tf.unstack(key), tf.string, stateful=False)
+        record.set_shape([])
         encoded = self.features.deserialize_example(
             record, decoders={"image": tfds.decode.SkipDecoding()}
         )["image"]
