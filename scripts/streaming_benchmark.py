@@ -10,8 +10,8 @@ other 59,500 images. Then, each a separate `python -m gdw_tf.train` process unde
    as meta set) on 6,000 and on 59,500 images, from the data scan to report.html;
 2. decoding: images decoded and resized to 96x96 per second by the input pipeline's parallel
    map (`ImageFiles.dataset()`), over the first 20,000 files; and out of the whole training
-   pipeline (`input_pipeline.train_dataset`, which decodes a batch at a time after the
-   shuffle, then crops, flips and normalises), over the same files;
+   pipeline (`input_pipeline.train_dataset`: decoded after the shuffle, cropped, flipped,
+   batched, normalised), over the same files;
 3. streamed against in memory: one epoch of small_cnn (GDW, 28x28, as the files are) on the
    59,500 images, once from the folder tree and once from an .npz of the same images in the
    same order (held in memory as today); the epoch time is history.csv's time/epoch_seconds.
@@ -154,8 +154,8 @@ def decoding_rate(folder, count=20000, size=96):
 
 def training_pipeline_rate(folder, count=20000, size=96):
     """Images per second out of the training pipeline (`input_pipeline.train_dataset`: shuffled
-    paths, batches of 100 decoded and resized to `size` a batch at a time, cropped, flipped,
-    normalised) over the first `count` files: one pass."""
+    paths decoded and resized to `size`, cropped, flipped, in batches of 100, normalised) over
+    the first `count` files: one pass."""
     from gdw_tf.data import image_files
     from gdw_tf.data import input_pipeline
     from gdw_tf.data import own_data

@@ -19,6 +19,8 @@ from conftest import REPO
 from conftest import TINY_FASHION_MNIST
 from conftest import backbone_weights
 from conftest import history_rows
+from conftest import prepare_tfds_images
+from conftest import random_sized_images
 from conftest import read_json
 from conftest import train_exit_message
 from conftest import train_main
@@ -348,6 +350,40 @@ def test_streamed_image_files_train_as_one_device_mirrored_and_on_two_workers(tm
         np.load(os.path.join(other_seed, "example_weights.npz")) as b,
     ):
         assert np.abs(a["instance_weight"] - b["instance_weight"]).max() > 1e-2
+
+
+@pytest.mark.slow
+@tensorflow_only
+def test_a_streamed_tfds_dataset_trains_mirrored_as_on_one_device(tmp_path):
+    # TFDS records of varying image size, read from their files (a NumPy function in the
+    # pipeline): shared out between two replicas before decoding, as image files are. 52
+    # records: 5 held out, 6 meta, 41 trained in batches of 10: the last batch's one row goes
+    # to the first replica, the second gets an empty batch.
+    prepare_tfds_images(
+        tmp_path / "tfds",
+        "varsize_mirrored",
+        {"train": random_sized_images(np.random.default_rng(11), 52)},
+        num_classes=3,
+    )
+    args = [
+        "--dataset=varsize_mirrored",
+        f"--data_dir={tmp_path / 'tfds'}",
+        "--image_size=10",
+        "--model=mlp",
+        "--num_meta=6",
+        "--meta_batch_size=6",
+        "--batch_size=10",
+        "--epochs=2",
+        "--augment=true",
+        "--verbose=0",
+    ]
+    one_device = str(tmp_path / "one")
+    train_main(*args, f"--output_dir={one_device}")
+    mirrored = str(tmp_path / "mirrored")
+    result = _train_mirrored_on_two_cpus(*args, f"--output_dir={mirrored}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_json(os.path.join(mirrored, "results.json"))["config"]["num_replicas"] == 2
+    _assert_same_run(mirrored, one_device, exact=False, tolerance=2e-4)
 
 
 # --------------------------------------------------------------------------------------------

@@ -103,17 +103,22 @@ class _RecordingFiles(image_files.ImageFiles):
         return super().read(noted)
 
 
-@pytest.mark.parametrize("pipelines, replicas", [(2, 2), (1, 2), (2, 4)])
+@pytest.mark.parametrize(
+    "pipelines, replicas, drop_remainder",
+    [(2, 2, False), (1, 2, False), (2, 4, False), (2, 2, True)],
+)
 def test_each_input_pipeline_decodes_only_its_replicas_share_of_each_batch(
-    tmp_path, pipelines, replicas
+    tmp_path, pipelines, replicas, drop_remainder
 ):
-    # 23 images in batches of 5: the last batch (3 rows) leaves some replicas no rows.
+    # 23 images in batches of 5: the last batch (3 rows) leaves some replicas no rows (or is
+    # dropped, with all its images).
     rng = np.random.default_rng(4)
     paths = _mixed_size_files(str(tmp_path), rng, n=23)
     labels = rng.integers(0, 3, 23)
     shape = dict(height=7, width=7, channels=3)
     mean, std = [0.5] * 3, [0.25] * 3
     args = dict(batch_size=5, seed=5, augment=True, mean=mean, std=std, with_index=True)
+    args["drop_remainder"] = drop_remainder
     whole = list(
         input_pipeline.train_dataset(
             image_files.ImageFiles(paths, **shape), labels, **args
@@ -138,14 +143,17 @@ def test_each_input_pipeline_decodes_only_its_replicas_share_of_each_batch(
         # It decoded exactly the rows it yields: each once.
         yielded = [paths[i] for batch in batches for i in batch[2]]
         assert sorted(log) == sorted(yielded)
-    # Together the pipelines decoded every image once: disjoint shares of the epoch.
-    assert sorted(path for log in decoded for path in log) == sorted(paths)
+    # Together the pipelines decoded every image trained on once: disjoint shares of the epoch.
+    trained = [paths[i] for batch in whole for i in batch[2]]
+    assert len(trained) == (20 if drop_remainder else 23)
+    assert sorted(path for log in decoded for path in log) == sorted(trained)
     for step, batch in enumerate(whole):
         for replica in range(replicas):  # Replica r: rows [offsets[r], offsets[r + 1]).
             rows = slice(min(offsets[replica], len(batch[1])), offsets[replica + 1])
             for got, expected in zip(shares[step, replica], batch, strict=True):
                 np.testing.assert_array_equal(got, expected[rows])
-    assert any(len(share[1]) == 0 for share in shares.values())  # An empty share was met.
+    if not drop_remainder:  # An empty share was met.
+        assert any(len(share[1]) == 0 for share in shares.values())
 
 
 def test_images_in_memory_are_not_shared_out_by_the_pipeline():

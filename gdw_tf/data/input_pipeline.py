@@ -7,9 +7,9 @@ per-channel mean/std normalisation, with the reference's CIFAR statistics
 
 `x` may be an array in memory (the benchmarks, `.npz` files) or streamed images
 (`gdw_tf.data.image_files.StreamedImages`: image files on disk, records of a TFDS split): those
-are shuffled as keys (paths, not pixels), batched, and decoded and resized a batch at a time in
-a parallel map, so both give the same batches; under `tf.distribute` each input pipeline
-decodes only its replicas' share of each batch (`train_dataset`'s `input_context`).
+are decoded and resized in a parallel map right after the shuffle (which then shuffles keys,
+such as paths, not pixels), so both give the same batches; under `tf.distribute` each input
+pipeline decodes only its replicas' share of each batch (`train_dataset`'s `input_context`).
 """
 
 from collections.abc import Sequence
@@ -128,13 +128,14 @@ def train_dataset(
 ) -> tf.data.Dataset:
     """A shuffled (every epoch anew), optionally augmented, normalised, batched `tf.data` set.
 
-    Streamed images (`image_files.StreamedImages`) are shuffled as keys and batched before they
-    are decoded: each batch's keys are decoded (and augmented) together in a parallel map, so
-    the batches equal those of the decoded array. With `input_context` (a streamed `x` under a
-    `tf.distribute` strategy, `distribute_datasets_from_function`) the pipeline decodes only the
-    rows of its own replicas: every input pipeline draws the same shuffle and crops (the same
-    seeds), cuts each global batch of `batch_size` keys into one contiguous share per replica
-    (`replica_shares`), and yields the shares of its replicas in turn, decoded.
+    Streamed images (`image_files.StreamedImages`) are shuffled as keys and decoded after the
+    shuffle in a parallel, order-keeping map, so the batches equal those of the decoded array.
+    With `input_context` (a streamed `x` under a `tf.distribute` strategy,
+    `distribute_datasets_from_function`) the pipeline decodes only the rows of its own
+    replicas: every input pipeline draws the same shuffle and crops (the same seeds), each
+    global batch of `batch_size` is cut into one contiguous share per replica
+    (`replica_shares`), the other replicas' rows are dropped before decoding, and the pipeline
+    yields the shares of its replicas in turn.
 
     Args:
         x: uint8 images `[N, H, W, C]`: an array, or `StreamedImages` (decoded after the
@@ -172,24 +173,29 @@ def train_dataset(
         columns += (np.arange(len(x), dtype=np.int64),)
     dataset = tf.data.Dataset.from_tensor_slices(columns)
     dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    if input_context is not None:
+        return _own_shares(
+            dataset,
+            x,
+            batch_size,
+            input_context,
+            seed=seed,
+            augment=augment,
+            mean=mean,
+            std=std,
+            drop_remainder=drop_remainder,
+        ).prefetch(tf.data.AUTOTUNE)
     if streamed:
-        if augment:  # Each example's seed pair, drawn in the shuffled order, goes with it.
-            dataset = tf.data.Dataset.zip(dataset, seeds).map(lambda row, pair: row + (pair,))
-        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-        if input_context is not None:
-            dataset = _own_shares(dataset, batch_size, input_context)
         dataset = dataset.map(
-            lambda keys, *rest: _decoded_rows(x, keys, rest, augment),
+            lambda key, *rest: (x.decode(key),) + rest, num_parallel_calls=tf.data.AUTOTUNE
+        )
+    if augment:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip(dataset, seeds).map(
+            lambda columns, pair: (random_crop_and_flip(columns[0], pair),) + columns[1:],
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    else:
-        if augment:
-            dataset = tf.data.Dataset.zip(dataset, seeds).map(
-                lambda columns, pair: (random_crop_and_flip(columns[0], pair),) + columns[1:],
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
-        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     dataset = dataset.map(
         lambda images, *rest: (normalize(images, mean, std),) + rest,
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -210,38 +216,39 @@ def replica_shares(batch_size: int, num_replicas: int) -> np.ndarray:
     return np.cumsum([0] + sizes)
 
 
-def _own_shares(dataset, batch_size, input_context):
-    """Batches of keys → the shares of the input pipeline's replicas, one after another."""
-    local = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+def _own_shares(dataset, x, batch_size, input_context, *, seed, augment, mean, std, drop_remainder):
+    """The shuffled examples of `dataset` → this input pipeline's replicas' shares of each
+    global batch, decoded (and augmented) one image at a time in a parallel map, normalised.
+
+    Every example keeps the seed pair of its place in the shuffled order; the examples of other
+    replicas are dropped before they are decoded; `rebatch` then cuts the kept ones into the
+    shares' sizes, in turn (an empty batch where a share is empty).
+    """
+    total = input_context.num_replicas_in_sync
+    n = len(x) - len(x) % batch_size if drop_remainder else len(x)  # The rows trained on.
+    local = total // input_context.num_input_pipelines
     first = input_context.input_pipeline_id * local
-    offsets = tf.constant(replica_shares(batch_size, input_context.num_replicas_in_sync))
+    offsets = replica_shares(batch_size, total)
+    rows = np.minimum(batch_size, n - np.arange(0, n, batch_size))  # Each batch's rows.
+    ends = np.minimum(offsets[None, first + 1 : first + local + 1], rows[:, None])
+    sizes = (ends - np.minimum(offsets[None, first : first + local], rows[:, None])).ravel()
+    owner = np.searchsorted(offsets, np.arange(batch_size), side="right") - 1  # Row → replica.
+    kept = tf.constant((first <= owner) & (owner < first + local))
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    dataset = tf.data.Dataset.zip(dataset, seeds).enumerate()
+    dataset = dataset.filter(lambda position, row: (position < n) & kept[position % batch_size])
 
-    def share(batch, replica):
-        n = tf.shape(tf.nest.flatten(batch)[0], out_type=tf.int64)[0]
-        begin = tf.minimum(offsets[replica], n)
-        end = tf.minimum(offsets[replica + 1], n)
-        return tf.nest.map_structure(lambda column: column[begin:end], batch)
+    def decoded(position, row):
+        (key, *rest), pair = row
+        image = x.decode(key)
+        return (random_crop_and_flip(image, pair) if augment else image, *rest)
 
-    return dataset.flat_map(
-        lambda *batch: tf.data.Dataset.range(first, first + local).map(
-            lambda replica: share(batch, replica)
-        )
+    dataset = dataset.map(decoded, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(1).rebatch(tf.constant(sizes, tf.int64))
+    return dataset.map(
+        lambda images, *rest: (normalize(images, mean, std),) + rest,
+        num_parallel_calls=tf.data.AUTOTUNE,
     )
-
-
-def _decoded_rows(x, keys, rest, augment):
-    """A batch's images from its `keys` (each decoded, then cropped and flipped with its seed
-    pair, the last of `rest`, if `augment`), and the other columns."""
-    if augment:
-        seeds, rest = rest[-1], rest[:-1]
-        images = tf.map_fn(
-            lambda row: random_crop_and_flip(x.decode(row[0]), row[1]),
-            (keys, seeds),
-            fn_output_signature=tf.TensorSpec(x.shape[1:], tf.uint8),
-        )
-    else:
-        images = tf.map_fn(x.decode, keys, fn_output_signature=tf.TensorSpec(x.shape[1:], tf.uint8))
-    return (images,) + tuple(rest)
 
 
 def eval_dataset(
