@@ -19,7 +19,9 @@ other 59,500 images. Then, each a separate `python -m gdw_tf.train` process unde
    (`fmnist_png_6000`, `fmnist_png_59500`: a `train` split of the PNG files as they are,
    declared of varying size, so streamed from their TFRecord files; `tfds_records`), then
    one epoch at --image_size=96 with --model=mlp --lr=0.01 --num_meta=500 on each (GDW, the
-   meta set drawn from the split, every 10th image held out as the test set).
+   meta set drawn from the split, every 10th image held out as the test set); before them,
+   the pass that reads the 59,500 records' places and labels, and the training pipeline's
+   rate on the records (as in 2).
 
     nice python scripts/streaming_benchmark.py --work_dir=/tmp/streaming --out=streaming.json
 
@@ -122,6 +124,35 @@ def prepare_tfds(work_dir, trees):
             download_config=tfds.download.DownloadConfig(try_download_gcs=False),
         )
     return data_dir, time.perf_counter() - start
+
+
+def tfds_rates(data_dir, name, size=96):
+    """The seconds of the pass that reads a prepared split's record places and labels
+    (`tfds_records.split_records`), and images per second out of the training pipeline on its
+    records (as `training_pipeline_rate`, over the first 20,000 records)."""
+    import tensorflow_datasets as tfds
+
+    from gdw_tf.data import input_pipeline
+    from gdw_tf.data import tfds_records
+
+    start = time.perf_counter()
+    records, labels = tfds_records.split_records(
+        tfds.builder(name, data_dir=data_dir), "train", image_size=size
+    )
+    index_seconds = time.perf_counter() - start
+    dataset = input_pipeline.train_dataset(
+        records[:20000],
+        labels[:20000],
+        100,
+        seed=0,
+        augment=True,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        with_index=True,
+    )
+    start = time.perf_counter()
+    n = sum(len(batch[1]) for batch in dataset.as_numpy_iterator())
+    return index_seconds, n / (time.perf_counter() - start)
 
 
 def timed_run(args, output_dir):
@@ -246,6 +277,14 @@ def main():
         data_dir, seconds = prepare_tfds(args.work_dir, trees)
         figures["tfds_prepare_seconds"] = seconds
         print(f"TFDS datasets prepared in {seconds:.0f} s", flush=True)
+        index_seconds, rate = tfds_rates(data_dir, "fmnist_png_59500")
+        figures["tfds_index_59500_seconds"] = index_seconds
+        figures["tfds_training_pipeline_96_per_second"] = rate
+        print(
+            f"TFDS: record places and labels of 59,500 read in {index_seconds:.1f} s; training "
+            f"pipeline on its records: {rate:.0f} images/s",
+            flush=True,
+        )
         for count in (6000, 59500):
             peak, wall, epoch = timed_run(
                 [

@@ -133,7 +133,7 @@ def training_data(
     make_dataset: Callable[[tf.distribute.InputContext | None], tf.data.Dataset],
     *,
     streamed: bool,
-):
+) -> tuple[tf.data.Dataset, tf.data.Dataset | tf.distribute.DistributedDataset]:
     """The training data of `fit`, and the dataset whose passes it repeats.
 
     Args:
