@@ -42,10 +42,11 @@ class _RecordReader:
         file = int(file)
         descriptor = self._descriptors.get(file)
         if descriptor is None:
-            with self._lock:
-                descriptor = self._descriptors.setdefault(
-                    file, os.open(self.files[file], os.O_RDONLY)
-                )
+            with self._lock:  # Opened by one thread only.
+                descriptor = self._descriptors.get(file)
+                if descriptor is None:
+                    descriptor = os.open(self.files[file], os.O_RDONLY)
+                    self._descriptors[file] = descriptor
         data = os.pread(descriptor, int(length), int(offset))
         if len(data) != length:
             raise OSError(f"{self.files[file]}: {len(data)} bytes at {offset}, {length} expected.")
