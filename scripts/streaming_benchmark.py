@@ -9,10 +9,19 @@ other 59,500 images. Then, each a separate `python -m gdw_tf.train` process unde
 1. memory: one epoch at --image_size=96 with --model=mlp --lr=0.01 (GDW, the trusted folder
    as meta set) on 6,000 and on 59,500 images, from the data scan to report.html;
 2. decoding: images decoded and resized to 96x96 per second by the input pipeline's parallel
-   map (`ImageFiles.dataset()`), over the first 20,000 files;
+   map (`ImageFiles.dataset()`), over the first 20,000 files; and out of the whole training
+   pipeline (`input_pipeline.train_dataset`: decoded after the shuffle, cropped, flipped,
+   batched, normalised), over the same files;
 3. streamed against in memory: one epoch of small_cnn (GDW, 28x28, as the files are) on the
    59,500 images, once from the folder tree and once from an .npz of the same images in the
    same order (held in memory as today); the epoch time is history.csv's time/epoch_seconds.
+4. TFDS (part `tfds`): the 6,000 and the 59,500 training folders prepared as TFDS datasets
+   (`fmnist_png_6000`, `fmnist_png_59500`: a `train` split of the PNG files as they are,
+   declared of varying size, so streamed from their TFRecord files; `tfds_records`), then
+   one epoch at --image_size=96 with --model=mlp --lr=0.01 --num_meta=500 on each (GDW, the
+   meta set drawn from the split, every 10th image held out as the test set); before them,
+   the pass that reads the 59,500 records' places and labels, and the training pipeline's
+   rate on the records (as in 2).
 
     nice python scripts/streaming_benchmark.py --work_dir=/tmp/streaming --out=streaming.json
 
@@ -84,6 +93,68 @@ def write_trees(work_dir):
     }
 
 
+def prepare_tfds(work_dir, trees):
+    """Prepares the 6,000 and 59,500 training folders as TFDS datasets in `work_dir/tfds`
+    (once); returns that data_dir and the seconds it took."""
+    import tensorflow_datasets as tfds
+
+    data_dir = os.path.join(work_dir, "tfds")
+    start = time.perf_counter()
+    for count in (6000, 59500):
+        name = f"fmnist_png_{count}"
+        if os.path.isdir(os.path.join(data_dir, name)):
+            continue
+        root = trees[f"train_{count}"]
+        examples = [
+            (f"{label}/{file}", {"image": os.path.join(root, label, file), "label": int(label)})
+            for label in sorted(os.listdir(root))
+            for file in sorted(os.listdir(os.path.join(root, label)))
+        ]
+        tfds.dataset_builders.store_as_tfds_dataset(
+            name=name,
+            version="1.0.0",
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(None, None, 3)),
+                    "label": tfds.features.ClassLabel(num_classes=10),
+                }
+            ),
+            split_datasets={"train": examples},
+            data_dir=data_dir,
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+        )
+    return data_dir, time.perf_counter() - start
+
+
+def tfds_rates(data_dir, name, size=96):
+    """The seconds of the pass that reads a prepared split's record places and labels
+    (`tfds_records.split_records`), and images per second out of the training pipeline on its
+    records (as `training_pipeline_rate`, over the first 20,000 records)."""
+    import tensorflow_datasets as tfds
+
+    from gdw_tf.data import input_pipeline
+    from gdw_tf.data import tfds_records
+
+    start = time.perf_counter()
+    records, labels = tfds_records.split_records(
+        tfds.builder(name, data_dir=data_dir), "train", image_size=size
+    )
+    index_seconds = time.perf_counter() - start
+    dataset = input_pipeline.train_dataset(
+        records[:20000],
+        labels[:20000],
+        100,
+        seed=0,
+        augment=True,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        with_index=True,
+    )
+    start = time.perf_counter()
+    n = sum(len(batch[1]) for batch in dataset.as_numpy_iterator())
+    return index_seconds, n / (time.perf_counter() - start)
+
+
 def timed_run(args, output_dir):
     """Runs `python -m gdw_tf.train args` under /usr/bin/time; returns (peak RSS in MB,
     wall seconds, the run's epoch seconds)."""
@@ -112,12 +183,37 @@ def decoding_rate(folder, count=20000, size=96):
     return n / (time.perf_counter() - start)
 
 
+def training_pipeline_rate(folder, count=20000, size=96):
+    """Images per second out of the training pipeline (`input_pipeline.train_dataset`: shuffled
+    paths decoded and resized to `size`, cropped, flipped, in batches of 100, normalised) over
+    the first `count` files: one pass."""
+    from gdw_tf.data import image_files
+    from gdw_tf.data import input_pipeline
+    from gdw_tf.data import own_data
+
+    files = own_data.read_folder(folder).files[:count]
+    images = image_files.ImageFiles(files, height=size, width=size, channels=3)
+    dataset = input_pipeline.train_dataset(
+        images,
+        np.zeros(len(files), np.int64),
+        100,
+        seed=0,
+        augment=True,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        with_index=True,
+    )
+    start = time.perf_counter()
+    n = sum(len(batch[1]) for batch in dataset.as_numpy_iterator())
+    return n / (time.perf_counter() - start)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work_dir", default="/tmp/streaming_benchmark")
     parser.add_argument("--out", default=None, help="also write the figures to this JSON file")
     parser.add_argument(
-        "--skip", default="", help="comma-separated parts to skip: memory,small_cnn"
+        "--skip", default="", help="comma-separated parts to skip: memory,small_cnn,tfds"
     )
     args = parser.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
@@ -129,6 +225,11 @@ def main():
 
     figures["decoded_resized_96_per_second"] = decoding_rate(trees["train_59500"])
     print(f"decode + resize to 96x96: {figures['decoded_resized_96_per_second']:.0f} images/s")
+    figures["training_pipeline_96_per_second"] = training_pipeline_rate(trees["train_59500"])
+    print(
+        "training pipeline (decode, resize to 96x96, crop, flip, normalise, batches of 100): "
+        f"{figures['training_pipeline_96_per_second']:.0f} images/s"
+    )
 
     if "memory" not in skip:
         for name in ("train_6000", "train_59500"):
@@ -172,6 +273,40 @@ def main():
                 f"peak RSS {peak:.0f} MB",
                 flush=True,
             )
+    if "tfds" not in skip:
+        data_dir, seconds = prepare_tfds(args.work_dir, trees)
+        figures["tfds_prepare_seconds"] = seconds
+        print(f"TFDS datasets prepared in {seconds:.0f} s", flush=True)
+        index_seconds, rate = tfds_rates(data_dir, "fmnist_png_59500")
+        figures["tfds_index_59500_seconds"] = index_seconds
+        figures["tfds_training_pipeline_96_per_second"] = rate
+        print(
+            f"TFDS: record places and labels of 59,500 read in {index_seconds:.1f} s; training "
+            f"pipeline on its records: {rate:.0f} images/s",
+            flush=True,
+        )
+        for count in (6000, 59500):
+            peak, wall, epoch = timed_run(
+                [
+                    f"--dataset=fmnist_png_{count}",
+                    f"--data_dir={data_dir}",
+                    "--image_size=96",
+                    "--model=mlp",
+                    "--lr=0.01",
+                    "--num_meta=500",
+                    "--epochs=1",
+                ],
+                os.path.join(args.work_dir, f"run_tfds_mlp_{count}"),
+            )
+            figures[f"tfds_mlp96_{count}"] = {"peak_rss_mb": peak, "wall_s": wall, "epoch_s": epoch}
+            print(
+                f"TFDS, mlp, 96x96, {count}: peak RSS {peak:.0f} MB, wall {wall:.0f} s", flush=True
+            )
+        ratio = (
+            figures["tfds_mlp96_59500"]["peak_rss_mb"] / figures["tfds_mlp96_6000"]["peak_rss_mb"]
+        )
+        figures["tfds_peak_rss_ratio_59500_over_6000"] = ratio
+        print(f"TFDS peak RSS ratio 59,500 / 6,000: {ratio:.2f}")
     print(json.dumps(figures, indent=2))
     if args.out:
         with open(args.out, "w") as file:

@@ -100,6 +100,44 @@ def write_png(path, image):
     tf.io.write_file(path, tf.io.encode_png(image))
 
 
+def prepare_tfds_images(data_dir, name, splits, *, num_classes):
+    """Prepares, offline, a TFDS image-classification dataset `name` in `data_dir` (TFRecord
+    files, as `tfds build` writes them): `splits` maps a split's name to its `(image, label)`
+    pairs, uint8 RGB images of any size. Returns its builder."""
+    features = tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "label": tfds.features.ClassLabel(num_classes=num_classes),
+        }
+    )
+    examples = {
+        split: [
+            (i, {"image": image, "label": int(label)}) for i, (image, label) in enumerate(pairs)
+        ]
+        for split, pairs in splits.items()
+    }
+    return tfds.dataset_builders.store_as_tfds_dataset(
+        name=name,
+        version="1.0.0",
+        features=features,
+        split_datasets=examples,
+        data_dir=str(data_dir),
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+    )
+
+
+def random_sized_images(rng, count, *, num_classes=3):
+    """`count` `(image, label)` pairs: RGB images of random sizes (5 to 29 pixels a side) whose
+    mean depends on the label."""
+    pairs = []
+    for _ in range(count):
+        label = int(rng.integers(num_classes))
+        height, width = rng.integers(5, 30, 2)
+        image = rng.normal(60 + 140 * label / max(num_classes - 1, 1), 40, (height, width, 3))
+        pairs.append((np.clip(image, 0, 255).astype(np.uint8), label))
+    return pairs
+
+
 def read_json(path):
     with open(path) as file:
         return json.load(file)

@@ -7,6 +7,8 @@ import struct
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import prepare_tfds_images
+from conftest import random_sized_images
 
 from gdw_tf.data import datasets
 from gdw_tf.data import input_pipeline
@@ -494,54 +496,74 @@ def test_data_helpers_refuse_what_would_train_on_wrong_data(call, message):
 # TFDS datasets of varying image sizes, without a test split, not prepared offline
 
 
-def _mock_flowers_images():
-    """The images tfds.testing.mock_data gives for tf_flowers' train split (in the mock)."""
-    builder = tfds.builder("tf_flowers")
+def _tfds_images_in_file_order(builder, split):
+    """A prepared split's `(image, label)` pairs as TFDS itself decodes them, in file order."""
+    read_config = tfds.ReadConfig(interleave_cycle_length=1)
     return [
-        (example["image"].numpy(), int(example["label"]))
-        for example in builder.as_dataset(split="train")
+        (example["image"], int(example["label"]))
+        for example in tfds.as_numpy(builder.as_dataset(split=split, read_config=read_config))
     ]
 
 
-def test_a_tfds_dataset_of_varying_image_sizes_is_resized_as_it_is_read(monkeypatch, tmp_path):
+def test_a_tfds_dataset_of_varying_image_sizes_is_streamed_from_its_files(tmp_path):
+    from gdw_tf.data import own_data
+    from gdw_tf.data import tfds_records
+
+    rng = np.random.default_rng(8)
+    builder = prepare_tfds_images(
+        tmp_path,
+        "varsize_images",
+        {"train": random_sized_images(rng, 23), "test": random_sized_images(rng, 6)},
+        num_classes=3,
+    )
+    with pytest.raises(ValueError, match="varying size .*; pass --image_size=N"):
+        datasets.load_dataset("varsize_images", str(tmp_path))
+    dataset = datasets.load_dataset("varsize_images", str(tmp_path), image_size=16)
+    assert dataset.num_classes == 3
+    for part in ("train", "test"):
+        x, y = getattr(dataset, f"x_{part}"), getattr(dataset, f"y_{part}")
+        examples = _tfds_images_in_file_order(builder, part)
+        assert len({image.shape for image, _ in examples}) > 1  # varying sizes
+        # Nothing decoded yet: a key per record (file, offset, length).
+        assert isinstance(x, tfds_records.TfdsRecords) and x.keys.shape == (len(examples), 3)
+        expected = own_data._convert_arrays([image for image, _ in examples], 3, 16)
+        np.testing.assert_array_equal(np.asarray(x), expected)  # TFDS' decode, then resized
+        np.testing.assert_array_equal(x[4], expected[4])  # One record alone.
+        np.testing.assert_array_equal(np.asarray(x[np.array([5, 1])]), expected[[5, 1]])
+        np.testing.assert_array_equal(y, [label for _, label in examples])
+
+    # Streamed batches (shuffled, cropped, two epochs) equal those of the decoded array.
+    array = np.asarray(dataset.x_train)
+    mean, std = input_pipeline.normalization_stats("varsize_images", array)
+    args = dict(batch_size=5, seed=2, augment=True, mean=mean, std=std, with_index=True)
+    streamed = input_pipeline.train_dataset(dataset.x_train, dataset.y_train, **args)
+    in_memory = input_pipeline.train_dataset(array, dataset.y_train, **args)
+    for _ in range(2):
+        batches = zip(streamed.as_numpy_iterator(), in_memory.as_numpy_iterator(), strict=True)
+        for got, expected in batches:
+            for a, b in zip(got, expected, strict=True):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_a_tfds_dataset_without_a_test_split_holds_out_every_tenth_example(tmp_path):
     from gdw_tf.data import own_data
 
-    with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
-        examples = _mock_flowers_images()
-        assert len({image.shape for image, _ in examples}) > 1  # varying sizes
-        with pytest.raises(ValueError, match="varying size .*; pass --image_size=N"):
-            datasets.load_dataset("tf_flowers", str(tmp_path))
-        dataset = datasets.load_dataset("tf_flowers", str(tmp_path), image_size=16)
-    expected = own_data._convert_arrays([image for image, _ in examples], 3, 16)
-    # No split info in the mock: train and test are both read (the mock gives each 12).
-    np.testing.assert_array_equal(dataset.x_train, expected)
-    np.testing.assert_array_equal(dataset.y_train, [label for _, label in examples])
-    assert dataset.x_test.shape == (12, 16, 16, 3) and dataset.num_classes == 5
-
-
-def test_a_tfds_dataset_without_a_test_split_holds_out_every_tenth_example(monkeypatch, tmp_path):
-    from tensorflow_datasets.core import splits as splits_lib
-
-    real_builder = tfds.builder
-
-    def train_split_only(name, **kwargs):  # What tf_flowers' prepared info says: train only.
-        builder = real_builder(name, **kwargs)
-        builder.info.set_splits(
-            splits_lib.SplitDict(
-                [splits_lib.SplitInfo(name="train", shard_lengths=[25], num_bytes=0)]
-            )
-        )
-        return builder
-
-    monkeypatch.setattr(datasets.tfds, "builder", train_split_only)
-    with tfds.testing.mock_data(num_examples=25, policy=tfds.testing.MockPolicy.USE_CODE):
-        examples = _mock_flowers_images()
-        dataset = datasets.load_dataset("tf_flowers", str(tmp_path), image_size=8)
+    builder = prepare_tfds_images(
+        tmp_path,
+        "train_only_images",
+        {"train": random_sized_images(np.random.default_rng(9), 25)},
+        num_classes=3,
+    )
+    examples = _tfds_images_in_file_order(builder, "train")
+    dataset = datasets.load_dataset("train_only_images", str(tmp_path), image_size=8)
     labels = np.array([label for _, label in examples])
     test = np.arange(25) % datasets.HELD_OUT_EVERY == datasets.HELD_OUT_EVERY - 1  # 9 and 19
     np.testing.assert_array_equal(dataset.y_test, labels[test])
     np.testing.assert_array_equal(dataset.y_train, labels[~test])
     assert len(dataset.x_train) == 23 and len(dataset.x_test) == 2
+    images = own_data._convert_arrays([image for image, _ in examples], 3, 8)
+    np.testing.assert_array_equal(np.asarray(dataset.x_test), images[test])
+    np.testing.assert_array_equal(np.asarray(dataset.x_train), images[~test])
 
 
 def test_an_unprepared_tfds_dataset_fails_in_seconds_when_nothing_can_be_downloaded(

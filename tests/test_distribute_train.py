@@ -19,6 +19,8 @@ from conftest import REPO
 from conftest import TINY_FASHION_MNIST
 from conftest import backbone_weights
 from conftest import history_rows
+from conftest import prepare_tfds_images
+from conftest import random_sized_images
 from conftest import read_json
 from conftest import train_exit_message
 from conftest import train_main
@@ -115,22 +117,59 @@ def _subprocess_env(**variables):
     }
 
 
-def _start_workers(args, log_dir):
-    """Starts `python -m gdw_tf.train args` as the two workers of a localhost cluster."""
+# `python -m gdw_tf.train` whose training pipeline notes each image file it decodes, one path
+# a line, in the file $DECODED_LOG.
+_TRAIN_NOTING_DECODES = """
+import os
+import sys
+import tensorflow as tf
+from absl import app
+from gdw_tf import train
+from gdw_tf.data import image_files
+from gdw_tf.data import input_pipeline
+
+class NotingFiles(image_files.ImageFiles):
+    def read(self, path):
+        def note(value):
+            with open(os.environ["DECODED_LOG"], "a") as log:
+                log.write(value.numpy().decode() + "\\n")
+            return value
+        noted = tf.py_function(note, [path], tf.string)
+        noted.set_shape([])
+        return super().read(noted)
+
+def noting_train_dataset(x, *args, train_dataset=input_pipeline.train_dataset, **kwargs):
+    x = NotingFiles(x.paths, height=x.height, width=x.width, channels=x.channels)
+    return train_dataset(x, *args, **kwargs)
+
+input_pipeline.train_dataset = noting_train_dataset
+sys.argv = ["train"] + sys.argv[1:]
+app.run(train.main)
+"""
+
+
+def _start_workers(args, log_dir, *, note_decodes=False):
+    """Starts `python -m gdw_tf.train args` as the two workers of a localhost cluster; with
+    `note_decodes`, worker i notes the image files its training pipeline decodes in
+    `log_dir/decoded<i>.txt` (`_TRAIN_NOTING_DECODES`)."""
     cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    program = ["-c", _TRAIN_NOTING_DECODES] if note_decodes else ["-m", "gdw_tf.train"]
     workers = []
     for index in range(2):
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
         # Logs to files: a full pipe would block a worker, and with it the other.
         log = open(log_dir / f"worker{index}.log", "w")
+        env = _subprocess_env(
+            TF_CONFIG=json.dumps(tf_config), DECODED_LOG=str(log_dir / f"decoded{index}.txt")
+        )
         workers.append(
             (
                 subprocess.Popen(
-                    [sys.executable, "-m", "gdw_tf.train", *args],
+                    [sys.executable, *program, *args],
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=REPO,
-                    env=_subprocess_env(TF_CONFIG=json.dumps(tf_config)),
+                    env=env,
                 ),
                 log,
             )
@@ -290,10 +329,20 @@ def test_streamed_image_files_train_as_one_device_mirrored_and_on_two_workers(tm
     _assert_same_run(mirrored, one_device, exact=False, tolerance=2e-4)
     workers_dir = tmp_path / "workers_run"
     workers = _start_workers(
-        [*args, "--distribute=multi_worker", f"--output_dir={workers_dir}"], tmp_path
+        [*args, "--distribute=multi_worker", f"--output_dir={workers_dir}"],
+        tmp_path,
+        note_decodes=True,
     )
     _wait(workers, tmp_path, TIMEOUT_S)
     _assert_same_run(str(workers_dir), one_device, exact=False, tolerance=2e-4)
+    # Each worker decoded about its half of each epoch's 40 training images (and perhaps some
+    # of a third epoch read ahead), not every image of every epoch (2 x 40); together, all.
+    decoded = [(tmp_path / f"decoded{i}.txt").read_text().splitlines() for i in range(2)]
+    training_files = {str(p) for p in (root / "train").rglob("*.png")}
+    assert len(training_files) == 40
+    for paths in decoded:
+        assert set(paths) <= training_files and 2 * 20 <= len(paths) < 2 * 40
+    assert set(decoded[0]) | set(decoded[1]) == training_files
     other_seed = str(tmp_path / "other_seed")
     train_main(*args, "--seed=1", f"--output_dir={other_seed}")
     with (
@@ -301,6 +350,40 @@ def test_streamed_image_files_train_as_one_device_mirrored_and_on_two_workers(tm
         np.load(os.path.join(other_seed, "example_weights.npz")) as b,
     ):
         assert np.abs(a["instance_weight"] - b["instance_weight"]).max() > 1e-2
+
+
+@pytest.mark.slow
+@tensorflow_only
+def test_a_streamed_tfds_dataset_trains_mirrored_as_on_one_device(tmp_path):
+    # TFDS records of varying image size, read from their files (a NumPy function in the
+    # pipeline): shared out between two replicas before decoding, as image files are. 52
+    # records: 5 held out, 6 meta, 41 trained in batches of 10: the last batch's one row goes
+    # to the first replica, the second gets an empty batch.
+    prepare_tfds_images(
+        tmp_path / "tfds",
+        "varsize_mirrored",
+        {"train": random_sized_images(np.random.default_rng(11), 52)},
+        num_classes=3,
+    )
+    args = [
+        "--dataset=varsize_mirrored",
+        f"--data_dir={tmp_path / 'tfds'}",
+        "--image_size=10",
+        "--model=mlp",
+        "--num_meta=6",
+        "--meta_batch_size=6",
+        "--batch_size=10",
+        "--epochs=2",
+        "--augment=true",
+        "--verbose=0",
+    ]
+    one_device = str(tmp_path / "one")
+    train_main(*args, f"--output_dir={one_device}")
+    mirrored = str(tmp_path / "mirrored")
+    result = _train_mirrored_on_two_cpus(*args, f"--output_dir={mirrored}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_json(os.path.join(mirrored, "results.json"))["config"]["num_replicas"] == 2
+    _assert_same_run(mirrored, one_device, exact=False, tolerance=2e-4)
 
 
 # --------------------------------------------------------------------------------------------

@@ -130,7 +130,7 @@ def test_precedence_defaults_then_flagfile_then_command_line(tmp_path):
         (["--momentum=1"], "--momentum must lie in [0, 1)"),
         (["--outer_lr=-2"], "--outer_lr must be ≥ 0"),
         (["--clip=0"], "--clip must be > 0"),
-        (["--dataset=no_such_dataset"], "--dataset is unknown"),
+        (["--dataset=no_such_dataset"], "--dataset=no_such_dataset is unknown"),
         (["--data_dir=/no/such/directory"], "--data_dir is not an existing directory"),
         (["--method=mwnet2"], "value should be one of"),
         (["--noise=flip2"], "value should be one of"),
@@ -162,6 +162,14 @@ def test_output_dir_is_required():
 def test_known_datasets_pass_the_dataset_validator():
     for dataset in ("cifar10", "cifar100", "fashion_mnist", "mnist", "svhn_cropped"):
         assert _parse(f"--dataset={dataset}", "--output_dir=out").dataset == dataset
+
+
+def test_a_dataset_prepared_in_the_data_dir_passes_the_dataset_validator(tmp_path):
+    with pytest.raises(flags.IllegalFlagValueError, match="there is no .*my_photos"):
+        _parse("--dataset=my_photos", f"--data_dir={tmp_path}", "--output_dir=out")
+    (tmp_path / "my_photos" / "1.0.0").mkdir(parents=True)  # Where TFDS prepares it.
+    config = _parse("--dataset=my_photos", f"--data_dir={tmp_path}", "--output_dir=out")
+    assert config.dataset == "my_photos"
 
 
 FLOAT_FLAGS = (

@@ -10,11 +10,17 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import flags
+from conftest import backbone_weights
+from conftest import history_rows
 from conftest import make_config
+from conftest import prepare_tfds_images
+from conftest import random_sized_images
 from conftest import train_main
 from conftest import write_png
 
+from gdw_tf.data import datasets
 from gdw_tf.data import image_files
 from gdw_tf.data import input_pipeline
 from gdw_tf.data import own_data
@@ -78,6 +84,90 @@ def test_streamed_batches_equal_those_of_the_decoded_array(tmp_path):
     for (a_x, a_y), (b_x, b_y) in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a_x, b_x)
         np.testing.assert_array_equal(a_y, b_y)
+
+
+class _RecordingFiles(image_files.ImageFiles):
+    """`ImageFiles` that note, in `log`, each path they decode."""
+
+    def __init__(self, paths, *, log, **shape):
+        super().__init__(paths, **shape)
+        self.log = log
+
+    def read(self, path):
+        def note(value):
+            self.log.append(value.numpy().decode())
+            return value
+
+        noted = tf.py_function(note, [path], tf.string)
+        noted.set_shape([])
+        return super().read(noted)
+
+
+@pytest.mark.parametrize(
+    "pipelines, replicas, drop_remainder",
+    [(2, 2, False), (1, 2, False), (2, 4, False), (2, 2, True)],
+)
+def test_each_input_pipeline_decodes_only_its_replicas_share_of_each_batch(
+    tmp_path, pipelines, replicas, drop_remainder
+):
+    # 23 images in batches of 5: the last batch (3 rows) leaves some replicas no rows (or is
+    # dropped, with all its images).
+    rng = np.random.default_rng(4)
+    paths = _mixed_size_files(str(tmp_path), rng, n=23)
+    labels = rng.integers(0, 3, 23)
+    shape = dict(height=7, width=7, channels=3)
+    mean, std = [0.5] * 3, [0.25] * 3
+    args = dict(batch_size=5, seed=5, augment=True, mean=mean, std=std, with_index=True)
+    args["drop_remainder"] = drop_remainder
+    whole = list(
+        input_pipeline.train_dataset(
+            image_files.ImageFiles(paths, **shape), labels, **args
+        ).as_numpy_iterator()
+    )
+    offsets = input_pipeline.replica_shares(5, replicas)
+    local = replicas // pipelines
+    shares, decoded = {}, []
+    for pipeline in range(pipelines):
+        log = []
+        context = tf.distribute.InputContext(pipelines, pipeline, replicas)
+        files = _RecordingFiles(paths, log=log, **shape)
+        batches = list(
+            input_pipeline.train_dataset(
+                files, labels, **args, input_context=context
+            ).as_numpy_iterator()
+        )
+        assert len(batches) == local * len(whole)  # Its replicas' shares of every batch.
+        for b, batch in enumerate(batches):
+            shares[b // local, pipeline * local + b % local] = batch
+        decoded.append(log)
+        # It decoded exactly the rows it yields: each once.
+        yielded = [paths[i] for batch in batches for i in batch[2]]
+        assert sorted(log) == sorted(yielded)
+    # Together the pipelines decoded every image trained on once: disjoint shares of the epoch.
+    trained = [paths[i] for batch in whole for i in batch[2]]
+    assert len(trained) == (20 if drop_remainder else 23)
+    assert sorted(path for log in decoded for path in log) == sorted(trained)
+    for step, batch in enumerate(whole):
+        for replica in range(replicas):  # Replica r: rows [offsets[r], offsets[r + 1]).
+            rows = slice(min(offsets[replica], len(batch[1])), offsets[replica + 1])
+            for got, expected in zip(shares[step, replica], batch, strict=True):
+                np.testing.assert_array_equal(got, expected[rows])
+    if not drop_remainder:  # An empty share was met.
+        assert any(len(share[1]) == 0 for share in shares.values())
+
+
+def test_images_in_memory_are_not_shared_out_by_the_pipeline():
+    with pytest.raises(ValueError, match="shares out streamed images only"):
+        input_pipeline.train_dataset(
+            np.zeros((4, 2, 2, 1), np.uint8),
+            np.zeros(4, np.int64),
+            2,
+            seed=0,
+            augment=False,
+            mean=[0.5],
+            std=[0.5],
+            input_context=tf.distribute.InputContext(2, 0, 2),
+        )
 
 
 def test_normalisation_of_a_stream_is_exact_on_a_bounded_sample(tmp_path, monkeypatch):
@@ -302,3 +392,87 @@ def test_a_streamed_run_equals_the_run_on_the_same_arrays_and_resumes(tmp_path, 
         np.load(os.path.join(resumed, "example_weights.npz")) as b,
     ):
         np.testing.assert_array_equal(a["instance_weight"], b["instance_weight"])
+
+
+@pytest.mark.slow
+def test_a_streamed_tfds_run_equals_the_run_on_its_images_in_memory_and_resumes(
+    tmp_path, monkeypatch
+):
+    # A prepared TFDS dataset of varying image sizes with a train split only: streamed from
+    # its files, the held-out tenth (7 images) as the test set.
+    prepare_tfds_images(
+        tmp_path / "tfds",
+        "varsize_run",
+        {"train": random_sized_images(np.random.default_rng(10), 70)},
+        num_classes=3,
+    )
+    common = [
+        "--dataset=varsize_run",
+        f"--data_dir={tmp_path / 'tfds'}",
+        "--image_size=12",
+        "--model=mlp",
+        "--num_meta=9",
+        "--meta_batch_size=9",
+        "--batch_size=9",
+        "--epochs=3",
+        "--lr=0.05",
+        "--augment=true",
+        "--verbose=0",
+    ]
+    streamed = str(tmp_path / "streamed")
+    train_main(*common, f"--output_dir={streamed}")
+
+    # The same run on the same images decoded into memory first.
+    load_dataset = datasets.load_dataset
+
+    def in_memory(*args, **kwargs):
+        dataset = load_dataset(*args, **kwargs)
+        assert image_files.is_streamed(dataset.x_train) and image_files.is_streamed(dataset.x_test)
+        return dataset._replace(
+            x_train=np.asarray(dataset.x_train), x_test=np.asarray(dataset.x_test)
+        )
+
+    arrays = str(tmp_path / "arrays")
+    with monkeypatch.context() as patch:
+        patch.setattr(datasets, "load_dataset", in_memory)
+        train_main(*common, f"--output_dir={arrays}")
+    with (
+        np.load(os.path.join(streamed, "example_weights.npz")) as a,
+        np.load(os.path.join(arrays, "example_weights.npz")) as b,
+    ):
+        assert len(a["instance_weight"]) == 63 - 9  # train minus the held-out and meta sets
+        for name in b.files:
+            np.testing.assert_array_equal(a[name], b[name])
+        indices = set(a["index"].tolist())
+    for expected, got in zip(backbone_weights(arrays), backbone_weights(streamed), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    history = [history_rows(run) for run in (streamed, arrays)]
+    assert [row["test/accuracy"] for row in history[0]] == [
+        row["test/accuracy"] for row in history[1]
+    ]
+    config = json.load(open(os.path.join(streamed, "config.json")))
+    assert config["normalization"]["images_sampled"] == 63 and config["input_shape"] == [12, 12, 3]
+    with open(os.path.join(streamed, "label_issues.csv"), newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 54 and {int(row["id"]) for row in rows} == indices
+    report = open(os.path.join(streamed, "report.html")).read()
+    assert report.count("<img src='data:image/png;base64,") == min(report_lib.GALLERY_SIZE, 54)
+
+    # Killed in epoch 3, resumed: it ends as the uninterrupted run.
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_3(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == 2 * self.steps_per_epoch + 2:
+            raise Killed()
+
+    resumed = str(tmp_path / "resumed")
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            callbacks._ReplayDataOrder, "on_train_batch_end", kill_in_epoch_3, raising=False
+        )
+        with pytest.raises(Killed):
+            train_main(*common, f"--output_dir={resumed}")
+    train_main(*common, f"--output_dir={resumed}")
+    for expected, got in zip(backbone_weights(streamed), backbone_weights(resumed), strict=True):
+        np.testing.assert_array_equal(got, expected)

@@ -1,5 +1,6 @@
 """Image-classification datasets as NumPy arrays: Fashion-MNIST from its original idx files
-(offline), everything else through TensorFlow Datasets.
+(offline), everything else through TensorFlow Datasets (whose datasets of varying image size
+are streamed from their prepared files: `gdw_tf.data.tfds_records`).
 """
 
 import gzip
@@ -11,6 +12,8 @@ import zlib
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from gdw_tf.data import tfds_records
 
 FASHION_MNIST_FILES = {
     "x_train": "train-images-idx3-ubyte.gz",
@@ -38,7 +41,8 @@ class Dataset(typing.NamedTuple):
 
     The optional fields describe own data (`gdw_tf.data.own_data`); the benchmarks leave them None.
     Own image files are not decoded: their `x_train`, `x_test` are `image_files.ImageFiles`,
-    which act as read-only uint8 arrays and are decoded by the input pipeline.
+    which act as read-only uint8 arrays and are decoded by the input pipeline; so are the
+    records of a TFDS dataset of varying image size (`tfds_records.TfdsRecords`).
     `train_ids` names each row of `x_train` (file path, `<csv>:<line>` or `.npz` index),
     `class_names` the classes in label order, `trusted` marks the rows of `x_train` that form
     the trusted (meta) set.
@@ -63,8 +67,10 @@ def load_dataset(name, data_dir=None, *, image_size=0):
     `/usr/share/datasets/fashion-mnist/` (Debian's `dataset-fashion-mnist`), then TFDS. Every
     other name goes through TFDS (`data_dir` is its data directory); it must
     have `image` and `label` features and a `train` split. Images of varying size (tf_flowers,
-    food101, ...) need `image_size`: every image is resized bilinearly to `image_size` squares
-    as it is read (rounded back to uint8), and the dataset is held in memory at that size. A
+    food101, ...) need `image_size`; such a dataset is streamed, not loaded:
+    its `x_train`, `x_test` are `tfds_records.TfdsRecords`, which the input pipeline reads from
+    TFDS' prepared files and decodes, resizing every image bilinearly to `image_size` squares
+    (rounded back to uint8). Datasets of one image size are loaded into arrays. A
     dataset without a `test` split is tested on every `HELD_OUT_EVERY`-th example of `train`
     (10%) and trained on the rest. An unprepared dataset on a machine that cannot reach TFDS'
     servers fails at once (no download retries).
@@ -226,11 +232,21 @@ def _load_tfds(name, data_dir, image_size=0):
         raise ValueError(
             unavailable.format(f"it is not prepared there and {_TFDS_HOST[0]} is unreachable")
         )
+    streamed = None in image_shape[:2]
     try:
         builder.download_and_prepare()
-        splits = builder.as_dataset(split=["train"] if held_out else ["train", "test"])
+        if streamed:
+            splits = [
+                tfds_records.split_records(builder, part, image_size=image_size)
+                for part in (["train"] if held_out else ["train", "test"])
+            ]
+        else:
+            splits = builder.as_dataset(split=["train"] if held_out else ["train", "test"])
     except Exception as err:  # TFDS raises many kinds; all mean "not available here".
         raise ValueError(unavailable.format(err)) from err
+    if streamed:
+        arrays = [column for split in splits for column in split]
+        return _held_out(arrays, held_out, features["label"].num_classes)
     arrays = []
     for dataset in splits:
         pairs = dataset.map(
@@ -239,10 +255,16 @@ def _load_tfds(name, data_dir, image_size=0):
         ).batch(4096)
         images, labels = zip(*tfds.as_numpy(pairs))
         arrays += [np.concatenate(images), np.concatenate(labels).astype(np.int64)]
+    return _held_out(arrays, held_out, features["label"].num_classes)
+
+
+def _held_out(arrays, held_out, num_classes):
+    """The `Dataset` of `[x_train, y_train(, x_test, y_test)]`; with `held_out`, the test set is
+    every `HELD_OUT_EVERY`-th example of the train split."""
     if held_out:
         test = np.arange(len(arrays[1])) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
         arrays = [arrays[0][~test], arrays[1][~test], arrays[0][test], arrays[1][test]]
-    return Dataset(*arrays, features["label"].num_classes)
+    return Dataset(*arrays, num_classes)
 
 
 def _resized(image, image_size):

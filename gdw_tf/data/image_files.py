@@ -9,7 +9,9 @@ costs its length in bytes).
 `ImageFiles` acts as a read-only uint8 array where the code around it needs one: `shape`,
 `dtype`, `ndim`, `len`; indexing with a slice or an index array gives another `ImageFiles`
 (nothing is decoded), with an integer the decoded image, and `np.asarray(files)` decodes all
-(for small sets: the meta set, tests). Each file is decoded as `read_image` decodes it:
+(for small sets: the meta set, tests). Its base, `StreamedImages`, is that interface for any
+kind of key the pipeline reads an image from; `gdw_tf.data.tfds_records.TfdsRecords` reads
+the records of a prepared TFDS dataset through it. Each file is decoded as `read_image` decodes it:
 `tf.io.decode_image`'s first frame, grayscale kept as one channel only if every image is gray,
 alpha dropped, resized bilinearly (rounded back to uint8) when its size is not the target.
 
@@ -152,13 +154,19 @@ def scan(paths, *, cache: str | None = None) -> Scan:
     return result
 
 
-class ImageFiles:
-    """Image files as a lazy uint8 array `[N, height, width, channels]` (see the module doc).
+class StreamedImages:
+    """Images read and decoded by `tf.data`, as a lazy uint8 array `[N, height, width, channels]`.
+
+    The base of `ImageFiles` (files on disk) and `gdw_tf.data.tfds_records.TfdsRecords` (the
+    records of a prepared TFDS split). It holds one key per image (`keys`, a NumPy array whose
+    rows `tf.data` slices: a path, a record's place) and the shape every image is decoded to; a
+    subclass says how a key becomes an image (`read`), and `decode` converts its channels and
+    size. The input pipeline shuffles the keys and decodes only the images it yields.
 
     Args:
-      paths: the files, in order.
+      keys: one row per image, in order.
       height, width: the size every image is decoded to (images of another size are resized
-        bilinearly).
+        bilinearly, rounded back to uint8).
       channels: 1 (each image's first channel; for sets of gray images) or 3 (gray repeated,
         alpha dropped).
     """
@@ -166,48 +174,43 @@ class ImageFiles:
     ndim = 4
     dtype = np.dtype(np.uint8)
 
-    def __init__(self, paths, *, height: int, width: int, channels: int):
+    def __init__(self, keys, *, height: int, width: int, channels: int):
         if channels not in (1, 3):
-            raise ValueError(f"ImageFiles decodes to 1 or 3 channels; got {channels}.")
-        if not (isinstance(paths, np.ndarray) and paths.dtype.kind == "S"):
-            # Bytes: one byte per ASCII character (a str array takes four).
-            paths = np.array([os.fsencode(p) for p in paths], dtype=bytes).reshape(-1)
-        self.paths = paths
+            raise ValueError(f"{type(self).__name__} decodes to 1 or 3 channels; got {channels}.")
+        self.keys = keys
         self.height, self.width, self.channels = int(height), int(width), int(channels)
 
     @property
     def shape(self):
-        return (len(self.paths), self.height, self.width, self.channels)
+        return (len(self.keys), self.height, self.width, self.channels)
 
     def __len__(self):
-        return len(self.paths)
+        return len(self.keys)
 
     def __repr__(self):
-        return f"ImageFiles({len(self)} files as {self.shape[1:]})"
+        return f"{type(self).__name__}({len(self)} images as {self.shape[1:]})"
 
-    def _like(self, paths):
-        return ImageFiles(paths, height=self.height, width=self.width, channels=self.channels)
+    def _like(self, keys):
+        """The images of `keys` (rows of `self.keys`), decoded as these are."""
+        raise NotImplementedError
+
+    def read(self, key):
+        """The uint8 image `[h, w, c]` of one key (a tensor), at its own size and channels."""
+        raise NotImplementedError
 
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
-            return self.decode(tf.constant(self.paths[key])).numpy()
-        return self._like(self.paths[key])
+            return self.decode(tf.constant(self.keys[key])).numpy()
+        return self._like(self.keys[key])
 
     def __array__(self, dtype=None, copy=None):
         array = self.load()
         return array if dtype is None else array.astype(dtype)
 
-    def concatenate(self, other: "ImageFiles") -> "ImageFiles":
-        """These files followed by `other`'s (which must decode to the same shape)."""
-        if other.shape[1:] != self.shape[1:]:
-            raise ValueError(
-                f"cannot join images of shapes {self.shape[1:]} and {other.shape[1:]}."
-            )
-        return self._like(np.concatenate([self.paths, other.paths]))
-
-    def decode(self, path):
-        """The uint8 `[height, width, channels]` image of the file `path` (a string tensor)."""
-        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+    def decode(self, key):
+        """The uint8 `[height, width, channels]` image of `key` (a tensor): `read`, then the
+        channels converted and the size changed as the module doc says."""
+        image = self.read(key)
         if self.channels == 1:
             image = image[..., :1]
         else:
@@ -229,7 +232,7 @@ class ImageFiles:
 
     def dataset(self) -> tf.data.Dataset:
         """The decoded images in order, one per element (a parallel, order-keeping map)."""
-        return tf.data.Dataset.from_tensor_slices(self.paths).map(
+        return tf.data.Dataset.from_tensor_slices(self.keys).map(
             self.decode, num_parallel_calls=tf.data.AUTOTUNE
         )
 
@@ -240,6 +243,40 @@ class ImageFiles:
         return np.concatenate(list(self.dataset().batch(256).as_numpy_iterator()))
 
 
-def is_image_files(x) -> bool:
-    """Whether `x` is an `ImageFiles` (streamed) rather than an array in memory."""
-    return isinstance(x, ImageFiles)
+class ImageFiles(StreamedImages):
+    """Image files as a lazy uint8 array `[N, height, width, channels]` (see the module doc);
+    `keys` (also `paths`) are the paths, as bytes.
+
+    Args:
+      paths: the files, in order.
+      height, width, channels: as `StreamedImages`.
+    """
+
+    def __init__(self, paths, *, height: int, width: int, channels: int):
+        if not (isinstance(paths, np.ndarray) and paths.dtype.kind == "S"):
+            # Bytes: one byte per ASCII character (a str array takes four).
+            paths = np.array([os.fsencode(p) for p in paths], dtype=bytes).reshape(-1)
+        super().__init__(paths, height=height, width=width, channels=channels)
+
+    @property
+    def paths(self):
+        return self.keys
+
+    def _like(self, paths):
+        return ImageFiles(paths, height=self.height, width=self.width, channels=self.channels)
+
+    def read(self, path):
+        return tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+
+    def concatenate(self, other: "ImageFiles") -> "ImageFiles":
+        """These files followed by `other`'s (which must decode to the same shape)."""
+        if other.shape[1:] != self.shape[1:]:
+            raise ValueError(
+                f"cannot join images of shapes {self.shape[1:]} and {other.shape[1:]}."
+            )
+        return self._like(np.concatenate([self.paths, other.paths]))
+
+
+def is_streamed(x) -> bool:
+    """Whether `x` is streamed (`StreamedImages`: files, TFDS records) rather than an array."""
+    return isinstance(x, StreamedImages)

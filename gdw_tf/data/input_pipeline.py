@@ -5,9 +5,11 @@ It mirrors the reference's CIFAR transform: reflect-pad 4, random crop, horizont
 per-channel mean/std normalisation, with the reference's CIFAR statistics
 (`normalization_stats`).
 
-`x` may be an array in memory (the benchmarks, `.npz` files) or image files on disk
-(`gdw_tf.data.image_files.ImageFiles`): those are decoded and resized in a parallel map right
-after the shuffle (which then shuffles paths, not pixels), so both give the same batches.
+`x` may be an array in memory (the benchmarks, `.npz` files) or streamed images
+(`gdw_tf.data.image_files.StreamedImages`: image files on disk, records of a TFDS split): those
+are decoded and resized in a parallel map right after the shuffle (which then shuffles keys,
+such as paths, not pixels), so both give the same batches; under `tf.distribute` each input
+pipeline decodes only its replicas' share of each batch (`train_dataset`'s `input_context`).
 """
 
 from collections.abc import Sequence
@@ -45,7 +47,7 @@ def normalization_stats(name: str, x_train: np.ndarray) -> tuple[list[float], li
         return x_train.mean(0, dtype=np.float64) / 255.0, np.where(std > 0, std, 1.0) / 255.0
     values = np.arange(256)
     mean, std = [], []
-    if image_files.is_image_files(x_train):
+    if image_files.is_streamed(x_train):
         sample = x_train[normalization_sample(len(x_train))].dataset().batch(64)
         all_counts = np.zeros((x_train.shape[-1], 256), np.int64)
         for images in sample.as_numpy_iterator():
@@ -122,37 +124,70 @@ def train_dataset(
     std: Sequence[float],
     with_index: bool = False,
     drop_remainder: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """A shuffled (every epoch anew), optionally augmented, normalised, batched `tf.data` set.
 
+    Streamed images (`image_files.StreamedImages`) are shuffled as keys and decoded after the
+    shuffle in a parallel, order-keeping map, so the batches equal those of the decoded array.
+    With `input_context` (a streamed `x` under a `tf.distribute` strategy,
+    `distribute_datasets_from_function`) the pipeline decodes only the rows of its own
+    replicas: every input pipeline draws the same shuffle and crops (the same seeds), each
+    global batch of `batch_size` is cut into one contiguous share per replica
+    (`replica_shares`), the other replicas' rows are dropped before decoding, and the pipeline
+    yields the shares of its replicas in turn.
+
     Args:
-        x: uint8 images `[N, H, W, C]`: an array, or `ImageFiles` (decoded after the shuffle).
+        x: uint8 images `[N, H, W, C]`: an array, or `StreamedImages` (decoded after the
+            shuffle).
         y: their labels.
-        batch_size: examples per batch.
+        batch_size: examples per (global) batch.
         seed: seed of the shuffle and of the augmentation; the same seed gives the same
             sequence of epochs.
         augment: apply `random_crop_and_flip` (the reference's CIFAR augmentation).
         mean, std: per-channel statistics of images scaled to [0, 1] (`normalization_stats`).
         with_index: also yield each example's position in `x`.
         drop_remainder: drop the last, smaller batch.
+        input_context: this input pipeline's place among the strategy's (streamed `x` only).
 
     Returns:
         A `tf.data.Dataset` of `(images float32, labels int64)` or, with `with_index`,
         `(images, labels, positions int64)`.
+
+    Raises:
+        ValueError: for images that are neither, labels of another length, bad statistics or
+            batch size, or an `input_context` with images in memory.
     """
     _check_images(x, y)
     check_statistics(mean, std, x.shape[-1])
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
-    streamed = image_files.is_image_files(x)
-    columns = (x.paths if streamed else x, np.asarray(y, np.int64))
+    streamed = image_files.is_streamed(x)
+    if input_context is not None and not streamed:
+        raise ValueError(
+            "train_dataset shares out streamed images only; give images in memory to "
+            "tf.distribute whole (experimental_distribute_dataset shards them)."
+        )
+    columns = (x.keys if streamed else x, np.asarray(y, np.int64))
     if with_index:
         columns += (np.arange(len(x), dtype=np.int64),)
     dataset = tf.data.Dataset.from_tensor_slices(columns)
     dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if input_context is not None:
+        return _own_shares(
+            dataset,
+            x,
+            batch_size,
+            input_context,
+            seed=seed,
+            augment=augment,
+            mean=mean,
+            std=std,
+            drop_remainder=drop_remainder,
+        ).prefetch(tf.data.AUTOTUNE)
     if streamed:
         dataset = dataset.map(
-            lambda path, *rest: (x.decode(path),) + rest, num_parallel_calls=tf.data.AUTOTUNE
+            lambda key, *rest: (x.decode(key),) + rest, num_parallel_calls=tf.data.AUTOTUNE
         )
     if augment:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
@@ -168,6 +203,54 @@ def train_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def replica_shares(batch_size: int, num_replicas: int) -> np.ndarray:
+    """Where each replica's rows of a global batch begin: `num_replicas + 1` offsets.
+
+    Replica `r` takes the rows `[offsets[r], offsets[r + 1])` of a full batch (sizes differ
+    by at most one, the larger first) and of a last, smaller batch the part of them it still
+    has: possibly none, an empty batch, as `tf.distribute`'s own split of a batch can give.
+    """
+    sizes = [
+        batch_size // num_replicas + (r < batch_size % num_replicas) for r in range(num_replicas)
+    ]
+    return np.cumsum([0] + sizes)
+
+
+def _own_shares(dataset, x, batch_size, input_context, *, seed, augment, mean, std, drop_remainder):
+    """The shuffled examples of `dataset` → this input pipeline's replicas' shares of each
+    global batch, decoded (and augmented) one image at a time in a parallel map, normalised.
+
+    Every example keeps the seed pair of its place in the shuffled order; the examples of other
+    replicas are dropped before they are decoded; `rebatch` then cuts the kept ones into the
+    shares' sizes, in turn (an empty batch where a share is empty).
+    """
+    total = input_context.num_replicas_in_sync
+    n = len(x) - len(x) % batch_size if drop_remainder else len(x)  # The rows trained on.
+    local = total // input_context.num_input_pipelines
+    first = input_context.input_pipeline_id * local
+    offsets = replica_shares(batch_size, total)
+    rows = np.minimum(batch_size, n - np.arange(0, n, batch_size))  # Each batch's rows.
+    ends = np.minimum(offsets[None, first + 1 : first + local + 1], rows[:, None])
+    sizes = (ends - np.minimum(offsets[None, first : first + local], rows[:, None])).ravel()
+    owner = np.searchsorted(offsets, np.arange(batch_size), side="right") - 1  # Row → replica.
+    kept = tf.constant((first <= owner) & (owner < first + local))
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    dataset = tf.data.Dataset.zip(dataset, seeds).enumerate()
+    dataset = dataset.filter(lambda position, row: (position < n) & kept[position % batch_size])
+
+    def decoded(position, row):
+        (key, *rest), pair = row
+        image = x.decode(key)
+        return (random_crop_and_flip(image, pair) if augment else image, *rest)
+
+    dataset = dataset.map(decoded, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(1).rebatch(tf.constant(sizes, tf.int64))
+    return dataset.map(
+        lambda images, *rest: (normalize(images, mean, std),) + rest,
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
 def eval_dataset(
     x: Any,
     y: np.ndarray,
@@ -179,7 +262,7 @@ def eval_dataset(
     array, or `ImageFiles` decoded in a parallel, order-keeping map)."""
     _check_images(x, y)
     check_statistics(mean, std, x.shape[-1])
-    if image_files.is_image_files(x):
+    if image_files.is_streamed(x):
         labels = tf.data.Dataset.from_tensor_slices(np.asarray(y, np.int64))
         dataset = tf.data.Dataset.zip(x.dataset(), labels)
     else:

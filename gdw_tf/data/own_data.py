@@ -257,7 +257,7 @@ def _check_not_the_training_set(train, trusted):
 
 
 def _concatenate(a, b):
-    if image_files.is_image_files(a):
+    if image_files.is_streamed(a):
         return a.concatenate(b)
     return np.concatenate([a, b])
 

@@ -38,12 +38,23 @@ MAX_IMAGE_SIZE = 4096
 DISTRIBUTE = ("none", "mirrored", "multi_worker")
 
 
-def _is_known_dataset(name):
-    """Whether `name` is Fashion-MNIST (read offline) or a registered TFDS dataset."""
+def _unknown_dataset(values):
+    """What is wrong with `--dataset` (None if nothing): it must be Fashion-MNIST (read
+    offline), a registered TFDS dataset, or one prepared in `--data_dir` (its folder
+    `<data_dir>/<name>`, as TFDS writes it: a dataset built from own files)."""
     import tensorflow_datasets as tfds
 
+    name, data_dir = values["dataset"], values["data_dir"]
     base = name.split(":")[0].split("/")[0]
-    return base == "fashion_mnist" or base in tfds.list_builders(with_community_datasets=False)
+    if base == "fashion_mnist" or base in tfds.list_builders(with_community_datasets=False):
+        return None
+    if data_dir and os.path.isdir(os.path.join(data_dir, base)):
+        return None
+    return (
+        f"--dataset={name} is unknown: use cifar10, cifar100, fashion_mnist, mnist or another "
+        "TFDS image-classification dataset name, or one prepared in --data_dir"
+        + (f" (there is no {os.path.join(data_dir, base)})." if data_dir else ".")
+    )
 
 
 def _is_data_path(path):
@@ -63,10 +74,7 @@ class Config(ModelSettings):
         "cifar10",
         "cifar10, cifar100, fashion_mnist, mnist, or any TFDS image-classification dataset with "
         "`image`/`label` features and train/test splits (reference recipe: CIFAR; "
-        "docs/ALGORITHM.md).",
-        check=_is_known_dataset,
-        message="is unknown: use cifar10, cifar100, fashion_mnist, mnist or another TFDS "
-        "image-classification dataset name",
+        "docs/ALGORITHM.md), registered or prepared in --data_dir.",
     )
     data_dir: str = setting(
         None,
@@ -338,6 +346,8 @@ def define_flags(flag_values, names=None):
         _define_flag(Config.field(name), flag_values)
     if "output_dir" in names:
         flags.mark_flag_as_required("output_dir", flag_values=flag_values)
+    if {"dataset", "data_dir"} <= set(names):
+        register_rule(flag_values, ["dataset", "data_dir"], _unknown_dataset)
     if {"meta_batch_size", "num_meta"} <= set(names):
         register_rule(
             flag_values,

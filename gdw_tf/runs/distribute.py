@@ -11,11 +11,17 @@ run directory of its own: the chief (task type `chief`, or `worker` 0 when the c
 chief) writes `output_dir`, every other worker `output_dir/workers/<task type><index>` (e.g.
 `workers/worker1`), which the chief leaves alone. Each worker thus resumes from its own backup
 (the workers' backups are interchangeable).
+
+Training data (`training_data`): images in memory go to the strategy whole, and `tf.distribute`
+gives each replica its share of every batch. Streamed images (files, TFDS records) are shared
+out before they are decoded: each worker's input pipeline draws the same shuffle and decodes
+only its own replicas' rows of each global batch (`distribute_datasets_from_function`).
 """
 
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -120,3 +126,40 @@ def check_replicas(config, num_replicas):
     )
     if problem:
         raise ValueError(problem)
+
+
+def training_data(
+    strategy: tf.distribute.Strategy,
+    make_dataset: Callable[[tf.distribute.InputContext | None], tf.data.Dataset],
+    *,
+    streamed: bool,
+) -> tuple[tf.data.Dataset, tf.data.Dataset | tf.distribute.DistributedDataset]:
+    """The training data of `fit`, and the dataset whose passes it repeats.
+
+    Args:
+      strategy: the run's strategy.
+      make_dataset: one pass over the training data (`input_pipeline.train_dataset`), given
+        `None` for the whole of each batch, or an input pipeline's `tf.distribute.InputContext`
+        for the rows of that pipeline's replicas.
+      streamed: the images are streamed (decoded by the pipeline). With several replicas they
+        are shared out by `make_dataset(context)` before decoding, so that every worker decodes
+        only its share; images in memory are left to the strategy.
+
+    Returns:
+      `(dataset, fit_data)`: this process's one-pass dataset (each iterator over it draws the
+      next pass's order, which a resumed run replays: `callbacks.make_callbacks`) and what
+      `fit` reads: the repeated dataset, or the strategy's distributed dataset made of it.
+    """
+    if not streamed or strategy.num_replicas_in_sync == 1:
+        dataset = make_dataset(None)
+        return dataset, dataset.repeat()
+    made = []
+
+    def dataset_fn(context):
+        made.append(make_dataset(context))
+        return made[-1].repeat()
+
+    fit_data = strategy.distribute_datasets_from_function(dataset_fn)
+    if len(made) != 1:  # One input pipeline per worker process.
+        raise RuntimeError(f"expected one input pipeline in this process; {len(made)} were made.")
+    return made[0], fit_data

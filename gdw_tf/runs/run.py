@@ -95,15 +95,20 @@ def run(config: Config) -> dict:
     # Pipelines: the noisy training set with example indices, the clean meta set as arrays.
     mean, std = settings.normalization["mean"], settings.normalization["std"]
     x_train = dataset.x_train[split.train_indices]
-    train_data = input_pipeline.train_dataset(
-        x_train,
-        split.train_noisy_labels,
-        config.batch_size,
-        seed=config.seed,
-        augment=settings.augment,
-        mean=mean,
-        std=std,
-        with_index=True,
+    train_data, fit_data = distribute.training_data(
+        strategy,
+        lambda input_context: input_pipeline.train_dataset(
+            x_train,
+            split.train_noisy_labels,
+            config.batch_size,
+            seed=config.seed,
+            augment=settings.augment,
+            mean=mean,
+            std=std,
+            with_index=True,
+            input_context=input_context,
+        ),
+        streamed=image_files.is_streamed(x_train),
     )
     test_data = None  # Own data without --test_data: no test accuracy.
     if len(dataset.x_test):
@@ -124,7 +129,7 @@ def run(config: Config) -> dict:
     with strategy.scope():
         model = build_gdw_model(config, settings, meta_data)
     model.fit(
-        train_data.repeat(),
+        fit_data,
         steps_per_epoch=settings.steps_per_epoch,
         shuffle=False,
         validation_data=test_data,
@@ -224,7 +229,7 @@ def run_settings(config, dataset, split, num_replicas):
     mean, std = normalization_of(config, dataset.x_train)
     normalization = {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
     if (
-        image_files.is_image_files(dataset.x_train)
+        image_files.is_streamed(dataset.x_train)
         and resolve_model(config, input_shape) not in backbones.APPLICATION_NAMES
     ):
         normalization["images_sampled"] = len(
