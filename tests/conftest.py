@@ -4,6 +4,7 @@ and the helpers several test files use (training runs through the CLI, run-direc
 import csv
 import json
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -136,6 +137,17 @@ def random_sized_images(rng, count, *, num_classes=3):
         image = rng.normal(60 + 140 * label / max(num_classes - 1, 1), 40, (height, width, 3))
         pairs.append((np.clip(image, 0, 255).astype(np.uint8), label))
     return pairs
+
+
+def load_script(name):
+    """`scripts/<name>.py` as a module, imported once per process (the scripts define absl
+    flags, which a second import would define again; one script imports another by name)."""
+    import importlib
+
+    scripts = os.path.join(REPO, "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    return importlib.import_module(name)
 
 
 def read_json(path):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import TINY_FASHION_MNIST
+from conftest import load_script
 from conftest import train_main
 
 import gdw_tf
@@ -439,15 +440,8 @@ def test_benchmark_script_scores_both_methods_against_the_truth_and_resumes(tmp_
 
 @pytest.fixture(scope="module")
 def weights_script():
-    """scripts/weights_under_instance_noise.py as a module (loaded once: it defines flags)."""
-    import importlib.util
-
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(repo, "scripts", "weights_under_instance_noise.py")
-    spec = importlib.util.spec_from_file_location("weights_under_instance_noise", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    """scripts/weights_under_instance_noise.py as a module."""
+    return load_script("weights_under_instance_noise")
 
 
 def test_meta_alignment_equals_the_dot_product_of_exact_gradients(weights_script):

@@ -327,16 +327,11 @@ def test_rank_label_issues_keeps_score_below_zero_for_class_conditional_noise():
 
 @pytest.mark.slow
 def test_benchmark_writes_instance_dependent_fashion_mnist_and_trains_on_it_as_a_user(tmp_path):
-    import importlib.util
-    import pathlib
-
     from absl import flags
     from absl.testing import flagsaver
+    from conftest import load_script
 
-    script = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "label_issues_benchmark.py"
-    spec = importlib.util.spec_from_file_location("label_issues_benchmark", script)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_script("label_issues_benchmark")
     data_dir = tmp_path / "instance_20" / "data"
 
     benchmark.write_instance_noise_data("instance_20", str(data_dir))
