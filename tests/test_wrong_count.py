@@ -271,6 +271,20 @@ def test_estimate_undercounts_what_the_model_memorised():
     assert errors[1] < errors[0] - 0.05 and errors[1] < -0.1
 
 
+def test_estimate_with_one_trusted_example_per_class_is_finite():
+    transition = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.0, 0.4, 0.6]])
+    probabilities, given, _ = _noisy_model(3000, 3, transition, seed=7)
+    trusted_probabilities, _, trusted_true = _noisy_model(60, 3, transition, seed=8)
+    one_each = [int(np.flatnonzero(trusted_true == k)[0]) for k in range(3)]
+
+    result = wrong_count.estimate_wrong_labels(
+        probabilities, given, trusted_probabilities[one_each], trusted_true[one_each]
+    )
+
+    assert np.isfinite(result["count"]) and 0 <= result["count"] <= len(given)
+    assert np.all(np.isfinite(result["interval"]))
+
+
 def test_label_probe_reaches_the_optimum():
     transition = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.0, 0.4, 0.6]])
     probabilities, given, _ = _noisy_model(3000, 3, transition, seed=4)

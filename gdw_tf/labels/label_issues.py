@@ -74,7 +74,8 @@ class LabelIssues:
       flagged: score < 0 (the suggested label differs from the given one); where a trusted
         set found that the model learned many wrong labels, the lowest scores of each given
         label, as many as `estimate` says (`estimate["flags_cut_at_estimate"]`).
-      given_probability, suggested_probability: the model's probabilities of those labels.
+      given_probability, suggested_probability: the probabilities `p` (as for `score`) of
+        those labels.
       instance_weight, labelled_class_weight: the recorded weights (NaN where none).
       num_classes: `C`.
       class_names: names of the classes, or None.

@@ -267,7 +267,10 @@ def _predict(probe, features):
 
 def _out_of_fold(features, labels, folds):
     """Each example's probabilities from a probe fitted to the others' labels (`folds` folds,
-    stratified by label; fewer where a class has fewer examples)."""
+    stratified by label; fewer where a class has fewer examples). With one example per class
+    there are no others: the probe's own (in-sample) probabilities."""
+    if np.bincount(labels).max() < 2:
+        return _predict(fit_label_probe(features, labels), features)
     fold = np.empty(len(labels), np.int64)
     for k in np.unique(labels):
         rows = np.flatnonzero(labels == k)
