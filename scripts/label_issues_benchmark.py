@@ -89,6 +89,13 @@ flags.DEFINE_multi_string(
 )
 flags.DEFINE_bool("report_only", False, "Do not train; report what is finished.")
 flags.DEFINE_bool("train_only", False, "Train the GDW runs and CE folds; do not evaluate.")
+flags.DEFINE_list(
+    "trusted_per_class",
+    ["10", "30"],
+    "Also estimate the number of wrong labels from smaller trusted sets: this many trusted "
+    "examples per class, drawn (seeded) from the run's trusted set, 5 draws each.",
+)
+TRUSTED_DRAWS = 5
 
 
 def train_flags(setting, output_dir):
@@ -405,6 +412,33 @@ def estimate_candidates(probabilities, given, trusted_probabilities, trusted_lab
     }
 
 
+def smaller_trusted_sets(probabilities, given, trusted_probabilities, trusted_labels, wrong):
+    """The estimate's relative error with `--trusted_per_class` examples per class of the
+    trusted set (`TRUSTED_DRAWS` seeded draws each): `{per_class: [error, ...]}`."""
+    from gdw_tf.labels import wrong_count
+
+    errors = {}
+    for per_class in (int(k) for k in FLAGS.trusted_per_class):
+        errors[per_class] = []
+        for draw in range(TRUSTED_DRAWS):
+            rng = np.random.default_rng(draw)
+            rows = np.concatenate(
+                [
+                    rng.choice(np.flatnonzero(trusted_labels == k), per_class, replace=False)
+                    for k in np.unique(trusted_labels)
+                ]
+            )
+            estimate = wrong_count.estimate_wrong_labels(
+                probabilities,
+                given,
+                trusted_probabilities[rows],
+                trusted_labels[rows],
+                bootstrap=0,
+            )
+            errors[per_class].append(estimate["count"] / wrong.sum() - 1)
+    return errors
+
+
 def _lowest(score, k):
     flagged = np.zeros(len(score), bool)
     flagged[np.argsort(score, kind="stable")[:k]] = True
@@ -496,6 +530,9 @@ def evaluate(setting):
         "candidate_estimates": candidate_estimates,
         "candidate_score_auroc": candidate_aurocs,
         "candidate_rule_f1": candidate_f1,
+        "smaller_trusted_sets": smaller_trusted_sets(
+            probabilities, problem.given, trusted_probabilities, problem.y_trusted, problem.wrong
+        ),
     }
     with open(os.path.join(setting_dir, "metrics.json"), "w") as file:
         json.dump(metrics, file, indent=2)
@@ -552,6 +589,22 @@ def markdown(all_metrics):
                 f"{m['candidate_estimates'][name]:,.0f} "
                 f"({m['candidate_estimates'][name] / m['true_wrong'] - 1:+.1%})"
                 for m in all_metrics
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "| estimate's error with fewer trusted examples per class (5 draws: mean, range) | "
+        + " | ".join(SETTING_NAMES.get(m["setting"], m["setting"]) for m in all_metrics)
+        + " |",
+        "| --- |" + " --- |" * len(all_metrics),
+    ]
+    for per_class in all_metrics[0]["smaller_trusted_sets"]:
+        lines.append(
+            f"| {per_class} per class | "
+            + " | ".join(
+                f"{np.mean(e):+.1%} ({min(e):+.1%} to {max(e):+.1%})"
+                for e in (m["smaller_trusted_sets"][per_class] for m in all_metrics)
             )
             + " |"
         )

@@ -283,6 +283,15 @@ def test_estimate_with_one_trusted_example_per_class_is_finite():
 
     assert np.isfinite(result["count"]) and 0 <= result["count"] <= len(given)
     assert np.all(np.isfinite(result["interval"]))
+    # What it rests on says that one example a class makes a noisy estimate; 100 do not.
+    assert result["smallest_trusted_class"] == 1
+    assert "only 1 in its smallest class" in wrong_count.rests_on(result)
+    trusted_probabilities, _, trusted_true = _noisy_model(300, 3, transition, seed=8)
+    enough = wrong_count.estimate_wrong_labels(
+        probabilities, given, trusted_probabilities, trusted_true, bootstrap=0
+    )
+    assert enough["smallest_trusted_class"] >= wrong_count.FEW_TRUSTED_PER_CLASS
+    assert "smallest class" not in wrong_count.rests_on(enough)
 
 
 def test_label_probe_reaches_the_optimum():

@@ -84,6 +84,7 @@ def wrong_labels_summary(issues, split):
                 "model_learned_wrong_labels",
                 "count_if",
                 "num_trusted",
+                "smallest_trusted_class",
                 "method",
                 "trusted_source",
                 "flags_cut_at_estimate",
