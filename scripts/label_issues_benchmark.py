@@ -414,11 +414,13 @@ def estimate_candidates(probabilities, given, trusted_probabilities, trusted_lab
 
 def smaller_trusted_sets(probabilities, given, trusted_probabilities, trusted_labels, wrong):
     """The estimate's relative error with `--trusted_per_class` examples per class of the
-    trusted set (`TRUSTED_DRAWS` seeded draws each): `{per_class: [error, ...]}`."""
+    trusted set (`TRUSTED_DRAWS` seeded draws each; sizes the trusted set does not exceed are
+    left out): `{per_class: [error, ...]}`."""
     from gdw_tf.labels import wrong_count
 
     errors = {}
-    for per_class in (int(k) for k in FLAGS.trusted_per_class):
+    smallest = np.bincount(trusted_labels).min()
+    for per_class in (int(k) for k in FLAGS.trusted_per_class if int(k) < smallest):
         errors[per_class] = []
         for draw in range(TRUSTED_DRAWS):
             rng = np.random.default_rng(draw)
@@ -599,7 +601,9 @@ def markdown(all_metrics):
         + " |",
         "| --- |" + " --- |" * len(all_metrics),
     ]
-    for per_class in all_metrics[0]["smaller_trusted_sets"]:
+    for per_class in sorted(
+        set.intersection(*(set(m["smaller_trusted_sets"]) for m in all_metrics))
+    ):
         lines.append(
             f"| {per_class} per class | "
             + " | ".join(
