@@ -19,8 +19,8 @@ interval), and it tells whether the model rejected the wrong labels or learned m
 Where it learned them (annotators err on ambiguous examples, and such mistakes are learnable),
 it prefers the given label on many wrong ones, so "score < 0" misses them: within each given
 label the lowest scores are flagged instead, as many as estimated. Where it rejected them,
-"score < 0" stays the rule (it flags them more precisely than a cut at the estimate:
-docs/LABEL_ISSUES.md). `LabelIssues.estimate` holds the estimate.
+"score < 0" stays the rule: it needs no count, and a cut at the estimate did no better on
+the benchmark (docs/LABEL_ISSUES.md). `LabelIssues.estimate` holds the estimate.
 
 The recorded weights (`GDWModel(track_examples=N)`) are reported beside the score: the last
 epoch's instance weight and the weight on the given label (GDW: ω¹).

@@ -136,8 +136,9 @@ def _summary(run_config, config, history, issues, truth, review_page=None):
         )
     elif estimate is not None:
         why = (
-            "the model rejected the wrong labels, and its rejections flag them more precisely "
-            "than a cut at the count would. It rests on "
+            "the model rejected the wrong labels, and its rejections need no count (a cut at "
+            "the count did no better on the benchmark of docs/LABEL_ISSUES.md). It "
+            "rests on "
             if not estimate.get("model_learned_wrong_labels", True)
             and estimate.get("trusted_source") != "auto"
             else "it rests on "
