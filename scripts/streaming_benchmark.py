@@ -132,7 +132,6 @@ def tfds_rates(data_dir, name, size=96):
     records (as `training_pipeline_rate`, over the first 20,000 records)."""
     import tensorflow_datasets as tfds
 
-    from gdw_tf.data import input_pipeline
     from gdw_tf.data import tfds_records
 
     start = time.perf_counter()
@@ -140,19 +139,7 @@ def tfds_rates(data_dir, name, size=96):
         tfds.builder(name, data_dir=data_dir), "train", image_size=size
     )
     index_seconds = time.perf_counter() - start
-    dataset = input_pipeline.train_dataset(
-        records[:20000],
-        labels[:20000],
-        100,
-        seed=0,
-        augment=True,
-        mean=[0.5] * 3,
-        std=[0.25] * 3,
-        with_index=True,
-    )
-    start = time.perf_counter()
-    n = sum(len(batch[1]) for batch in dataset.as_numpy_iterator())
-    return index_seconds, n / (time.perf_counter() - start)
+    return index_seconds, _pipeline_rate(records[:20000], labels[:20000])
 
 
 def timed_run(args, output_dir):
@@ -188,14 +175,21 @@ def training_pipeline_rate(folder, count=20000, size=96):
     paths decoded and resized to `size`, cropped, flipped, in batches of 100, normalised) over
     the first `count` files: one pass."""
     from gdw_tf.data import image_files
-    from gdw_tf.data import input_pipeline
     from gdw_tf.data import own_data
 
     files = own_data.read_folder(folder).files[:count]
     images = image_files.ImageFiles(files, height=size, width=size, channels=3)
+    return _pipeline_rate(images, np.zeros(len(files), np.int64))
+
+
+def _pipeline_rate(images, labels):
+    """Images per second out of one pass of `input_pipeline.train_dataset` over streamed
+    `images` (batches of 100, cropped, flipped, normalised)."""
+    from gdw_tf.data import input_pipeline
+
     dataset = input_pipeline.train_dataset(
         images,
-        np.zeros(len(files), np.int64),
+        labels,
         100,
         seed=0,
         augment=True,
