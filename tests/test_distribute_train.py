@@ -89,6 +89,20 @@ def _train_mirrored_on_two_cpus(*args):
     )
 
 
+def _mirrored_and_one_device_runs(tmp_path, args):
+    """Trains `args` on one device and mirrored on two CPUs, checks that the mirrored run ends
+    as the one-device run (cross-replica sums round differently, and the meta step amplifies
+    it: the example weights, ~0.7, moved by up to 5e-5; another seed moves them by more than
+    1e-2); returns the two run directories `(mirrored, one_device)`."""
+    one_device = str(tmp_path / "one")
+    train_main(*args, f"--output_dir={one_device}")
+    mirrored = str(tmp_path / "mirrored")
+    result = _train_mirrored_on_two_cpus(*args, f"--output_dir={mirrored}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_same_run(mirrored, one_device, exact=False, tolerance=2e-4)
+    return mirrored, one_device
+
+
 def _two_replica_strategy(name):
     """`distribute.make_strategy` with two replicas, whatever `name`."""
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # tests/conftest.py's CPUs
@@ -319,14 +333,7 @@ def test_streamed_image_files_train_as_one_device_mirrored_and_on_two_workers(tm
         "--augment=true",
         "--verbose=0",
     ]
-    one_device = str(tmp_path / "one")
-    train_main(*args, f"--output_dir={one_device}")
-    mirrored = str(tmp_path / "mirrored")
-    result = _train_mirrored_on_two_cpus(*args, f"--output_dir={mirrored}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    # Cross-replica sums round differently, and the meta step amplifies it: the example
-    # weights (~0.7) moved by up to 5e-5. Another seed moves them by more than 1e-2.
-    _assert_same_run(mirrored, one_device, exact=False, tolerance=2e-4)
+    _, one_device = _mirrored_and_one_device_runs(tmp_path, args)
     workers_dir = tmp_path / "workers_run"
     workers = _start_workers(
         [*args, "--distribute=multi_worker", f"--output_dir={workers_dir}"],
@@ -377,13 +384,8 @@ def test_a_streamed_tfds_dataset_trains_mirrored_as_on_one_device(tmp_path):
         "--augment=true",
         "--verbose=0",
     ]
-    one_device = str(tmp_path / "one")
-    train_main(*args, f"--output_dir={one_device}")
-    mirrored = str(tmp_path / "mirrored")
-    result = _train_mirrored_on_two_cpus(*args, f"--output_dir={mirrored}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    mirrored, _ = _mirrored_and_one_device_runs(tmp_path, args)
     assert read_json(os.path.join(mirrored, "results.json"))["config"]["num_replicas"] == 2
-    _assert_same_run(mirrored, one_device, exact=False, tolerance=2e-4)
 
 
 # --------------------------------------------------------------------------------------------
