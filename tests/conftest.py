@@ -139,6 +139,28 @@ def random_sized_images(rng, count, *, num_classes=3):
     return pairs
 
 
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+def train_killed_in_epoch_3(monkeypatch, train, *args):
+    """Runs `train(*args)` (`train_main` or `train_main_mock`) until the third batch of its
+    third epoch, where it stops as a killed process would: with `Killed`, raised from the
+    callback that replays the data order, after that batch's step."""
+    from gdw_tf.runs import callbacks
+
+    def kill_in_epoch_3(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == 2 * self.steps_per_epoch + 2:
+            raise Killed()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            callbacks._ReplayDataOrder, "on_train_batch_end", kill_in_epoch_3, raising=False
+        )
+        with pytest.raises(Killed):
+            train(*args)
+
+
 def load_script(name):
     """`scripts/<name>.py` as a module, imported once per process (the scripts define absl
     flags, which a second import would define again; one script imports another by name)."""

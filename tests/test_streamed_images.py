@@ -17,6 +17,7 @@ from conftest import history_rows
 from conftest import make_config
 from conftest import prepare_tfds_images
 from conftest import random_sized_images
+from conftest import train_killed_in_epoch_3
 from conftest import train_main
 from conftest import write_png
 
@@ -25,7 +26,6 @@ from gdw_tf.data import image_files
 from gdw_tf.data import input_pipeline
 from gdw_tf.data import own_data
 from gdw_tf.labels import report as report_lib
-from gdw_tf.runs import callbacks
 from gdw_tf.runs import config as config_lib
 
 
@@ -370,21 +370,9 @@ def test_a_streamed_run_equals_the_run_on_the_same_arrays_and_resumes(tmp_path, 
     assert results["test_accuracy"]["last"] > 0.6  # three well separated classes
 
     # Killed in epoch 3, resumed in the same directory: it ends as the uninterrupted run.
-    class Killed(Exception):
-        pass
-
-    def kill_in_epoch_3(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) == 2 * self.steps_per_epoch + 2:
-            raise Killed()
-
     resumed = str(tmp_path / "resumed")
     args = (*folders, f"--test_data={root}/test", *common, f"--output_dir={resumed}")
-    with monkeypatch.context() as patch:
-        patch.setattr(
-            callbacks._ReplayDataOrder, "on_train_batch_end", kill_in_epoch_3, raising=False
-        )
-        with pytest.raises(Killed):
-            train_main(*args)
+    train_killed_in_epoch_3(monkeypatch, train_main, *args)
     assert os.path.exists(os.path.join(resumed, own_data.SCAN_FILE))
     train_main(*args)
     with (
@@ -459,20 +447,8 @@ def test_a_streamed_tfds_run_equals_the_run_on_its_images_in_memory_and_resumes(
     assert report.count("<img src='data:image/png;base64,") == min(report_lib.GALLERY_SIZE, 54)
 
     # Killed in epoch 3, resumed: it ends as the uninterrupted run.
-    class Killed(Exception):
-        pass
-
-    def kill_in_epoch_3(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) == 2 * self.steps_per_epoch + 2:
-            raise Killed()
-
     resumed = str(tmp_path / "resumed")
-    with monkeypatch.context() as patch:
-        patch.setattr(
-            callbacks._ReplayDataOrder, "on_train_batch_end", kill_in_epoch_3, raising=False
-        )
-        with pytest.raises(Killed):
-            train_main(*common, f"--output_dir={resumed}")
+    train_killed_in_epoch_3(monkeypatch, train_main, *common, f"--output_dir={resumed}")
     train_main(*common, f"--output_dir={resumed}")
     for expected, got in zip(backbone_weights(streamed), backbone_weights(resumed), strict=True):
         np.testing.assert_array_equal(got, expected)

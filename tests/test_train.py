@@ -20,6 +20,7 @@ from conftest import backbone_weights
 from conftest import history_rows
 from conftest import read_json
 from conftest import train_exit_message
+from conftest import train_killed_in_epoch_3
 from conftest import train_main
 from conftest import train_main_mock
 
@@ -272,10 +273,6 @@ def test_a_non_empty_export_dir_is_refused_before_any_data_is_loaded(
     assert status == 2 and "is not empty" in message
 
 
-class _Killed(Exception):
-    """Stands for the process being killed."""
-
-
 @pytest.mark.slow
 def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_run(tmp_path, monkeypatch):
     # 3 epochs, augmentation on (32x32 RGB): the data order, the crops and the meta
@@ -284,17 +281,8 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_run(tmp_path, monkeyp
     uninterrupted = str(tmp_path / "uninterrupted")
     train_main_mock(*args, f"--output_dir={uninterrupted}")
 
-    def kill_in_epoch_3(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) == 2 * self.steps_per_epoch + 2:
-            raise _Killed()
-
     resumed = str(tmp_path / "resumed")
-    with monkeypatch.context() as patch:
-        patch.setattr(
-            callbacks._ReplayDataOrder, "on_train_batch_end", kill_in_epoch_3, raising=False
-        )
-        with pytest.raises(_Killed):
-            train_main_mock(*args, f"--output_dir={resumed}")
+    train_killed_in_epoch_3(monkeypatch, train_main_mock, *args, f"--output_dir={resumed}")
     assert len(history_rows(resumed)) == 2
     assert os.path.exists(os.path.join(resumed, "backup"))
     assert not os.path.exists(os.path.join(resumed, "results.json"))
