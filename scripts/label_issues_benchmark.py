@@ -577,68 +577,59 @@ def markdown(all_metrics):
             f"{'learned' if r['model_learned_wrong_labels'] else 'rejected'} "
             f"({r['rejected_share']:.2f}) | {r['test_accuracy']:.4f} |"
         )
-    lines += [
-        "",
-        "| candidate estimate of the number wrong (error) | "
-        + " | ".join(SETTING_NAMES.get(m["setting"], m["setting"]) for m in all_metrics)
-        + " |",
-        "| --- |" + " --- |" * len(all_metrics),
-    ]
-    for name in all_metrics[0]["candidate_estimates"]:
-        lines.append(
-            f"| {name} | "
-            + " | ".join(
+    estimates = all_metrics[0]["candidate_estimates"]
+    lines += _by_setting(
+        "candidate estimate of the number wrong (error)",
+        all_metrics,
+        {
+            name: lambda m, name=name: (
                 f"{m['candidate_estimates'][name]:,.0f} "
                 f"({m['candidate_estimates'][name] / m['true_wrong'] - 1:+.1%})"
-                for m in all_metrics
             )
-            + " |"
-        )
-    lines += [
-        "",
-        "| estimate's error with fewer trusted examples per class (5 draws: mean, range) | "
-        + " | ".join(SETTING_NAMES.get(m["setting"], m["setting"]) for m in all_metrics)
-        + " |",
-        "| --- |" + " --- |" * len(all_metrics),
-    ]
-    for per_class in sorted(
-        set.intersection(*(set(m["smaller_trusted_sets"]) for m in all_metrics))
+            for name in estimates
+        },
+    )
+    sizes = set.intersection(*(set(m["smaller_trusted_sets"]) for m in all_metrics))
+    lines += _by_setting(
+        "estimate's error with fewer trusted examples per class (5 draws: mean, range)",
+        all_metrics,
+        {
+            f"{per_class} per class": lambda m, per_class=per_class: (
+                f"{np.mean(m['smaller_trusted_sets'][per_class]):+.1%} "
+                f"({min(m['smaller_trusted_sets'][per_class]):+.1%} to "
+                f"{max(m['smaller_trusted_sets'][per_class]):+.1%})"
+            )
+            for per_class in sorted(sizes)
+        },
+    )
+    for key, title in (
+        ("candidate_score_auroc", "candidate score: AUROC"),
+        ("candidate_rule_f1", "candidate flag rule: F1"),
     ):
-        lines.append(
-            f"| {per_class} per class | "
-            + " | ".join(
-                f"{np.mean(e):+.1%} ({min(e):+.1%} to {max(e):+.1%})"
-                for e in (m["smaller_trusted_sets"][per_class] for m in all_metrics)
-            )
-            + " |"
-        )
-    lines += [
-        "",
-        "| candidate score: AUROC | "
-        + " | ".join(SETTING_NAMES.get(m["setting"], m["setting"]) for m in all_metrics)
-        + " |",
-        "| --- |" + " --- |" * len(all_metrics),
-    ]
-    for name in all_metrics[0]["candidate_score_auroc"]:
-        lines.append(
-            f"| {name} | "
-            + " | ".join(f"{m['candidate_score_auroc'][name]:.4f}" for m in all_metrics)
-            + " |"
-        )
-    lines += [
-        "",
-        "| candidate flag rule: F1 | "
-        + " | ".join(SETTING_NAMES.get(m["setting"], m["setting"]) for m in all_metrics)
-        + " |",
-        "| --- |" + " --- |" * len(all_metrics),
-    ]
-    for name in all_metrics[0]["candidate_rule_f1"]:
-        lines.append(
-            f"| {name} | "
-            + " | ".join(f"{m['candidate_rule_f1'][name]:.4f}" for m in all_metrics)
-            + " |"
+        lines += _by_setting(
+            title,
+            all_metrics,
+            {
+                name: lambda m, key=key, name=name: f"{m[key][name]:.4f}"
+                for name in all_metrics[0][key]
+            },
         )
     return "\n".join(lines)
+
+
+def _by_setting(title, all_metrics, rows):
+    """A Markdown table (preceded by a blank line) with a column per setting: a row per entry
+    of `rows`, its name and its cells (`rows[name](metrics)` for each setting's metrics)."""
+    lines = [
+        "",
+        f"| {title} | "
+        + " | ".join(SETTING_NAMES.get(m["setting"], m["setting"]) for m in all_metrics)
+        + " |",
+        "| --- |" + " --- |" * len(all_metrics),
+    ]
+    for name, cell in rows.items():
+        lines.append(f"| {name} | " + " | ".join(cell(m) for m in all_metrics) + " |")
+    return lines
 
 
 def main(argv):
