@@ -77,11 +77,17 @@ def meta_logit_change(backbone, x, x_meta, y_meta, step=1e-3):
 
 
 def meta_alignment(backbone, x, y, x_meta, y_meta, step=1e-3):
-    """`∇ℓ_i · ∇L_meta` for each example of `(x, y)`: `Σ_j e_ij (J·∇L_meta)_ij` with
-    `e = softmax(z) − onehot(y)` (the chain rule through the logits)."""
+    """`∇ℓ_i · ∇L_meta` for each example of `(x, y)` (`alignment`, with the backbone's own
+    probabilities)."""
     logits = np.asarray(backbone.predict(x, batch_size=1000, verbose=0), np.float64)
-    e = _softmax(logits) - np.eye(logits.shape[1])[y]
-    return (e * meta_logit_change(backbone, x, x_meta, y_meta, step)).sum(axis=1)
+    return alignment(_softmax(logits), y, meta_logit_change(backbone, x, x_meta, y_meta, step))
+
+
+def alignment(probabilities, y, logit_change):
+    """`∇ℓ_i · ∇L_meta = Σ_j e_ij (J·∇L_meta)_ij`, `e = p − onehot(y)` (the chain rule through
+    the logits), from the logits' change along `∇L_meta` (`meta_logit_change`)."""
+    e = probabilities - np.eye(probabilities.shape[1])[y]
+    return (e * logit_change).sum(axis=1)
 
 
 def stage2_on_given_label(probabilities, y, logit_change):
@@ -158,20 +164,17 @@ def main(argv):
             )
             sample_probabilities = probabilities[sample]
             given_sample = problem.given[sample]
-            alignment = (
-                (sample_probabilities - np.eye(sample_probabilities.shape[1])[given_sample])
-                * logit_change
-            ).sum(axis=1)
+            sample_alignment = alignment(sample_probabilities, given_sample, logit_change)
             stage2, parts = stage2_on_given_label(sample_probabilities, given_sample, logit_change)
             true_sample = problem.true[sample]
             from_true = parts[np.arange(len(sample)), true_sample]
             sample_loss, sample_wrong = loss[sample], wrong[sample]
             edges = np.quantile(sample_loss, [0.2, 0.4, 0.6, 0.8])
             quintile = np.searchsorted(edges, sample_loss)
-            scale = np.abs([alignment[quintile == q].mean() for q in range(5)]).max()
+            scale = np.abs([sample_alignment[quintile == q].mean() for q in range(5)]).max()
             by_quintile = {
                 name: [
-                    float(alignment[(quintile == q) & rows].mean() / scale)
+                    float(sample_alignment[(quintile == q) & rows].mean() / scale)
                     if ((quintile == q) & rows).any()
                     else None
                     for q in range(5)
@@ -182,7 +185,7 @@ def main(argv):
                     ("wrong", sample_wrong),
                 )
             }
-            ranks = [np.argsort(np.argsort(v)) for v in (alignment, sample_loss)]
+            ranks = [np.argsort(np.argsort(v)) for v in (sample_alignment, sample_loss)]
             row["alignment_by_loss_quintile"] = by_quintile
             row["alignment_loss_rank_correlation"] = float(np.corrcoef(*ranks)[0, 1])
             recorded = (labelled - instance)[sample]
