@@ -96,6 +96,8 @@ flags.DEFINE_list(
     "examples per class, drawn (seeded) from the run's trusted set, 5 draws each.",
 )
 TRUSTED_DRAWS = 5
+# Numbers of principal components of the penultimate features compared as the probes' inputs.
+PROBE_COMPONENT_CANDIDATES = (16, 32, 64)
 
 
 def train_flags(setting, output_dir):
@@ -252,11 +254,27 @@ class Problem:
 
     def probabilities(self, model, x, y):
         """`model`'s probabilities on uint8 images `x`, normalised as the GDW run's."""
-        from gdw_tf.data import input_pipeline
         from gdw_tf.labels import label_issues
 
-        images = input_pipeline.eval_dataset(x, y, self.config.batch_size, self.mean, self.std)
-        return label_issues.predict_probabilities(model, images)
+        return label_issues.predict_probabilities(model, self._images(x, y))
+
+    def view(self, model):
+        """`label_issues.probe_features` of `model` on the training and trusted images, with
+        the largest of `PROBE_COMPONENT_CANDIDATES` components (the first `k` of them are the
+        first `k` components)."""
+        from gdw_tf.labels import label_issues
+
+        return label_issues.probe_features(
+            model,
+            self._images(self.x, self.given),
+            self._images(self.x_trusted, self.y_trusted),
+            components=max(PROBE_COMPONENT_CANDIDATES),
+        )
+
+    def _images(self, x, y):
+        from gdw_tf.data import input_pipeline
+
+        return input_pipeline.eval_dataset(x, y, self.config.batch_size, self.mean, self.std)
 
 
 def run_ce_folds(problem, ce_dir, folds):
@@ -344,7 +362,8 @@ def _f1(flagged, wrong):
 
 def candidates(probabilities, problem, weights, estimates, truth_probabilities):
     """AUROC of each candidate score and F1 of candidate flag rules, for gdw_tf's choice
-    (`truth_probabilities`: the model's turned into the truth's with the trusted set)."""
+    (`truth_probabilities`: {probes' inputs: the model's probabilities turned into the
+    truth's with the trusted set})."""
     from gdw_tf.labels import label_issues
 
     given = problem.given
@@ -357,10 +376,11 @@ def candidates(probabilities, problem, weights, estimates, truth_probabilities):
         "p(given label)": probabilities[rows, given],
         "margin p(given) − max other p": margin,
         "instance weight × p(given)": instance * probabilities[rows, given],
-        "margin under the truth probe (trusted set)": label_issues.label_margin(
-            truth_probabilities, given
-        ),
     }
+    for inputs, truth in truth_probabilities.items():
+        scores[f"margin under the truth probe on {inputs}"] = label_issues.label_margin(
+            truth, given
+        )
     wrong = problem.wrong
     rules = {
         "margin < 0 (suggested ≠ given)": margin < 0,
@@ -373,18 +393,21 @@ def candidates(probabilities, problem, weights, estimates, truth_probabilities):
             instance, int(wrong.sum())
         ),
         "lowest k by margin, k = true number wrong (oracle)": _lowest(margin, int(wrong.sum())),
-        "lowest k by the margin under the truth probe, k = true number wrong (oracle)": _lowest(
-            scores["margin under the truth probe (trusted set)"], int(wrong.sum())
-        ),
     }
+    for inputs in truth_probabilities:
+        rules[
+            f"lowest k by the margin under the truth probe on {inputs}, k = true number wrong "
+            "(oracle)"
+        ] = _lowest(scores[f"margin under the truth probe on {inputs}"], int(wrong.sum()))
     for name, count in estimates.items():
         rules[f"lowest k by margin, k = {name}"] = _lowest(margin, int(round(count)))
     f1 = {name: _f1(flagged, wrong) for name, flagged in rules.items()}
     return ({name: auroc(-score, wrong) for name, score in scores.items()}, f1)
 
 
-def estimate_candidates(probabilities, given, trusted_probabilities, trusted_labels):
-    """Candidate estimates of the number of wrong labels (the measurements behind the choice)."""
+def estimate_candidates(probabilities, given, trusted_probabilities, trusted_labels, view):
+    """Candidate estimates of the number of wrong labels (the measurements behind the choice;
+    `view`: the features gdw_tf's probes read)."""
     from gdw_tf.labels import label_issues
     from gdw_tf.labels import wrong_count
 
@@ -392,8 +415,11 @@ def estimate_candidates(probabilities, given, trusted_probabilities, trusted_lab
     num_classes = probabilities.shape[1]
     counts = np.bincount(given, minlength=num_classes).astype(np.float64)
     own = np.stack([trusted_probabilities[trusted_labels == k].mean(0) for k in range(num_classes)])
-    estimate = wrong_count.estimate_wrong_labels(
-        probabilities, given, trusted_probabilities, trusted_labels, bootstrap=0
+    estimate, without_features = (
+        wrong_count.estimate_wrong_labels(
+            probabilities, given, trusted_probabilities, trusted_labels, bootstrap=0, **features
+        )
+        for features in (view, {})
     )
     count_if = estimate["count_if"]
     return {
@@ -409,13 +435,19 @@ def estimate_candidates(probabilities, given, trusted_probabilities, trusted_lab
             "rejected"
         ],
         "chosen by the share rejected": estimate["count"],
+        "chosen by the share rejected, probes on log-probabilities only": without_features["count"],
     }
 
 
-def smaller_trusted_sets(probabilities, given, trusted_probabilities, trusted_labels, wrong):
+def smaller_trusted_sets(
+    probabilities, given, trusted_probabilities, trusted_labels, wrong, features, trusted_features
+):
     """The estimate's relative error with `--trusted_per_class` examples per class of the
     trusted set (`TRUSTED_DRAWS` seeded draws each; sizes the trusted set does not exceed are
-    left out): `{per_class: [error, ...]}`."""
+    left out): `{per_class: [error, ...]}`. The probes read the first principal components of
+    the drawn examples' `trusted_features` (components of the whole trusted set's penultimate
+    features: close to, not the same as, those of the drawn examples' own)."""
+    from gdw_tf.labels import label_issues
     from gdw_tf.labels import wrong_count
 
     errors = {}
@@ -430,11 +462,17 @@ def smaller_trusted_sets(probabilities, given, trusted_probabilities, trusted_la
                     for k in np.unique(trusted_labels)
                 ]
             )
+            drawn = trusted_features[rows]
+            mean = drawn.mean(axis=0)
+            axes = np.linalg.svd(drawn - mean, full_matrices=False)[2]
+            axes = axes[: min(label_issues.PROBE_COMPONENTS, len(rows) - 1)]
             estimate = wrong_count.estimate_wrong_labels(
                 probabilities,
                 given,
                 trusted_probabilities[rows],
                 trusted_labels[rows],
+                features=(features - mean) @ axes.T,
+                trusted_features=(drawn - mean) @ axes.T,
                 bootstrap=0,
             )
             errors[per_class].append(estimate["count"] / wrong.sum() - 1)
@@ -473,8 +511,14 @@ def evaluate(setting):
     # set with this code (so runs of older code count too; the training step is the same).
     weights = dict(np.load(os.path.join(gdw_dir, "example_weights.npz")))
     backbone = keras.models.load_model(os.path.join(gdw_dir, "model.keras"))
-    probabilities = problem.probabilities(backbone, problem.x, problem.given)
-    trusted_probabilities = problem.probabilities(backbone, problem.x_trusted, problem.y_trusted)
+    probabilities, trusted_probabilities, all_features, all_trusted_features = problem.view(
+        backbone
+    )
+    components = label_issues.PROBE_COMPONENTS
+    view = {
+        "features": all_features[:, :components],
+        "trusted_features": all_trusted_features[:, :components],
+    }
     issues = label_issues.rank_label_issues(
         probabilities,
         problem.given,
@@ -482,6 +526,7 @@ def evaluate(setting):
         label_weights=weights["labelled_class_weight"],
         trusted_probabilities=trusted_probabilities,
         trusted_labels=problem.y_trusted,
+        **view,
     )
     flagged, score, suggested = (
         issues.in_input_order(name) for name in ("flagged", "score", "suggested_label")
@@ -494,15 +539,25 @@ def evaluate(setting):
     gdw["estimated_wrong_interval"] = estimate["interval"]
     gdw["model_learned_wrong_labels"] = estimate["model_learned_wrong_labels"]
     gdw["rejected_share"] = estimate["rejected_share"]
+    gdw["truth_probe_l2"] = estimate["truth_probe_l2"]
     candidate_estimates = estimate_candidates(
-        probabilities, problem.given, trusted_probabilities, problem.y_trusted
+        probabilities, problem.given, trusted_probabilities, problem.y_trusted, view
     )
+    truth = {
+        "log-probabilities": wrong_count.truth_probabilities(
+            probabilities, trusted_probabilities, problem.y_trusted
+        )
+    }
+    for k in PROBE_COMPONENT_CANDIDATES:
+        truth[f"log-probabilities and {k} components"] = wrong_count.truth_probabilities(
+            probabilities,
+            trusted_probabilities,
+            problem.y_trusted,
+            features=all_features[:, :k],
+            trusted_features=all_trusted_features[:, :k],
+        )
     candidate_aurocs, candidate_f1 = candidates(
-        probabilities,
-        problem,
-        weights,
-        candidate_estimates,
-        wrong_count.truth_probabilities(probabilities, trusted_probabilities, problem.y_trusted),
+        probabilities, problem, weights, candidate_estimates, truth
     )
 
     # cleanlab on K-fold out-of-fold probabilities of the same backbone trained with CE.
@@ -533,7 +588,13 @@ def evaluate(setting):
         "candidate_score_auroc": candidate_aurocs,
         "candidate_rule_f1": candidate_f1,
         "smaller_trusted_sets": smaller_trusted_sets(
-            probabilities, problem.given, trusted_probabilities, problem.y_trusted, problem.wrong
+            probabilities,
+            problem.given,
+            trusted_probabilities,
+            problem.y_trusted,
+            problem.wrong,
+            all_features,
+            all_trusted_features,
         ),
     }
     with open(os.path.join(setting_dir, "metrics.json"), "w") as file:

@@ -106,6 +106,32 @@ def test_bad_input_is_refused_in_one_line(probabilities, given, message):
         label_issues.rank_label_issues(probabilities, np.array(given))
 
 
+@pytest.mark.parametrize(
+    "features, trusted_features, message",
+    [
+        (np.zeros((4, 3)), None, "both features and trusted_features"),
+        (np.zeros((4, 3)), np.zeros((6, 2)), r"features must be \[4, D\] and trusted_features "),
+        (np.zeros((5, 3)), np.zeros((6, 3)), r"got shapes \(5, 3\) and \(6, 3\)"),
+        (np.full((4, 3), np.nan), np.zeros((6, 3)), "must be finite"),
+    ],
+)
+def test_bad_features_are_refused_in_one_line(features, trusted_features, message):
+    rng = np.random.default_rng(5)
+    with pytest.raises(ValueError, match=message):
+        label_issues.rank_label_issues(
+            _probabilities(rng, 4, 3),
+            np.array([0, 1, 2, 0]),
+            trusted_probabilities=_probabilities(rng, 6, 3),
+            trusted_labels=np.array([0, 1, 2, 0, 1, 2]),
+            features=features,
+            trusted_features=trusted_features,
+        )
+    with pytest.raises(ValueError, match="with a trusted set"):
+        label_issues.rank_label_issues(
+            _probabilities(rng, 4, 3), np.array([0, 1, 2, 0]), features=np.zeros((4, 3))
+        )
+
+
 def test_csv_columns_order_and_values(tmp_path):
     rng = np.random.default_rng(1)
     probabilities = _probabilities(rng, 30, 3)
@@ -200,6 +226,57 @@ def test_find_label_issues_uses_the_model_and_its_recorded_weights():
     np.testing.assert_allclose(subset.in_input_order("score"), margins[index], atol=1e-5)
     with pytest.raises(ValueError, match=r"index must lie in \[0, 64\)"):
         gdw_tf.find_label_issues(model, x[:2], y[:2], index=[0, 64])
+
+
+def test_probe_features_are_the_classifiers_input_on_the_trusted_principal_components():
+    rng = np.random.default_rng(3)
+    backbone = backbones.small_cnn((8, 8, 1), 3)  # the classifier reads a flattened 2x2x64
+    x = rng.normal(size=(40, 8, 8, 1)).astype("float32")
+    x_trusted = rng.normal(size=(12, 8, 8, 1)).astype("float32")
+
+    probabilities, trusted_probabilities, features, trusted_features = label_issues.probe_features(
+        backbone, x, x_trusted, components=5
+    )
+
+    inner = keras.Model(backbone.inputs, backbone.get_layer("logits").input)
+    raw, raw_trusted = (np.asarray(inner.predict(v, verbose=0), np.float64) for v in (x, x_trusted))
+    mean = raw_trusted.mean(axis=0)
+    _, _, axes = np.linalg.svd(raw_trusted - mean)
+    for got, raw_features in ((features, raw), (trusted_features, raw_trusted)):
+        expected = (raw_features - mean) @ axes[:5].T
+        signs = np.sign((got * expected).sum(axis=0))  # a component's sign is arbitrary
+        np.testing.assert_allclose(got, expected * signs, atol=1e-3)
+    np.testing.assert_allclose(
+        probabilities, label_issues.predict_probabilities(backbone, x), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        trusted_probabilities, label_issues.predict_probabilities(backbone, x_trusted), atol=1e-6
+    )
+    # At most M - 1 components for M trusted examples (the rest have no variance).
+    assert label_issues.probe_features(backbone, x, x_trusted[:4])[2].shape == (40, 3)
+
+
+class Subclassed(keras.Model):
+    """A model with no layer graph: no classifier layer to read features from."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def test_a_model_without_a_layer_graph_is_probed_on_its_probabilities():
+    rng = np.random.default_rng(4)
+    model = Subclassed()
+    x, x_trusted = rng.normal(size=(60, 5)), rng.normal(size=(30, 5))
+    assert label_issues.probe_features(model, x, x_trusted) is None
+
+    issues = gdw_tf.find_label_issues(
+        model, x, rng.integers(0, 3, 60), trusted=(x_trusted, np.arange(30) % 3)
+    )
+    assert issues.estimate["probe_inputs"] == wrong_count.PROBE_INPUTS[False]
 
 
 def test_on_real_digits_most_changed_labels_are_flagged_and_few_others():
@@ -340,13 +417,21 @@ def test_training_run_writes_label_issues_and_a_report(tmp_path):
     with open(os.path.join(run_dir, "results.json")) as file:
         wrong_labels = json.load(file)["wrong_labels"]
     estimate = wrong_labels["estimate"]
+    # The probes read the model's penultimate features too (the MLP has a classifier layer).
+    assert estimate["probe_inputs"] == wrong_count.PROBE_INPUTS[True]
     if estimate["flags_cut_at_estimate"]:
-        meta_logits = backbone.predict(
-            input_pipeline.normalize(dataset.x_train[split.meta_indices], mean, std), verbose=0
+        _, meta_probabilities, features, meta_features = label_issues.probe_features(
+            backbone,
+            input_pipeline.normalize(dataset.x_train[ids], mean, std),
+            input_pipeline.normalize(dataset.x_train[split.meta_indices], mean, std),
         )
-        meta_probabilities = np.asarray(keras.ops.softmax(meta_logits), np.float64)
         probabilities = wrong_count.truth_probabilities(
-            probabilities, meta_probabilities, split.meta_labels
+            probabilities,
+            meta_probabilities,
+            split.meta_labels,
+            features=features,
+            trusted_features=meta_features,
+            l2=estimate["truth_probe_l2"],
         )
     np.testing.assert_allclose(
         np.array(table["score"], float), _margins_by_loops(probabilities, given), atol=2e-5

@@ -150,6 +150,29 @@ def test_estimate_recovers_the_number_of_wrong_labels_of_known_noise():
     assert result["count"] == pytest.approx(sum(result["per_given_label"]))
 
 
+def test_a_large_training_set_fits_the_label_probe_on_a_seeded_sample(monkeypatch):
+    transition = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.0, 0.4, 0.6]])
+    probabilities, given, true = _noisy_model(20000, 3, transition, seed=0)
+    trusted_probabilities, _, trusted_true = _noisy_model(3000, 3, transition, seed=1)
+    full = wrong_count.estimate_wrong_labels(
+        probabilities, given, trusted_probabilities, trusted_true, bootstrap=0
+    )
+    monkeypatch.setattr(wrong_count, "LABEL_PROBE_EXAMPLES", 4000)
+
+    sampled = [
+        wrong_count.estimate_wrong_labels(
+            probabilities, given, trusted_probabilities, trusted_true, bootstrap=0, seed=seed
+        )["count"]
+        for seed in (0, 0, 1)
+    ]
+
+    assert sampled[0] == sampled[1] != sampled[2]  # seeded: the same sample for the same seed
+    # A fifth of the examples fit the label probe almost as well: the count is the same within
+    # 2% (and within 5% of the truth, as with all of them).
+    assert sampled[0] == pytest.approx(full["count"], rel=0.02)
+    assert sampled[2] == pytest.approx((given != true).sum(), rel=0.05)
+
+
 def test_estimate_is_near_zero_on_clean_labels_and_refuses_a_missing_class():
     transition = np.eye(3)
     probabilities, given, true = _noisy_model(5000, 3, transition, seed=2)
@@ -269,6 +292,80 @@ def test_estimate_undercounts_what_the_model_memorised():
         )
         errors.append(result["count"] / (given != true).sum() - 1)
     assert errors[1] < errors[0] - 0.05 and errors[1] < -0.1
+
+
+def _half_seen_classes(n_per_class, seed):
+    """Gaussian classes with instance-dependent noise (`noise.instance_dependent_labels`), and
+    a model whose features are the points and whose probabilities read only their first
+    coordinate: the Bayes posterior given it, which cannot tell classes 1 and 2 apart (their
+    centres share it). A classifier head keeps of its features what predicts the labels it
+    was trained on; the features can hold more."""
+    x, true, posterior = _gaussian_classes(n_per_class, seed)
+    given, _ = noise.instance_dependent_labels(true, posterior, 0.3, seed=seed)
+    angles = 2 * np.pi * np.arange(3) / 3
+    log_density = -0.5 * (x[:, :1] - 2.0 * np.cos(angles)[None]) ** 2
+    first_only = np.exp(log_density - log_density.max(axis=1, keepdims=True))
+    return x, first_only / first_only.sum(axis=1, keepdims=True), given, true, posterior
+
+
+def test_the_truth_probe_reads_in_the_features_what_the_probabilities_lost():
+    from gdw_tf.runs.results import auroc
+
+    x, probabilities, given, true, posterior = _half_seen_classes(3000, 0)
+    x_trusted, trusted_probabilities, _, trusted_true, _ = _half_seen_classes(300, 1)
+    wrong = given != true
+    view = {"features": x, "trusted_features": x_trusted}
+
+    estimate = wrong_count.estimate_wrong_labels(
+        probabilities, given, trusted_probabilities, trusted_true, bootstrap=0, **view
+    )
+    assert estimate["probe_inputs"] == wrong_count.PROBE_INPUTS[True]
+    without = wrong_count.truth_probabilities(probabilities, trusted_probabilities, trusted_true)
+    with_features = wrong_count.truth_probabilities(
+        probabilities,
+        trusted_probabilities,
+        trusted_true,
+        l2=estimate["truth_probe_l2"],
+        **view,
+    )
+
+    def ranking(truth):  # AUROC of the margin under `truth` for "the label is wrong"
+        return auroc(-label_issues.label_margin(truth, given), wrong)
+
+    # With the features the truth probe ranks as the Bayes posterior of the points does.
+    assert ranking(with_features) > ranking(posterior) - 0.01
+    assert ranking(with_features) > ranking(without) + 0.1
+    # And it names the class the posterior names on nearly every point.
+    agreement = (with_features.argmax(axis=1) == posterior.argmax(axis=1)).mean()
+    assert agreement > 0.97
+    with pytest.raises(ValueError, match="both features and trusted_features"):
+        wrong_count.estimate_wrong_labels(
+            probabilities, given, trusted_probabilities, trusted_true, features=x
+        )
+
+
+def test_the_truth_probe_is_regularised_as_the_trusted_set_needs():
+    """Few trusted examples and many uninformative features: a strong L2 fits best out of fold;
+    many examples and informative features: a weak one."""
+    rng = np.random.default_rng(9)
+    chosen = []
+    for per_class, noise_columns in ((8, 40), (1000, 0)):
+        x, probabilities, given, _, _ = _half_seen_classes(1000, 2)
+        x_trusted, trusted_probabilities, _, trusted_true, _ = _half_seen_classes(per_class, 3)
+        result = wrong_count.estimate_wrong_labels(
+            probabilities,
+            given,
+            trusted_probabilities,
+            trusted_true,
+            features=np.concatenate([x, rng.normal(size=(len(x), noise_columns))], axis=1),
+            trusted_features=np.concatenate(
+                [x_trusted, rng.normal(size=(len(x_trusted), noise_columns))], axis=1
+            ),
+            bootstrap=0,
+        )
+        assert result["truth_probe_l2"] in wrong_count.TRUTH_PROBE_L2
+        chosen.append(result["truth_probe_l2"])
+    assert chosen[0] >= 1e-2 and chosen[1] <= 1e-3
 
 
 def test_estimate_with_one_trusted_example_per_class_is_finite():

@@ -163,6 +163,12 @@ class BackboneSplit:
         self.top_layers = [layer.name for layer in self._top.layers if layer.trainable_weights]
 
     @property
+    def features_and_logits(self):
+        """The backbone as a `keras.Model` with two outputs: the trunk's features and the
+        logits."""
+        return self._both
+
+    @property
     def top(self):
         """The top as a `keras.Model` from the trunk's features to the logits."""
         return self._top

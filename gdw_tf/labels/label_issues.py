@@ -15,7 +15,8 @@ and combinations of them.
 
 With a trusted set (examples whose labels are right: a GDW run's meta set), the number of wrong
 labels is estimated too (`gdw_tf.labels.wrong_count`, per given label, with a bootstrap
-interval), and it tells whether the model rejected the wrong labels or learned many of them.
+interval, from the model's probabilities and its penultimate features: `probe_features`), and
+it tells whether the model rejected the wrong labels or learned many of them.
 Where it learned them (annotators err on ambiguous examples, and such mistakes are learnable),
 it prefers the given label on many wrong ones, so "score < 0" misses them: within each given
 label the lowest scores are flagged instead, as many as estimated. Where it rejected them,
@@ -39,6 +40,7 @@ import keras
 import numpy as np
 from numpy.typing import ArrayLike
 
+from gdw_tf.core import meta_scope
 from gdw_tf.labels import wrong_count
 
 # Columns of `label_issues.csv`, in order; the two class-name columns only with class names.
@@ -56,6 +58,9 @@ CSV_COLUMNS = (
 )
 CSV_NAME_COLUMNS = ("given_class", "suggested_class")
 TOP_K = 5  # the model's most probable classes kept per example (for review.html)
+# Principal components of the penultimate features the trusted set's probes read (measured on
+# the benchmark: 16 to 64 rank alike; docs/LABEL_ISSUES.md, "The probes' inputs").
+PROBE_COMPONENTS = 32
 
 
 @dataclasses.dataclass(eq=False)
@@ -138,6 +143,8 @@ def rank_label_issues(
     trusted_probabilities: ArrayLike | None = None,
     trusted_labels: ArrayLike | None = None,
     trusted_for_flags: bool = True,
+    features: ArrayLike | None = None,
+    trusted_features: ArrayLike | None = None,
 ) -> LabelIssues:
     """Ranks examples by the margin of their given label and flags the suspicious ones.
 
@@ -160,6 +167,9 @@ def rank_label_issues(
       trusted_for_flags: False for a trusted set that does not represent the data (e.g. an
         automatic one, of the clearest examples): the estimate is reported, but the
         probabilities and flags stay the model's own (score < 0).
+      features, trusted_features: optional `[N, D]` and `[M, D]` features of the training
+        and trusted examples that the trusted set's probes read beside the probabilities
+        (`probe_features`); both or neither, and only with a trusted set.
 
     Returns:
       A `LabelIssues`, most suspicious first (ties keep the input order).
@@ -215,13 +225,19 @@ def rank_label_issues(
 
     if (trusted_probabilities is None) != (trusted_labels is None):
         raise ValueError("Give both trusted_probabilities and trusted_labels, or neither.")
+    if features is not None and trusted_probabilities is None:
+        raise ValueError("features are read with a trusted set: give trusted_probabilities too.")
     estimate = None
     if trusted_probabilities is not None:
         trusted_probabilities, trusted_labels = _check_trusted(
             trusted_probabilities, trusted_labels, num_classes
         )
+        features, trusted_features = _check_features(
+            features, trusted_features, n, len(trusted_labels)
+        )
+        view = {"features": features, "trusted_features": trusted_features}
         estimate = wrong_count.estimate_wrong_labels(
-            probabilities, given, trusted_probabilities, trusted_labels
+            probabilities, given, trusted_probabilities, trusted_labels, **view
         )
         estimate["flags_cut_at_estimate"] = (
             trusted_for_flags and estimate["model_learned_wrong_labels"]
@@ -230,7 +246,11 @@ def rank_label_issues(
             # The model's probabilities are those of the labels it learned; the trusted set
             # turns them into probabilities of the truth.
             probabilities = wrong_count.truth_probabilities(
-                probabilities, trusted_probabilities, trusted_labels
+                probabilities,
+                trusted_probabilities,
+                trusted_labels,
+                l2=estimate["truth_probe_l2"],
+                **view,
             )
     score = label_margin(probabilities, given)
     flagged = score < 0
@@ -281,6 +301,29 @@ def _check_trusted(probabilities, labels, num_classes):
     return probabilities, labels.astype(np.int64)
 
 
+def _check_features(features, trusted_features, n, m):
+    if (features is None) != (trusted_features is None):
+        raise ValueError("Give both features and trusted_features, or neither.")
+    if features is None:
+        return None, None
+    features = np.asarray(features, np.float64)
+    trusted_features = np.asarray(trusted_features, np.float64)
+    if (
+        features.ndim != 2
+        or trusted_features.ndim != 2
+        or features.shape[0] != n
+        or trusted_features.shape[0] != m
+        or features.shape[1] != trusted_features.shape[1]
+    ):
+        raise ValueError(
+            f"features must be [{n}, D] and trusted_features [{m}, D] (one row per example, "
+            f"the same D); got shapes {features.shape} and {trusted_features.shape}."
+        )
+    if not (np.all(np.isfinite(features)) and np.all(np.isfinite(trusted_features))):
+        raise ValueError("features and trusted_features must be finite.")
+    return features, trusted_features
+
+
 def write_label_issues_csv(
     path: str, issues: LabelIssues, *, class_names: Sequence[str] | None = None
 ) -> None:
@@ -322,9 +365,77 @@ def read_label_issues_csv(path: str) -> dict[str, list[str]]:
 def predict_probabilities(model: keras.Model, x: Any, batch_size: int = 256) -> np.ndarray:
     """Softmax of `model`'s logits on `x` (arrays, or a `tf.data.Dataset` of batches of `x` or
     `(x, y)`), as a float64 NumPy array `[N, C]`."""
-    logits = model.predict(x, batch_size=None if _is_dataset(x) else batch_size, verbose=0)
-    logits = np.asarray(logits, np.float64)
-    logits -= logits.max(axis=1, keepdims=True)
+    return _softmax(_predict(model, x, batch_size))
+
+
+def probe_features(
+    model: keras.Model,
+    x: Any,
+    x_trusted: Any,
+    batch_size: int = 256,
+    components: int = PROBE_COMPONENTS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The model's probabilities and penultimate features on `x` and on trusted `x_trusted`.
+
+    The features are the input of the network's classifier layer (its last layer with
+    weights: `meta_scope`'s "head" split), centred and projected on their first
+    `components` principal components over the trusted examples: a few dozen inputs
+    that a thousand trusted labels can fit a probe to. A model that learned wrong labels
+    still tells in these features much of what an ambiguous image is (docs/LABEL_ISSUES.md,
+    "The probes' inputs").
+
+    Args:
+      model: a `GDWModel` or a functional Keras model whose output is the logits.
+      x, x_trusted: inputs as for `predict_probabilities`.
+      batch_size: prediction batch size for array inputs.
+      components: how many principal components (at most `M − 1` for `M` trusted examples).
+
+    Returns:
+      `(probabilities, trusted_probabilities, features, trusted_features)`, float64
+      `[N, C]`, `[M, C]`, `[N, K]`, `[M, K]`; None where the network has no layer graph to
+      split (a subclassed model), or its classifier reads the inputs themselves.
+    """
+    backbone = getattr(model, "backbone", model)
+    try:
+        split = meta_scope.split_backbone(backbone, meta_scope.HEAD)
+    except ValueError:
+        return None
+    if split is None:
+        return None
+    both = split.features_and_logits
+    flat = both.outputs[0]
+    if len(flat.shape) != 2:
+        flat = keras.layers.Flatten(name="probe_flatten")(flat)
+    trusted_features, trusted_logits = _predict(
+        keras.Model(both.inputs, [flat, both.outputs[1]]), x_trusted, batch_size
+    )
+    mean = trusted_features.mean(axis=0)
+    _, _, axes = np.linalg.svd(trusted_features - mean, full_matrices=False)
+    axes = axes[: min(components, len(trusted_features) - 1)]
+    projection = keras.layers.Dense(
+        len(axes), dtype="float32", trainable=False, name="probe_projection"
+    )
+    projected = keras.Model(both.inputs, [projection(flat), both.outputs[1]])
+    projection.set_weights([axes.T, -mean @ axes.T])
+    features, logits = _predict(projected, x, batch_size)
+    return (
+        _softmax(logits),
+        _softmax(trusted_logits),
+        features,
+        (trusted_features - mean) @ axes.T,
+    )
+
+
+def _predict(model, x, batch_size):
+    """`model.predict` of `x` as float64 NumPy arrays (a list for several outputs)."""
+    out = model.predict(x, batch_size=None if _is_dataset(x) else batch_size, verbose=0)
+    if isinstance(out, (list, tuple)):
+        return [np.asarray(value, np.float64) for value in out]
+    return np.asarray(out, np.float64)
+
+
+def _softmax(logits):
+    logits = logits - logits.max(axis=1, keepdims=True)
     probabilities = np.exp(logits)
     return probabilities / probabilities.sum(axis=1, keepdims=True)
 
@@ -388,13 +499,19 @@ def find_label_issues(
         label_weights = keras.ops.convert_to_numpy(model.example_label_weights)[index]
         if ids is None:
             ids = index
-    trusted_probabilities = trusted_labels = None
+    trusted_probabilities = trusted_labels = features = trusted_features = None
+    view = None
     if trusted is not None:
         if len(trusted) != 2:
             raise ValueError("trusted must be a pair (x_trusted, y_trusted).")
         trusted_labels = np.asarray(trusted[1]).reshape(-1)
-        trusted_probabilities = predict_probabilities(model, trusted[0], batch_size)
-    probabilities = predict_probabilities(model, x, batch_size)
+        view = probe_features(model, x, trusted[0], batch_size)
+        if view is None:
+            trusted_probabilities = predict_probabilities(model, trusted[0], batch_size)
+    if view is None:
+        probabilities = predict_probabilities(model, x, batch_size)
+    else:
+        probabilities, trusted_probabilities, features, trusted_features = view
     if len(probabilities) != len(y):
         raise ValueError(f"x has {len(probabilities)} examples but y has {len(y)} labels.")
     return rank_label_issues(
@@ -407,6 +524,8 @@ def find_label_issues(
         trusted_probabilities=trusted_probabilities,
         trusted_labels=trusted_labels,
         trusted_for_flags=trusted_for_flags,
+        features=features,
+        trusted_features=trusted_features,
     )
 
 

@@ -1,12 +1,20 @@
 """How many training labels are wrong, estimated with the trusted set (NumPy only).
 
-Two probes read the trained model's (standardised) log-probabilities `z`, both softmax
+Two probes read the trained model's view `z` of an example: its (standardised) log-probabilities
+and, where the network has a classifier layer to split off, the principal components of that
+layer's input, its penultimate features (`label_issues.probe_features`). Both are softmax
 regressions fitted to convergence by Newton's method (convex: no seed, no order):
 
 - the *label probe* `p̃(j | z)`, fitted to the given labels of the training set: what the data
   set's labels are where the model believes something;
 - the *truth probe* `p(k | z)`, fitted to the right labels of the trusted set: what the truth is
-  there (on the trusted examples themselves, its out-of-fold probabilities, 10 folds).
+  there (on the trusted examples themselves, its out-of-fold probabilities, 10 folds). To
+  score the training examples its L2 is the one of `TRUTH_PROBE_L2` with the best
+  out-of-fold fit; its confusions `B` below use the weakest.
+
+A model that learned wrong labels maps an ambiguous image to the label it was taught, but its
+features still say much of what the image is; with them the truth probe ranks the wrong labels
+better (docs/LABEL_ISSUES.md, "The probes' inputs").
 
 Averaged over the trusted examples of each true class `k` they give two matrices:
 `M[k, j]` = mean `p̃(j | z)` (Gold Loss Correction's estimate of the noise, Hendrycks et al.,
@@ -42,9 +50,10 @@ import numpy as np
 
 METHOD = (
     "Gold Loss Correction's noise estimate (Hendrycks et al. 2018): a softmax regression on "
-    "the model's log-probabilities fitted to the given labels, averaged over the trusted "
-    "examples of each class; where the model rejected the wrong labels, its own confusions on "
-    "the trusted set (a second regression, fitted to their right labels) divided out"
+    "the model's log-probabilities (and penultimate features) fitted to the given labels, "
+    "averaged over the trusted examples of each class; where the model rejected the wrong "
+    "labels, its own confusions on the trusted set (a second regression, fitted to their right "
+    "labels) divided out"
 )
 # Below this share of GLC's count of wrong labels rejected (the model prefers another class), the
 # model is taken to have learned many wrong labels (docs/LABEL_ISSUES.md: 0.81-0.94 where it
@@ -52,30 +61,44 @@ METHOD = (
 REJECTED_SHARE = 0.7
 # Folds of the truth probe's out-of-fold probabilities on the trusted set.
 TRUSTED_FOLDS = 10
+# The L2 of the truth probe that scores the training examples is the one of these with the best
+# out-of-fold fit on the trusted set; its confusions (`B`) use the first, the weakest.
+TRUTH_PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1)
+# The label probe is fitted to at most this many training examples (a seeded sample beyond).
+LABEL_PROBE_EXAMPLES = 100_000
+# Rows per chunk of the probes' Hessian (a chunk's outer products: rows × inputs² numbers).
+_HESSIAN_ROWS = 4096
+PROBE_INPUTS = {
+    False: "the model's log-probabilities",
+    True: "the model's log-probabilities and the principal components of its penultimate features",
+}
 # Below this many trusted examples in a class, `rests_on` says the estimate is noisy (measured
 # on the benchmark with 10 per class: −17% to +86%; with 30: −18% to +9%).
 FEW_TRUSTED_PER_CLASS = 30
 
 
 def fit_label_probe(
-    log_probabilities: np.ndarray,
+    inputs: np.ndarray,
     given_labels: np.ndarray,
     *,
+    num_classes: int | None = None,
     l2: float = 1e-4,
     iterations: int = 30,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A softmax regression from standardised log-probabilities to the given labels.
+    """A softmax regression from standardised inputs (log-probabilities, features) to labels.
 
     Fitted by damped Newton steps on the mean cross-entropy plus `l2/2 ||W||²` (a convex
     problem: the result does not depend on a seed or an order).
 
+    `num_classes` defaults to the inputs' width (log-probabilities of `C` classes).
+
     Returns:
       `(weights, mean, std)`: weights `[D + 1, C]` (last row: bias) and the standardisation.
     """
-    x = np.asarray(log_probabilities, np.float64)
+    x = np.asarray(inputs, np.float64)
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-8
     features = _design(x, mean, std)
-    num_classes = x.shape[1]
+    num_classes = num_classes or x.shape[1]
     one_hot = np.eye(num_classes)[given_labels]
     d, n = features.shape[1], len(features)
     weights = np.zeros((d, num_classes))
@@ -90,10 +113,18 @@ def fit_label_probe(
     for _ in range(iterations):
         p = _softmax(features @ weights)
         gradient = features.T @ (p - one_hot) / n + l2 * weights
-        # Hessian of the mean cross-entropy: sum_i (diag p_i - p_i p_i') ⊗ x_i x_i' / n.
-        outer_x = (features[:, :, None] * features[:, None, :]).reshape(n, d * d)
-        s = (p[:, :, None] * (np.eye(num_classes) - p[:, None, :])).reshape(n, -1)
-        hessian = (outer_x.T @ s / n).reshape(d, d, num_classes, num_classes)
+        # Hessian of the mean cross-entropy: sum_i (diag p_i - p_i p_i') ⊗ x_i x_i' / n, summed
+        # over chunks of rows (the outer products of all rows at once would be n·d² numbers).
+        hessian = np.zeros((d * d, num_classes * num_classes))
+        for start in range(0, n, _HESSIAN_ROWS):
+            x_rows, p_rows = (
+                features[start : start + _HESSIAN_ROWS],
+                p[start : start + _HESSIAN_ROWS],
+            )
+            outer_x = (x_rows[:, :, None] * x_rows[:, None, :]).reshape(len(x_rows), d * d)
+            s = p_rows[:, :, None] * (np.eye(num_classes) - p_rows[:, None, :])
+            hessian += outer_x.T @ s.reshape(len(x_rows), -1)
+        hessian = (hessian / n).reshape(d, d, num_classes, num_classes)
         hessian = hessian.transpose(0, 2, 1, 3).reshape(d * num_classes, d * num_classes)
         hessian += l2 * np.eye(d * num_classes)
         step = np.linalg.solve(hessian, gradient.reshape(-1)).reshape(d, num_classes)
@@ -119,6 +150,8 @@ def estimate_wrong_labels(
     trusted_probabilities: np.ndarray,
     trusted_labels: np.ndarray,
     *,
+    features: np.ndarray | None = None,
+    trusted_features: np.ndarray | None = None,
     bootstrap: int = 200,
     seed: int = 0,
 ) -> dict:
@@ -129,8 +162,12 @@ def estimate_wrong_labels(
       given_labels: `[N]` their given (possibly wrong) labels.
       trusted_probabilities: `[M, C]` its probabilities on the trusted examples.
       trusted_labels: `[M]` their (right) labels; every class must appear.
+      features, trusted_features: optional `[N, D]`, `[M, D]` more of the model's view for the
+        probes, beside the log-probabilities (`label_issues.probe_features`: its penultimate
+        layer's principal components); both or neither.
       bootstrap: number of resamples of the trusted set for the interval (0: none).
-      seed: seed of the resamples.
+      seed: seed of the resamples (and of the label probe's sample of a training set of more
+        than `LABEL_PROBE_EXAMPLES`).
 
     Returns:
       A dict: `count` (float), `interval` ([low, high], the 2.5% and 97.5% bootstrap
@@ -139,11 +176,14 @@ def estimate_wrong_labels(
       `true_class_sizes`, `rejected_share` (given labels the model disagrees with, over GLC's
       count), `model_learned_wrong_labels` (`rejected_share < REJECTED_SHARE`), `count_if`
       (the count if the model "rejected" or "learned" the wrong labels), `num_trusted`,
-      `smallest_trusted_class` (its number of trusted examples), `method`.
+      `smallest_trusted_class` (its number of trusted examples), `probe_inputs` (what the
+      probes read), `truth_probe_l2` (chosen by cross-validation), `method`.
 
     Raises:
       ValueError: when a class has no trusted example.
     """
+    if (features is None) != (trusted_features is None):
+        raise ValueError("Give both features and trusted_features, or neither.")
     given = np.asarray(given_labels, np.int64)
     trusted_labels = np.asarray(trusted_labels, np.int64)
     num_classes = probabilities.shape[1]
@@ -154,10 +194,20 @@ def estimate_wrong_labels(
             f"The trusted set has no example of class(es) {missing}; the number of wrong labels "
             "is estimated per class: give trusted examples of every class."
         )
-    z, z_trusted = _log(probabilities), _log(trusted_probabilities)
-    label_probe = fit_label_probe(z, given)
+    z, z_trusted = (
+        _probe_inputs(probabilities, features),
+        _probe_inputs(trusted_probabilities, trusted_features),
+    )
+    fitted = np.arange(len(given))
+    if len(given) > LABEL_PROBE_EXAMPLES:  # a seeded sample: enough for 43 × C weights
+        fitted = np.random.default_rng(seed).choice(len(given), LABEL_PROBE_EXAMPLES, False)
+    label_probe = fit_label_probe(z[fitted], given[fitted], num_classes=num_classes)
     given_on_trusted = _predict(label_probe, z_trusted)
-    truth_on_trusted = _out_of_fold(z_trusted, trusted_labels, TRUSTED_FOLDS)
+    # The model's confusions come from the least regularised probe: a more regularised one is
+    # less sure, and its confusions read as the model's (docs/LABEL_ISSUES.md).
+    truth_on_trusted = _out_of_fold(
+        z_trusted, trusted_labels, TRUSTED_FOLDS, num_classes, TRUTH_PROBE_L2[0]
+    )
     counts = np.bincount(given, minlength=num_classes).astype(np.float64)
 
     rows = [np.flatnonzero(trusted_labels == k) for k in range(num_classes)]
@@ -193,6 +243,8 @@ def estimate_wrong_labels(
         "count_if": count_if,
         "num_trusted": int(len(trusted_labels)),
         "smallest_trusted_class": int(per_class.min()),
+        "probe_inputs": PROBE_INPUTS[features is not None],
+        "truth_probe_l2": truth_probe_l2(z_trusted, trusted_labels, num_classes),
         "method": METHOD,
     }
     if bootstrap:
@@ -211,14 +263,27 @@ def estimate_wrong_labels(
 
 
 def truth_probabilities(
-    probabilities: np.ndarray, trusted_probabilities: np.ndarray, trusted_labels: np.ndarray
+    probabilities: np.ndarray,
+    trusted_probabilities: np.ndarray,
+    trusted_labels: np.ndarray,
+    *,
+    features: np.ndarray | None = None,
+    trusted_features: np.ndarray | None = None,
+    l2: float | None = None,
 ) -> np.ndarray:
     """`[N, C]` P(true class | the model's view): the truth probe, a softmax regression fitted
-    to the trusted examples' right labels on the model's log-probabilities, applied to
-    `probabilities`. Where the model learned wrong labels, its own probabilities say what an
-    image is *labelled*; these say what it *is* (as far as the model's view tells)."""
-    probe = fit_label_probe(_log(trusted_probabilities), np.asarray(trusted_labels, np.int64))
-    return _predict(probe, _log(probabilities))
+    to the trusted examples' right labels on the model's log-probabilities (and `features`, as
+    `estimate_wrong_labels`), applied to the training examples. Where the model learned wrong
+    labels, its own probabilities say what an image is *labelled*; these say what it *is* (as
+    far as the model's view tells). `l2`: the probe's L2 (`estimate["truth_probe_l2"]`);
+    chosen by cross-validation on the trusted set if None."""
+    trusted_labels = np.asarray(trusted_labels, np.int64)
+    num_classes = probabilities.shape[1]
+    z_trusted = _probe_inputs(trusted_probabilities, trusted_features)
+    if l2 is None:
+        l2 = truth_probe_l2(z_trusted, trusted_labels, num_classes)
+    probe = fit_label_probe(z_trusted, trusted_labels, num_classes=num_classes, l2=l2)
+    return _predict(probe, _probe_inputs(probabilities, features))
 
 
 def cut_at_estimate(score: np.ndarray, given_labels: np.ndarray, per_given_label) -> np.ndarray:
@@ -275,20 +340,36 @@ def _predict(probe, features):
     return _softmax(_design(features, mean, std) @ weights)
 
 
-def _out_of_fold(features, labels, folds):
+def truth_probe_l2(inputs: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """The L2 of the truth probe that scores the training examples: of `TRUTH_PROBE_L2`, the
+    one whose out-of-fold probabilities on the trusted examples (`inputs`, `labels`) have the
+    lowest cross-entropy. A thousand trusted examples fit a probe of 40-odd inputs loosely:
+    how loosely is measured, not assumed."""
+    losses = []
+    for l2 in TRUTH_PROBE_L2:
+        out = _out_of_fold(inputs, labels, TRUSTED_FOLDS, num_classes, l2)
+        losses.append(-np.mean(np.log(np.clip(out[np.arange(len(labels)), labels], 1e-12, None))))
+    return TRUTH_PROBE_L2[int(np.argmin(losses))]
+
+
+def _out_of_fold(inputs, labels, folds, num_classes, l2):
     """Each example's probabilities from a probe fitted to the others' labels (`folds` folds,
     stratified by label; fewer where a class has fewer examples). With one example per class
     there are no others: the probe's own (in-sample) probabilities."""
+
+    def fit(rows):
+        return fit_label_probe(inputs[rows], labels[rows], num_classes=num_classes, l2=l2)
+
     if np.bincount(labels).max() < 2:
-        return _predict(fit_label_probe(features, labels), features)
+        return _predict(fit(slice(None)), inputs)
     fold = np.empty(len(labels), np.int64)
     for k in np.unique(labels):
         rows = np.flatnonzero(labels == k)
         fold[rows] = np.arange(len(rows)) % folds
-    out = np.empty((len(labels), features.shape[1]))
+    out = np.empty((len(labels), num_classes))
     for f in np.unique(fold):
         held = fold == f
-        out[held] = _predict(fit_label_probe(features[~held], labels[~held]), features[held])
+        out[held] = _predict(fit(~held), inputs[held])
     return out
 
 
@@ -327,8 +408,12 @@ def _design(x, mean, std):
     return np.concatenate([(x - mean) / std, np.ones((len(x), 1))], axis=1)
 
 
-def _log(probabilities):
-    return np.log(np.clip(np.asarray(probabilities, np.float64), 1e-12, None))
+def _probe_inputs(probabilities, features):
+    """What the probes read: the model's log-probabilities, and its `features` if given."""
+    z = np.log(np.clip(np.asarray(probabilities, np.float64), 1e-12, None))
+    if features is None:
+        return z
+    return np.concatenate([z, np.asarray(features, np.float64).reshape(len(z), -1)], axis=1)
 
 
 def _softmax(logits):

@@ -85,6 +85,8 @@ def wrong_labels_summary(issues, split):
                 "count_if",
                 "num_trusted",
                 "smallest_trusted_class",
+                "probe_inputs",
+                "truth_probe_l2",
                 "method",
                 "trusted_source",
                 "flags_cut_at_estimate",
