@@ -439,6 +439,28 @@ def estimate_candidates(probabilities, given, trusted_probabilities, trusted_lab
     }
 
 
+def truth_probe_ceiling(probabilities, features, true_labels):
+    """The truth probe's probabilities where it is fitted not to the trusted set but to the
+    true labels of a seeded half of the training set, each half scored by the probe fitted to
+    the other: how well a probe of this model's view could rank the wrong labels with 30 times
+    the trusted labels (an oracle: a run has no such labels)."""
+    from gdw_tf.labels import wrong_count
+
+    half = np.random.default_rng(0).random(len(true_labels)) < 0.5
+    out = np.empty_like(probabilities)
+    for scored in (half, ~half):
+        fitted = ~scored
+        out[scored] = wrong_count.truth_probabilities(
+            probabilities[scored],
+            probabilities[fitted],
+            true_labels[fitted],
+            features=features[scored],
+            trusted_features=features[fitted],
+            l2=wrong_count.TRUTH_PROBE_L2[0],
+        )
+    return out
+
+
 def smaller_trusted_sets(
     probabilities, given, trusted_probabilities, trusted_labels, wrong, features, trusted_features
 ):
@@ -556,6 +578,10 @@ def evaluate(setting):
             features=all_features[:, :k],
             trusted_features=all_trusted_features[:, :k],
         )
+    truth[
+        f"log-probabilities and {components} components, fitted to true labels of half the "
+        "training set (oracle)"
+    ] = truth_probe_ceiling(probabilities, view["features"], problem.true)
     candidate_aurocs, candidate_f1 = candidates(
         probabilities, problem, weights, candidate_estimates, truth
     )
