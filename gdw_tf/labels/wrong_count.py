@@ -199,7 +199,7 @@ def estimate_wrong_labels(
         _probe_inputs(trusted_probabilities, trusted_features),
     )
     fitted = np.arange(len(given))
-    if len(given) > LABEL_PROBE_EXAMPLES:  # a seeded sample: enough for 43 × C weights
+    if len(given) > LABEL_PROBE_EXAMPLES:  # a seeded sample: plenty for its few hundred weights
         fitted = np.random.default_rng(seed).choice(len(given), LABEL_PROBE_EXAMPLES, False)
     label_probe = fit_label_probe(z[fitted], given[fitted], num_classes=num_classes)
     given_on_trusted = _predict(label_probe, z_trusted)
@@ -244,7 +244,7 @@ def estimate_wrong_labels(
         "num_trusted": int(len(trusted_labels)),
         "smallest_trusted_class": int(per_class.min()),
         "probe_inputs": PROBE_INPUTS[features is not None],
-        "truth_probe_l2": truth_probe_l2(z_trusted, trusted_labels, num_classes),
+        "truth_probe_l2": _truth_probe_l2(z_trusted, trusted_labels, num_classes),
         "method": METHOD,
     }
     if bootstrap:
@@ -281,7 +281,7 @@ def truth_probabilities(
     num_classes = probabilities.shape[1]
     z_trusted = _probe_inputs(trusted_probabilities, trusted_features)
     if l2 is None:
-        l2 = truth_probe_l2(z_trusted, trusted_labels, num_classes)
+        l2 = _truth_probe_l2(z_trusted, trusted_labels, num_classes)
     probe = fit_label_probe(z_trusted, trusted_labels, num_classes=num_classes, l2=l2)
     return _predict(probe, _probe_inputs(probabilities, features))
 
@@ -340,7 +340,7 @@ def _predict(probe, features):
     return _softmax(_design(features, mean, std) @ weights)
 
 
-def truth_probe_l2(inputs: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+def _truth_probe_l2(inputs, labels, num_classes):
     """The L2 of the truth probe that scores the training examples: of `TRUTH_PROBE_L2`, the
     one whose out-of-fold probabilities on the trusted examples (`inputs`, `labels`) have the
     lowest cross-entropy. A thousand trusted examples fit a probe of 40-odd inputs loosely:
