@@ -487,7 +487,7 @@ def smaller_trusted_sets(
             drawn = trusted_features[rows]
             mean = drawn.mean(axis=0)
             axes = np.linalg.svd(drawn - mean, full_matrices=False)[2]
-            axes = axes[: min(label_issues.PROBE_COMPONENTS, len(rows) - 1)]
+            axes = axes[: label_issues.probe_component_count(len(rows))]
             estimate = wrong_count.estimate_wrong_labels(
                 probabilities,
                 given,

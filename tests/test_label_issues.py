@@ -232,7 +232,7 @@ def test_probe_features_are_the_classifiers_input_on_the_trusted_principal_compo
     rng = np.random.default_rng(3)
     backbone = backbones.small_cnn((8, 8, 1), 3)  # the classifier reads a flattened 2x2x64
     x = rng.normal(size=(40, 8, 8, 1)).astype("float32")
-    x_trusted = rng.normal(size=(12, 8, 8, 1)).astype("float32")
+    x_trusted = rng.normal(size=(60, 8, 8, 1)).astype("float32")  # room for 6 components
 
     probabilities, trusted_probabilities, features, trusted_features = label_issues.probe_features(
         backbone, x, x_trusted, components=5
@@ -252,8 +252,10 @@ def test_probe_features_are_the_classifiers_input_on_the_trusted_principal_compo
     np.testing.assert_allclose(
         trusted_probabilities, label_issues.predict_probabilities(backbone, x_trusted), atol=1e-6
     )
-    # At most M - 1 components for M trusted examples (the rest have no variance).
-    assert label_issues.probe_features(backbone, x, x_trusted[:4])[2].shape == (40, 3)
+    # At most one component per TRUSTED_PER_COMPONENT (10) trusted examples.
+    assert label_issues.probe_features(backbone, x, x_trusted[:35])[2].shape == (40, 3)
+    assert label_issues.probe_component_count(1000) == label_issues.PROBE_COMPONENTS == 32
+    assert label_issues.probe_component_count(9) == 0
 
 
 class Subclassed(keras.Model):

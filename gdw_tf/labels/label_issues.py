@@ -59,8 +59,11 @@ CSV_COLUMNS = (
 CSV_NAME_COLUMNS = ("given_class", "suggested_class")
 TOP_K = 5  # the model's most probable classes kept per example (for review.html)
 # Principal components of the penultimate features the trusted set's probes read (measured on
-# the benchmark: 16 to 64 rank alike; docs/LABEL_ISSUES.md, "The probes' inputs").
+# the benchmark: 16 to 64 rank alike; docs/LABEL_ISSUES.md, "The probes' inputs"), and at least
+# this many trusted examples per component (with 10 per class, 32 components made the count
+# noisier than none, 10 did not).
 PROBE_COMPONENTS = 32
+TRUSTED_PER_COMPONENT = 10
 
 
 @dataclasses.dataclass(eq=False)
@@ -388,7 +391,8 @@ def probe_features(
       model: a `GDWModel` or a functional Keras model whose output is the logits.
       x, x_trusted: inputs as for `predict_probabilities`.
       batch_size: prediction batch size for array inputs.
-      components: how many principal components (at most `M − 1` for `M` trusted examples).
+      components: how many principal components, at most one per `TRUSTED_PER_COMPONENT`
+        trusted examples (`probe_component_count`; none below that many).
 
     Returns:
       `(probabilities, trusted_probabilities, features, trusted_features)`, float64
@@ -411,7 +415,7 @@ def probe_features(
     )
     mean = trusted_features.mean(axis=0)
     _, _, axes = np.linalg.svd(trusted_features - mean, full_matrices=False)
-    axes = axes[: min(components, len(trusted_features) - 1)]
+    axes = axes[: probe_component_count(len(trusted_features), components)]
     projection = keras.layers.Dense(
         len(axes), dtype="float32", trainable=False, name="probe_projection"
     )
@@ -424,6 +428,12 @@ def probe_features(
         features,
         (trusted_features - mean) @ axes.T,
     )
+
+
+def probe_component_count(num_trusted: int, components: int = PROBE_COMPONENTS) -> int:
+    """How many principal components the probes read with `num_trusted` trusted examples:
+    `components`, but at most one per `TRUSTED_PER_COMPONENT` of them."""
+    return max(min(components, num_trusted // TRUSTED_PER_COMPONENT), 0)
 
 
 def _predict(model, x, batch_size):
@@ -505,7 +515,8 @@ def find_label_issues(
         if len(trusted) != 2:
             raise ValueError("trusted must be a pair (x_trusted, y_trusted).")
         trusted_labels = np.asarray(trusted[1]).reshape(-1)
-        view = probe_features(model, x, trusted[0], batch_size)
+        if probe_component_count(len(trusted_labels)):
+            view = probe_features(model, x, trusted[0], batch_size)
         if view is None:
             trusted_probabilities = predict_probabilities(model, trusted[0], batch_size)
     if view is None:
