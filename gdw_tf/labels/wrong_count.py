@@ -56,8 +56,8 @@ METHOD = (
     "labels) divided out"
 )
 # Below this share of GLC's count of wrong labels rejected (the model prefers another class), the
-# model is taken to have learned many wrong labels (docs/LABEL_ISSUES.md: 0.81-0.94 where it
-# resisted the noise, 0.49-0.53 where it learned it, on the benchmark).
+# model is taken to have learned many wrong labels (docs/LABEL_ISSUES.md: 0.80-0.93 where it
+# resisted the noise, 0.47-0.52 where it learned it, on the benchmark).
 REJECTED_SHARE = 0.7
 # Folds of the truth probe's out-of-fold probabilities on the trusted set.
 TRUSTED_FOLDS = 10
