@@ -466,9 +466,10 @@ def smaller_trusted_sets(
 ):
     """The estimate's relative error with `--trusted_per_class` examples per class of the
     trusted set (`TRUSTED_DRAWS` seeded draws each; sizes the trusted set does not exceed are
-    left out): `{per_class: [error, ...]}`. The probes read the first principal components of
-    the drawn examples' `trusted_features` (components of the whole trusted set's penultimate
-    features: close to, not the same as, those of the drawn examples' own)."""
+    left out): `{per_class: [error, ...]}`. The probes read the drawn examples' principal
+    components (`label_issues.probe_component_count` of them), computed within
+    `trusted_features`, the first components of the whole trusted set's penultimate features
+    (a run computes them from the features themselves: close, not the same)."""
     from gdw_tf.labels import label_issues
     from gdw_tf.labels import wrong_count
 

@@ -73,7 +73,7 @@ PROBE_INPUTS = {
     True: "the model's log-probabilities and the principal components of its penultimate features",
 }
 # Below this many trusted examples in a class, `rests_on` says the estimate is noisy (measured
-# on the benchmark with 10 per class: −17% to +86%; with 30: −18% to +9%).
+# on the benchmark with 10 per class: −15% to +91%; with 30: −18% to +11%).
 FEW_TRUSTED_PER_CLASS = 30
 
 
@@ -316,7 +316,7 @@ def rests_on(estimate: dict) -> str:
     if smallest is not None and smallest < FEW_TRUSTED_PER_CLASS:
         trusted += (
             f" (only {smallest} in its smallest class: with 10 trusted examples per class the "
-            "estimate was off by up to +86% on the benchmark, with 30 by up to 18%)"
+            "estimate was off by up to +91% on the benchmark, with 30 by up to 18%)"
         )
     share = estimate.get("rejected_share")
     if share is None:
