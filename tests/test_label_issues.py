@@ -256,6 +256,13 @@ def test_probe_features_are_the_classifiers_input_on_the_trusted_principal_compo
     assert label_issues.probe_features(backbone, x, x_trusted[:35])[2].shape == (40, 3)
     assert label_issues.probe_component_count(1000) == label_issues.PROBE_COMPONENTS == 32
     assert label_issues.probe_component_count(9) == 0
+    with pytest.raises(ValueError, match="at least 10 trusted examples"):
+        label_issues.probe_features(backbone, x, x_trusted[:9])
+    # find_label_issues then probes the probabilities alone.
+    few = gdw_tf.find_label_issues(
+        backbone, x, rng.integers(0, 3, 40), trusted=(x_trusted[:9], np.arange(9) % 3)
+    )
+    assert few.estimate["probe_inputs"] == wrong_count.PROBE_INPUTS[False]
 
 
 class Subclassed(keras.Model):

@@ -392,12 +392,15 @@ def probe_features(
       x, x_trusted: inputs as for `predict_probabilities`.
       batch_size: prediction batch size for array inputs.
       components: how many principal components, at most one per `TRUSTED_PER_COMPONENT`
-        trusted examples (`probe_component_count`; none below that many).
+        trusted examples (`probe_component_count`).
 
     Returns:
       `(probabilities, trusted_probabilities, features, trusted_features)`, float64
       `[N, C]`, `[M, C]`, `[N, K]`, `[M, K]`; None where the network has no layer graph to
       split (a subclassed model), or its classifier reads the inputs themselves.
+
+    Raises:
+      ValueError: with fewer than `TRUSTED_PER_COMPONENT` trusted examples.
     """
     backbone = getattr(model, "backbone", model)
     try:
@@ -413,9 +416,15 @@ def probe_features(
     trusted_features, trusted_logits = _predict(
         keras.Model(both.inputs, [flat, both.outputs[1]]), x_trusted, batch_size
     )
+    count = probe_component_count(len(trusted_features), components)
+    if count == 0:
+        raise ValueError(
+            f"probe_features needs at least {TRUSTED_PER_COMPONENT} trusted examples (one per "
+            f"component); got {len(trusted_features)}."
+        )
     mean = trusted_features.mean(axis=0)
     _, _, axes = np.linalg.svd(trusted_features - mean, full_matrices=False)
-    axes = axes[: probe_component_count(len(trusted_features), components)]
+    axes = axes[:count]
     projection = keras.layers.Dense(
         len(axes), dtype="float32", trainable=False, name="probe_projection"
     )
