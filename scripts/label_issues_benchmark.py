@@ -405,9 +405,9 @@ def candidates(probabilities, problem, weights, estimates, truth_probabilities):
     return ({name: auroc(-score, wrong) for name, score in scores.items()}, f1)
 
 
-def estimate_candidates(probabilities, given, trusted_probabilities, trusted_labels, view):
+def estimate_candidates(probabilities, given, trusted_probabilities, trusted_labels, estimate):
     """Candidate estimates of the number of wrong labels (the measurements behind the choice;
-    `view`: the features gdw_tf's probes read)."""
+    `estimate`: gdw_tf's, whose probes read the features too)."""
     from gdw_tf.labels import label_issues
     from gdw_tf.labels import wrong_count
 
@@ -415,11 +415,8 @@ def estimate_candidates(probabilities, given, trusted_probabilities, trusted_lab
     num_classes = probabilities.shape[1]
     counts = np.bincount(given, minlength=num_classes).astype(np.float64)
     own = np.stack([trusted_probabilities[trusted_labels == k].mean(0) for k in range(num_classes)])
-    estimate, without_features = (
-        wrong_count.estimate_wrong_labels(
-            probabilities, given, trusted_probabilities, trusted_labels, bootstrap=0, **features
-        )
-        for features in (view, {})
+    without_features = wrong_count.estimate_wrong_labels(
+        probabilities, given, trusted_probabilities, trusted_labels, bootstrap=0
     )
     count_if = estimate["count_if"]
     return {
@@ -486,9 +483,7 @@ def smaller_trusted_sets(
                 ]
             )
             drawn = trusted_features[rows]
-            mean = drawn.mean(axis=0)
-            axes = np.linalg.svd(drawn - mean, full_matrices=False)[2]
-            axes = axes[: label_issues.probe_component_count(len(rows))]
+            mean, axes = label_issues.principal_axes(drawn)
             estimate = wrong_count.estimate_wrong_labels(
                 probabilities,
                 given,
@@ -564,7 +559,7 @@ def evaluate(setting):
     gdw["rejected_share"] = estimate["rejected_share"]
     gdw["truth_probe_l2"] = estimate["truth_probe_l2"]
     candidate_estimates = estimate_candidates(
-        probabilities, problem.given, trusted_probabilities, problem.y_trusted, view
+        probabilities, problem.given, trusted_probabilities, problem.y_trusted, estimate
     )
     truth = {
         "log-probabilities": wrong_count.truth_probabilities(

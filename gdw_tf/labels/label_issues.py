@@ -416,15 +416,7 @@ def probe_features(
     trusted_features, trusted_logits = _predict(
         keras.Model(both.inputs, [flat, both.outputs[1]]), x_trusted, batch_size
     )
-    count = probe_component_count(len(trusted_features), components)
-    if count == 0:
-        raise ValueError(
-            f"probe_features needs at least {TRUSTED_PER_COMPONENT} trusted examples (one per "
-            f"component); got {len(trusted_features)}."
-        )
-    mean = trusted_features.mean(axis=0)
-    _, _, axes = np.linalg.svd(trusted_features - mean, full_matrices=False)
-    axes = axes[:count]
+    mean, axes = principal_axes(trusted_features, components)
     projection = keras.layers.Dense(
         len(axes), dtype="float32", trainable=False, name="probe_projection"
     )
@@ -437,6 +429,27 @@ def probe_features(
         features,
         (trusted_features - mean) @ axes.T,
     )
+
+
+def principal_axes(
+    trusted_features: np.ndarray, components: int = PROBE_COMPONENTS
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(mean, axes)`: the mean `[D]` of the trusted examples' `[M, D]` features and their
+    first `probe_component_count(M, components)` principal axes `[K, D]`; the probes read
+    `(features - mean) @ axes.T`.
+
+    Raises:
+      ValueError: with fewer than `TRUSTED_PER_COMPONENT` trusted examples.
+    """
+    count = probe_component_count(len(trusted_features), components)
+    if count == 0:
+        raise ValueError(
+            f"probe_features needs at least {TRUSTED_PER_COMPONENT} trusted examples (one per "
+            f"component); got {len(trusted_features)}."
+        )
+    mean = trusted_features.mean(axis=0)
+    _, _, axes = np.linalg.svd(trusted_features - mean, full_matrices=False)
+    return mean, axes[:count]
 
 
 def probe_component_count(num_trusted: int, components: int = PROBE_COMPONENTS) -> int:
@@ -518,20 +531,19 @@ def find_label_issues(
         label_weights = keras.ops.convert_to_numpy(model.example_label_weights)[index]
         if ids is None:
             ids = index
-    trusted_probabilities = trusted_labels = features = trusted_features = None
-    view = None
+    trusted_probabilities = trusted_labels = features = trusted_features = view = None
     if trusted is not None:
         if len(trusted) != 2:
             raise ValueError("trusted must be a pair (x_trusted, y_trusted).")
         trusted_labels = np.asarray(trusted[1]).reshape(-1)
         if probe_component_count(len(trusted_labels)):
             view = probe_features(model, x, trusted[0], batch_size)
-        if view is None:
-            trusted_probabilities = predict_probabilities(model, trusted[0], batch_size)
-    if view is None:
-        probabilities = predict_probabilities(model, x, batch_size)
-    else:
+    if view is not None:
         probabilities, trusted_probabilities, features, trusted_features = view
+    else:
+        probabilities = predict_probabilities(model, x, batch_size)
+        if trusted is not None:
+            trusted_probabilities = predict_probabilities(model, trusted[0], batch_size)
     if len(probabilities) != len(y):
         raise ValueError(f"x has {len(probabilities)} examples but y has {len(y)} labels.")
     return rank_label_issues(

@@ -203,11 +203,10 @@ def estimate_wrong_labels(
         fitted = np.random.default_rng(seed).choice(len(given), LABEL_PROBE_EXAMPLES, False)
     label_probe = fit_label_probe(z[fitted], given[fitted], num_classes=num_classes)
     given_on_trusted = _predict(label_probe, z_trusted)
+    out_of_fold = _truth_probe_out_of_fold(z_trusted, trusted_labels, num_classes)
     # The model's confusions come from the least regularised probe: a more regularised one is
     # less sure, and its confusions read as the model's (docs/LABEL_ISSUES.md).
-    truth_on_trusted = _out_of_fold(
-        z_trusted, trusted_labels, TRUSTED_FOLDS, num_classes, TRUTH_PROBE_L2[0]
-    )
+    truth_on_trusted = out_of_fold[TRUTH_PROBE_L2[0]]
     counts = np.bincount(given, minlength=num_classes).astype(np.float64)
 
     rows = [np.flatnonzero(trusted_labels == k) for k in range(num_classes)]
@@ -244,7 +243,7 @@ def estimate_wrong_labels(
         "num_trusted": int(len(trusted_labels)),
         "smallest_trusted_class": int(per_class.min()),
         "probe_inputs": PROBE_INPUTS[features is not None],
-        "truth_probe_l2": _truth_probe_l2(z_trusted, trusted_labels, num_classes),
+        "truth_probe_l2": _best_l2(out_of_fold, trusted_labels),
         "method": METHOD,
     }
     if bootstrap:
@@ -281,7 +280,9 @@ def truth_probabilities(
     num_classes = probabilities.shape[1]
     z_trusted = _probe_inputs(trusted_probabilities, trusted_features)
     if l2 is None:
-        l2 = _truth_probe_l2(z_trusted, trusted_labels, num_classes)
+        l2 = _best_l2(
+            _truth_probe_out_of_fold(z_trusted, trusted_labels, num_classes), trusted_labels
+        )
     probe = fit_label_probe(z_trusted, trusted_labels, num_classes=num_classes, l2=l2)
     return _predict(probe, _probe_inputs(probabilities, features))
 
@@ -340,16 +341,25 @@ def _predict(probe, features):
     return _softmax(_design(features, mean, std) @ weights)
 
 
-def _truth_probe_l2(inputs, labels, num_classes):
-    """The L2 of the truth probe that scores the training examples: of `TRUTH_PROBE_L2`, the
-    one whose out-of-fold probabilities on the trusted examples (`inputs`, `labels`) have the
-    lowest cross-entropy. A thousand trusted examples fit a probe of 40-odd inputs loosely:
-    how loosely is measured, not assumed."""
-    losses = []
-    for l2 in TRUTH_PROBE_L2:
-        out = _out_of_fold(inputs, labels, TRUSTED_FOLDS, num_classes, l2)
-        losses.append(-np.mean(np.log(np.clip(out[np.arange(len(labels)), labels], 1e-12, None))))
-    return TRUTH_PROBE_L2[int(np.argmin(losses))]
+def _truth_probe_out_of_fold(inputs, labels, num_classes):
+    """`{l2: the truth probe's out-of-fold probabilities on the trusted examples}` for each L2
+    of `TRUTH_PROBE_L2`."""
+    return {
+        l2: _out_of_fold(inputs, labels, TRUSTED_FOLDS, num_classes, l2) for l2 in TRUTH_PROBE_L2
+    }
+
+
+def _best_l2(out_of_fold, labels):
+    """The L2 of the truth probe that scores the training examples: the one whose out-of-fold
+    probabilities (`_truth_probe_out_of_fold`) have the lowest cross-entropy on the trusted
+    `labels`. A thousand trusted examples fit a probe of 40-odd inputs loosely: how loosely is
+    measured, not assumed."""
+    rows = np.arange(len(labels))
+    losses = {
+        l2: -np.mean(np.log(np.clip(out[rows, labels], 1e-12, None)))
+        for l2, out in out_of_fold.items()
+    }
+    return min(losses, key=losses.get)
 
 
 def _out_of_fold(inputs, labels, folds, num_classes, l2):
