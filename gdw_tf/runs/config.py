@@ -18,6 +18,7 @@ the settings is described in `docs/ALGORITHM.md`.
 """
 
 import dataclasses
+import logging
 import math
 import os
 
@@ -30,12 +31,15 @@ from gdw_tf.core.settings import non_negative
 from gdw_tf.core.settings import positive
 from gdw_tf.core.settings import setting
 from gdw_tf.data import noise as noise_lib
+from gdw_tf.data import own_data
 from gdw_tf.nets import backbones
 
 AUTO_TRUE_FALSE = ("auto", "true", "false")
 # The largest --image_size: one 4096x4096 RGB image is 201 MB as float32, a batch of 100 20 GB.
 MAX_IMAGE_SIZE = 4096
 DISTRIBUTE = ("none", "mirrored", "multi_worker")
+# The defaults of the flags that say how own data is read are the data floor's.
+OWN_DATA = own_data.OwnDataOptions()
 
 
 def _unknown_dataset(values):
@@ -128,7 +132,7 @@ class Config(ModelSettings):
         check=non_negative,
         message="must be ≥ 0 (0 = all)",
     )
-    # Own data (gdw_tf.data.own_data) and the automatic trusted set (gdw_tf.data.auto_meta).
+    # Own data (gdw_tf.data.own_data) and the automatic trusted set (gdw_tf.runs.auto_meta).
     train_data: str = setting(
         None,
         "Train on your own data instead of --dataset's benchmark protocol: a folder with one "
@@ -157,15 +161,18 @@ class Config(ModelSettings):
         message="must be an existing folder, .csv or .npz file",
     )
     label_column: str = setting(
-        "label", "Own data, CSV: the label column's name.", check=bool, message="must name a column"
+        OWN_DATA.label_column,
+        "Own data, CSV: the label column's name.",
+        check=bool,
+        message="must name a column",
     )
     image_column: str = setting(
-        "image",
+        OWN_DATA.image_column,
         "Own data, CSV: the column of image paths (relative to the CSV's folder); a CSV without "
         "it holds numeric features in every column but the label and trusted ones.",
     )
     image_root: str = setting(
-        None,
+        OWN_DATA.image_root,
         "Own data: the folder that the image paths of a .txt list file or a CSV's --image_column "
         "are relative to. Default: the list's or CSV's own folder.",
         check=os.path.isdir,
@@ -173,12 +180,12 @@ class Config(ModelSettings):
         run_defining=False,
     )
     trusted_column: str = setting(
-        None,
+        OWN_DATA.trusted_column,
         "Own data, CSV: a column marking the trusted rows (1/0, true/false, yes/no); they form "
         "the meta set and are left out of the training set.",
     )
     image_size: int = setting(
-        0,
+        OWN_DATA.image_size,
         "Own images, and TFDS datasets: resize every image to NxN (bilinear) as it is read. "
         "0 = keep the size, which all images must then share.",
         check=lambda v: 0 <= v <= MAX_IMAGE_SIZE,
@@ -321,6 +328,12 @@ class Config(ModelSettings):
             **{field.name: flag_values[field.name].value for field in dataclasses.fields(cls)}
         )
 
+    def own_data_options(self):
+        """How this run reads own data: its fields of `gdw_tf.data.own_data.OwnDataOptions`."""
+        return own_data.OwnDataOptions(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(own_data.OwnDataOptions)}
+        )
+
     def to_dict(self):
         """The config as a JSON-ready dict."""
         return dataclasses.asdict(self)
@@ -335,6 +348,27 @@ class Config(ModelSettings):
 
 
 DEFAULTS = Config()
+
+
+def resolve_meta_batch_size(meta_batch_size: int, num_meta: int, *, replicas: int = 1) -> int:
+    """The meta batch size of a run: `meta_batch_size`, or, if that is the default and the meta
+    set is smaller, the meta set's size cut to a multiple of `replicas` (a person with a small
+    trusted set did not ask for 100; each replica takes an equal share). Set to another value,
+    it is demanded (`settings.meta_batch_problem`)."""
+    if (
+        meta_batch_size == settings.MODEL_DEFAULTS.meta_batch_size
+        and 0 < num_meta < meta_batch_size
+    ):
+        resolved = max(num_meta - num_meta % replicas, replicas)
+        logging.warning(
+            "The trusted set holds %d examples: meta batches of %d (not the default "
+            "--meta_batch_size=%d).",
+            num_meta,
+            resolved,
+            meta_batch_size,
+        )
+        return int(resolved)
+    return int(meta_batch_size)
 
 
 def define_flags(flag_values, names=None):
