@@ -31,15 +31,12 @@ from gdw_tf.core.settings import non_negative
 from gdw_tf.core.settings import positive
 from gdw_tf.core.settings import setting
 from gdw_tf.data import noise as noise_lib
-from gdw_tf.data import own_data
 from gdw_tf.nets import backbones
 
 AUTO_TRUE_FALSE = ("auto", "true", "false")
 # The largest --image_size: one 4096x4096 RGB image is 201 MB as float32, a batch of 100 20 GB.
 MAX_IMAGE_SIZE = 4096
 DISTRIBUTE = ("none", "mirrored", "multi_worker")
-# The defaults of the flags that say how own data is read are the data floor's.
-OWN_DATA = own_data.OwnDataOptions()
 
 
 def _unknown_dataset(values):
@@ -161,18 +158,15 @@ class Config(ModelSettings):
         message="must be an existing folder, .csv or .npz file",
     )
     label_column: str = setting(
-        OWN_DATA.label_column,
-        "Own data, CSV: the label column's name.",
-        check=bool,
-        message="must name a column",
+        "label", "Own data, CSV: the label column's name.", check=bool, message="must name a column"
     )
     image_column: str = setting(
-        OWN_DATA.image_column,
+        "image",
         "Own data, CSV: the column of image paths (relative to the CSV's folder); a CSV without "
         "it holds numeric features in every column but the label and trusted ones.",
     )
     image_root: str = setting(
-        OWN_DATA.image_root,
+        None,
         "Own data: the folder that the image paths of a .txt list file or a CSV's --image_column "
         "are relative to. Default: the list's or CSV's own folder.",
         check=os.path.isdir,
@@ -180,12 +174,12 @@ class Config(ModelSettings):
         run_defining=False,
     )
     trusted_column: str = setting(
-        OWN_DATA.trusted_column,
+        None,
         "Own data, CSV: a column marking the trusted rows (1/0, true/false, yes/no); they form "
         "the meta set and are left out of the training set.",
     )
     image_size: int = setting(
-        OWN_DATA.image_size,
+        0,
         "Own images, and TFDS datasets: resize every image to NxN (bilinear) as it is read. "
         "0 = keep the size, which all images must then share.",
         check=lambda v: 0 <= v <= MAX_IMAGE_SIZE,
@@ -326,12 +320,6 @@ class Config(ModelSettings):
         """The config of parsed flags (every field of `Config` is a flag of the same name)."""
         return cls(
             **{field.name: flag_values[field.name].value for field in dataclasses.fields(cls)}
-        )
-
-    def own_data_options(self):
-        """How this run reads own data: its fields of `gdw_tf.data.own_data.OwnDataOptions`."""
-        return own_data.OwnDataOptions(
-            **{f.name: getattr(self, f.name) for f in dataclasses.fields(own_data.OwnDataOptions)}
         )
 
     def to_dict(self):

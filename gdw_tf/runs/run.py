@@ -202,7 +202,7 @@ def load_own_data(config, *, work_dir=None):
         config.train_data,
         trusted_data=None if auto else config.trusted_data,
         test_data=config.test_data,
-        options=config.own_data_options(),
+        options=own_data_options(config),
         work_dir=work_dir,
     )
     if config.export_dir and len(dataset.x_train.shape) == 2:
@@ -224,7 +224,7 @@ def load_own_data(config, *, work_dir=None):
             "--trusted_column=NAME or --trusted_data=auto (chosen from the noisy data)."
         )
     name = own_data.trusted_set_name(
-        config.train_data, config.trusted_data, config.own_data_options()
+        config.train_data, config.trusted_data, own_data_options(config)
     )
     problem = meta_batch_problem(
         config.meta_batch_size,
@@ -235,6 +235,13 @@ def load_own_data(config, *, work_dir=None):
     if problem and config.meta_batch_size != MODEL_DEFAULTS.meta_batch_size:
         raise ValueError(problem)
     return dataset
+
+
+def own_data_options(config):
+    """How the run reads own data: `config`'s fields of `own_data.OwnDataOptions` (the flags of
+    the same names)."""
+    names = [field.name for field in dataclasses.fields(own_data.OwnDataOptions)]
+    return own_data.OwnDataOptions(**{name: getattr(config, name) for name in names})
 
 
 @dataclasses.dataclass(frozen=True)
