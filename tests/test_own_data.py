@@ -230,6 +230,27 @@ def test_the_data_floor_reads_own_data_from_python_without_a_config(tmp_path):
     assert from_run.train_ids == dataset.train_ids
 
 
+def test_the_example_of_docs_data_md_runs(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    for folder, per_class in (("photos", 12), ("trusted", 2), ("test", 4)):
+        for k, name in enumerate(("cat", "dog", "emu")):
+            for i in range(per_class):
+                image = np.clip(rng.normal(60 + 60 * k, 20, (8, 8, 3)), 0, 255).astype(np.uint8)
+                write_png(str(tmp_path / folder / name / f"{i}.png"), image)
+    _write_csv(
+        str(tmp_path / "corrections.csv"),
+        ["id", "reviewed_label"],
+        [["photos/cat/3.png", "dog"], ["photos/dog/0.png", "cat"], ["photos/emu/5.png", "emu"]],
+    )
+    docs = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "DATA.md")
+    with open(docs) as file:
+        example = file.read().split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "docs/DATA.md", "exec"), {})
+    # One review per class: all three join the meta set (the figure docs/DATA.md quotes).
+    assert capsys.readouterr().out.splitlines()[0] == "33 9 3"
+
+
 def test_the_flags_of_own_data_default_to_the_data_floors_options():
     # Config stays free of TensorFlow (the benchmark imports it on JAX), so it cannot take
     # these defaults from own_data: they are checked to agree.
