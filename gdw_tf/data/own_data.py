@@ -198,10 +198,10 @@ def load_own_data(
     if trusted.any():
         missing = sorted(set(range(len(class_names))) - set(y_train[trusted].tolist()))
         if missing:
+            name = trusted_set_name(train_data, trusted_data, options.trusted_column)
             raise ValueError(
-                f"the trusted set ({trusted_set_name(train_data, trusted_data, options)}) has "
-                f"no example of class {', '.join(class_names[k] for k in missing)}; every "
-                "class needs at least one."
+                f"the trusted set ({name}) has no example of class "
+                f"{', '.join(class_names[k] for k in missing)}; every class needs at least one."
             )
         if trusted.all():
             raise ValueError(
@@ -223,11 +223,11 @@ def load_own_data(
     )
 
 
-def trusted_set_name(train_data, trusted_data, options):
+def trusted_set_name(train_data, trusted_data, trusted_column):
     """How messages name the trusted set: its path, or the marked rows of `train_data`."""
     if trusted_data:
         return trusted_data
-    return f"the rows of {train_data} marked in {options.trusted_column!r}"
+    return f"the rows of {train_data} marked in {trusted_column!r}"
 
 
 def _check_not_the_training_set(train, trusted):

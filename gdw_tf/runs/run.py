@@ -223,9 +223,7 @@ def load_own_data(config, *, work_dir=None):
             f"--method={config.method} needs a trusted set: give --trusted_data=PATH, "
             "--trusted_column=NAME or --trusted_data=auto (chosen from the noisy data)."
         )
-    name = own_data.trusted_set_name(
-        config.train_data, config.trusted_data, own_data_options(config)
-    )
+    name = own_data.trusted_set_name(config.train_data, config.trusted_data, config.trusted_column)
     problem = meta_batch_problem(
         config.meta_batch_size,
         int(trusted.sum()),
