@@ -198,6 +198,84 @@ def test_split_rejects_too_small_classes_and_bad_meta_sizes():
         )
 
 
+def _apply_on_dicts(split, relabel_at, new_labels, meta_at, meta_new, move):
+    """The changes of `test_split_changes_recompute_the_training_statistics` on plain dicts
+    (example index → label): `(given, true, meta)` afterwards."""
+    given = dict(zip(split.train_indices.tolist(), split.train_noisy_labels.tolist()))
+    true = dict(zip(split.train_indices.tolist(), split.train_true_labels.tolist()))
+    meta = dict(zip(split.meta_indices.tolist(), split.meta_labels.tolist()))
+    for position, label in zip(relabel_at, new_labels):
+        given[int(split.train_indices[position])] = int(label)
+    for position, label in zip(meta_at, meta_new):
+        meta[int(split.meta_indices[position])] = int(label)
+    for position in move:
+        index = int(split.train_indices[position])
+        meta[index] = given.pop(index)
+    return given, true, meta
+
+
+def test_split_changes_recompute_the_training_statistics():
+    labels = np.arange(400) % 5
+    split = split_lib.make_split(
+        labels, 5, num_meta=25, noise="uniform", ratio=0.5, imbalance=2.0, seed=4
+    )
+    before = split.train_noisy_labels.copy()
+    rng = np.random.default_rng(0)
+    n = len(split.train_indices)
+    relabel_at = rng.choice(n, 40, replace=False)
+    new_labels = rng.integers(0, 5, 40)
+    meta_at, meta_new = [1, 8], [4, 0]
+    # Some moved examples were relabelled first: they join the meta set with the new label.
+    move = np.r_[relabel_at[:6], rng.choice(np.setdiff1d(np.arange(n), relabel_at), 9, False)]
+    changed = (
+        split.relabel_train(relabel_at, new_labels)
+        .relabel_meta(meta_at, meta_new)
+        .move_to_meta(move)
+    )
+
+    given, true, meta = _apply_on_dicts(split, relabel_at, new_labels, meta_at, meta_new, move)
+    assert changed.meta_indices.tolist() == sorted(meta)
+    assert changed.meta_labels.tolist() == [meta[i] for i in sorted(meta)]
+    assert changed.train_indices.tolist() == sorted(given)
+    assert changed.train_noisy_labels.tolist() == [given[i] for i in sorted(given)]
+    assert changed.train_true_labels.tolist() == [true[i] for i in sorted(given)]
+    wrong = [given[i] != true[i] for i in sorted(given)]
+    assert changed.train_corrupted.tolist() == wrong
+    assert changed.realised_noise_rate == pytest.approx(sum(wrong) / len(wrong))
+    counts = np.zeros((5, 5))
+    for index, label in given.items():
+        counts[true[index], label] += 1
+    np.testing.assert_allclose(
+        changed.empirical_transition_matrix, counts / counts.sum(axis=1, keepdims=True)
+    )
+    # The noise model, the seed and the split it came from stay as they were.
+    np.testing.assert_array_equal(changed.transition_matrix, split.transition_matrix)
+    assert (changed.noise, changed.seed, changed.meta_source) == ("uniform", 4, "clean")
+    np.testing.assert_array_equal(split.train_noisy_labels, before)
+    with pytest.raises(AttributeError):
+        split.noise = "none"  # A Split changes only into a new one.
+    emptied = changed.without_meta()
+    assert len(emptied.meta_indices) == len(emptied.meta_labels) == 0
+    np.testing.assert_array_equal(emptied.train_noisy_labels, changed.train_noisy_labels)
+
+
+def test_split_changes_of_data_whose_truth_is_unknown_record_no_corruption():
+    from gdw_tf.data import own_data
+
+    labels = np.arange(30) % 3
+    trusted = np.isin(np.arange(30), [0, 1, 2, 10])
+    split = own_data.own_split(labels, trusted, 3, seed=0)
+    changed = split.relabel_train([0, 5], [2, 2]).move_to_meta([0, 7])
+    assert not changed.truth_known and not changed.train_corrupted.any()
+    assert np.isnan(changed.realised_noise_rate)
+    assert np.isnan(changed.empirical_transition_matrix).all()
+    np.testing.assert_array_equal(changed.train_true_labels, -1)
+    # Training positions 0 and 7 are examples 3 and 11; 3 took label 2 before it moved.
+    np.testing.assert_array_equal(changed.meta_indices, [0, 1, 2, 3, 10, 11])
+    np.testing.assert_array_equal(changed.meta_labels, [0, 1, 2, 2, 1, 2])
+    assert len(changed.train_indices) == 24 and changed.meta_source == "trusted"
+
+
 def test_balanced_meta_subset():
     y = balanced_labels(30)
     x = np.arange(len(y))  # Each example names its own position.

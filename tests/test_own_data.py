@@ -19,14 +19,16 @@ from conftest import train_exit_message
 from conftest import train_main
 from conftest import write_png
 
-from gdw_tf.data import auto_meta
+from gdw_tf.data import corrections as corrections_lib
 from gdw_tf.data import datasets
 from gdw_tf.data import input_pipeline
 from gdw_tf.data import own_data
 from gdw_tf.data import split as split_lib
 from gdw_tf.labels import label_issues
 from gdw_tf.nets import backbones
+from gdw_tf.runs import auto_meta
 from gdw_tf.runs import config as config_lib
+from gdw_tf.runs import run as run_lib
 from gdw_tf.runs import run_dir
 
 FLAGS = flags.FLAGS
@@ -64,7 +66,7 @@ def test_folder_tree_loads_the_images_written(tmp_path):
     trusted_images = _random_images(rng, 3, (6, 5, 1))
     _write_folder(str(tmp_path / "trusted"), trusted_images, ["emu", "cat", "dog"])
 
-    dataset = own_data.load_own_data(
+    dataset = run_lib.load_own_data(
         make_config(
             train_data=str(tmp_path / "train"),
             trusted_data=str(tmp_path / "trusted"),
@@ -109,7 +111,7 @@ def test_csv_of_features_with_a_trusted_column(tmp_path):
         ],
     )
 
-    dataset = own_data.load_own_data(
+    dataset = run_lib.load_own_data(
         make_config(
             train_data=path,
             test_data=test_path,
@@ -135,7 +137,7 @@ def test_csv_of_image_paths_unifies_channels_and_resizes(tmp_path):
     path = str(tmp_path / "train.csv")
     _write_csv(path, ["image", "label"], [["img/g.png", "0"], ["img/c.png", "1"]])
 
-    dataset = own_data.load_own_data(make_config(train_data=path, image_size=4, method="ce"))
+    dataset = run_lib.load_own_data(make_config(train_data=path, image_size=4, method="ce"))
     assert dataset.x_train.shape == (2, 4, 4, 3) and dataset.train_ids == ("img/g.png", "img/c.png")
     np.testing.assert_array_equal(dataset.x_train[0], np.repeat(gray, 3, axis=-1))
     resized = tf.image.resize(rgb, (4, 4), method="bilinear").numpy()
@@ -148,7 +150,7 @@ def test_npz_of_images_and_of_features(tmp_path):
     rng = np.random.default_rng(3)
     images = _random_images(rng, 6, (5, 5))
     np.savez(tmp_path / "images.npz", x=images, y=np.array(["10", "2", "10", "3", "2", "3"]))
-    dataset = own_data.load_own_data(
+    dataset = run_lib.load_own_data(
         make_config(train_data=str(tmp_path / "images.npz"), method="ce")
     )
     assert dataset.class_names == ("2", "3", "10")  # integer names sort numerically
@@ -158,7 +160,7 @@ def test_npz_of_images_and_of_features(tmp_path):
 
     features = rng.normal(size=(6, 4))
     np.savez(tmp_path / "features.npz", x=features, y=np.array([0, 1, 0, 1, 0, 1]))
-    dataset = own_data.load_own_data(
+    dataset = run_lib.load_own_data(
         make_config(train_data=str(tmp_path / "features.npz"), method="ce")
     )
     np.testing.assert_array_equal(dataset.x_train, features.astype(np.float32))
@@ -168,6 +170,103 @@ def test_npz_of_images_and_of_features(tmp_path):
         (features - features.mean(0)) / features.std(0),
         atol=1e-5,
     )
+
+
+def test_the_data_floor_reads_own_data_from_python_without_a_config(tmp_path):
+    rng = np.random.default_rng(8)
+    images = _random_images(rng, 8, (4, 4, 3))
+    names = [f"img/{i}.png" for i in range(8)]
+    for name, image in zip(names, images):
+        write_png(str(tmp_path / name), image)
+    kinds = ["cat", "dog"] * 4
+    checked = ["1", "", "", "yes", "", "", "", ""]
+    path = str(tmp_path / "train.csv")
+    _write_csv(path, ["file", "kind", "checked"], [list(row) for row in zip(names, kinds, checked)])
+    test_images = _random_images(rng, 2, (4, 4, 3))
+    _write_folder(str(tmp_path / "test"), test_images, ["dog", "cat"])
+    options = own_data.OwnDataOptions(
+        label_column="kind", image_column="file", trusted_column="checked"
+    )
+
+    dataset = own_data.load_own_data(path, test_data=str(tmp_path / "test"), options=options)
+    assert dataset.class_names == ("cat", "dog") and dataset.train_ids == tuple(names)
+    np.testing.assert_array_equal(np.asarray(dataset.x_train), images)
+    np.testing.assert_array_equal(dataset.y_train, [0, 1] * 4)
+    np.testing.assert_array_equal(dataset.trusted, [c != "" for c in checked])
+    np.testing.assert_array_equal(np.asarray(dataset.x_test), test_images[[1, 0]])
+    # The split, and reviews applied to it: the trusted rows are the meta set; one review per
+    # class joins it, the third stays in training with its reviewed label.
+    split = own_data.own_split(dataset.y_train, dataset.trusted, dataset.num_classes, seed=0)
+    np.testing.assert_array_equal(split.meta_indices, [0, 3])
+    reviews_path = str(tmp_path / "corrections.csv")
+    _write_csv(
+        reviews_path,
+        ["id", "reviewed_label"],
+        [[names[2], "dog"], [names[5], "cat"], [names[6], "dog"]],
+    )
+    reviews = corrections_lib.read_corrections(
+        reviews_path, num_classes=2, class_names=dataset.class_names
+    )
+    corrected, summary = corrections_lib.correct_split(split, reviews, ids=dataset.train_ids)
+    np.testing.assert_array_equal(corrected.meta_indices, [0, 2, 3, 5])
+    np.testing.assert_array_equal(corrected.meta_labels, [0, 1, 1, 0])
+    np.testing.assert_array_equal(corrected.train_indices, [1, 4, 6, 7])
+    np.testing.assert_array_equal(corrected.train_noisy_labels, [1, 0, 1, 1])
+    assert summary["changed"] == 3 and summary["corrected_in_training"] == 1
+
+    # A run reads the same, from its flags.
+    config = make_config(
+        train_data=path,
+        test_data=str(tmp_path / "test"),
+        label_column="kind",
+        image_column="file",
+        trusted_column="checked",
+        meta_batch_size=2,
+    )
+    assert run_lib.own_data_options(config) == options
+    from_run = run_lib.load_own_data(config)
+    np.testing.assert_array_equal(np.asarray(from_run.x_train), np.asarray(dataset.x_train))
+    np.testing.assert_array_equal(from_run.trusted, dataset.trusted)
+    assert from_run.train_ids == dataset.train_ids
+
+
+def test_the_example_of_docs_data_md_runs(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    for folder, per_class in (("photos", 12), ("trusted", 2), ("test", 4)):
+        for k, name in enumerate(("cat", "dog", "emu")):
+            for i in range(per_class):
+                image = np.clip(rng.normal(60 + 60 * k, 20, (8, 8, 3)), 0, 255).astype(np.uint8)
+                write_png(str(tmp_path / folder / name / f"{i}.png"), image)
+    _write_csv(
+        str(tmp_path / "corrections.csv"),
+        ["id", "reviewed_label"],
+        [["photos/cat/3.png", "dog"], ["photos/dog/0.png", "cat"], ["photos/emu/5.png", "emu"]],
+    )
+    docs = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "DATA.md")
+    with open(docs) as file:
+        example = file.read().split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "docs/DATA.md", "exec"), {})
+    # One review per class: all three join the meta set (the figure docs/DATA.md quotes).
+    assert capsys.readouterr().out.splitlines()[0] == "33 9 3"
+
+
+def test_the_flags_of_own_data_default_to_the_data_floors_options():
+    # Config stays free of TensorFlow (the benchmark imports it on JAX), so it cannot take
+    # these defaults from own_data: they are checked to agree.
+    for field in dataclasses.fields(own_data.OwnDataOptions):
+        assert config_lib.Config.field(field.name).default == field.default, field.name
+    assert run_lib.own_data_options(make_config()) == own_data.OwnDataOptions()
+
+
+def test_the_run_refuses_features_with_an_export_dir(tmp_path):
+    path = str(tmp_path / "features.npz")
+    np.savez(path, x=np.zeros((4, 3)), y=np.arange(4) % 2)
+    assert own_data.load_own_data(path).x_train.shape == (4, 3)  # The data floor reads them.
+    with pytest.raises(ValueError, match="holds features: drop --export_dir"):
+        run_lib.load_own_data(
+            make_config(train_data=path, method="ce", export_dir=str(tmp_path / "export"))
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,7 +408,7 @@ def _bad_inputs(root):
 def test_each_bad_input_is_one_line_error(tmp_path):
     for overrides, message in _bad_inputs(str(tmp_path)):
         with pytest.raises(ValueError) as error:
-            own_data.load_own_data(make_config(**overrides))
+            run_lib.load_own_data(make_config(**overrides))
         assert message in str(error.value), (overrides, str(error.value))
         assert "\n" not in str(error.value)
 

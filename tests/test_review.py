@@ -288,6 +288,97 @@ def test_user_text_cannot_break_out_of_the_page(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# The run's split: base split, reviews, automatic trusted set
+
+
+def _base_split():
+    """The base split of `_auto_run`'s run, and the probabilities its warm-up gives."""
+    base = split_lib.make_split(
+        np.arange(150) % 3, 3, num_meta=15, noise="uniform", ratio=0.5, imbalance=1.0, seed=0
+    )
+    return base, np.random.default_rng(3).dirichlet(np.ones(3), len(base.train_indices))
+
+
+def _auto_run(tmp_path, monkeypatch, rows):
+    """A benchmark-like dataset and the config of an automatic trusted set with the reviews
+    `rows` (`[id, given, reviewed]`); the warm-up gives `_base_split`'s probabilities and records
+    its arguments in the list returned third."""
+    from conftest import make_config
+
+    from gdw_tf.data import datasets
+    from gdw_tf.runs import auto_meta
+
+    labels = np.arange(150) % 3
+    dataset = datasets.Dataset(
+        np.zeros((150, 2), np.float32), labels, np.zeros((0, 2), np.float32), labels[:0], 3
+    )
+    config = make_config(
+        model="mlp",
+        num_meta=15,
+        noise="uniform",
+        ratio=0.5,
+        trusted_data="auto",
+        auto_meta_per_class=4,
+        meta_batch_size=12,
+        corrections=_write_csv(tmp_path / "c.csv", rows),
+    )
+    warm_ups = []
+
+    def warm_up(*args, **kwargs):
+        warm_ups.append(args)
+        return _base_split()[1]
+
+    monkeypatch.setattr(auto_meta, "warm_up_probabilities", warm_up)
+    return dataset, config, warm_ups
+
+
+def test_the_automatic_set_is_chosen_without_the_reviews_which_then_apply(tmp_path, monkeypatch):
+    from gdw_tf.runs import auto_meta
+    from gdw_tf.runs import run as run_lib
+
+    base, probabilities = _base_split()
+    chosen = base.train_indices[
+        auto_meta.select_confident(probabilities, base.train_noisy_labels, 3, 4)
+    ].tolist()
+    # One review of a chosen example, three of examples left in training, one per class: they
+    # join the meta set.
+    left = [i for i in base.train_indices.tolist() if i not in chosen][:3]
+    given = dict(zip(base.train_indices.tolist(), base.train_noisy_labels.tolist()))
+    relabel = {chosen[0]: (given[chosen[0]] + 1) % 3, left[0]: 0, left[1]: 1, left[2]: 2}
+    rows = [[i, given[i], label] for i, label in relabel.items()]
+    dataset, config, warm_ups = _auto_run(tmp_path, monkeypatch, rows)
+
+    split = run_lib.build_split(config, dataset)
+    assert len(warm_ups) == 1
+    # The warm-up saw the base training set with its given labels, not the reviewed ones.
+    np.testing.assert_array_equal(warm_ups[0][3], base.train_noisy_labels)
+    meta = dict(zip(split.meta_indices.tolist(), split.meta_labels.tolist()))
+    assert sorted(meta) == sorted(chosen + left)
+    assert [meta[i] for i in relabel] == list(relabel.values())
+    assert split.meta_source == "auto"
+    summary = json.loads(split.corrections)
+    assert summary["relabelled_in_trusted"] == 1 and summary["added_to_trusted"] == 3
+
+
+@pytest.mark.parametrize("where", ["nowhere", "held-out meta set", "bad label"])
+def test_bad_reviews_are_refused_before_the_warm_up(tmp_path, monkeypatch, where):
+    from gdw_tf.runs import run as run_lib
+
+    base = _base_split()[0]
+    rows = {
+        "nowhere": [["99999", 0, 1]],
+        # The automatic set replaces the clean held-out meta set: its examples leave the run.
+        "held-out meta set": [[int(base.meta_indices[0]), 0, 1]],
+        "bad label": [[int(base.train_indices[0]), 0, "cow"]],
+    }[where]
+    dataset, config, warm_ups = _auto_run(tmp_path, monkeypatch, rows)
+    message = "not a class" if where == "bad label" else r"1 reviewed id\(s\) are not in the"
+    with pytest.raises(ValueError, match=message):
+        run_lib.build_split(config, dataset)
+    assert not warm_ups
+
+
+# --------------------------------------------------------------------------------------------
 # The command line
 
 

@@ -27,6 +27,7 @@ from gdw_tf.data import input_pipeline
 from gdw_tf.data import own_data
 from gdw_tf.labels import report as report_lib
 from gdw_tf.runs import config as config_lib
+from gdw_tf.runs import run as run_lib
 
 
 def _write_folder(root, images, labels):
@@ -207,7 +208,7 @@ def test_unreadable_files_are_skipped_listed_and_the_scan_is_not_repeated(tmp_pa
     work_dir = str(tmp_path / "run")
     os.makedirs(work_dir)
 
-    dataset = own_data.load_own_data(make_config(train_data=root, method="ce"), work_dir=work_dir)
+    dataset = run_lib.load_own_data(make_config(train_data=root, method="ce"), work_dir=work_dir)
     assert dataset.train_ids == tuple(paths)
     np.testing.assert_array_equal(np.asarray(dataset.x_train), images[[0, 3, 1, 4, 2, 5]])
     with open(os.path.join(work_dir, own_data.SKIPPED_FILE)) as file:
@@ -220,11 +221,11 @@ def test_unreadable_files_are_skipped_listed_and_the_scan_is_not_repeated(tmp_pa
     # Resuming reads the cached scan: a file broken since is still taken as readable...
     with open(paths[0], "wb") as file:
         file.write(b"broken since")
-    again = own_data.load_own_data(make_config(train_data=root, method="ce"), work_dir=work_dir)
+    again = run_lib.load_own_data(make_config(train_data=root, method="ce"), work_dir=work_dir)
     assert again.train_ids == tuple(paths)
     # ...while another list of files is scanned anew.
     os.remove(empty)
-    anew = own_data.load_own_data(make_config(train_data=root, method="ce"), work_dir=work_dir)
+    anew = run_lib.load_own_data(make_config(train_data=root, method="ce"), work_dir=work_dir)
     assert anew.train_ids == tuple(paths[1:])
 
 
@@ -245,7 +246,7 @@ def test_what_operating_systems_leave_beside_images_is_ignored(tmp_path):
         os.makedirs(os.path.dirname(os.path.join(root, junk)), exist_ok=True)
         with open(os.path.join(root, junk), "wb") as file:
             file.write(b"\x00\x05\x16\x07 AppleDouble")
-    dataset = own_data.load_own_data(make_config(train_data=root, method="ce"))
+    dataset = run_lib.load_own_data(make_config(train_data=root, method="ce"))
     assert dataset.class_names == ("cat", "dog") and dataset.train_ids == tuple(paths)
 
 
@@ -258,7 +259,7 @@ def test_a_list_file_reads_paths_relative_to_its_folder_or_the_image_root(tmp_pa
     listed = tmp_path / "noisy_label_kv.txt"
     listed.write_text("# Clothing1M style\n" + "\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:]))
 
-    dataset = own_data.load_own_data(make_config(train_data=str(listed), method="ce"))
+    dataset = run_lib.load_own_data(make_config(train_data=str(listed), method="ce"))
     assert dataset.class_names == ("0", "3", "12")  # integer labels sort numerically
     np.testing.assert_array_equal(dataset.y_train, [1, 0, 2, 1])
     assert dataset.train_ids == tuple(line.rsplit(" ", 1)[0] for line in lines)
@@ -269,27 +270,27 @@ def test_a_list_file_reads_paths_relative_to_its_folder_or_the_image_root(tmp_pa
     moved = elsewhere / "train.txt"
     moved.write_text("\n".join(lines))
     config = make_config(train_data=str(moved), image_root=str(tmp_path), method="ce")
-    np.testing.assert_array_equal(np.asarray(own_data.load_own_data(config).x_train), images)
+    np.testing.assert_array_equal(np.asarray(run_lib.load_own_data(config).x_train), images)
 
     bad = tmp_path / "bad.txt"
     bad.write_text(lines[0] + "\nonly_a_path.jpg\n")
     with pytest.raises(ValueError, match=r"bad.txt:2: 'only_a_path.jpg' is not 'relative/path"):
-        own_data.load_own_data(make_config(train_data=str(bad), method="ce"))
+        run_lib.load_own_data(make_config(train_data=str(bad), method="ce"))
     flag_values = flags.FlagValues()
     config_lib.define_flags(flag_values)
     flag_values(["prog", f"--train_data={listed}", "--output_dir=out"])  # .txt passes the flag.
 
 
 def test_a_small_trusted_set_gets_a_smaller_default_meta_batch(tmp_path):
-    assert own_data.resolve_meta_batch_size(100, 30) == 30  # The default: cut to the set.
-    assert own_data.resolve_meta_batch_size(100, 300) == 100
-    assert own_data.resolve_meta_batch_size(50, 30) == 50  # Asked for: kept (refused later).
-    assert own_data.resolve_meta_batch_size(100, 15, replicas=2) == 14  # An equal share each.
+    assert config_lib.resolve_meta_batch_size(100, 30) == 30  # The default: cut to the set.
+    assert config_lib.resolve_meta_batch_size(100, 300) == 100
+    assert config_lib.resolve_meta_batch_size(50, 30) == 50  # Asked for: kept (refused later).
+    assert config_lib.resolve_meta_batch_size(100, 15, replicas=2) == 14  # An equal share each.
     rng = np.random.default_rng(6)
     images = rng.integers(0, 256, (9, 4, 4, 3), dtype=np.uint8)
     _write_folder(str(tmp_path / "train"), images[:6], [0, 1, 2] * 2)
     _write_folder(str(tmp_path / "trusted"), images[6:], [0, 1, 2])
-    dataset = own_data.load_own_data(
+    dataset = run_lib.load_own_data(
         make_config(train_data=str(tmp_path / "train"), trusted_data=str(tmp_path / "trusted"))
     )
     assert dataset.trusted.sum() == 3

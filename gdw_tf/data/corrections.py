@@ -35,8 +35,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gdw_tf.data import noise as noise_lib
-
 CORRECTIONS_FILE = "corrections.csv"
 REQUIRED_COLUMNS = ("id", "reviewed_label")
 
@@ -179,9 +177,9 @@ def correct_split(split, corrections: Corrections, *, ids: Sequence | None = Non
 
     Args:
       split: a `gdw_tf.data.split.Split` (indices into the dataset).
-      corrections: the reviews (`read_corrections`).
+      corrections: the reviews (`read_corrections`, or `locate_reviews`).
       ids: the dataset's ids, indexed as the split indexes it (own data: file paths, rows);
-        None for the benchmarks, whose ids are the indices.
+        None for the benchmarks, whose ids are the indices (and for `locate_reviews`' result).
 
     Returns:
       `(split, summary)`: a new `Split` (`corrections` holds the summary as JSON), and the
@@ -193,64 +191,68 @@ def correct_split(split, corrections: Corrections, *, ids: Sequence | None = Non
     Raises:
       ValueError: if a reviewed id is not in the split's training or meta set.
     """
-    num_classes = split.num_classes
+    train_pos, meta_pos = _locate_in_split(split, corrections, ids)
+    reviewed = corrections.reviewed_labels
+    in_train = train_pos >= 0
+    given = np.empty(len(reviewed), np.int64)  # the labels the data gave
+    given[in_train] = split.train_noisy_labels[train_pos[in_train]]
+    given[~in_train] = split.meta_labels[meta_pos[~in_train]]
+    positions, labels = train_pos[in_train], reviewed[in_train]
+    joins = meta_additions(labels, split.num_classes)
+    summary = {
+        "files": list(corrections.files),
+        "reviewed": len(corrections),
+        "changed": int((given != reviewed).sum()),
+        "added_to_trusted": int(joins.sum()),
+        "added_to_trusted_per_class": int(joins.sum()) // split.num_classes,
+        "relabelled_in_trusted": int((~in_train).sum()),
+        "corrected_in_training": int((~joins).sum()),
+    }
+    corrected = (
+        split.relabel_meta(meta_pos[~in_train], reviewed[~in_train])
+        .relabel_train(positions, labels)
+        .move_to_meta(positions[joins])
+    )
+    return dataclasses.replace(corrected, corrections=json.dumps(summary)), summary
+
+
+def locate_reviews(split, corrections: Corrections, *, ids: Sequence | None = None):
+    """The reviews with each id replaced by its example's index into the dataset, checked to be
+    in `split`: what `correct_split` then applies (with `ids=None`) to this split, or to one
+    made from it.
+
+    Args:
+      split: a `gdw_tf.data.split.Split`.
+      corrections: the reviews (`read_corrections`).
+      ids: the dataset's ids, as `correct_split` takes them.
+
+    Returns:
+      `Corrections` whose ids are the indices as text (the benchmarks' ids).
+
+    Raises:
+      ValueError: if a reviewed id is not in the split's training or meta set.
+    """
+    train_pos, meta_pos = _locate_in_split(split, corrections, ids)
+    in_train = train_pos >= 0
+    rows = np.empty(len(train_pos), np.int64)
+    rows[in_train] = split.train_indices[train_pos[in_train]]
+    rows[~in_train] = split.meta_indices[meta_pos[~in_train]]
+    return dataclasses.replace(corrections, ids=tuple(str(int(row)) for row in rows))
+
+
+def _locate_in_split(split, corrections, ids):
+    """`locate_ids` of the reviewed ids in the split's training and meta sets."""
 
     def text_ids(indices):
         if ids is None:
             return [str(int(i)) for i in indices]
         return [str(ids[int(i)]) for i in indices]
 
-    train_pos, meta_pos = locate_ids(
+    return locate_ids(
         corrections.ids,
         train_ids=text_ids(split.train_indices),
         meta_ids=text_ids(split.meta_indices),
     )
-    reviewed = corrections.reviewed_labels
-    in_train = train_pos >= 0
-    given = np.empty(len(reviewed), np.int64)  # the labels the data gave
-    given[in_train] = split.train_noisy_labels[train_pos[in_train]]
-    given[~in_train] = split.meta_labels[meta_pos[~in_train]]
-    meta_labels = split.meta_labels.copy()
-    meta_labels[meta_pos[~in_train]] = reviewed[~in_train]
-
-    positions, labels = train_pos[in_train], reviewed[in_train]
-    joins = meta_additions(labels, num_classes)
-    noisy = split.train_noisy_labels.copy()
-    noisy[positions] = labels
-    keep = np.ones(len(noisy), bool)
-    keep[positions[joins]] = False
-
-    meta_indices = np.concatenate([split.meta_indices, split.train_indices[positions[joins]]])
-    meta_labels = np.concatenate([meta_labels, labels[joins]])
-    order = np.argsort(meta_indices, kind="stable")
-    true, noisy = split.train_true_labels[keep], noisy[keep]
-    known = split.truth_known
-    summary = {
-        "files": list(corrections.files),
-        "reviewed": len(corrections),
-        "changed": int((given != reviewed).sum()),
-        "added_to_trusted": int(joins.sum()),
-        "added_to_trusted_per_class": int(joins.sum()) // num_classes,
-        "relabelled_in_trusted": int((~in_train).sum()),
-        "corrected_in_training": int((~joins).sum()),
-    }
-    corrected = dataclasses.replace(
-        split,
-        meta_indices=meta_indices[order],
-        meta_labels=meta_labels[order],
-        train_indices=split.train_indices[keep],
-        train_true_labels=true,
-        train_noisy_labels=noisy,
-        train_corrupted=(true != noisy) if known else split.train_corrupted[keep],
-        empirical_transition_matrix=(
-            noise_lib.empirical_transition_matrix(true, noisy, num_classes)
-            if known
-            else split.empirical_transition_matrix
-        ),
-        realised_noise_rate=noise_lib.realised_noise_rate(true, noisy) if known else float("nan"),
-        corrections=json.dumps(summary),
-    )
-    return corrected, summary
 
 
 def locate_ids(reviewed_ids: Sequence[str], *, train_ids: Sequence, meta_ids: Sequence = ()):

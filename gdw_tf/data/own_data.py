@@ -1,17 +1,19 @@
-"""Your own data for `python -m gdw_tf.train`: a folder tree of images, a CSV, a list or an `.npz`.
+"""Your own data: a folder tree of images, a CSV, a list or an `.npz`, read into a `Dataset`.
 
-`--train_data=PATH` replaces `--dataset`'s benchmark protocol. PATH (and `--trusted_data`,
-`--test_data`) is one of:
+`load_own_data(train_data, trusted_data=..., test_data=..., options=OwnDataOptions(...))`
+reads it from Python; `python -m gdw_tf.train --train_data=PATH` (and `--trusted_data`,
+`--test_data`, and the flags named as `OwnDataOptions`' fields) reads it for a run, in place of
+`--dataset`'s benchmark protocol. Each PATH is one of:
 
 - a directory with one sub-folder per class holding its images (`.bmp`, `.gif`, `.jpeg`,
   `.jpg`, `.png`), the convention of `keras.utils.image_dataset_from_directory`; the class
   names are the sub-folders' names, other files are skipped as Keras skips them;
-- a `.csv` file with a header row, a label column (`--label_column`) and either a column of
-  image paths (`--image_column`, relative to `--image_root` or else the CSV's folder) or
+- a `.csv` file with a header row, a label column (`label_column`) and either a column of
+  image paths (`image_column`, relative to `image_root` or else the CSV's folder) or
   numeric feature columns (every other column); optionally a column marking trusted rows
-  (`--trusted_column`);
+  (`trusted_column`);
 - a `.txt` list file, one `relative/path.jpg label` per line (Clothing1M's and WebVision's
-  form), paths relative to `--image_root` or else to the file's folder;
+  form), paths relative to `image_root` or else to the file's folder;
 - a `.npz` file with arrays `x` (uint8 images `[N, H, W]` or `[N, H, W, C]`, or numeric
   features `[N, D]`) and `y` (labels `[N]`, integers or strings).
 
@@ -23,27 +25,27 @@ run): an unreadable file is skipped and listed in `skipped_files.txt`, with one 
 What operating systems leave beside images (`__MACOSX/`, `._*`, `.DS_Store`) is ignored. An
 `.npz`'s images are arrays in memory. An empty folder, an unknown label in the trusted or test
 set, a trusted set missing a class or equal to the training set, and images of different sizes
-without `--image_size` are one-line `ValueError`s before any training. Images become one
+without `image_size` are one-line `ValueError`s before any training. Images become one
 shape: grayscale if every image is (gray or gray+alpha), RGB otherwise (alpha dropped); resized
-bilinearly to `--image_size` squares if that is set, otherwise all images must share one size.
+bilinearly to `image_size` squares if that is set, otherwise all images must share one size.
 
-The trusted (meta) set is `--trusted_data` (a second folder or file), or the rows of
-`--trusted_column`, or, with `--trusted_data=auto`, chosen from the noisy training data
-(`gdw_tf.data.auto_meta`). The trusted examples are appended to the training arrays (`x_train`,
-with `trusted` marking them), so the run's split indexes one array as on the benchmarks. The
-labels of own data are the given ones; their truth is unknown, so the split records no
-corruption and the results no realised noise or detection AUROC (`truth_known=False`).
+The trusted (meta) set is `trusted_data` (a second folder or file), or the rows of
+`trusted_column`; a run with `--trusted_data=auto` reads none and chooses it from the noisy
+training data (`gdw_tf.runs.auto_meta`). The trusted examples are appended to the training
+arrays (`x_train`, with `trusted` marking them), so a split (`own_split`) indexes one array as
+on the benchmarks. The labels of own data are the given ones; their truth is unknown, so the
+split records no corruption and the results no realised noise or detection AUROC
+(`truth_known=False`).
 """
 
 import csv
+import dataclasses
 import logging
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from gdw_tf.core import methods
-from gdw_tf.core import settings
 from gdw_tf.data import datasets
 from gdw_tf.data import image_files
 from gdw_tf.data import split as split_lib
@@ -92,8 +94,39 @@ class _Source:
         )
 
 
-def load_own_data(config, *, work_dir=None):
-    """The training, trusted and test sets of `config.train_data` etc. as one `Dataset`.
+@dataclasses.dataclass(frozen=True)
+class OwnDataOptions:
+    """How own data's files are read; each field is the flag of the same name of
+    `python -m gdw_tf.train` (whose defaults are these).
+
+    Attributes:
+      label_column: a CSV's label column.
+      image_column: a CSV's column of image paths; a CSV without it holds numeric features in
+        every column but the label and trusted ones.
+      trusted_column: a CSV's column marking the trusted rows (1/0, true/false, yes/no), or None.
+      image_root: the folder that a list file's or a CSV's image paths are relative to; None:
+        the list's or CSV's own folder.
+      image_size: resize every image to this square (bilinear); 0: keep the size, which all
+        images must then share.
+    """
+
+    label_column: str = "label"
+    image_column: str = "image"
+    trusted_column: str | None = None
+    image_root: str | None = None
+    image_size: int = 0
+
+
+def load_own_data(
+    train_data: str,
+    *,
+    trusted_data: str | None = None,
+    test_data: str | None = None,
+    options: OwnDataOptions = OwnDataOptions(),
+    work_dir: str | None = None,
+) -> datasets.Dataset:
+    """The training, trusted and test sets of own data (see the module docstring) as one
+    `Dataset`.
 
     Image files (folders, CSVs of paths, `.txt` lists) are not decoded here: `x_train` and
     `x_test` are `image_files.ImageFiles`, decoded by the input pipeline. Every file is decoded
@@ -102,32 +135,35 @@ def load_own_data(config, *, work_dir=None):
     of its files unreadable is refused instead).
 
     Args:
-      config: the run's `Config`.
-      work_dir: the run directory, or None: where the scan is cached (a resumed run reads it
+      train_data: a folder of class sub-folders, a `.csv`, a `.txt` list or an `.npz`.
+      trusted_data: a second such path holding the trusted set, or None (the rows of
+        `options.trusted_column`, if any, are the trusted set).
+      test_data: a test set with correct labels, or None.
+      options: how the files are read (`OwnDataOptions`).
+      work_dir: a directory, or None: where the scan is cached (a resumed run reads it
         instead of scanning again) and the skipped files are listed.
 
     Returns:
         An `Dataset` whose `x_train` holds the training examples followed by the trusted
-        ones (`trusted` marks them; none with `--trusted_data=auto`), `y_train` their given
-        labels (ints in `[0, C)`, classes in `class_names` order), `train_ids` each row's file
-        path or `<csv>:<line>` or `.npz` index, and `x_test`/`y_test` (empty without
-        `--test_data`).
+        ones (`trusted` marks them), `y_train` their given labels (ints in `[0, C)`, classes in
+        `class_names` order), `train_ids` each row's file path or `<csv>:<line>` or `.npz`
+        index, and `x_test`/`y_test` (empty without `test_data`). A trusted set, if any, has
+        every class and leaves some examples to train on.
 
     Raises:
         ValueError: with one line naming the file and the problem, for any bad input.
     """
-    train = read_source(config.train_data, config)
-    if config.trusted_column and train.trusted is None:
+    train = read_source(train_data, options)
+    if options.trusted_column and train.trusted is None:
         raise ValueError(
-            f"{config.train_data}: --trusted_column={config.trusted_column} needs "
-            "a CSV with that column."
+            f"{train_data}: --trusted_column={options.trusted_column} needs a CSV with that column."
         )
     sources = {"train": train}
-    if config.trusted_data and config.trusted_data != "auto":
-        sources["trusted"] = read_source(config.trusted_data, config)
+    if trusted_data:
+        sources["trusted"] = read_source(trusted_data, options)
         _check_not_the_training_set(train, sources["trusted"])
-    if config.test_data:
-        sources["test"] = read_source(config.test_data, config)
+    if test_data:
+        sources["test"] = read_source(test_data, options)
     kind = {True: "images", False: "features"}
     for source in sources.values():
         if source.is_images != train.is_images:
@@ -136,20 +172,15 @@ def load_own_data(config, *, work_dir=None):
                 f"{kind[train.is_images]}; give every set in one form."
             )
     if train.is_images:
-        sources, arrays = _images(sources, config.image_size, work_dir)
+        sources, arrays = _images(sources, options.image_size, work_dir)
         train = sources["train"]
     else:
         arrays = _unify_features(sources)
-        if config.export_dir:
-            raise ValueError(
-                "--export_dir writes a serving model of uint8 images; "
-                f"{config.train_data} holds features: drop --export_dir."
-            )
 
     class_names = class_order(train.labels)
     if len(class_names) < 2:
         raise ValueError(
-            f"{config.train_data}: needs at least 2 classes; found "
+            f"{train_data}: needs at least 2 classes; found "
             f"{len(class_names)} ({', '.join(class_names) or 'none'})."
         )
     labels = {
@@ -164,41 +195,17 @@ def load_own_data(config, *, work_dir=None):
         y_train = np.concatenate([y_train, labels["trusted"]])
         ids += sources["trusted"].ids
         trusted = np.concatenate([trusted, np.ones(len(labels["trusted"]), bool)])
-    if config.trusted_data != "auto" and (trusted.any() or methods.get(config.method).meta_step):
-        where = (
-            sources["trusted"].path
-            if "trusted" in sources
-            else f"the rows of {config.train_data} marked in {config.trusted_column!r}"
-        )
-        if not trusted.any() and config.trusted_column:
-            raise ValueError(
-                f"{config.train_data}: no row is marked trusted in column "
-                f"{config.trusted_column!r}; --method={config.method} needs some."
-            )
-        if not trusted.any():
-            raise ValueError(
-                f"--method={config.method} needs a trusted set: give --trusted_data=PATH, "
-                "--trusted_column=NAME or --trusted_data=auto (chosen from the noisy data)."
-            )
+    if trusted.any():
         missing = sorted(set(range(len(class_names))) - set(y_train[trusted].tolist()))
         if missing:
+            name = trusted_set_name(train_data, trusted_data, options.trusted_column)
             raise ValueError(
-                f"the trusted set ({where}) has no example of class "
-                f"{', '.join(class_names[k] for k in missing)}; every class "
-                "needs at least one."
+                f"the trusted set ({name}) has no example of class "
+                f"{', '.join(class_names[k] for k in missing)}; every class needs at least one."
             )
-        problem = settings.meta_batch_problem(
-            config.meta_batch_size,
-            int(trusted.sum()),
-            prefix="--",
-            meta_set=f"the trusted set ({where})",
-        )
-        explicit = config.meta_batch_size != settings.MODEL_DEFAULTS.meta_batch_size
-        if explicit and problem and methods.get(config.method).meta_step:
-            raise ValueError(problem)
         if trusted.all():
             raise ValueError(
-                f"every example of {config.train_data} is trusted: nothing is left to train on."
+                f"every example of {train_data} is trusted: nothing is left to train on."
             )
     if "test" in sources:
         x_test, y_test = arrays["test"], labels["test"]
@@ -216,25 +223,11 @@ def load_own_data(config, *, work_dir=None):
     )
 
 
-def resolve_meta_batch_size(meta_batch_size: int, num_meta: int, *, replicas: int = 1) -> int:
-    """The meta batch size of a run: `meta_batch_size`, or, if that is the default and the meta
-    set is smaller, the meta set's size cut to a multiple of `replicas` (a person with a small
-    trusted set did not ask for 100; each replica takes an equal share). Set to another value,
-    it is demanded (`settings.meta_batch_problem`)."""
-    if (
-        meta_batch_size == settings.MODEL_DEFAULTS.meta_batch_size
-        and 0 < num_meta < meta_batch_size
-    ):
-        resolved = max(num_meta - num_meta % replicas, replicas)
-        logging.warning(
-            "The trusted set holds %d examples: meta batches of %d (not the default "
-            "--meta_batch_size=%d).",
-            num_meta,
-            resolved,
-            meta_batch_size,
-        )
-        return int(resolved)
-    return int(meta_batch_size)
+def trusted_set_name(train_data, trusted_data, trusted_column):
+    """How messages name the trusted set: its path, or the marked rows of `train_data`."""
+    if trusted_data:
+        return trusted_data
+    return f"the rows of {train_data} marked in {trusted_column!r}"
 
 
 def _check_not_the_training_set(train, trusted):
@@ -296,7 +289,7 @@ def own_split(labels, trusted, num_classes, seed):
 # Reading one source
 
 
-def read_source(path, config):
+def read_source(path, options=OwnDataOptions()):
     """Reads a folder tree, a `.csv` or an `.npz` (see the module docstring) into a `_Source`.
 
     Raises:
@@ -310,15 +303,15 @@ def read_source(path, config):
     if extension == ".csv":
         return read_csv(
             path,
-            config.label_column,
-            config.image_column,
-            config.trusted_column,
-            image_root=config.image_root,
+            options.label_column,
+            options.image_column,
+            options.trusted_column,
+            image_root=options.image_root,
         )
     if extension == ".npz":
         return read_npz(path)
     if extension == ".txt":
-        return read_list(path, image_root=config.image_root)
+        return read_list(path, image_root=options.image_root)
     raise ValueError(
         f"{path}: expected a folder of class sub-folders, a .csv, a .txt list or an .npz file."
     )

@@ -15,6 +15,10 @@ Where we depart from the reference code, and why:
 - The reference's `flip2` is not offered (it fails an assert there).
 - Its `uniform` leaves about 36% of labels wrong at "40%"; we keep that definition, add
   `symmetric`, and record the realised noise rate and transition matrix in every `Split`.
+
+A `Split` changes only through its own methods (`move_to_meta`, `relabel_train`,
+`relabel_meta`, `without_meta`), each returning a new `Split` whose statistics of the training
+set (corrupted flags, empirical transition matrix, realised noise rate) are recomputed.
 """
 
 import dataclasses
@@ -24,12 +28,12 @@ import numpy as np
 from gdw_tf.data import noise as noise_lib
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Split:
     """A meta/training split with its noisy labels, as drawn by `make_split`.
 
-    Indices point into the arrays the split was drawn from; training arrays are aligned with
-    `train_indices`.
+    Indices point into the arrays the split was drawn from, each set's in ascending order;
+    training arrays are aligned with `train_indices`, `meta_labels` with `meta_indices`.
     """
 
     num_classes: int
@@ -49,11 +53,73 @@ class Split:
     # False for own data: the given labels are all we know (true labels -1, rates NaN).
     truth_known: bool = True
     # Where the meta set comes from: "clean" (held out before noise), "trusted" (the user's
-    # trusted set) or "auto" (chosen from the noisy training data, `gdw_tf.data.auto_meta`).
+    # trusted set) or "auto" (chosen from the noisy training data, `gdw_tf.runs.auto_meta`).
     meta_source: str = "clean"
     # Reviews applied to the split (`gdw_tf.data.corrections.correct_split`): their summary as
     # JSON, "" if none.
     corrections: str = ""
+
+    def move_to_meta(self, positions) -> "Split":
+        """The split with the training examples at `positions` moved to the meta set, with
+        their training (given) labels.
+
+        Args:
+          positions: positions in the training set (into `train_indices`).
+        """
+        positions = np.asarray(positions, np.int64)
+        keep = np.ones(len(self.train_indices), bool)
+        keep[positions] = False
+        meta_indices = np.concatenate([self.meta_indices, self.train_indices[positions]])
+        meta_labels = np.concatenate([self.meta_labels, self.train_noisy_labels[positions]])
+        order = np.argsort(meta_indices, kind="stable")
+        return dataclasses.replace(
+            self,
+            meta_indices=meta_indices[order],
+            meta_labels=meta_labels[order],
+            train_indices=self.train_indices[keep],
+            train_true_labels=self.train_true_labels[keep],
+            train_noisy_labels=self.train_noisy_labels[keep],
+        )._recounted()
+
+    def relabel_train(self, positions, labels) -> "Split":
+        """The split with the training examples at `positions` given `labels`."""
+        noisy = self.train_noisy_labels.copy()
+        noisy[np.asarray(positions, np.int64)] = labels
+        return dataclasses.replace(self, train_noisy_labels=noisy)._recounted()
+
+    def relabel_meta(self, positions, labels) -> "Split":
+        """The split with the meta examples at `positions` (into `meta_indices`) given
+        `labels`."""
+        meta_labels = self.meta_labels.copy()
+        meta_labels[np.asarray(positions, np.int64)] = labels
+        return dataclasses.replace(self, meta_labels=meta_labels)
+
+    def without_meta(self) -> "Split":
+        """The split with an empty meta set: its examples leave the split."""
+        return dataclasses.replace(
+            self, meta_indices=self.meta_indices[:0], meta_labels=self.meta_labels[:0]
+        )
+
+    def _recounted(self) -> "Split":
+        """The split with the training set's statistics recomputed from its labels: corrupted
+        flags, empirical transition matrix and realised noise rate where the truth is known;
+        no corruption and NaN otherwise (own data)."""
+        true, noisy, num_classes = self.train_true_labels, self.train_noisy_labels, self.num_classes
+        if not self.truth_known:
+            return dataclasses.replace(
+                self,
+                train_corrupted=np.zeros(len(noisy), bool),
+                empirical_transition_matrix=np.full((num_classes, num_classes), np.nan),
+                realised_noise_rate=float("nan"),
+            )
+        return dataclasses.replace(
+            self,
+            train_corrupted=true != noisy,
+            empirical_transition_matrix=noise_lib.empirical_transition_matrix(
+                true, noisy, num_classes
+            ),
+            realised_noise_rate=noise_lib.realised_noise_rate(true, noisy),
+        )
 
     def save(self, path):
         """Writes the split to a `.npz` file at `path`."""

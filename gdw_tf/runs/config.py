@@ -18,6 +18,7 @@ the settings is described in `docs/ALGORITHM.md`.
 """
 
 import dataclasses
+import logging
 import math
 import os
 
@@ -128,7 +129,7 @@ class Config(ModelSettings):
         check=non_negative,
         message="must be ≥ 0 (0 = all)",
     )
-    # Own data (gdw_tf.data.own_data) and the automatic trusted set (gdw_tf.data.auto_meta).
+    # Own data (gdw_tf.data.own_data) and the automatic trusted set (gdw_tf.runs.auto_meta).
     train_data: str = setting(
         None,
         "Train on your own data instead of --dataset's benchmark protocol: a folder with one "
@@ -335,6 +336,27 @@ class Config(ModelSettings):
 
 
 DEFAULTS = Config()
+
+
+def resolve_meta_batch_size(meta_batch_size: int, num_meta: int, *, replicas: int = 1) -> int:
+    """The meta batch size of a run: `meta_batch_size`, or, if that is the default and the meta
+    set is smaller, the meta set's size cut to a multiple of `replicas` (a person with a small
+    trusted set did not ask for 100; each replica takes an equal share). Set to another value,
+    it is demanded (`settings.meta_batch_problem`)."""
+    if (
+        meta_batch_size == settings.MODEL_DEFAULTS.meta_batch_size
+        and 0 < num_meta < meta_batch_size
+    ):
+        resolved = max(num_meta - num_meta % replicas, replicas)
+        logging.warning(
+            "The trusted set holds %d examples: meta batches of %d (not the default "
+            "--meta_batch_size=%d).",
+            num_meta,
+            resolved,
+            meta_batch_size,
+        )
+        return int(resolved)
+    return int(meta_batch_size)
 
 
 def define_flags(flag_values, names=None):

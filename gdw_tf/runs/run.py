@@ -4,8 +4,10 @@
 
 1. refuses an output directory holding a finished run (unless `overwrite`) or an unfinished
    run with another configuration — before any data is loaded;
-2. loads the dataset, draws the split (`gdw_tf.data.split.make_split`: disjoint clean meta set,
-   label noise, long tail) and saves it with the configuration — or, resuming, loads them;
+2. loads the dataset, builds the split (`build_split`: the benchmark protocol's
+   `gdw_tf.data.split.make_split` with its disjoint clean meta set, label noise and long tail,
+   or own data's; then the reviews, the automatic trusted set) and saves it with the
+   configuration — or, resuming, loads them;
 3. trains `GDWModel` with SGD, the reference's per-epoch cosine schedule, validation on the test
    set each epoch, and Keras callbacks for the progress bar, `history.csv`, TensorBoard logs,
    per-epoch backups (`BackupAndRestore`) and a stop on a non-finite loss;
@@ -38,8 +40,9 @@ from gdw_tf.core import methods
 from gdw_tf.core.meta_sampling import MetaAugmentation
 from gdw_tf.core.model import GDWModel
 from gdw_tf.core.model import resolve_outer_lr
+from gdw_tf.core.settings import MODEL_DEFAULTS
 from gdw_tf.core.settings import ModelSettings
-from gdw_tf.data import auto_meta
+from gdw_tf.core.settings import meta_batch_problem
 from gdw_tf.data import corrections as corrections_lib
 from gdw_tf.data import datasets
 from gdw_tf.data import image_files
@@ -47,7 +50,9 @@ from gdw_tf.data import input_pipeline
 from gdw_tf.data import own_data
 from gdw_tf.data import split as split_lib
 from gdw_tf.nets import backbones
+from gdw_tf.runs import auto_meta
 from gdw_tf.runs import callbacks
+from gdw_tf.runs import config as config_lib
 from gdw_tf.runs import distribute
 from gdw_tf.runs import results as results_lib
 from gdw_tf.runs import run_dir
@@ -84,7 +89,7 @@ def run(config: Config) -> dict:
     # Data: the dataset, then the split (drawn once, then reloaded).
     dataset = load_data(config)
     split = run_dir.load_or_make_split(
-        config, dataset.y_train, dataset.num_classes, make=split_maker(config, dataset)
+        config, dataset.y_train, make=lambda: build_split(config, dataset)
     )
     settings = run_settings(config, dataset, split, replicas)
     run_dir.write_json(
@@ -170,10 +175,10 @@ def run(config: Config) -> dict:
 
 def load_data(config):
     """The dataset, cut to `max_train_examples` / `max_test_examples` if they are set; or the
-    own data of `config.train_data` (`gdw_tf.data.own_data`; the image scan is cached, and
-    skipped files listed, in the run directory)."""
+    own data of `config.train_data` (`load_own_data`; the image scan is cached, and skipped
+    files listed, in the run directory)."""
     if config.train_data:
-        return own_data.load_own_data(config, work_dir=config.output_dir)
+        return load_own_data(config, work_dir=config.output_dir)
     dataset = datasets.load_dataset(config.dataset, config.data_dir, image_size=config.image_size)
     train, test = config.max_train_examples or None, config.max_test_examples or None
     return dataset._replace(
@@ -182,6 +187,59 @@ def load_data(config):
         x_test=dataset.x_test[:test],
         y_test=dataset.y_test[:test],
     )
+
+
+def load_own_data(config, *, work_dir=None):
+    """The own data of `config` (`gdw_tf.data.own_data.load_own_data`), refused where the run
+    cannot use it: features with `--export_dir`, no trusted set for a method that learns from
+    one, or fewer trusted examples than an explicit `--meta_batch_size`.
+
+    Raises:
+      ValueError: with one line, for bad data (`own_data`'s errors) or one of those.
+    """
+    auto = config.trusted_data == "auto"  # Chosen later, from the noisy data (`auto_meta`).
+    dataset = own_data.load_own_data(
+        config.train_data,
+        trusted_data=None if auto else config.trusted_data,
+        test_data=config.test_data,
+        options=own_data_options(config),
+        work_dir=work_dir,
+    )
+    if config.export_dir and len(dataset.x_train.shape) == 2:
+        raise ValueError(
+            "--export_dir writes a serving model of uint8 images; "
+            f"{config.train_data} holds features: drop --export_dir."
+        )
+    if auto or not methods.get(config.method).meta_step:
+        return dataset
+    trusted = dataset.trusted
+    if not trusted.any() and config.trusted_column:
+        raise ValueError(
+            f"{config.train_data}: no row is marked trusted in column "
+            f"{config.trusted_column!r}; --method={config.method} needs some."
+        )
+    if not trusted.any():
+        raise ValueError(
+            f"--method={config.method} needs a trusted set: give --trusted_data=PATH, "
+            "--trusted_column=NAME or --trusted_data=auto (chosen from the noisy data)."
+        )
+    name = own_data.trusted_set_name(config.train_data, config.trusted_data, config.trusted_column)
+    problem = meta_batch_problem(
+        config.meta_batch_size,
+        int(trusted.sum()),
+        prefix="--",
+        meta_set=f"the trusted set ({name})",
+    )
+    if problem and config.meta_batch_size != MODEL_DEFAULTS.meta_batch_size:
+        raise ValueError(problem)
+    return dataset
+
+
+def own_data_options(config):
+    """How the run reads own data: `config`'s fields of `own_data.OwnDataOptions` (the flags of
+    the same names)."""
+    names = [field.name for field in dataclasses.fields(own_data.OwnDataOptions)]
+    return own_data.OwnDataOptions(**{name: getattr(config, name) for name in names})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +254,7 @@ class RunSettings:
       normalization: `{"mean": [...], "std": [...]}` per channel, of images scaled to [0, 1];
         for streamed image files also `images_sampled`, how many images gave them.
       meta_batch_size: `config.meta_batch_size`, or the meta set's size if that is smaller and
-        the flag was left at its default (`own_data.resolve_meta_batch_size`).
+        the flag was left at its default (`config.resolve_meta_batch_size`).
       augment, outer_lr, jit_compile: `config`'s `auto`/unset values resolved.
       num_train, num_meta, steps_per_epoch: the split's sizes and the steps of an epoch.
       num_replicas: the replicas that share each batch.
@@ -247,7 +305,7 @@ def run_settings(config, dataset, split, num_replicas):
         jit_compile=backend.resolve_jit_compile(config.jit_compile),
         num_train=int(len(split.train_indices)),
         num_meta=int(len(split.meta_indices)),
-        meta_batch_size=own_data.resolve_meta_batch_size(
+        meta_batch_size=config_lib.resolve_meta_batch_size(
             config.meta_batch_size, len(split.meta_indices), replicas=num_replicas
         ),
         steps_per_epoch=math.ceil(len(split.train_indices) / config.batch_size),
@@ -302,56 +360,80 @@ def _build_gdw_model(config, settings, meta_data):
     return model
 
 
-def split_maker(config, dataset):
-    """The function that draws the split of own data, of an automatic meta set or with reviewed
-    labels (`--corrections`); None for the benchmark protocol's (`split.make_split` with a clean
-    meta set)."""
-    if not config.train_data and config.trusted_data != "auto" and not config.corrections:
-        return None
+def build_split(config, dataset):
+    """The run's split, built in order: the base split; the reviews (`--corrections`), read and
+    found in it; the automatic trusted set (`--trusted_data=auto`); the reviews applied.
 
-    def make():
-        # Reviews first: a bad file is refused before the data is split or a warm-up runs.
-        reviews = None
-        if config.corrections:
-            reviews = corrections_lib.read_corrections(
-                config.corrections,
-                num_classes=dataset.num_classes,
-                class_names=dataset.class_names,
-            )
-        if config.train_data:
-            split = own_data.own_split(
-                dataset.y_train, dataset.trusted, dataset.num_classes, config.seed
-            )
-        else:
-            split = split_lib.make_split(
-                dataset.y_train,
-                dataset.num_classes,
-                num_meta=config.num_meta,
-                noise=config.noise,
-                ratio=config.ratio,
-                imbalance=config.imbalance,
-                seed=config.seed,
-            )
-        if reviews is not None:  # Unknown ids are refused before the warm-up.
-            corrections_lib.correct_split(split, reviews, ids=dataset.train_ids)
-        if config.trusted_data == "auto":
-            mean, std = normalization_of(config, dataset.x_train)
-            input_shape = list(dataset.x_train.shape[1:])
-            split = auto_meta.auto_split(
-                split,
-                config,
-                resolve_model(config, input_shape),
-                dataset.x_train,
-                mean=mean,
-                std=std,
-                augment=resolve_augment(config.augment, input_shape),
-            )
-            keras.utils.set_random_seed(config.seed)  # The run starts as without warm-up.
-        if reviews is not None:
-            split, _ = corrections_lib.correct_split(split, reviews, ids=dataset.train_ids)
-        return split
+    The base split is the benchmark protocol's (`split.make_split`: a clean meta set, noise,
+    a long tail) or own data's (`own_data.own_split`: the trusted rows are the meta set). The
+    automatic set is chosen as without reviews (the same warm-up on the same labels), and the
+    reviews are applied to the split it leaves (`corrections.correct_split`), so a reviewed
+    example it chose takes its reviewed label in the meta set.
 
-    return make
+    Raises:
+      ValueError: before any warm-up, for a meta set the classes cannot fill, a bad corrections
+        file or a reviewed id that is not in the data the run trains on.
+    """
+    # Reviews first: a bad file is refused before the data is split or a warm-up runs.
+    reviews = None
+    if config.corrections:
+        reviews = corrections_lib.read_corrections(
+            config.corrections, num_classes=dataset.num_classes, class_names=dataset.class_names
+        )
+    if config.train_data:
+        split = own_data.own_split(
+            dataset.y_train, dataset.trusted, dataset.num_classes, config.seed
+        )
+    else:
+        split = benchmark_split(config, dataset.y_train, dataset.num_classes)
+    auto = config.trusted_data == "auto"
+    if reviews is not None:
+        # Found in what the warm-up leaves of the split (the automatic set drops the meta set).
+        reviews = corrections_lib.locate_reviews(
+            split.without_meta() if auto else split, reviews, ids=dataset.train_ids
+        )
+    if auto:
+        mean, std = normalization_of(config, dataset.x_train)
+        input_shape = list(dataset.x_train.shape[1:])
+        split = auto_meta.auto_split(
+            split,
+            config,
+            resolve_model(config, input_shape),
+            dataset.x_train,
+            mean=mean,
+            std=std,
+            augment=resolve_augment(config.augment, input_shape),
+        )
+        keras.utils.set_random_seed(config.seed)  # The run starts as without warm-up.
+    if reviews is not None:
+        split, _ = corrections_lib.correct_split(split, reviews)
+    return split
+
+
+def benchmark_split(config, labels, num_classes):
+    """The benchmark protocol's split of `labels` (`split.make_split`) with `config`'s meta
+    set, noise, long tail and seed.
+
+    Raises:
+      ValueError: if the smallest class cannot fill a class-balanced meta set of `num_meta`.
+    """
+    smallest = int(np.bincount(labels, minlength=num_classes).min())
+    if config.num_meta > num_classes * smallest:
+        raise ValueError(
+            f"--num_meta={config.num_meta} is too large: the smallest class of {config.dataset} "
+            f"has {smallest} training examples, so a class-balanced meta set holds at most "
+            f"{num_classes * smallest} ({num_classes} classes x {smallest}). Lower --num_meta"
+            + (" or raise --max_train_examples." if config.max_train_examples else ".")
+        )
+    return split_lib.make_split(
+        labels,
+        num_classes,
+        num_meta=config.num_meta,
+        noise=config.noise,
+        ratio=config.ratio,
+        imbalance=config.imbalance,
+        seed=config.seed,
+    )
 
 
 def resolve_model(config, input_shape):

@@ -162,15 +162,12 @@ def config_differences(saved, config):
     ]
 
 
-def load_or_make_split(config, labels, num_classes, make=None):
-    """The run's split: loaded from `split.npz` if present, else drawn and saved atomically.
-
-    `make`, if given, draws the split instead of `split.make_split` (own data, an automatic
-    meta set: `gdw_tf.runs.run.split_maker`).
+def load_or_make_split(config, labels, make):
+    """The run's split: loaded from `split.npz` if present, else made by `make()` (the run's
+    `gdw_tf.runs.run.build_split`) and saved atomically.
 
     Raises:
-      ValueError: if the meta set cannot be class-balanced (too few examples in a class), or
-        a saved split does not fit the dataset.
+      ValueError: if a saved split does not fit the dataset (or as `make` raises).
     """
     path = os.path.join(config.output_dir, SPLIT_FILE)
     if os.path.exists(path):
@@ -193,26 +190,7 @@ def load_or_make_split(config, labels, num_classes, make=None):
                 "since the run started. Use another --output_dir or --overwrite."
             )
         return split
-    smallest = int(np.bincount(labels, minlength=num_classes).min())
-    if make is None and config.num_meta > num_classes * smallest:
-        raise ValueError(
-            f"--num_meta={config.num_meta} is too large: the smallest class of {config.dataset} "
-            f"has {smallest} training examples, so a class-balanced meta set holds at most "
-            f"{num_classes * smallest} ({num_classes} classes x {smallest}). Lower --num_meta"
-            + (" or raise --max_train_examples." if config.max_train_examples else ".")
-        )
-    if make is None:
-        split = split_lib.make_split(
-            labels,
-            num_classes,
-            num_meta=config.num_meta,
-            noise=config.noise,
-            ratio=config.ratio,
-            imbalance=config.imbalance,
-            seed=config.seed,
-        )
-    else:
-        split = make()
+    split = make()
     with atomic_path(path) as temporary:
         split.save(temporary)
     return split

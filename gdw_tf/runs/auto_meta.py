@@ -12,6 +12,9 @@ labels are wrong in it (on the benchmarks `results.json` reports its purity).
 On a benchmark (`--dataset`) the split is first drawn as usual, so the noisy training set is
 the one the clean-meta run trains on; the clean held-out meta examples are then left unused,
 and the meta set is chosen from the noisy training set instead.
+
+It trains a model, so it belongs to the run (`gdw_tf.runs.run.build_split` calls it), and reads
+the run's `Config`; the split's change is `Split`'s own (`without_meta`, `move_to_meta`).
 """
 
 import dataclasses
@@ -20,9 +23,8 @@ import keras
 import numpy as np
 
 from gdw_tf.data import input_pipeline
-from gdw_tf.data import noise as noise_lib
-from gdw_tf.data import own_data
 from gdw_tf.nets import backbones
+from gdw_tf.runs import config as config_lib
 
 
 def select_confident(probabilities, given_labels, num_classes, per_class):
@@ -121,7 +123,7 @@ def auto_split(split, config, model_name, x, *, mean, std, augment):
             `--meta_batch_size`.
     """
     per_class = per_class_count(config, split.num_classes)
-    meta_batch_size = own_data.resolve_meta_batch_size(
+    meta_batch_size = config_lib.resolve_meta_batch_size(
         config.meta_batch_size, per_class * split.num_classes
     )
     if per_class * split.num_classes < meta_batch_size:
@@ -148,26 +150,7 @@ def auto_split(split, config, model_name, x, *, mean, std, augment):
         augment=augment,
     )
     chosen = select_confident(probabilities, given, split.num_classes, per_class)
-    keep = np.ones(len(given), bool)
-    keep[chosen] = False
-    true, noisy = split.train_true_labels[keep], given[keep]
-    known = split.truth_known
-    return dataclasses.replace(
-        split,
-        meta_indices=split.train_indices[chosen],
-        meta_labels=given[chosen],
-        train_indices=split.train_indices[keep],
-        train_true_labels=true,
-        train_noisy_labels=noisy,
-        train_corrupted=split.train_corrupted[keep],
-        empirical_transition_matrix=(
-            noise_lib.empirical_transition_matrix(true, noisy, split.num_classes)
-            if known
-            else split.empirical_transition_matrix
-        ),
-        realised_noise_rate=noise_lib.realised_noise_rate(true, noisy) if known else float("nan"),
-        meta_source="auto",
-    )
+    return dataclasses.replace(split.without_meta().move_to_meta(chosen), meta_source="auto")
 
 
 def summary(split, config, true_labels=None, ids=None):
