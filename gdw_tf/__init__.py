@@ -16,7 +16,71 @@ TensorFlow); the names that need TensorFlow (the input pipeline, the serving exp
 first use.
 """
 
+import contextlib
 import importlib
+import os
+import re
+import sys
+import tempfile
+
+from absl import flags as _flags
+
+# The programs whose TensorFlow C++ log lines are silenced unless `--tf_logs` is given.
+_PROGRAMS = ("gdw_tf.train", "gdw_tf.export", "gdw_tf.bench")
+# A C++ log line (glog/absl style: severity, date, time), or absl's note that precedes them.
+_TF_LOG_LINE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)")
+
+
+def _program_silences_tf_logs():
+    """Whether this process is `python -m gdw_tf.<program>` without `--tf_logs`.
+
+    Read from the command line (flag files expanded) before the flags are parsed: TensorFlow
+    writes most of its log lines when it is imported, which `import gdw_tf` does.
+    """
+    argv = getattr(sys, "orig_argv", [])
+    if "-m" not in argv[:-1] or argv[argv.index("-m") + 1] not in _PROGRAMS:
+        return False
+    args = argv[argv.index("-m") + 2 :]
+    try:
+        args = _flags.FlagValues().read_flags_from_files(args, force_gnu=False)
+    except _flags.Error:
+        pass  # absl reports a bad flag file when it parses the flags.
+    show = False
+    for arg in args:  # The last mention wins, as in absl.
+        name, _, value = arg.partition("=")
+        if name == "--tf_logs":
+            show = value.lower() in ("", "true", "t", "1")
+        elif name == "--notf_logs":
+            show = False
+    return not show
+
+
+@contextlib.contextmanager
+def _tf_start_up_logs_dropped():
+    """Drops the C++ log lines written to stderr (file descriptor 2) inside the block; other
+    output (a Python warning or traceback) is written to stderr afterwards."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile("w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not _TF_LOG_LINE.match(line):
+                    sys.stderr.write(line)
+
+
+if _program_silences_tf_logs():
+    # Post-start-up log lines obey TF_CPP_MIN_LOG_LEVEL (3: none, errors included; a value set in
+    # the environment wins); those of the start-up, written before it is read, are dropped.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _tf_start_up_logs_dropped():
+        import keras  # noqa: F401  (imports TensorFlow on its backend)
 
 from gdw_tf.core.model import GDWModel
 from gdw_tf.core.model import resolve_outer_lr
