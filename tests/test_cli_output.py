@@ -94,11 +94,11 @@ def test_the_programs_read_tf_logs_before_tensorflow_is_imported(
     flagfile.write_text("--tf_logs\n")
     args = [arg.replace("FLAGFILE", str(flagfile)) for arg in args]
     monkeypatch.setattr(sys, "orig_argv", ["python3", "-m", "gdw_tf.train", *args])
-    assert gdw_tf._program_silences_tf_logs() is silenced
+    assert (gdw_tf._quiet_start() == "tensorflow") is silenced
 
 
 def test_tf_logs_are_left_alone_outside_the_programs(monkeypatch):
     monkeypatch.setattr(sys, "orig_argv", ["python3", "-m", "my_project.train", "--epochs=1"])
-    assert not gdw_tf._program_silences_tf_logs()
+    assert gdw_tf._quiet_start() is None
     monkeypatch.setattr(sys, "orig_argv", ["python3", "my_script.py"])
-    assert not gdw_tf._program_silences_tf_logs()
+    assert gdw_tf._quiet_start() is None
