@@ -14,9 +14,80 @@ A package imports only from those above it in this list. `GDWModel`, `find_label
 the other names of `gdw_tf.core` and `gdw_tf.labels.label_issues` need Keras alone (with JAX or
 TensorFlow); the names that need TensorFlow (the input pipeline, the serving export) load on
 first use.
+
+Imported by `python -m gdw_tf.train` (or `export`, `bench`), it first silences TensorFlow's C++ log
+lines, unless that command line says `--tf_logs`: TensorFlow writes them while it is imported,
+before any flag is parsed. A library user's TensorFlow logging is left alone.
 """
 
+import contextlib
 import importlib
+import os
+import re
+import sys
+import tempfile
+
+from absl import flags as _flags
+
+# The programs whose TensorFlow C++ log lines are silenced unless `--tf_logs` is given, each with
+# the module whose import starts TensorFlow for it (on Keras' JAX backend the benchmark does not).
+_PROGRAMS = {"gdw_tf.train": "tensorflow", "gdw_tf.export": "tensorflow", "gdw_tf.bench": "keras"}
+# A C++ log line (glog/absl style: severity, date, time), or absl's note that precedes them.
+_TF_LOG_LINE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)")
+
+
+def _quiet_start():
+    """The module to import with TensorFlow's start-up log lines dropped: the program's
+    (`_PROGRAMS`) if this process is `python -m gdw_tf.<program>` without `--tf_logs`, else None.
+
+    Read from the command line (flag files expanded) before the flags are parsed: TensorFlow
+    writes most of its log lines when it is imported, which `import gdw_tf` does.
+    """
+    argv = getattr(sys, "orig_argv", [])
+    if "-m" not in argv[:-1] or argv[argv.index("-m") + 1] not in _PROGRAMS:
+        return None
+    program = argv[argv.index("-m") + 1]
+    args = argv[argv.index("-m") + 2 :]
+    try:
+        args = _flags.FlagValues().read_flags_from_files(args, force_gnu=False)
+    except _flags.Error:
+        pass  # absl reports a bad flag file when it parses the flags.
+    show = False
+    for arg in args:  # The last mention wins, as in absl.
+        name, _, value = arg.partition("=")
+        if name == "--tf_logs":
+            show = value.lower() in ("", "true", "t", "1")
+        elif name == "--notf_logs":
+            show = False
+    return None if show else _PROGRAMS[program]
+
+
+@contextlib.contextmanager
+def _tf_start_up_logs_dropped():
+    """Drops the C++ log lines written to stderr (file descriptor 2) inside the block; other
+    output (a Python warning or traceback) is written to stderr afterwards."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile("w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not _TF_LOG_LINE.match(line):
+                    sys.stderr.write(line)
+
+
+if (_start := _quiet_start()) is not None:
+    # Post-start-up log lines obey TF_CPP_MIN_LOG_LEVEL (3: none, errors included; a value set in
+    # the environment wins); those of the start-up, written before it is read, are dropped.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _tf_start_up_logs_dropped():
+        importlib.import_module(_start)
 
 from gdw_tf.core.model import GDWModel
 from gdw_tf.core.model import resolve_outer_lr

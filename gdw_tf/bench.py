@@ -76,7 +76,7 @@ class Bench:
 
 def define_flags(flag_values=flags.FLAGS):
     """Defines the benchmark's flags: the shared settings, then its own."""
-    config_lib.define_flags(flag_values, SHARED_SETTINGS)
+    config_lib.define_flags(flag_values, [*SHARED_SETTINGS, "tf_logs"])
     flags.DEFINE_integer(
         "steps", 20, "Timed steps per method.", lower_bound=1, flag_values=flag_values
     )

@@ -22,7 +22,7 @@ def define_flags(flag_values=flags.FLAGS):
         "Run directory holding model.keras and config.json.",
         flag_values=flag_values,
     )
-    config_lib.define_flags(flag_values, names=["export_dir", "overwrite"])
+    config_lib.define_flags(flag_values, names=["export_dir", "overwrite", "tf_logs"])
     flags.mark_flags_as_required(["run_dir", "export_dir"], flag_values=flag_values)
 
 

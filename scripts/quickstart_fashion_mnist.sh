@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quick start: install gdw_tf and Fashion-MNIST, train GDW on Fashion-MNIST with 60% uniform
-# label noise for 3 epochs on the CPU, and print results.json.
+# label noise for 3 epochs on the CPU. The run ends with a short summary (test accuracy, wrong
+# labels, where report.html, review.html and label_issues.csv are); results.json holds the rest.
 #
 #   bash scripts/quickstart_fashion_mnist.sh [output_dir]    (default: runs/quickstart)
 #
@@ -24,4 +25,3 @@ fi
 
 python -m gdw_tf.train --flagfile=flags/fashion_mnist_uniform_60.flags --epochs=3 \
   --output_dir="$output_dir"
-cat "$output_dir/results.json"

@@ -26,7 +26,7 @@ from gdw_tf.runs import serving
 BATCH_SIZES = (1, 7)  # Also in LOADER.
 TF_STARTUP_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)")
 
-# The README's Python snippet, plus checks: it runs in a fresh interpreter without gdw_tf.
+# docs/SERVING.md's Python snippet, plus checks: it runs in a fresh interpreter without gdw_tf.
 LOADER = r"""
 import sys
 
@@ -162,7 +162,7 @@ def test_rest_request_body_of_the_readme_holds_the_signature_input(tmp_path):
     serving.export_serving(backbone, str(tmp_path), [0.5], [0.25])
     images = np.random.default_rng(4).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
 
-    # As in the README: the body of a TF Serving REST predict request.
+    # As in docs/SERVING.md: the body of a TF Serving REST predict request.
     body = json.dumps({"signature_name": "serve", "instances": images.tolist()})
 
     request = json.loads(body)

@@ -1,22 +1,41 @@
-"""The README's minimal example runs as written."""
+"""The README is a front door: short, its two set-up commands are the quick start and CI's test
+command, its `model.fit` example runs as written, and its links lead somewhere."""
 
 import pathlib
 import re
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
 
 
-def _section(title):
+def _section(title, path=README):
+    """The text under the heading `title` (of any level), up to the next heading of its level or
+    above."""
+    text = path.read_text()
+    heading = re.search(rf"^(#+) {re.escape(title)}\n", text, flags=re.M)
+    end = re.compile(rf"^#{{1,{len(heading.group(1))}}} ", flags=re.M).search(text, heading.end())
+    return text[heading.end() : end.start() if end else len(text)]
+
+
+def _blocks(language, text):
+    return re.findall(rf"```{language}\n(.*?)\n```", text, flags=re.S)
+
+
+def test_the_readme_fits_on_a_few_screens_and_its_links_lead_to_files():
     text = README.read_text()
-    start = text.index(f"## {title}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start:end]
+    assert len(text.splitlines()) <= 200
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+    assert {"docs/CLI.md", "docs/OWN_DATA.md", "docs/MODEL.md", "docs/api.md"} <= set(links)
+    missing = [link for link in links if "://" not in link and not (REPO / link).exists()]
+    assert not missing, missing
 
 
-def test_readme_minimal_example_runs(capsys):
-    (block,) = re.findall(r"```python\n(.*?)```", _section("Minimal example"), flags=re.S)
+def test_readme_model_fit_example_runs(capsys):
+    (block,) = _blocks("python", _section("3. In Python: `model.fit`"))
     exec(compile(block, str(README), "exec"), {"__name__": "readme"})
-    assert "accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed
+    assert re.search(r"^\d+ \[", printed, flags=re.M)  # issues.num_flagged, issues.id[:10]
 
 
 # Import names of the distributions that install them, where the two differ.
@@ -31,7 +50,7 @@ def _requirement_name(requirement):
     return re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower()
 
 
-def test_the_readme_test_command_installs_what_the_tests_import_and_ci_runs_it():
+def test_the_readme_set_up_commands_are_the_quick_start_and_the_ci_test_command():
     import sys
 
     try:
@@ -39,12 +58,15 @@ def test_the_readme_test_command_installs_what_the_tests_import_and_ci_runs_it()
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
 
-    # The first command of "Tests" runs every test; the second, the fast tier.
-    command, fast = re.findall(r"```bash\n(.*?)\n```", _section("Tests"), flags=re.S)
-    assert fast == 'python3 -m pytest -q -n auto -m "not slow" tests'
+    # The main job, then every test; docs/DEVELOPMENT.md repeats the second, then the fast tier.
+    main, command = _blocks("bash", _section("Set up and run"))
+    assert main == "bash scripts/quickstart_fashion_mnist.sh"
+    assert (REPO / "scripts" / "quickstart_fashion_mnist.sh").is_file()
     assert command == 'python3 -m pip install -e ".[test]" && python3 -m pytest -q -n auto tests'
     ci = (README.parent / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == command  # CI ends with exactly the README's command
+    tests = _section("Tests", REPO / "docs" / "DEVELOPMENT.md")
+    assert _blocks("bash", tests) == [command, 'python3 -m pytest -q -n auto -m "not slow" tests']
 
     project = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]

@@ -314,6 +314,12 @@ class Config(ModelSettings):
         message="must be 0, 1 or 2",
         run_defining=False,
     )
+    tf_logs: bool = setting(
+        False,
+        "Show TensorFlow's C++ log lines (oneDNN, CUDA, absl) on stderr; without it the programs "
+        "silence them (read from the command line before TensorFlow is imported).",
+        run_defining=False,
+    )
 
     @classmethod
     def from_flags(cls, flag_values):
