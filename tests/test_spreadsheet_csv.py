@@ -104,7 +104,13 @@ def test_normalize_id_is_one_spelling_per_path():
 def _formula_issues(num=60):
     rng = np.random.default_rng(3)
     classes = len(FORMULA_NAMES)
-    ids = np.array([f"{FORMULA_NAMES[i % classes]}/{TRIGGERS[i % 6]}{i}.png" for i in range(num)])
+    # Paths in class folders, and file names that start with each trigger (tab and CR too).
+    ids = np.array(
+        [
+            f"{FORMULA_NAMES[i % classes]}/{i}.png" if i % 2 else f"{TRIGGERS[i // 2 % 6]}{i}.png"
+            for i in range(num)
+        ]
+    )
     return label_issues.rank_label_issues(
         rng.dirichlet(np.ones(classes), num),
         rng.integers(0, classes, num),
