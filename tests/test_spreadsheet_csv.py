@@ -174,6 +174,7 @@ def test_corrections_as_a_spreadsheet_saves_them(tmp_path, bom, separator, line_
         ("id;given_label\n1;2\n", r"lacks the column\(s\) reviewed_label"),
         ("id;given_label;reviewed_label\r\n1;0;2\r\n7;1\r\n", r"c.csv line 3 has 2 cells but"),
         ("id,reviewed_label\n1,2,3\n", r"c.csv line 2 has 3 cells but the header has 2"),
+        ("id,reviewed_label\n1,2\n,1\n", r"c.csv:3: the id is empty"),
         ('id,reviewed_label\n"a\nb.png",2\n5\n', r"c.csv line 4 has 1 cells"),
     ],
 )

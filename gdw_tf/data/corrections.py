@@ -137,19 +137,17 @@ def read_corrections(
     names = {str(name): k for k, name in enumerate(class_names or ())}
     by_id = {}  # normalised id → (label, source)
     for path in files:
-        try:
-            _, rows = csv_cells.read_table(path, REQUIRED_COLUMNS)
-        except ValueError as error:
-            raise ValueError(
-                f"{error} A corrections file (review.html's download) has the columns id and "
-                "reviewed_label."
-            ) from None
+        if not os.path.isfile(path):
+            raise ValueError(f"corrections file {path} does not exist.")
+        _, rows = csv_cells.read_table(path, REQUIRED_COLUMNS)
         for line, row in rows:
             text = row["reviewed_label"].strip()
             if not text:
                 continue  # Not reviewed.
             source = f"{path}:{line}"
             label = _reviewed_label(text, row.get("reviewed_class", ""), source, num_classes, names)
+            if not row["id"].strip():
+                raise ValueError(f"{source}: the id is empty; give it as in label_issues.csv.")
             example_id = csv_cells.normalize_id(row["id"])
             if example_id in by_id and by_id[example_id][0] != label:
                 raise ValueError(

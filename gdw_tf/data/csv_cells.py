@@ -85,7 +85,10 @@ def read_table(path: str, required: Sequence[str] = ("id",)) -> tuple[list, list
         named = [names for names in headers.values() if required[0] in names]
         if not fits and named:
             missing = [c for c in required if c not in named[0]]
-            raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}.")
+            raise ValueError(
+                f"{path} lacks the column(s) {', '.join(missing)}; its header (first line) "
+                f"must name {', '.join(required)}."
+            )
         raise ValueError(
             f"{path}: cannot tell the separator from the header line {header_line[:80]!r}; "
             f"it must name the columns {', '.join(required)}, separated by one of , ; or tab."
