@@ -18,8 +18,23 @@ reviewed stays as it was.
 
 `corrections.csv` has one row per reviewed example with at least the columns `id` (as in
 `label_issues.csv`) and `reviewed_label` (a class index, or a class name); the review page
-also writes `given_label`, `decision`, `suggested_label`, `rank`, `score` and class names,
-which are informative only. A row whose `reviewed_label` is empty is not a review (skipped).
+also writes `given_label`, `decision`, `suggested_label`, `rank`, `score`, `given_class` and
+`reviewed_class`, of which only `reviewed_class` is read (below). A row whose `reviewed_label`
+is empty is not a review (skipped). A file re-saved by a spreadsheet is read as it saved it
+(`gdw_tf.data.csv_cells`: UTF-8 with or without BOM, `,` `;` or tab, CRLF, `'`-escaped
+cells), and ids are compared as `csv_cells.normalize_id` gives them everywhere (two spellings
+of one path are one id, so they cannot give one example two reviews).
+
+Which class a `reviewed_label` names, when the class names are known:
+
+    a cell equal to a class name is that class (names first);
+    else a cell that is an integer in [0, C) is the class of that index;
+    a cell that is the name of one class and the index of another (class folders `1`..`10`:
+    `3` names the folder `3`, index 2, and is the index of the folder `4`) is ambiguous, and
+    is refused unless the row's `reviewed_class` names one of the two.
+
+A non-empty `reviewed_class` must name the class that `reviewed_label` gives (the review page
+writes both; a spreadsheet edit of one of them alone is refused rather than guessed).
 
     fixed = gdw_tf.data.corrections.apply_corrections(
         x_train, y_train, corrections="corrections.csv", meta_data=(x_meta, y_meta))
@@ -27,13 +42,15 @@ which are informative only. A row whose `reviewed_label` is empty is not a revie
     model.fit(fixed.x, fixed.y, ...)
 """
 
-import csv
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
+
+from gdw_tf.data import csv_cells
 
 CORRECTIONS_FILE = "corrections.csv"
 REQUIRED_COLUMNS = ("id", "reviewed_label")
@@ -94,6 +111,11 @@ def read_corrections(
 ) -> Corrections:
     """Reads and checks reviews from one or more `corrections.csv` files.
 
+    The files may be as a spreadsheet saved them (`gdw_tf.data.csv_cells.read_table`: BOM,
+    `;` or tab, CRLF, `'`-escaped cells). Ids are kept as `csv_cells.normalize_id` gives them,
+    so one example spelled two ways is one id. A reviewed label is read by the module
+    docstring's rule (a class name first, then an index).
+
     Args:
       paths: a path, several separated by commas, or a list of paths.
       num_classes: `C`; a reviewed label is an integer in `[0, C)`...
@@ -105,44 +127,34 @@ def read_corrections(
 
     Raises:
       ValueError: (one line) for a missing file, a file without the `id` and
-        `reviewed_label` columns, a reviewed label that is not a class, or two reviews of one
-        id that give different labels.
+        `reviewed_label` columns, a row with missing cells, a reviewed label that is not a
+        class or is ambiguous, or two reviews of one id that give different labels.
     """
     files = parse_paths(paths)
     if not files:
         raise ValueError("--corrections names no file; give FILE[,FILE...] of corrections.csv.")
     names = {str(name): k for k, name in enumerate(class_names or ())}
-    by_id = {}  # id → (label, source)
+    by_id = {}  # normalised id → (label, source)
     for path in files:
         if not os.path.isfile(path):
             raise ValueError(f"corrections file {path} does not exist.")
-        with open(path, newline="", encoding="utf-8") as file:
-            reader = csv.DictReader(file)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or ())]
-            if missing:
+        _, rows = csv_cells.read_table(path, REQUIRED_COLUMNS)
+        for line, row in rows:
+            text = row["reviewed_label"].strip()
+            if not text:
+                continue  # Not reviewed.
+            source = f"{path}:{line}"
+            label = _reviewed_label(text, row.get("reviewed_class", ""), source, num_classes, names)
+            if not row["id"].strip():
+                raise ValueError(f"{source}: the id is empty; give it as in label_issues.csv.")
+            example_id = csv_cells.normalize_id(row["id"])
+            if example_id in by_id and by_id[example_id][0] != label:
                 raise ValueError(
-                    f"{path} lacks the column(s) {', '.join(missing)}; a corrections file "
-                    "(review.html's download) has id and reviewed_label."
+                    f"id {example_id!r} is reviewed as {by_id[example_id][0]} "
+                    f"({by_id[example_id][1]}) and as {label} ({source}); keep one review "
+                    "of it."
                 )
-            for row in reader:
-                text = (row["reviewed_label"] or "").strip()
-                if not text:
-                    continue  # Not reviewed.
-                source = f"{path}:{reader.line_num}"
-                label = _parse_label(text, num_classes, names)
-                if label is None:
-                    raise ValueError(
-                        f"{source}: reviewed_label {text!r} is not a class: give an integer "
-                        f"in [0, {num_classes})" + (" or a class name." if names else ".")
-                    )
-                example_id = row["id"]
-                if example_id in by_id and by_id[example_id][0] != label:
-                    raise ValueError(
-                        f"id {example_id!r} is reviewed as {by_id[example_id][0]} "
-                        f"({by_id[example_id][1]}) and as {label} ({source}); keep one review "
-                        "of it."
-                    )
-                by_id.setdefault(example_id, (label, source))
+            by_id.setdefault(example_id, (label, source))
     return Corrections(
         ids=tuple(by_id),
         reviewed_labels=np.array([label for label, _ in by_id.values()], np.int64),
@@ -258,19 +270,19 @@ def _locate_in_split(split, corrections, ids):
 def locate_ids(reviewed_ids: Sequence[str], *, train_ids: Sequence, meta_ids: Sequence = ()):
     """Positions of the reviewed ids in the training set and in the meta set (-1: not there).
 
-    Ids are compared as normalised paths (`os.path.normpath`: `./photos/a.png` is
+    Ids are compared as `csv_cells.normalize_id` gives them (`./photos/a.png` is
     `photos/a.png`), so a run may spell its `--train_data` folder another way; an id that is a
     number or `file.csv:line` stays as it is.
 
     Raises:
       ValueError: if some reviewed id is in neither.
     """
-    train_lookup = {_key(i): p for p, i in enumerate(train_ids)}
-    meta_lookup = {_key(i): p for p, i in enumerate(meta_ids)}
-    train_pos = np.array([train_lookup.get(_key(i), -1) for i in reviewed_ids], np.int64)
+    train_lookup = {csv_cells.normalize_id(i): p for p, i in enumerate(train_ids)}
+    meta_lookup = {csv_cells.normalize_id(i): p for p, i in enumerate(meta_ids)}
+    keys = [csv_cells.normalize_id(i) for i in reviewed_ids]
+    train_pos = np.array([train_lookup.get(key, -1) for key in keys], np.int64)
     meta_pos = np.array(
-        [meta_lookup.get(_key(i), -1) if t < 0 else -1 for i, t in zip(reviewed_ids, train_pos)],
-        np.int64,
+        [meta_lookup.get(key, -1) if t < 0 else -1 for key, t in zip(keys, train_pos)], np.int64
     )
     unknown = [i for i, t, m in zip(reviewed_ids, train_pos, meta_pos) if t < 0 and m < 0]
     if unknown:
@@ -334,7 +346,7 @@ def apply_corrections(
         corrections = read_corrections(
             corrections, num_classes=num_classes, class_names=class_names
         )
-    train_pos, _ = locate_ids(corrections.ids, train_ids=[_text(i) for i in ids])
+    train_pos, _ = locate_ids(corrections.ids, train_ids=ids)
     reviewed = corrections.reviewed_labels
     joins = meta_additions(reviewed, num_classes)
     y_fixed = y.copy()
@@ -362,17 +374,34 @@ def apply_corrections(
     )
 
 
-def _parse_label(text, num_classes, names):
-    try:
-        label = int(text)
-    except ValueError:
-        return names.get(text)
-    return label if 0 <= label < num_classes else None
+def _reviewed_label(text, class_text, source, num_classes, names):
+    """The class a row's `reviewed_label` (and `reviewed_class`, if given) names: the module
+    docstring's rule."""
+    by_name = names.get(text)
+    by_index = int(text) if re.fullmatch(r"[0-9]+", text) and int(text) < num_classes else None
+    class_text = (class_text or "").strip()
+    by_class = names.get(class_text) if names and class_text else None
+    if by_name is not None and by_index is not None and by_name != by_index:
+        if by_class not in (by_name, by_index):
+            raise ValueError(
+                f"{source}: reviewed_label {text!r} is ambiguous: the class named {text!r} "
+                f"(index {by_name}) or the class of index {by_index} (named "
+                f"{_name_of(names, by_index)!r}); name the class in reviewed_class too."
+            )
+        return by_class
+    label = by_name if by_name is not None else by_index
+    if label is None:
+        raise ValueError(
+            f"{source}: reviewed_label {text!r} is not a class: give an integer "
+            f"in [0, {num_classes})" + (" or a class name." if names else ".")
+        )
+    if names and class_text and by_class != label:
+        raise ValueError(
+            f"{source}: reviewed_label {text!r} is the class {_name_of(names, label)!r} but "
+            f"reviewed_class is {class_text!r}; make them agree (or empty reviewed_class)."
+        )
+    return label
 
 
-def _key(example_id):
-    return os.path.normpath(str(example_id))
-
-
-def _text(value):
-    return str(value.item() if hasattr(value, "item") else value)
+def _name_of(names, label):
+    return next(name for name, k in names.items() if k == label)

@@ -41,6 +41,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from gdw_tf.core import meta_scope
+from gdw_tf.data import csv_cells
 from gdw_tf.labels import wrong_count
 
 # Columns of `label_issues.csv`, in order; the two class-name columns only with class names.
@@ -334,6 +335,9 @@ def write_label_issues_csv(
 
     Columns: `CSV_COLUMNS`, then `given_class`, `suggested_class` if class names are known
     (`class_names`, else `issues.class_names`). `flagged` is 1 or 0; a missing weight is empty.
+    No cell is a live formula in a spreadsheet: an id or class name that starts with `=`, `+`,
+    `-`, `@`, a tab or a CR is written with a leading `'` (`gdw_tf.data.csv_cells.escape_cell`;
+    numbers are left as they are); `read_label_issues_csv` removes it.
     """
     names = class_names if class_names is not None else issues.class_names
     columns = CSV_COLUMNS + (CSV_NAME_COLUMNS if names is not None else ())
@@ -355,14 +359,20 @@ def write_label_issues_csv(
             ]
             if names is not None:
                 row += [names[issues.given_label[i]], names[issues.suggested_label[i]]]
-            writer.writerow(row)
+            writer.writerow([csv_cells.escape_cell(cell) for cell in row])
 
 
 def read_label_issues_csv(path: str) -> dict[str, list[str]]:
-    """Reads a `label_issues.csv` into a dict of column name → list of strings."""
-    with open(path, newline="") as file:
-        rows = list(csv.DictReader(file))
-    return {name: [row[name] for row in rows] for name in (rows[0] if rows else {})}
+    """Reads a `label_issues.csv` into a dict of column name → list of strings.
+
+    The file may be as a spreadsheet saved it (`gdw_tf.data.csv_cells.read_table`: BOM, `;` or
+    tab, CRLF; `'`-escaped cells are read back as they were before escaping).
+
+    Raises:
+      ValueError: (one line) for a file without an `id` column or a row with missing cells.
+    """
+    columns, rows = csv_cells.read_table(path, ("id",))
+    return {name: [row[name] for _, row in rows] for name in columns}
 
 
 def predict_probabilities(model: keras.Model, x: Any, batch_size: int = 256) -> np.ndarray:

@@ -335,7 +335,10 @@ function render() {
   if (next && next.image) { const pre = new Image(); pre.src = next.image; }
 }
 function csvCell(value) {
-  const text = String(value);
+  // gdw_tf.data.csv_cells.escape_cell: a leading ' on text a spreadsheet would evaluate.
+  let text = String(value);
+  if (/^'*[=+\-@\t\r]/.test(text)
+      && !/^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$/.test(text)) text = "'" + text;
   return /[",\r\n]/.test(text) || /^\s|\s$/.test(text)
     ? '"' + text.replace(/"/g, '""') + '"' : text;
 }
