@@ -150,7 +150,8 @@ def test_the_step_functions_take_their_tensors_by_keyword():
 
 def test_the_model_trains_with_keras_on_jax_and_no_tensorflow():
     """`GDWModel.fit`, `find_label_issues` and the benchmark's module import without TensorFlow
-    (the GPU machines have Keras and JAX only)."""
+    (the GPU machines have Keras and JAX only), and `import gdw_tf` registers the backbones'
+    layer for `keras.saving.load_model`."""
     pytest.importorskip("jax")
     script = textwrap.dedent(
         """
@@ -171,11 +172,17 @@ def test_the_model_trains_with_keras_on_jax_and_no_tensorflow():
         model.compile(keras.optimizers.SGD(0.1))
         model.fit(x, y, batch_size=20, epochs=1, verbose=0)
         issues = gdw_tf.find_label_issues(model, x, y)
+        assert keras.saving.get_registered_object("gdw_tf>ApplicationPreprocessing")
         assert "tensorflow" not in sys.modules
         print("ok", keras.backend.backend(), len(issues))
         """
     )
-    env = {"KERAS_BACKEND": "jax", "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}
+    env = {
+        "KERAS_BACKEND": "jax",
+        "PATH": "/usr/bin:/bin",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(PACKAGE.parent),  # this tree's gdw_tf, wherever the installed one is
+    }
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env
     )
