@@ -13,8 +13,9 @@ The public API is the names below (`__all__`); the packages under `gdw_tf` show 
 A package imports only from those above it in this list. `GDWModel`, `find_label_issues` and
 the other names of `gdw_tf.core` and `gdw_tf.labels.label_issues` need Keras alone (with JAX or
 TensorFlow); the names that need TensorFlow (the input pipeline, the serving export) load on
-first use. `import gdw_tf` registers the backbones' own layer (`ApplicationPreprocessing`), so
-that `keras.saving.load_model` reads every `model.keras` a run writes.
+first use. `import gdw_tf` registers the backbones' own layers (`OptionAShortcut`,
+`ApplicationPreprocessing`), so that `keras.saving.load_model` reads every `model.keras` a run
+writes.
 """
 
 import importlib

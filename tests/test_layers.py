@@ -151,7 +151,7 @@ def test_the_step_functions_take_their_tensors_by_keyword():
 def test_the_model_trains_with_keras_on_jax_and_no_tensorflow():
     """`GDWModel.fit`, `find_label_issues` and the benchmark's module import without TensorFlow
     (the GPU machines have Keras and JAX only), and `import gdw_tf` registers the backbones'
-    layer for `keras.saving.load_model`."""
+    layers for `keras.saving.load_model`."""
     pytest.importorskip("jax")
     script = textwrap.dedent(
         """
@@ -172,7 +172,8 @@ def test_the_model_trains_with_keras_on_jax_and_no_tensorflow():
         model.compile(keras.optimizers.SGD(0.1))
         model.fit(x, y, batch_size=20, epochs=1, verbose=0)
         issues = gdw_tf.find_label_issues(model, x, y)
-        assert keras.saving.get_registered_object("gdw_tf>ApplicationPreprocessing")
+        for layer in ("OptionAShortcut", "ApplicationPreprocessing"):
+            assert keras.saving.get_registered_object(f"gdw_tf>{layer}"), layer
         assert "tensorflow" not in sys.modules
         print("ok", keras.backend.backend(), len(issues))
         """

@@ -15,7 +15,12 @@ written for Meta-Weight-Net and GDW) layer for layer:
   of Keras' `"same"` (which pads only bottom/right for an even input). Only then does output
   pixel `i` sit over input pixel `2i`, the pixel the option-A shortcut keeps;
 - the parameter-free option-A shortcut (`x[:, ::2, ::2]`, channels zero-padded by `planes // 4`
-  on each side) in Keras' own layers, so its `.keras` file loads with Keras alone;
+  on each side) as a registered layer, so the model saves and loads as a `.keras` file (after
+  `import gdw_tf`, which registers it). Keras' own layers can express it exactly
+  (`AveragePooling2D(1, strides=2)`, then `ZeroPadding2D(((0, 0), (p, p)),
+  data_format="channels_first")`), but XLA compiles them to another program, whose gradients
+  differ from these in the last bits (up to 1e-4 relative on a CPU under `jax.jit`): a run's
+  numbers would change;
 - Kaiming-normal kernels as `torch.nn.init.kaiming_normal_` draws them (fan-in, gain sqrt(2),
   untruncated: Keras' `he_normal` is truncated), and the classifier bias left at PyTorch's
   default `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`.
@@ -58,18 +63,34 @@ def _conv3x3(x, filters, stride, name):
     )(x)
 
 
-def _option_a_shortcut(x, pad_channels, name):
-    """ResNet "option A" shortcut: keep every other pixel (`x[:, ::2, ::2]`), then zero-pad
-    `pad_channels` channels on both sides, in Keras' own layers, exactly.
+@keras.saving.register_keras_serializable(package="gdw_tf")
+class OptionAShortcut(keras.layers.Layer):
+    """ResNet "option A" shortcut: keep every other pixel, zero-pad channels on both sides.
 
-    A 1x1 average pool of stride 2 keeps the pixels at even coordinates as they are (it divides
-    by one); a `ZeroPadding2D` told that its input is `channels_first` reads `(H, W, C)` as
-    `(channels, rows, columns)` and so pads the last axis, the channels.
+    Args:
+        pad_channels: zero channels added before and after the input's channels.
     """
-    x = keras.layers.AveragePooling2D(1, strides=2, name=f"{name}_subsample")(x)
-    return keras.layers.ZeroPadding2D(
-        ((0, 0), (pad_channels, pad_channels)), data_format="channels_first", name=f"{name}_pad"
-    )(x)
+
+    def __init__(self, pad_channels, **kwargs):
+        super().__init__(**kwargs)
+        self.pad_channels = pad_channels
+
+    def call(self, inputs):
+        subsampled = inputs[:, ::2, ::2, :]
+        padding = [[0, 0], [0, 0], [0, 0], [self.pad_channels, self.pad_channels]]
+        return keras.ops.pad(subsampled, padding)
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        return (
+            batch,
+            None if height is None else (height + 1) // 2,
+            None if width is None else (width + 1) // 2,
+            None if channels is None else channels + 2 * self.pad_channels,
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "pad_channels": self.pad_channels}
 
 
 def _basic_block(x, planes, stride, name):
@@ -80,7 +101,7 @@ def _basic_block(x, planes, stride, name):
     out = _conv3x3(out, planes, 1, f"{name}_conv2")
     out = _batch_norm(f"{name}_bn2")(out)
     if stride != 1 or x.shape[-1] != planes:
-        x = _option_a_shortcut(x, planes // 4, f"{name}_shortcut")
+        x = OptionAShortcut(planes // 4, name=f"{name}_shortcut")(x)
     out = keras.layers.Add(name=f"{name}_add")([out, x])
     return keras.layers.ReLU(name=f"{name}_relu2")(out)
 
