@@ -13,7 +13,9 @@ The public API is the names below (`__all__`); the packages under `gdw_tf` show 
 A package imports only from those above it in this list. `GDWModel`, `find_label_issues` and
 the other names of `gdw_tf.core` and `gdw_tf.labels.label_issues` need Keras alone (with JAX or
 TensorFlow); the names that need TensorFlow (the input pipeline, the serving export) load on
-first use.
+first use. `import gdw_tf` registers the backbones' own layers (`OptionAShortcut`,
+`ApplicationPreprocessing`), so that `keras.saving.load_model` reads every `model.keras` a run
+writes.
 
 Imported by `python -m gdw_tf.train` (or `export`, `bench`), it first silences TensorFlow's C++ log
 lines, unless that command line says `--tf_logs`: TensorFlow writes them while it is imported,
@@ -103,6 +105,7 @@ from gdw_tf.labels.label_issues import find_label_issues
 from gdw_tf.labels.label_issues import rank_label_issues
 from gdw_tf.labels.label_issues import read_label_issues_csv
 from gdw_tf.labels.label_issues import write_label_issues_csv
+from gdw_tf.nets import backbones as _backbones  # noqa: F401  Registers its layers for load_model.
 
 # Name → module, imported on first use (they need TensorFlow).
 _NEED_TENSORFLOW = {

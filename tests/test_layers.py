@@ -51,6 +51,66 @@ def test_every_module_sits_in_a_layer_and_imports_only_from_below():
     assert top_level == {"__init__", "train", "export", "bench"}  # the programs, thin
 
 
+def _module_name(parts):
+    """The dotted name of a module given by its path parts below `gdw_tf` (a package's
+    `__init__` is the package)."""
+    return ".".join(("gdw_tf", *(parts[:-1] if parts[-1] == "__init__" else parts)))
+
+
+def _import_graph():
+    """Module name -> the gdw_tf modules it imports anywhere in its text (at the top, inside a
+    function or under `TYPE_CHECKING`). `from package import name` points at the module
+    `package.name` where there is one, else at the package."""
+    names = {_module_name(parts) for _, parts in _modules()}
+    graph = {}
+    for path, parts in _modules():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    module = f"{node.module}.{alias.name}"
+                    targets.add(module if module in names else node.module)
+            elif isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+        graph[_module_name(parts)] = sorted(targets & names)
+    return graph
+
+
+def _import_cycle(graph):
+    """One circle of imports in `graph` as `[a, b, ..., a]`, or None."""
+    state = {}  # module -> "open" while its imports are walked, "done" after
+
+    def walk(module, trail):
+        state[module] = "open"
+        for target in graph[module]:
+            if state.get(target) == "open":
+                return trail[trail.index(target) :] + [module, target]
+            if target not in state:
+                cycle = walk(target, trail + [module])
+                if cycle:
+                    return cycle
+        state[module] = "done"
+        return None
+
+    for module in sorted(graph):
+        if module not in state:
+            cycle = walk(module, [])
+            if cycle:
+                return cycle
+    return None
+
+
+def test_no_module_imports_itself_through_others():
+    """No circle of imports between modules, inside a package or across, `TYPE_CHECKING` and
+    function-local imports included (the layer test above only sees imports between layers)."""
+    graph = _import_graph()
+    assert graph["gdw_tf.core.step"] and graph["gdw_tf.runs.run"]  # the graph sees the imports
+    cycle = _import_cycle(graph)
+    assert cycle is None, " -> ".join(cycle)
+    assert _import_cycle({"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}) == ["a", "b", "c", "a"]
+    assert _import_cycle({"a": ["b"], "b": [], "c": ["a", "b"]}) is None
+
+
 def test_the_public_api_resolves_and_the_readme_uses_only_it():
     for name in gdw_tf.__all__:
         assert getattr(gdw_tf, name) is not None, name
@@ -90,7 +150,8 @@ def test_the_step_functions_take_their_tensors_by_keyword():
 
 def test_the_model_trains_with_keras_on_jax_and_no_tensorflow():
     """`GDWModel.fit`, `find_label_issues` and the benchmark's module import without TensorFlow
-    (the GPU machines have Keras and JAX only)."""
+    (the GPU machines have Keras and JAX only), and `import gdw_tf` registers the backbones'
+    layers for `keras.saving.load_model`."""
     pytest.importorskip("jax")
     script = textwrap.dedent(
         """
@@ -111,11 +172,18 @@ def test_the_model_trains_with_keras_on_jax_and_no_tensorflow():
         model.compile(keras.optimizers.SGD(0.1))
         model.fit(x, y, batch_size=20, epochs=1, verbose=0)
         issues = gdw_tf.find_label_issues(model, x, y)
+        for layer in ("OptionAShortcut", "ApplicationPreprocessing"):
+            assert keras.saving.get_registered_object(f"gdw_tf>{layer}"), layer
         assert "tensorflow" not in sys.modules
         print("ok", keras.backend.backend(), len(issues))
         """
     )
-    env = {"KERAS_BACKEND": "jax", "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}
+    env = {
+        "KERAS_BACKEND": "jax",
+        "PATH": "/usr/bin:/bin",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(PACKAGE.parent),  # this tree's gdw_tf, wherever the installed one is
+    }
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env
     )

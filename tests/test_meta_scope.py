@@ -132,19 +132,21 @@ def test_head_meta_gradient_is_that_of_the_restricted_objective(method, meta_gra
         num_classes=C,
         split=split,
     )
-    meta = meta_scope_lib.meta_gradient(
-        split,
+    meta = step_lib.meta_gradient(
         record,
         fwd,
+        backbone=backbone,
         weight_net=weight_net,
         trainable=theta,
         non_trainable=non_trainable,
         weight_net_trainable=phi,
+        x=x,
         x_meta=x_meta,
         y_meta=y_meta,
         learning_rate=LR,
         num_classes=C,
         meta_grad=meta_grad,
+        split=split,
     )
 
     objective = _RestrictedObjective(backbone, x, y, x_meta, y_meta)

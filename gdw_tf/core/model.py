@@ -481,20 +481,22 @@ class GDWModel(backend.Trainer, keras.Model):
         weight_net_trainable = backend.read_values(self.weight_net.trainable_variables)
 
         def meta_gradient(x_meta, y_meta):
-            common = dict(
+            return step_lib.meta_gradient(
+                self._method,
+                fwd,
+                backbone=self.backbone,
                 weight_net=self.weight_net,
                 trainable=trainable,
                 non_trainable=non_trainable,
                 weight_net_trainable=weight_net_trainable,
+                x=x,
                 x_meta=x_meta,
                 y_meta=y_meta,
                 learning_rate=self.optimizer.learning_rate,
                 num_classes=self.num_classes,
                 meta_grad=self.meta_grad,
+                split=self._meta_split,
             )
-            if self._meta_split is not None:
-                return meta_scope_lib.meta_gradient(self._meta_split, self._method, fwd, **common)
-            return step_lib.meta_gradient(self._method, fwd, backbone=self.backbone, x=x, **common)
 
         if self.meta_interval == 1:
             meta = meta_gradient(*self._next_meta_batch())

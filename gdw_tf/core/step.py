@@ -44,7 +44,6 @@ Where this departs from the reference code (GGchen1997/GDW-NIPS2021) and why:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 from typing import Any
 from typing import NamedTuple
 
@@ -53,11 +52,9 @@ from keras import ops
 
 from gdw_tf import backend
 from gdw_tf.core import weighting
+from gdw_tf.core.backbone_split import BackboneSplit
 from gdw_tf.core.methods import Method
 from gdw_tf.core.methods import weighted_cotangent
-
-if TYPE_CHECKING:
-    from gdw_tf.core.meta_scope import BackboneSplit
 
 
 class Forward(NamedTuple):
@@ -72,8 +69,8 @@ class Forward(NamedTuple):
         `e = p − onehot`, constants.
       per_example_loss: `[B]` cross-entropy `ℓ_i` against the given labels, a constant.
       vjp_fn: `cotangent [B, C] -> list of ∂/∂θ`; `vjp_fn(ω ⊙ e / B)` is `G(ω)`.
-      features: with a `gdw_tf.core.meta_scope.BackboneSplit`, the trunk's features of the batch
-        (else `None`).
+      features: with a `gdw_tf.core.backbone_split.BackboneSplit`, the trunk's features of the
+        batch (else `None`).
     """
 
     logits: Any
@@ -148,8 +145,8 @@ def forward(
     """Step 1: the training forward at `θ` (training mode), with its VJP; a `Forward`.
 
     `method` is a `gdw_tf.core.methods.Method` (for its softmax clip). With `split` (a
-    `gdw_tf.core.meta_scope.BackboneSplit` of `backbone`) the same forward also returns the trunk's
-    features, for a virtual step over the top only.
+    `gdw_tf.core.backbone_split.BackboneSplit` of `backbone`) the same forward also returns the
+    trunk's features, for a virtual step over the top only (`meta_gradient(..., split=split)`).
     """
 
     def logits_fn(params):
@@ -205,12 +202,13 @@ def meta_gradient(
     learning_rate: Any,
     num_classes: int,
     meta_grad: str = "jvp",
+    split: BackboneSplit | None = None,
 ) -> MetaGradient:
     """Steps 2–5 of a GDW (or MW-Net, L2RW) step: the meta-gradients, as a pure function.
 
     Args:
       method: a `gdw_tf.core.methods.Method` with a meta step (GDW, MW-Net, L2RW).
-      fwd: the step's `Forward` (from `forward` on the same batch and weights).
+      fwd: the step's `Forward` (from `forward` on the same batch and weights, and `split`).
       backbone: the classifier (a built `keras.Model`, inputs → logits).
       weight_net: the MW-Net MLP `1 → hidden → 1` (unused by L2RW).
       trainable, non_trainable: values of the backbone's trainable and non-trainable variables.
@@ -220,10 +218,16 @@ def meta_gradient(
       learning_rate: `α_t`, the backbone's current learning rate (the virtual step's).
       num_classes: `C`.
       meta_grad: "jvp" or "nested" (see the module docstring).
+      split: the backbone's `BackboneSplit` for a virtual step over its top only
+        (`gdw_tf.core.meta_scope`), or `None` for every parameter.
 
     Returns:
       A `MetaGradient`.
     """
+    if split is not None:
+        fwd, backbone, trainable, non_trainable, x, x_meta = _top_only(
+            split, fwd, trainable=trainable, non_trainable=non_trainable, x_meta=x_meta
+        )
     dtype = fwd.logits.dtype
     batch_size = global_batch_size(fwd.logits)
 
@@ -293,6 +297,34 @@ def meta_gradient(
         dmeta_dweights=dmeta_dweights,
         weight_net_grads=weight_net_grads,
         meta_loss=meta_loss,
+    )
+
+
+def _top_only(split, fwd, *, trainable, non_trainable, x_meta):
+    """The arguments of `meta_gradient` for a virtual step over `split`'s top only:
+    `(fwd, top, top_trainable, top_non_trainable, features, meta_features)`, the features of
+    the training and the meta batch from the trunk, held constant."""
+    top = split.top
+    top_trainable = split.top_values(trainable)
+    top_non_trainable = split.top_values(non_trainable, trainable=False)
+    features = ops.stop_gradient(fwd.features)
+
+    def top_logits(params):
+        logits, new_non_trainable = top.stateless_call(
+            params, top_non_trainable, features, training=True
+        )
+        return float32_at_least(logits), new_non_trainable
+
+    # G_top(c): the top's gradient on the training batch's features (a small forward again).
+    _, _, top_vjp = backend.vjp(top_logits, top_trainable)
+    meta_features = split.trunk_features(trainable, non_trainable, x_meta)
+    return (
+        fwd._replace(vjp_fn=top_vjp),
+        top,
+        top_trainable,
+        top_non_trainable,
+        features,
+        meta_features,
     )
 
 

@@ -40,7 +40,7 @@ import keras
 import numpy as np
 from numpy.typing import ArrayLike
 
-from gdw_tf.core import meta_scope
+from gdw_tf.core import backbone_split
 from gdw_tf.data import csv_cells
 from gdw_tf.labels import wrong_count
 
@@ -391,7 +391,7 @@ def probe_features(
     """The model's probabilities and penultimate features on `x` and on trusted `x_trusted`.
 
     The features are the input of the network's classifier layer (its last layer with
-    weights: `meta_scope`'s "head" split), centred and projected on their first
+    weights: `backbone_split.split_top(backbone, 1)`), centred and projected on their first
     `components` principal components over the trusted examples: a few dozen inputs
     that a thousand trusted labels can fit a probe to. A model that learned wrong labels
     still tells in these features much of what an ambiguous image is (docs/LABEL_ISSUES.md,
@@ -414,7 +414,7 @@ def probe_features(
     """
     backbone = getattr(model, "backbone", model)
     try:
-        split = meta_scope.split_backbone(backbone, meta_scope.HEAD)
+        split = backbone_split.split_top(backbone, 1)
     except ValueError:
         return None
     if split is None:

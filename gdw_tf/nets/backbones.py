@@ -15,7 +15,12 @@ written for Meta-Weight-Net and GDW) layer for layer:
   of Keras' `"same"` (which pads only bottom/right for an even input). Only then does output
   pixel `i` sit over input pixel `2i`, the pixel the option-A shortcut keeps;
 - the parameter-free option-A shortcut (`x[:, ::2, ::2]`, channels zero-padded by `planes // 4`
-  on each side) as a registered layer, so the model saves and loads as a `.keras` file;
+  on each side) as a registered layer, so the model saves and loads as a `.keras` file (after
+  `import gdw_tf`, which registers it). Keras' own layers can express it exactly
+  (`AveragePooling2D(1, strides=2)`, then `ZeroPadding2D(((0, 0), (p, p)),
+  data_format="channels_first")`), but XLA compiles them to another program, whose gradients
+  differ from these in the last bits (up to 1e-4 relative on a CPU under `jax.jit`): a run's
+  numbers would change;
 - Kaiming-normal kernels as `torch.nn.init.kaiming_normal_` draws them (fan-in, gain sqrt(2),
   untruncated: Keras' `he_normal` is truncated), and the classifier bias left at PyTorch's
   default `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`.

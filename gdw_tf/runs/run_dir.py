@@ -51,7 +51,6 @@ from gdw_tf.data import split as split_lib
 from gdw_tf.labels import label_issues
 from gdw_tf.labels import report
 from gdw_tf.labels import review
-from gdw_tf.nets import backbones  # noqa: F401  Registers `gdw_tf>OptionAShortcut` for load_model.
 from gdw_tf.runs import serving
 from gdw_tf.runs.config import Config
 
