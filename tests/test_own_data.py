@@ -486,6 +486,67 @@ def test_select_confident_matches_a_numpy_ranking():
         auto_meta.select_confident(probabilities, given, num_classes, 40)
 
 
+def test_neighbour_votes_match_a_brute_force_count(monkeypatch):
+    rng = np.random.default_rng(7)
+    features = rng.normal(size=(300, 6)).astype(np.float32)
+    labels = rng.integers(0, 4, 300)
+    rows = np.array([3, 40, 299])
+
+    def brute(voters, k):
+        unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+        shares = []
+        for row in rows:
+            nearest = voters[np.argsort(-(unit[voters] @ unit[row]), kind="stable")[:k]]
+            shares.append(np.bincount(labels[nearest], minlength=4) / k)
+        return np.array(shares)
+
+    votes = auto_meta.neighbour_votes(features, labels, rows, 4, neighbours=25)
+    np.testing.assert_allclose(votes, brute(np.arange(300), 25))
+    # More examples than VOTERS: the nearest of a seeded sample vote, as many in proportion.
+    monkeypatch.setattr(auto_meta, "VOTERS", 150)
+    voters = np.sort(np.random.default_rng(0).choice(300, 150, replace=False))
+    votes = auto_meta.neighbour_votes(features, labels, rows, 4, neighbours=40)
+    np.testing.assert_allclose(votes, brute(voters, 20))
+
+
+def test_select_by_neighbours_passes_over_confident_labels_their_neighbours_outvote(monkeypatch):
+    """Two clusters, A (true class 0) and B (true class 1). Flip noise gives 40% of B the label 0,
+    and the warm-up model is most confident about exactly those: the most confident choice takes
+    them, the neighbours' vote (most of B is labelled 1) does not."""
+    rng = np.random.default_rng(8)
+    centres = np.array([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
+    true = np.repeat([0, 1], 100)
+    features = (centres[true] + rng.normal(size=(200, 3))).astype(np.float32)
+    given = true.copy()
+    flipped = rng.choice(np.arange(100, 200), 40, replace=False)
+    given[flipped] = 0
+    probabilities = np.full((200, 2), 0.5)
+    probabilities[given == 0, 0] = 0.7
+    probabilities[flipped, 0] = 0.9  # the wrong labels look the surest
+    probabilities[:, 1] = 1 - probabilities[:, 0]
+    monkeypatch.setattr(auto_meta, "NEIGHBOURS", 30)
+    monkeypatch.setattr(auto_meta, "POOL", 5)
+    per_class = 10
+
+    confident = auto_meta.select_confident(probabilities, given, 2, per_class)
+    assert np.isin(confident[given[confident] == 0], flipped).all()
+    chosen = auto_meta.select_by_neighbours(probabilities, features, given, 2, per_class)
+    assert not np.isin(chosen, flipped).any()
+    # The rule, recomputed: per class, the POOL × per_class most confident, then the highest
+    # margin of the given label's vote over the other class's, ties to the more confident.
+    expected = []
+    for k in range(2):
+        members = np.flatnonzero(given == k)
+        agreement = probabilities[members, k]
+        candidates = members[np.argsort(-agreement, kind="stable")[: 5 * per_class]]
+        votes = auto_meta.neighbour_votes(features, given, candidates, 2, neighbours=30)
+        margin = votes[:, k] - votes[:, 1 - k]
+        expected += list(candidates[np.argsort(-margin, kind="stable")[:per_class]])
+    np.testing.assert_array_equal(chosen, np.sort(expected))
+    with pytest.raises(ValueError, match="lower --auto_meta_per_class"):
+        auto_meta.select_by_neighbours(probabilities, features, given, 2, 150)
+
+
 def test_auto_split_moves_the_chosen_examples_to_the_meta_set(monkeypatch):
     labels = np.arange(60) % 3
     split = split_lib.make_split(
@@ -493,7 +554,8 @@ def test_auto_split_moves_the_chosen_examples_to_the_meta_set(monkeypatch):
     )
     rng = np.random.default_rng(6)
     probabilities = rng.dirichlet(np.ones(3), len(split.train_indices))
-    monkeypatch.setattr(auto_meta, "warm_up_probabilities", lambda *args, **kwargs: probabilities)
+    # No features (a backbone without a layer graph): the most confident are chosen.
+    monkeypatch.setattr(auto_meta, "warm_up", lambda *args, **kwargs: (probabilities, None))
     config = make_config(trusted_data="auto", auto_meta_per_class=4, meta_batch_size=12)
     auto = auto_meta.auto_split(
         split, config, "mlp", np.zeros((60, 2), np.float32), mean=0, std=1, augment=False

@@ -326,9 +326,9 @@ def _auto_run(tmp_path, monkeypatch, rows):
 
     def warm_up(*args, **kwargs):
         warm_ups.append(args)
-        return _base_split()[1]
+        return _base_split()[1], None
 
-    monkeypatch.setattr(auto_meta, "warm_up_probabilities", warm_up)
+    monkeypatch.setattr(auto_meta, "warm_up", warm_up)
     return dataset, config, warm_ups
 
 

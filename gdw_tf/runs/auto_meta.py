@@ -2,12 +2,23 @@
 
 GDW, MW-Net and L2RW need a small set with correct labels. Without one, we pick it from the
 noisy data: a short cross-entropy warm-up of the run's backbone on every training example,
-then, in each class, the `per_class` examples whose given label the warm-up model gives the
-highest probability. Those leave the training set and become the meta set, with their given
-labels. Early in training a network fits the labels that agree with the bulk of the data
-before it memorises the rest, so its most confident agreements are mostly correct labels; the
-price is a meta set of easy, typical examples rather than a random sample, and whatever
-labels are wrong in it (on the benchmarks `results.json` reports its purity).
+then, in each class, the `per_class` examples whose given label the most examples around them
+share (`select_by_neighbours`). Those leave the training set and become the meta set, with
+their given labels.
+
+Why neighbours and not the warm-up model's confidence alone. Early in training a network fits
+the labels that agree with the bulk of the data before it memorises the rest, so its most
+confident agreements are mostly correct labels; but where one class receives the flips of
+several others (Fashion-MNIST's flip noise sends Pullover, Dress and Sneaker to Trouser: two
+thirds of the Trouser labels are wrong), the warm-up model is also confident about some
+wrong ones, and the 100 most confident "Trouser" examples held 52 sneakers. The labels of an
+example's nearest neighbours in the warm-up model's features still tell: around a sneaker
+most examples are sneakers, and most sneakers keep their label. So, in each class, among the
+`POOL` × `per_class` examples the warm-up model finds most confidently of their given class,
+the chosen are those whose `NEIGHBOURS` nearest training examples (cosine similarity of the
+classifier layer's inputs) most outvote every other class for the given label. Measured in
+docs/LABEL_ISSUES.md ("Automatic trusted set"). The price stays a meta set of easy, typical
+examples rather than a random sample (on the benchmarks `results.json` reports its purity).
 
 On a benchmark (`--dataset`) the split is first drawn as usual, so the noisy training set is
 the one the clean-meta run trains on; the clean held-out meta examples are then left unused,
@@ -22,9 +33,22 @@ import dataclasses
 import keras
 import numpy as np
 
+from gdw_tf.core import backbone_split
 from gdw_tf.data import input_pipeline
 from gdw_tf.nets import backbones
 from gdw_tf.runs import config as config_lib
+
+
+def require_per_class(given_labels, num_classes, per_class):
+    """Raises ValueError (one line) if a class has fewer than `per_class` given labels."""
+    counts = np.bincount(np.asarray(given_labels, np.int64), minlength=num_classes)
+    short = np.flatnonzero(counts < per_class)
+    if short.size:
+        k = int(short[0])
+        raise ValueError(
+            f"class {k} has {counts[k]} training examples, fewer than the {per_class} per "
+            "class asked of the automatic trusted set; lower --auto_meta_per_class."
+        )
 
 
 def select_confident(probabilities, given_labels, num_classes, per_class):
@@ -44,18 +68,94 @@ def select_confident(probabilities, given_labels, num_classes, per_class):
         ValueError: if a class has fewer than `per_class` examples.
     """
     given_labels = np.asarray(given_labels, np.int64)
+    require_per_class(given_labels, num_classes, per_class)
     agreement = np.asarray(probabilities)[np.arange(len(given_labels)), given_labels]
     chosen = []
     for k in range(num_classes):
         members = np.flatnonzero(given_labels == k)
-        if len(members) < per_class:
-            raise ValueError(
-                f"class {k} has {len(members)} training examples, fewer than the "
-                f"{per_class} per class asked of the automatic trusted set; lower "
-                "--auto_meta_per_class."
-            )
         # A stable sort of -agreement keeps the lower position first among equals.
         chosen.append(members[np.argsort(-agreement[members], kind="stable")[:per_class]])
+    return np.sort(np.concatenate(chosen))
+
+
+# The neighbours that vote on an example's label, and the candidates per chosen example (chosen on
+# Fashion-MNIST flip 40%, seed 0; docs/LABEL_ISSUES.md reports other seeds and settings).
+NEIGHBOURS = 200
+POOL = 10
+# At most this many examples vote (a seeded sample of larger training sets), so that the vote
+# costs at most candidates × VOTERS similarities.
+VOTERS = 100_000
+# Similarities computed at once (rows × training examples), to bound the memory of the vote.
+_SIMILARITIES_AT_ONCE = 1 << 24
+
+
+def neighbour_votes(features, labels, rows, num_classes, neighbours):
+    """Each row's share of its nearest examples that carry each label.
+
+    Args:
+        features: `[N, D]` features of all examples.
+        labels: `[N]` their (given) labels in `[0, C)`.
+        rows: `[R]` positions of the examples whose neighbours vote.
+        num_classes: `C`.
+        neighbours: how many nearest examples vote (`NEIGHBOURS` for the choice; cosine similarity; the example itself is
+            among them, as its own label is part of what the data says). With more than
+            `VOTERS` examples, the nearest among a seeded sample of `VOTERS` of them vote, as
+            many in proportion (at least `neighbours / 10`).
+
+    Returns:
+        `[R, C]` float64 shares, each row summing to 1.
+    """
+    features = np.asarray(features, np.float32).reshape(len(labels), -1)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    unit = features / np.maximum(norms, np.finfo(np.float32).tiny)
+    labels = np.asarray(labels, np.int64)
+    voters = np.arange(len(labels))
+    if len(labels) > VOTERS:
+        voters = np.sort(np.random.default_rng(0).choice(len(labels), VOTERS, replace=False))
+        neighbours = max(neighbours * VOTERS // len(labels), neighbours // 10)
+    neighbours = min(neighbours, len(voters))
+    voter_unit, voter_labels = unit[voters].T, labels[voters]
+    votes = np.zeros((len(rows), num_classes))
+    step = max(1, _SIMILARITIES_AT_ONCE // len(voters))
+    for start in range(0, len(rows), step):
+        similarity = unit[rows[start : start + step]] @ voter_unit
+        nearest = np.argpartition(-similarity, neighbours - 1, axis=1)[:, :neighbours]
+        counts = np.apply_along_axis(np.bincount, 1, voter_labels[nearest], minlength=num_classes)
+        votes[start : start + step] = counts / neighbours
+    return votes
+
+
+def select_by_neighbours(probabilities, features, given_labels, num_classes, per_class):
+    """Per class, the examples whose given label their neighbours back most (module docstring).
+
+    Args:
+        probabilities: `[N, C]` the warm-up model's probabilities.
+        features: `[N, ...]` its features (the classifier layer's inputs).
+        given_labels: `[N]` given labels in `[0, C)`.
+        num_classes: `C`.
+        per_class: examples to choose per class.
+
+    Returns:
+        The chosen positions, sorted ascending (`C * per_class` of them). Candidates: the
+        `POOL * per_class` most confident of each class (`select_confident`'s order); among
+        them, the highest margin of the given label's vote over the largest other class's
+        (`neighbour_votes`), ties to the more confident.
+
+    Raises:
+        ValueError: if a class has fewer than `per_class` examples.
+    """
+    given_labels = np.asarray(given_labels, np.int64)
+    require_per_class(given_labels, num_classes, per_class)
+    agreement = np.asarray(probabilities)[np.arange(len(given_labels)), given_labels]
+    chosen = []
+    for k in range(num_classes):
+        members = np.flatnonzero(given_labels == k)
+        candidates = members[np.argsort(-agreement[members], kind="stable")[: POOL * per_class]]
+        votes = neighbour_votes(features, given_labels, candidates, num_classes, NEIGHBOURS)
+        own = votes[:, k].copy()
+        votes[:, k] = -np.inf
+        margin = own - votes.max(axis=1)
+        chosen.append(candidates[np.argsort(-margin, kind="stable")[:per_class]])
     return np.sort(np.concatenate(chosen))
 
 
@@ -71,14 +171,17 @@ def per_class_count(config, num_classes):
     return config.num_meta // num_classes
 
 
-def warm_up_probabilities(config, model_name, x, labels, num_classes, *, mean, std, augment):
-    """Trains a fresh backbone with cross-entropy on `(x, labels)`; returns its probabilities.
+def warm_up(config, model_name, x, labels, num_classes, *, mean, std, augment):
+    """Trains a fresh backbone with cross-entropy on `(x, labels)`; returns what it predicts.
 
     SGD with `config.lr` and `config.momentum`, constant, for `config.auto_meta_warmup_epochs`
     epochs over the data in `config.batch_size` batches (no L2).
 
     Returns:
-        `[N, C]` float32 softmax probabilities of the examples of `x`, in order.
+        `(probabilities, features)`: `[N, C]` float32 softmax probabilities of the examples of
+        `x`, in order, and `[N, D]` the inputs of the backbone's classifier layer
+        (`backbone_split.split_top(backbone, 1)`), flattened; features are None for a
+        backbone without a layer graph.
     """
     keras.utils.set_random_seed(config.seed)
     backbone = backbones.build_model(
@@ -96,10 +199,19 @@ def warm_up_probabilities(config, model_name, x, labels, num_classes, *, mean, s
         shuffle=False,
         verbose=config.verbose,
     )
-    logits = backbone.predict(
+    try:
+        split = backbone_split.split_top(backbone, 1)
+    except ValueError:
+        split = None
+    predictor = backbone if split is None else split.features_and_logits
+    outputs = predictor.predict(
         input_pipeline.eval_dataset(x, labels, config.batch_size, mean, std), verbose=0
     )
-    return keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
+    features, logits = (None, outputs) if split is None else outputs
+    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
+    if features is not None:
+        features = np.asarray(features).reshape(len(x), -1)
+    return probabilities, features
 
 
 def auto_split(split, config, model_name, x, *, mean, std, augment):
@@ -133,13 +245,8 @@ def auto_split(split, config, model_name, x, *, mean, std, augment):
             "raise --auto_meta_per_class or lower --meta_batch_size."
         )
     given = split.train_noisy_labels
-    # Checked before the warm-up is spent.
-    counts = np.bincount(given, minlength=split.num_classes)
-    if counts.min() < per_class:
-        select_confident(
-            np.ones((len(given), split.num_classes)), given, split.num_classes, per_class
-        )
-    probabilities = warm_up_probabilities(
+    require_per_class(given, split.num_classes, per_class)  # Before the warm-up is spent.
+    probabilities, features = warm_up(
         config,
         model_name,
         x[split.train_indices],
@@ -149,7 +256,10 @@ def auto_split(split, config, model_name, x, *, mean, std, augment):
         std=std,
         augment=augment,
     )
-    chosen = select_confident(probabilities, given, split.num_classes, per_class)
+    if features is None:
+        chosen = select_confident(probabilities, given, split.num_classes, per_class)
+    else:
+        chosen = select_by_neighbours(probabilities, features, given, split.num_classes, per_class)
     return dataclasses.replace(split.without_meta().move_to_meta(chosen), meta_source="auto")
 
 
