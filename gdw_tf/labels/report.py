@@ -18,7 +18,6 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from gdw_tf.labels import wrong_count
 from gdw_tf.labels.label_issues import LabelIssues
 
 GALLERY_SIZE = 60  # examples in the gallery
@@ -87,11 +86,11 @@ def _summary(run_config, config, history, issues, truth, review_page=None):
     ]
     estimate = issues.estimate
     if estimate is not None:
-        low, high = estimate["interval"] or (estimate["count"], estimate["count"])
+        low, high = estimate.interval or (estimate.count, estimate.count)
         items.append(
             (
                 "estimated wrong labels (trusted set; 95% interval)",
-                f"{estimate['count']:,.0f} ({low:,.0f}–{high:,.0f})",
+                f"{estimate.count:,.0f} ({low:,.0f}–{high:,.0f})",
             )
         )
     if history and "test/accuracy" in history[-1]:
@@ -122,7 +121,7 @@ def _summary(run_config, config, history, issues, truth, review_page=None):
         "suspicious); the <b>suggested</b> label is the model's most probable class. The "
         "full ranked table is <code>label_issues.csv</code>."
     )
-    if estimate is not None and estimate.get("flags_cut_at_estimate", True):
+    if estimate is not None and estimate.flags_cut_at_estimate:
         rule = (
             "The <b>score</b> of an example is p(given) − max<sub>other</sub> p under the "
             "trained model (lower = more suspicious); the <b>suggested</b> label is the model's "
@@ -131,7 +130,7 @@ def _summary(run_config, config, history, issues, truth, review_page=None):
             "al. 2018; the interval: bootstrap of the trusted set), and that many of its lowest "
             "scores are <b>flagged</b>, so a flagged example may keep its given label as the "
             "suggestion (a wrong label the model learned). The estimate rests on "
-            f"{html.escape(wrong_count.rests_on(estimate))}. The full ranked table is "
+            f"{html.escape(estimate.rests_on())}. The full ranked table is "
             "<code>label_issues.csv</code>."
         )
     elif estimate is not None:
@@ -139,14 +138,13 @@ def _summary(run_config, config, history, issues, truth, review_page=None):
             "the model rejected the wrong labels, and its rejections need no count (a cut at "
             "the count did no better on the benchmark of docs/LABEL_ISSUES.md). It "
             "rests on "
-            if not estimate.get("model_learned_wrong_labels", True)
-            and estimate.get("trusted_source") != "auto"
+            if not estimate.model_learned_wrong_labels and estimate.trusted_source != "auto"
             else "it rests on "
         )
         rule += (
             " The number of wrong labels was also estimated with the trusted set (Gold Loss "
             "Correction's estimate, Hendrycks et al. 2018), but not used to flag: "
-            f"{why}{html.escape(wrong_count.rests_on(estimate))}."
+            f"{why}{html.escape(estimate.rests_on())}."
         )
     if review_page:
         link = html.escape(review_page, quote=True)
@@ -178,12 +176,12 @@ def _noise_section(issues, names, truth):
     counts = np.bincount(given, minlength=c)
     flagged_share = np.bincount(given[issues.flagged], minlength=c) / np.maximum(counts, 1)
     estimate = issues.estimate
-    if estimate is not None and estimate.get("trusted_source") == "auto":
+    if estimate is not None and estimate.trusted_source == "auto":
         estimate = None  # It undercounts (rests_on): shown in the summary only.
-    cut = estimate is not None and estimate.get("flags_cut_at_estimate", True)
+    cut = estimate is not None and estimate.flags_cut_at_estimate
     bars = [] if cut else [("flagged" if estimate else "estimated (flagged)", _RED, flagged_share)]
     if estimate is not None:
-        estimated_share = np.asarray(estimate["per_given_label"]) / np.maximum(counts, 1)
+        estimated_share = np.asarray(estimate.per_given_label) / np.maximum(counts, 1)
         bars.append(("estimated with the trusted set", _BLUE if not cut else _RED, estimated_share))
     if truth is not None:
         wrong = truth["corrupted"]
@@ -222,7 +220,7 @@ def _noise_section(issues, names, truth):
         )
         matrix = (
             _matrix_table(
-                np.asarray(estimate["transition_matrix"]),
+                np.asarray(estimate.transition_matrix),
                 names,
                 "true class ↓ / given label → (estimated with the trusted set)",
             )
