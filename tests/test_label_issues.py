@@ -1,4 +1,4 @@
-"""Label issues (`gdw_tf.labels.label_issues`) and the run report (`gdw_tf.labels.report`)."""
+"""Label issues (`gdw_tf.labels.label_issues`) and the run report (`gdw_tf.pages.report`)."""
 
 import csv
 import html.parser
@@ -21,9 +21,9 @@ from gdw_tf.data import datasets
 from gdw_tf.data import input_pipeline
 from gdw_tf.data import split as split_lib
 from gdw_tf.labels import label_issues
-from gdw_tf.labels import report
 from gdw_tf.labels import wrong_count
 from gdw_tf.nets import backbones
+from gdw_tf.pages import report
 from gdw_tf.runs import run_dir as run_dir_lib
 
 
