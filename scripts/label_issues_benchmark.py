@@ -418,7 +418,7 @@ def estimate_candidates(probabilities, given, trusted_probabilities, trusted_lab
     without_features = wrong_count.estimate_wrong_labels(
         probabilities, given, trusted_probabilities, trusted_labels, bootstrap=0
     )
-    count_if = estimate["count_if"]
+    count_if = estimate.count_if
     return {
         "#(margin < 0)": float((label_issues.label_margin(probabilities, given) < 0).sum()),
         "sum of 1 − p(given)": float((1 - probabilities[rows, given]).sum()),
@@ -431,8 +431,8 @@ def estimate_candidates(probabilities, given, trusted_probabilities, trusted_lab
         "GLC with the model's confusions divided out (used where it rejected them)": count_if[
             "rejected"
         ],
-        "chosen by the share rejected": estimate["count"],
-        "chosen by the share rejected, probes on log-probabilities only": without_features["count"],
+        "chosen by the share rejected": estimate.count,
+        "chosen by the share rejected, probes on log-probabilities only": without_features.count,
     }
 
 
@@ -493,7 +493,7 @@ def smaller_trusted_sets(
                 trusted_features=(drawn - mean) @ axes.T,
                 bootstrap=0,
             )
-            errors[per_class].append(estimate["count"] / wrong.sum() - 1)
+            errors[per_class].append(estimate.count / wrong.sum() - 1)
     return errors
 
 
@@ -553,11 +553,11 @@ def evaluate(setting):
     gdw["seconds"] = results["timing"]["total_seconds"]
     gdw["test_accuracy"] = results["test_accuracy"]["last"]
     estimate = issues.estimate
-    gdw["estimated_wrong"] = estimate["count"]
-    gdw["estimated_wrong_interval"] = estimate["interval"]
-    gdw["model_learned_wrong_labels"] = estimate["model_learned_wrong_labels"]
-    gdw["rejected_share"] = estimate["rejected_share"]
-    gdw["truth_probe_l2"] = estimate["truth_probe_l2"]
+    gdw["estimated_wrong"] = estimate.count
+    gdw["estimated_wrong_interval"] = estimate.interval
+    gdw["model_learned_wrong_labels"] = estimate.model_learned_wrong_labels
+    gdw["rejected_share"] = estimate.rejected_share
+    gdw["truth_probe_l2"] = estimate.truth_probe_l2
     candidate_estimates = estimate_candidates(
         probabilities, problem.given, trusted_probabilities, problem.y_trusted, estimate
     )

@@ -1,4 +1,4 @@
-"""Label issues (`gdw_tf.labels.label_issues`) and the run report (`gdw_tf.labels.report`)."""
+"""Label issues (`gdw_tf.labels.label_issues`) and the run report (`gdw_tf.pages.report`)."""
 
 import csv
 import html.parser
@@ -21,9 +21,9 @@ from gdw_tf.data import datasets
 from gdw_tf.data import input_pipeline
 from gdw_tf.data import split as split_lib
 from gdw_tf.labels import label_issues
-from gdw_tf.labels import report
 from gdw_tf.labels import wrong_count
 from gdw_tf.nets import backbones
+from gdw_tf.pages import report
 from gdw_tf.runs import run_dir as run_dir_lib
 
 
@@ -262,7 +262,7 @@ def test_probe_features_are_the_classifiers_input_on_the_trusted_principal_compo
     few = gdw_tf.find_label_issues(
         backbone, x, rng.integers(0, 3, 40), trusted=(x_trusted[:9], np.arange(9) % 3)
     )
-    assert few.estimate["probe_inputs"] == wrong_count.PROBE_INPUTS[False]
+    assert few.estimate.probe_inputs == wrong_count.PROBE_INPUTS[False]
 
 
 class Subclassed(keras.Model):
@@ -285,7 +285,7 @@ def test_a_model_without_a_layer_graph_is_probed_on_its_probabilities():
     issues = gdw_tf.find_label_issues(
         model, x, rng.integers(0, 3, 60), trusted=(x_trusted, np.arange(30) % 3)
     )
-    assert issues.estimate["probe_inputs"] == wrong_count.PROBE_INPUTS[False]
+    assert issues.estimate.probe_inputs == wrong_count.PROBE_INPUTS[False]
 
 
 def test_on_real_digits_most_changed_labels_are_flagged_and_few_others():

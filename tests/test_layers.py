@@ -13,7 +13,7 @@ import gdw_tf
 
 PACKAGE = pathlib.Path(gdw_tf.__file__).parent
 # Bottom to top; the modules directly in gdw_tf/ (the programs) come last.
-LAYERS = ("backend", "core", "nets", "data", "labels", "runs")
+LAYERS = ("backend", "core", "nets", "data", "labels", "pages", "runs")
 PROGRAMS = len(LAYERS)
 
 

@@ -1,5 +1,5 @@
 """Review and fix: corrections.csv read and applied (gdw_tf.data.corrections), the review page
-(gdw_tf.labels.review), and the loop train → review in a real browser → train again."""
+(gdw_tf.pages.review), and the loop train → review in a real browser → train again."""
 
 import csv
 import html.parser
@@ -15,7 +15,7 @@ from conftest import train_main
 from gdw_tf.data import corrections as corrections_lib
 from gdw_tf.data import split as split_lib
 from gdw_tf.labels import label_issues
-from gdw_tf.labels import review
+from gdw_tf.pages import review
 from gdw_tf.runs import run_dir as run_dir_lib
 
 CHROMIUM = "/usr/bin/chromium"
@@ -408,6 +408,60 @@ def _browser(playwright):
     )
 
 
+def _collect_errors(page):
+    """A list that fills with the page's uncaught exceptions and console errors."""
+    errors = []
+    page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
+    page.on(
+        "console",
+        lambda message: (
+            errors.append(f"console: {message.text}") if message.type == "error" else None
+        ),
+    )
+    return errors
+
+
+@pytest.mark.slow
+def test_report_and_review_pages_load_in_chromium_without_errors(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    rng = np.random.default_rng(7)
+    num, classes = 300, 4
+    true = rng.integers(0, classes, num)
+    given = np.where(rng.random(num) < 0.3, rng.integers(0, classes, num), true)
+    logits = 3 * np.eye(classes)[true] + rng.normal(size=(num, classes))
+    trusted = np.repeat(np.arange(classes), 15)
+    trusted_logits = 3 * np.eye(classes)[trusted] + rng.normal(size=(len(trusted), classes))
+    issues = label_issues.rank_label_issues(
+        np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True),
+        given,
+        instance_weights=rng.random(num),
+        label_weights=rng.random(num),
+        trusted_probabilities=np.exp(trusted_logits)
+        / np.exp(trusted_logits).sum(axis=1, keepdims=True),
+        trusted_labels=trusted,
+    )
+    images = rng.integers(0, 256, (num, 10, 10, 3), dtype=np.uint8)
+    with open(tmp_path / "history.csv", "w") as file:
+        file.write("epoch,train/accuracy,test/accuracy\n0,0.5,0.6\n1,0.6,0.7\n")
+    run_dir_lib.write_label_issues_and_report(str(tmp_path), issues, images=images)
+    with sync_api.sync_playwright() as playwright:
+        browser = _browser(playwright)
+        page = browser.new_page()
+        errors = _collect_errors(page)
+        page.goto("file://" + str(tmp_path / "report.html"))
+        assert page.locator("svg").count() == 4  # accuracy, noise, the two weight panels
+        assert page.locator(".card img").count() == min(60, num)
+        assert page.locator("img").evaluate_all("imgs => imgs.every(i => i.naturalWidth > 0)")
+        page.click("a[href='review.html']")
+        assert page.url.endswith("/review.html")
+        text = page.inner_text("#progress-text")
+        assert text.startswith(f"example 1 of {issues.num_flagged} ·"), text
+        assert page.evaluate("document.querySelector('#view img').naturalWidth") == 10
+        assert page.locator("#classes button").count() == classes
+        browser.close()
+    assert errors == []
+
+
 TINY_LOOP = [
     "--dataset=fashion_mnist",
     "--max_train_examples=600",
@@ -447,8 +501,7 @@ def test_review_in_chromium_then_train_with_the_corrections(tmp_path):
     with sync_api.sync_playwright() as playwright:
         browser = _browser(playwright)
         page = browser.new_page(accept_downloads=True)
-        errors = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
+        errors = _collect_errors(page)
         page.goto(url)
         assert page.inner_text("#meta").startswith(f"rank 1 · id {row['id'][0]} ·")
         for key in ["a", "k", str(other), "s", "b", "a"]:
@@ -511,8 +564,7 @@ def test_twelve_classes_by_number_and_hostile_names_shown_as_text_in_chromium(tm
     with sync_api.sync_playwright() as playwright:
         browser = _browser(playwright)
         page = browser.new_page(accept_downloads=True)
-        errors = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
+        errors = _collect_errors(page)
         page.goto("file://" + path)
         assert page.inner_text("#given-name") == f"{items[0]['given']} {names[items[0]['given']]}"
         assert page.locator("#view b").count() == 0  # names are text, not markup

@@ -25,7 +25,7 @@ from gdw_tf.data import datasets
 from gdw_tf.data import image_files
 from gdw_tf.data import input_pipeline
 from gdw_tf.data import own_data
-from gdw_tf.labels import report as report_lib
+from gdw_tf.pages import report as report_lib
 from gdw_tf.runs import config as config_lib
 from gdw_tf.runs import run as run_lib
 

@@ -2,6 +2,9 @@
 the trusted set (`gdw_tf.labels.wrong_count`, and the flags of `rank_label_issues` cut at it),
 on small synthetic data where the answer is known."""
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 
@@ -140,14 +143,14 @@ def test_estimate_recovers_the_number_of_wrong_labels_of_known_noise():
     )
 
     wrong = given != true
-    assert result["count"] == pytest.approx(wrong.sum(), rel=0.05)
-    low, high = result["interval"]
+    assert result.count == pytest.approx(wrong.sum(), rel=0.05)
+    low, high = result.interval
     assert low < wrong.sum() < high and high - low < 0.1 * wrong.sum()
     true_per_label = np.bincount(given[wrong], minlength=3)
-    np.testing.assert_allclose(result["per_given_label"], true_per_label, rtol=0.12)
+    np.testing.assert_allclose(result.per_given_label, true_per_label, rtol=0.12)
     # C[true, given] recovers the transition matrix the labels were drawn from.
-    np.testing.assert_allclose(result["transition_matrix"], transition, atol=0.05)
-    assert result["count"] == pytest.approx(sum(result["per_given_label"]))
+    np.testing.assert_allclose(result.transition_matrix, transition, atol=0.05)
+    assert result.count == pytest.approx(sum(result.per_given_label))
 
 
 def test_a_large_training_set_fits_the_label_probe_on_a_seeded_sample(monkeypatch):
@@ -162,14 +165,14 @@ def test_a_large_training_set_fits_the_label_probe_on_a_seeded_sample(monkeypatc
     sampled = [
         wrong_count.estimate_wrong_labels(
             probabilities, given, trusted_probabilities, trusted_true, bootstrap=0, seed=seed
-        )["count"]
+        ).count
         for seed in (0, 0, 1)
     ]
 
     assert sampled[0] == sampled[1] != sampled[2]  # seeded: the same sample for the same seed
     # A fifth of the examples fit the label probe almost as well: the count is the same within
     # 2% (and within 5% of the truth, as with all of them).
-    assert sampled[0] == pytest.approx(full["count"], rel=0.02)
+    assert sampled[0] == pytest.approx(full.count, rel=0.02)
     assert sampled[2] == pytest.approx((given != true).sum(), rel=0.05)
 
 
@@ -180,8 +183,8 @@ def test_estimate_is_near_zero_on_clean_labels_and_refuses_a_missing_class():
     result = wrong_count.estimate_wrong_labels(
         probabilities, given, trusted_probabilities, trusted_true, bootstrap=0
     )
-    assert result["count"] < 0.01 * len(given)
-    assert result["interval"] is None
+    assert result.count < 0.01 * len(given)
+    assert result.interval is None
     with pytest.raises(ValueError, match="no example of class"):
         wrong_count.estimate_wrong_labels(
             probabilities,
@@ -202,10 +205,10 @@ def test_estimate_divides_out_the_confusions_of_a_model_that_rejected_the_wrong_
         probabilities, given, trusted_probabilities, trusted_true, bootstrap=0
     )
     wrong = int((given != true).sum())
-    assert not result["model_learned_wrong_labels"]
-    assert result["rejected_share"] >= wrong_count.REJECTED_SHARE
-    assert result["count"] == pytest.approx(wrong, rel=0.05)
-    np.testing.assert_allclose(result["transition_matrix"], transition, atol=0.05)
+    assert not result.model_learned_wrong_labels
+    assert result.rejected_share >= wrong_count.REJECTED_SHARE
+    assert result.count == pytest.approx(wrong, rel=0.05)
+    np.testing.assert_allclose(result.transition_matrix, transition, atol=0.05)
 
 
 def _learned_instance_noise(n, seed, memorised=0.0, mean_rate=0.3):
@@ -246,11 +249,11 @@ def test_estimate_where_the_model_learned_the_wrong_labels_counts_them_and_cuts_
     wrong = given != true
     rejected = int((probabilities.argmax(axis=1) != given).sum())
     assert rejected < 0.3 * wrong.sum()
-    assert result["rejected_share"] == pytest.approx(rejected / result["count"])
-    assert result["model_learned_wrong_labels"]
-    assert result["count"] == pytest.approx(wrong.sum(), rel=0.1)
-    assert issues.estimate["flags_cut_at_estimate"]
-    assert issues.num_flagged == pytest.approx(result["count"], abs=3)
+    assert result.rejected_share == pytest.approx(rejected / result.count)
+    assert result.model_learned_wrong_labels
+    assert result.count == pytest.approx(wrong.sum(), rel=0.1)
+    assert issues.estimate.flags_cut_at_estimate
+    assert issues.num_flagged == pytest.approx(result.count, abs=3)
     hits = int((issues.flagged & wrong[issues.position]).sum())
     assert hits > 2 * rejected  # the cut finds more than twice what score < 0 flags at all
     # The scores are margins under the truth probe's probabilities, and a flagged label's
@@ -272,8 +275,8 @@ def test_estimate_where_the_model_learned_the_wrong_labels_counts_them_and_cuts_
         trusted_labels=trusted_true,
         trusted_for_flags=False,
     )
-    assert not auto.estimate["flags_cut_at_estimate"]
-    assert auto.estimate["count"] == pytest.approx(result["count"])
+    assert not auto.estimate.flags_cut_at_estimate
+    assert auto.estimate.count == pytest.approx(result.count)
     np.testing.assert_array_equal(auto.flagged, auto.score < 0)
     np.testing.assert_allclose(
         auto.in_input_order("score"), label_issues.label_margin(probabilities, given)
@@ -290,7 +293,7 @@ def test_estimate_undercounts_what_the_model_memorised():
         result = wrong_count.estimate_wrong_labels(
             probabilities, given, trusted_probabilities, trusted_true, bootstrap=0
         )
-        errors.append(result["count"] / (given != true).sum() - 1)
+        errors.append(result.count / (given != true).sum() - 1)
     assert errors[1] < errors[0] - 0.05 and errors[1] < -0.1
 
 
@@ -319,13 +322,13 @@ def test_the_truth_probe_reads_in_the_features_what_the_probabilities_lost():
     estimate = wrong_count.estimate_wrong_labels(
         probabilities, given, trusted_probabilities, trusted_true, bootstrap=0, **view
     )
-    assert estimate["probe_inputs"] == wrong_count.PROBE_INPUTS[True]
+    assert estimate.probe_inputs == wrong_count.PROBE_INPUTS[True]
     without = wrong_count.truth_probabilities(probabilities, trusted_probabilities, trusted_true)
     with_features = wrong_count.truth_probabilities(
         probabilities,
         trusted_probabilities,
         trusted_true,
-        l2=estimate["truth_probe_l2"],
+        l2=estimate.truth_probe_l2,
         **view,
     )
 
@@ -363,8 +366,8 @@ def test_the_truth_probe_is_regularised_as_the_trusted_set_needs():
             ),
             bootstrap=0,
         )
-        assert result["truth_probe_l2"] in wrong_count.TRUTH_PROBE_L2
-        chosen.append(result["truth_probe_l2"])
+        assert result.truth_probe_l2 in wrong_count.TRUTH_PROBE_L2
+        chosen.append(result.truth_probe_l2)
     assert chosen[0] >= 1e-2 and chosen[1] <= 1e-3
 
 
@@ -378,17 +381,17 @@ def test_estimate_with_one_trusted_example_per_class_is_finite():
         probabilities, given, trusted_probabilities[one_each], trusted_true[one_each]
     )
 
-    assert np.isfinite(result["count"]) and 0 <= result["count"] <= len(given)
-    assert np.all(np.isfinite(result["interval"]))
+    assert np.isfinite(result.count) and 0 <= result.count <= len(given)
+    assert np.all(np.isfinite(result.interval))
     # What it rests on says that one example a class makes a noisy estimate; 100 do not.
-    assert result["smallest_trusted_class"] == 1
-    assert "only 1 in its smallest class" in wrong_count.rests_on(result)
+    assert result.smallest_trusted_class == 1
+    assert "only 1 in its smallest class" in result.rests_on()
     trusted_probabilities, _, trusted_true = _noisy_model(300, 3, transition, seed=8)
     enough = wrong_count.estimate_wrong_labels(
         probabilities, given, trusted_probabilities, trusted_true, bootstrap=0
     )
-    assert enough["smallest_trusted_class"] >= wrong_count.FEW_TRUSTED_PER_CLASS
-    assert "smallest class" not in wrong_count.rests_on(enough)
+    assert enough.smallest_trusted_class >= wrong_count.FEW_TRUSTED_PER_CLASS
+    assert "smallest class" not in enough.rests_on()
 
 
 def test_label_probe_reaches_the_optimum():
@@ -401,6 +404,66 @@ def test_label_probe_reaches_the_optimum():
     p /= p.sum(axis=1, keepdims=True)
     gradient = x.T @ (p - np.eye(3)[given]) / len(given) + 1e-3 * weights
     assert np.abs(gradient).max() < 1e-8
+
+
+# The keys of results.json's `wrong_labels.estimate`, in their order (docs/LABEL_ISSUES.md).
+RESULTS_JSON_KEYS = [
+    "count",
+    "interval",
+    "rate",
+    "per_given_label",
+    "per_given_label_interval",
+    "transition_matrix",
+    "rejected_share",
+    "model_learned_wrong_labels",
+    "count_if",
+    "num_trusted",
+    "smallest_trusted_class",
+    "probe_inputs",
+    "truth_probe_l2",
+    "method",
+    "trusted_source",
+    "flags_cut_at_estimate",
+    "rests_on",
+]
+
+
+def test_the_estimate_is_frozen_and_its_json_is_results_jsons_entry():
+    probabilities, given, _ = _learned_instance_noise(4000, seed=2, memorised=0.3)
+    trusted_probabilities, _, trusted_true = _learned_instance_noise(300, seed=3)
+    issues = label_issues.rank_label_issues(
+        probabilities,
+        given,
+        trusted_probabilities=trusted_probabilities,
+        trusted_labels=trusted_true,
+    )
+    estimate = dataclasses.replace(issues.estimate, trusted_source="auto")
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        estimate.count = 0.0
+    out = estimate.to_json()
+    assert list(out) == RESULTS_JSON_KEYS
+    assert json.loads(json.dumps(out)) == out  # JSON's own types: lists, not tuples
+    assert out["count"] == pytest.approx(sum(out["per_given_label"]))
+    assert out["rate"] == pytest.approx(out["count"] / len(given))
+    low, high = out["interval"]
+    assert low <= out["count"] <= high
+    assert np.shape(out["per_given_label_interval"]) == (3, 2)
+    np.testing.assert_allclose(np.sum(out["transition_matrix"], axis=1), 1.0)
+    assert set(out["count_if"]) == {"rejected", "learned"}
+    assert out["count_if"]["learned"] == pytest.approx(out["count"])  # the model learned them
+    assert out["model_learned_wrong_labels"] and out["flags_cut_at_estimate"]
+    assert out["num_trusted"] == 300 and out["smallest_trusted_class"] == min(
+        np.bincount(trusted_true)
+    )
+    assert out["probe_inputs"] == wrong_count.PROBE_INPUTS[False]
+    assert out["truth_probe_l2"] in wrong_count.TRUTH_PROBE_L2
+    assert out["method"] == wrong_count.METHOD and out["trusted_source"] == "auto"
+    assert out["rests_on"].startswith("an automatic trusted set of 300 examples")
+    assert "true_class_sizes" not in out
+    # The ranking's own estimate is a new object; the one it was made from is unchanged.
+    assert issues.estimate.trusted_source is None
+    assert "learned many of the wrong labels" in issues.estimate.rests_on()
 
 
 def test_cut_at_estimate_flags_the_lowest_scores_of_each_label():
@@ -430,12 +493,12 @@ def test_rank_label_issues_keeps_score_below_zero_for_class_conditional_noise():
     assert without.estimate is None
     # The model resists the noise here (its belief is the true class): it rejects the wrong
     # labels, score < 0 stays the rule, and the estimate agrees with it and with the truth.
-    assert not issues.estimate["model_learned_wrong_labels"]
-    assert not issues.estimate["flags_cut_at_estimate"]
+    assert not issues.estimate.model_learned_wrong_labels
+    assert not issues.estimate.flags_cut_at_estimate
     np.testing.assert_array_equal(issues.flagged, issues.score < 0)
     wrong = int((given != true).sum())
     assert abs(issues.num_flagged - wrong) < 0.05 * wrong
-    assert abs(issues.estimate["count"] - wrong) < 0.05 * wrong
+    assert abs(issues.estimate.count - wrong) < 0.05 * wrong
     np.testing.assert_array_equal(issues.score, without.score)
     with pytest.raises(ValueError, match="or neither"):
         label_issues.rank_label_issues(probabilities, given, trusted_labels=trusted_true)

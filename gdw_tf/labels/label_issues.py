@@ -82,13 +82,13 @@ class LabelIssues:
         probabilities turned into probabilities of the truth on the trusted set.
       flagged: score < 0 (the suggested label differs from the given one); where a trusted
         set found that the model learned many wrong labels, the lowest scores of each given
-        label, as many as `estimate` says (`estimate["flags_cut_at_estimate"]`).
+        label, as many as `estimate` says (`estimate.flags_cut_at_estimate`).
       given_probability, suggested_probability: the probabilities `p` (as for `score`) of
         those labels.
       instance_weight, labelled_class_weight: the recorded weights (NaN where none).
       num_classes: `C`.
       class_names: names of the classes, or None.
-      estimate: with a trusted set, `gdw_tf.labels.wrong_count.estimate_wrong_labels`' dict
+      estimate: with a trusted set, a `gdw_tf.labels.wrong_count.WrongLabelEstimate`
         (the estimated number of wrong labels, its interval, per given label); else None.
       top_classes, top_probabilities: `[N, min(TOP_K, C)]` the model's most probable classes
         of each example, most probable first, and their probabilities.
@@ -107,7 +107,7 @@ class LabelIssues:
     labelled_class_weight: np.ndarray
     num_classes: int
     class_names: tuple | None = None
-    estimate: dict | None = None
+    estimate: wrong_count.WrongLabelEstimate | None = None
     top_classes: np.ndarray | None = None
     top_probabilities: np.ndarray | None = None
 
@@ -243,23 +243,24 @@ def rank_label_issues(
         estimate = wrong_count.estimate_wrong_labels(
             probabilities, given, trusted_probabilities, trusted_labels, **view
         )
-        estimate["flags_cut_at_estimate"] = (
-            trusted_for_flags and estimate["model_learned_wrong_labels"]
+        estimate = dataclasses.replace(
+            estimate,
+            flags_cut_at_estimate=trusted_for_flags and estimate.model_learned_wrong_labels,
         )
-        if estimate["flags_cut_at_estimate"]:
+        if estimate.flags_cut_at_estimate:
             # The model's probabilities are those of the labels it learned; the trusted set
             # turns them into probabilities of the truth.
             probabilities = wrong_count.truth_probabilities(
                 probabilities,
                 trusted_probabilities,
                 trusted_labels,
-                l2=estimate["truth_probe_l2"],
+                l2=estimate.truth_probe_l2,
                 **view,
             )
     score = label_margin(probabilities, given)
     flagged = score < 0
-    if estimate is not None and estimate["flags_cut_at_estimate"]:
-        flagged = wrong_count.cut_at_estimate(score, given, estimate["per_given_label"])
+    if estimate is not None and estimate.flags_cut_at_estimate:
+        flagged = wrong_count.cut_at_estimate(score, given, estimate.per_given_label)
     # A flagged label's suggestion is the likeliest other class (the argmax where score < 0).
     others = probabilities.copy()
     others[np.arange(n), given] = -1.0

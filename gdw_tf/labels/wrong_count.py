@@ -46,6 +46,8 @@ right; an automatic trusted set (`--trusted_data=auto`) is chosen by a model of 
 so its examples are the unambiguous ones, which read as less noisy than the data are.
 """
 
+import dataclasses
+
 import numpy as np
 
 METHOD = (
@@ -75,6 +77,115 @@ PROBE_INPUTS = {
 # Below this many trusted examples in a class, `rests_on` says the estimate is noisy (measured
 # on the benchmark with 10 per class: −15% to +91%; with 30: −18% to +11%).
 FEW_TRUSTED_PER_CLASS = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class WrongLabelEstimate:
+    """The number of wrong given labels, estimated with the trusted set (`estimate_wrong_labels`).
+
+    Attributes:
+      count: the estimated number of wrong labels.
+      interval: `(low, high)`, the 2.5% and 97.5% bootstrap quantiles of `count`; None without
+        resamples.
+      rate: `count` over the number of training examples.
+      per_given_label: `C` expected wrong counts, one per given label.
+      per_given_label_interval: `C` pairs `(low, high)`; None without resamples.
+      transition_matrix: `C[true, given]`, the matrix chosen (`T`).
+      true_class_sizes: `n_true` with `Cᵀ n_true = n_given`.
+      rejected_share: given labels the model disagrees with, over GLC's count of wrong ones.
+      model_learned_wrong_labels: `rejected_share < REJECTED_SHARE`.
+      count_if: the count if the model `"rejected"` or `"learned"` the wrong labels.
+      num_trusted: trusted examples.
+      smallest_trusted_class: trusted examples of the class with fewest.
+      probe_inputs: what the probes read (`PROBE_INPUTS`).
+      truth_probe_l2: the truth probe's L2, chosen by cross-validation on the trusted set.
+      method: `METHOD`.
+      trusted_source: where the trusted set came from (the run's `Split.meta_source`;
+        `"auto"`: chosen by a warm-up model); None where not known.
+      flags_cut_at_estimate: whether `rank_label_issues` flagged, within each given label,
+        as many of the lowest scores as `per_given_label` says.
+    """
+
+    count: float
+    interval: tuple[float, float] | None
+    rate: float
+    per_given_label: tuple[float, ...]
+    per_given_label_interval: tuple[tuple[float, float], ...] | None
+    transition_matrix: tuple[tuple[float, ...], ...]
+    true_class_sizes: tuple[float, ...]
+    rejected_share: float
+    model_learned_wrong_labels: bool
+    count_if: dict[str, float]
+    num_trusted: int
+    smallest_trusted_class: int
+    probe_inputs: str
+    truth_probe_l2: float
+    method: str = METHOD
+    trusted_source: str | None = None
+    flags_cut_at_estimate: bool = False
+
+    def to_json(self) -> dict:
+        """The `results.json` entry `wrong_labels.estimate`: the fields but `true_class_sizes`,
+        sequences as lists, and `rests_on`."""
+        out = {
+            name: _lists(getattr(self, name))
+            for name in (
+                "count",
+                "interval",
+                "rate",
+                "per_given_label",
+                "per_given_label_interval",
+                "transition_matrix",
+                "rejected_share",
+                "model_learned_wrong_labels",
+                "count_if",
+                "num_trusted",
+                "smallest_trusted_class",
+                "probe_inputs",
+                "truth_probe_l2",
+                "method",
+                "trusted_source",
+                "flags_cut_at_estimate",
+            )
+        }
+        out["rests_on"] = self.rests_on()
+        return out
+
+    def rests_on(self) -> str:
+        """One sentence: what the estimate rests on."""
+        if self.trusted_source == "auto":
+            return (
+                f"an automatic trusted set of {self.num_trusted:,} examples chosen from the "
+                "noisy data by a warm-up model (--trusted_data=auto): their labels are assumed "
+                "right, and they are the examples that model found easiest, so the estimate "
+                "reads the noise on the clearest examples and undercounts the wrong labels (47 "
+                "for 20,619 on the instance-dependent 35% benchmark); the flags are therefore "
+                "score < 0"
+            )
+        trusted = (
+            f"a trusted set of {self.num_trusted:,} examples whose labels are right and that "
+            "represent their classes"
+        )
+        smallest = self.smallest_trusted_class
+        if smallest < FEW_TRUSTED_PER_CLASS:
+            trusted += (
+                f" (only {smallest} in its smallest class: with 10 trusted examples per class "
+                "the estimate was off by up to +91% on the benchmark, with 30 by up to 18%)"
+            )
+        share = self.rejected_share
+        if not self.model_learned_wrong_labels:
+            return (
+                f"{trusted}, and on the model having rejected the wrong labels (it prefers "
+                f"another class on {share:.0%} as many training examples as the trusted set "
+                "reads as wrong), so that its own confusions on the trusted set are not noise "
+                "and were divided out"
+            )
+        return (
+            f"{trusted}; the model learned many of the wrong labels (it prefers another class "
+            f"on only {share:.0%} as many training examples as the trusted set reads as "
+            "wrong), and a model that learned them reads fewer of them on the trusted set than "
+            "there are"
+        )
 
 
 def fit_label_probe(
@@ -154,7 +265,7 @@ def estimate_wrong_labels(
     trusted_features: np.ndarray | None = None,
     bootstrap: int = 200,
     seed: int = 0,
-) -> dict:
+) -> WrongLabelEstimate:
     """The number of wrong given labels, per given label and in all, with a 95% interval.
 
     Args:
@@ -170,14 +281,7 @@ def estimate_wrong_labels(
         than `LABEL_PROBE_EXAMPLES`).
 
     Returns:
-      A dict: `count` (float), `interval` ([low, high], the 2.5% and 97.5% bootstrap
-      quantiles; None without resamples), `rate` (count / N), `per_given_label` (`C` expected
-      wrong counts), `per_given_label_interval`, `transition_matrix` (`C[true, given]`),
-      `true_class_sizes`, `rejected_share` (given labels the model disagrees with, over GLC's
-      count), `model_learned_wrong_labels` (`rejected_share < REJECTED_SHARE`), `count_if`
-      (the count if the model "rejected" or "learned" the wrong labels), `num_trusted`,
-      `smallest_trusted_class` (its number of trusted examples), `probe_inputs` (what the
-      probes read), `truth_probe_l2` (chosen by cross-validation), `method`.
+      A `WrongLabelEstimate` (`trusted_source` None, `flags_cut_at_estimate` False).
 
     Raises:
       ValueError: when a class has no trusted example.
@@ -229,23 +333,7 @@ def estimate_wrong_labels(
 
     matrix = glc if learned else deblurred
     wrong = _wrong_per_given_label(matrix, counts)
-    result = {
-        "count": float(wrong.sum()),
-        "interval": None,
-        "rate": float(wrong.sum() / max(len(given), 1)),
-        "per_given_label": wrong.tolist(),
-        "per_given_label_interval": None,
-        "transition_matrix": matrix.tolist(),
-        "true_class_sizes": _true_sizes(matrix, counts).tolist(),
-        "model_learned_wrong_labels": learned,
-        "rejected_share": rejected_share,
-        "count_if": count_if,
-        "num_trusted": int(len(trusted_labels)),
-        "smallest_trusted_class": int(per_class.min()),
-        "probe_inputs": PROBE_INPUTS[features is not None],
-        "truth_probe_l2": _best_l2(out_of_fold, trusted_labels),
-        "method": METHOD,
-    }
+    interval = per_given_label_interval = None
     if bootstrap:
         rng = np.random.default_rng(seed)
         draws = np.stack(
@@ -256,9 +344,26 @@ def estimate_wrong_labels(
                 for _ in range(bootstrap)
             ]
         )
-        result["interval"] = np.quantile(draws.sum(axis=1), [0.025, 0.975]).tolist()
-        result["per_given_label_interval"] = np.quantile(draws, [0.025, 0.975], axis=0).T.tolist()
-    return result
+        interval = tuple(np.quantile(draws.sum(axis=1), [0.025, 0.975]).tolist())
+        per_given_label_interval = tuple(
+            map(tuple, np.quantile(draws, [0.025, 0.975], axis=0).T.tolist())
+        )
+    return WrongLabelEstimate(
+        count=float(wrong.sum()),
+        interval=interval,
+        rate=float(wrong.sum() / max(len(given), 1)),
+        per_given_label=tuple(wrong.tolist()),
+        per_given_label_interval=per_given_label_interval,
+        transition_matrix=tuple(map(tuple, matrix.tolist())),
+        true_class_sizes=tuple(_true_sizes(matrix, counts).tolist()),
+        rejected_share=rejected_share,
+        model_learned_wrong_labels=learned,
+        count_if=count_if,
+        num_trusted=int(len(trusted_labels)),
+        smallest_trusted_class=int(per_class.min()),
+        probe_inputs=PROBE_INPUTS[features is not None],
+        truth_probe_l2=_best_l2(out_of_fold, trusted_labels),
+    )
 
 
 def truth_probabilities(
@@ -274,7 +379,7 @@ def truth_probabilities(
     to the trusted examples' right labels on the model's log-probabilities (and `features`, as
     `estimate_wrong_labels`), applied to the training examples. Where the model learned wrong
     labels, its own probabilities say what an image is *labelled*; these say what it *is* (as
-    far as the model's view tells). `l2`: the probe's L2 (`estimate["truth_probe_l2"]`);
+    far as the model's view tells). `l2`: the probe's L2 (`estimate.truth_probe_l2`);
     chosen by cross-validation on the trusted set if None."""
     trusted_labels = np.asarray(trusted_labels, np.int64)
     num_classes = probabilities.shape[1]
@@ -297,43 +402,6 @@ def cut_at_estimate(score: np.ndarray, given_labels: np.ndarray, per_given_label
         k = int(min(max(round(count), 0), len(rows)))
         flagged[rows[np.argsort(score[rows], kind="stable")[:k]]] = True
     return flagged
-
-
-def rests_on(estimate: dict) -> str:
-    """One sentence: what the estimate of the number of wrong labels rests on."""
-    if estimate.get("trusted_source") == "auto":
-        return (
-            f"an automatic trusted set of {estimate['num_trusted']:,} examples chosen from the "
-            "noisy data by a warm-up model (--trusted_data=auto): their labels are assumed "
-            "right, and they are the examples that model found easiest, so the estimate "
-            "reads the noise on the clearest examples and undercounts the wrong labels (47 for "
-            "20,619 on the instance-dependent 35% benchmark); the flags are therefore score < 0"
-        )
-    trusted = (
-        f"a trusted set of {estimate['num_trusted']:,} examples whose labels are right and that "
-        "represent their classes"
-    )
-    smallest = estimate.get("smallest_trusted_class")
-    if smallest is not None and smallest < FEW_TRUSTED_PER_CLASS:
-        trusted += (
-            f" (only {smallest} in its smallest class: with 10 trusted examples per class the "
-            "estimate was off by up to +91% on the benchmark, with 30 by up to 18%)"
-        )
-    share = estimate.get("rejected_share")
-    if share is None:
-        return trusted
-    if not estimate["model_learned_wrong_labels"]:
-        return (
-            f"{trusted}, and on the model having rejected the wrong labels (it prefers another "
-            f"class on {share:.0%} as many training examples as the trusted set reads as "
-            "wrong), so that its own confusions on the trusted set are not noise and were "
-            "divided out"
-        )
-    return (
-        f"{trusted}; the model learned many of the wrong labels (it prefers another class on "
-        f"only {share:.0%} as many training examples as the trusted set reads as wrong), and a "
-        "model that learned them reads fewer of them on the trusted set than there are"
-    )
 
 
 def _predict(probe, features):
@@ -430,3 +498,12 @@ def _softmax(logits):
     logits = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(logits)
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _lists(value):
+    """`value` with its tuples, nested ones too, as lists (as JSON reads them back)."""
+    if isinstance(value, tuple):
+        return [_lists(v) for v in value]
+    if isinstance(value, dict):
+        return {key: _lists(v) for key, v in value.items()}
+    return value

@@ -97,8 +97,9 @@ def neighbour_votes(features, labels, rows, num_classes, neighbours):
         labels: `[N]` their (given) labels in `[0, C)`.
         rows: `[R]` positions of the examples whose neighbours vote.
         num_classes: `C`.
-        neighbours: how many nearest examples vote (`NEIGHBOURS` for the choice; cosine similarity; the example itself is
-            among them, as its own label is part of what the data says). With more than
+        neighbours: how many nearest examples vote (`NEIGHBOURS` for the choice; cosine
+            similarity; the example itself is among them, as its own label is part of what the
+            data says). With more than
             `VOTERS` examples, the nearest among a seeded sample of `VOTERS` of them vote, as
             many in proportion (at least `neighbours / 10`).
 

@@ -2,12 +2,13 @@
 `results.json` (accuracies, noise, the detection AUROC of the weights, timing). The files are
 written by `gdw_tf.runs.run_dir`."""
 
+import dataclasses
+
 import numpy as np
 
 from gdw_tf.core import methods
 from gdw_tf.data import input_pipeline
 from gdw_tf.labels import label_issues
-from gdw_tf.labels import wrong_count
 
 
 def example_weights(model, split, ids=None):
@@ -58,9 +59,11 @@ def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_si
         # (docs/LABEL_ISSUES.md, "Automatic trusted set"), so the flags stay score < 0.
         trusted_for_flags=split.meta_source != "auto",
     )
-    if issues.estimate is not None:
-        issues.estimate["trusted_source"] = split.meta_source
-    return issues
+    if issues.estimate is None:
+        return issues
+    return dataclasses.replace(
+        issues, estimate=dataclasses.replace(issues.estimate, trusted_source=split.meta_source)
+    )
 
 
 def wrong_labels_summary(issues, split):
@@ -71,28 +74,7 @@ def wrong_labels_summary(issues, split):
     if split.truth_known:
         summary["true"] = int(split.train_corrupted.sum())
     if estimate is not None:
-        summary["estimate"] = {
-            key: estimate[key]
-            for key in (
-                "count",
-                "interval",
-                "rate",
-                "per_given_label",
-                "per_given_label_interval",
-                "transition_matrix",
-                "rejected_share",
-                "model_learned_wrong_labels",
-                "count_if",
-                "num_trusted",
-                "smallest_trusted_class",
-                "probe_inputs",
-                "truth_probe_l2",
-                "method",
-                "trusted_source",
-                "flags_cut_at_estimate",
-            )
-        }
-        summary["estimate"]["rests_on"] = wrong_count.rests_on(estimate)
+        summary["estimate"] = estimate.to_json()
     return summary
 
 

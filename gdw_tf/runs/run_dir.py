@@ -20,9 +20,9 @@ Run directory:
                           a suggested label and a flag (`gdw_tf.labels.label_issues`)
     report.html           one self-contained page to look at: accuracy curves, estimated
                           noise, weight against loss, the most suspicious examples
-                          (`gdw_tf.labels.report`)
+                          (`gdw_tf.pages.report`)
     review.html           the flagged examples to review by keyboard; downloads the
-                          corrections.csv that --corrections reads (`gdw_tf.labels.review`)
+                          corrections.csv that --corrections reads (`gdw_tf.pages.review`)
     model.keras           the trained backbone (normalised float images in, logits out)
     results.json          accuracies (fractions in [0, 1]), noise, detection AUROC, timing
                           (None where own data leaves them unknown); with
@@ -49,8 +49,8 @@ from gdw_tf.core.model import GDWModel
 from gdw_tf.data import own_data
 from gdw_tf.data import split as split_lib
 from gdw_tf.labels import label_issues
-from gdw_tf.labels import report
-from gdw_tf.labels import review
+from gdw_tf.pages import report
+from gdw_tf.pages import review
 from gdw_tf.runs import serving
 from gdw_tf.runs.config import Config
 
@@ -284,7 +284,7 @@ def write_label_issues_and_report(output_dir, issues, images=None):
     ranked labels).
 
     `images`: the training inputs in the order the issues were computed from, for the report's
-    gallery (`gdw_tf.labels.report.render_report`).
+    gallery (`gdw_tf.pages.report.render_report`).
     """
     with atomic_path(os.path.join(output_dir, LABEL_ISSUES_FILE)) as temporary:
         label_issues.write_label_issues_csv(temporary, issues)

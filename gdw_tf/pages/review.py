@@ -1,0 +1,160 @@
+"""`review.html`: one self-contained page per run to review the flagged labels by keyboard.
+
+The page walks the flagged examples (`label_issues.csv`'s `flagged`), up to `REVIEW_LIMIT` of
+them, most suspicious first within each suggested class and the classes in turn
+(`review_order`): the image (or the row of feature values), the given and the suggested
+label and the model's most probable classes. One key each:
+
+    k / Enter   keep the given label         a   take the suggested label
+    0-9         that class (with more than 10 classes: type its number, Enter if it could go on)
+    s / →       skip                         b / ← / Backspace   back
+
+Decisions are kept in the browser's `localStorage` under a key of the run (its directory's name
+and a fingerprint of the examples), so closing and reopening the page loses nothing; the
+button "Download corrections.csv" (or `d`) saves them: `id, given_label, reviewed_label,
+decision, suggested_label, rank, score, given_class, reviewed_class`, which
+`python -m gdw_tf.train ... --corrections=corrections.csv` reads (`gdw_tf.data.corrections`).
+
+Everything the page shows comes from one JSON block; labels, class names and ids are user data,
+inserted as text only (never as HTML), and the JSON cannot close its `<script>` element.
+Images are inline PNG (`gdw_tf.pages.images.png_data_uri`); no network, no server. The page's
+HTML, CSS and JavaScript are `templates/review.html`, `review.css` and `review.js`.
+"""
+
+import hashlib
+import html
+import json
+import math
+
+import numpy as np
+
+from gdw_tf.pages import files
+from gdw_tf.pages import images as images_lib
+
+REVIEW_LIMIT = 2000  # flagged examples on the page, most suspicious first
+IMAGE_BUDGET = 40_000_000  # bytes of inline images at most; examples beyond are left out
+_IMAGE_PIXELS = 160  # longest side of an image on the page (larger ones are subsampled)
+_FEATURES_SHOWN = 64  # values of a feature row shown
+
+
+def render_review(issues, *, run_name="run", images=None, limit=REVIEW_LIMIT):
+    """The review page of a run, as a string (`gdw_tf.runs.run_dir.write_review` writes a run's).
+
+    Args:
+      issues: the run's `gdw_tf.labels.label_issues.LabelIssues` (with `top_classes`).
+      run_name: titles the page and keys the decisions stored in the browser.
+      images: optional training inputs in the order the issues were computed from
+        (`issues.position` indexes them): uint8 images `[N, H, W, C]` are shown as images,
+        anything else `[N, ...]` as rows of values.
+      limit: at most this many flagged examples, the most suspicious.
+    """
+    data = review_data(issues, images=images, run_name=run_name, limit=limit)
+    payload = (
+        json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
+    return files.fill(
+        "review.html",
+        title=html.escape(f"gdw_tf review: {run_name}"),
+        style=files.read("review.css"),
+        script=files.read("review.js"),
+        data=payload,
+    )
+
+
+def review_data(issues, *, images=None, run_name="run", limit=REVIEW_LIMIT):
+    """The page's JSON: the run, the classes and the flagged examples to review (in
+    `review_order`).
+
+    Each item: `rank`, `id` (text), `given`, `suggested`, `score`, `top` (pairs of class and
+    probability), and `image` (a PNG data URI) or `row` (feature values).
+    """
+    names = (
+        [str(name) for name in issues.class_names]
+        if issues.class_names is not None
+        else [str(k) for k in range(issues.num_classes)]
+    )
+    flagged = review_order(issues)[:limit]
+    is_image = images is not None and images_lib.is_image_array(images)
+    items, image_bytes = [], 0
+    for i in flagged:
+        item = {
+            "rank": int(issues.rank[i]),
+            "id": _text(issues.id[i]),
+            "given": int(issues.given_label[i]),
+            "suggested": int(issues.suggested_label[i]),
+            "score": round(float(issues.score[i]), 4),
+            "top": _top(issues, i),
+        }
+        if is_image:
+            uri = images_lib.png_data_uri(_shrink(images[issues.position[i]]))
+            image_bytes += len(uri)
+            if image_bytes > IMAGE_BUDGET:
+                break
+            item["image"] = uri
+        elif images is not None:
+            values = np.asarray(images[issues.position[i]]).reshape(-1)
+            item["row"] = [_value(v) for v in values[:_FEATURES_SHOWN]]
+            item["more"] = int(max(len(values) - _FEATURES_SHOWN, 0))
+        items.append(item)
+    fingerprint = hashlib.sha256(
+        json.dumps([[it["id"], it["given"], it["score"]] for it in items]).encode()
+    ).hexdigest()[:16]
+    return {
+        "run": run_name,
+        "key": f"gdw_tf.review/{run_name}/{fingerprint}",
+        "classes": names,
+        "num_examples": len(issues),
+        "num_flagged": issues.num_flagged,
+        "items": items,
+    }
+
+
+def review_order(issues):
+    """Positions (in `issues`' ranked order) of the flagged examples in the order of review.
+
+    In rounds: the most suspicious flagged example of each suggested class, then the second
+    most suspicious of each, and so on; within a round, most suspicious first. Any prefix of
+    the review is thus spread over the classes as evenly as the flags allow, which is what
+    lets the reviewed examples join the class-balanced trusted set
+    (`gdw_tf.data.corrections`); in score order alone the first hundreds are mostly of the
+    one or two classes the model is surest of.
+    """
+    flagged = np.flatnonzero(issues.flagged)  # ranked: most suspicious first
+    suggested = issues.suggested_label[flagged]
+    round_of = np.zeros(len(flagged), np.int64)
+    for k in np.unique(suggested):
+        members = suggested == k
+        round_of[members] = np.arange(int(members.sum()))
+    return flagged[np.lexsort((np.arange(len(flagged)), round_of))]
+
+
+def _top(issues, i):
+    if issues.top_classes is None:
+        pairs = [(issues.suggested_label[i], issues.suggested_probability[i])]
+        if issues.given_label[i] != issues.suggested_label[i]:
+            pairs.append((issues.given_label[i], issues.given_probability[i]))
+    else:
+        pairs = zip(issues.top_classes[i], issues.top_probabilities[i])
+    return [[int(k), round(float(p), 4)] for k, p in pairs]
+
+
+def _shrink(image):
+    """A uint8 image subsampled to at most `_IMAGE_PIXELS` on its longest side."""
+    image = np.asarray(image)
+    step = math.ceil(max(image.shape[:2]) / _IMAGE_PIXELS)
+    return image[::step, ::step] if step > 1 else image
+
+
+def _value(value):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return float(f"{number:.4g}") if math.isfinite(number) else str(number)
+
+
+def _text(value):
+    return str(value.item() if hasattr(value, "item") else value)
