@@ -35,7 +35,6 @@ from absl import app
 from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 SETTINGS = (
     "uniform_60",
@@ -423,7 +422,7 @@ def estimate_candidates(probabilities, given, trusted_probabilities, trusted_lab
         "#(margin < 0)": float((label_issues.label_margin(probabilities, given) < 0).sum()),
         "sum of 1 − p(given)": float((1 - probabilities[rows, given]).sum()),
         "GLC, the model's own probabilities on the trusted set": float(
-            wrong_count._wrong_per_given_label(own, counts).sum()
+            wrong_count.wrong_per_given_label(own, counts).sum()
         ),
         "GLC, probe of the given labels (used where the model learned wrong labels)": count_if[
             "learned"

@@ -31,17 +31,13 @@ matches what training did).
 
 import json
 import os
-import sys
 
+import label_issues_benchmark as benchmark  # beside this script, whose folder Python searches
 import numpy as np
 from absl import app
 from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-
-import label_issues_benchmark as benchmark  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("setting", "instance_35", "A setting of scripts/label_issues_benchmark.py.")
