@@ -7,7 +7,8 @@ Two self-contained examples, each under half a minute on two CPU cores:
   correctly labelled subset with `gdw_tf.balanced_meta_subset`; the rest of that subset is
   the validation set of standard Keras callbacks (`EarlyStopping`, `ReduceLROnPlateau`).
 - `images`: your own functional CNN on a `tf.data.Dataset` of images (four Fashion-MNIST classes
-  if the dataset is installed, otherwise synthetic images), again with 40% wrong labels.
+  if its files are installed, otherwise synthetic images, and a line on stderr saying so), again
+  with 40% wrong labels.
 
 Both models track per-example weights (`track_examples=N` and `(x, y, index)` batches). After
 training, the examples whose given label received the lowest weight (`example_label_weights`:
@@ -20,6 +21,7 @@ corrupted here on purpose, the example prints how many of them really are wrong.
 
 import argparse
 import dataclasses
+import os
 import sys
 
 import keras
@@ -91,14 +93,19 @@ def make_tabular_data(
 def make_image_data(
     classes=(0, 1, 7, 8), num_train=2000, num_trusted=200, num_test=1000, noise_ratio=0.4, seed=0
 ):
-    """uint8 images of a few Fashion-MNIST classes (synthetic if it is not installed)."""
-    try:
-        dataset = datasets.load_dataset("fashion_mnist")
-        x_all, y_all = dataset.x_train, dataset.y_train
-        x_test_all, y_test_all = dataset.x_test, dataset.y_test
-    except ValueError:
+    """uint8 images of a few Fashion-MNIST classes; synthetic ones, said on stderr, where its
+    files are not installed."""
+    directory = installed_fashion_mnist()
+    if directory is None:
+        print(
+            f"Fashion-MNIST is in none of {', '.join(datasets.fashion_mnist_dirs())} "
+            "(apt-get install dataset-fashion-mnist): using synthetic images.",
+            file=sys.stderr,
+        )
         x_all, y_all = synthetic_images(len(classes) * 1000, max(classes) + 1, seed)
         x_test_all, y_test_all = synthetic_images(len(classes) * 500, max(classes) + 1, seed + 1)
+    else:
+        x_all, y_all, x_test_all, y_test_all = datasets.load_fashion_mnist_idx(directory)[:4]
 
     def subset(x, y, n, rng):
         """`n` random examples of `classes`, labels renumbered 0..len(classes)-1."""
@@ -119,6 +126,16 @@ def make_image_data(
         y_test,
         len(classes),
     )
+
+
+def installed_fashion_mnist():
+    """The first of `datasets.fashion_mnist_dirs()` that holds Fashion-MNIST's four idx files,
+    or None."""
+    for directory in datasets.fashion_mnist_dirs():
+        files = datasets.FASHION_MNIST_FILES.values()
+        if all(os.path.isfile(os.path.join(directory, name)) for name in files):
+            return directory
+    return None
 
 
 def synthetic_images(n, num_classes, seed):

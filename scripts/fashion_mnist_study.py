@@ -29,8 +29,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gdw_tf.core import meta_scope as meta_scope_lib  # noqa: E402  pylint: disable=wrong-import-position
+from gdw_tf.core import meta_scope as meta_scope_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("ce", "l2rw", "mwnet", "gdw")

@@ -3,7 +3,9 @@
     pip install -r scripts/requirements.txt      # cleanlab (AGPL; this script only), scikit-learn
     nice python scripts/label_issues_benchmark.py --runs_dir=runs/label_issues_benchmark
 
-For each setting (a flag file `flags/fashion_mnist_<setting>.flags`, with `--model=mlp`):
+For each setting (a flag file `flags/fashion_mnist_<setting>.flags`, with `--model=mlp`) and
+each of `--seeds` (the training's `--seed`, and the draw of an instance-dependent setting's
+noise):
 
 1. gdw_tf: one GDW run, `python -m gdw_tf.train --flagfile=... --model=mlp`, whose
    `label_issues.csv` ranks and flags the training set (`gdw_tf.labels.label_issues`; recomputed
@@ -11,17 +13,25 @@ For each setting (a flag file `flags/fashion_mnist_<setting>.flags`, with `--mod
 2. cleanlab: the same backbone trained with cross-entropy under the same recipe (flags, SGD,
    cosine schedule, L2) on K-fold splits of the same noisy training set (`split.npz` of the GDW
    run), its out-of-fold probabilities given to `cleanlab.filter.find_label_issues` (flags),
-   `cleanlab.rank.get_label_quality_scores` (ranking) and argmax (suggested label).
+   `cleanlab.rank.get_label_quality_scores` (ranking) and argmax (suggested label);
+3. cleanlab + trusted labels: as 2, with the GDW run's trusted set (its meta set: 1,000 images
+   with their clean labels) added to each fold's training set, so that cleanlab has the
+   labels GDW has.
 
-Reported per setting and method: AUROC of the score for "the label is wrong", precision, recall
-and F1 of the flagged set, accuracy of the suggested label on the truly wrong examples, and
-wall time (GDW: its one training run, with the label issues; cleanlab: its K trainings, their
-predictions and cleanlab). Also, for gdw_tf, the AUROC of each candidate score and the F1 of
-candidate flag rules: the measurements behind the choice in `docs/LABEL_ISSUES.md`.
+Reported per setting and method, as mean ± sample standard deviation over the seeds: AUROC of
+the score for "the label is wrong", precision, recall and F1 of the flagged set, accuracy of
+the suggested label on the truly wrong examples, and wall time (GDW: its one training run, with
+the label issues; cleanlab: its K trainings, their predictions and cleanlab). Also, for gdw_tf,
+the AUROC of each candidate score and the F1 of candidate flag rules: the measurements behind
+the choice in `docs/LABEL_ISSUES.md`.
 
-Resumable: a finished GDW run (results.json) and a finished fold (`ce/fold<k>.npz`) are
-skipped; an interrupted GDW run resumes. Results go to `<runs_dir>/<setting>/metrics.json` and
-are printed as a Markdown table.
+Seed 0 chose the constants `gdw_tf.labels.wrong_count.REJECTED_SHARE` and
+`gdw_tf.labels.label_issues.TRUSTED_PER_COMPONENT`; the default seeds, 1, 2 and 3, did not.
+
+Resumable: a finished GDW run (results.json) and a finished fold (`ce/fold<k>.npz`,
+`ce_trusted/fold<k>.npz`) are skipped; an interrupted GDW run resumes. Each seed's runs and
+results go to `<runs_dir>/<setting>/seed<k>/` (`metrics.json`); the tables are printed in
+Markdown.
 """
 
 import json
@@ -35,7 +45,6 @@ from absl import app
 from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 SETTINGS = (
     "uniform_60",
@@ -80,6 +89,18 @@ flags.DEFINE_string(
     "Directory of the benchmark's runs.",
 )
 flags.DEFINE_list("settings", list(SETTINGS), "Settings (flags/fashion_mnist_<setting>.flags).")
+flags.DEFINE_list(
+    "seeds",
+    ["1", "2", "3"],
+    "Seeds: each setting is run once per seed; the tables give mean ± sd over them. Seed 0 "
+    "chose REJECTED_SHARE and TRUSTED_PER_COMPONENT: leave it out to report on runs that did "
+    "not choose them.",
+)
+flags.register_validator(
+    "seeds",
+    lambda seeds: bool(seeds) and all(seed.isdigit() for seed in seeds),
+    message="--seeds: give non-negative integers, e.g. --seeds=1,2,3.",
+)
 flags.DEFINE_integer("folds", 5, "K of cleanlab's K-fold out-of-fold probabilities.", lower_bound=2)
 flags.DEFINE_multi_string(
     "train_flag",
@@ -100,8 +121,13 @@ TRUSTED_DRAWS = 5
 PROBE_COMPONENT_CANDIDATES = (16, 32, 64)
 
 
-def train_flags(setting, output_dir):
-    """The `gdw_tf.train` flags of the setting's GDW run."""
+def seed_dir(setting, seed):
+    """The directory of one seed's runs of `setting`."""
+    return os.path.join(FLAGS.runs_dir, setting, f"seed{seed}")
+
+
+def train_flags(setting, output_dir, seed):
+    """The `gdw_tf.train` flags of the setting's GDW run with `seed`."""
     if setting in INSTANCE_RATIOS:
         data_dir = os.path.join(os.path.dirname(output_dir), "data")
         with open(os.path.join(REPO, INSTANCE_RECIPE_FLAGFILE)) as file:
@@ -119,7 +145,13 @@ def train_flags(setting, output_dir):
         ]
     else:
         source = [f"--flagfile=flags/fashion_mnist_{setting}.flags"]
-    return [*source, *COMMON_OVERRIDES, *FLAGS.train_flag, f"--output_dir={output_dir}"]
+    return [
+        *source,
+        *COMMON_OVERRIDES,
+        *FLAGS.train_flag,
+        f"--seed={seed}",
+        f"--output_dir={output_dir}",
+    ]
 
 
 def write_instance_noise_data(setting, data_dir, seed=0):
@@ -181,29 +213,32 @@ def write_instance_noise_data(setting, data_dir, seed=0):
     )
 
 
-def parse_config(setting, output_dir):
-    """The `gdw_tf.runs.config.Config` of the GDW run of `setting` (the CE folds use its recipe)."""
+def parse_config(setting, output_dir, seed):
+    """The `gdw_tf.runs.config.Config` of the GDW run of `setting` with `seed` (the CE folds use
+    its recipe)."""
     from gdw_tf.runs import config as config_lib
 
     values = flags.FlagValues()
     config_lib.define_flags(values)
-    values(["label_issues_benchmark", *train_flags(setting, output_dir)])
+    values(["label_issues_benchmark", *train_flags(setting, output_dir, seed)])
     return config_lib.Config.from_flags(values)
 
 
-def run_gdw(setting, output_dir):
-    """Trains the GDW run of `setting` unless finished; returns False if it failed."""
+def run_gdw(setting, output_dir, seed):
+    """Trains the GDW run of `setting` with `seed` unless finished; returns False if it failed."""
     if os.path.exists(os.path.join(output_dir, "results.json")):
-        print(f"{setting} gdw: done, skipped", flush=True)
+        print(f"{setting} seed {seed} gdw: done, skipped", flush=True)
         return True
     os.makedirs(output_dir, exist_ok=True)
-    command = [sys.executable, "-m", "gdw_tf.train", *train_flags(setting, output_dir)]
+    command = [sys.executable, "-m", "gdw_tf.train", *train_flags(setting, output_dir, seed)]
     start = time.monotonic()
     with open(os.path.join(output_dir, "train.log"), "a") as log:
         log.write("$ " + " ".join(command[1:]) + "\n")
         log.flush()
         code = subprocess.call(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    print(f"{setting} gdw: exit {code} after {time.monotonic() - start:.0f} s", flush=True)
+    print(
+        f"{setting} seed {seed} gdw: exit {code} after {time.monotonic() - start:.0f} s", flush=True
+    )
     return code == 0
 
 
@@ -212,8 +247,8 @@ class Problem:
     given labels, in the order of the GDW run's training split), the truth, the trusted set,
     and how the run's `label_issues.csv` ids map to training rows."""
 
-    def __init__(self, setting, gdw_dir):
-        self.config = parse_config(setting, gdw_dir)
+    def __init__(self, setting, gdw_dir, seed):
+        self.config = parse_config(setting, gdw_dir, seed)
         with open(os.path.join(gdw_dir, "config.json")) as file:
             normalization = json.load(file)["normalization"]
         self.mean, self.std = normalization["mean"], normalization["std"]
@@ -277,8 +312,12 @@ class Problem:
         return input_pipeline.eval_dataset(x, y, self.config.batch_size, self.mean, self.std)
 
 
-def run_ce_folds(problem, ce_dir, folds):
-    """Trains the CE folds not yet done; returns (out-of-fold probabilities, seconds) or None."""
+def run_ce_folds(problem, ce_dir, folds, *, with_trusted=False):
+    """Trains the CE folds not yet done; returns (out-of-fold probabilities, seconds).
+
+    With `with_trusted`, each fold also trains on the trusted set, with its clean labels (the
+    out-of-fold probabilities stay those of the noisy training set).
+    """
     import keras
     from sklearn.model_selection import StratifiedKFold
 
@@ -304,9 +343,13 @@ def run_ce_folds(problem, ce_dir, folds):
                 backbone, problem.num_classes, method="ce", l2=config.l2, seed=config.seed
             )
             model.compile(keras.optimizers.SGD(config.lr, momentum=config.momentum))
+            fit_x, fit_y = x[fit_rows], y[fit_rows]
+            if with_trusted:
+                fit_x = np.concatenate([fit_x, problem.x_trusted])
+                fit_y = np.concatenate([fit_y, problem.y_trusted])
             train = input_pipeline.train_dataset(
-                x[fit_rows],
-                y[fit_rows],
+                fit_x,
+                fit_y,
                 config.batch_size,
                 seed=config.seed + fold,
                 augment=False,
@@ -321,7 +364,11 @@ def run_ce_folds(problem, ce_dir, folds):
                 model, input_pipeline.eval_dataset(x[held_out], y[held_out], 500, mean, std)
             )
             np.savez(
-                path, held_out=held_out, probabilities=held, seconds=time.perf_counter() - start
+                path,
+                held_out=held_out,
+                probabilities=held,
+                seconds=time.perf_counter() - start,
+                num_fitted=len(fit_y),
             )
             print(f"  fold {fold}: {time.perf_counter() - start:.0f} s", flush=True)
         with np.load(path) as stored:
@@ -423,7 +470,7 @@ def estimate_candidates(probabilities, given, trusted_probabilities, trusted_lab
         "#(margin < 0)": float((label_issues.label_margin(probabilities, given) < 0).sum()),
         "sum of 1 − p(given)": float((1 - probabilities[rows, given]).sum()),
         "GLC, the model's own probabilities on the trusted set": float(
-            wrong_count._wrong_per_given_label(own, counts).sum()
+            wrong_count.wrong_per_given_label(own, counts).sum()
         ),
         "GLC, probe of the given labels (used where the model learned wrong labels)": count_if[
             "learned"
@@ -503,24 +550,35 @@ def _lowest(score, k):
     return flagged
 
 
-def evaluate(setting):
-    """Runs what is missing for `setting` and returns its metrics dict (None if unfinished)."""
+# The cleanlab rows: metrics key, fold directory, whether the folds train on the trusted set too.
+CLEANLAB_VARIANTS = (("cleanlab", "ce", False), ("cleanlab_trusted", "ce_trusted", True))
+
+
+def evaluate(setting, seed):
+    """Runs what is missing for `setting` with `seed` and returns its metrics dict (None if
+    unfinished)."""
     import keras
 
     from gdw_tf.labels import label_issues
     from gdw_tf.labels import wrong_count
 
-    setting_dir = os.path.join(FLAGS.runs_dir, setting)
+    setting_dir = seed_dir(setting, seed)
     gdw_dir = os.path.join(setting_dir, "gdw")
     if setting in INSTANCE_RATIOS and not FLAGS.report_only:
-        write_instance_noise_data(setting, os.path.join(setting_dir, "data"))
-    if not FLAGS.report_only and not run_gdw(setting, gdw_dir):
+        write_instance_noise_data(setting, os.path.join(setting_dir, "data"), seed=seed)
+    if not FLAGS.report_only and not run_gdw(setting, gdw_dir, seed):
         return None
     if not os.path.exists(os.path.join(gdw_dir, "results.json")):
         return None
-    problem = Problem(setting, gdw_dir)
+    problem = Problem(setting, gdw_dir, seed)
     if FLAGS.train_only:
-        run_ce_folds(problem, os.path.join(setting_dir, "ce"), FLAGS.folds)
+        for _, directory, with_trusted in CLEANLAB_VARIANTS:
+            run_ce_folds(
+                problem,
+                os.path.join(setting_dir, directory),
+                FLAGS.folds,
+                with_trusted=with_trusted,
+            )
         return None
     with open(os.path.join(gdw_dir, "results.json")) as file:
         results = json.load(file)
@@ -582,29 +640,38 @@ def evaluate(setting):
         probabilities, problem, weights, candidate_estimates, truth
     )
 
-    # cleanlab on K-fold out-of-fold probabilities of the same backbone trained with CE.
+    # cleanlab on K-fold out-of-fold probabilities of the same backbone trained with CE, on the
+    # noisy training set alone and with the trusted set added to each fold.
     if FLAGS.report_only and not all(
-        os.path.exists(os.path.join(setting_dir, "ce", f"fold{k}.npz")) for k in range(FLAGS.folds)
+        os.path.exists(os.path.join(setting_dir, directory, f"fold{k}.npz"))
+        for _, directory, _ in CLEANLAB_VARIANTS
+        for k in range(FLAGS.folds)
     ):
         return None
     import cleanlab.filter
     import cleanlab.rank
 
-    out_of_fold, seconds = run_ce_folds(problem, os.path.join(setting_dir, "ce"), FLAGS.folds)
-    start = time.perf_counter()
     given = problem.given
-    flagged = cleanlab.filter.find_label_issues(given, out_of_fold)
-    quality = cleanlab.rank.get_label_quality_scores(given, out_of_fold)
-    cleanlab_metrics = detection(flagged, quality, out_of_fold.argmax(axis=1), problem)
-    cleanlab_metrics["seconds"] = seconds + time.perf_counter() - start
+    cleanlab_metrics = {}
+    for key, directory, with_trusted in CLEANLAB_VARIANTS:
+        out_of_fold, seconds = run_ce_folds(
+            problem, os.path.join(setting_dir, directory), FLAGS.folds, with_trusted=with_trusted
+        )
+        start = time.perf_counter()
+        flagged = cleanlab.filter.find_label_issues(given, out_of_fold)
+        quality = cleanlab.rank.get_label_quality_scores(given, out_of_fold)
+        cleanlab_metrics[key] = detection(flagged, quality, out_of_fold.argmax(axis=1), problem)
+        cleanlab_metrics[key]["seconds"] = seconds + time.perf_counter() - start
     metrics = {
         "setting": setting,
-        "train_flags": train_flags(setting, gdw_dir)[:-1],
+        "seed": seed,
+        "train_flags": train_flags(setting, gdw_dir, seed)[:-1],
         "num_train": int(len(given)),
         "realised_noise_rate": float(problem.wrong.mean()),
         "true_wrong": int(problem.wrong.sum()),
         "gdw_tf": gdw,
-        "cleanlab": cleanlab_metrics,
+        **cleanlab_metrics,
+        "num_trusted": int(len(problem.y_trusted)),
         "folds": FLAGS.folds,
         "candidate_estimates": candidate_estimates,
         "candidate_score_auroc": candidate_aurocs,
@@ -624,63 +691,100 @@ def evaluate(setting):
     return metrics
 
 
-def markdown(all_metrics):
-    """The results and the candidates as Markdown tables."""
+# The detection metrics of a method and their formats in the table.
+METRIC_FORMATS = (
+    ("auroc", ".3f"),
+    ("precision", ".3f"),
+    ("recall", ".3f"),
+    ("f1", ".3f"),
+    ("flagged", ",.0f"),
+    ("suggested_accuracy_on_wrong", ".3f"),
+)
+
+
+def mean_sd(values, spec):
+    """`values`' mean ± sample standard deviation, each formatted by `spec` (the mean alone for
+    one value)."""
+    values = np.asarray(values, np.float64)
+    if len(values) == 1:
+        return format(values[0], spec)
+    return f"{values.mean():{spec}} ± {values.std(ddof=1):{spec.lstrip('+')}}"
+
+
+def markdown(all_runs):
+    """The results and the candidates as Markdown tables: `all_runs` holds, per setting, the
+    metrics of each seed; a cell is their mean ± sd."""
+    seeds = ", ".join(str(m["seed"]) for m in all_runs[0])
     lines = [
+        f"Seeds {seeds}; each cell the mean ± sample standard deviation over them.",
+        "",
         "| setting (realised noise) | method | AUROC | precision | recall | F1 | flagged "
         "| suggested label right on wrong | wall time |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for m in all_metrics:
-        for method, name in (
-            ("gdw_tf", "gdw_tf (GDW, 1 run)"),
-            ("cleanlab", f"cleanlab ({m['folds']}-fold CE)"),
+    for runs in all_runs:
+        first = runs[0]
+        name = SETTING_NAMES.get(first["setting"], first["setting"])
+        noise = mean_sd([m["realised_noise_rate"] for m in runs], ".1%")
+        for method, label in (
+            ("gdw_tf", f"gdw_tf (GDW, 1 run, {first['num_trusted']:,} trusted labels)"),
+            ("cleanlab", f"cleanlab ({first['folds']}-fold CE)"),
+            (
+                "cleanlab_trusted",
+                f"cleanlab + trusted labels ({first['folds']}-fold CE, the "
+                f"{first['num_trusted']:,} trusted labels in each fold)",
+            ),
         ):
-            r = m[method]
+            cell = {
+                key: mean_sd([m[method][key] for m in runs], spec) for key, spec in METRIC_FORMATS
+            }
+            minutes = mean_sd([m[method]["seconds"] / 60 for m in runs], ".1f")
             lines.append(
-                f"| {SETTING_NAMES.get(m['setting'], m['setting'])} "
-                f"({m['realised_noise_rate']:.1%}) | {name} | {r['auroc']:.3f} | "
-                f"{r['precision']:.3f} | {r['recall']:.3f} | **{r['f1']:.3f}** | "
-                f"{r['flagged']:,} | {r['suggested_accuracy_on_wrong']:.3f} | "
-                f"{r['seconds'] / 60:.1f} min |"
+                f"| {name} ({noise}) | {label} | {cell['auroc']} | {cell['precision']} | "
+                f"{cell['recall']} | **{cell['f1']}** | {cell['flagged']} | "
+                f"{cell['suggested_accuracy_on_wrong']} | {minutes} min |"
             )
     lines += [
         "",
-        "| setting | truly wrong | estimated (95% interval) | error | the model rejected or "
-        "learned the wrong labels (share rejected) | test accuracy (GDW) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| setting | truly wrong | estimated | error | 95% interval holds the truth | the model "
+        "rejected or learned the wrong labels (share rejected) | test accuracy (GDW) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for m in all_metrics:
-        r = m["gdw_tf"]
-        low, high = r["estimated_wrong_interval"]
-        lines.append(
-            f"| {SETTING_NAMES.get(m['setting'], m['setting'])} | {m['true_wrong']:,} | "
-            f"{r['estimated_wrong']:,.0f} ({low:,.0f}–{high:,.0f}) | "
-            f"{r['estimated_wrong'] / m['true_wrong'] - 1:+.1%} | "
-            f"{'learned' if r['model_learned_wrong_labels'] else 'rejected'} "
-            f"({r['rejected_share']:.2f}) | {r['test_accuracy']:.4f} |"
+    for runs in all_runs:
+        gdw = [m["gdw_tf"] for m in runs]
+        truth = [m["true_wrong"] for m in runs]
+        covered = sum(
+            low <= m["true_wrong"] <= high
+            for m in runs
+            for low, high in [m["gdw_tf"]["estimated_wrong_interval"]]
         )
-    estimates = all_metrics[0]["candidate_estimates"]
+        learned = sum(r["model_learned_wrong_labels"] for r in gdw)
+        lines.append(
+            f"| {SETTING_NAMES.get(runs[0]['setting'], runs[0]['setting'])} | "
+            f"{mean_sd(truth, ',.0f')} | {mean_sd([r['estimated_wrong'] for r in gdw], ',.0f')} | "
+            f"{mean_sd([r['estimated_wrong'] / t - 1 for r, t in zip(gdw, truth)], '+.1%')} | "
+            f"{covered}/{len(runs)} | rejected {len(runs) - learned}, learned {learned} "
+            f"({mean_sd([r['rejected_share'] for r in gdw], '.2f')}) | "
+            f"{mean_sd([r['test_accuracy'] for r in gdw], '.4f')} |"
+        )
     lines += _by_setting(
-        "candidate estimate of the number wrong (error)",
-        all_metrics,
+        "candidate estimate of the number wrong: error",
+        all_runs,
         {
-            name: lambda m, name=name: (
-                f"{m['candidate_estimates'][name]:,.0f} "
-                f"({m['candidate_estimates'][name] / m['true_wrong'] - 1:+.1%})"
+            name: lambda runs, name=name: mean_sd(
+                [m["candidate_estimates"][name] / m["true_wrong"] - 1 for m in runs], "+.1%"
             )
-            for name in estimates
+            for name in all_runs[0][0]["candidate_estimates"]
         },
     )
-    sizes = set.intersection(*(set(m["smaller_trusted_sets"]) for m in all_metrics))
+    sizes = set.intersection(*(set(m["smaller_trusted_sets"]) for r in all_runs for m in r))
     lines += _by_setting(
-        "estimate's error with fewer trusted examples per class (5 draws: mean, range)",
-        all_metrics,
+        f"estimate's error with fewer trusted examples per class ({TRUSTED_DRAWS} draws per "
+        "seed: mean, range)",
+        all_runs,
         {
-            f"{per_class} per class": lambda m, per_class=per_class: (
-                f"{np.mean(m['smaller_trusted_sets'][per_class]):+.1%} "
-                f"({min(m['smaller_trusted_sets'][per_class]):+.1%} to "
-                f"{max(m['smaller_trusted_sets'][per_class]):+.1%})"
+            f"{per_class} per class": lambda runs, per_class=per_class: _mean_and_range(
+                [e for m in runs for e in m["smaller_trusted_sets"][per_class]]
             )
             for per_class in sorted(sizes)
         },
@@ -691,27 +795,31 @@ def markdown(all_metrics):
     ):
         lines += _by_setting(
             title,
-            all_metrics,
+            all_runs,
             {
-                name: lambda m, key=key, name=name: f"{m[key][name]:.4f}"
-                for name in all_metrics[0][key]
+                name: lambda runs, key=key, name=name: mean_sd([m[key][name] for m in runs], ".4f")
+                for name in all_runs[0][0][key]
             },
         )
     return "\n".join(lines)
 
 
-def _by_setting(title, all_metrics, rows):
+def _mean_and_range(errors):
+    return f"{np.mean(errors):+.1%} ({min(errors):+.1%} to {max(errors):+.1%})"
+
+
+def _by_setting(title, all_runs, rows):
     """A Markdown table (preceded by a blank line) with a column per setting: a row per entry
-    of `rows`, its name and its cells (`rows[name](metrics)` for each setting's metrics)."""
+    of `rows`, its name and its cells (`rows[name](runs)` for each setting's runs)."""
     lines = [
         "",
         f"| {title} | "
-        + " | ".join(SETTING_NAMES.get(m["setting"], m["setting"]) for m in all_metrics)
+        + " | ".join(SETTING_NAMES.get(r[0]["setting"], r[0]["setting"]) for r in all_runs)
         + " |",
-        "| --- |" + " --- |" * len(all_metrics),
+        "| --- |" + " --- |" * len(all_runs),
     ]
     for name, cell in rows.items():
-        lines.append(f"| {name} | " + " | ".join(cell(m) for m in all_metrics) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell(runs) for runs in all_runs) + " |")
     return lines
 
 
@@ -720,11 +828,11 @@ def main(argv):
     os.chdir(REPO)
     finished = []
     for setting in FLAGS.settings:
-        metrics = evaluate(setting)
-        if metrics is None:
+        runs = [evaluate(setting, int(seed)) for seed in FLAGS.seeds]
+        if any(metrics is None for metrics in runs):
             print(f"{setting}: not finished", flush=True)
         else:
-            finished.append(metrics)
+            finished.append(runs)
     if finished:
         print(markdown(finished))
 

@@ -36,7 +36,6 @@ from absl import app
 from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 CHROMIUM = "/usr/bin/chromium"
 STARTS = {
@@ -72,8 +71,7 @@ def train(run_dir, setting, start, extra=()):
             f"--output_dir={run_dir}",
         ]
         print(" ".join(command[1:]), flush=True)
-        env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        subprocess.run(command, check=True, env=env)
+        subprocess.run(command, check=True)
     with open(results) as file:
         return json.load(file)
 

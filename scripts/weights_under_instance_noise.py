@@ -2,10 +2,11 @@
 `docs/LABEL_ISSUES.md`, "What the weights say").
 
     nice python scripts/weights_under_instance_noise.py --setting=instance_35 \
-        --runs_dir=runs/label_issues_benchmark
+        --runs_dir=runs/label_issues_benchmark --seeds=0
 
-Reruns the benchmark's GDW run of `--setting` (same flags, data of `<runs_dir>/<setting>/data`,
-or of the injected settings' protocol) into `<runs_dir>/<setting>/weights_by_epoch/`, and after
+Reruns the benchmark's GDW run of `--setting` with the first of `--seeds` (same flags, data of
+`<runs_dir>/<setting>/seed<k>/data`, or of the injected settings' protocol) into
+`<runs_dir>/<setting>/seed<k>/weights_by_epoch/`, and after
 every epoch records, for the training set: the instance weight and GDW's weight ω¹ on the given
 label as last recorded (each example's most recent step), the loss −log p(given) of the model in
 inference mode, and the weight net's curve v(ℓ). Prints per epoch the AUROC of each for "the
@@ -31,17 +32,13 @@ matches what training did).
 
 import json
 import os
-import sys
 
+import label_issues_benchmark as benchmark  # beside this script, whose folder Python searches
 import numpy as np
 from absl import app
 from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-
-import label_issues_benchmark as benchmark  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("setting", "instance_35", "A setting of scripts/label_issues_benchmark.py.")
@@ -120,12 +117,13 @@ def main(argv):
     from gdw_tf.runs import run as run_lib
 
     os.chdir(REPO)
-    setting_dir = os.path.join(FLAGS.runs_dir, FLAGS.setting)
-    problem = benchmark.Problem(FLAGS.setting, os.path.join(setting_dir, "gdw"))
+    seed = int(FLAGS.seeds[0])
+    setting_dir = benchmark.seed_dir(FLAGS.setting, seed)
+    problem = benchmark.Problem(FLAGS.setting, os.path.join(setting_dir, "gdw"), seed)
     output_dir = os.path.join(setting_dir, "weights_by_epoch")
     values = flags.FlagValues()
     config_lib.define_flags(values)
-    values(["weights", *benchmark.train_flags(FLAGS.setting, output_dir)])
+    values(["weights", *benchmark.train_flags(FLAGS.setting, output_dir, seed)])
     config = config_lib.Config.from_flags(values)
     from gdw_tf.data import input_pipeline
 

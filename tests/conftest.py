@@ -39,6 +39,39 @@ if keras.backend.backend() == "jax":
     getattr(keras_dtypes, "BIT64_TO_BIT32_DTYPE", {})["float64"] = "float64"
 
 
+# The Debian packages some tests need, by the file each installs. `.ci/run` installs them.
+DEBIAN_PACKAGES = {
+    "dataset-fashion-mnist": "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz",
+    "chromium": "/usr/bin/chromium",
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "needs_debian(package): the test needs a Debian package of DEBIAN_PACKAGES; without "
+        "it the test skips, or fails under CI (CI=true)",
+    )
+
+
+def require_debian_package(package):
+    """Skips the calling test if Debian's `package` is not installed; under CI (`CI` set and
+    not false), fails it instead, so that CI never passes without running it."""
+    if os.path.exists(DEBIAN_PACKAGES[package]):
+        return
+    message = f"needs Debian's {package} ({DEBIAN_PACKAGES[package]}): apt-get install {package}"
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"CI: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """`@pytest.mark.needs_debian(package)`: `require_debian_package(package)` before the test."""
+    for marker in item.iter_markers("needs_debian"):
+        require_debian_package(*marker.args)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_clean():
     """Each test starts from the same seeds and a fresh Keras session."""

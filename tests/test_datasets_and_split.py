@@ -391,12 +391,7 @@ def test_an_explicit_data_dir_without_fashion_mnist_is_refused_naming_the_missin
     assert "\n" not in message
 
 
-@pytest.mark.skipif(
-    not os.path.isfile(
-        os.path.join(datasets.DEBIAN_FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz")
-    ),
-    reason="Debian's dataset-fashion-mnist is not installed",
-)
+@pytest.mark.needs_debian("dataset-fashion-mnist")
 def test_real_fashion_mnist_from_the_debian_package():
     x_train, y_train, x_test, y_test, num_classes = datasets.load_fashion_mnist_idx(
         datasets.DEBIAN_FASHION_MNIST_DIR

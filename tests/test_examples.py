@@ -53,15 +53,3 @@ def test_split_trusted_gives_a_balanced_meta_set_and_the_rest_for_validation(own
     meta_rows = {row.tobytes() for row in x_meta}
     val_rows = {row.tobytes() for row in x_val}
     assert meta_rows | val_rows == trusted_rows and not meta_rows & val_rows
-
-
-def test_image_data_falls_back_to_synthetic_images(own_data, monkeypatch):
-    def unavailable(name, data_dir=None):
-        raise ValueError(f"{name} is not installed")
-
-    monkeypatch.setattr(own_data.datasets, "load_dataset", unavailable)
-    noisy = own_data.make_image_data(classes=(0, 2, 5), num_train=90, num_trusted=30, num_test=20)
-
-    assert noisy.num_classes == 3
-    assert noisy.x_train.shape == (90, 28, 28, 1) and noisy.x_test.shape == (20, 28, 28, 1)
-    assert set(np.unique(np.concatenate([noisy.y_trusted, noisy.y_test]))) <= {0, 1, 2}

@@ -4,8 +4,6 @@ import csv
 import html.parser
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -475,57 +473,6 @@ def test_training_run_writes_label_issues_and_a_report(tmp_path):
     assert {"Accuracy per epoch", "Estimated label noise", "Weight against loss"} <= set(
         parsed.sections
     )
-
-
-# --------------------------------------------------------------------------------------------
-# scripts/label_issues_benchmark.py, tiny
-
-
-@pytest.mark.slow
-def test_benchmark_script_scores_both_methods_against_the_truth_and_resumes(tmp_path):
-    pytest.importorskip("cleanlab")
-    pytest.importorskip("sklearn")
-
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    args = [
-        sys.executable,
-        os.path.join(repo, "scripts", "label_issues_benchmark.py"),
-        f"--runs_dir={tmp_path}",
-        "--settings=flip_40",
-        "--folds=2",
-        "--train_flag=--epochs=1",
-        "--train_flag=--max_train_examples=1200",
-        "--train_flag=--max_test_examples=200",
-        "--train_flag=--num_meta=200",
-    ]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
-    first = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
-
-    with open(tmp_path / "flip_40" / "metrics.json") as file:
-        metrics = json.load(file)
-    split = split_lib.Split.load(str(tmp_path / "flip_40" / "gdw" / "split.npz"))
-    assert metrics["num_train"] == len(split.train_indices) == 1000
-    # gdw_tf's figures are those of the run's own label_issues.csv against the true labels.
-    table = label_issues.read_label_issues_csv(
-        str(tmp_path / "flip_40" / "gdw" / "label_issues.csv")
-    )
-    position = np.searchsorted(split.train_indices, np.array(table["id"], np.int64))
-    flagged = np.array(table["flagged"]) == "1"
-    wrong = split.train_corrupted[position]
-    hits = int((flagged & wrong).sum())
-    assert metrics["gdw_tf"]["flagged"] == int(flagged.sum())
-    assert metrics["gdw_tf"]["precision"] == pytest.approx(hits / flagged.sum())
-    assert metrics["gdw_tf"]["recall"] == pytest.approx(hits / wrong.sum())
-    for method in ("gdw_tf", "cleanlab"):
-        assert 0.0 <= metrics[method]["f1"] <= 1.0 and metrics[method]["seconds"] > 0
-    assert "| flip 40% (" in first.stdout and "cleanlab (2-fold CE)" in first.stdout
-
-    # Run again: the GDW run and both folds are found and not trained again.
-    again = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "flip_40 gdw: done, skipped" in again.stdout
-    assert "fold 0:" not in again.stdout
 
 
 # --------------------------------------------------------------------------------------------

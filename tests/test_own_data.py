@@ -771,12 +771,7 @@ def test_automatic_trusted_set_on_real_digits_is_pure(tmp_path, digits):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.path.isfile(
-        os.path.join(datasets.DEBIAN_FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz")
-    ),
-    reason="Debian's dataset-fashion-mnist is not installed",
-)
+@pytest.mark.needs_debian("dataset-fashion-mnist")
 def test_automatic_trusted_set_on_the_benchmark_reports_its_purity(tmp_path):
     run_dir = str(tmp_path / "run")
     train_main(

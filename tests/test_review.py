@@ -401,8 +401,6 @@ def test_corrections_with_an_unknown_id_stop_the_run_before_training(tmp_path, c
 
 
 def _browser(playwright):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt install chromium)")
     return playwright.chromium.launch(
         executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
     )
@@ -478,6 +476,7 @@ TINY_LOOP = [
 
 
 @pytest.mark.slow
+@pytest.mark.needs_debian("chromium")
 def test_review_in_chromium_then_train_with_the_corrections(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     first, second = str(tmp_path / "first"), str(tmp_path / "second")
@@ -553,6 +552,7 @@ def test_review_in_chromium_then_train_with_the_corrections(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.needs_debian("chromium")
 def test_twelve_classes_by_number_and_hostile_names_shown_as_text_in_chromium(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     names = [f"<b>c{k}</b> & co" for k in range(12)]
@@ -612,10 +612,9 @@ def test_correct_split_of_own_data_without_a_trusted_set():
 
 
 @pytest.mark.slow
+@pytest.mark.needs_debian("chromium")
 def test_review_loop_benchmark_script_tiny(tmp_path):
     pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM}")
     import subprocess
     import sys
 

@@ -12,13 +12,7 @@ from conftest import REPO
 
 SCRIPT = os.path.join(REPO, "scripts", "fashion_mnist_study.py")
 
-pytestmark = pytest.mark.skipif(
-    not any(
-        os.path.isdir(os.path.expanduser(d))
-        for d in ("/usr/share/datasets/fashion-mnist", "~/.keras/datasets/fashion-mnist")
-    ),
-    reason="needs Fashion-MNIST offline (Debian's dataset-fashion-mnist)",
-)
+pytestmark = pytest.mark.needs_debian("dataset-fashion-mnist")
 
 
 def _study(tmp_path, *extra):

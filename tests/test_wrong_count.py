@@ -540,8 +540,8 @@ def test_benchmark_writes_instance_dependent_fashion_mnist_and_trains_on_it_as_a
         flags.FLAGS.unparse_flags()
         required = ["--output_dir=unused"] if "output_dir" in flags.FLAGS else []
         flags.FLAGS(["benchmark", *required])
-        run_flags = benchmark.train_flags("instance_20", str(tmp_path / "instance_20" / "gdw"))
+        run_flags = benchmark.train_flags("instance_20", str(tmp_path / "instance_20" / "gdw"), 1)
     assert f"--train_data={data_dir}/train.npz" in run_flags
     assert f"--trusted_data={data_dir}/trusted.npz" in run_flags
-    assert "--lr=0.02" in run_flags and "--model=mlp" in run_flags
+    assert "--lr=0.02" in run_flags and "--model=mlp" in run_flags and "--seed=1" in run_flags
     assert not [f for f in run_flags if f.split("=")[0] in ("--dataset", "--noise", "--num_meta")]

@@ -317,8 +317,8 @@ def estimate_wrong_labels(
     glc = _class_means(given_on_trusted, rows)
     deblurred = _deblurred(glc, _class_means(truth_on_trusted, rows))
     count_if = {
-        "rejected": float(_wrong_per_given_label(deblurred, counts).sum()),
-        "learned": float(_wrong_per_given_label(glc, counts).sum()),
+        "rejected": float(wrong_per_given_label(deblurred, counts).sum()),
+        "learned": float(wrong_per_given_label(glc, counts).sum()),
     }
     # Did the model reject the wrong labels? Then it disagrees with about as many given labels
     # as GLC counts wrong (a little more or less: its own mistakes, GLC's blur).
@@ -332,13 +332,13 @@ def estimate_wrong_labels(
         return glc if learned else _deblurred(glc, _class_means(truth_on_trusted, rows))
 
     matrix = glc if learned else deblurred
-    wrong = _wrong_per_given_label(matrix, counts)
+    wrong = wrong_per_given_label(matrix, counts)
     interval = per_given_label_interval = None
     if bootstrap:
         rng = np.random.default_rng(seed)
         draws = np.stack(
             [
-                _wrong_per_given_label(
+                wrong_per_given_label(
                     matrix_of([rng.choice(r, len(r), replace=True) for r in rows]), counts
                 )
                 for _ in range(bootstrap)
@@ -466,7 +466,18 @@ def _deblurred(glc, confusion):
     return np.where(sums > 0, matrix / np.where(sums > 0, sums, 1.0), glc)
 
 
-def _wrong_per_given_label(matrix, counts):
+def wrong_per_given_label(matrix, counts):
+    """The number of wrong labels among the examples given each label (step 4 of the estimate).
+
+    Args:
+      matrix: `[C, C]` transition matrix, row `k` the distribution of the labels given to
+        examples of true class `k`.
+      counts: `[C]` number of training examples given each label.
+
+    Returns:
+      `[C]`: `n_given,j − n_true,j · matrix[j, j]`, clipped to `[0, n_given,j]`, where `n_true`
+      solves `matrixᵀ n_true = n_given` (the given counts where that has no valid solution).
+    """
     true_sizes = _true_sizes(matrix, counts)
     return np.clip(counts - true_sizes * np.diag(matrix), 0.0, counts)
 
