@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import require_debian_package
 from conftest import train_main
 from conftest import write_png
 
@@ -287,8 +288,7 @@ def test_class_names_that_are_their_own_indices_are_not_ambiguous(tmp_path):
 
 
 def _browser(playwright):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt install chromium)")
+    require_debian_package("chromium")
     return playwright.chromium.launch(
         executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
     )
