@@ -545,3 +545,42 @@ def test_benchmark_writes_instance_dependent_fashion_mnist_and_trains_on_it_as_a
     assert f"--trusted_data={data_dir}/trusted.npz" in run_flags
     assert "--lr=0.02" in run_flags and "--model=mlp" in run_flags and "--seed=1" in run_flags
     assert not [f for f in run_flags if f.split("=")[0] in ("--dataset", "--noise", "--num_meta")]
+
+
+def test_the_report_describes_the_score_and_suggestion_as_computed():
+    """Where the flags are cut at the estimate, the score is the truth probe's margin and a
+    flagged example is never suggested its given label; the report says so, and quotes no
+    benchmark figure of its own."""
+    from gdw_tf.pages import report
+
+    probabilities, given, _ = _learned_instance_noise(4000, seed=2, memorised=0.3)
+    trusted_probabilities, _, trusted_true = _learned_instance_noise(300, seed=3)
+    issues = label_issues.rank_label_issues(
+        probabilities,
+        given,
+        trusted_probabilities=trusted_probabilities,
+        trusted_labels=trusted_true,
+    )
+    assert issues.estimate.flags_cut_at_estimate
+    truth = wrong_count.truth_probabilities(
+        probabilities,
+        trusted_probabilities,
+        trusted_true,
+        l2=issues.estimate.truth_probe_l2,
+    )
+    np.testing.assert_allclose(
+        issues.score, label_issues.label_margin(truth, given)[issues.position], atol=1e-6
+    )
+    flagged = issues.flagged
+    assert flagged.any() and (issues.suggested_label[flagged] != issues.given_label[flagged]).all()
+
+    page = report.render_report(issues)
+    assert "a probe fitted on the trusted set" in page
+    assert "under that probe" in page and "under the trained model" not in page
+    assert "likeliest class other than the given one" in page
+    assert "may keep its given label" not in page
+    automatic = dataclasses.replace(
+        issues, estimate=dataclasses.replace(issues.estimate, trusted_source="auto")
+    )
+    assert "20,619" not in report.render_report(automatic)
+    assert "docs/LABEL_ISSUES.md" in automatic.estimate.rests_on()

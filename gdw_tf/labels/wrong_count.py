@@ -157,9 +157,9 @@ class WrongLabelEstimate:
             return (
                 f"an automatic trusted set of {self.num_trusted:,} examples chosen from the "
                 "noisy data by a warm-up model (--trusted_data=auto): their labels are assumed "
-                "right, and they are the examples that model found easiest, so the estimate "
-                "reads the noise on the clearest examples and undercounts the wrong labels (47 "
-                "for 20,619 on the instance-dependent 35% benchmark); the flags are therefore "
+                "right, and they are examples that model found easy, so the estimate reads the "
+                "noise on the clearest examples and undercounts the wrong labels (by how much: "
+                'docs/LABEL_ISSUES.md, "Automatic trusted set"); the flags are therefore '
                 "score < 0"
             )
         trusted = (

@@ -125,13 +125,15 @@ def _summary(run_config, config, history, issues, truth, review_page=None):
     )
     if estimate is not None and estimate.flags_cut_at_estimate:
         rule = (
-            "The <b>score</b> of an example is p(given) − max<sub>other</sub> p under the "
-            "trained model (lower = more suspicious); the <b>suggested</b> label is the model's "
-            "most probable class. The number of wrong labels of each given label was estimated "
-            "with the trusted set (Gold Loss Correction's estimate of the noise, Hendrycks et "
-            "al. 2018; the interval: bootstrap of the trusted set), and that many of its lowest "
-            "scores are <b>flagged</b>, so a flagged example may keep its given label as the "
-            "suggestion (a wrong label the model learned). The estimate rests on "
+            "The model learned wrong labels, so its own probabilities back them: a probe fitted "
+            "on the trusted set turns the model's outputs into probabilities p of the true "
+            "class. The <b>score</b> of an example is p(given) − max<sub>other</sub> p under "
+            "that probe (lower = more suspicious). The number of wrong labels of each given "
+            "label was estimated with the trusted set (Gold Loss Correction's estimate of the "
+            "noise, Hendrycks et al. 2018; the interval: bootstrap of the trusted set), and that "
+            "many of its lowest scores are <b>flagged</b>. The <b>suggested</b> label of a "
+            "flagged example is its likeliest class other than the given one; of the others, "
+            "the likeliest class. The estimate rests on "
             f"{html.escape(estimate.rests_on())}. The full ranked table is "
             "<code>label_issues.csv</code>."
         )
