@@ -54,7 +54,7 @@ def unread_images(paths) -> str:
         if extension in UNREAD_IMAGE_EXTENSIONS:
             found.setdefault(extension, []).append(path)
     return ", ".join(
-        f"{len(files)} {extension} file{'s' * (len(files) > 1)} ({files[0]})"
+        f"{len(files)} {extension} file{'s' * (len(files) > 1)} ({min(files)})"
         for extension, files in sorted(found.items())
     )
 
@@ -328,9 +328,9 @@ class StreamedImages:
                 list_skipped(self.skipped_list, new)
         for line in new:
             logging.warning(
-                "Skipped an image that became unreadable during the run: %s%s",
+                "Skipping an image that became unreadable during the run: %s%s",
                 line,
-                f" (listed in {self.skipped_list})" if self.skipped_list else "",
+                f" Listed in {self.skipped_list}." if self.skipped_list else "",
             )
         return np.int64(len(new))
 

@@ -38,8 +38,8 @@ def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_si
     index in the training split. With a meta set, the number of wrong labels is estimated with it
     (and the flags cut at it where the model learned many wrong labels:
     `label_issues.rank_label_issues`). Streamed images found unreadable during the run are left
-    out (they are listed in `skipped_files.txt`); the pass is made again without those found
-    unreadable in it."""
+    out (they are listed in `skipped_files.txt`), and the pass made again without any found
+    unreadable in it; `position` still indexes `x_train`."""
     train_ids = dataset.train_ids
     ids = split.train_indices if train_ids is None else np.asarray(train_ids)[split.train_indices]
     x_meta = dataset.x_train[split.meta_indices]
@@ -66,6 +66,8 @@ def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_si
         )
         if all(np.array_equal(image_files.readable(x), k) for x, k in zip((x_train, x_meta), kept)):
             break
+    if not kept[0].all():  # Positions in `x_train`, as the report's images take them.
+        issues.position = np.flatnonzero(kept[0])[issues.position]
     if issues.estimate is not None:
         issues.estimate["trusted_source"] = split.meta_source
     return issues
