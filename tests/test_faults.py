@@ -459,8 +459,10 @@ from absl import app
 from gdw_tf import train
 from gdw_tf.runs import callbacks
 
+step = int(sys.argv[1])  # Pauses after optimizer step `step`.
+
 def on_train_batch_end(self, batch, logs=None):
-    if int(self.model.optimizer.iterations.numpy()) == int(sys.argv[1]):
+    if int(self.model.optimizer.iterations.numpy()) == step:
         print("paused", flush=True)
         sys.stdin.readline()  # Until killed.
 callbacks._ReplayDataOrder.on_train_batch_end = on_train_batch_end
