@@ -17,7 +17,11 @@ alpha dropped, resized bilinearly (rounded back to uint8) when its size is not t
 
 `scan` finds the unreadable files of a list before training, in one parallel pass that decodes
 every file (`tf.data`, all cores), and records each image's channels and size; its result can
-be cached in the run directory so a resumed run does not pay for it again.
+be cached in the run directory so a resumed run does not pay for it again. An image that
+becomes unreadable later (deleted, truncated, on a share that hiccups) is left out by
+`StreamedImages.decode_batch`, which the input pipeline decodes with, and listed
+(`list_skipped`, the run directory's `skipped_files.txt`). Files in an image format that is not
+read (`.tif`, `.heic`, ...: `UNREAD_IMAGE_EXTENSIONS`) are named as such (`unread_images`).
 """
 
 import dataclasses
@@ -273,11 +277,12 @@ class StreamedImages:
         return tf.ensure_shape(image, self.shape[1:])
 
     def decode_batch(self, keys, *columns, transform=None):
-        """Decodes a batch of keys, each image on its own (a parallel map), without failing on
-        the images that cannot be read (a file deleted, truncated, on a share that is gone).
+        """Decodes a batch of keys without failing on the images that cannot be read (a file
+        deleted, truncated, on a share that is gone): those are left out, and recorded in
+        `unreadable` (and appended to `skipped_list`, with a warning line) the first time.
 
-        Such an image is a zero image and not `ok`; it is recorded in `unreadable` (and
-        appended to `skipped_list`, with a warning line) the first time.
+        The images are decoded one after the other (the pipeline decodes several batches at
+        once), in a `tf.data` map under `ignore_errors`.
 
         Args:
           keys: a batch of keys (rows of `keys`), a tensor.
@@ -286,7 +291,8 @@ class StreamedImages:
             random crop); it keeps the image's shape and dtype.
 
         Returns:
-          `(images, ok)`: uint8 `[n, height, width, channels]` and bool `[n]`.
+          `(images, ok)`: bool `[n]`, which keys were read, and their uint8 images
+          `[ok.sum(), height, width, channels]`, in order.
         """
         n = tf.shape(keys)[0]
 
@@ -295,16 +301,16 @@ class StreamedImages:
             return position, (image if transform is None else transform(image, *row))
 
         decoded = tf.data.Dataset.from_tensor_slices((tf.range(n), keys, *columns))
-        decoded = decoded.map(one, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
         none = tf.data.Dataset.from_tensors(
             (tf.zeros([0], tf.int32), tf.zeros([0, *self.shape[1:]], tf.uint8))
         )  # If no image could be read.
         positions, images = (
-            decoded.batch(tf.cast(tf.maximum(n, 1), tf.int64)).concatenate(none).take(1)
-        ).get_single_element()
-        positions = positions[:, None]
-        ok = tf.scatter_nd(positions, tf.ones_like(positions[:, 0], tf.bool), [n])
-        images = tf.scatter_nd(positions, images, tf.concat([[n], self.shape[1:]], 0))
+            (decoded.map(one).ignore_errors().batch(tf.cast(tf.maximum(n, 1), tf.int64)))
+            .concatenate(none)
+            .take(1)
+            .get_single_element()
+        )
+        ok = tf.scatter_nd(positions[:, None], tf.ones_like(positions, tf.bool), [n])
         tf.cond(
             tf.reduce_all(ok),
             lambda: tf.constant(0, tf.int64),

@@ -267,7 +267,7 @@ def _decoded(x, columns, augment):
         images, ok = x.decode_batch(columns[0], pairs, transform=random_crop_and_flip)
     else:
         images, ok = x.decode_batch(columns[0])
-    return tuple(tf.boolean_mask(column, ok) for column in (images, *columns[1:]))
+    return (images, *(tf.boolean_mask(column, ok) for column in columns[1:]))
 
 
 def eval_dataset(
@@ -292,9 +292,10 @@ def eval_dataset(
 
         def decoded(keys, labels):
             images, ok = x.decode_batch(keys)
-            if aligned:
-                return images, labels
-            return tf.boolean_mask(images, ok), tf.boolean_mask(labels, ok)
+            if aligned:  # A zero image in each row that could not be read.
+                shape = tf.concat([tf.shape(ok, out_type=tf.int64), x.shape[1:]], 0)
+                return tf.scatter_nd(tf.where(ok), images, shape), labels
+            return images, tf.boolean_mask(labels, ok)
 
         dataset = tf.data.Dataset.from_tensor_slices((x.keys, np.asarray(y, np.int64)))
         dataset = dataset.batch(batch_size).map(decoded, num_parallel_calls=tf.data.AUTOTUNE)
