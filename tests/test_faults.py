@@ -20,6 +20,8 @@ import tensorflow as tf
 from conftest import REPO
 from conftest import TINY_FASHION_MNIST
 from conftest import backbone_weights
+from conftest import prepare_tfds_images
+from conftest import random_sized_images
 from conftest import read_json
 from conftest import train_main
 from conftest import write_png
@@ -28,6 +30,7 @@ import gdw_tf
 from gdw_tf.data import image_files
 from gdw_tf.data import input_pipeline
 from gdw_tf.data import own_data
+from gdw_tf.data import tfds_records
 from gdw_tf.nets import backbones
 from gdw_tf.runs import backup
 from gdw_tf.runs import callbacks
@@ -550,3 +553,29 @@ def test_image_files_in_formats_that_are_not_read_are_counted_and_named(tmp_path
     # A list that names one: the scan's reason says what it is.
     with pytest.raises(ValueError, match=r"0\.tif: a \.tif image, a format that is not read"):
         image_files.read_image(str(root / "c0" / "0.tif"))
+
+
+def test_tfds_records_cut_off_mid_run_are_left_out_and_named(tmp_path, caplog):
+    builder = prepare_tfds_images(
+        tmp_path / "tfds",
+        "cut_records",
+        {"train": random_sized_images(np.random.default_rng(4), 12)},
+        num_classes=3,
+    )
+    records, labels = tfds_records.split_records(builder, "train", image_size=8)
+    array = np.asarray(records)  # Decoded now, while the file is whole.
+    args = dict(batch_size=5, seed=1, augment=False, mean=[0.5] * 3, std=[0.25] * 3)
+    streamed = input_pipeline.train_dataset(records, labels, **args, with_index=True)
+    (file,) = records.files
+    os.truncate(file, int(records.keys[-3, 1]))  # The last three records are cut off.
+    batches = list(streamed.as_numpy_iterator())
+    assert len(batches) == 3  # As many as the 12 records make.
+    index = np.concatenate([batch[2] for batch in batches])
+    assert sorted(index) == list(range(9))
+    images = np.concatenate([batch[0] for batch in batches])
+    np.testing.assert_allclose(images, (array[index] / 255.0 - 0.5) / 0.25, atol=1e-5)
+    named = [r.getMessage() for r in caplog.records if "became unreadable" in r.getMessage()]
+    assert len(named) == 3  # Once each.
+    for i in (9, 10, 11):
+        assert any(f"{file}, record at byte {records.keys[i, 1]}: unreadable (" in m for m in named)
+    assert list(np.flatnonzero(~records.readable())) == [9, 10, 11]
