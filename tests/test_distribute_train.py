@@ -42,6 +42,7 @@ RUN_FILES = [
     "report.html",
     "results.json",
     "review.html",
+    "run.lock",
     "split.npz",
     "tensorboard",
 ]

@@ -4,25 +4,37 @@ Every fault ends either in a run that resumes to the weights, history and accura
 uninterrupted run, or in one line naming the problem, with the previous backup kept.
 """
 
+import csv
 import errno
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import REPO
 from conftest import TINY_FASHION_MNIST
 from conftest import backbone_weights
+from conftest import prepare_tfds_images
+from conftest import random_sized_images
 from conftest import read_json
 from conftest import train_main
+from conftest import write_png
 
 import gdw_tf
+from gdw_tf.data import image_files
+from gdw_tf.data import input_pipeline
+from gdw_tf.data import own_data
+from gdw_tf.data import tfds_records
 from gdw_tf.nets import backbones
 from gdw_tf.runs import backup
+from gdw_tf.runs import callbacks
+from gdw_tf.runs import lock
 from gdw_tf.runs import run_dir as run_dir_lib
 
 # Fashion-MNIST, 250 training examples in batches of 50: 5 steps an epoch, 3 epochs.
@@ -35,6 +47,8 @@ import errno, os, signal, sys
 import tensorflow as tf
 from absl import app
 from gdw_tf.runs import backup
+from gdw_tf.runs import callbacks
+from gdw_tf.runs import lock
 from gdw_tf.runs import callbacks
 from gdw_tf import train
 
@@ -299,3 +313,269 @@ def test_a_backup_of_another_model_is_refused_in_one_line(tmp_path):
     with pytest.raises(ValueError, match="does not fit this model") as error:
         callback.on_train_begin()
     assert "\n" not in str(error.value) and "move it away" in str(error.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Image files that go bad during a run
+
+
+def _damage(paths):
+    """Deletes `paths[0]`, truncates `paths[1]` to half and empties `paths[2]`."""
+    os.remove(paths[0])
+    os.truncate(paths[1], os.path.getsize(paths[1]) // 2)
+    os.truncate(paths[2], 0)
+
+
+def _png_files(root, count, rng, size=6):
+    """`count` RGB PNGs of `size` squares under `root`; their paths."""
+    paths = [os.path.join(root, f"{i:03d}.png") for i in range(count)]
+    for path in paths:
+        write_png(path, rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    return paths
+
+
+@pytest.mark.parametrize("shares", [None, 2])
+def test_images_unreadable_mid_run_are_left_out_of_their_batches_and_listed(
+    tmp_path, caplog, shares
+):
+    rng = np.random.default_rng(0)
+    paths = _png_files(str(tmp_path / "images"), 23, rng)
+    listed = str(tmp_path / "skipped_files.txt")
+    files = image_files.ImageFiles(paths, height=6, width=6, channels=3, skipped_list=listed)
+    array = np.asarray(files)  # Decoded now, while every file reads.
+    labels = rng.integers(0, 3, 23)
+    args = dict(batch_size=5, seed=3, augment=True, mean=[0.5] * 3, std=[0.25] * 3)
+    args["with_index"] = True
+    in_memory = input_pipeline.train_dataset(array, labels, **args)
+    contexts = [None] if shares is None else [tf.distribute.InputContext(2, i, 2) for i in (0, 1)]
+    streamed = [
+        input_pipeline.train_dataset(files, labels, **args, input_context=context)
+        for context in contexts
+    ]
+    iterators = [iter(dataset) for dataset in streamed]  # Epoch 1: every file read.
+    epoch_1 = [list(iterator) for iterator in iterators]
+    bad = [3, 11, 17]
+    _damage([paths[i] for i in bad])
+
+    for epoch in (epoch_1, None):  # Epoch 2 reads the damaged files.
+        if epoch is None:
+            epoch = [list(dataset.as_numpy_iterator()) for dataset in streamed]
+        expected = list(in_memory.as_numpy_iterator())
+        # As many batches (each pipeline yields its replica's share of each, in turn)...
+        assert all(len(batches) == len(expected) for batches in epoch)
+        for step, (images, _, index) in enumerate(expected):
+            got = [batches[step] for batches in epoch]
+            got = [np.concatenate(columns) for columns in zip(*got, strict=True)]
+            # ...each without the rows of the files that could not be read.
+            keep = ~np.isin(index, bad) if epoch is not epoch_1 else np.ones(len(index), bool)
+            np.testing.assert_array_equal(got[2], index[keep])
+            np.testing.assert_allclose(got[0], images[keep], rtol=1e-6)
+    with open(listed) as file:
+        lines = file.read().splitlines()
+    lines.sort()  # In the order they were met.
+    assert [line.split(": ")[0] for line in lines] == [paths[i] for i in bad]
+    assert lines[0].endswith("no such image file.")
+    assert all("not a readable image" in line for line in lines[1:])
+    warnings = [r.getMessage() for r in caplog.records if "became unreadable" in r.getMessage()]
+    assert len(warnings) == 3  # Once per file, though met again in each pass.
+    assert list(np.flatnonzero(~files.readable())) == bad
+
+    # Evaluation leaves them out, or keeps their rows (zero images) aligned with the labels.
+    evaluated = list(input_pipeline.eval_dataset(files, labels, 10, [0.0] * 3, [1.0] * 3))
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in evaluated]), np.delete(labels, bad))
+    aligned = input_pipeline.eval_dataset(files, labels, 10, [0.0] * 3, [1.0] * 3, aligned=True)
+    images = np.concatenate([b[0] for b in aligned.as_numpy_iterator()])
+    np.testing.assert_allclose(images[bad], 0.0)
+    np.testing.assert_allclose(np.delete(images, bad, 0), np.delete(array, bad, 0) / 255.0)
+
+
+def _class_folders(root, rng, per_class, size=6):
+    """Folders `c0`, `c1`, `c2` of `per_class` PNGs whose brightness follows the class; the
+    paths in reading order."""
+    paths = []
+    for k in range(3):
+        for i in range(per_class):
+            paths.append(os.path.join(root, f"c{k}", f"{i:03d}.png"))
+            image = rng.normal(40 + 80 * k, 20, (size, size, 3)).clip(0, 255).astype(np.uint8)
+            write_png(paths[-1], image)
+    return paths
+
+
+def test_a_run_whose_files_go_bad_after_epoch_1_goes_on_without_them(tmp_path, monkeypatch):
+    rng = np.random.default_rng(5)
+    train = _class_folders(str(tmp_path / "train"), rng, 20)
+    trusted = _class_folders(str(tmp_path / "trusted"), rng, 4)
+    bad = [train[2], train[25], train[49], trusted[5]]
+    original = callbacks._EpochLogs.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 0:
+            _damage(bad[:3])
+            os.remove(bad[3])
+
+    monkeypatch.setattr(callbacks._EpochLogs, "on_epoch_end", on_epoch_end)
+    run_dir = str(tmp_path / "run")
+    train_main(
+        f"--train_data={tmp_path}/train",
+        f"--trusted_data={tmp_path}/trusted",
+        "--model=mlp",
+        "--epochs=3",
+        "--batch_size=10",
+        "--verbose=0",
+        f"--output_dir={run_dir}",
+    )
+    assert len(run_dir_lib.read_history(run_dir)) == 3
+    assert os.path.exists(os.path.join(run_dir, "results.json"))  # The run ended.
+    with open(os.path.join(run_dir, "skipped_files.txt")) as file:
+        listed = sorted(line.split(": ")[0] for line in file.read().splitlines())
+    assert listed == sorted(bad)
+    # The label-issue pass ranks every other training image, and those only.
+    with open(os.path.join(run_dir, "label_issues.csv"), newline="") as file:
+        ranked = [row["id"] for row in csv.DictReader(file)]
+    assert sorted(ranked) == sorted(set(train) - set(bad))
+    assert read_json(os.path.join(run_dir, "results.json"))["wrong_labels"]["estimate"] is not None
+
+
+# --------------------------------------------------------------------------------------------
+# One process per run directory
+
+
+def test_a_second_holder_of_a_run_directory_is_refused_until_the_first_lets_go(tmp_path):
+    run_dir = str(tmp_path / "run")
+    with lock.hold(run_dir):
+        with pytest.raises(ValueError) as error, lock.hold(run_dir):
+            pass
+        message = str(error.value)
+        assert message.startswith(
+            f"--output_dir={run_dir} is in use by process {os.getpid()} on "
+            f"{socket.gethostname()}, started 20"
+        )
+        assert "\n" not in message and "rerun this command to resume" in message
+    with lock.hold(run_dir):  # Let go when the block ended, though an error left it.
+        pass
+
+
+_PAUSED_TRAIN = """
+import sys
+from absl import app
+from gdw_tf import train
+from gdw_tf.runs import callbacks
+
+step = int(sys.argv[1])  # Pauses after optimizer step `step`.
+
+def on_train_batch_end(self, batch, logs=None):
+    if int(self.model.optimizer.iterations.numpy()) == step:
+        print("paused", flush=True)
+        sys.stdin.readline()  # Until killed.
+callbacks._ReplayDataOrder.on_train_batch_end = on_train_batch_end
+sys.argv = ["train"] + sys.argv[2:]
+app.run(train.main)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_directory_in_use_is_refused_and_resumed_after_a_kill_9(tmp_path):
+    run_dir = str(tmp_path / "run")
+    command = [*ARGS, f"--output_dir={run_dir}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # A run paused in epoch 2 (epoch 1 backed up), then a second one on its directory.
+    first = subprocess.Popen(
+        [sys.executable, "-c", _PAUSED_TRAIN, str(STEPS_PER_EPOCH + 2), *command],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    try:
+        assert first.stdout.readline() == "paused\n"
+        second = subprocess.run(
+            [sys.executable, "-m", "gdw_tf.train", *command],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+            timeout=300,
+        )
+        assert second.returncode == 2
+        assert second.stderr.splitlines()[-1].startswith(
+            f"error: --output_dir={run_dir} is in use by process {first.pid} on "
+            f"{socket.gethostname()}, started "
+        )
+        assert run_dir_lib.read_history(run_dir) and len(run_dir_lib.read_history(run_dir)) == 1
+    finally:
+        first.kill()  # SIGKILL
+        first.wait()
+    assert first.returncode == -9
+    resumed = subprocess.run(
+        [sys.executable, "-m", "gdw_tf.train", *command],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [int(row["epoch"]) for row in run_dir_lib.read_history(run_dir)] == [0, 1, 2]
+    with open(os.path.join(run_dir, "history.csv")) as file:
+        assert len(file.read().splitlines()) == 4  # A header and epochs 1-3, each once.
+
+
+# --------------------------------------------------------------------------------------------
+# Image files in formats that are not read
+
+
+def test_image_files_in_formats_that_are_not_read_are_counted_and_named(tmp_path, caplog):
+    rng = np.random.default_rng(2)
+    root = tmp_path / "tiff"
+    for k in range(2):
+        os.makedirs(root / f"c{k}")
+        for i in range(3):
+            (root / f"c{k}" / f"{i}.tif").write_bytes(b"II*\x00" + bytes(64))
+    with pytest.raises(ValueError) as error:
+        own_data.read_folder(str(root))
+    assert str(error.value) == (
+        f"{root}/c0: empty class folder (no .bmp/.gif/.jpeg/.jpg/.png images; found 3 .tif "
+        f"files ({root}/c0/0.tif), a format that is not read: convert to PNG or JPEG)."
+    )
+    # Beside images that are read, they are left out with one warning line naming them.
+    for k in range(2):
+        _png_files(str(root / f"c{k}"), 2, rng)
+    (root / "c1" / "photo.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    source = own_data.read_folder(str(root))
+    assert len(source.files) == 4 and all(path.endswith(".png") for path in source.files)
+    (warning,) = [r.getMessage() for r in caplog.records if "not read" in r.getMessage()]
+    assert warning == (
+        "Left out image files in a format that is not read: 1 .heic file "
+        f"({root}/c1/photo.HEIC), 6 .tif files ({root}/c0/0.tif)."
+    )
+    # A list that names one: the scan's reason says what it is.
+    with pytest.raises(ValueError, match=r"0\.tif: a \.tif image, a format that is not read"):
+        image_files.read_image(str(root / "c0" / "0.tif"))
+
+
+def test_tfds_records_cut_off_mid_run_are_left_out_and_named(tmp_path, caplog):
+    builder = prepare_tfds_images(
+        tmp_path / "tfds",
+        "cut_records",
+        {"train": random_sized_images(np.random.default_rng(4), 12)},
+        num_classes=3,
+    )
+    records, labels = tfds_records.split_records(builder, "train", image_size=8)
+    array = np.asarray(records)  # Decoded now, while the file is whole.
+    args = dict(batch_size=5, seed=1, augment=False, mean=[0.5] * 3, std=[0.25] * 3)
+    streamed = input_pipeline.train_dataset(records, labels, **args, with_index=True)
+    (file,) = records.files
+    os.truncate(file, int(records.keys[-3, 1]))  # The last three records are cut off.
+    batches = list(streamed.as_numpy_iterator())
+    assert len(batches) == 3  # As many as the 12 records make.
+    index = np.concatenate([batch[2] for batch in batches])
+    assert sorted(index) == list(range(9))
+    images = np.concatenate([batch[0] for batch in batches])
+    np.testing.assert_allclose(images, (array[index] / 255.0 - 0.5) / 0.25, atol=1e-5)
+    named = [r.getMessage() for r in caplog.records if "became unreadable" in r.getMessage()]
+    assert len(named) == 3  # Once each.
+    for i in (9, 10, 11):
+        assert any(f"{file}, record at byte {records.keys[i, 1]}: unreadable (" in m for m in named)
+    assert list(np.flatnonzero(~records.readable())) == [9, 10, 11]

@@ -82,6 +82,7 @@ def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
         "report.html",
         "results.json",
         "review.html",
+        "run.lock",
         "split.npz",
         "tensorboard",
     ]  # backup/ is removed once the run is finished

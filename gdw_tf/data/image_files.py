@@ -17,18 +17,27 @@ alpha dropped, resized bilinearly (rounded back to uint8) when its size is not t
 
 `scan` finds the unreadable files of a list before training, in one parallel pass that decodes
 every file (`tf.data`, all cores), and records each image's channels and size; its result can
-be cached in the run directory so a resumed run does not pay for it again.
+be cached in the run directory so a resumed run does not pay for it again. An image that
+becomes unreadable later (deleted, truncated, on a share that hiccups) is left out by
+`StreamedImages.decode_batch`, which the input pipeline decodes with, and listed
+(`list_skipped`, the run directory's `skipped_files.txt`). Files in an image format that is not
+read (`.tif`, `.heic`, ...: `UNREAD_IMAGE_EXTENSIONS`) are named as such (`unread_images`).
 """
 
 import dataclasses
+import logging
 import os
 import re
+import threading
 
 import numpy as np
 import tensorflow as tf
 
 # The image formats `keras.utils.image_dataset_from_directory` reads.
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+# Image formats that are not read (`tf.io.decode_image` reads none but WebP, which Keras' folder
+# reader leaves out): found in a folder or a list, they are counted and named.
+UNREAD_IMAGE_EXTENSIONS = (".avif", ".heic", ".heif", ".jp2", ".jxl", ".tif", ".tiff", ".webp")
 # Files and folders that operating systems leave beside the images: macOS' resource forks
 # (`__MACOSX/`, AppleDouble `._name`), its folder settings, Windows' thumbnail caches.
 OS_DEBRIS = ("__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini")
@@ -38,6 +47,20 @@ def is_os_debris(name: str) -> bool:
     """Whether a file or folder name is left by an operating system, not data: `__MACOSX`,
     AppleDouble `._*` files, `.DS_Store`, `Thumbs.db`, `desktop.ini`, hidden (`.`) names."""
     return name in OS_DEBRIS or name.startswith(".")
+
+
+def unread_images(paths) -> str:
+    """The files of `paths` in a format that is not read (`UNREAD_IMAGE_EXTENSIONS`), counted
+    per extension with one named: e.g. "12 .tif files (a/1.tif)"; "" if there are none."""
+    found = {}
+    for path in paths:
+        extension = os.path.splitext(path)[1].lower()
+        if extension in UNREAD_IMAGE_EXTENSIONS:
+            found.setdefault(extension, []).append(path)
+    return ", ".join(
+        f"{len(files)} {extension} file{'s' * (len(files) > 1)} ({min(files)})"
+        for extension, files in sorted(found.items())
+    )
 
 
 def read_image(path: str) -> np.ndarray:
@@ -51,6 +74,11 @@ def read_image(path: str) -> np.ndarray:
     try:
         image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
     except (tf.errors.OpError, ValueError) as err:
+        if path.lower().endswith(UNREAD_IMAGE_EXTENSIONS):
+            raise ValueError(
+                f"{path}: a {os.path.splitext(path)[1]} image, a format that is not read; "
+                "convert it to PNG or JPEG."
+            ) from None
         message = str(getattr(err, "message", err)).strip().splitlines()[0]
         message = re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", message).strip().rstrip(".")  # TF's op names
         raise ValueError(f"{path}: not a readable image ({message}).") from None
@@ -174,11 +202,18 @@ class StreamedImages:
     ndim = 4
     dtype = np.dtype(np.uint8)
 
-    def __init__(self, keys, *, height: int, width: int, channels: int):
+    def __init__(
+        self, keys, *, height: int, width: int, channels: int, skipped_list: str | None = None
+    ):
         if channels not in (1, 3):
             raise ValueError(f"{type(self).__name__} decodes to 1 or 3 channels; got {channels}.")
         self.keys = keys
         self.height, self.width, self.channels = int(height), int(width), int(channels)
+        # Images found unreadable by `decode_batch`, `{key bytes: one-line reason}`, shared by
+        # every subset; and the file that lists them (`list_skipped`), if any.
+        self.unreadable = {}
+        self.skipped_list = skipped_list
+        self._unreadable_lock = threading.Lock()
 
     @property
     def shape(self):
@@ -198,10 +233,21 @@ class StreamedImages:
         """The uint8 image `[h, w, c]` of one key (a tensor), at its own size and channels."""
         raise NotImplementedError
 
+    def describe(self, key) -> str:
+        """One line naming the image of `key` (a NumPy row of `keys`) and why it is unreadable."""
+        raise NotImplementedError
+
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
             return self.decode(tf.constant(self.keys[key])).numpy()
-        return self._like(self.keys[key])
+        return self._subset(self.keys[key])
+
+    def _subset(self, keys):
+        """`_like(keys)`, sharing what was found unreadable and where it is listed."""
+        like = self._like(keys)
+        like.unreadable, like.skipped_list = self.unreadable, self.skipped_list
+        like._unreadable_lock = self._unreadable_lock
+        return like
 
     def __array__(self, dtype=None, copy=None):
         array = self.load()
@@ -230,6 +276,76 @@ class StreamedImages:
         )
         return tf.ensure_shape(image, self.shape[1:])
 
+    def decode_batch(self, keys, *columns, transform=None):
+        """Decodes a batch of keys without failing on the images that cannot be read (a file
+        deleted, truncated, on a share that is gone): those are left out, and recorded in
+        `unreadable` (and appended to `skipped_list`, with a warning line) the first time.
+
+        The images are decoded one after the other (the pipeline decodes several batches at
+        once), in a `tf.data` map under `ignore_errors`.
+
+        Args:
+          keys: a batch of keys (rows of `keys`), a tensor.
+          *columns: tensors with a row per key, passed to `transform`.
+          transform: optional `transform(image, *row)`, applied to each decoded image (e.g. a
+            random crop); it keeps the image's shape and dtype.
+
+        Returns:
+          `(images, ok)`: bool `[n]`, which keys were read, and their uint8 images
+          `[ok.sum(), height, width, channels]`, in order.
+        """
+        n = tf.shape(keys)[0]
+
+        def one(position, key, *row):
+            image = self.decode(key)
+            return position, (image if transform is None else transform(image, *row))
+
+        decoded = tf.data.Dataset.from_tensor_slices((tf.range(n), keys, *columns))
+        none = tf.data.Dataset.from_tensors(
+            (tf.zeros([0], tf.int32), tf.zeros([0, *self.shape[1:]], tf.uint8))
+        )  # If no image could be read.
+        positions, images = (
+            (decoded.map(one).ignore_errors().batch(tf.cast(tf.maximum(n, 1), tf.int64)))
+            .concatenate(none)
+            .take(1)
+            .get_single_element()
+        )
+        ok = tf.scatter_nd(positions[:, None], tf.ones_like(positions, tf.bool), [n])
+        tf.cond(
+            tf.reduce_all(ok),
+            lambda: tf.constant(0, tf.int64),
+            lambda: tf.numpy_function(
+                self._record_unreadable, [tf.boolean_mask(keys, ~ok)], tf.int64, stateful=True
+            ),
+        )
+        return images, ok
+
+    def _record_unreadable(self, keys):
+        """Records the images of `keys` (a NumPy batch) found unreadable; returns how many were
+        new. Each new one gets a warning line and a line in `skipped_list`."""
+        new = []
+        with self._unreadable_lock:
+            for key in keys:
+                name = np.asarray(key).tobytes()
+                if name not in self.unreadable:
+                    self.unreadable[name] = self.describe(key)
+                    new.append(self.unreadable[name])
+            if new and self.skipped_list:
+                list_skipped(self.skipped_list, new)
+        for line in new:
+            logging.warning(
+                "Skipping an image that became unreadable during the run: %s%s",
+                line,
+                f" Listed in {self.skipped_list}." if self.skipped_list else "",
+            )
+        return np.int64(len(new))
+
+    def readable(self) -> np.ndarray:
+        """bool `[N]`: the images not found unreadable so far (`decode_batch`)."""
+        if not self.unreadable:
+            return np.ones(len(self), bool)
+        return np.array([np.asarray(key).tobytes() not in self.unreadable for key in self.keys])
+
     def dataset(self) -> tf.data.Dataset:
         """The decoded images in order, one per element (a parallel, order-keeping map)."""
         return tf.data.Dataset.from_tensor_slices(self.keys).map(
@@ -252,11 +368,15 @@ class ImageFiles(StreamedImages):
       height, width, channels: as `StreamedImages`.
     """
 
-    def __init__(self, paths, *, height: int, width: int, channels: int):
+    def __init__(
+        self, paths, *, height: int, width: int, channels: int, skipped_list: str | None = None
+    ):
         if not (isinstance(paths, np.ndarray) and paths.dtype.kind == "S"):
             # Bytes: one byte per ASCII character (a str array takes four).
             paths = np.array([os.fsencode(p) for p in paths], dtype=bytes).reshape(-1)
-        super().__init__(paths, height=height, width=width, channels=channels)
+        super().__init__(
+            paths, height=height, width=width, channels=channels, skipped_list=skipped_list
+        )
 
     @property
     def paths(self):
@@ -268,13 +388,43 @@ class ImageFiles(StreamedImages):
     def read(self, path):
         return tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
 
+    def describe(self, path):
+        path = os.fsdecode(bytes(path))
+        try:
+            read_image(path)
+        except ValueError as err:
+            return str(err)
+        return f"{path}: could not be read when its turn came."
+
     def concatenate(self, other: "ImageFiles") -> "ImageFiles":
         """These files followed by `other`'s (which must decode to the same shape)."""
         if other.shape[1:] != self.shape[1:]:
             raise ValueError(
                 f"cannot join images of shapes {self.shape[1:]} and {other.shape[1:]}."
             )
-        return self._like(np.concatenate([self.paths, other.paths]))
+        return self._subset(np.concatenate([self.paths, other.paths]))
+
+
+def list_skipped(path: str, lines) -> None:
+    """Adds `lines` ("<file>: <reason>") to the list of skipped files at `path`, leaving out the
+    files it already names."""
+    listed = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as file:
+            listed = file.read().splitlines()
+    new = [
+        line
+        for line in lines
+        if not any(line.startswith(old.split(": ")[0] + ": ") for old in listed)
+    ]
+    if new:
+        with open(path, "a", encoding="utf-8") as file:
+            file.writelines(line + "\n" for line in new)
+
+
+def readable(x) -> np.ndarray:
+    """bool `[N]`: the rows of `x` not found unreadable (all, for an array in memory)."""
+    return x.readable() if is_streamed(x) else np.ones(len(x), bool)
 
 
 def is_streamed(x) -> bool:

@@ -10,6 +10,12 @@ per-channel mean/std normalisation, with the reference's CIFAR statistics
 are decoded and resized in a parallel map right after the shuffle (which then shuffles keys,
 such as paths, not pixels), so both give the same batches; under `tf.distribute` each input
 pipeline decodes only its replicas' share of each batch (`train_dataset`'s `input_context`).
+
+A streamed image that cannot be read when its turn comes (a file deleted or truncated during
+the run, a network share that hiccups) does not end the run: it is left out of its batch, which
+is one row shorter (the batches of an epoch stay as many, and each replica's share stays its
+own), and named once in a warning line and in the run's `skipped_files.txt`
+(`StreamedImages.decode_batch`).
 """
 
 from collections.abc import Sequence
@@ -135,7 +141,8 @@ def train_dataset(
     replicas: every input pipeline draws the same shuffle and crops (the same seeds), each
     global batch of `batch_size` is cut into one contiguous share per replica
     (`replica_shares`), the other replicas' rows are dropped before decoding, and the pipeline
-    yields the shares of its replicas in turn.
+    yields the shares of its replicas in turn. A streamed image that cannot be read is left
+    out of its batch (see the module doc).
 
     Args:
         x: uint8 images `[N, H, W, C]`: an array, or `StreamedImages` (decoded after the
@@ -185,17 +192,21 @@ def train_dataset(
             std=std,
             drop_remainder=drop_remainder,
         ).prefetch(tf.data.AUTOTUNE)
-    if streamed:
-        dataset = dataset.map(
-            lambda key, *rest: (x.decode(key),) + rest, num_parallel_calls=tf.data.AUTOTUNE
-        )
     if augment:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip(dataset, seeds).map(
-            lambda columns, pair: (random_crop_and_flip(columns[0], pair),) + columns[1:],
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+        dataset = tf.data.Dataset.zip(dataset, seeds)
+        if streamed:  # Each key with its seeds, cropped once decoded.
+            dataset = dataset.map(lambda columns, pair: columns + (pair,))
+        else:
+            dataset = dataset.map(
+                lambda columns, pair: (random_crop_and_flip(columns[0], pair),) + columns[1:],
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if streamed:
+        dataset = dataset.map(
+            lambda *columns: _decoded(x, columns, augment), num_parallel_calls=tf.data.AUTOTUNE
+        )
     dataset = dataset.map(
         lambda images, *rest: (normalize(images, mean, std),) + rest,
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -237,18 +248,26 @@ def _own_shares(dataset, x, batch_size, input_context, *, seed, augment, mean, s
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     dataset = tf.data.Dataset.zip(dataset, seeds).enumerate()
     dataset = dataset.filter(lambda position, row: (position < n) & kept[position % batch_size])
-
-    def decoded(position, row):
-        (key, *rest), pair = row
-        image = x.decode(key)
-        return (random_crop_and_flip(image, pair) if augment else image, *rest)
-
-    dataset = dataset.map(decoded, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(lambda position, row: row[0] + (row[1],) if augment else row[0])
     dataset = dataset.batch(1).rebatch(tf.constant(sizes, tf.int64))
+    dataset = dataset.map(
+        lambda *columns: _decoded(x, columns, augment), num_parallel_calls=tf.data.AUTOTUNE
+    )
     return dataset.map(
         lambda images, *rest: (normalize(images, mean, std),) + rest,
         num_parallel_calls=tf.data.AUTOTUNE,
     )
+
+
+def _decoded(x, columns, augment):
+    """A batch of `(keys, *rest[, seed pairs])` → `(images, *rest)` of the images that could be
+    read (`StreamedImages.decode_batch`), cropped and flipped with their seeds if `augment`."""
+    if augment:
+        *columns, pairs = columns
+        images, ok = x.decode_batch(columns[0], pairs, transform=random_crop_and_flip)
+    else:
+        images, ok = x.decode_batch(columns[0])
+    return (images, *(tf.boolean_mask(column, ok) for column in columns[1:]))
 
 
 def eval_dataset(
@@ -257,17 +276,32 @@ def eval_dataset(
     batch_size: int,
     mean: Sequence[float],
     std: Sequence[float],
+    *,
+    aligned: bool = False,
 ) -> tf.data.Dataset:
     """Normalised batches of `(images float32, labels int64)` in order, for evaluation (`x`: an
-    array, or `ImageFiles` decoded in a parallel, order-keeping map)."""
+    array, or `StreamedImages` decoded in a parallel, order-keeping map).
+
+    A streamed image that cannot be read (`StreamedImages.decode_batch`) is left out of its
+    batch, or with `aligned` a zero image stands in for it, so that the batches keep one row
+    per row of `y` (`x.readable()` then tells which rows were read).
+    """
     _check_images(x, y)
     check_statistics(mean, std, x.shape[-1])
     if image_files.is_streamed(x):
-        labels = tf.data.Dataset.from_tensor_slices(np.asarray(y, np.int64))
-        dataset = tf.data.Dataset.zip(x.dataset(), labels)
+
+        def decoded(keys, labels):
+            images, ok = x.decode_batch(keys)
+            if aligned:  # A zero image in each row that could not be read.
+                shape = tf.concat([tf.shape(ok, out_type=tf.int64), x.shape[1:]], 0)
+                return tf.scatter_nd(tf.where(ok), images, shape), labels
+            return images, tf.boolean_mask(labels, ok)
+
+        dataset = tf.data.Dataset.from_tensor_slices((x.keys, np.asarray(y, np.int64)))
+        dataset = dataset.batch(batch_size).map(decoded, num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        dataset = tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int64)))
-    dataset = dataset.batch(batch_size).map(
+        dataset = tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int64))).batch(batch_size)
+    dataset = dataset.map(
         lambda images, labels: (normalize(images, mean, std), labels),
         num_parallel_calls=tf.data.AUTOTUNE,
     )

@@ -366,23 +366,31 @@ def read_folder(path):
             f"{path}: no class sub-folders; put each class's images in a folder "
             "named after the class."
         )
-    files, labels = [], []
+    files, labels, others = [], [], []
     for name in classes:
-        found = []
+        found, other = [], []
         for root, folders, names in os.walk(os.path.join(path, name)):
             folders[:] = [f for f in folders if not image_files.is_os_debris(f)]
-            found += [
-                os.path.join(root, file)
-                for file in names
-                if file.lower().endswith(IMAGE_EXTENSIONS) and not image_files.is_os_debris(file)
-            ]
+            names = [os.path.join(root, n) for n in names if not image_files.is_os_debris(n)]
+            found += [file for file in names if file.lower().endswith(IMAGE_EXTENSIONS)]
+            other += [file for file in names if not file.lower().endswith(IMAGE_EXTENSIONS)]
         if not found:
+            unread = image_files.unread_images(other)
             raise ValueError(
                 f"{os.path.join(path, name)}: empty class folder (no "
-                f"{'/'.join(IMAGE_EXTENSIONS)} images)."
+                f"{'/'.join(IMAGE_EXTENSIONS)} images"
+                + (
+                    f"; found {unread}, a format that is not read: convert to PNG or JPEG)."
+                    if unread
+                    else ")."
+                )
             )
         files += sorted(found)
         labels += [name] * len(found)
+        others += other
+    unread = image_files.unread_images(others)
+    if unread:
+        logging.warning("Left out image files in a format that is not read: %s.", unread)
     return _Source(path, None, labels, list(files), files=files)
 
 
@@ -553,7 +561,11 @@ def _images(sources, image_size, work_dir):
     for name, source in sources.items():
         if source.files is not None:
             files = image_files.ImageFiles(
-                source.files, height=height, width=width, channels=channels
+                source.files,
+                height=height,
+                width=width,
+                channels=channels,
+                skipped_list=work_dir and os.path.join(work_dir, SKIPPED_FILE),
             )
             arrays[name] = files if streamed else files.load()
         else:
@@ -597,8 +609,7 @@ def _drop_unreadable(sources, work_dir):
     if skipped:
         where = ""
         if work_dir:
-            with open(os.path.join(work_dir, SKIPPED_FILE), "w") as file:
-                file.writelines(line + "\n" for line in skipped)
+            image_files.list_skipped(os.path.join(work_dir, SKIPPED_FILE), skipped)
             where = f"; all listed in {os.path.join(work_dir, SKIPPED_FILE)}"
         logging.warning(
             "Skipped %d unreadable image file(s) of %d (e.g. %s)%s",

@@ -87,6 +87,15 @@ class TfdsRecords(image_files.StreamedImages):
         like._reader = self._reader  # One set of open files.
         return like
 
+    def describe(self, key):
+        file, offset, _ = (int(k) for k in key)
+        try:
+            self.decode(tf.constant(key))
+        except (tf.errors.OpError, OSError, ValueError) as err:
+            reason = str(getattr(err, "message", err)).strip().splitlines()[0]
+            return f"{self.files[file]}, record at byte {offset}: unreadable ({reason})."
+        return f"{self.files[file]}, record at byte {offset}: could not be read when its turn came."
+
     def read(self, key):
         record = tf.numpy_function(self._reader, tf.unstack(key), tf.string, stateful=False)
         record.set_shape([])

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 
 from gdw_tf.core import methods
+from gdw_tf.data import image_files
 from gdw_tf.data import input_pipeline
 from gdw_tf.labels import label_issues
 
@@ -37,33 +38,47 @@ def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_si
     `x_train`, with its recorded weights. Ids: the dataset's `train_ids` if it has them, else the
     index in the training split. With a meta set, the number of wrong labels is estimated with it
     (and the flags cut at it where the model learned many wrong labels:
-    `label_issues.rank_label_issues`)."""
+    `label_issues.rank_label_issues`). Streamed images found unreadable during the run are left
+    out (they are listed in `skipped_files.txt`), and the pass made again without any found
+    unreadable in it; `position` still indexes `x_train`."""
     train_ids = dataset.train_ids
     ids = split.train_indices if train_ids is None else np.asarray(train_ids)[split.train_indices]
-    trusted = None
-    if len(split.meta_indices):
-        trusted = (
-            input_pipeline.eval_dataset(
-                dataset.x_train[split.meta_indices], split.meta_labels, batch_size, mean, std
-            ),
-            split.meta_labels,
+    x_meta = dataset.x_train[split.meta_indices]
+    while True:
+        kept = image_files.readable(x_train), image_files.readable(x_meta)
+        train = _rows(kept[0], x_train, split.train_noisy_labels, ids)
+        meta = _rows(kept[1], x_meta, split.meta_labels)
+        issues = label_issues.find_label_issues(
+            model,
+            input_pipeline.eval_dataset(train[0], train[1], batch_size, mean, std, aligned=True),
+            train[1],
+            index=None if kept[0].all() else np.flatnonzero(kept[0]),
+            ids=train[2],
+            class_names=dataset.class_names,
+            trusted=(
+                input_pipeline.eval_dataset(meta[0], meta[1], batch_size, mean, std, aligned=True),
+                meta[1],
+            )
+            if len(meta[1])
+            else None,
+            # An automatic trusted set holds the clearest examples: its estimate undercounts
+            # (docs/LABEL_ISSUES.md, "Automatic trusted set"), so the flags stay score < 0.
+            trusted_for_flags=split.meta_source != "auto",
         )
-    issues = label_issues.find_label_issues(
-        model,
-        input_pipeline.eval_dataset(x_train, split.train_noisy_labels, batch_size, mean, std),
-        split.train_noisy_labels,
-        ids=ids,
-        class_names=dataset.class_names,
-        trusted=trusted,
-        # An automatic trusted set holds the clearest examples: its estimate undercounts
-        # (docs/LABEL_ISSUES.md, "Automatic trusted set"), so the flags stay score < 0.
-        trusted_for_flags=split.meta_source != "auto",
-    )
+        if all(np.array_equal(image_files.readable(x), k) for x, k in zip((x_train, x_meta), kept)):
+            break
+    if not kept[0].all():  # Positions in `x_train`, as the report's images take them.
+        issues = dataclasses.replace(issues, position=np.flatnonzero(kept[0])[issues.position])
     if issues.estimate is None:
         return issues
     return dataclasses.replace(
         issues, estimate=dataclasses.replace(issues.estimate, trusted_source=split.meta_source)
     )
+
+
+def _rows(kept, *columns):
+    """The `kept` rows of each column (the columns themselves if all are kept)."""
+    return tuple(column if kept.all() else column[kept] for column in columns)
 
 
 def wrong_labels_summary(issues, split):

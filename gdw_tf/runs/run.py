@@ -54,6 +54,7 @@ from gdw_tf.runs import auto_meta
 from gdw_tf.runs import callbacks
 from gdw_tf.runs import config as config_lib
 from gdw_tf.runs import distribute
+from gdw_tf.runs import lock
 from gdw_tf.runs import results as results_lib
 from gdw_tf.runs import run_dir
 from gdw_tf.runs import serving
@@ -79,6 +80,12 @@ def run(config: Config) -> dict:
     config = distribute.worker_config(config, strategy)
     replicas = distribute.num_replicas(strategy)
     distribute.check_replicas(config, replicas)
+    with lock.hold(config.output_dir):  # One process per run directory.
+        return _run(config, strategy, replicas, start)
+
+
+def _run(config, strategy, replicas, start):
+    """`run`, once the run directory is this process's."""
     run_dir.prepare_output_dir(config)
     if config.model_weights == "imagenet":  # Found or downloaded now, before the data is read.
         backbones.check_imagenet_weights(config.model)

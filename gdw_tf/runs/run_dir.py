@@ -30,7 +30,9 @@ Run directory:
                           --corrections, the reviews' counts (`corrections`)
     image_scan.npz        own image files: the scan before training (`own_data`; read again
                           on resuming instead of decoding every file twice)
-    skipped_files.txt     own image files that could not be read, one per line, if any
+    skipped_files.txt     own image files that could not be read, one per line, if any: found
+                          before training, or during the run (`image_files.list_skipped`)
+    run.lock              locked by the process running there (`gdw_tf.runs.lock`); kept
     workers/              with --distribute=multi_worker: the other workers' run directories
 """
 
