@@ -6,7 +6,8 @@ The public API is the names below (`__all__`); the packages under `gdw_tf` show 
 - `gdw_tf.core`: the GDW step and `GDWModel` (settings, method table, weighting, meta scope);
 - `gdw_tf.nets`: the backbones;
 - `gdw_tf.data`: datasets, the split and noise, your own data, the `tf.data` pipelines;
-- `gdw_tf.labels`: wrong labels, ranked, and the run's report;
+- `gdw_tf.labels`: wrong labels, ranked, and their number estimated;
+- `gdw_tf.pages`: the run's report and review pages (templates as package data);
 - `gdw_tf.runs`: training runs from a `Config`: flags, run directory, backups, results, serving;
 - `python -m gdw_tf.train`, `gdw_tf.export`, `gdw_tf.bench`: the programs.
 
