@@ -157,6 +157,7 @@ def test_csv_columns_order_and_values(tmp_path):
             "suggested_probability",
             "instance_weight",
             "labelled_class_weight",
+            "review_rank",
         )
     )
     assert len(rows) == 31
@@ -168,6 +169,7 @@ def test_csv_columns_order_and_values(tmp_path):
         assert row[5] == ("1" if issues.score[i] < 0 else "0")
         assert float(row[8]) == pytest.approx(issues.instance_weight[i], abs=1e-6)
         assert row[9] == ""  # no labelled-class weight given
+        assert (row[10] != "") == (row[5] == "1")  # a review rank for the flagged only
     scores = [float(row[4]) for row in rows[1:]]
     assert scores == sorted(scores)
 

@@ -248,6 +248,31 @@ def test_review_data_lists_the_flagged_examples_with_their_top_classes():
     assert other["key"] != data["key"] and data["key"].startswith("gdw_tf.review/r/")
 
 
+def test_label_issues_csv_review_rank_is_the_pages_order(tmp_path):
+    """A reviewer who sorts label_issues.csv by review_rank meets the page's examples in the
+    page's order; unflagged rows have no review_rank."""
+    probabilities, given, issues = _issues(num=60)
+    path = str(tmp_path / "label_issues.csv")
+    label_issues.write_label_issues_csv(path, issues)
+    table = label_issues.read_label_issues_csv(path)
+    ranked = sorted(
+        (int(rank), example_id)
+        for rank, example_id in zip(table["review_rank"], table["id"])
+        if rank
+    )
+    page = [item["id"] for item in review.review_data(issues, limit=1000)["items"]]
+    assert [example_id for _, example_id in ranked] == page
+    assert [rank for rank, _ in ranked] == list(range(1, len(page) + 1))
+    flagged = [flag == "1" for flag in table["flagged"]]
+    assert [bool(rank) for rank in table["review_rank"]] == flagged
+    # Independently: the rounds over the suggested classes, as the page test computes them.
+    suspicious = [i for i in range(60) if probabilities[i].argmax() != given[i]]
+    margin = lambda i: probabilities[i, given[i]] - np.delete(probabilities[i], given[i]).max()  # noqa: E731
+    suspicious.sort(key=margin)
+    order = _in_rounds([probabilities[i].argmax() for i in suspicious])
+    assert page == [f"f{suspicious[j]}.png" for j in order]
+
+
 class _ScriptData(html.parser.HTMLParser):
     """The page's `<script>` elements: [id, text] each."""
 

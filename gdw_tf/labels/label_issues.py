@@ -56,6 +56,7 @@ CSV_COLUMNS = (
     "suggested_probability",
     "instance_weight",
     "labelled_class_weight",
+    "review_rank",
 )
 CSV_NAME_COLUMNS = ("given_class", "suggested_class")
 TOP_K = 5  # the model's most probable classes kept per example (for review.html)
@@ -329,6 +330,26 @@ def _check_features(features, trusted_features, n, m):
     return features, trusted_features
 
 
+def review_order(issues: LabelIssues) -> np.ndarray:
+    """Positions (in `issues`' ranked order) of the flagged examples in the order of review.
+
+    In rounds: the most suspicious flagged example of each suggested class, then the second
+    most suspicious of each, and so on; within a round, most suspicious first. Any prefix of
+    the review is thus spread over the classes as evenly as the flags allow, which is what
+    lets the reviewed examples join the class-balanced trusted set
+    (`gdw_tf.data.corrections`); in score order alone the first hundreds are mostly of the
+    one or two classes the model is surest of. The review page (`gdw_tf.pages.review`) and
+    `label_issues.csv`'s `review_rank` follow it.
+    """
+    flagged = np.flatnonzero(issues.flagged)  # ranked: most suspicious first
+    suggested = issues.suggested_label[flagged]
+    round_of = np.zeros(len(flagged), np.int64)
+    for k in np.unique(suggested):
+        members = suggested == k
+        round_of[members] = np.arange(int(members.sum()))
+    return flagged[np.lexsort((np.arange(len(flagged)), round_of))]
+
+
 def write_label_issues_csv(
     path: str, issues: LabelIssues, *, class_names: Sequence[str] | None = None
 ) -> None:
@@ -336,11 +357,16 @@ def write_label_issues_csv(
 
     Columns: `CSV_COLUMNS`, then `given_class`, `suggested_class` if class names are known
     (`class_names`, else `issues.class_names`). `flagged` is 1 or 0; a missing weight is empty.
+    `review_rank` is a flagged example's place in the review page's order (`review_order`),
+    empty for the others: a reviewer working down the file by `review_rank` and one on the page
+    see the same examples in the same order.
     No cell is a live formula in a spreadsheet: an id or class name that starts with `=`, `+`,
     `-`, `@`, a tab or a CR is written with a leading `'` (`gdw_tf.data.csv_cells.escape_cell`;
     numbers are left as they are); `read_label_issues_csv` removes it.
     """
     names = class_names if class_names is not None else issues.class_names
+    review_rank = np.zeros(len(issues), np.int64)
+    review_rank[review_order(issues)] = np.arange(1, issues.num_flagged + 1)
     columns = CSV_COLUMNS + (CSV_NAME_COLUMNS if names is not None else ())
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
@@ -357,6 +383,7 @@ def write_label_issues_csv(
                 f"{issues.suggested_probability[i]:.6f}",
                 _number(issues.instance_weight[i]),
                 _number(issues.labelled_class_weight[i]),
+                int(review_rank[i]) if review_rank[i] else "",
             ]
             if names is not None:
                 row += [names[issues.given_label[i]], names[issues.suggested_label[i]]]

@@ -1,9 +1,10 @@
 """`review.html`: one self-contained page per run to review the flagged labels by keyboard.
 
 The page walks the flagged examples (`label_issues.csv`'s `flagged`), up to `REVIEW_LIMIT` of
-them, most suspicious first within each suggested class and the classes in turn
-(`review_order`): the image (or the row of feature values), the given and the suggested
-label and the model's most probable classes. One key each:
+them, in the order of `label_issues.csv`'s `review_rank` (`label_issues.review_order`: most
+suspicious first within each suggested class, the classes in turn): the image (or the row of
+feature values), the given and the suggested label and the model's most probable classes. One
+key each:
 
     k / Enter   keep the given label         a   take the suggested label
     0-9         that class (with more than 10 classes: type its number, Enter if it could go on)
@@ -28,6 +29,7 @@ import math
 
 import numpy as np
 
+from gdw_tf.labels import label_issues
 from gdw_tf.pages import files
 from gdw_tf.pages import images as images_lib
 
@@ -66,7 +68,7 @@ def render_review(issues, *, run_name="run", images=None, limit=REVIEW_LIMIT):
 
 def review_data(issues, *, images=None, run_name="run", limit=REVIEW_LIMIT):
     """The page's JSON: the run, the classes and the flagged examples to review (in
-    `review_order`).
+    `gdw_tf.labels.label_issues.review_order`).
 
     Each item: `rank`, `id` (text), `given`, `suggested`, `score`, `top` (pairs of class and
     probability), and `image` (a PNG data URI) or `row` (feature values).
@@ -76,7 +78,7 @@ def review_data(issues, *, images=None, run_name="run", limit=REVIEW_LIMIT):
         if issues.class_names is not None
         else [str(k) for k in range(issues.num_classes)]
     )
-    flagged = review_order(issues)[:limit]
+    flagged = label_issues.review_order(issues)[:limit]
     is_image = images is not None and images_lib.is_image_array(images)
     items, image_bytes = [], 0
     for i in flagged:
@@ -110,25 +112,6 @@ def review_data(issues, *, images=None, run_name="run", limit=REVIEW_LIMIT):
         "num_flagged": issues.num_flagged,
         "items": items,
     }
-
-
-def review_order(issues):
-    """Positions (in `issues`' ranked order) of the flagged examples in the order of review.
-
-    In rounds: the most suspicious flagged example of each suggested class, then the second
-    most suspicious of each, and so on; within a round, most suspicious first. Any prefix of
-    the review is thus spread over the classes as evenly as the flags allow, which is what
-    lets the reviewed examples join the class-balanced trusted set
-    (`gdw_tf.data.corrections`); in score order alone the first hundreds are mostly of the
-    one or two classes the model is surest of.
-    """
-    flagged = np.flatnonzero(issues.flagged)  # ranked: most suspicious first
-    suggested = issues.suggested_label[flagged]
-    round_of = np.zeros(len(flagged), np.int64)
-    for k in np.unique(suggested):
-        members = suggested == k
-        round_of[members] = np.arange(int(members.sum()))
-    return flagged[np.lexsort((np.arange(len(flagged)), round_of))]
 
 
 def _top(issues, i):
