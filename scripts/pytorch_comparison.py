@@ -53,7 +53,8 @@ flags.register_validator(
     lambda names: bool(names) and set(names) <= set(REFERENCE_MODES),
     message=f"--methods: give some of {','.join(REFERENCE_MODES)} (the authors' code has no more).",
 )
-flags.DEFINE_integer("batch_size", 100, "Training and meta batch (theirs: 100).", lower_bound=1)
+# Not --batch_size: `python -m gdw_tf.train`'s flag of that name may share the process (tests).
+flags.DEFINE_integer("batch", 100, "Training and meta batch (theirs: 100).", lower_bound=1)
 flags.DEFINE_integer("steps", 8, "Timed steps per method and side.", lower_bound=1)
 flags.DEFINE_integer("warmup", 2, "Untimed steps first (gdw_tf: tracing).", lower_bound=1)
 flags.DEFINE_integer(
@@ -94,7 +95,7 @@ def time_reference(reference_dir, methods, *, batch_size, steps, warmup, threads
         os.path.abspath(__file__),
         "--reference_child",
         f"--methods={','.join(methods)}",
-        f"--batch_size={batch_size}",
+        f"--batch={batch_size}",
         f"--steps={steps}",
         f"--warmup={warmup}",
         f"--threads={threads}",
@@ -221,7 +222,7 @@ def format_table(rows, reference, gdw_tf, batch_size, steps, warmup):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    sizes = {"batch_size": FLAGS.batch_size, "steps": FLAGS.steps, "warmup": FLAGS.warmup}
+    sizes = {"batch_size": FLAGS.batch, "steps": FLAGS.steps, "warmup": FLAGS.warmup}
     if FLAGS.reference_child:
         print(json.dumps(_reference_child(FLAGS.methods, threads=FLAGS.threads, **sizes)))
         return

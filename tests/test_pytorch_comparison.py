@@ -104,7 +104,7 @@ def test_against_the_authors_code_at_a_tiny_size(comparison):
             sys.executable,
             SCRIPT,
             f"--reference_dir={reference_dir}",
-            "--batch_size=4",
+            "--batch=4",
             "--steps=1",
             "--warmup=1",
             "--threads=1",
