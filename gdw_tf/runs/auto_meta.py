@@ -67,15 +67,21 @@ def select_confident(probabilities, given_labels, num_classes, per_class):
     Raises:
         ValueError: if a class has fewer than `per_class` examples.
     """
-    given_labels = np.asarray(given_labels, np.int64)
     require_per_class(given_labels, num_classes, per_class)
+    return np.sort(np.concatenate(_most_confident(probabilities, given_labels, per_class)))
+
+
+def _most_confident(probabilities, given_labels, count):
+    """Per class `k` (in order), the positions of at most `count` examples given `k`, the one
+    whose given label the model finds most probable first (ties: the lower position first)."""
+    given_labels = np.asarray(given_labels, np.int64)
     agreement = np.asarray(probabilities)[np.arange(len(given_labels)), given_labels]
-    chosen = []
-    for k in range(num_classes):
+    ranked = []
+    for k in range(np.shape(probabilities)[1]):
         members = np.flatnonzero(given_labels == k)
         # A stable sort of -agreement keeps the lower position first among equals.
-        chosen.append(members[np.argsort(-agreement[members], kind="stable")[:per_class]])
-    return np.sort(np.concatenate(chosen))
+        ranked.append(members[np.argsort(-agreement[members], kind="stable")[:count]])
+    return ranked
 
 
 # The neighbours that vote on an example's label, and the candidates per chosen example (chosen on
@@ -147,11 +153,8 @@ def select_by_neighbours(probabilities, features, given_labels, num_classes, per
     """
     given_labels = np.asarray(given_labels, np.int64)
     require_per_class(given_labels, num_classes, per_class)
-    agreement = np.asarray(probabilities)[np.arange(len(given_labels)), given_labels]
     chosen = []
-    for k in range(num_classes):
-        members = np.flatnonzero(given_labels == k)
-        candidates = members[np.argsort(-agreement[members], kind="stable")[: POOL * per_class]]
+    for k, candidates in enumerate(_most_confident(probabilities, given_labels, POOL * per_class)):
         votes = neighbour_votes(features, given_labels, candidates, num_classes, NEIGHBOURS)
         own = votes[:, k].copy()
         votes[:, k] = -np.inf
