@@ -57,6 +57,7 @@ from gdw_tf.runs import distribute
 from gdw_tf.runs import results as results_lib
 from gdw_tf.runs import run_dir
 from gdw_tf.runs import serving
+from gdw_tf.runs import stages as stages_lib
 from gdw_tf.runs.config import Config
 
 
@@ -74,6 +75,8 @@ def run(config: Config) -> dict:
       NonFiniteLossError: if the loss became non-finite (the last good epoch stays in backup/).
     """
     start = time.perf_counter()
+    stages = stages_lib.Stages()
+    stages.mark("start")
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
     strategy = distribute.make_strategy(config.distribute)
     config = distribute.worker_config(config, strategy)
@@ -88,9 +91,11 @@ def run(config: Config) -> dict:
 
     # Data: the dataset, then the split (drawn once, then reloaded).
     dataset = load_data(config)
+    stages.mark("data")
     split = run_dir.load_or_make_split(
         config, dataset.y_train, make=lambda: build_split(config, dataset)
     )
+    stages.mark("split")
     settings = run_settings(config, dataset, split, replicas)
     run_dir.write_json(
         os.path.join(config.output_dir, run_dir.CONFIG_FILE),
@@ -133,6 +138,7 @@ def run(config: Config) -> dict:
     # Model and training: one pass of the (reshuffling) training set per epoch.
     with strategy.scope():
         model = build_gdw_model(config, settings, meta_data)
+    stages.mark("pipelines_and_model")
     model.fit(
         fit_data,
         steps_per_epoch=settings.steps_per_epoch,
@@ -142,16 +148,19 @@ def run(config: Config) -> dict:
         callbacks=callbacks.make_callbacks(config, train_data, settings.steps_per_epoch),
         verbose=config.verbose,
     )
+    stages.mark("training")
 
     # Outputs; results.json last, as the mark of a finished run.
     output_dir = config.output_dir
     history = run_dir.read_history(output_dir)
     example_weights = results_lib.example_weights(model, split, ids=dataset.train_ids)
     run_dir.write_npz(os.path.join(output_dir, run_dir.EXAMPLE_WEIGHTS_FILE), example_weights)
+    stages.mark("example_weights")
     issues = results_lib.training_label_issues(
         model, dataset, split, x_train, mean=mean, std=std, batch_size=config.batch_size
     )
-    run_dir.write_label_issues_and_report(output_dir, issues, images=x_train)
+    stages.mark("label_issues")
+    run_dir.write_label_issues_and_report(output_dir, issues, images=x_train, stages=stages)
     model.backbone.save(os.path.join(output_dir, run_dir.MODEL_FILE))
     if config.export_dir:
         serving.export_serving(model.backbone, config.export_dir, mean, std)
@@ -168,6 +177,8 @@ def run(config: Config) -> dict:
         )
     if split.corrections:
         results["corrections"] = json.loads(split.corrections)
+    stages.mark("model_and_results")
+    results["timing"]["stages"] = stages.records
     run_dir.write_json(os.path.join(output_dir, run_dir.RESULTS_FILE), results)
     shutil.rmtree(os.path.join(output_dir, run_dir.BACKUP_DIR), ignore_errors=True)
     return results
