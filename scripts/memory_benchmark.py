@@ -16,7 +16,8 @@ RSS, the wall time, the rows of `label_issues.csv`, and `results.json`'s `timing
 stage's seconds, resident memory at its end and peak so far: `gdw_tf.runs.stages`); then the
 peak's growth per added image from the smallest count to each larger one.
 
-    nice python scripts/memory_benchmark.py --work_dir=/tmp/memory_bench --counts=6000,60000,300000 --out=memory.json
+    nice python scripts/memory_benchmark.py --work_dir=/tmp/memory_bench \
+        --counts=6000,60000,300000 --out=memory.json
 
 The runs are sequential; wrap the command in `nice` on a shared machine and say so.
 """
@@ -106,7 +107,8 @@ def timed_run(args, output_dir):
 
 
 def print_stages(count, figures):
-    print(f"\n{count:,} images: peak RSS {figures['peak_rss_mb']:.0f} MB, wall {figures['wall_s']:.0f} s")
+    peak, wall = figures["peak_rss_mb"], figures["wall_s"]
+    print(f"\n{count:,} images: peak RSS {peak:.0f} MB, wall {wall:.0f} s")
     print(f"{'stage':<22}{'seconds':>10}{'RSS MB':>10}{'peak MB':>10}")
     for stage in figures["stages"] or []:
         print(
@@ -142,7 +144,8 @@ def main():
         print_stages(count, run)
     base = counts[0]
     for count in counts[1:]:
-        grown = figures["runs"][str(count)]["peak_rss_mb"] - figures["runs"][str(base)]["peak_rss_mb"]
+        runs = figures["runs"]
+        grown = runs[str(count)]["peak_rss_mb"] - runs[str(base)]["peak_rss_mb"]
         per_image = grown * 1024 / (count - base)
         figures[f"kb_per_image_{base}_to_{count}"] = per_image
         print(f"peak RSS growth {base:,} -> {count:,} images: {per_image:.2f} KB per added image")

@@ -39,7 +39,9 @@ def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_si
     (and the flags cut at it where the model learned many wrong labels:
     `label_issues.rank_label_issues`)."""
     train_ids = dataset.train_ids
-    ids = split.train_indices if train_ids is None else np.asarray(train_ids)[split.train_indices]
+    ids = split.train_indices
+    if train_ids is not None:  # The dataset's strings themselves, not a copy of each.
+        ids = np.asarray(train_ids, dtype=object)[split.train_indices]
     trusted = None
     if len(split.meta_indices):
         trusted = (

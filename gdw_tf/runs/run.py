@@ -155,6 +155,7 @@ def run(config: Config) -> dict:
     history = run_dir.read_history(output_dir)
     example_weights = results_lib.example_weights(model, split, ids=dataset.train_ids)
     run_dir.write_npz(os.path.join(output_dir, run_dir.EXAMPLE_WEIGHTS_FILE), example_weights)
+    example_weights.pop("id", None)  # Written; the results read the weights (N strings less).
     stages.mark("example_weights")
     issues = results_lib.training_label_issues(
         model, dataset, split, x_train, mean=mean, std=std, batch_size=config.batch_size
