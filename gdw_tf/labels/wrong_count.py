@@ -503,7 +503,12 @@ def _true_sizes(matrix, counts):
 
 
 def _design(x, mean, std):
-    return np.concatenate([(x - mean) / std, np.ones((len(x), 1))], axis=1)
+    """`[(x - mean) / std, 1]`, written into one array (no temporary of x's size)."""
+    design = np.empty((len(x), x.shape[1] + 1))
+    np.subtract(x, mean, out=design[:, :-1])
+    design[:, :-1] /= std
+    design[:, -1] = 1.0
+    return design
 
 
 def _probe_inputs(probabilities, features):
