@@ -228,6 +228,35 @@ def test_find_label_issues_uses_the_model_and_its_recorded_weights():
         gdw_tf.find_label_issues(model, x[:2], y[:2], index=[0, 64])
 
 
+def test_a_dataset_of_known_length_is_predicted_into_arrays_as_model_predict_gives():
+    rng = np.random.default_rng(4)
+    n, c = 70, 3
+    x = rng.normal(size=(n, 6)).astype("float32")
+    y = rng.integers(0, c, n)
+    x_trusted = rng.normal(size=(60, 6)).astype("float32")
+    y_trusted = np.arange(60) % c
+    model = backbones.mlp((6,), c, hidden=(8,))
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)  # a last batch of 6
+
+    # Batch by batch into arrays of n rows (rows=n) against Keras' predict on the arrays.
+    streamed = label_issues.probe_features(model, batches, x_trusted, components=4, rows=n)
+    whole = label_issues.probe_features(model, x, x_trusted, components=4)
+    assert streamed[2].dtype == np.float32 and streamed[2].shape == (n, 4)
+    for got, expected in zip(streamed, whole):
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(
+        label_issues.predict_probabilities(model, batches, rows=n),
+        label_issues.predict_probabilities(model, x),
+    )
+    issues = gdw_tf.find_label_issues(model, batches, y, trusted=(x_trusted, y_trusted))
+    expected = gdw_tf.find_label_issues(model, x, y, trusted=(x_trusted, y_trusted))
+    np.testing.assert_array_equal(issues.position, expected.position)
+    np.testing.assert_array_equal(issues.score, expected.score)
+    assert issues.estimate.count == expected.estimate.count
+    with pytest.raises(ValueError, match="x has more than 69 examples but y has 69 labels"):
+        gdw_tf.find_label_issues(model, batches, y[:-1])
+
+
 def test_probe_features_are_the_classifiers_input_on_the_trusted_principal_components():
     rng = np.random.default_rng(3)
     backbone = backbones.small_cnn((8, 8, 1), 3)  # the classifier reads a flattened 2x2x64

@@ -170,6 +170,25 @@ def test_mock_cifar10_run_leaves_a_complete_record(tmp_path):
     timing = results["timing"]
     assert len(timing["seconds_per_epoch"]) == 2 and timing["total_seconds"] > 0
     assert timing["steps_per_epoch"] == math.ceil(num_train / 10)
+    # Each stage's seconds and memory, in the order the run went through them.
+    stages = timing["stages"]
+    assert [stage["stage"] for stage in stages] == [
+        "start",
+        "data",
+        "split",
+        "pipelines_and_model",
+        "training",
+        "example_weights",
+        "label_issues",
+        "label_issues_csv",
+        "report",
+        "review",
+        "model_and_results",
+    ]
+    peaks = [stage["peak_rss_mb"] for stage in stages]
+    assert peaks == sorted(peaks) and peaks[0] > 0  # a peak so far never falls
+    assert all(0 < stage["rss_mb"] <= stage["peak_rss_mb"] + 1 for stage in stages)
+    assert sum(stage["seconds"] for stage in stages) <= timing["total_seconds"] + 0.01  # rounded
 
     # example_weights.npz: one row per training example.
     with np.load(os.path.join(run_dir, "example_weights.npz")) as weights:

@@ -178,8 +178,17 @@ def train_dataset(
     columns = (x.keys if streamed else x, np.asarray(y, np.int64))
     if with_index:
         columns += (np.arange(len(x), dtype=np.int64),)
-    dataset = tf.data.Dataset.from_tensor_slices(columns)
-    dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if streamed:
+        # Positions shuffled, rows gathered: the buffer holds one int64 per example, not its
+        # key, label and position as three tensors (about 1 KB per example). The same seed
+        # draws the same order either way.
+        table = tuple(tf.constant(column) for column in columns)
+        dataset = tf.data.Dataset.range(len(x))
+        dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.map(lambda i: tuple(tf.gather(column, i) for column in table))
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices(columns)
+        dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     if input_context is not None:
         return _own_shares(
             dataset,

@@ -263,12 +263,15 @@ def rank_label_issues(
     if estimate is not None and estimate.flags_cut_at_estimate:
         flagged = wrong_count.cut_at_estimate(score, given, estimate.per_given_label)
     # A flagged label's suggestion is the likeliest other class (the argmax where score < 0).
-    others = probabilities.copy()
-    others[np.arange(n), given] = -1.0
-    suggested = np.where(flagged, others.argmax(axis=1), probabilities.argmax(axis=1))
+    suggested = probabilities.argmax(axis=1)
+    rows = np.flatnonzero(flagged)
+    others = probabilities[rows]
+    others[np.arange(len(rows)), given[rows]] = -1.0
+    suggested[rows] = others.argmax(axis=1)
+    del others
     order = np.argsort(score, kind="stable")
     rows = np.arange(n)
-    top = np.argsort(-probabilities, axis=1, kind="stable")[:, : min(TOP_K, num_classes)]
+    top = _top_classes(probabilities, min(TOP_K, num_classes))
     issues = LabelIssues(
         rank=np.arange(1, n + 1),
         id=ids[order],
@@ -288,6 +291,16 @@ def rank_label_issues(
         top_probabilities=np.take_along_axis(probabilities, top, axis=1)[order],
     )
     return issues
+
+
+def _top_classes(probabilities, k, chunk=8192):
+    """`[N, k]` the `k` most probable classes of each row, most probable first (ties: the
+    lower class first), sorted in chunks of rows (one `[N, C]` sort would be N·C int64s)."""
+    top = np.empty((len(probabilities), k), np.int64)
+    for start in range(0, len(probabilities), chunk):
+        rows = probabilities[start : start + chunk]
+        top[start : start + chunk] = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+    return top
 
 
 def _check_trusted(probabilities, labels, num_classes):
@@ -312,7 +325,10 @@ def _check_features(features, trusted_features, n, m):
         raise ValueError("Give both features and trusted_features, or neither.")
     if features is None:
         return None, None
-    features = np.asarray(features, np.float64)
+    # float32 features stay float32: the probes read them in float64, in chunks of rows.
+    features = np.asarray(features)
+    if features.dtype != np.float32:
+        features = features.astype(np.float64)
     trusted_features = np.asarray(trusted_features, np.float64)
     if (
         features.ndim != 2
@@ -403,10 +419,13 @@ def read_label_issues_csv(path: str) -> dict[str, list[str]]:
     return {name: [row[name] for _, row in rows] for name in columns}
 
 
-def predict_probabilities(model: keras.Model, x: Any, batch_size: int = 256) -> np.ndarray:
+def predict_probabilities(
+    model: keras.Model, x: Any, batch_size: int = 256, *, rows: int | None = None
+) -> np.ndarray:
     """Softmax of `model`'s logits on `x` (arrays, or a `tf.data.Dataset` of batches of `x` or
-    `(x, y)`), as a float64 NumPy array `[N, C]`."""
-    return _softmax(_predict(model, x, batch_size))
+    `(x, y)`), as a float64 NumPy array `[N, C]`. `rows`: N, if `x` is a dataset and N is
+    known (the logits are then kept once, not twice, on one replica)."""
+    return _softmax(_predict(model, x, batch_size, rows))
 
 
 def probe_features(
@@ -415,6 +434,8 @@ def probe_features(
     x_trusted: Any,
     batch_size: int = 256,
     components: int = PROBE_COMPONENTS,
+    *,
+    rows: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """The model's probabilities and penultimate features on `x` and on trusted `x_trusted`.
 
@@ -431,11 +452,14 @@ def probe_features(
       batch_size: prediction batch size for array inputs.
       components: how many principal components, at most one per `TRUSTED_PER_COMPONENT`
         trusted examples (`probe_component_count`).
+      rows: the number of examples of `x`, as for `predict_probabilities`.
 
     Returns:
-      `(probabilities, trusted_probabilities, features, trusted_features)`, float64
-      `[N, C]`, `[M, C]`, `[N, K]`, `[M, K]`; None where the network has no layer graph to
-      split (a subclassed model), or its classifier reads the inputs themselves.
+      `(probabilities, trusted_probabilities, features, trusted_features)`: `[N, C]`,
+      `[M, C]`, `[N, K]`, `[M, K]`, float64 but for `features`, float32 as the network
+      computes them (the probes read them in float64, in chunks of rows); None where the
+      network has no layer graph to split (a subclassed model), or its classifier reads the
+      inputs themselves.
 
     Raises:
       ValueError: with fewer than `TRUSTED_PER_COMPONENT` trusted examples.
@@ -454,13 +478,14 @@ def probe_features(
     trusted_features, trusted_logits = _predict(
         keras.Model(both.inputs, [flat, both.outputs[1]]), x_trusted, batch_size
     )
+    trusted_features = np.asarray(trusted_features, np.float64)
     mean, axes = principal_axes(trusted_features, components)
     projection = keras.layers.Dense(
         len(axes), dtype="float32", trainable=False, name="probe_projection"
     )
     projected = keras.Model(both.inputs, [projection(flat), both.outputs[1]])
     projection.set_weights([axes.T, -mean @ axes.T])
-    features, logits = _predict(projected, x, batch_size)
+    features, logits = _predict(projected, x, batch_size, rows)
     return (
         _softmax(logits),
         _softmax(trusted_logits),
@@ -496,18 +521,44 @@ def probe_component_count(num_trusted: int, components: int = PROBE_COMPONENTS) 
     return max(min(components, num_trusted // TRUSTED_PER_COMPONENT), 0)
 
 
-def _predict(model, x, batch_size):
-    """`model.predict` of `x` as float64 NumPy arrays (a list for several outputs)."""
-    out = model.predict(x, batch_size=None if _is_dataset(x) else batch_size, verbose=0)
-    if isinstance(out, (list, tuple)):
-        return [np.asarray(value, np.float64) for value in out]
-    return np.asarray(out, np.float64)
+def _predict(model, x, batch_size, rows=None):
+    """`model.predict` of `x` as NumPy arrays (a list for several outputs), in the model's
+    dtype (float32: N rows of features in float64 would be twice the memory).
+
+    With `rows`, the number of examples of a dataset `x`, and one replica, the outputs are
+    written batch by batch into arrays of `rows` rows (`model.predict` holds them twice: its
+    list of batches and their concatenation); fewer rows come back if `x` has fewer.
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    if rows is None or not _is_dataset(x) or getattr(strategy, "num_replicas_in_sync", 1) > 1:
+        out = model.predict(x, batch_size=None if _is_dataset(x) else batch_size, verbose=0)
+        if isinstance(out, (list, tuple)):
+            return [np.asarray(value) for value in out]
+        return np.asarray(out)
+    arrays, start = None, 0
+    for batch in x.as_numpy_iterator():
+        values = model.predict_on_batch(batch[0] if isinstance(batch, tuple) else batch)
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        if arrays is None:
+            arrays = [np.empty((rows, *v.shape[1:]), v.dtype) for v in values]
+        if start + len(values[0]) > rows:
+            raise ValueError(f"x has more than {rows} examples but y has {rows} labels.")
+        for array, value in zip(arrays, values):
+            array[start : start + len(value)] = value
+        start += len(values[0])
+    if arrays is None:
+        raise ValueError("x has no examples.")
+    arrays = [array[:start] for array in arrays]
+    return arrays if len(arrays) > 1 else arrays[0]
 
 
 def _softmax(logits):
-    logits = logits - logits.max(axis=1, keepdims=True)
-    probabilities = np.exp(logits)
-    return probabilities / probabilities.sum(axis=1, keepdims=True)
+    """Softmax of `logits` `[N, C]` in float64, computed in place in one float64 copy."""
+    probabilities = np.array(logits, np.float64)
+    probabilities -= probabilities.max(axis=1, keepdims=True)
+    np.exp(probabilities, out=probabilities)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    return probabilities
 
 
 def find_label_issues(
@@ -575,11 +626,11 @@ def find_label_issues(
             raise ValueError("trusted must be a pair (x_trusted, y_trusted).")
         trusted_labels = np.asarray(trusted[1]).reshape(-1)
         if probe_component_count(len(trusted_labels)):
-            view = probe_features(model, x, trusted[0], batch_size)
+            view = probe_features(model, x, trusted[0], batch_size, rows=len(y))
     if view is not None:
         probabilities, trusted_probabilities, features, trusted_features = view
     else:
-        probabilities = predict_probabilities(model, x, batch_size)
+        probabilities = predict_probabilities(model, x, batch_size, rows=len(y))
         if trusted is not None:
             trusted_probabilities = predict_probabilities(model, trusted[0], batch_size)
     if len(probabilities) != len(y):

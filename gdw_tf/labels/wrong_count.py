@@ -70,6 +70,8 @@ TRUTH_PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1)
 LABEL_PROBE_EXAMPLES = 100_000
 # Rows per chunk of the probes' Hessian (a chunk's outer products: rows × inputs² numbers).
 _HESSIAN_ROWS = 4096
+# Rows per chunk of the training examples the truth probe reads (their inputs: rows × (C + D)).
+_PREDICT_ROWS = 8192
 PROBE_INPUTS = {
     False: "the model's log-probabilities",
     True: "the model's log-probabilities and the principal components of its penultimate features",
@@ -298,14 +300,14 @@ def estimate_wrong_labels(
             f"The trusted set has no example of class(es) {missing}; the number of wrong labels "
             "is estimated per class: give trusted examples of every class."
         )
-    z, z_trusted = (
-        _probe_inputs(probabilities, features),
-        _probe_inputs(trusted_probabilities, trusted_features),
-    )
+    z_trusted = _probe_inputs(trusted_probabilities, trusted_features)
     fitted = np.arange(len(given))
     if len(given) > LABEL_PROBE_EXAMPLES:  # a seeded sample: plenty for its few hundred weights
         fitted = np.random.default_rng(seed).choice(len(given), LABEL_PROBE_EXAMPLES, False)
-    label_probe = fit_label_probe(z[fitted], given[fitted], num_classes=num_classes)
+    # The probe's inputs of the fitted rows only: all N rows' would be N x (C + D) float64.
+    view = None if features is None else np.asarray(features)[fitted]
+    z = _probe_inputs(probabilities[fitted], view)
+    label_probe = fit_label_probe(z, given[fitted], num_classes=num_classes)
     given_on_trusted = _predict(label_probe, z_trusted)
     out_of_fold = _truth_probe_out_of_fold(z_trusted, trusted_labels, num_classes)
     # The model's confusions come from the least regularised probe: a more regularised one is
@@ -389,7 +391,14 @@ def truth_probabilities(
             _truth_probe_out_of_fold(z_trusted, trusted_labels, num_classes), trusted_labels
         )
     probe = fit_label_probe(z_trusted, trusted_labels, num_classes=num_classes, l2=l2)
-    return _predict(probe, _probe_inputs(probabilities, features))
+    # In chunks of rows: the probe's inputs of all N rows would be N x (C + D + 1) float64.
+    features = None if features is None else np.asarray(features)
+    out = np.empty(probabilities.shape, np.float64)
+    for start in range(0, len(out), _PREDICT_ROWS):
+        rows = slice(start, start + _PREDICT_ROWS)
+        view = None if features is None else features[rows]
+        out[rows] = _predict(probe, _probe_inputs(probabilities[rows], view))
+    return out
 
 
 def cut_at_estimate(score: np.ndarray, given_labels: np.ndarray, per_given_label) -> np.ndarray:
@@ -494,7 +503,12 @@ def _true_sizes(matrix, counts):
 
 
 def _design(x, mean, std):
-    return np.concatenate([(x - mean) / std, np.ones((len(x), 1))], axis=1)
+    """`[(x - mean) / std, 1]`, written into one array (no temporary of x's size)."""
+    design = np.empty((len(x), x.shape[1] + 1))
+    np.subtract(x, mean, out=design[:, :-1])
+    design[:, :-1] /= std
+    design[:, -1] = 1.0
+    return design
 
 
 def _probe_inputs(probabilities, features):

@@ -42,7 +42,9 @@ def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_si
     out (they are listed in `skipped_files.txt`), and the pass made again without any found
     unreadable in it; `position` still indexes `x_train`."""
     train_ids = dataset.train_ids
-    ids = split.train_indices if train_ids is None else np.asarray(train_ids)[split.train_indices]
+    ids = split.train_indices
+    if train_ids is not None:  # The dataset's strings themselves, not a copy of each.
+        ids = np.asarray(train_ids, dtype=object)[split.train_indices]
     x_meta = dataset.x_train[split.meta_indices]
     while True:
         kept = image_files.readable(x_train), image_files.readable(x_meta)

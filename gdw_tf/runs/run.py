@@ -58,6 +58,7 @@ from gdw_tf.runs import lock
 from gdw_tf.runs import results as results_lib
 from gdw_tf.runs import run_dir
 from gdw_tf.runs import serving
+from gdw_tf.runs import stages as stages_lib
 from gdw_tf.runs.config import Config
 
 
@@ -75,16 +76,18 @@ def run(config: Config) -> dict:
       NonFiniteLossError: if the loss became non-finite (the last good epoch stays in backup/).
     """
     start = time.perf_counter()
+    stages = stages_lib.Stages()
+    stages.mark("start")
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
     strategy = distribute.make_strategy(config.distribute)
     config = distribute.worker_config(config, strategy)
     replicas = distribute.num_replicas(strategy)
     distribute.check_replicas(config, replicas)
     with lock.hold(config.output_dir):  # One process per run directory.
-        return _run(config, strategy, replicas, start)
+        return _run(config, strategy, replicas, start=start, stages=stages)
 
 
-def _run(config, strategy, replicas, start):
+def _run(config, strategy, replicas, *, start, stages):
     """`run`, once the run directory is this process's."""
     run_dir.prepare_output_dir(config)
     if config.model_weights == "imagenet":  # Found or downloaded now, before the data is read.
@@ -95,9 +98,11 @@ def _run(config, strategy, replicas, start):
 
     # Data: the dataset, then the split (drawn once, then reloaded).
     dataset = load_data(config)
+    stages.mark("data")
     split = run_dir.load_or_make_split(
         config, dataset.y_train, make=lambda: build_split(config, dataset)
     )
+    stages.mark("split")
     settings = run_settings(config, dataset, split, replicas)
     run_dir.write_json(
         os.path.join(config.output_dir, run_dir.CONFIG_FILE),
@@ -140,6 +145,7 @@ def _run(config, strategy, replicas, start):
     # Model and training: one pass of the (reshuffling) training set per epoch.
     with strategy.scope():
         model = build_gdw_model(config, settings, meta_data)
+    stages.mark("pipelines_and_model")
     model.fit(
         fit_data,
         steps_per_epoch=settings.steps_per_epoch,
@@ -149,16 +155,20 @@ def _run(config, strategy, replicas, start):
         callbacks=callbacks.make_callbacks(config, train_data, settings.steps_per_epoch),
         verbose=config.verbose,
     )
+    stages.mark("training")
 
     # Outputs; results.json last, as the mark of a finished run.
     output_dir = config.output_dir
     history = run_dir.read_history(output_dir)
     example_weights = results_lib.example_weights(model, split, ids=dataset.train_ids)
     run_dir.write_npz(os.path.join(output_dir, run_dir.EXAMPLE_WEIGHTS_FILE), example_weights)
+    example_weights.pop("id", None)  # Written; the results read the weights (N strings less).
+    stages.mark("example_weights")
     issues = results_lib.training_label_issues(
         model, dataset, split, x_train, mean=mean, std=std, batch_size=config.batch_size
     )
-    run_dir.write_label_issues_and_report(output_dir, issues, images=x_train)
+    stages.mark("label_issues")
+    run_dir.write_label_issues_and_report(output_dir, issues, images=x_train, stages=stages)
     model.backbone.save(os.path.join(output_dir, run_dir.MODEL_FILE))
     if config.export_dir:
         serving.export_serving(model.backbone, config.export_dir, mean, std)
@@ -175,6 +185,8 @@ def _run(config, strategy, replicas, start):
         )
     if split.corrections:
         results["corrections"] = json.loads(split.corrections)
+    stages.mark("model_and_results")
+    results["timing"]["stages"] = stages.records
     run_dir.write_json(os.path.join(output_dir, run_dir.RESULTS_FILE), results)
     shutil.rmtree(os.path.join(output_dir, run_dir.BACKUP_DIR), ignore_errors=True)
     return results

@@ -281,17 +281,22 @@ def read_example_weights(output_dir):
         return dict(stored)
 
 
-def write_label_issues_and_report(output_dir, issues, images=None):
+def write_label_issues_and_report(output_dir, issues, images=None, stages=None):
     """Writes the run's `label_issues.csv`, `report.html` and `review.html` for `issues` (its
     ranked labels).
 
     `images`: the training inputs in the order the issues were computed from, for the report's
-    gallery (`gdw_tf.pages.report.render_report`).
+    gallery (`gdw_tf.pages.report.render_report`). `stages`: a `gdw_tf.runs.stages.Stages`
+    that marks each file written.
     """
+    mark = stages.mark if stages is not None else lambda stage: None
     with atomic_path(os.path.join(output_dir, LABEL_ISSUES_FILE)) as temporary:
         label_issues.write_label_issues_csv(temporary, issues)
+    mark("label_issues_csv")
     write_report(output_dir, issues, images=images)
+    mark("report")
     write_review(output_dir, issues, images=images)
+    mark("review")
 
 
 def write_report(output_dir, issues, images=None):

@@ -1,0 +1,158 @@
+"""Peak memory of a streamed run against its number of training images, stage by stage (issue
+29); figures printed and saved as JSON, for docs/PERFORMANCE.md.
+
+Fashion-MNIST's 60,000 training images (Debian's copy) are written once as RGB PNGs; a trusted
+folder holds 50 of each class, and each training folder of `--counts` images is a tree of hard
+links to the other 59,500 PNGs, cycled: above 59,500 images a file appears under several names
+(`c<k>_<name>.png`, its k-th copy), so the disk holds 60,000 images whatever the counts. Each
+count is then one `python -m gdw_tf.train` process under `/usr/bin/time -f %M` (peak resident
+memory), one after another:
+
+    --train_data=<folder> --trusted_data=<trusted> --image_size=32 --model=mlp --lr=0.01 --epochs=1
+
+from the scan of the folder to `results.json`, with the end-of-run steps (the prediction pass,
+the probes, `label_issues.csv`, the report, the review page). The figures per count: the peak
+RSS, the wall time, the rows of `label_issues.csv`, and `results.json`'s `timing.stages` (each
+stage's seconds, resident memory at its end and peak so far: `gdw_tf.runs.stages`); then the
+peak's growth per added image from the smallest count to each larger one.
+
+    nice python scripts/memory_benchmark.py --work_dir=/tmp/memory_bench \
+        --counts=6000,60000,300000 --out=memory.json
+
+The runs are sequential; wrap the command in `nice` on a shared machine and say so.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+TRUSTED_PER_CLASS = 50
+
+
+def write_pngs(work_dir):
+    """Writes Fashion-MNIST's 60,000 training images as RGB PNGs under `work_dir/png/<label>/`
+    (once) and the trusted folder of hard links; returns (the training PNGs' paths, labels)."""
+    import tensorflow as tf
+
+    from gdw_tf.data import datasets
+
+    data = datasets.load_fashion_mnist_idx(datasets.DEBIAN_FASHION_MNIST_DIR)
+    images, labels = data.x_train, data.y_train
+    trusted = np.concatenate([np.flatnonzero(labels == k)[:TRUSTED_PER_CLASS] for k in range(10)])
+    rest = np.setdiff1d(np.arange(len(labels)), trusted)
+    png_dir = os.path.join(work_dir, "png")
+    paths = [os.path.join(png_dir, str(labels[i]), f"{i:05d}.png") for i in range(len(labels))]
+    if not os.path.exists(os.path.join(png_dir, "done")):
+        for k in range(10):
+            os.makedirs(os.path.join(png_dir, str(k)), exist_ok=True)
+
+        def write(image, path):
+            tf.io.write_file(path, tf.io.encode_png(tf.repeat(image, 3, axis=-1)))
+            return 0
+
+        dataset = tf.data.Dataset.from_tensor_slices((images, paths)).map(
+            write, num_parallel_calls=tf.data.AUTOTUNE
+        )
+        for _ in dataset.batch(1024):
+            pass
+        link_tree(os.path.join(work_dir, "trusted"), [paths[i] for i in trusted], labels[trusted])
+        open(os.path.join(png_dir, "done"), "w").close()
+    return [paths[i] for i in rest], labels[rest]
+
+
+def link_tree(folder, paths, labels, count=None):
+    """A folder tree `folder/<label>/` of `count` hard links to `paths` (cycled; the k-th copy
+    of a file is named `c<k>_<name>`), written once; returns `folder`."""
+    count = len(paths) if count is None else count
+    done = os.path.join(folder, ".done")
+    if os.path.exists(done):
+        return folder
+    for i in range(count):
+        copy, j = divmod(i, len(paths))
+        name = os.path.basename(paths[j])
+        target = os.path.join(folder, str(labels[j]), f"c{copy}_{name}" if copy else name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if not os.path.exists(target):
+            os.link(paths[j], target)
+    open(done, "w").close()
+    return folder
+
+
+def timed_run(args, output_dir):
+    """Runs `python -m gdw_tf.train args` under /usr/bin/time; returns its figures: peak RSS
+    (MB), wall seconds, rows of label_issues.csv, `timing.stages` of results.json."""
+    stats = output_dir + ".time"
+    command = ["/usr/bin/time", "-f", "%M", "-o", stats, sys.executable, "-m", "gdw_tf.train"]
+    command += [*args, f"--output_dir={output_dir}", "--overwrite", "--verbose=0"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    wall = time.perf_counter() - start
+    with open(stats) as file:
+        peak_kb = int(file.read().split()[-1])
+    with open(os.path.join(output_dir, "results.json")) as file:
+        results = json.load(file)
+    with open(os.path.join(output_dir, "label_issues.csv")) as file:
+        rows = sum(1 for _ in file) - 1
+    return {
+        "peak_rss_mb": peak_kb / 1024,
+        "wall_s": wall,
+        "label_issues_rows": rows,
+        "stages": results["timing"].get("stages"),
+    }
+
+
+def print_stages(count, figures):
+    peak, wall = figures["peak_rss_mb"], figures["wall_s"]
+    print(f"\n{count:,} images: peak RSS {peak:.0f} MB, wall {wall:.0f} s")
+    print(f"{'stage':<22}{'seconds':>10}{'RSS MB':>10}{'peak MB':>10}")
+    for stage in figures["stages"] or []:
+        print(
+            f"{stage['stage']:<22}{stage['seconds']:>10.1f}{stage['rss_mb']:>10.0f}"
+            f"{stage['peak_rss_mb']:>10.0f}"
+        )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work_dir", default="/tmp/memory_benchmark")
+    parser.add_argument("--counts", default="6000,60000", help="comma-separated image counts")
+    parser.add_argument("--out", default=None, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    counts = sorted(int(c) for c in args.counts.split(","))
+    os.makedirs(args.work_dir, exist_ok=True)
+    paths, labels = write_pngs(args.work_dir)
+    figures = {"cpus": os.cpu_count(), "runs": {}}
+    for count in counts:
+        folder = link_tree(os.path.join(args.work_dir, f"train_{count}"), paths, labels, count)
+        run = timed_run(
+            [
+                f"--train_data={folder}",
+                f"--trusted_data={os.path.join(args.work_dir, 'trusted')}",
+                "--image_size=32",
+                "--model=mlp",
+                "--lr=0.01",
+                "--epochs=1",
+            ],
+            os.path.join(args.work_dir, f"run_{count}"),
+        )
+        figures["runs"][str(count)] = run
+        print_stages(count, run)
+    base = counts[0]
+    for count in counts[1:]:
+        runs = figures["runs"]
+        grown = runs[str(count)]["peak_rss_mb"] - runs[str(base)]["peak_rss_mb"]
+        per_image = grown * 1024 / (count - base)
+        figures[f"kb_per_image_{base}_to_{count}"] = per_image
+        print(f"peak RSS growth {base:,} -> {count:,} images: {per_image:.2f} KB per added image")
+    if args.out:
+        with open(args.out, "w") as file:
+            json.dump(figures, file, indent=2)
+
+
+if __name__ == "__main__":
+    main()
