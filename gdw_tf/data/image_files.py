@@ -3,8 +3,8 @@
 Own images (a folder tree, a CSV of image paths, a `.txt` list file) are not decoded into
 memory. `ImageFiles` holds their paths and the shape every image is decoded to (channels,
 height and width); `gdw_tf.data.input_pipeline` reads, decodes, converts and resizes them in a
-parallel `tf.data` map, so the memory of a run does not grow with the number of images (a path
-costs its length in bytes).
+parallel `tf.data` map, so the images themselves are never all in memory (what a run's memory
+does grow by per image, measured: docs/PERFORMANCE.md).
 
 `ImageFiles` acts as a read-only uint8 array where the code around it needs one: `shape`,
 `dtype`, `ndim`, `len`; indexing with a slice or an index array gives another `ImageFiles`

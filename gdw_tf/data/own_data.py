@@ -19,7 +19,7 @@ reads it from Python; `python -m gdw_tf.train --train_data=PATH` (and `--trusted
 
 Image files (folders, CSVs of paths, lists) are streamed: the dataset holds their paths
 (`gdw_tf.data.image_files.ImageFiles`), and the input pipeline decodes, resizes and augments
-them in a parallel `tf.data` map, so memory does not grow with the number of images. Before
+them in a parallel `tf.data` map, so the images are never all in memory. Before
 training, one parallel pass decodes every file once (cached in the run directory for a resumed
 run): an unreadable file is skipped and listed in `skipped_files.txt`, with one warning line.
 What operating systems leave beside images (`__MACOSX/`, `._*`, `.DS_Store`) is ignored. An

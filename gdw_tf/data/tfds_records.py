@@ -1,5 +1,5 @@
 """The records of a prepared TFDS split, streamed: a lazy uint8 `[N, H, W, C]` array whose images
-`tf.data` reads from TFDS' own files and decodes, so that memory does not grow with the data.
+`tf.data` reads from TFDS' own files and decodes, so that the images are never all in memory.
 
 TFDS prepares a dataset as TFRecord files, one serialized example per record. `split_records`
 reads a split's files once, in order, without decoding an image: the length of every record
