@@ -29,6 +29,7 @@ SMALL_BENCH_COMMAND = (
 )
 
 
+@pytest.mark.slow
 def test_run_times_every_method_and_measures_memory():
     figures = bench.run(
         bench.Bench(
@@ -74,6 +75,7 @@ def _record_models(monkeypatch):
     return built
 
 
+@pytest.mark.slow
 def test_meta_interval_is_passed_to_the_models_and_reported(monkeypatch):
     built = _record_models(monkeypatch)
     figures = bench.run(
@@ -139,6 +141,7 @@ def test_the_table_shows_memory_that_could_not_be_measured_as_na():
     assert rows[1].split() == ["gdw", "3.0", "3.00", "-", "n/a", "-"]
 
 
+@pytest.mark.slow
 def test_each_weighting_method_is_timed_per_meta_scope(monkeypatch):
     assert bench.with_scopes(["ce", "mwnet", "gdw"], ["all", "last:3"]) == [
         "ce",

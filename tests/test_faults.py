@@ -401,6 +401,7 @@ def _class_folders(root, rng, per_class, size=6):
     return paths
 
 
+@pytest.mark.slow
 def test_a_run_whose_files_go_bad_after_epoch_1_goes_on_without_them(tmp_path, monkeypatch):
     rng = np.random.default_rng(5)
     train = _class_folders(str(tmp_path / "train"), rng, 20)

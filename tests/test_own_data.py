@@ -230,6 +230,7 @@ def test_the_data_floor_reads_own_data_from_python_without_a_config(tmp_path):
     assert from_run.train_ids == dataset.train_ids
 
 
+@pytest.mark.slow
 def test_the_example_of_docs_data_md_runs(tmp_path, monkeypatch, capsys):
     rng = np.random.default_rng(0)
     for folder, per_class in (("photos", 12), ("trusted", 2), ("test", 4)):

@@ -83,6 +83,7 @@ def test_study_runs_resumes_and_reports_mean_and_std_over_seeds(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_study_refuses_unknown_settings(tmp_path):
     result = _study(tmp_path, "--settings=uniform_99")
     assert result.returncode != 0
