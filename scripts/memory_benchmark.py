@@ -29,39 +29,15 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
-TRUSTED_PER_CLASS = 50
+import streaming_benchmark  # scripts/, beside this one
 
 
 def write_pngs(work_dir):
-    """Writes Fashion-MNIST's 60,000 training images as RGB PNGs under `work_dir/png/<label>/`
-    (once) and the trusted folder of hard links; returns (the training PNGs' paths, labels)."""
-    import tensorflow as tf
-
-    from gdw_tf.data import datasets
-
-    data = datasets.load_fashion_mnist_idx(datasets.DEBIAN_FASHION_MNIST_DIR)
-    images, labels = data.x_train, data.y_train
-    trusted = np.concatenate([np.flatnonzero(labels == k)[:TRUSTED_PER_CLASS] for k in range(10)])
-    rest = np.setdiff1d(np.arange(len(labels)), trusted)
-    png_dir = os.path.join(work_dir, "png")
-    paths = [os.path.join(png_dir, str(labels[i]), f"{i:05d}.png") for i in range(len(labels))]
-    if not os.path.exists(os.path.join(png_dir, "done")):
-        for k in range(10):
-            os.makedirs(os.path.join(png_dir, str(k)), exist_ok=True)
-
-        def write(image, path):
-            tf.io.write_file(path, tf.io.encode_png(tf.repeat(image, 3, axis=-1)))
-            return 0
-
-        dataset = tf.data.Dataset.from_tensor_slices((images, paths)).map(
-            write, num_parallel_calls=tf.data.AUTOTUNE
-        )
-        for _ in dataset.batch(1024):
-            pass
-        link_tree(os.path.join(work_dir, "trusted"), [paths[i] for i in trusted], labels[trusted])
-        open(os.path.join(png_dir, "done"), "w").close()
+    """Fashion-MNIST's 60,000 training images as RGB PNGs under `work_dir/png/<label>/`
+    (`streaming_benchmark.write_pngs`, the same layout) and the trusted folder of hard links;
+    returns (the other training PNGs' paths, their labels)."""
+    _, labels, paths, trusted, rest = streaming_benchmark.write_pngs(work_dir)
+    link_tree(os.path.join(work_dir, "trusted"), [paths[i] for i in trusted], labels[trusted])
     return [paths[i] for i in rest], labels[rest]
 
 

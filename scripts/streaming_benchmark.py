@@ -41,9 +41,15 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRUSTED_PER_CLASS = 50
 
 
-def write_trees(work_dir):
-    """Writes the trusted folder and the 6,000 and 59,500 training folders (hard links to one
-    set of PNGs) and an .npz of the 59,500 as RGB; returns their paths."""
+def write_pngs(work_dir):
+    """Writes Fashion-MNIST's 60,000 training images (Debian's copy) as RGB PNGs under
+    `work_dir/png/<label>/<index>.png`, once.
+
+    Returns:
+      `(images, labels, paths, trusted, rest)`: the `[60000, 28, 28, 1]` images, their labels,
+      the PNGs' paths, and the indices of the trusted examples (the first `TRUSTED_PER_CLASS` of
+      each class) and of the others.
+    """
     import tensorflow as tf
 
     from gdw_tf.data import datasets
@@ -54,7 +60,7 @@ def write_trees(work_dir):
     rest = np.setdiff1d(np.arange(len(labels)), trusted)
     png_dir = os.path.join(work_dir, "png")
     paths = [os.path.join(png_dir, str(labels[i]), f"{i:05d}.png") for i in range(len(labels))]
-    if not os.path.exists(os.path.join(work_dir, "done")):
+    if not os.path.exists(os.path.join(png_dir, "done")):
         for k in range(10):
             os.makedirs(os.path.join(png_dir, str(k)), exist_ok=True)
 
@@ -68,6 +74,15 @@ def write_trees(work_dir):
         )
         for _ in dataset.batch(1024):
             pass
+        open(os.path.join(png_dir, "done"), "w").close()
+    return images, labels, paths, trusted, rest
+
+
+def write_trees(work_dir):
+    """Writes the trusted folder and the 6,000 and 59,500 training folders (hard links to one
+    set of PNGs, `write_pngs`) and an .npz of the 59,500 as RGB; returns their paths."""
+    if not os.path.exists(os.path.join(work_dir, "done")):
+        images, labels, paths, trusted, rest = write_pngs(work_dir)
         for name, chosen in (
             ("trusted", trusted),
             ("train_6000", rest[:6000]),
