@@ -19,6 +19,7 @@ from gdw_tf.data import datasets
 from gdw_tf.data import input_pipeline
 from gdw_tf.data import split as split_lib
 from gdw_tf.labels import label_issues
+from gdw_tf.labels import neighbours
 from gdw_tf.labels import wrong_count
 from gdw_tf.nets import backbones
 from gdw_tf.pages import report
@@ -149,6 +150,7 @@ def test_csv_columns_order_and_values(tmp_path):
         == (
             "rank",
             "id",
+            "set",
             "given_label",
             "suggested_label",
             "score",
@@ -158,19 +160,22 @@ def test_csv_columns_order_and_values(tmp_path):
             "instance_weight",
             "labelled_class_weight",
             "review_rank",
+            "reviewed",
         )
     )
-    assert len(rows) == 31
+    assert len(rows) == 31  # no trusted set: training rows only
     for i, row in enumerate(rows[1:]):
         assert int(row[0]) == i + 1
         assert int(row[1]) == issues.id[i]
-        assert (int(row[2]), int(row[3])) == (issues.given_label[i], issues.suggested_label[i])
-        assert float(row[4]) == pytest.approx(issues.score[i], abs=1e-6)
-        assert row[5] == ("1" if issues.score[i] < 0 else "0")
-        assert float(row[8]) == pytest.approx(issues.instance_weight[i], abs=1e-6)
-        assert row[9] == ""  # no labelled-class weight given
-        assert (row[10] != "") == (row[5] == "1")  # a review rank for the flagged only
-    scores = [float(row[4]) for row in rows[1:]]
+        assert row[2] == "training"
+        assert (int(row[3]), int(row[4])) == (issues.given_label[i], issues.suggested_label[i])
+        assert float(row[5]) == pytest.approx(issues.score[i], abs=1e-6)
+        assert row[6] == ("1" if issues.score[i] < 0 else "0")
+        assert float(row[9]) == pytest.approx(issues.instance_weight[i], abs=1e-6)
+        assert row[10] == ""  # no labelled-class weight given
+        assert (row[11] != "") == (row[6] == "1")  # a review rank for the flagged only
+        assert row[12] == "0"  # nothing was reviewed before
+    scores = [float(row[5]) for row in rows[1:]]
     assert scores == sorted(scores)
 
     table = label_issues.read_label_issues_csv(named)
@@ -565,3 +570,108 @@ def test_stage2_on_the_given_label_matches_gdws_own_stage2(weights_script):
     assert factor[0] > 0
     np.testing.assert_allclose(parts.sum(axis=1), predicted)
     assert (parts[np.arange(12), y] == 0).all()
+
+
+# --------------------------------------------------------------------------------------------
+# The trusted set, checked: its rows in label_issues.csv and first in the review
+
+
+def _clusters(rng, per_class, num_classes, dims=5):
+    """Examples around one centre per class, with their true classes."""
+    centres = 6.0 * np.eye(num_classes, dims)
+    true = np.repeat(np.arange(num_classes), per_class)
+    return (centres[true] + rng.normal(size=(len(true), dims))).astype(np.float32), true
+
+
+def test_trusted_labels_their_neighbours_outvote_are_flagged_and_reviewed_first(
+    tmp_path, monkeypatch
+):
+    """Three clusters; 30% of the training labels are wrong, the trusted labels right but for
+    two. The neighbours' vote (most training labels around an example are right) flags exactly
+    those two, suggests their true class, and the review begins with them."""
+    monkeypatch.setattr(neighbours, "NEIGHBOURS", 30)
+    rng = np.random.default_rng(3)
+    features, true = _clusters(rng, 60, 3)
+    given = true.copy()
+    wrong = rng.random(len(true)) < 0.3
+    given[wrong] = (true[wrong] + 1) % 3
+    trusted_features, trusted_true = _clusters(rng, 8, 3)
+    trusted_labels = trusted_true.copy()
+    trusted_labels[[1, 12]] = [2, 0]  # two wrong trusted labels
+    probabilities = _probabilities(rng, len(given), 3)
+    issues = label_issues.rank_label_issues(
+        probabilities,
+        given,
+        trusted_probabilities=_probabilities(rng, 24, 3),
+        trusted_labels=trusted_labels,
+        features=features,
+        trusted_features=trusted_features,
+        trusted_ids=np.arange(1000, 1024),
+    )
+    checks = issues.trusted
+    assert checks.evidence == "neighbours"
+    assert set(checks.id[checks.flagged]) == {1001, 1012}
+    assert list(checks.id[:2]) in ([1001, 1012], [1012, 1001])  # most contradicted first
+    assert checks.suggested_label[:2].tolist() == trusted_true[checks.position[:2]].tolist()
+    # The score, recomputed: the shares of the 30 nearest training examples' given labels.
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    for i in range(len(checks)):
+        query = trusted_features[checks.position[i]]
+        nearest = np.argsort(-(unit @ (query / np.linalg.norm(query))))[:30]
+        shares = np.bincount(given[nearest], minlength=3) / 30
+        label = checks.label[i]
+        others = np.delete(shares, label)
+        assert checks.score[i] == pytest.approx(shares[label] - others.max())
+
+    in_trusted, positions = label_issues.review_order(issues)
+    assert in_trusted[:2].all() and not in_trusted[2:].any()
+    assert len(positions) == 2 + issues.num_flagged
+
+    path = tmp_path / "label_issues.csv"
+    label_issues.write_label_issues_csv(path, issues)
+    table = label_issues.read_label_issues_csv(path)
+    sets = np.array(table["set"])
+    assert (sets == "training").sum() == len(given) and (sets == "trusted").sum() == 24
+    trusted_rows = np.flatnonzero(sets == "trusted")
+    assert [table["id"][i] for i in trusted_rows[:2]] == [str(i) for i in checks.id[:2]]
+    ranked = sorted(
+        (int(rank), table["set"][i], table["id"][i])
+        for i, rank in enumerate(table["review_rank"])
+        if rank
+    )
+    assert [r[1] for r in ranked[:2]] == ["trusted", "trusted"]
+    assert [r[0] for r in ranked] == list(range(1, len(positions) + 1))
+    assert {table["flagged"][i] for i in trusted_rows[2:]} == {"0"}
+
+
+def test_without_features_the_trusted_check_reads_the_model():
+    rng = np.random.default_rng(4)
+    labels = np.arange(12) % 3
+    trusted = np.full((12, 3), 0.1)
+    trusted[np.arange(12), labels] = 0.8
+    trusted[4] = [0.1, 0.1, 0.8]  # the model disagrees with this one (labelled 1)
+    issues = label_issues.rank_label_issues(
+        _probabilities(rng, 20, 3),
+        rng.integers(0, 3, 20),
+        trusted_probabilities=trusted,
+        trusted_labels=labels,
+    )
+    assert issues.trusted.evidence == "model"
+    np.testing.assert_array_equal(issues.trusted.position[issues.trusted.flagged], [4])
+    np.testing.assert_allclose(
+        np.sort(issues.trusted.score), np.sort(label_issues.label_margin(trusted, labels))
+    )
+
+
+def test_a_reviewed_label_contradicted_again_comes_back_first():
+    rng = np.random.default_rng(5)
+    probabilities = _probabilities(rng, 40, 3)
+    given = rng.integers(0, 3, 40)
+    reviewed = np.zeros(40, bool)
+    reviewed[[3, 17, 25]] = True
+    issues = label_issues.rank_label_issues(probabilities, given, reviewed=reviewed)
+    _, positions = label_issues.review_order(issues)
+    second = [p for p in positions if issues.reviewed[p]]
+    flagged_reviewed = np.flatnonzero(issues.reviewed & issues.flagged)
+    assert len(flagged_reviewed) >= 1  # the seed flags at least one of them
+    assert positions[: len(second)].tolist() == sorted(flagged_reviewed.tolist())

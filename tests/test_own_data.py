@@ -25,6 +25,7 @@ from gdw_tf.data import input_pipeline
 from gdw_tf.data import own_data
 from gdw_tf.data import split as split_lib
 from gdw_tf.labels import label_issues
+from gdw_tf.labels import neighbours
 from gdw_tf.nets import backbones
 from gdw_tf.runs import auto_meta
 from gdw_tf.runs import config as config_lib
@@ -501,12 +502,12 @@ def test_neighbour_votes_match_a_brute_force_count(monkeypatch):
             shares.append(np.bincount(labels[nearest], minlength=4) / k)
         return np.array(shares)
 
-    votes = auto_meta.neighbour_votes(features, labels, rows, 4, neighbours=25)
+    votes = neighbours.neighbour_votes(features, labels, features[rows], 4, neighbours=25)
     np.testing.assert_allclose(votes, brute(np.arange(300), 25))
     # More examples than VOTERS: the nearest of a seeded sample vote, as many in proportion.
-    monkeypatch.setattr(auto_meta, "VOTERS", 150)
+    monkeypatch.setattr(neighbours, "VOTERS", 150)
     voters = np.sort(np.random.default_rng(0).choice(300, 150, replace=False))
-    votes = auto_meta.neighbour_votes(features, labels, rows, 4, neighbours=40)
+    votes = neighbours.neighbour_votes(features, labels, features[rows], 4, neighbours=40)
     np.testing.assert_allclose(votes, brute(voters, 20))
 
 
@@ -525,7 +526,7 @@ def test_select_by_neighbours_passes_over_confident_labels_their_neighbours_outv
     probabilities[given == 0, 0] = 0.7
     probabilities[flipped, 0] = 0.9  # the wrong labels look the surest
     probabilities[:, 1] = 1 - probabilities[:, 0]
-    monkeypatch.setattr(auto_meta, "NEIGHBOURS", 30)
+    monkeypatch.setattr(neighbours, "NEIGHBOURS", 30)
     monkeypatch.setattr(auto_meta, "POOL", 5)
     per_class = 10
 
@@ -540,7 +541,7 @@ def test_select_by_neighbours_passes_over_confident_labels_their_neighbours_outv
         members = np.flatnonzero(given == k)
         agreement = probabilities[members, k]
         candidates = members[np.argsort(-agreement, kind="stable")[: 5 * per_class]]
-        votes = auto_meta.neighbour_votes(features, given, candidates, 2, neighbours=30)
+        votes = neighbours.neighbour_votes(features, given, features[candidates], 2, neighbours=30)
         margin = votes[:, k] - votes[:, 1 - k]
         expected += list(candidates[np.argsort(-margin, kind="stable")[:per_class]])
     np.testing.assert_array_equal(chosen, np.sort(expected))

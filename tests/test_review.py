@@ -63,11 +63,28 @@ def test_bad_corrections_are_one_line_errors(tmp_path, rows, header, message):
         corrections_lib.read_corrections(str(tmp_path / "missing.csv"), num_classes=3)
 
 
-def test_contradiction_across_two_files_is_refused(tmp_path):
-    first = _write_csv(tmp_path / "a.csv", [["5", 0, 1]])
-    second = _write_csv(tmp_path / "b.csv", [["5", 0, 2]])
-    with pytest.raises(ValueError, match=r"id '5' is reviewed as 1 .*a.csv:2.* as 2 .*b.csv:2"):
-        corrections_lib.read_corrections([first, second], num_classes=3)
+def test_a_later_file_replaces_an_earlier_review_and_remove_takes_an_example_out(tmp_path):
+    """The second look: round 2's corrections.csv, given after round 1's, replaces its review
+    of an id (a label or `remove`); within one file, two reviews of an id must agree."""
+    first = _write_csv(tmp_path / "a.csv", [["5", 0, 1], ["6", 0, 2], ["8", 1, 1]])
+    second = _write_csv(
+        tmp_path / "b.csv",
+        [["5", 0, 2, ""], ["8", 1, "", "remove"], ["9", 0, "", "skip"]],
+        header=("id", "given_label", "reviewed_label", "decision"),
+    )
+    reviews = corrections_lib.read_corrections([first, second], num_classes=3)
+    assert reviews.ids == ("5", "6", "8")  # where each id was first read; "9" not reviewed
+    np.testing.assert_array_equal(reviews.reviewed_labels, [2, 2, corrections_lib.REMOVED])
+    assert reviews.sources == (f"{second}:2", f"{first}:3", f"{second}:3")
+    reviews = corrections_lib.read_corrections([second, first], num_classes=3)
+    np.testing.assert_array_equal(reviews.reviewed_labels, [1, 1, 2])  # 5, 8, then 6
+    both = _write_csv(
+        tmp_path / "c.csv",
+        [["5", 0, 1, ""], ["5", 0, "", "remove"]],
+        header=("id", "given_label", "reviewed_label", "decision"),
+    )
+    with pytest.raises(ValueError, match=r"id '5' is reviewed as 1 .*c.csv:2.* as removed"):
+        corrections_lib.read_corrections(both, num_classes=3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,8 +138,11 @@ def test_correct_split_moves_a_balanced_share_to_the_meta_set_and_relabels_the_r
         "added_to_trusted_per_class": per_class,
         "relabelled_in_trusted": 2,
         "corrected_in_training": 20 - 3 * per_class,
+        "removed_from_trusted": 0,
+        "removed_from_training": 0,
     }
     assert json.loads(corrected.corrections) == summary
+    np.testing.assert_array_equal(corrected.reviewed_indices, np.sort([int(i) for i in ids]))
     # Nothing lost or duplicated; the meta set grew by per_class in every class.
     np.testing.assert_array_equal(
         np.sort(np.concatenate([corrected.meta_indices, corrected.train_indices])),
@@ -149,14 +169,44 @@ def test_correct_split_moves_a_balanced_share_to_the_meta_set_and_relabels_the_r
         [true_of[i] != label_of[i] for i in corrected.train_indices.tolist()],
     )
     assert corrected.realised_noise_rate == pytest.approx(corrected.train_corrupted.mean())
-    # The split saves and loads with its summary.
+    # The split saves and loads with its summary and reviewed examples.
     corrected.save(str(tmp_path / "split.npz"))
-    assert json.loads(split_lib.Split.load(str(tmp_path / "split.npz")).corrections) == summary
+    loaded = split_lib.Split.load(str(tmp_path / "split.npz"))
+    assert json.loads(loaded.corrections) == summary
+    np.testing.assert_array_equal(loaded.reviewed_indices, corrected.reviewed_indices)
     with pytest.raises(ValueError, match=r"1 reviewed id\(s\) are not in the training data"):
         corrections_lib.correct_split(
             split,
             corrections_lib.Corrections(("99999",), np.array([0]), ("x",), ("f.csv",)),
         )
+
+
+def test_remove_takes_trusted_and_training_examples_out_of_the_split():
+    labels = np.repeat(np.arange(3), 40)
+    split = split_lib.make_split(
+        labels, 3, num_meta=15, noise="uniform", ratio=0.6, imbalance=1.0, seed=3
+    )
+    removed = corrections_lib.REMOVED
+    ids = [split.meta_indices[2], split.train_indices[5], split.train_indices[9]]
+    reviews = corrections_lib.Corrections(
+        ids=tuple(str(i) for i in ids),
+        reviewed_labels=np.array([removed, removed, 1]),
+        sources=("x",) * 3,
+        files=("f.csv",),
+    )
+    corrected, summary = corrections_lib.correct_split(split, reviews)
+    assert (summary["removed_from_trusted"], summary["removed_from_training"]) == (1, 1)
+    assert (summary["added_to_trusted"], summary["corrected_in_training"]) == (0, 1)
+    kept = np.concatenate([corrected.meta_indices, corrected.train_indices])
+    assert not np.isin(ids[:2], kept).any()
+    assert len(kept) == len(split.meta_indices) + len(split.train_indices) - 2
+    position = int(np.flatnonzero(corrected.train_indices == ids[2])[0])
+    assert corrected.train_noisy_labels[position] == 1
+    np.testing.assert_array_equal(corrected.reviewed_indices, [ids[2]])
+    true_of = dict(zip(split.train_indices.tolist(), split.train_true_labels.tolist()))
+    assert corrected.train_true_labels.tolist() == [
+        true_of[i] for i in corrected.train_indices.tolist()
+    ]
 
 
 def test_apply_corrections_for_fit_users(tmp_path):

@@ -201,10 +201,16 @@ def test_a_row_with_a_missing_cell_in_label_issues_csv_is_refused(tmp_path):
 
 def test_one_example_spelled_two_ways_is_one_id(tmp_path):
     header = "id,given_label,reviewed_label\n"
+    contradicting = _write_bytes(
+        tmp_path / "a.csv", header + "photos/a.png,0,1\n./photos/a.png,0,2\n"
+    )
+    with pytest.raises(ValueError, match=r"id 'photos/a.png' is reviewed as 1 .*a.csv:2.* as 2"):
+        corrections_lib.read_corrections(contradicting, num_classes=3)
     contradicting = _write_bytes(tmp_path / "a.csv", header + "photos/a.png,0,1\n")
     spelled = _write_bytes(tmp_path / "b.csv", header + "./photos/a.png,0,2\n")
-    with pytest.raises(ValueError, match=r"id 'photos/a.png' is reviewed as 1 .*a.csv:2.* as 2"):
-        corrections_lib.read_corrections([contradicting, spelled], num_classes=3)
+    later = corrections_lib.read_corrections([contradicting, spelled], num_classes=3)
+    assert later.ids == ("photos/a.png",)  # one id: the later file's review replaces the first
+    np.testing.assert_array_equal(later.reviewed_labels, [2])
     agreeing = _write_bytes(tmp_path / "c.csv", header + "./photos/a.png,0,1\nphotos/b.png,1,0\n")
     reviews = corrections_lib.read_corrections([contradicting, agreeing], num_classes=3)
     assert reviews.ids == ("photos/a.png", "photos/b.png")

@@ -17,10 +17,17 @@ example that is already in the meta set takes its reviewed label there. Everythi
 reviewed stays as it was.
 
 `corrections.csv` has one row per reviewed example with at least the columns `id` (as in
-`label_issues.csv`) and `reviewed_label` (a class index, or a class name); the review page
-also writes `given_label`, `decision`, `suggested_label`, `rank`, `score`, `given_class` and
-`reviewed_class`, of which only `reviewed_class` is read (below). A row whose `reviewed_label`
-is empty is not a review (skipped). A file re-saved by a spreadsheet is read as it saved it
+`label_issues.csv`: a training or a trusted example) and `reviewed_label` (a class index, or a
+class name); the review page also writes `given_label`, `decision`, `suggested_label`, `rank`,
+`score`, `given_class` and `reviewed_class`, of which `decision` and `reviewed_class` are read
+(below). A row whose `decision` is `remove` takes its example out of the run, whichever set it
+is in (the reviewer found no class that fits it: its label can neither steer the run nor be
+learned); its `reviewed_label` is not read. Another row whose `reviewed_label` is empty is not
+a review (skipped).
+
+Several files are read in the order given, each a later review: a later file's review of an id
+replaces an earlier file's (the second look at a label the next run contradicted). Within one
+file, two different reviews of one id are refused. A file re-saved by a spreadsheet is read as it saved it
 (`gdw_tf.data.csv_cells`: UTF-8 with or without BOM, `,` `;` or tab, CRLF, `'`-escaped
 cells), and ids are compared as `csv_cells.normalize_id` gives them everywhere (two spellings
 of one path are one id, so they cannot give one example two reviews).
@@ -54,6 +61,8 @@ from gdw_tf.data import csv_cells
 
 CORRECTIONS_FILE = "corrections.csv"
 REQUIRED_COLUMNS = ("id", "reviewed_label")
+REMOVE = "remove"  # the `decision` that takes an example out of the run
+REMOVED = -1  # its `Corrections.reviewed_labels` entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +71,8 @@ class Corrections:
 
     Attributes:
       ids: the reviewed examples' ids, as text (`label_issues.csv`'s `id`).
-      reviewed_labels: `[R]` int labels in `[0, C)`.
+      reviewed_labels: `[R]` int labels in `[0, C)`, or `REMOVED` for an example the review
+        takes out of the run.
       sources: where each review was read (`file:line`).
       files: the files read, in order.
     """
@@ -122,39 +132,51 @@ def read_corrections(
       class_names: ...or one of these names.
 
     Returns:
-      The `Corrections`, one per reviewed id (an id reviewed twice with the same label counts
-      once).
+      The `Corrections`, one per reviewed id, in the order the ids first appear: a later
+      file's review replaces an earlier file's; one id reviewed twice alike counts once (where
+      it was first read).
 
     Raises:
       ValueError: (one line) for a missing file, a file without the `id` and
         `reviewed_label` columns, a row with missing cells, a reviewed label that is not a
-        class or is ambiguous, or two reviews of one id that give different labels.
+        class or is ambiguous, or two different reviews of one id in one file.
     """
     files = parse_paths(paths)
     if not files:
         raise ValueError("--corrections names no file; give FILE[,FILE...] of corrections.csv.")
     names = {str(name): k for k, name in enumerate(class_names or ())}
-    by_id = {}  # normalised id → (label, source)
+    by_id = {}  # normalised id → (label, source), the latest file's review last
     for path in files:
         if not os.path.isfile(path):
             raise ValueError(f"corrections file {path} does not exist.")
         _, rows = csv_cells.read_table(path, REQUIRED_COLUMNS)
+        in_file = {}
         for line, row in rows:
             text = row["reviewed_label"].strip()
-            if not text:
+            removed = row.get("decision", "").strip().lower() == REMOVE
+            if not text and not removed:
                 continue  # Not reviewed.
             source = f"{path}:{line}"
-            label = _reviewed_label(text, row.get("reviewed_class", ""), source, num_classes, names)
+            label = (
+                REMOVED
+                if removed
+                else _reviewed_label(
+                    text, row.get("reviewed_class", ""), source, num_classes, names
+                )
+            )
             if not row["id"].strip():
                 raise ValueError(f"{source}: the id is empty; give it as in label_issues.csv.")
             example_id = csv_cells.normalize_id(row["id"])
-            if example_id in by_id and by_id[example_id][0] != label:
+            if example_id in in_file and in_file[example_id][0] != label:
                 raise ValueError(
-                    f"id {example_id!r} is reviewed as {by_id[example_id][0]} "
-                    f"({by_id[example_id][1]}) and as {label} ({source}); keep one review "
-                    "of it."
+                    f"id {example_id!r} is reviewed as {_shown(in_file[example_id][0])} "
+                    f"({in_file[example_id][1]}) and as {_shown(label)} ({source}); keep one "
+                    "review of it."
                 )
-            by_id.setdefault(example_id, (label, source))
+            in_file.setdefault(example_id, (label, source))
+        for example_id, review in in_file.items():
+            if by_id.get(example_id, (None,))[0] != review[0]:
+                by_id[example_id] = review  # A later review replaces an earlier one.
     return Corrections(
         ids=tuple(by_id),
         reviewed_labels=np.array([label for label, _ in by_id.values()], np.int64),
@@ -168,14 +190,15 @@ def meta_additions(reviewed_labels: np.ndarray, num_classes: int) -> np.ndarray:
     the smallest number of reviewed examples in any class (see the module docstring).
 
     Args:
-      reviewed_labels: `[R]` reviewed labels in `[0, C)`, in review order.
+      reviewed_labels: `[R]` reviewed labels in `[0, C)` (or `REMOVED`: never joins), in
+        review order.
       num_classes: `C`.
 
     Returns:
       `[R]` bool, True for the examples that join the meta set (`a * C` of them).
     """
     labels = np.asarray(reviewed_labels, np.int64)
-    counts = np.bincount(labels, minlength=num_classes)
+    counts = np.bincount(labels[labels != REMOVED], minlength=num_classes)
     per_class = int(counts.min()) if len(counts) else 0
     rank_in_class = np.zeros(len(labels), np.int64)
     for k in range(num_classes):
@@ -194,11 +217,13 @@ def correct_split(split, corrections: Corrections, *, ids: Sequence | None = Non
         None for the benchmarks, whose ids are the indices (and for `locate_reviews`' result).
 
     Returns:
-      `(split, summary)`: a new `Split` (`corrections` holds the summary as JSON), and the
-      summary dict: `files`, `reviewed`, `changed` (reviewed label ≠ the label the data gave),
-      `added_to_trusted`, `added_to_trusted_per_class`, `relabelled_in_trusted` (reviewed
-      examples already in the meta set), `corrected_in_training` (reviewed examples left in
-      the training set with their reviewed label).
+      `(split, summary)`: a new `Split` (`corrections` holds the summary as JSON,
+      `reviewed_indices` the reviewed examples left in it), and the summary dict: `files`,
+      `reviewed`, `changed` (reviewed label ≠ the label the data gave), `added_to_trusted`,
+      `added_to_trusted_per_class`, `relabelled_in_trusted` (reviewed examples already in the
+      meta set), `corrected_in_training` (reviewed examples left in the training set with
+      their reviewed label), `removed_from_trusted`, `removed_from_training` (examples the
+      review took out of the run).
 
     Raises:
       ValueError: if a reviewed id is not in the split's training or meta set.
@@ -206,10 +231,13 @@ def correct_split(split, corrections: Corrections, *, ids: Sequence | None = Non
     train_pos, meta_pos = _locate_in_split(split, corrections, ids)
     reviewed = corrections.reviewed_labels
     in_train = train_pos >= 0
+    removed = reviewed == REMOVED
     given = np.empty(len(reviewed), np.int64)  # the labels the data gave
     given[in_train] = split.train_noisy_labels[train_pos[in_train]]
     given[~in_train] = split.meta_labels[meta_pos[~in_train]]
-    positions, labels = train_pos[in_train], reviewed[in_train]
+    relabelled_meta = ~in_train & ~removed
+    kept = in_train & ~removed
+    positions, labels = train_pos[kept], reviewed[kept]
     joins = meta_additions(labels, split.num_classes)
     summary = {
         "files": list(corrections.files),
@@ -217,15 +245,30 @@ def correct_split(split, corrections: Corrections, *, ids: Sequence | None = Non
         "changed": int((given != reviewed).sum()),
         "added_to_trusted": int(joins.sum()),
         "added_to_trusted_per_class": int(joins.sum()) // split.num_classes,
-        "relabelled_in_trusted": int((~in_train).sum()),
+        "relabelled_in_trusted": int(relabelled_meta.sum()),
         "corrected_in_training": int((~joins).sum()),
+        "removed_from_trusted": int((~in_train & removed).sum()),
+        "removed_from_training": int((in_train & removed).sum()),
     }
-    corrected = (
-        split.relabel_meta(meta_pos[~in_train], reviewed[~in_train])
-        .relabel_train(positions, labels)
-        .move_to_meta(positions[joins])
+    reviewed_indices = np.sort(
+        np.concatenate(
+            [split.train_indices[positions], split.meta_indices[meta_pos[relabelled_meta]]]
+        )
     )
-    return dataclasses.replace(corrected, corrections=json.dumps(summary)), summary
+    corrected = (
+        split.relabel_meta(meta_pos[relabelled_meta], reviewed[relabelled_meta])
+        .relabel_train(positions, labels)
+        .without(train_pos[in_train & removed], meta_pos[~in_train & removed])
+    )
+    # The training positions moved by `without`: find the joining examples again by index.
+    joining = np.isin(corrected.train_indices, split.train_indices[positions[joins]])
+    corrected = corrected.move_to_meta(np.flatnonzero(joining))
+    return (
+        dataclasses.replace(
+            corrected, corrections=json.dumps(summary), reviewed_indices=reviewed_indices
+        ),
+        summary,
+    )
 
 
 def locate_reviews(split, corrections: Corrections, *, ids: Sequence | None = None):
@@ -347,20 +390,24 @@ def apply_corrections(
             corrections, num_classes=num_classes, class_names=class_names
         )
     train_pos, _ = locate_ids(corrections.ids, train_ids=ids)
-    reviewed = corrections.reviewed_labels
+    removed = corrections.reviewed_labels == REMOVED
+    train_pos, reviewed = train_pos[~removed], corrections.reviewed_labels[~removed]
     joins = meta_additions(reviewed, num_classes)
     y_fixed = y.copy()
     y_fixed[train_pos] = reviewed
     keep = np.ones(len(y), bool)
     keep[train_pos[joins]] = False
+    keep[locate_ids([i for i, r in zip(corrections.ids, removed) if r], train_ids=ids)[0]] = False
     summary = {
         "files": list(corrections.files),
         "reviewed": len(corrections),
-        "changed": int((y[train_pos] != reviewed).sum()),
+        "changed": int((y[train_pos] != reviewed).sum()) + int(removed.sum()),
         "added_to_trusted": int(joins.sum()),
         "added_to_trusted_per_class": int(joins.sum()) // num_classes,
         "relabelled_in_trusted": 0,
         "corrected_in_training": int((~joins).sum()),
+        "removed_from_trusted": 0,
+        "removed_from_training": int(removed.sum()),
     }
     return CorrectedData(
         x=x[keep],
@@ -401,6 +448,10 @@ def _reviewed_label(text, class_text, source, num_classes, names):
             f"reviewed_class is {class_text!r}; make them agree (or empty reviewed_class)."
         )
     return label
+
+
+def _shown(label):
+    return "removed" if label == REMOVED else label
 
 
 def _name_of(names, label):

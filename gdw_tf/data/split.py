@@ -17,7 +17,7 @@ Where we depart from the reference code, and why:
   `symmetric`, and record the realised noise rate and transition matrix in every `Split`.
 
 A `Split` changes only through its own methods (`move_to_meta`, `relabel_train`,
-`relabel_meta`, `without_meta`), each returning a new `Split` whose statistics of the training
+`relabel_meta`, `without`, `without_meta`), each returning a new `Split` whose statistics of the training
 set (corrupted flags, empirical transition matrix, realised noise rate) are recomputed.
 """
 
@@ -56,8 +56,9 @@ class Split:
     # trusted set) or "auto" (chosen from the noisy training data, `gdw_tf.runs.auto_meta`).
     meta_source: str = "clean"
     # Reviews applied to the split (`gdw_tf.data.corrections.correct_split`): their summary as
-    # JSON, "" if none.
+    # JSON, "" if none, and the indices of the reviewed examples left in it.
     corrections: str = ""
+    reviewed_indices: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
     def move_to_meta(self, positions) -> "Split":
         """The split with the training examples at `positions` moved to the meta set, with
@@ -93,6 +94,22 @@ class Split:
         meta_labels = self.meta_labels.copy()
         meta_labels[np.asarray(positions, np.int64)] = labels
         return dataclasses.replace(self, meta_labels=meta_labels)
+
+    def without(self, train_positions=(), meta_positions=()) -> "Split":
+        """The split without the training examples at `train_positions` and the meta examples
+        at `meta_positions` (into `meta_indices`): they leave the split."""
+        keep_train = np.ones(len(self.train_indices), bool)
+        keep_train[np.asarray(train_positions, np.int64)] = False
+        keep_meta = np.ones(len(self.meta_indices), bool)
+        keep_meta[np.asarray(meta_positions, np.int64)] = False
+        return dataclasses.replace(
+            self,
+            meta_indices=self.meta_indices[keep_meta],
+            meta_labels=self.meta_labels[keep_meta],
+            train_indices=self.train_indices[keep_train],
+            train_true_labels=self.train_true_labels[keep_train],
+            train_noisy_labels=self.train_noisy_labels[keep_train],
+        )._recounted()
 
     def without_meta(self) -> "Split":
         """The split with an empty meta set: its examples leave the split."""

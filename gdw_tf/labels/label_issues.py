@@ -42,12 +42,14 @@ from numpy.typing import ArrayLike
 
 from gdw_tf.core import backbone_split
 from gdw_tf.data import csv_cells
+from gdw_tf.labels import neighbours
 from gdw_tf.labels import wrong_count
 
 # Columns of `label_issues.csv`, in order; the two class-name columns only with class names.
 CSV_COLUMNS = (
     "rank",
     "id",
+    "set",
     "given_label",
     "suggested_label",
     "score",
@@ -57,7 +59,10 @@ CSV_COLUMNS = (
     "instance_weight",
     "labelled_class_weight",
     "review_rank",
+    "reviewed",
 )
+# `label_issues.csv`'s `set`: which set a row's example is in.
+TRAINING, TRUSTED = "training", "trusted"
 CSV_NAME_COLUMNS = ("given_class", "suggested_class")
 TOP_K = 5  # the model's most probable classes kept per example (for review.html)
 # Principal components of the penultimate features the trusted set's probes read (measured on
@@ -66,6 +71,53 @@ TOP_K = 5  # the model's most probable classes kept per example (for review.html
 # noisier than none, 10 did not).
 PROBE_COMPONENTS = 32
 TRUSTED_PER_COMPONENT = 10
+
+
+@dataclasses.dataclass(eq=False)
+class TrustedChecks:
+    """The trusted examples, each label checked against the data around it; most contradicted
+    first (`check_trusted`).
+
+    Attributes:
+      rank: 1, 2, ... within the trusted set (1 = most contradicted).
+      id: the example's id, of the same form as the training examples'.
+      position: its position in the trusted arrays the check was computed from.
+      label: its trusted label.
+      suggested_label: the class the evidence puts first; for a flagged example, the first
+        class other than its label.
+      score: the evidence's share for its label − the largest share of another class, in
+        [−1, 1]; lower is more suspicious.
+      flagged: score < 0: the evidence puts another class first.
+      label_share, suggested_share: the evidence's shares of those classes.
+      top_classes, top_shares: `[M, min(TOP_K, C)]` the classes the evidence puts first, and
+        their shares.
+      evidence: `"neighbours"`: the shares are the given labels of the example's
+        `neighbours.NEIGHBOURS` nearest training examples (the model's penultimate features);
+        `"model"`: the model's probabilities (where it has no features to compare).
+      reviewed: `[M]` bool, True where an earlier review gave the label (`--corrections`).
+    """
+
+    rank: np.ndarray
+    id: np.ndarray
+    position: np.ndarray
+    label: np.ndarray
+    suggested_label: np.ndarray
+    score: np.ndarray
+    flagged: np.ndarray
+    label_share: np.ndarray
+    suggested_share: np.ndarray
+    top_classes: np.ndarray
+    top_shares: np.ndarray
+    evidence: str
+    reviewed: np.ndarray
+
+    def __len__(self):
+        return len(self.rank)
+
+    @property
+    def num_flagged(self):
+        """How many trusted examples the evidence contradicts."""
+        return int(self.flagged.sum())
 
 
 @dataclasses.dataclass(eq=False)
@@ -93,6 +145,9 @@ class LabelIssues:
         (the estimated number of wrong labels, its interval, per given label); else None.
       top_classes, top_probabilities: `[N, min(TOP_K, C)]` the model's most probable classes
         of each example, most probable first, and their probabilities.
+      reviewed: `[N]` bool, True where an earlier review gave the label (`--corrections`), or
+        None.
+      trusted: with a trusted set, its labels checked (`TrustedChecks`), or None.
     """
 
     rank: np.ndarray
@@ -111,6 +166,8 @@ class LabelIssues:
     estimate: wrong_count.WrongLabelEstimate | None = None
     top_classes: np.ndarray | None = None
     top_probabilities: np.ndarray | None = None
+    reviewed: np.ndarray | None = None
+    trusted: TrustedChecks | None = None
 
     def __len__(self):
         return len(self.rank)
@@ -150,6 +207,9 @@ def rank_label_issues(
     trusted_for_flags: bool = True,
     features: ArrayLike | None = None,
     trusted_features: ArrayLike | None = None,
+    trusted_ids: ArrayLike | None = None,
+    reviewed: ArrayLike | None = None,
+    trusted_reviewed: ArrayLike | None = None,
 ) -> LabelIssues:
     """Ranks examples by the margin of their given label and flags the suspicious ones.
 
@@ -175,9 +235,13 @@ def rank_label_issues(
       features, trusted_features: optional `[N, D]` and `[M, D]` features of the training
         and trusted examples that the trusted set's probes read beside the probabilities
         (`probe_features`); both or neither, and only with a trusted set.
+      trusted_ids: optional `[M]` ids of the trusted examples (default: `0..M-1`).
+      reviewed, trusted_reviewed: optional `[N]` and `[M]` bools, True for the examples whose
+        label an earlier review gave (kept in `LabelIssues.reviewed` and `TrustedChecks`).
 
     Returns:
-      A `LabelIssues`, most suspicious first (ties keep the input order).
+      A `LabelIssues`, most suspicious first (ties keep the input order); with a trusted set,
+      its `trusted` holds the trusted labels checked (`check_trusted`).
 
     Raises:
       ValueError: on mismatched lengths, labels outside `[0, C)`, probabilities that are
@@ -262,13 +326,20 @@ def rank_label_issues(
     flagged = score < 0
     if estimate is not None and estimate.flags_cut_at_estimate:
         flagged = wrong_count.cut_at_estimate(score, given, estimate.per_given_label)
-    # A flagged label's suggestion is the likeliest other class (the argmax where score < 0).
-    suggested = probabilities.argmax(axis=1)
-    rows = np.flatnonzero(flagged)
-    others = probabilities[rows]
-    others[np.arange(len(rows)), given[rows]] = -1.0
-    suggested[rows] = others.argmax(axis=1)
-    del others
+    suggested = _suggestions(probabilities, given, flagged)
+    reviewed = _bools(reviewed, n, "reviewed")
+    checks = None
+    if trusted_probabilities is not None:
+        checks = check_trusted(
+            trusted_labels,
+            num_classes=num_classes,
+            features=features,
+            labels=given,
+            trusted_features=trusted_features,
+            trusted_probabilities=trusted_probabilities,
+            ids=trusted_ids,
+            reviewed=trusted_reviewed,
+        )
     order = np.argsort(score, kind="stable")
     rows = np.arange(n)
     top = _top_classes(probabilities, min(TOP_K, num_classes))
@@ -289,8 +360,102 @@ def rank_label_issues(
         estimate=estimate,
         top_classes=top[order],
         top_probabilities=np.take_along_axis(probabilities, top, axis=1)[order],
+        reviewed=reviewed[order],
+        trusted=checks,
     )
     return issues
+
+
+def check_trusted(
+    trusted_labels: ArrayLike,
+    *,
+    num_classes: int,
+    features: ArrayLike | None = None,
+    labels: ArrayLike | None = None,
+    trusted_features: ArrayLike | None = None,
+    trusted_probabilities: ArrayLike | None = None,
+    ids: ArrayLike | None = None,
+    reviewed: ArrayLike | None = None,
+) -> TrustedChecks:
+    """Checks each trusted label against the given labels of the training examples around it.
+
+    The trusted set steers every weight the run learns, so its wrong labels are the first to
+    review. The model cannot tell them well: it was steered by them. The training data can:
+    most of its labels are right even where many are wrong, so a trusted label that most of the
+    example's nearest training examples (cosine similarity of `features`) do not carry is
+    suspect (`neighbours.neighbour_votes`; docs/LABEL_ISSUES.md, "Reviewing the trusted set",
+    has the measurements). Without features (a model without a layer graph), the model's
+    probabilities are the evidence instead.
+
+    Args:
+      trusted_labels: `[M]` the trusted labels in `[0, C)`.
+      num_classes: `C`.
+      features, labels: `[N, D]` features of the training examples and their `[N]` given
+        labels: the voters.
+      trusted_features: `[M, D]` the trusted examples' features.
+      trusted_probabilities: `[M, C]` the model's probabilities of the trusted examples (the
+        evidence where `features` is None).
+      ids: optional `[M]` ids (default `0..M-1`).
+      reviewed: optional `[M]` bools, True where an earlier review gave the label.
+
+    Returns:
+      The `TrustedChecks`, most contradicted first (ties keep the input order).
+    """
+    trusted_labels = np.asarray(trusted_labels, np.int64).reshape(-1)
+    m = len(trusted_labels)
+    if features is not None:
+        evidence = "neighbours"
+        shares = neighbours.neighbour_votes(features, labels, trusted_features, num_classes)
+    elif trusted_probabilities is not None:
+        evidence = "model"
+        shares = np.asarray(trusted_probabilities, np.float64)
+    else:
+        raise ValueError("check_trusted needs features and labels, or trusted_probabilities.")
+    score = label_margin(shares, trusted_labels)
+    flagged = score < 0
+    suggested = _suggestions(shares, trusted_labels, flagged)
+    ids = np.arange(m) if ids is None else np.asarray(ids)
+    if ids.shape[:1] != (m,):
+        raise ValueError(f"trusted ids must have {m} entries, one per example; got {len(ids)}.")
+    order = np.argsort(score, kind="stable")
+    top = _top_classes(shares, min(TOP_K, num_classes))
+    rows = np.arange(m)
+    return TrustedChecks(
+        rank=np.arange(1, m + 1),
+        id=ids[order],
+        position=order,
+        label=trusted_labels[order],
+        suggested_label=suggested[order],
+        score=score[order],
+        flagged=flagged[order],
+        label_share=shares[rows, trusted_labels][order],
+        suggested_share=shares[rows, suggested][order],
+        top_classes=top[order],
+        top_shares=np.take_along_axis(shares, top, axis=1)[order],
+        evidence=evidence,
+        reviewed=_bools(reviewed, m, "trusted_reviewed")[order],
+    )
+
+
+def _suggestions(probabilities, given, flagged):
+    """The most probable class of each row; for a flagged row, the most probable other than its
+    given label (the argmax where the margin is negative)."""
+    suggested = probabilities.argmax(axis=1)
+    rows = np.flatnonzero(flagged)
+    others = probabilities[rows]
+    others[np.arange(len(rows)), given[rows]] = -1.0
+    suggested[rows] = others.argmax(axis=1)
+    return suggested
+
+
+def _bools(values, n, name):
+    """`values` as `[n]` bool (all False if None)."""
+    if values is None:
+        return np.zeros(n, bool)
+    values = np.asarray(values, bool).reshape(-1)
+    if values.shape != (n,):
+        raise ValueError(f"{name} must have {n} entries, one per example; got {len(values)}.")
+    return values
 
 
 def _top_classes(probabilities, k, chunk=8192):
@@ -346,43 +511,75 @@ def _check_features(features, trusted_features, n, m):
     return features, trusted_features
 
 
-def review_order(issues: LabelIssues) -> np.ndarray:
-    """Positions (in `issues`' ranked order) of the flagged examples in the order of review.
+def review_order(issues: LabelIssues) -> tuple[np.ndarray, np.ndarray]:
+    """The flagged examples of both sets in the order of review.
 
-    In rounds: the most suspicious flagged example of each suggested class, then the second
-    most suspicious of each, and so on; within a round, most suspicious first. Any prefix of
-    the review is thus spread over the classes as evenly as the flags allow, which is what
-    lets the reviewed examples join the class-balanced trusted set
-    (`gdw_tf.data.corrections`); in score order alone the first hundreds are mostly of the
-    one or two classes the model is surest of. The review page (`gdw_tf.pages.review`) and
-    `label_issues.csv`'s `review_rank` follow it.
+    1. Second looks: flagged examples whose label an earlier review gave (a reviewed label
+       the model or the data now contradict is shown again, never trusted silently);
+       trusted ones first, each set in its ranked order.
+    2. The trusted examples the evidence contradicts (`check_trusted`), most contradicted
+       first: the trusted set steers every weight of the run.
+    3. The flagged training examples in rounds: the most suspicious of each suggested class,
+       then the second most suspicious of each, and so on; within a round, most suspicious
+       first. Any prefix of the review is thus spread over the classes as evenly as the flags
+       allow, which is what lets the reviewed examples join the class-balanced trusted set
+       (`gdw_tf.data.corrections`); in score order alone the first hundreds are mostly of the
+       one or two classes the model is surest of.
+
+    The review page (`gdw_tf.pages.review`) and `label_issues.csv`'s `review_rank` follow it.
+
+    Returns:
+      `(trusted, positions)`: `[R]` bools, True for an example of the trusted set, and its
+      position in `issues.trusted` (ranked order) if so, else in `issues` (ranked order).
     """
     flagged = np.flatnonzero(issues.flagged)  # ranked: most suspicious first
-    suggested = issues.suggested_label[flagged]
-    round_of = np.zeros(len(flagged), np.int64)
+    reviewed = issues.reviewed[flagged] if issues.reviewed is not None else None
+    checks = issues.trusted
+    trusted_flagged = np.flatnonzero(checks.flagged) if checks is not None else flagged[:0]
+    trusted_reviewed = checks.reviewed[trusted_flagged] if checks is not None else None
+    second_trusted = trusted_flagged[trusted_reviewed] if checks is not None else flagged[:0]
+    second_training = flagged[reviewed] if reviewed is not None else flagged[:0]
+    first_trusted = trusted_flagged[~trusted_reviewed] if checks is not None else flagged[:0]
+    rest = flagged[~reviewed] if reviewed is not None else flagged
+    suggested = issues.suggested_label[rest]
+    round_of = np.zeros(len(rest), np.int64)
     for k in np.unique(suggested):
         members = suggested == k
         round_of[members] = np.arange(int(members.sum()))
-    return flagged[np.lexsort((np.arange(len(flagged)), round_of))]
+    rest = rest[np.lexsort((np.arange(len(rest)), round_of))]
+    parts = (second_trusted, second_training, first_trusted, rest)
+    trusted = np.concatenate([np.full(len(p), t) for p, t in zip(parts, (1, 0, 1, 0))]).astype(bool)
+    return trusted, np.concatenate(parts).astype(np.int64)
 
 
 def write_label_issues_csv(
     path: str, issues: LabelIssues, *, class_names: Sequence[str] | None = None
 ) -> None:
-    """Writes `issues` to `path` as CSV, one row per example, most suspicious first.
+    """Writes `issues` to `path` as CSV: the training examples, most suspicious first, then the
+    trusted examples (`issues.trusted`), most contradicted first.
 
     Columns: `CSV_COLUMNS`, then `given_class`, `suggested_class` if class names are known
-    (`class_names`, else `issues.class_names`). `flagged` is 1 or 0; a missing weight is empty.
-    `review_rank` is a flagged example's place in the review page's order (`review_order`),
+    (`class_names`, else `issues.class_names`). `set` is `training` or `trusted`; `rank` is the
+    rank within the row's set; a trusted row's `given_label` is its trusted label and its
+    `score`, probabilities and suggestion are the evidence's (`TrustedChecks`). `flagged` is 1
+    or 0; a missing weight is empty. `review_rank` is a flagged example's place in the review
+    page's order (`review_order`: second looks, then the trusted set, then the training set),
     empty for the others: a reviewer working down the file by `review_rank` and one on the page
-    see the same examples in the same order.
+    see the same examples in the same order. `reviewed` is 1 where an earlier review gave the
+    label.
     No cell is a live formula in a spreadsheet: an id or class name that starts with `=`, `+`,
     `-`, `@`, a tab or a CR is written with a leading `'` (`gdw_tf.data.csv_cells.escape_cell`;
     numbers are left as they are); `read_label_issues_csv` removes it.
     """
     names = class_names if class_names is not None else issues.class_names
+    checks = issues.trusted
     review_rank = np.zeros(len(issues), np.int64)
-    review_rank[review_order(issues)] = np.arange(1, issues.num_flagged + 1)
+    trusted_review_rank = np.zeros(len(checks) if checks is not None else 0, np.int64)
+    in_trusted, positions = review_order(issues)
+    ranks = np.arange(1, len(positions) + 1)
+    review_rank[positions[~in_trusted]] = ranks[~in_trusted]
+    trusted_review_rank[positions[in_trusted]] = ranks[in_trusted]
+    reviewed = issues.reviewed if issues.reviewed is not None else np.zeros(len(issues), bool)
     columns = CSV_COLUMNS + (CSV_NAME_COLUMNS if names is not None else ())
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
@@ -391,6 +588,7 @@ def write_label_issues_csv(
             row = [
                 int(issues.rank[i]),
                 _plain(issues.id[i]),
+                TRAINING,
                 int(issues.given_label[i]),
                 int(issues.suggested_label[i]),
                 f"{issues.score[i]:.6f}",
@@ -400,9 +598,29 @@ def write_label_issues_csv(
                 _number(issues.instance_weight[i]),
                 _number(issues.labelled_class_weight[i]),
                 int(review_rank[i]) if review_rank[i] else "",
+                int(reviewed[i]),
             ]
             if names is not None:
                 row += [names[issues.given_label[i]], names[issues.suggested_label[i]]]
+            writer.writerow([csv_cells.escape_cell(cell) for cell in row])
+        for i in range(len(checks) if checks is not None else 0):
+            row = [
+                int(checks.rank[i]),
+                _plain(checks.id[i]),
+                TRUSTED,
+                int(checks.label[i]),
+                int(checks.suggested_label[i]),
+                f"{checks.score[i]:.6f}",
+                int(checks.flagged[i]),
+                f"{checks.label_share[i]:.6f}",
+                f"{checks.suggested_share[i]:.6f}",
+                "",
+                "",
+                int(trusted_review_rank[i]) if trusted_review_rank[i] else "",
+                int(checks.reviewed[i]),
+            ]
+            if names is not None:
+                row += [names[checks.label[i]], names[checks.suggested_label[i]]]
             writer.writerow([csv_cells.escape_cell(cell) for cell in row])
 
 
@@ -572,6 +790,9 @@ def find_label_issues(
     batch_size: int = 256,
     trusted: tuple | None = None,
     trusted_for_flags: bool = True,
+    trusted_ids: ArrayLike | None = None,
+    reviewed: ArrayLike | None = None,
+    trusted_reviewed: ArrayLike | None = None,
 ) -> LabelIssues:
     """The ranked label issues of `(x, y)` under a trained `GDWModel` (or any logits model).
 
@@ -592,6 +813,7 @@ def find_label_issues(
         wrong labels is then estimated with them, and where the model learned many, the flags
         cut at it (`rank_label_issues`).
       trusted_for_flags: as `rank_label_issues` (False for an automatic trusted set).
+      trusted_ids, reviewed, trusted_reviewed: as `rank_label_issues`.
 
     Returns:
       A `LabelIssues` (see `rank_label_issues`).
@@ -647,6 +869,9 @@ def find_label_issues(
         trusted_for_flags=trusted_for_flags,
         features=features,
         trusted_features=trusted_features,
+        trusted_ids=trusted_ids,
+        reviewed=reviewed,
+        trusted_reviewed=trusted_reviewed,
     )
 
 

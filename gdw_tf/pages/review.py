@@ -1,13 +1,17 @@
 """`review.html`: one self-contained page per run to review the flagged labels by keyboard.
 
-The page walks the flagged examples (`label_issues.csv`'s `flagged`), up to `REVIEW_LIMIT` of
-them, in the order of `label_issues.csv`'s `review_rank` (`label_issues.review_order`: most
-suspicious first within each suggested class, the classes in turn): the image (or the row of
-feature values), the given and the suggested label and the model's most probable classes. One
-key each:
+The page walks the flagged examples of both sets (`label_issues.csv`'s `flagged`), up to
+`REVIEW_LIMIT` of them, in the order of `label_issues.csv`'s `review_rank`
+(`label_issues.review_order`: second looks at reviewed labels that are contradicted again, the
+trusted examples the data around them contradicts, then the training examples, most suspicious
+first within each suggested class, the classes in turn): the image (or the row of feature
+values), which set it is in, the given (or trusted) and the suggested label and the evidence's
+first classes (the model's probabilities; for a trusted example, the shares of its nearest
+training examples' labels). One key each:
 
     k / Enter   keep the given label         a   take the suggested label
     0-9         that class (with more than 10 classes: type its number, Enter if it could go on)
+    r           remove: no class fits, leave the example out of the next run
     s / →       skip                         b / ← / Backspace   back
 
 Decisions are kept in the browser's `localStorage` under a key of the run (its directory's name
@@ -39,7 +43,7 @@ _IMAGE_PIXELS = 160  # longest side of an image on the page (larger ones are sub
 _FEATURES_SHOWN = 64  # values of a feature row shown
 
 
-def render_review(issues, *, run_name="run", images=None, limit=REVIEW_LIMIT):
+def render_review(issues, *, run_name="run", images=None, trusted_images=None, limit=REVIEW_LIMIT):
     """The review page of a run, as a string (`gdw_tf.runs.run_dir.write_review` writes a run's).
 
     Args:
@@ -48,9 +52,12 @@ def render_review(issues, *, run_name="run", images=None, limit=REVIEW_LIMIT):
       images: optional training inputs in the order the issues were computed from
         (`issues.position` indexes them): uint8 images `[N, H, W, C]` are shown as images,
         anything else `[N, ...]` as rows of values.
-      limit: at most this many flagged examples, the most suspicious.
+      trusted_images: the trusted examples' inputs likewise (`issues.trusted.position`).
+      limit: at most this many flagged examples, in the order of review.
     """
-    data = review_data(issues, images=images, run_name=run_name, limit=limit)
+    data = review_data(
+        issues, images=images, trusted_images=trusted_images, run_name=run_name, limit=limit
+    )
     payload = (
         json.dumps(data, ensure_ascii=False, separators=(",", ":"))
         .replace("<", "\\u003c")
@@ -66,43 +73,65 @@ def render_review(issues, *, run_name="run", images=None, limit=REVIEW_LIMIT):
     )
 
 
-def review_data(issues, *, images=None, run_name="run", limit=REVIEW_LIMIT):
+def review_data(issues, *, images=None, trusted_images=None, run_name="run", limit=REVIEW_LIMIT):
     """The page's JSON: the run, the classes and the flagged examples to review (in
     `gdw_tf.labels.label_issues.review_order`).
 
-    Each item: `rank`, `id` (text), `given`, `suggested`, `score`, `top` (pairs of class and
-    probability), and `image` (a PNG data URI) or `row` (feature values).
+    Each item: `set` (`training` or `trusted`), `rank` (within its set), `id` (text), `given`,
+    `suggested`, `score`, `reviewed` (an earlier review gave the label), `top` (pairs of class
+    and probability, or share of neighbours for a trusted example), and `image` (a PNG data
+    URI) or `row` (feature values).
     """
     names = (
         [str(name) for name in issues.class_names]
         if issues.class_names is not None
         else [str(k) for k in range(issues.num_classes)]
     )
-    flagged = label_issues.review_order(issues)[:limit]
+    in_trusted, positions = label_issues.review_order(issues)
+    checks = issues.trusted
     is_image = images is not None and images_lib.is_image_array(images)
     items, image_bytes = [], 0
-    for i in flagged:
-        item = {
-            "rank": int(issues.rank[i]),
-            "id": _text(issues.id[i]),
-            "given": int(issues.given_label[i]),
-            "suggested": int(issues.suggested_label[i]),
-            "score": round(float(issues.score[i]), 4),
-            "top": _top(issues, i),
-        }
-        if is_image:
-            uri = images_lib.png_data_uri(_shrink(images[issues.position[i]]))
+    for trusted, i in zip(in_trusted[:limit], positions[:limit]):
+        if trusted:
+            item = {
+                "set": label_issues.TRUSTED,
+                "rank": int(checks.rank[i]),
+                "id": _text(checks.id[i]),
+                "given": int(checks.label[i]),
+                "suggested": int(checks.suggested_label[i]),
+                "score": round(float(checks.score[i]), 4),
+                "reviewed": bool(checks.reviewed[i]),
+                "top": [
+                    [int(k), round(float(p), 4)]
+                    for k, p in zip(checks.top_classes[i], checks.top_shares[i])
+                ],
+            }
+            source, position = trusted_images, checks.position[i]
+        else:
+            item = {
+                "set": label_issues.TRAINING,
+                "rank": int(issues.rank[i]),
+                "id": _text(issues.id[i]),
+                "given": int(issues.given_label[i]),
+                "suggested": int(issues.suggested_label[i]),
+                "score": round(float(issues.score[i]), 4),
+                "reviewed": bool(issues.reviewed is not None and issues.reviewed[i]),
+                "top": _top(issues, i),
+            }
+            source, position = images, issues.position[i]
+        if source is not None and is_image:
+            uri = images_lib.png_data_uri(_shrink(source[position]))
             image_bytes += len(uri)
             if image_bytes > IMAGE_BUDGET:
                 break
             item["image"] = uri
-        elif images is not None:
-            values = np.asarray(images[issues.position[i]]).reshape(-1)
+        elif source is not None:
+            values = np.asarray(source[position]).reshape(-1)
             item["row"] = [_value(v) for v in values[:_FEATURES_SHOWN]]
             item["more"] = int(max(len(values) - _FEATURES_SHOWN, 0))
         items.append(item)
     fingerprint = hashlib.sha256(
-        json.dumps([[it["id"], it["given"], it["score"]] for it in items]).encode()
+        json.dumps([[it["set"], it["id"], it["given"], it["score"]] for it in items]).encode()
     ).hexdigest()[:16]
     return {
         "run": run_name,
@@ -110,6 +139,9 @@ def review_data(issues, *, images=None, run_name="run", limit=REVIEW_LIMIT):
         "classes": names,
         "num_examples": len(issues),
         "num_flagged": issues.num_flagged,
+        "num_trusted": len(checks) if checks is not None else 0,
+        "num_trusted_flagged": checks.num_flagged if checks is not None else 0,
+        "trusted_evidence": checks.evidence if checks is not None else None,
         "items": items,
     }
 

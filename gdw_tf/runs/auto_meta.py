@@ -15,7 +15,7 @@ wrong ones, and the 100 most confident "Trouser" examples held 52 sneakers. The 
 example's nearest neighbours in the warm-up model's features still tell: around a sneaker
 most examples are sneakers, and most sneakers keep their label. So, in each class, among the
 `POOL` × `per_class` examples the warm-up model finds most confidently of their given class,
-the chosen are those whose `NEIGHBOURS` nearest training examples (cosine similarity of the
+the chosen are those whose `neighbours.NEIGHBOURS` nearest training examples (cosine similarity of the
 classifier layer's inputs) most outvote every other class for the given label. Measured in
 docs/LABEL_ISSUES.md ("Automatic trusted set"). The price stays a meta set of easy, typical
 examples rather than a random sample (on the benchmarks `results.json` reports its purity).
@@ -35,6 +35,7 @@ import numpy as np
 
 from gdw_tf.core import backbone_split
 from gdw_tf.data import input_pipeline
+from gdw_tf.labels import neighbours
 from gdw_tf.nets import backbones
 from gdw_tf.runs import config as config_lib
 
@@ -84,52 +85,9 @@ def _most_confident(probabilities, given_labels, count):
     return ranked
 
 
-# The neighbours that vote on an example's label, and the candidates per chosen example (chosen on
-# Fashion-MNIST flip 40%, seed 0; docs/LABEL_ISSUES.md reports other seeds and settings).
-NEIGHBOURS = 200
+# Candidates per chosen example (chosen on Fashion-MNIST flip 40%, seed 0; docs/LABEL_ISSUES.md
+# reports other seeds and settings).
 POOL = 10
-# At most this many examples vote (a seeded sample of larger training sets), so that the vote
-# costs at most candidates × VOTERS similarities.
-VOTERS = 100_000
-# Similarities computed at once (rows × training examples), to bound the memory of the vote.
-_SIMILARITIES_AT_ONCE = 1 << 24
-
-
-def neighbour_votes(features, labels, rows, num_classes, neighbours):
-    """Each row's share of its nearest examples that carry each label.
-
-    Args:
-        features: `[N, D]` features of all examples.
-        labels: `[N]` their (given) labels in `[0, C)`.
-        rows: `[R]` positions of the examples whose neighbours vote.
-        num_classes: `C`.
-        neighbours: how many nearest examples vote (`NEIGHBOURS` for the choice; cosine
-            similarity; the example itself is among them, as its own label is part of what the
-            data says). With more than
-            `VOTERS` examples, the nearest among a seeded sample of `VOTERS` of them vote, as
-            many in proportion (at least `neighbours / 10`).
-
-    Returns:
-        `[R, C]` float64 shares, each row summing to 1.
-    """
-    features = np.asarray(features, np.float32).reshape(len(labels), -1)
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    unit = features / np.maximum(norms, np.finfo(np.float32).tiny)
-    labels = np.asarray(labels, np.int64)
-    voters = np.arange(len(labels))
-    if len(labels) > VOTERS:
-        voters = np.sort(np.random.default_rng(0).choice(len(labels), VOTERS, replace=False))
-        neighbours = max(neighbours * VOTERS // len(labels), neighbours // 10)
-    neighbours = min(neighbours, len(voters))
-    voter_unit, voter_labels = unit[voters].T, labels[voters]
-    votes = np.zeros((len(rows), num_classes))
-    step = max(1, _SIMILARITIES_AT_ONCE // len(voters))
-    for start in range(0, len(rows), step):
-        similarity = unit[rows[start : start + step]] @ voter_unit
-        nearest = np.argpartition(-similarity, neighbours - 1, axis=1)[:, :neighbours]
-        counts = np.apply_along_axis(np.bincount, 1, voter_labels[nearest], minlength=num_classes)
-        votes[start : start + step] = counts / neighbours
-    return votes
 
 
 def select_by_neighbours(probabilities, features, given_labels, num_classes, per_class):
@@ -155,7 +113,9 @@ def select_by_neighbours(probabilities, features, given_labels, num_classes, per
     require_per_class(given_labels, num_classes, per_class)
     chosen = []
     for k, candidates in enumerate(_most_confident(probabilities, given_labels, POOL * per_class)):
-        votes = neighbour_votes(features, given_labels, candidates, num_classes, NEIGHBOURS)
+        votes = neighbours.neighbour_votes(
+            features, given_labels, np.asarray(features)[candidates], num_classes
+        )
         own = votes[:, k].copy()
         votes[:, k] = -np.inf
         margin = own - votes.max(axis=1)

@@ -42,14 +42,17 @@ def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_si
     out (they are listed in `skipped_files.txt`), and the pass made again without any found
     unreadable in it; `position` still indexes `x_train`."""
     train_ids = dataset.train_ids
-    ids = split.train_indices
+    ids, meta_ids = split.train_indices, split.meta_indices
     if train_ids is not None:  # The dataset's strings themselves, not a copy of each.
         ids = np.asarray(train_ids, dtype=object)[split.train_indices]
+        meta_ids = np.asarray(train_ids, dtype=object)[split.meta_indices]
+    reviewed = np.isin(split.train_indices, split.reviewed_indices)
+    meta_reviewed = np.isin(split.meta_indices, split.reviewed_indices)
     x_meta = dataset.x_train[split.meta_indices]
     while True:
         kept = image_files.readable(x_train), image_files.readable(x_meta)
-        train = _rows(kept[0], x_train, split.train_noisy_labels, ids)
-        meta = _rows(kept[1], x_meta, split.meta_labels)
+        train = _rows(kept[0], x_train, split.train_noisy_labels, ids, reviewed)
+        meta = _rows(kept[1], x_meta, split.meta_labels, meta_ids, meta_reviewed)
         issues = label_issues.find_label_issues(
             model,
             input_pipeline.eval_dataset(train[0], train[1], batch_size, mean, std, aligned=True),
@@ -66,11 +69,18 @@ def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_si
             # An automatic trusted set holds the clearest examples: its estimate undercounts
             # (docs/LABEL_ISSUES.md, "Automatic trusted set"), so the flags stay score < 0.
             trusted_for_flags=split.meta_source != "auto",
+            trusted_ids=meta[2],
+            reviewed=train[3],
+            trusted_reviewed=meta[3],
         )
         if all(np.array_equal(image_files.readable(x), k) for x, k in zip((x_train, x_meta), kept)):
             break
     if not kept[0].all():  # Positions in `x_train`, as the report's images take them.
         issues = dataclasses.replace(issues, position=np.flatnonzero(kept[0])[issues.position])
+    if issues.trusted is not None and not kept[1].all():  # Positions in `x_meta`.
+        checks = issues.trusted
+        checks = dataclasses.replace(checks, position=np.flatnonzero(kept[1])[checks.position])
+        issues = dataclasses.replace(issues, trusted=checks)
     if issues.estimate is None:
         return issues
     return dataclasses.replace(

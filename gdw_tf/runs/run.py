@@ -168,7 +168,13 @@ def _run(config, strategy, replicas, *, start, stages):
         model, dataset, split, x_train, mean=mean, std=std, batch_size=config.batch_size
     )
     stages.mark("label_issues")
-    run_dir.write_label_issues_and_report(output_dir, issues, images=x_train, stages=stages)
+    run_dir.write_label_issues_and_report(
+        output_dir,
+        issues,
+        images=x_train,
+        stages=stages,
+        trusted_images=dataset.x_train[split.meta_indices],
+    )
     model.backbone.save(os.path.join(output_dir, run_dir.MODEL_FILE))
     if config.export_dir:
         serving.export_serving(model.backbone, config.export_dir, mean, std)

@@ -281,13 +281,16 @@ def read_example_weights(output_dir):
         return dict(stored)
 
 
-def write_label_issues_and_report(output_dir, issues, images=None, stages=None):
+def write_label_issues_and_report(
+    output_dir, issues, images=None, stages=None, *, trusted_images=None
+):
     """Writes the run's `label_issues.csv`, `report.html` and `review.html` for `issues` (its
     ranked labels).
 
     `images`: the training inputs in the order the issues were computed from, for the report's
-    gallery (`gdw_tf.pages.report.render_report`). `stages`: a `gdw_tf.runs.stages.Stages`
-    that marks each file written.
+    gallery (`gdw_tf.pages.report.render_report`); `trusted_images` the trusted examples'
+    (`issues.trusted.position` indexes them), for the review page. `stages`: a
+    `gdw_tf.runs.stages.Stages` that marks each file written.
     """
     mark = stages.mark if stages is not None else lambda stage: None
     with atomic_path(os.path.join(output_dir, LABEL_ISSUES_FILE)) as temporary:
@@ -295,7 +298,7 @@ def write_label_issues_and_report(output_dir, issues, images=None, stages=None):
     mark("label_issues_csv")
     write_report(output_dir, issues, images=images)
     mark("report")
-    write_review(output_dir, issues, images=images)
+    write_review(output_dir, issues, images=images, trusted_images=trusted_images)
     mark("review")
 
 
@@ -316,11 +319,14 @@ def write_report(output_dir, issues, images=None):
     return path
 
 
-def write_review(output_dir, issues, images=None):
+def write_review(output_dir, issues, images=None, trusted_images=None):
     """Writes `review.html`, the page on which a person reviews the flagged labels; returns its
     path."""
     page = review.render_review(
-        issues, run_name=os.path.basename(os.path.abspath(output_dir)), images=images
+        issues,
+        run_name=os.path.basename(os.path.abspath(output_dir)),
+        images=images,
+        trusted_images=trusted_images,
     )
     path = os.path.join(output_dir, REVIEW_FILE)
     write_text(path, page)

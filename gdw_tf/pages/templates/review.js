@@ -19,6 +19,10 @@ function describe(decision) {
   return decision === "keep" ? "kept the given label"
     : decision === "suggested" ? "took the suggestion" : "another class";
 }
+function shown(item, d) {
+  return d.decision === "remove" ? "removed from the next run"
+    : `${className(d.label)} (${describe(d.decision)})`;
+}
 function save() {
   store.position = position;
   try { localStorage.setItem(DATA.key, JSON.stringify(store)); }
@@ -32,7 +36,7 @@ function counts() {
     if (!d) continue;
     if (d.decision === "skip") { skipped++; continue; }
     reviewed++;
-    if (d.label !== item.given) changed++;
+    if (d.decision === "remove" || d.label !== item.given) changed++;
   }
   return { reviewed, changed, skipped };
 }
@@ -40,8 +44,8 @@ function decide(label, decision) {
   const item = ITEMS[position];
   if (!item) return;
   store.decisions[item.id] = { label: label, decision: decision };
-  last = `last: rank ${item.rank} → ` +
-    (decision === "skip" ? "skipped" : `${className(label)} (${describe(decision)})`);
+  last = `last: ${item.set} rank ${item.rank} → ` +
+    (decision === "skip" ? "skipped" : shown(item, store.decisions[item.id]));
   buffer = "";
   if (position < ITEMS.length - 1) position++;
   save();
@@ -99,12 +103,24 @@ function render() {
     view.appendChild(el("span", "(no image)", "meta"));
   }
   $("meta").textContent = `rank ${item.rank} · id ${item.id} · score ${item.score.toFixed(3)}`;
+  $("set").textContent = (item.set === "trusted"
+    ? "TRUSTED example: its label steers the whole run; most of its nearest training " +
+      "examples carry another label"
+    : "training example") + (item.reviewed ? " · SECOND LOOK: an earlier review gave " +
+      "this label, and this run contradicts it" : "");
+  $("set").className = item.set === "trusted" || item.reviewed ? "set alert" : "set";
+  $("given-what").firstChild.textContent =
+    item.set === "trusted" ? "trusted label " : "given label ";
+  $("top-what").textContent = item.set === "trusted"
+    ? (DATA.trusted_evidence === "model" ? "the model's most probable classes"
+       : "labels of its nearest training examples")
+    : "the model's most probable classes";
   const d = store.decisions[item.id];
   $("given-name").textContent = className(item.given);
   $("suggested-name").textContent = className(item.suggested);
-  $("given-box").classList.toggle("choice", !!d && d.decision !== "skip" && d.label === item.given);
-  $("suggested-box").classList.toggle(
-    "choice", !!d && d.decision !== "skip" && d.label === item.suggested);
+  const chosen = (k) => !!d && d.decision !== "skip" && d.decision !== "remove" && d.label === k;
+  $("given-box").classList.toggle("choice", chosen(item.given));
+  $("suggested-box").classList.toggle("choice", chosen(item.suggested));
   const top = $("top");
   top.replaceChildren();
   for (const [k, p] of item.top) {
@@ -120,13 +136,12 @@ function render() {
     const b = el("button", className(k));
     if (k === item.given) b.classList.add("given");
     if (k === item.suggested) b.classList.add("suggested");
-    if (d && d.decision !== "skip" && d.label === k) b.classList.add("picked");
+    if (chosen(k)) b.classList.add("picked");
     b.addEventListener("click", () => pick(k));
     buttons.appendChild(b);
   });
   $("decision").textContent = !d ? "not reviewed yet"
-    : d.decision === "skip" ? "skipped"
-    : `reviewed: ${className(d.label)} (${describe(d.decision)})`;
+    : d.decision === "skip" ? "skipped" : "reviewed: " + shown(item, d);
   $("last").textContent = last;
   const next = ITEMS[position + 1];
   if (next && next.image) { const pre = new Image(); pre.src = next.image; }
@@ -141,12 +156,14 @@ function csvCell(value) {
 }
 function correctionsCsv() {
   const rows = [["id", "given_label", "reviewed_label", "decision", "suggested_label", "rank",
-                 "score", "given_class", "reviewed_class"]];
+                 "score", "given_class", "reviewed_class", "set"]];
   for (const item of ITEMS) {
     const d = store.decisions[item.id];
     if (!d || d.decision === "skip") continue;
-    rows.push([item.id, item.given, d.label, d.decision, item.suggested, item.rank, item.score,
-               CLASSES[item.given], CLASSES[d.label]]);
+    const removed = d.decision === "remove";
+    rows.push([item.id, item.given, removed ? "" : d.label, d.decision, item.suggested,
+               item.rank, item.score, CLASSES[item.given], removed ? "" : CLASSES[d.label],
+               item.set]);
   }
   return rows.map((row) => row.map(csvCell).join(",")).join("\r\n") + "\r\n";
 }
@@ -171,6 +188,7 @@ document.addEventListener("keydown", (event) => {
   }
   else if (key === "k") { if (item) pick(item.given); }
   else if (key === "a") { if (item) pick(item.suggested); }
+  else if (key === "r") { if (item) decide(null, "remove"); }
   else if (key === "s" || key === "ArrowRight") {
     if (item) decide(item.given, "skip");
   }

@@ -1,0 +1,64 @@
+"""The labels of an example's nearest neighbours: what the data around it says its label is.
+
+Two parts of a run read it: the automatic trusted set keeps the examples whose neighbours back
+their given label most (`gdw_tf.runs.auto_meta`), and the end of a run checks each trusted
+label against the given labels of the training examples nearest to it
+(`gdw_tf.labels.label_issues.check_trusted`). Most training labels are right even where
+many are wrong, and a network's features put an example near others of its true class, so a
+label that its neighbours outvote is suspect, however confident a model is about it.
+"""
+
+import numpy as np
+
+# The neighbours that vote (chosen on Fashion-MNIST flip 40%, seed 0, for the automatic trusted
+# set; docs/LABEL_ISSUES.md reports other seeds and settings).
+NEIGHBOURS = 200
+# At most this many examples vote (a seeded sample of larger sets), so that a vote costs at most
+# queries × VOTERS similarities, and the voters' features are held once.
+VOTERS = 100_000
+# Similarities computed at once (queries × voters), to bound the memory of the vote.
+_SIMILARITIES_AT_ONCE = 1 << 24
+
+
+def neighbour_votes(features, labels, queries, num_classes, neighbours=None):
+    """Each query's share of its nearest voters that carry each label.
+
+    Args:
+        features: `[N, ...]` features of the voters (cosine similarity of the flattened rows).
+        labels: `[N]` their labels in `[0, C)`.
+        queries: `[R, ...]` features of the examples whose neighbours vote (a query that is
+            itself a voter is among its own neighbours: its label is part of what the data
+            says).
+        num_classes: `C`.
+        neighbours: how many nearest voters vote (default `NEIGHBOURS`). With more than `VOTERS` voters, the
+            nearest among a seeded sample of `VOTERS` of them vote, as many in proportion (at
+            least `neighbours / 10`).
+
+    Returns:
+        `[R, C]` float64 shares, each row summing to 1.
+    """
+    neighbours = NEIGHBOURS if neighbours is None else neighbours
+    labels = np.asarray(labels, np.int64)
+    voters = np.arange(len(labels))
+    if len(labels) > VOTERS:
+        voters = np.sort(np.random.default_rng(0).choice(len(labels), VOTERS, replace=False))
+        neighbours = max(neighbours * VOTERS // len(labels), neighbours // 10)
+    neighbours = min(neighbours, len(voters))
+    voter_unit = _unit(np.asarray(features)[voters].reshape(len(voters), -1)).T
+    voter_labels = labels[voters]
+    queries = np.asarray(queries).reshape(len(queries), -1)
+    votes = np.zeros((len(queries), num_classes))
+    step = max(1, _SIMILARITIES_AT_ONCE // max(len(voters), 1))
+    for start in range(0, len(queries), step):
+        similarity = _unit(queries[start : start + step]) @ voter_unit
+        nearest = np.argpartition(-similarity, neighbours - 1, axis=1)[:, :neighbours]
+        counts = np.apply_along_axis(np.bincount, 1, voter_labels[nearest], minlength=num_classes)
+        votes[start : start + step] = counts / neighbours
+    return votes
+
+
+def _unit(rows):
+    """float32 rows scaled to unit length (a zero row stays zero)."""
+    rows = np.asarray(rows, np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.maximum(norms, np.finfo(np.float32).tiny)
