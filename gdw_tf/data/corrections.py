@@ -27,8 +27,8 @@ a review (skipped).
 
 Several files are read in the order given, each a later review: a later file's review of an id
 replaces an earlier file's (the second look at a label the next run contradicted). Within one
-file, two different reviews of one id are refused. A file re-saved by a spreadsheet is read as it saved it
-(`gdw_tf.data.csv_cells`: UTF-8 with or without BOM, `,` `;` or tab, CRLF, `'`-escaped
+file, two different reviews of one id are refused. A file re-saved by a spreadsheet is read as
+it saved it (`gdw_tf.data.csv_cells`: UTF-8 with or without BOM, `,` `;` or tab, CRLF, `'`-escaped
 cells), and ids are compared as `csv_cells.normalize_id` gives them everywhere (two spellings
 of one path are one id, so they cannot give one example two reviews).
 

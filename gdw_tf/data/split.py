@@ -17,8 +17,8 @@ Where we depart from the reference code, and why:
   `symmetric`, and record the realised noise rate and transition matrix in every `Split`.
 
 A `Split` changes only through its own methods (`move_to_meta`, `relabel_train`,
-`relabel_meta`, `without`, `without_meta`), each returning a new `Split` whose statistics of the training
-set (corrupted flags, empirical transition matrix, realised noise rate) are recomputed.
+`relabel_meta`, `without`, `without_meta`), each returning a new `Split` whose statistics of the
+training set (corrupted flags, empirical transition matrix, realised noise rate) are recomputed.
 """
 
 import dataclasses

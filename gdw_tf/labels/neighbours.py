@@ -30,8 +30,8 @@ def neighbour_votes(features, labels, queries, num_classes, neighbours=None):
             itself a voter is among its own neighbours: its label is part of what the data
             says).
         num_classes: `C`.
-        neighbours: how many nearest voters vote (default `NEIGHBOURS`). With more than `VOTERS` voters, the
-            nearest among a seeded sample of `VOTERS` of them vote, as many in proportion (at
+        neighbours: how many nearest voters vote (default `NEIGHBOURS`). With more than
+            `VOTERS` voters, the nearest among a seeded sample of `VOTERS` of them vote, as many in proportion (at
             least `neighbours / 10`).
 
     Returns:
