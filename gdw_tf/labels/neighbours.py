@@ -31,8 +31,8 @@ def neighbour_votes(features, labels, queries, num_classes, neighbours=None):
             says).
         num_classes: `C`.
         neighbours: how many nearest voters vote (default `NEIGHBOURS`). With more than
-            `VOTERS` voters, the nearest among a seeded sample of `VOTERS` of them vote, as many in proportion (at
-            least `neighbours / 10`).
+            `VOTERS` voters, the nearest among a seeded sample of `VOTERS` of them vote, as
+            many in proportion (at least `neighbours / 10`).
 
     Returns:
         `[R, C]` float64 shares, each row summing to 1.

@@ -16,8 +16,8 @@ example's nearest neighbours in the warm-up model's features still tell: around 
 most examples are sneakers, and most sneakers keep their label. So, in each class, among the
 `POOL` × `per_class` examples the warm-up model finds most confidently of their given class,
 the chosen are those whose `neighbours.NEIGHBOURS` nearest training examples (cosine
-similarity of the classifier layer's inputs) most outvote every other class for the given label. Measured in
-docs/LABEL_ISSUES.md ("Automatic trusted set"). The price stays a meta set of easy, typical
+similarity of the classifier layer's inputs) most outvote every other class for the given
+label. Measured in docs/LABEL_ISSUES.md ("Automatic trusted set"). The price stays a meta set of easy, typical
 examples rather than a random sample (on the benchmarks `results.json` reports its purity).
 
 On a benchmark (`--dataset`) the split is first drawn as usual, so the noisy training set is
