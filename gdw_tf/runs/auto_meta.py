@@ -17,8 +17,9 @@ most examples are sneakers, and most sneakers keep their label. So, in each clas
 `POOL` × `per_class` examples the warm-up model finds most confidently of their given class,
 the chosen are those whose `neighbours.NEIGHBOURS` nearest training examples (cosine
 similarity of the classifier layer's inputs) most outvote every other class for the given
-label. Measured in docs/LABEL_ISSUES.md ("Automatic trusted set"). The price stays a meta set of easy, typical
-examples rather than a random sample (on the benchmarks `results.json` reports its purity).
+label. Measured in docs/LABEL_ISSUES.md ("Automatic trusted set"). The price stays a meta set of
+easy, typical examples rather than a random sample (on the benchmarks `results.json` reports
+its purity).
 
 On a benchmark (`--dataset`) the split is first drawn as usual, so the noisy training set is
 the one the clean-meta run trains on; the clean held-out meta examples are then left unused,
