@@ -173,7 +173,7 @@ def test_csv_columns_order_and_values(tmp_path):
         assert row[6] == ("1" if issues.score[i] < 0 else "0")
         assert float(row[9]) == pytest.approx(issues.instance_weight[i], abs=1e-6)
         assert row[10] == ""  # no labelled-class weight given
-        assert (row[11] != "") == (row[6] == "1")  # a review rank for the flagged only
+        assert row[11] != ""  # nothing reviewed yet: every example is in the review
         assert row[12] == "0"  # nothing was reviewed before
     scores = [float(row[5]) for row in rows[1:]]
     assert scores == sorted(scores)
@@ -625,7 +625,7 @@ def test_trusted_labels_their_neighbours_outvote_are_flagged_and_reviewed_first(
 
     in_trusted, positions = label_issues.review_order(issues)
     assert in_trusted[:2].all() and not in_trusted[2:].any()
-    assert len(positions) == 2 + issues.num_flagged
+    assert len(positions) == 2 + len(given)  # then every training example
 
     path = tmp_path / "label_issues.csv"
     label_issues.write_label_issues_csv(path, issues)
@@ -675,3 +675,28 @@ def test_a_reviewed_label_contradicted_again_comes_back_first():
     flagged_reviewed = np.flatnonzero(issues.reviewed & issues.flagged)
     assert len(flagged_reviewed) >= 1  # the seed flags at least one of them
     assert positions[: len(second)].tolist() == sorted(flagged_reviewed.tolist())
+
+
+def test_the_training_review_is_a_random_sample_spread_over_the_suggested_classes():
+    rng = np.random.default_rng(6)
+    probabilities = _probabilities(rng, 300, 4)
+    given = rng.integers(0, 4, 300)
+    reviewed = np.zeros(300, bool)
+    reviewed[:20] = True  # positions in input order; some are flagged, some not
+    issues = label_issues.rank_label_issues(probabilities, given, reviewed=reviewed)
+    in_trusted, positions = label_issues.review_order(issues)
+    assert not in_trusted.any()
+    second = np.flatnonzero(issues.reviewed & issues.flagged)
+    np.testing.assert_array_equal(positions[: len(second)], second)
+    sample = positions[len(second) :]
+    # Every example not reviewed, once.
+    np.testing.assert_array_equal(np.sort(sample), np.flatnonzero(~issues.reviewed))
+    # In rounds: each prefix of whole rounds holds as many of each suggested class.
+    suggested = issues.suggested_label[sample]
+    smallest = min(int((suggested == k).sum()) for k in range(4))
+    for rounds in range(1, smallest + 1):
+        counts = np.bincount(suggested[: 4 * rounds], minlength=4)
+        assert counts.tolist() == [rounds] * 4
+    # Drawn at random within a class, not in score order.
+    first_of_class = [sample[suggested == k] for k in range(4)]
+    assert any(np.any(np.diff(members) < 0) for members in first_of_class)

@@ -2,6 +2,7 @@
 (gdw_tf.pages.review), and the loop train → review in a real browser → train again."""
 
 import csv
+import dataclasses
 import html.parser
 import json
 import os
@@ -140,6 +141,7 @@ def test_correct_split_moves_a_balanced_share_to_the_meta_set_and_relabels_the_r
         "corrected_in_training": 20 - 3 * per_class,
         "removed_from_trusted": 0,
         "removed_from_training": 0,
+        "automatic_replaced": 0,
     }
     assert json.loads(corrected.corrections) == summary
     np.testing.assert_array_equal(corrected.reviewed_indices, np.sort([int(i) for i in ids]))
@@ -179,6 +181,49 @@ def test_correct_split_moves_a_balanced_share_to_the_meta_set_and_relabels_the_r
             split,
             corrections_lib.Corrections(("99999",), np.array([0]), ("x",), ("f.csv",)),
         )
+
+
+def test_reviews_take_the_place_of_an_automatic_trusted_set_class_by_class():
+    """An automatic set of 6 per class. Reviewed examples of classes 0, 1, 2: 3, 2 and 1,
+    and one automatic example of class 2 relabelled to 1. Each reviewed example takes the
+    place of an automatic one of its class; the replaced ones leave the run."""
+    labels = np.repeat(np.arange(3), 40)
+    split = split_lib.make_split(
+        labels, 3, num_meta=3, noise="uniform", ratio=0.0, imbalance=1.0, seed=3
+    ).without_meta()
+    automatic = np.concatenate([np.flatnonzero(split.train_true_labels == k)[:6] for k in range(3)])
+    split = dataclasses.replace(split.move_to_meta(automatic), meta_source="auto")
+    assert np.bincount(split.meta_labels).tolist() == [6, 6, 6]
+    train_ids = split.train_indices[[0, 1, 2, 3, 4, 5]]
+    relabelled = split.meta_indices[np.flatnonzero(split.meta_labels == 2)[0]]
+    ids = [str(i) for i in train_ids] + [str(relabelled)]
+    reviews = corrections_lib.Corrections(
+        ids=tuple(ids),
+        reviewed_labels=np.array([0, 0, 0, 1, 1, 2, 1]),
+        sources=("x",) * 7,
+        files=("f.csv",),
+    )
+    corrected, summary = corrections_lib.correct_split(split, reviews)
+    # Class 0: 3 reviewed + 3 automatic; class 1: 3 reviewed (two and the relabelled one) + 3;
+    # class 2: 1 reviewed + 4 (of the 5 automatic left).
+    assert np.bincount(corrected.meta_labels, minlength=3).tolist() == [6, 6, 5]
+    assert np.isin(train_ids, corrected.meta_indices).all()
+    assert relabelled in corrected.meta_indices
+    assert summary["automatic_replaced"] == 3 + 3 + 1
+    assert summary["added_to_trusted"] == 6 and summary["corrected_in_training"] == 0
+    # The replaced automatic examples leave the run; the training set loses the reviewed ones.
+    assert len(corrected.train_indices) == len(split.train_indices) - 6
+    replaced = np.setdiff1d(split.meta_indices, corrected.meta_indices)
+    assert len(replaced) == 7 and not np.isin(replaced, corrected.train_indices).any()
+    # Reviews beyond a class's automatic examples grow it.
+    more = corrections_lib.Corrections(
+        ids=tuple(str(i) for i in split.train_indices[:10]),
+        reviewed_labels=np.zeros(10, np.int64),
+        sources=("x",) * 10,
+        files=("f.csv",),
+    )
+    corrected, _ = corrections_lib.correct_split(split, more)
+    assert np.bincount(corrected.meta_labels, minlength=3).tolist() == [10, 6, 6]
 
 
 def test_remove_takes_trusted_and_training_examples_out_of_the_split():

@@ -3,18 +3,28 @@
 A person who reviewed an example has checked its label, so the example is *trusted*: it takes
 its reviewed label and joins the meta set, which is what GDW (and MW-Net, L2RW) learn from.
 The meta sampler draws meta batches uniformly from the meta set, so a meta set whose classes
-are unequally represented weights the classes unequally in every meta loss. The reviewed
-examples are far from balanced (they are the examples a model found suspicious), hence the rule:
+are unequally represented weights the classes unequally in every meta loss. Hence the rules,
+by where the meta set came from:
 
-    every class of the meta set grows by the same number of reviewed examples,
-    a = min over classes k of (reviewed examples whose reviewed label is k),
+- An automatic trusted set (`--trusted_data=auto`: the warm-up model's clearest examples) is a
+  stand-in until people have reviewed. Every reviewed training example joins the meta set and
+  takes the place of an automatic example of its reviewed class (drawn with a fixed seed; it
+  leaves the run) while the class has one left. The review page offers a sample spread evenly
+  over the classes (`gdw_tf.labels.label_issues.review_order`), so the meta set keeps its size
+  and balance and turns, review by review, from the clearest examples into a reviewed sample
+  of the data, which is what a meta set should be (docs/LABEL_ISSUES.md, "The review loop",
+  has the measurements).
+- A trusted set that a person gave (or the benchmark's clean one) is kept whole, and every
+  class of it grows by the same number of reviewed examples,
 
-the first `a` of each class in review order (the order of the files, then of their rows). A
-balanced meta set stays balanced; an unbalanced one (an own trusted set) keeps its counts'
-differences. The reviewed examples left over stay in the training set with their reviewed
-labels: they are no longer noisy, just not needed to keep the meta set balanced. A reviewed
-example that is already in the meta set takes its reviewed label there. Everything not
-reviewed stays as it was.
+      a = min over classes k of (reviewed examples whose reviewed label is k),
+
+  the first `a` of each class in review order (the order of the files, then of their rows).
+  A balanced meta set stays balanced; an unbalanced one keeps its counts' differences. The
+  reviewed examples left over stay in the training set with their reviewed labels.
+
+A reviewed example that is already in the meta set takes its reviewed label there. Everything
+not reviewed stays as it was.
 
 `corrections.csv` has one row per reviewed example with at least the columns `id` (as in
 `label_issues.csv`: a training or a trusted example) and `reviewed_label` (a class index, or a
@@ -207,6 +217,31 @@ def meta_additions(reviewed_labels: np.ndarray, num_classes: int) -> np.ndarray:
     return rank_in_class < per_class
 
 
+def kept_automatic(
+    meta_labels: np.ndarray, reviewed_labels: np.ndarray, num_classes: int
+) -> np.ndarray:
+    """Which automatic meta examples stay beside the reviewed ones (see the module docstring):
+    in each class, each reviewed example takes the place of one automatic example (drawn
+    with a fixed seed) while the class has any left.
+
+    Args:
+      meta_labels: `[M]` the labels of the automatic meta examples nobody reviewed.
+      reviewed_labels: `[R]` the labels of the reviewed examples that are in the meta set.
+      num_classes: `C`.
+
+    Returns:
+      Sorted positions into `meta_labels` of the automatic examples that stay.
+    """
+    rng = np.random.default_rng(0)
+    reviewed_counts = np.bincount(np.asarray(reviewed_labels, np.int64), minlength=num_classes)
+    kept = []
+    for k in range(num_classes):
+        members = np.flatnonzero(meta_labels == k)
+        count = max(len(members) - int(reviewed_counts[k]), 0)
+        kept.append(np.sort(rng.choice(members, count, replace=False)))
+    return np.sort(np.concatenate(kept)).astype(np.int64)
+
+
 def correct_split(split, corrections: Corrections, *, ids: Sequence | None = None):
     """A run's split with the reviews applied (the module docstring's rule).
 
@@ -223,7 +258,8 @@ def correct_split(split, corrections: Corrections, *, ids: Sequence | None = Non
       `added_to_trusted_per_class`, `relabelled_in_trusted` (reviewed examples already in the
       meta set), `corrected_in_training` (reviewed examples left in the training set with
       their reviewed label), `removed_from_trusted`, `removed_from_training` (examples the
-      review took out of the run).
+      review took out of the run), `automatic_replaced` (automatic meta examples that reviewed
+      ones replaced: they leave the run).
 
     Raises:
       ValueError: if a reviewed id is not in the split's training or meta set.
@@ -238,7 +274,19 @@ def correct_split(split, corrections: Corrections, *, ids: Sequence | None = Non
     relabelled_meta = ~in_train & ~removed
     kept = in_train & ~removed
     positions, labels = train_pos[kept], reviewed[kept]
-    joins = meta_additions(labels, split.num_classes)
+    replaced = np.zeros(0, np.int64)  # meta positions of the automatic examples replaced
+    if split.meta_source == "auto":
+        joins = np.ones(len(labels), bool)
+        # The automatic examples nobody reviewed make way for the reviewed ones.
+        unreviewed = np.delete(np.arange(len(split.meta_labels)), meta_pos[~in_train])
+        stay = kept_automatic(
+            split.meta_labels[unreviewed],
+            np.concatenate([labels, reviewed[relabelled_meta]]),
+            split.num_classes,
+        )
+        replaced = np.delete(unreviewed, stay)
+    else:
+        joins = meta_additions(labels, split.num_classes)
     summary = {
         "files": list(corrections.files),
         "reviewed": len(corrections),
@@ -249,6 +297,7 @@ def correct_split(split, corrections: Corrections, *, ids: Sequence | None = Non
         "corrected_in_training": int((~joins).sum()),
         "removed_from_trusted": int((~in_train & removed).sum()),
         "removed_from_training": int((in_train & removed).sum()),
+        "automatic_replaced": len(replaced),
     }
     reviewed_indices = np.sort(
         np.concatenate(
@@ -258,7 +307,10 @@ def correct_split(split, corrections: Corrections, *, ids: Sequence | None = Non
     corrected = (
         split.relabel_meta(meta_pos[relabelled_meta], reviewed[relabelled_meta])
         .relabel_train(positions, labels)
-        .without(train_pos[in_train & removed], meta_pos[~in_train & removed])
+        .without(
+            train_pos[in_train & removed],
+            np.concatenate([meta_pos[~in_train & removed], replaced]),
+        )
     )
     # The training positions moved by `without`: find the joining examples again by index.
     joining = np.isin(corrected.train_indices, split.train_indices[positions[joins]])

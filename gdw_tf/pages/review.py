@@ -1,10 +1,10 @@
-"""`review.html`: one self-contained page per run to review the flagged labels by keyboard.
+"""`review.html`: one self-contained page per run to review labels by keyboard.
 
-The page walks the flagged examples of both sets (`label_issues.csv`'s `flagged`), up to
-`REVIEW_LIMIT` of them, in the order of `label_issues.csv`'s `review_rank`
-(`label_issues.review_order`: second looks at reviewed labels that are contradicted again, the
-trusted examples the data around them contradicts, then the training examples, most suspicious
-first within each suggested class, the classes in turn): the image (or the row of feature
+The page walks the examples to review, up to `REVIEW_LIMIT` of them, in the order of
+`label_issues.csv`'s `review_rank` (`label_issues.review_order`): second looks at reviewed
+labels that this run contradicts, the trusted examples that the data around them contradicts,
+then a sample of the training set spread evenly over the suggested classes (each reviewed
+example joins the trusted set of the next run). For each: the image (or the row of feature
 values), which set it is in, the given (or trusted) and the suggested label and the evidence's
 first classes (the model's probabilities; for a trusted example, the shares of its nearest
 training examples' labels). One key each:
@@ -17,7 +17,7 @@ training examples' labels). One key each:
 Decisions are kept in the browser's `localStorage` under a key of the run (its directory's name
 and a fingerprint of the examples), so closing and reopening the page loses nothing; the
 button "Download corrections.csv" (or `d`) saves them: `id, given_label, reviewed_label,
-decision, suggested_label, rank, score, given_class, reviewed_class`, which
+decision, suggested_label, rank, score, given_class, reviewed_class, set`, which
 `python -m gdw_tf.train ... --corrections=corrections.csv` reads (`gdw_tf.data.corrections`).
 
 Everything the page shows comes from one JSON block; labels, class names and ids are user data,
@@ -37,7 +37,7 @@ from gdw_tf.labels import label_issues
 from gdw_tf.pages import files
 from gdw_tf.pages import images as images_lib
 
-REVIEW_LIMIT = 2000  # flagged examples on the page, most suspicious first
+REVIEW_LIMIT = 2000  # examples on the page, in the order of review
 IMAGE_BUDGET = 40_000_000  # bytes of inline images at most; examples beyond are left out
 _IMAGE_PIXELS = 160  # longest side of an image on the page (larger ones are subsampled)
 _FEATURES_SHOWN = 64  # values of a feature row shown
@@ -53,7 +53,7 @@ def render_review(issues, *, run_name="run", images=None, trusted_images=None, l
         (`issues.position` indexes them): uint8 images `[N, H, W, C]` are shown as images,
         anything else `[N, ...]` as rows of values.
       trusted_images: the trusted examples' inputs likewise (`issues.trusted.position`).
-      limit: at most this many flagged examples, in the order of review.
+      limit: at most this many examples, in the order of review.
     """
     data = review_data(
         issues, images=images, trusted_images=trusted_images, run_name=run_name, limit=limit
@@ -74,7 +74,7 @@ def render_review(issues, *, run_name="run", images=None, trusted_images=None, l
 
 
 def review_data(issues, *, images=None, trusted_images=None, run_name="run", limit=REVIEW_LIMIT):
-    """The page's JSON: the run, the classes and the flagged examples to review (in
+    """The page's JSON: the run, the classes and the examples to review (in
     `gdw_tf.labels.label_issues.review_order`).
 
     Each item: `set` (`training` or `trusted`), `rank` (within its set), `id` (text), `given`,

@@ -75,7 +75,7 @@ function render() {
   $("progress-text").textContent = ITEMS.length
     ? `example ${position + 1} of ${ITEMS.length} · ${c.reviewed} reviewed (${c.changed} ` +
       `changed), ${c.skipped} skipped · ${DATA.num_flagged} flagged of ${DATA.num_examples}`
-    : "No flagged example to review: the model agrees with every given label.";
+    : "Nothing to review: every example has been reviewed.";
   $("meter-fill").style.width = ITEMS.length
     ? (100 * (c.reviewed + c.skipped) / ITEMS.length).toFixed(1) + "%" : "0";
   $("buffer").textContent = buffer ? "class " + buffer + "…" : "";
