@@ -60,6 +60,7 @@ CSV_COLUMNS = (
 )
 CSV_NAME_COLUMNS = ("given_class", "suggested_class")
 TOP_K = 5  # the model's most probable classes kept per example (for review.html)
+_CHUNK_ROWS = 8192  # rows per chunk where a pass over N rows copies them
 # Principal components of the penultimate features the trusted set's probes read (measured on
 # the benchmark: 16 to 64 rank alike; docs/LABEL_ISSUES.md, "The probes' inputs"), and at least
 # this many trusted examples per component (with 10 per class, 32 components made the count
@@ -130,11 +131,16 @@ class LabelIssues:
 
 def label_margin(probabilities, given_labels):
     """`p(given) − max_{k ≠ given} p(k)` for each row of `probabilities` `[N, C]`."""
-    rows = np.arange(len(given_labels))
-    given = probabilities[rows, given_labels]
-    others = np.array(probabilities, dtype=np.float64, copy=True)
-    others[rows, given_labels] = -np.inf
-    return given - others.max(axis=1)
+    probabilities, given_labels = np.asarray(probabilities), np.asarray(given_labels)
+    margin = np.empty(len(given_labels), np.float64)
+    for start in range(0, len(margin), _CHUNK_ROWS):  # a copy of a chunk, not of all N rows
+        rows = slice(start, start + _CHUNK_ROWS)
+        labels = given_labels[rows]
+        others = np.array(probabilities[rows], dtype=np.float64, copy=True)
+        given = others[np.arange(len(labels)), labels]
+        others[np.arange(len(labels)), labels] = -np.inf
+        margin[rows] = given - others.max(axis=1)
+    return margin
 
 
 def rank_label_issues(
@@ -271,7 +277,7 @@ def rank_label_issues(
     del others
     order = np.argsort(score, kind="stable")
     rows = np.arange(n)
-    top = _top_classes(probabilities, min(TOP_K, num_classes))
+    top_classes, top_probabilities = _top_classes(probabilities, min(TOP_K, num_classes), order)
     issues = LabelIssues(
         rank=np.arange(1, n + 1),
         id=ids[order],
@@ -287,20 +293,24 @@ def rank_label_issues(
         num_classes=num_classes,
         class_names=class_names,
         estimate=estimate,
-        top_classes=top[order],
-        top_probabilities=np.take_along_axis(probabilities, top, axis=1)[order],
+        top_classes=top_classes,
+        top_probabilities=top_probabilities,
     )
     return issues
 
 
-def _top_classes(probabilities, k, chunk=8192):
-    """`[N, k]` the `k` most probable classes of each row, most probable first (ties: the
-    lower class first), sorted in chunks of rows (one `[N, C]` sort would be N·C int64s)."""
-    top = np.empty((len(probabilities), k), np.int64)
-    for start in range(0, len(probabilities), chunk):
-        rows = probabilities[start : start + chunk]
-        top[start : start + chunk] = np.argsort(-rows, axis=1, kind="stable")[:, :k]
-    return top
+def _top_classes(probabilities, k, order):
+    """`([N, k], [N, k])`: the `k` most probable classes of the rows `order` of
+    `probabilities`, most probable first (ties: the lower class first), and their
+    probabilities; sorted in chunks of rows (one `[N, C]` sort would be N·C int64s)."""
+    top = np.empty((len(order), k), np.int64)
+    top_probabilities = np.empty((len(order), k), probabilities.dtype)
+    for start in range(0, len(order), _CHUNK_ROWS):
+        rows = probabilities[order[start : start + _CHUNK_ROWS]]
+        classes = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+        top[start : start + _CHUNK_ROWS] = classes
+        top_probabilities[start : start + _CHUNK_ROWS] = np.take_along_axis(rows, classes, axis=1)
+    return top, top_probabilities
 
 
 def _check_trusted(probabilities, labels, num_classes):
