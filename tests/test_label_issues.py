@@ -81,10 +81,10 @@ def test_ranking_flags_and_fields_match_an_independent_computation():
 
 
 @pytest.mark.parametrize("chunk_rows", [7, 8192])
-def test_margins_and_top_classes_computed_in_chunks_equal_row_by_row(monkeypatch, chunk_rows):
-    # The margin and the top classes are computed over chunks of rows (a copy of a chunk, not
-    # of all N rows); chunks of 7 of 200 rows give what one chunk gives, and what rows give
-    # one at a time.
+def test_margins_computed_in_chunks_and_top_classes_equal_row_by_row(monkeypatch, chunk_rows):
+    # The margin is computed over chunks of rows (a copy of a chunk, not of all N rows):
+    # chunks of 7 of 200 rows give what one chunk gives, and what rows give one at a time;
+    # so do the ranked top classes and their probabilities.
     monkeypatch.setattr(label_issues, "_CHUNK_ROWS", chunk_rows)
     rng = np.random.default_rng(3)
     n, c = 200, 7

@@ -277,7 +277,7 @@ def rank_label_issues(
     del others
     order = np.argsort(score, kind="stable")
     rows = np.arange(n)
-    top_classes, top_probabilities = _top_classes(probabilities, min(TOP_K, num_classes), order)
+    top = _top_classes(probabilities, min(TOP_K, num_classes))
     issues = LabelIssues(
         rank=np.arange(1, n + 1),
         id=ids[order],
@@ -293,24 +293,20 @@ def rank_label_issues(
         num_classes=num_classes,
         class_names=class_names,
         estimate=estimate,
-        top_classes=top_classes,
-        top_probabilities=top_probabilities,
+        top_classes=top[order],
+        top_probabilities=np.take_along_axis(probabilities, top, axis=1)[order],
     )
     return issues
 
 
-def _top_classes(probabilities, k, order):
-    """`([N, k], [N, k])`: the `k` most probable classes of the rows `order` of
-    `probabilities`, most probable first (ties: the lower class first), and their
-    probabilities; sorted in chunks of rows (one `[N, C]` sort would be N·C int64s)."""
-    top = np.empty((len(order), k), np.int64)
-    top_probabilities = np.empty((len(order), k), probabilities.dtype)
-    for start in range(0, len(order), _CHUNK_ROWS):
-        rows = probabilities[order[start : start + _CHUNK_ROWS]]
-        classes = np.argsort(-rows, axis=1, kind="stable")[:, :k]
-        top[start : start + _CHUNK_ROWS] = classes
-        top_probabilities[start : start + _CHUNK_ROWS] = np.take_along_axis(rows, classes, axis=1)
-    return top, top_probabilities
+def _top_classes(probabilities, k, chunk=8192):
+    """`[N, k]` the `k` most probable classes of each row, most probable first (ties: the
+    lower class first), sorted in chunks of rows (one `[N, C]` sort would be N·C int64s)."""
+    top = np.empty((len(probabilities), k), np.int64)
+    for start in range(0, len(probabilities), chunk):
+        rows = probabilities[start : start + chunk]
+        top[start : start + chunk] = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+    return top
 
 
 def _check_trusted(probabilities, labels, num_classes):
