@@ -19,6 +19,15 @@ peak's growth per added image from the smallest count to each larger one.
     nice python scripts/memory_benchmark.py --work_dir=/tmp/memory_bench \
         --counts=6000,60000,300000 --out=memory.json
 
+With `--form=list` each training set is given as a `.txt` list file instead (one
+`<label>/<name>.png <label>` line per image, Clothing1M's and WebVision's form), written into
+its folder tree: the million-row run of issue 29 is
+
+    nice python scripts/memory_benchmark.py --work_dir=/tmp/memory_bench \
+        --counts=6000,1000000 --form=list --out=million.json
+
+(1,000,000 names for 59,500 files: each file under 16 or 17 names).
+
 The runs are sequential; wrap the command in `nice` on a shared machine and say so.
 """
 
@@ -59,6 +68,20 @@ def link_tree(folder, paths, labels, count=None):
     return folder
 
 
+def write_list(folder):
+    """`folder/train.txt`: one `<label>/<name> <label>` line per file of the tree `folder`
+    (labels and names in sorted order), written once; returns its path."""
+    path = os.path.join(folder, "train.txt")
+    if not os.path.exists(path):
+        labels = sorted(name for name in os.listdir(folder) if name.isdigit())
+        with open(path + ".tmp", "w") as file:
+            for label in labels:
+                for name in sorted(os.listdir(os.path.join(folder, label))):
+                    file.write(f"{label}/{name} {label}\n")
+        os.replace(path + ".tmp", path)
+    return path
+
+
 def timed_run(args, output_dir):
     """Runs `python -m gdw_tf.train args` under /usr/bin/time; returns its figures: peak RSS
     (MB), wall seconds, rows of label_issues.csv, `timing.stages` of results.json."""
@@ -97,24 +120,33 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work_dir", default="/tmp/memory_benchmark")
     parser.add_argument("--counts", default="6000,60000", help="comma-separated image counts")
+    parser.add_argument(
+        "--form",
+        choices=("folder", "list"),
+        default="folder",
+        help="give each training set as its folder tree, or as a .txt list file of its files",
+    )
     parser.add_argument("--out", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
     counts = sorted(int(c) for c in args.counts.split(","))
     os.makedirs(args.work_dir, exist_ok=True)
     paths, labels = write_pngs(args.work_dir)
-    figures = {"cpus": os.cpu_count(), "runs": {}}
+    figures = {"cpus": os.cpu_count(), "form": args.form, "runs": {}}
     for count in counts:
         folder = link_tree(os.path.join(args.work_dir, f"train_{count}"), paths, labels, count)
+        train_data = write_list(folder) if args.form == "list" else folder
         run = timed_run(
             [
-                f"--train_data={folder}",
+                f"--train_data={train_data}",
                 f"--trusted_data={os.path.join(args.work_dir, 'trusted')}",
                 "--image_size=32",
                 "--model=mlp",
                 "--lr=0.01",
                 "--epochs=1",
             ],
-            os.path.join(args.work_dir, f"run_{count}"),
+            os.path.join(
+                args.work_dir, f"run_{count}" if args.form == "folder" else f"run_list_{count}"
+            ),
         )
         figures["runs"][str(count)] = run
         print_stages(count, run)

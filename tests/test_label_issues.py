@@ -81,6 +81,31 @@ def test_ranking_flags_and_fields_match_an_independent_computation():
     assert issues.class_names == tuple("abcde") and issues.num_classes == c
 
 
+@pytest.mark.parametrize("chunk_rows", [7, 8192])
+def test_margins_computed_in_chunks_and_top_classes_equal_row_by_row(monkeypatch, chunk_rows):
+    # The margin is computed over chunks of rows (a copy of a chunk, not of all N rows):
+    # chunks of 7 of 200 rows give what one chunk gives, and what rows give one at a time;
+    # so do the ranked top classes and their probabilities.
+    monkeypatch.setattr(label_issues, "_CHUNK_ROWS", chunk_rows)
+    rng = np.random.default_rng(3)
+    n, c = 200, 7
+    probabilities = _probabilities(rng, n, c)
+    probabilities[:20] = np.round(probabilities[:20], 1)  # ties between classes
+    given = rng.integers(0, c, n)
+
+    issues = label_issues.rank_label_issues(probabilities, given)
+
+    margins = _margins_by_loops(probabilities, given)
+    np.testing.assert_array_equal(label_issues.label_margin(probabilities, given), margins)
+    np.testing.assert_array_equal(issues.score, margins[issues.position])
+    k = min(label_issues.TOP_K, c)
+    top = np.array([sorted(range(c), key=lambda j: (-row[j], j))[:k] for row in probabilities])
+    np.testing.assert_array_equal(issues.top_classes, top[issues.position])
+    np.testing.assert_array_equal(
+        issues.top_probabilities, np.take_along_axis(probabilities, top, 1)[issues.position]
+    )
+
+
 def test_ties_keep_the_input_order_and_no_weights_are_nan():
     probabilities = np.array([[0.5, 0.5], [0.9, 0.1], [0.5, 0.5], [0.2, 0.8]])
     issues = label_issues.rank_label_issues(probabilities, np.array([0, 0, 0, 1]))

@@ -406,6 +406,32 @@ def test_label_probe_reaches_the_optimum():
     assert np.abs(gradient).max() < 1e-8
 
 
+@pytest.mark.parametrize("with_features", [False, True])
+def test_label_probe_of_sampled_rows_equals_the_probe_of_their_copies(with_features):
+    # The estimate fits the label probe on its sample's rows written straight into the design
+    # matrix (one array, not the inputs, the matrix and copies of the rows): the same numbers,
+    # bit for bit, as `fit_label_probe` on copies of those rows' inputs.
+    transition = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.0, 0.4, 0.6]])
+    probabilities, given, _ = _noisy_model(20000, 3, transition, seed=4)
+    features = None
+    if with_features:
+        features = np.random.default_rng(5).normal(size=(len(given), 6)).astype(np.float32)
+    rows = np.random.default_rng(6).choice(len(given), 12000, replace=False)
+
+    lean = wrong_count._fit_label_probe_of_rows(probabilities, features, given, rows, 3)
+    copied = wrong_count.fit_label_probe(
+        wrong_count._probe_inputs(
+            probabilities[rows], None if features is None else features[rows]
+        ),
+        given[rows],
+        num_classes=3,
+    )
+
+    assert len(lean) == len(copied) == 3
+    for a, b in zip(lean, copied):
+        np.testing.assert_array_equal(a, b)
+
+
 # The keys of results.json's `wrong_labels.estimate`, in their order (docs/LABEL_ISSUES.md).
 RESULTS_JSON_KEYS = [
     "count",

@@ -65,6 +65,7 @@ CSV_COLUMNS = (
 TRAINING, TRUSTED = "training", "trusted"
 CSV_NAME_COLUMNS = ("given_class", "suggested_class")
 TOP_K = 5  # the model's most probable classes kept per example (for review.html)
+_CHUNK_ROWS = 8192  # rows per chunk where a pass over N rows copies them
 # Principal components of the penultimate features the trusted set's probes read (measured on
 # the benchmark: 16 to 64 rank alike; docs/LABEL_ISSUES.md, "The probes' inputs"), and at least
 # this many trusted examples per component (with 10 per class, 32 components made the count
@@ -187,11 +188,16 @@ class LabelIssues:
 
 def label_margin(probabilities, given_labels):
     """`p(given) − max_{k ≠ given} p(k)` for each row of `probabilities` `[N, C]`."""
-    rows = np.arange(len(given_labels))
-    given = probabilities[rows, given_labels]
-    others = np.array(probabilities, dtype=np.float64, copy=True)
-    others[rows, given_labels] = -np.inf
-    return given - others.max(axis=1)
+    probabilities, given_labels = np.asarray(probabilities), np.asarray(given_labels)
+    margin = np.empty(len(given_labels), np.float64)
+    for start in range(0, len(margin), _CHUNK_ROWS):  # a copy of a chunk, not of all N rows
+        rows = slice(start, start + _CHUNK_ROWS)
+        labels = given_labels[rows]
+        others = np.array(probabilities[rows], dtype=np.float64, copy=True)
+        given = others[np.arange(len(labels)), labels]
+        others[np.arange(len(labels)), labels] = -np.inf
+        margin[rows] = given - others.max(axis=1)
+    return margin
 
 
 def rank_label_issues(

@@ -68,6 +68,9 @@ TRUSTED_FOLDS = 10
 TRUTH_PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1)
 # The label probe is fitted to at most this many training examples (a seeded sample beyond).
 LABEL_PROBE_EXAMPLES = 100_000
+# The probes' default L2 and their most Newton steps.
+LABEL_PROBE_L2 = 1e-4
+NEWTON_STEPS = 30
 # Rows per chunk of the probes' Hessian (a chunk's outer products: rows × inputs² numbers).
 _HESSIAN_ROWS = 4096
 # Rows per chunk of the training examples the truth probe reads (their inputs: rows × (C + D)).
@@ -195,8 +198,8 @@ def fit_label_probe(
     given_labels: np.ndarray,
     *,
     num_classes: int | None = None,
-    l2: float = 1e-4,
-    iterations: int = 30,
+    l2: float = LABEL_PROBE_L2,
+    iterations: int = NEWTON_STEPS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A softmax regression from standardised inputs (log-probabilities, features) to labels.
 
@@ -210,9 +213,21 @@ def fit_label_probe(
     """
     x = np.asarray(inputs, np.float64)
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-8
-    features = _design(x, mean, std)
-    num_classes = num_classes or x.shape[1]
-    one_hot = np.eye(num_classes)[given_labels]
+    weights = _fit_design(
+        _design(x, mean, std),
+        given_labels,
+        num_classes=num_classes or x.shape[1],
+        l2=l2,
+        iterations=iterations,
+    )
+    return weights, mean, std
+
+
+def _fit_design(features, given_labels, *, num_classes, l2, iterations):
+    """`fit_label_probe`'s weights `[D + 1, C]` on its standardised design matrix `features`
+    `[n, D + 1]` (last column: ones)."""
+    rows = np.arange(len(features))
+    labels = np.asarray(given_labels, np.int64)
     d, n = features.shape[1], len(features)
     weights = np.zeros((d, num_classes))
 
@@ -220,12 +235,16 @@ def fit_label_probe(
         logits = features @ w
         logits -= logits.max(axis=1, keepdims=True)
         log_norm = np.log(np.exp(logits).sum(axis=1))
-        return float(np.mean(log_norm - (logits * one_hot).sum(axis=1)) + l2 / 2 * (w * w).sum())
+        # logits[rows, labels]: the given label's logit (a one-hot product's row sum, exactly).
+        return float(np.mean(log_norm - logits[rows, labels]) + l2 / 2 * (w * w).sum())
 
     current = loss(weights)
     for _ in range(iterations):
         p = _softmax(features @ weights)
-        gradient = features.T @ (p - one_hot) / n + l2 * weights
+        residual = p.copy()  # p − one-hot(labels), without an [n, C] one-hot
+        residual[rows, labels] -= 1.0
+        gradient = features.T @ residual / n + l2 * weights
+        del residual
         # Hessian of the mean cross-entropy: sum_i (diag p_i - p_i p_i') ⊗ x_i x_i' / n, summed
         # over chunks of rows (the outer products of all rows at once would be n·d² numbers).
         hessian = np.zeros((d * d, num_classes * num_classes))
@@ -254,7 +273,7 @@ def fit_label_probe(
         weights, current = candidate, value
         if converged:
             break
-    return weights, mean, std
+    return weights
 
 
 def estimate_wrong_labels(
@@ -304,10 +323,7 @@ def estimate_wrong_labels(
     fitted = np.arange(len(given))
     if len(given) > LABEL_PROBE_EXAMPLES:  # a seeded sample: plenty for its few hundred weights
         fitted = np.random.default_rng(seed).choice(len(given), LABEL_PROBE_EXAMPLES, False)
-    # The probe's inputs of the fitted rows only: all N rows' would be N x (C + D) float64.
-    view = None if features is None else np.asarray(features)[fitted]
-    z = _probe_inputs(probabilities[fitted], view)
-    label_probe = fit_label_probe(z, given[fitted], num_classes=num_classes)
+    label_probe = _fit_label_probe_of_rows(probabilities, features, given, fitted, num_classes)
     given_on_trusted = _predict(label_probe, z_trusted)
     out_of_fold = _truth_probe_out_of_fold(z_trusted, trusted_labels, num_classes)
     # The model's confusions come from the least regularised probe: a more regularised one is
@@ -500,6 +516,32 @@ def _true_sizes(matrix, counts):
     if not np.all(np.isfinite(sizes)) or sizes.min() < 0:
         return counts
     return sizes
+
+
+def _fit_label_probe_of_rows(probabilities, features, given_labels, rows, num_classes):
+    """`fit_label_probe(_probe_inputs(probabilities[rows], features[rows]), given_labels[rows])`,
+    the same numbers, with the probe's inputs written into its design matrix chunk by chunk and
+    standardised there: one `[n, C + D + 1]` float64 array (not the inputs, then the matrix,
+    and copies of the rows)."""
+    width = probabilities.shape[1] + (0 if features is None else np.shape(features)[1])
+    design = np.empty((len(rows), width + 1))
+    inputs = design[:, :-1]
+    for start in range(0, len(rows), _PREDICT_ROWS):
+        chunk = rows[start : start + _PREDICT_ROWS]
+        view = None if features is None else np.asarray(features[chunk])
+        inputs[start : start + len(chunk)] = _probe_inputs(probabilities[chunk], view)
+    mean, std = inputs.mean(axis=0), inputs.std(axis=0) + 1e-8
+    inputs -= mean
+    inputs /= std
+    design[:, -1] = 1.0
+    weights = _fit_design(
+        design,
+        np.asarray(given_labels)[rows],
+        num_classes=num_classes,
+        l2=LABEL_PROBE_L2,
+        iterations=NEWTON_STEPS,
+    )
+    return weights, mean, std
 
 
 def _design(x, mean, std):

@@ -155,6 +155,8 @@ def _run(config, strategy, replicas, *, start, stages):
         callbacks=callbacks.make_callbacks(config, train_data, settings.steps_per_epoch),
         verbose=config.verbose,
     )
+    # The training pipelines' tables (every key, label and position) are not read again.
+    del train_data, fit_data
     stages.mark("training")
 
     # Outputs; results.json last, as the mark of a finished run.
