@@ -69,8 +69,8 @@ def summary(results):
     lines.append(f"  wrong labels      {labels}")
     for name, what in (
         (run_dir.REPORT_FILE, "the run at a glance"),
-        (run_dir.REVIEW_FILE, "review the flagged labels by keyboard"),
-        (run_dir.LABEL_ISSUES_FILE, "every training example, most suspicious label first"),
+        (run_dir.REVIEW_FILE, "review labels by keyboard, the trusted set first"),
+        (run_dir.LABEL_ISSUES_FILE, "every example, most suspicious label first"),
         (run_dir.RESULTS_FILE, "all the numbers"),
     ):
         lines.append(f"  {name:<17} {os.path.join(output_dir, name)}  ({what})")

@@ -317,26 +317,30 @@ def _issues(num=40, classes=4, names=None, seed=0):
     )
 
 
-def test_review_data_lists_the_flagged_examples_with_their_top_classes():
+def test_review_data_lists_the_examples_in_review_order_with_their_top_classes():
     probabilities, given, issues = _issues()
     images = np.random.default_rng(1).integers(0, 256, (40, 12, 12, 1), dtype=np.uint8)
     data = review.review_data(issues, images=images, run_name="r", limit=1000)
-    flagged = [i for i in range(40) if probabilities[i].argmax() != given[i]]
-    margin = lambda i: probabilities[i, given[i]] - np.delete(probabilities[i], given[i]).max()  # noqa: E731
-    flagged.sort(key=margin)
-    flagged = [flagged[j] for j in _in_rounds([probabilities[i].argmax() for i in flagged])]
-    assert [item["id"] for item in data["items"]] == [f"f{i}.png" for i in flagged]
-    # The first round holds one example of each suggested class.
+    # No trusted set, nothing reviewed: the sample of every training example, in rounds over
+    # the suggested classes (label_issues.review_order, tested there).
+    _, positions = label_issues.review_order(issues)
+    assert [item["id"] for item in data["items"]] == [issues.id[p] for p in positions]
+    assert sorted(item["id"] for item in data["items"]) == sorted(f"f{i}.png" for i in range(40))
     classes = {item["suggested"] for item in data["items"]}
     first_round = [item["suggested"] for item in data["items"][: len(classes)]]
     assert len(set(first_round)) == len(first_round)
+    flagged = [i for i in range(40) if probabilities[i].argmax() != given[i]]
     assert data["num_flagged"] == len(flagged) and data["num_examples"] == 40
-    for item, i in zip(data["items"], flagged):
+    for item in data["items"]:
+        i = int(item["id"][1:-4])
+        assert item["set"] == "training" and item["reviewed"] is False
         order = np.argsort(-probabilities[i])
         assert [k for k, _ in item["top"]] == order.tolist()  # C = 4 ≤ TOP_K: every class
         np.testing.assert_allclose([p for _, p in item["top"]], probabilities[i][order], atol=1e-4)
-        assert item["given"] == given[i] and item["suggested"] == order[0]
+        assert item["given"] == given[i]
+        assert item["suggested"] == (order[0] if order[0] != given[i] or i not in flagged else 0)
         assert item["image"].startswith("data:image/png;base64,")
+        np.testing.assert_array_equal(images[i][..., 0].shape, (12, 12))
     assert len(review.review_data(issues, images=images, limit=3)["items"]) == 3
     # Another run (other scores) stores its decisions under another key.
     other = review.review_data(_issues(seed=5)[2], images=images, run_name="r")
@@ -345,27 +349,36 @@ def test_review_data_lists_the_flagged_examples_with_their_top_classes():
 
 def test_label_issues_csv_review_rank_is_the_pages_order(tmp_path):
     """A reviewer who sorts label_issues.csv by review_rank meets the page's examples in the
-    page's order; unflagged rows have no review_rank."""
+    page's order, trusted ones included."""
     probabilities, given, issues = _issues(num=60)
+    trusted_labels = np.arange(12) % 4
+    trusted = np.full((12, 4), 0.1)
+    trusted[np.arange(12), trusted_labels] = 0.7
+    trusted[[2, 9]] = [0.7, 0.1, 0.1, 0.1]  # the model contradicts two trusted labels
+    issues = label_issues.rank_label_issues(
+        probabilities,
+        given,
+        ids=np.array([f"f{i}.png" for i in range(60)]),
+        trusted_probabilities=trusted,
+        trusted_labels=trusted_labels,
+        trusted_ids=np.array([f"t{i}.png" for i in range(12)]),
+    )
     path = str(tmp_path / "label_issues.csv")
     label_issues.write_label_issues_csv(path, issues)
     table = label_issues.read_label_issues_csv(path)
     ranked = sorted(
-        (int(rank), example_id)
-        for rank, example_id in zip(table["review_rank"], table["id"])
+        (int(rank), example_id, kind)
+        for rank, example_id, kind in zip(table["review_rank"], table["id"], table["set"])
         if rank
     )
-    page = [item["id"] for item in review.review_data(issues, limit=1000)["items"]]
-    assert [example_id for _, example_id in ranked] == page
-    assert [rank for rank, _ in ranked] == list(range(1, len(page) + 1))
-    flagged = [flag == "1" for flag in table["flagged"]]
-    assert [bool(rank) for rank in table["review_rank"]] == flagged
-    # Independently: the rounds over the suggested classes, as the page test computes them.
-    suspicious = [i for i in range(60) if probabilities[i].argmax() != given[i]]
-    margin = lambda i: probabilities[i, given[i]] - np.delete(probabilities[i], given[i]).max()  # noqa: E731
-    suspicious.sort(key=margin)
-    order = _in_rounds([probabilities[i].argmax() for i in suspicious])
-    assert page == [f"f{suspicious[j]}.png" for j in order]
+    page = [(item["id"], item["set"]) for item in review.review_data(issues, limit=1000)["items"]]
+    assert [(example_id, kind) for _, example_id, kind in ranked] == page
+    assert [rank for rank, _, _ in ranked] == list(range(1, len(page) + 1))
+    assert page[:2] == [("t9.png", "trusted"), ("t2.png", "trusted")] or page[:2] == [
+        ("t2.png", "trusted"),
+        ("t9.png", "trusted"),
+    ]
+    assert len(page) == 2 + 60  # the contradicted trusted examples, then every training one
 
 
 class _ScriptData(html.parser.HTMLParser):
@@ -561,7 +574,10 @@ def test_report_and_review_pages_load_in_chromium_without_errors(tmp_path):
     images = rng.integers(0, 256, (num, 10, 10, 3), dtype=np.uint8)
     with open(tmp_path / "history.csv", "w") as file:
         file.write("epoch,train/accuracy,test/accuracy\n0,0.5,0.6\n1,0.6,0.7\n")
-    run_dir_lib.write_label_issues_and_report(str(tmp_path), issues, images=images)
+    trusted_images = rng.integers(0, 256, (len(trusted), 8, 8, 3), dtype=np.uint8)
+    run_dir_lib.write_label_issues_and_report(
+        str(tmp_path), issues, images=images, trusted_images=trusted_images
+    )
     with sync_api.sync_playwright() as playwright:
         browser = _browser(playwright)
         page = browser.new_page()
@@ -573,7 +589,16 @@ def test_report_and_review_pages_load_in_chromium_without_errors(tmp_path):
         page.click("a[href='review.html']")
         assert page.url.endswith("/review.html")
         text = page.inner_text("#progress-text")
-        assert text.startswith(f"example 1 of {issues.num_flagged} ·"), text
+        to_review = issues.trusted.num_flagged + num  # contradicted trusted, then every one
+        assert text.startswith(f"example 1 of {to_review} ·"), text
+        assert f"{issues.num_flagged} flagged of {num}" in text
+        # The first examples are the trusted ones the model contradicts, marked as such.
+        assert issues.trusted.num_flagged > 0
+        assert page.inner_text("#set").startswith("TRUSTED example")
+        assert page.evaluate("document.querySelector('#view img').naturalWidth") == 8
+        for _ in range(issues.trusted.num_flagged):
+            page.keyboard.press("s")
+        assert page.inner_text("#set") == "training example"
         assert page.evaluate("document.querySelector('#view img').naturalWidth") == 10
         assert page.locator("#classes button").count() == classes
         browser.close()
@@ -602,19 +627,26 @@ def test_review_in_chromium_then_train_with_the_corrections(tmp_path):
     first, second = str(tmp_path / "first"), str(tmp_path / "second")
     train_main(*TINY_LOOP, f"--output_dir={first}")
     table = label_issues.read_label_issues_csv(os.path.join(first, "label_issues.csv"))
-    flagged = [i for i, f in enumerate(table["flagged"]) if f == "1"]
-    assert len(flagged) >= 30
-    flagged = [
-        flagged[j] for j in _in_rounds([table["suggested_label"][i] for i in flagged])
-    ]  # the page's order
-    row = {name: [table[name][i] for i in flagged] for name in ("id", "given_label")}
-    row["suggested_label"] = [int(table["suggested_label"][i]) for i in flagged]
-    given = [int(g) for g in row["given_label"]]
-    other = next(k for k in range(10) if k not in (given[2], row["suggested_label"][2]))
+    order = sorted(
+        (int(rank), i) for i, rank in enumerate(table["review_rank"]) if rank
+    )  # the page's order
+    items = [
+        {name: table[name][i] for name in ("id", "set", "given_label", "suggested_label")}
+        for _, i in order[:24]
+    ]
+    kinds = [item["set"] for item in items]
+    # The trusted examples the data contradicts come first, then the training sample.
+    assert "trusted" in kinds and kinds == sorted(kinds, key=lambda kind: kind != "trusted")
+    given = [int(item["given_label"]) for item in items]
+    suggested = [int(item["suggested_label"]) for item in items]
+    other = next(k for k in range(10) if k not in (given[2], suggested[2]))
     # Item 1: take the suggestion; 2: keep; 3: another class by digit; 4: skip, back, take the
-    # suggestion; items 5-24: the class i % 10, so every class is reviewed at least twice.
-    expected = {0: row["suggested_label"][0], 1: given[1], 2: other, 3: row["suggested_label"][3]}
+    # suggestion; items 5-24: the class i % 10, but the first trusted one among them removed.
+    expected = {0: suggested[0], 1: given[1], 2: other, 3: suggested[3]}
     expected.update({i: i % 10 for i in range(4, 24)})
+    removed = next((i for i in range(4, 24) if kinds[i] == "trusted"), None)
+    if removed is not None:
+        expected[removed] = "remove"
 
     url = "file://" + os.path.join(first, "review.html")
     with sync_api.sync_playwright() as playwright:
@@ -622,7 +654,8 @@ def test_review_in_chromium_then_train_with_the_corrections(tmp_path):
         page = browser.new_page(accept_downloads=True)
         errors = _collect_errors(page)
         page.goto(url)
-        assert page.inner_text("#meta").startswith(f"rank 1 · id {row['id'][0]} ·")
+        assert f"· id {items[0]['id']} ·" in page.inner_text("#meta")
+        assert page.inner_text("#set").startswith("TRUSTED example")
         for key in ["a", "k", str(other), "s", "b", "a"]:
             page.keyboard.press(key)
         assert page.inner_text("#progress-text").startswith("example 5 of ")
@@ -631,44 +664,57 @@ def test_review_in_chromium_then_train_with_the_corrections(tmp_path):
         assert page.inner_text("#progress-text").startswith("example 5 of ")
         assert " 4 reviewed (" in page.inner_text("#progress-text")
         page.keyboard.press("b")
-        assert page.inner_text("#meta").startswith(f"rank {flagged[3] + 1} · id {row['id'][3]}")
+        assert f"· id {items[3]['id']} ·" in page.inner_text("#meta")
         assert "took the suggestion" in page.inner_text("#decision")
         page.keyboard.press("ArrowRight")  # skip item 4... and undo that by reviewing it again:
         page.keyboard.press("b")
         page.keyboard.press("a")
         for i in range(4, 24):
-            page.keyboard.press(str(i % 10))
+            page.keyboard.press("r" if expected[i] == "remove" else str(i % 10))
         with page.expect_download() as download_info:
             page.keyboard.press("d")
         corrections = str(tmp_path / "corrections.csv")
         download_info.value.save_as(corrections)
-        page.screenshot(path=str(tmp_path / "review.png"))
         browser.close()
     assert errors == []
 
     with open(corrections, newline="") as file:
         rows = list(csv.DictReader(file))
-    assert [r["id"] for r in rows] == [row["id"][i] for i in range(24)]
-    assert [int(r["reviewed_label"]) for r in rows] == [expected[i] for i in range(24)]
-    assert [int(r["given_label"]) for r in rows] == given[:24]
+    assert [r["id"] for r in rows] == [item["id"] for item in items]
+    assert [r["set"] for r in rows] == kinds
+    assert ["remove" if r["decision"] == "remove" else int(r["reviewed_label"]) for r in rows] == [
+        expected[i] for i in range(24)
+    ]
+    assert [int(r["given_label"]) for r in rows] == given
     assert rows[0]["decision"] == "suggested" and rows[1]["decision"] == "keep"
 
-    train_main(*TINY_LOOP, f"--corrections={corrections}", f"--output_dir={second}")
+    # A removed trusted example leaves 49 of the 50: meta batches of 40.
+    train_main(
+        *TINY_LOOP, "--meta_batch_size=40", f"--corrections={corrections}", f"--output_dir={second}"
+    )
     with open(os.path.join(second, "results.json")) as file:
         summary = json.load(file)["corrections"]
-    reviewed = np.array([expected[i] for i in range(24)])
-    per_class = min(int((reviewed == k).sum()) for k in range(10))
-    assert per_class >= 2
+    in_training = [expected[i] for i in range(24) if kinds[i] == "training"]
+    relabelled = [i for i in range(24) if kinds[i] == "trusted" and expected[i] != "remove"]
+    per_class = min(in_training.count(k) for k in range(10))
     assert summary["reviewed"] == 24
-    assert summary["changed"] == int(np.sum(reviewed != np.array(given[:24])))
+    assert summary["relabelled_in_trusted"] == len(relabelled)
+    assert summary["removed_from_trusted"] == (removed is not None)
     assert summary["added_to_trusted"] == 10 * per_class
-    assert summary["corrected_in_training"] == 24 - 10 * per_class
+    assert summary["corrected_in_training"] == len(in_training) - 10 * per_class
     split = split_lib.Split.load(os.path.join(second, "split.npz"))
-    assert len(split.meta_indices) == 50 + 10 * per_class
-    np.testing.assert_array_equal(np.bincount(split.meta_labels), [5 + per_class] * 10)
+    assert len(split.meta_indices) == 50 - (removed is not None) + 10 * per_class
     label_of = dict(zip(split.train_indices.tolist(), split.train_noisy_labels.tolist()))
     label_of.update(zip(split.meta_indices.tolist(), split.meta_labels.tolist()))
-    assert [label_of[int(row["id"][i])] for i in range(24)] == reviewed.tolist()
+    for i, item in enumerate(items):
+        if expected[i] == "remove":
+            assert int(item["id"]) not in label_of  # out of the run
+        else:
+            assert label_of[int(item["id"])] == expected[i]
+    # The next run marks the reviewed examples, in both sets.
+    table = label_issues.read_label_issues_csv(os.path.join(second, "label_issues.csv"))
+    marked = {table["id"][i] for i, flag in enumerate(table["reviewed"]) if flag == "1"}
+    assert marked == {item["id"] for i, item in enumerate(items) if expected[i] != "remove"}
 
 
 @pytest.mark.slow
@@ -688,7 +734,8 @@ def test_twelve_classes_by_number_and_hostile_names_shown_as_text_in_chromium(tm
         page.goto("file://" + path)
         assert page.inner_text("#given-name") == f"{items[0]['given']} {names[items[0]['given']]}"
         assert page.locator("#view b").count() == 0  # names are text, not markup
-        assert page.inner_text("#view td >> nth=1") == f"{rows[int(issues.position[0])][0]:g}"
+        first = int(issues.position[label_issues.review_order(issues)[1][0]])
+        assert page.inner_text("#view td >> nth=1") == f"{rows[first][0]:g}"
         # "1" could start 10 or 11: wait; "1" again → 11. "1", Enter → 1. "7" → 7 at once.
         for keys in (["1", "1"], ["1", "Enter"], ["7"]):
             for key in keys:
@@ -746,8 +793,11 @@ def test_review_loop_benchmark_script_tiny(tmp_path):
         os.path.join(repo, "scripts", "review_loop_benchmark.py"),
         f"--runs_dir={tmp_path}",
         "--settings=flip_40",
-        "--starts=clean",
+        "--seeds=0",
+        "--reviewers=erring",
+        "--error_rate=0.3",
         "--review_size=20",
+        "--rounds=10,10",
         "--train_flag=--epochs=1",
         "--train_flag=--max_train_examples=1200",
         "--train_flag=--max_test_examples=200",
@@ -757,26 +807,35 @@ def test_review_loop_benchmark_script_tiny(tmp_path):
     done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    base = tmp_path / "flip_40_clean"
+    base = tmp_path / "flip_40_seed0"
     with open(base / "metrics.json") as file:
         metrics = json.load(file)
     truth = datasets.load_dataset("fashion_mnist").y_train
-    with open(base / "corrections.csv", newline="") as file:
+    with open(base / "erring_20" / "corrections.csv", newline="") as file:
         rows = list(csv.DictReader(file))
-    # The reviewer answered every example with its true label; its useful share is the changed.
-    assert len(rows) == metrics["review"]["reviewed"] == 20
-    assert all(int(r["reviewed_label"]) == truth[int(r["id"])] for r in rows)
-    wrong = sum(int(r["given_label"]) != int(r["reviewed_label"]) for r in rows)
-    assert metrics["review"]["truly_wrong"] == wrong
-    first, second = metrics["rounds"]
-    assert second["corrections"]["reviewed"] == 20 and second["corrections"]["changed"] == wrong
-    assert second["num_meta"] == 200 + second["corrections"]["added_to_trusted"]
-    # Round 1's F1: its label_issues.csv flags against its split's injected noise.
-    split = split_lib.Split.load(str(base / "round1" / "split.npz"))
-    table = label_issues.read_label_issues_csv(str(base / "round1" / "label_issues.csv"))
-    position = np.searchsorted(split.train_indices, np.array(table["id"], np.int64))
-    flagged = np.array(table["flagged"]) == "1"
-    hits = int((flagged & split.train_corrupted[position]).sum())
-    precision, recall = hits / flagged.sum(), hits / split.train_corrupted.sum()
-    assert first["f1"] == pytest.approx(2 * precision * recall / (precision + recall))
-    assert "| flip_40 | clean | 2 | " in done.stdout
+    # The reviewer took the page's first 20 (review_rank 1..20 of the auto run) and answered
+    # with the true label but for its wrong answers, which are never the true label.
+    table = label_issues.read_label_issues_csv(str(base / "auto" / "label_issues.csv"))
+    first = sorted((int(r), i) for i, r in enumerate(table["review_rank"]) if r)[:20]
+    assert [r["id"] for r in rows] == [table["id"][i] for _, i in first]
+    wrong = sum(int(r["reviewed_label"]) != truth[int(r["id"])] for r in rows)
+    review = metrics["erring"]["review"]
+    assert review["reviewed"] == 20 and review["answered_wrong"] == wrong
+    assert review["truly_wrong"] == sum(int(r["given_label"]) != truth[int(r["id"])] for r in rows)
+    assert review["trusted"] == sum(r["set"] == "trusted" for r in rows)
+    corrections = metrics["erring"]["corrections"]
+    assert corrections["reviewed"] == 20
+    # Rounds: 10 reviews, then 10 more on the next run's page, the files given together.
+    rounds = metrics["erring_rounds"]
+    assert [r["reviews"] for r in rounds] == [10, 20]
+    assert rounds[1]["corrections"]["files"] == [
+        str(base / "erring_rounds" / "review1" / "corrections.csv"),
+        str(base / "erring_rounds" / "review2" / "corrections.csv"),
+    ]
+    # The trusted set's wrong labels, counted against the truth.
+    split = split_lib.Split.load(str(base / "erring_20" / "round2" / "split.npz"))
+    assert metrics["erring"]["meta_wrong"] == int(
+        (truth[split.meta_indices] != split.meta_labels).sum()
+    )
+    assert metrics["clean"]["num_meta"] == 200
+    assert "| flip_40 | 0 | erring | 20 |" in done.stdout
