@@ -579,13 +579,20 @@ def _predict_share(model, x, batch_size, share):
     else:
         empty = x[:0]
         batches = (x[start : start + batch_size] for start in range(0, len(x), batch_size))
+    # A model of one replica predicts in this process (the probes' models, built outside the
+    # strategy); one built under the cluster's strategy is called as it is.
+    strategy = getattr(model, "distribute_strategy", None)
+    if getattr(strategy, "num_replicas_in_sync", 1) == 1:
+        predict = model.predict_on_batch
+    else:
+        predict = lambda batch: model(batch, training=False)  # noqa: E731
     parts = []
     for batch in batches:
-        values = model(batch, training=False)
+        values = predict(batch)
         values = list(values) if isinstance(values, (list, tuple)) else [values]
         parts.append([keras.ops.convert_to_numpy(value) for value in values])
     if not parts:  # No rows here: the outputs' shapes still, for the other workers' rows.
-        values = model(empty, training=False)
+        values = predict(empty)
         values = list(values) if isinstance(values, (list, tuple)) else [values]
         parts.append([keras.ops.convert_to_numpy(value) for value in values])
     joined = [share.concatenate(np.concatenate(column)) for column in zip(*parts)]
