@@ -2,7 +2,6 @@
 worker directories, and the refusals (no TF_CONFIG, a meta batch that does not split across the
 replicas, JAX)."""
 
-import collections
 import csv
 import dataclasses
 import importlib.util
@@ -21,6 +20,7 @@ from conftest import REPO
 from conftest import TINY_FASHION_MNIST
 from conftest import backbone_weights
 from conftest import history_rows
+from conftest import load_script
 from conftest import prepare_tfds_images
 from conftest import random_sized_images
 from conftest import read_json
@@ -134,74 +134,17 @@ def _subprocess_env(**variables):
     }
 
 
-# `python -m gdw_tf.train` that notes each file it reads (`tf.io.read_file`), one line each in
-# the file $READS_LOG: the pass that read it, then its path. A read made in a `tf.data` map is
-# noted with the pass that built the map: the scan, the normalisation sample, the training
-# pipeline, the validation data, the label-issue pass; "other" for the rest (the trusted set
-# decoded into memory, the report's images).
-_TRAIN_NOTING_READS = """
-import os
-import sys
-import time
-import tensorflow as tf
-from absl import app
-from gdw_tf import train
-from gdw_tf.data import image_files
-from gdw_tf.data import input_pipeline
-
-PASS = ["other"]
-read_file = tf.io.read_file
-PAUSE = float(os.environ.get("TRAINING_READ_PAUSE", 0))
-
-def noting_read_file(path, name=None):
-    label = PASS[0]
-    def note(value):
-        with open(os.environ["READS_LOG"], "a") as log:
-            log.write(label + " " + value.numpy().decode() + "\\n")
-        if label == "training":
-            time.sleep(PAUSE)
-        return value
-    noted = tf.py_function(note, [path], tf.string)
-    noted.set_shape([])
-    return read_file(noted, name=name)
-
-def in_pass(function, label):
-    def noting(*args, **kwargs):
-        PASS[0] = label(kwargs) if callable(label) else label
-        try:
-            return function(*args, **kwargs)
-        finally:
-            PASS[0] = "other"
-    return noting
-
-tf.io.read_file = noting_read_file
-image_files.scan = in_pass(image_files.scan, "scan")
-input_pipeline.normalization_stats = in_pass(input_pipeline.normalization_stats, "normalization")
-input_pipeline.train_dataset = in_pass(input_pipeline.train_dataset, "training")
-input_pipeline.eval_dataset = in_pass(
-    input_pipeline.eval_dataset,
-    lambda kwargs: "label_issues" if kwargs.get("aligned") else "validation",
-)
-sys.argv = ["train"] + sys.argv[1:]
-app.run(train.main)
-"""
-
-
-def _reads(log):
-    """What a process of `_TRAIN_NOTING_READS` read: `{pass: Counter of paths}`."""
-    reads = {}
-    for line in log.read_text().splitlines() if log.exists() else []:
-        name, path = line.split(" ", 1)
-        reads.setdefault(name, collections.Counter())[path] += 1
-    return reads
+# `python -m gdw_tf.train` noting the files it reads, per pass, and what it noted.
+_worker_passes = load_script("worker_passes")
+_reads = _worker_passes.reads
 
 
 def _start_workers(args, log_dir, *, note_reads=False, workers=2, env=None):
     """Starts `python -m gdw_tf.train args` as the `workers` workers of a localhost cluster
     (one process without a cluster if `workers` is 1); with `note_reads`, worker i notes the
-    files it reads, per pass, in `log_dir/reads<i>.txt` (`_TRAIN_NOTING_READS`)."""
+    files it reads, per pass, in `log_dir/reads<i>.txt` (`scripts/worker_passes.py`)."""
     cluster = {"worker": [f"localhost:{port}" for port in _free_ports(workers)]}
-    program = ["-c", _TRAIN_NOTING_READS] if note_reads else ["-m", "gdw_tf.train"]
+    program = ["-c", _worker_passes.NOTING_READS] if note_reads else ["-m", "gdw_tf.train"]
     started = []
     for index in range(workers):
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
@@ -408,7 +351,9 @@ def test_streamed_image_files_train_as_one_device_mirrored_and_on_two_workers(tm
     _assert_same_run(str(workers_dir), one_device, exact=False, tolerance=2e-4)
     # Each worker decoded about its half of each epoch's 40 training images (and perhaps some
     # of a third epoch read ahead), not every image of every epoch (2 x 40); together, all.
-    decoded = [list(_reads(tmp_path / f"reads{i}.txt")["training"].elements()) for i in range(2)]
+    decoded = [
+        list(_reads(str(tmp_path / f"reads{i}.txt"))["training"].elements()) for i in range(2)
+    ]
     training_files = {str(p) for p in (root / "train").rglob("*.png")}
     assert len(training_files) == 40
     for paths in decoded:
@@ -470,8 +415,8 @@ def test_two_workers_share_every_pass_and_write_what_one_process_writes(tmp_path
     # each as often: the scan (64 files once), the normalisation sample (the 52 training and
     # trusted images once), validation (12 test images, each epoch) and the label-issue pass
     # (52 images once).
-    expected = _reads(one / "reads0.txt")
-    workers = [_reads(two / f"reads{i}.txt") for i in range(2)]
+    expected = _reads(str(one / "reads0.txt"))
+    workers = [_reads(str(two / f"reads{i}.txt")) for i in range(2)]
     sizes = {"scan": 64, "normalization": 52, "validation": 24, "label_issues": 52}
     for name, size in sizes.items():
         assert sum(expected[name].values()) == size, name
@@ -516,7 +461,8 @@ def test_a_two_worker_run_killed_mid_epoch_resumes_with_the_same_command(tmp_pat
         assert time.monotonic() < deadline, f"the workers read {read} training images"
         time.sleep(0.1)
         read = [
-            sum(_reads(tmp_path / f"reads{i}.txt").get("training", {}).values()) for i in range(2)
+            sum(_reads(str(tmp_path / f"reads{i}.txt")).get("training", {}).values())
+            for i in range(2)
         ]
     for process, log in workers:
         process.kill()  # SIGKILL

@@ -25,6 +25,7 @@ from gdw_tf.data import own_data
 from gdw_tf.data import worker_share
 from gdw_tf.data.worker_share import WorkerShare
 from gdw_tf.labels import label_issues
+from gdw_tf.runs import backup
 
 
 class _Cluster:
@@ -235,3 +236,14 @@ def test_a_tfds_split_stored_in_several_files_streams_from_all_of_them(tmp_path)
     np.testing.assert_array_equal(
         dataset.y_train, [e["label"] for e, keep in zip(examples, kept) if keep]
     )
+
+
+def test_workers_resume_from_the_newest_epoch_every_one_backed_up():
+    # Worker 0 backed up epochs 2 and 3, worker 1 (killed before its backup of epoch 3) 1 and 2.
+    committed = {0: [2, 3], 1: [1, 2]}
+    for epochs in _Cluster(2).run(
+        lambda share: backup.committed_by_all(committed[share.index], 4, share)
+    ):
+        assert epochs == [2]
+    alone = backup.committed_by_all([3, 4, 9], 4, _alone(0, 1))  # 9: not an epoch of this run
+    assert alone == [3, 4]

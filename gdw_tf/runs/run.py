@@ -163,7 +163,9 @@ def _run(config, strategy, replicas, *, start, stages):
         shuffle=False,
         validation_data=test_data,
         epochs=config.epochs,
-        callbacks=callbacks.make_callbacks(config, train_data, settings.steps_per_epoch),
+        callbacks=callbacks.make_callbacks(
+            config, train_data, settings.steps_per_epoch, share=share
+        ),
         verbose=config.verbose,
     )
     stages.mark("training")
