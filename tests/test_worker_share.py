@@ -1,6 +1,7 @@
 """The passes a `multi_worker` run shares out (`gdw_tf.data.worker_share`): the scan, the
 normalisation sample, validation and the label-issue pass give each worker one process's
-result while it decodes only its rows; and a TFDS split stored in several files streams.
+result while it decodes only its rows; the workers resume from one epoch; and a TFDS split
+stored in several files streams.
 
 A cluster is simulated here by threads of this process whose all-reduce adds their arrays
 (`_Cluster`); tests/test_distribute_train.py runs real two-worker clusters.

@@ -9,7 +9,9 @@ per-channel mean/std normalisation, with the reference's CIFAR statistics
 (`gdw_tf.data.image_files.StreamedImages`: image files on disk, records of a TFDS split): those
 are decoded and resized in a parallel map right after the shuffle (which then shuffles keys,
 such as paths, not pixels), so both give the same batches; under `tf.distribute` each input
-pipeline decodes only its replicas' share of each batch (`train_dataset`'s `input_context`).
+pipeline decodes only its replicas' share of each batch (`train_dataset`'s and
+`eval_dataset`'s `input_context`), and in a cluster each worker only its block of the
+normalisation sample (`normalization_stats`'s `share`).
 
 A streamed image that cannot be read when its turn comes (a file deleted or truncated during
 the run, a network share that hiccups) does not end the run: it is left out of its batch, which

@@ -579,22 +579,19 @@ def _predict_share(model, x, batch_size, share):
     else:
         empty = x[:0]
         batches = (x[start : start + batch_size] for start in range(0, len(x), batch_size))
-    # A model of one replica predicts in this process (the probes' models, built outside the
-    # strategy); one built under the cluster's strategy is called as it is.
     strategy = getattr(model, "distribute_strategy", None)
-    if getattr(strategy, "num_replicas_in_sync", 1) == 1:
-        predict = model.predict_on_batch
-    else:
-        predict = lambda batch: model(batch, training=False)  # noqa: E731
-    parts = []
-    for batch in batches:
-        values = predict(batch)
-        values = list(values) if isinstance(values, (list, tuple)) else [values]
-        parts.append([keras.ops.convert_to_numpy(value) for value in values])
+    one_replica = getattr(strategy, "num_replicas_in_sync", 1) == 1
+
+    def predict(batch):
+        # A model of one replica (the probes' models, built outside the strategy) predicts in
+        # this process; one built under the cluster's strategy is called as it is.
+        values = model.predict_on_batch(batch) if one_replica else model(batch, training=False)
+        values = values if isinstance(values, (list, tuple)) else [values]
+        return [keras.ops.convert_to_numpy(value) for value in values]
+
+    parts = [predict(batch) for batch in batches]
     if not parts:  # No rows here: the outputs' shapes still, for the other workers' rows.
-        values = predict(empty)
-        values = list(values) if isinstance(values, (list, tuple)) else [values]
-        parts.append([keras.ops.convert_to_numpy(value) for value in values])
+        parts.append(predict(empty))
     joined = [share.concatenate(np.concatenate(column)) for column in zip(*parts)]
     return joined if len(joined) > 1 else joined[0]
 
