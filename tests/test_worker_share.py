@@ -23,6 +23,7 @@ from gdw_tf.data import datasets
 from gdw_tf.data import image_files
 from gdw_tf.data import input_pipeline
 from gdw_tf.data import own_data
+from gdw_tf.data import tfds_records
 from gdw_tf.data import worker_share
 from gdw_tf.data.worker_share import WorkerShare
 from gdw_tf.labels import label_issues
@@ -207,7 +208,7 @@ def test_the_label_issue_pass_is_shared_out_with_one_process_ranking(num_trusted
         assert (issues.estimate is None) == (expected.estimate is None)
 
 
-def test_a_tfds_split_stored_in_several_files_streams_from_all_of_them(tmp_path):
+def test_a_tfds_split_stored_in_several_files_streams_and_is_indexed_in_shares(tmp_path):
     builder = prepare_tfds_images(
         tmp_path,
         "sharded_images",
@@ -237,6 +238,15 @@ def test_a_tfds_split_stored_in_several_files_streams_from_all_of_them(tmp_path)
     np.testing.assert_array_equal(
         dataset.y_train, [e["label"] for e, keep in zip(examples, kept) if keep]
     )
+    # In a cluster each worker indexes its block of the files, and gets every record.
+    records, labels = tfds_records.split_records(builder, "train", image_size=8)
+    for shared, shared_labels in _Cluster(2).run(
+        lambda share: tfds_records.split_records(builder, "train", image_size=8, share=share)
+    ):
+        np.testing.assert_array_equal(shared.keys, records.keys)
+        np.testing.assert_array_equal(shared_labels, labels)
+    alone, _ = tfds_records.split_records(builder, "train", image_size=8, share=_alone(1, 2))
+    np.testing.assert_array_equal(alone.keys, records.keys[records.keys[:, 0] >= 1])
 
 
 def test_workers_resume_from_the_newest_epoch_every_one_backed_up():

@@ -215,10 +215,13 @@ def _run(config, strategy, replicas, *, start, stages):
 def load_data(config, *, share=None):
     """The dataset, cut to `max_train_examples` / `max_test_examples` if they are set; or the
     own data of `config.train_data` (`load_own_data`; the image scan is cached, and skipped
-    files listed, in the run directory; `share`: this worker's share of the scan)."""
+    files listed, in the run directory). `share`: this worker's share of the scan of the image
+    files or of the index of a streamed TFDS split."""
     if config.train_data:
         return load_own_data(config, work_dir=config.output_dir, share=share)
-    dataset = datasets.load_dataset(config.dataset, config.data_dir, image_size=config.image_size)
+    dataset = datasets.load_dataset(
+        config.dataset, config.data_dir, image_size=config.image_size, share=share
+    )
     train, test = config.max_train_examples or None, config.max_test_examples or None
     return dataset._replace(
         x_train=dataset.x_train[:train],
