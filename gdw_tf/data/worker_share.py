@@ -1,11 +1,13 @@
 """One worker's share of a pass that every worker of a `multi_worker` run needs whole.
 
 Several passes over the data give each worker the same result: the scan of the image files
-(`image_files.scan`), the normalisation sample (`input_pipeline.normalization_stats`) and the
-label-issue pass (`gdw_tf.labels.label_issues.find_label_issues`). In a cluster each worker
-decodes only its own block of the rows (`rows`) and the workers' results are then added up
-(`sum`, an all-reduce across the workers) or joined in worker order (`concatenate`).
-`gdw_tf.runs.distribute.worker_share` makes the share of a run's strategy.
+(`image_files.scan`), the index of a streamed TFDS split (`tfds_records.split_records`), the
+normalisation sample (`input_pipeline.normalization_stats`) and the label-issue pass
+(`gdw_tf.labels.label_issues.find_label_issues`). In a cluster each worker reads only its own
+block of the rows (`rows`) and the workers' results are then added up (`sum`, an all-reduce
+across the workers) or joined in worker order (`concatenate`). The workers also agree on the
+epoch they resume from (`gdw_tf.runs.backup`). `gdw_tf.runs.distribute.worker_share` makes
+the share of a run's strategy.
 
 A sum of integers is exact, and so is a float sum to which only one worker adds a non-zero
 value (`x + 0 == x`): the passes thus give each worker what one process computes alone, as

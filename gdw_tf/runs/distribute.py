@@ -17,8 +17,8 @@ gives each replica its share of every batch. Streamed images (files, TFDS record
 out before they are decoded: each worker's input pipeline draws the same shuffle and decodes
 only its own replicas' rows of each global batch (`distribute_datasets_from_function`); so
 do the validation batches (`evaluation_data`). The passes every worker needs whole (the scan of
-the image files, the normalisation sample, the label-issue pass) are shared out between the
-workers too, and their results added up across them (`worker_share`).
+the image files, the index of a TFDS split, the normalisation sample, the label-issue pass) are
+shared out between the workers too, and their results added up across them (`worker_share`).
 """
 
 import dataclasses
