@@ -134,10 +134,11 @@ def write_png(path, image):
     tf.io.write_file(path, tf.io.encode_png(image))
 
 
-def prepare_tfds_images(data_dir, name, splits, *, num_classes):
+def prepare_tfds_images(data_dir, name, splits, *, num_classes, num_shards=None):
     """Prepares, offline, a TFDS image-classification dataset `name` in `data_dir` (TFRecord
     files, as `tfds build` writes them): `splits` maps a split's name to its `(image, label)`
-    pairs, uint8 RGB images of any size. Returns its builder."""
+    pairs, uint8 RGB images of any size; each split in `num_shards` files if given (TFDS
+    chooses otherwise: one file for small splits). Returns its builder."""
     features = tfds.features.FeaturesDict(
         {
             "image": tfds.features.Image(shape=(None, None, 3)),
@@ -156,7 +157,7 @@ def prepare_tfds_images(data_dir, name, splits, *, num_classes):
         features=features,
         split_datasets=examples,
         data_dir=str(data_dir),
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False, num_shards=num_shards),
     )
 
 

@@ -2,6 +2,7 @@
 worker directories, and the refusals (no TF_CONFIG, a meta batch that does not split across the
 replicas, JAX)."""
 
+import csv
 import dataclasses
 import importlib.util
 import json
@@ -19,6 +20,7 @@ from conftest import REPO
 from conftest import TINY_FASHION_MNIST
 from conftest import backbone_weights
 from conftest import history_rows
+from conftest import load_script
 from conftest import prepare_tfds_images
 from conftest import random_sized_images
 from conftest import read_json
@@ -132,64 +134,38 @@ def _subprocess_env(**variables):
     }
 
 
-# `python -m gdw_tf.train` whose training pipeline notes each image file it decodes, one path
-# a line, in the file $DECODED_LOG.
-_TRAIN_NOTING_DECODES = """
-import os
-import sys
-import tensorflow as tf
-from absl import app
-from gdw_tf import train
-from gdw_tf.data import image_files
-from gdw_tf.data import input_pipeline
-
-class NotingFiles(image_files.ImageFiles):
-    def read(self, path):
-        def note(value):
-            with open(os.environ["DECODED_LOG"], "a") as log:
-                log.write(value.numpy().decode() + "\\n")
-            return value
-        noted = tf.py_function(note, [path], tf.string)
-        noted.set_shape([])
-        return super().read(noted)
-
-def noting_train_dataset(x, *args, train_dataset=input_pipeline.train_dataset, **kwargs):
-    x = NotingFiles(x.paths, height=x.height, width=x.width, channels=x.channels)
-    return train_dataset(x, *args, **kwargs)
-
-input_pipeline.train_dataset = noting_train_dataset
-sys.argv = ["train"] + sys.argv[1:]
-app.run(train.main)
-"""
+# `python -m gdw_tf.train` noting the files it reads, per pass, and what it noted.
+_worker_passes = load_script("worker_passes")
+_reads = _worker_passes.reads
 
 
-def _start_workers(args, log_dir, *, note_decodes=False):
-    """Starts `python -m gdw_tf.train args` as the two workers of a localhost cluster; with
-    `note_decodes`, worker i notes the image files its training pipeline decodes in
-    `log_dir/decoded<i>.txt` (`_TRAIN_NOTING_DECODES`)."""
-    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
-    program = ["-c", _TRAIN_NOTING_DECODES] if note_decodes else ["-m", "gdw_tf.train"]
-    workers = []
-    for index in range(2):
+def _start_workers(args, log_dir, *, note_reads=False, workers=2, env=None):
+    """Starts `python -m gdw_tf.train args` as the `workers` workers of a localhost cluster
+    (one process without a cluster if `workers` is 1); with `note_reads`, worker i notes the
+    files it reads, per pass, in `log_dir/reads<i>.txt` (`scripts/worker_passes.py`)."""
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(workers)]}
+    program = ["-c", _worker_passes.NOTING_READS] if note_reads else ["-m", "gdw_tf.train"]
+    started = []
+    for index in range(workers):
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
         # Logs to files: a full pipe would block a worker, and with it the other.
-        log = open(log_dir / f"worker{index}.log", "w")
-        env = _subprocess_env(
-            TF_CONFIG=json.dumps(tf_config), DECODED_LOG=str(log_dir / f"decoded{index}.txt")
-        )
-        workers.append(
+        log = open(log_dir / f"worker{index}.log", "a")
+        variables = {"READS_LOG": str(log_dir / f"reads{index}.txt"), **(env or {})}
+        if workers > 1:
+            variables["TF_CONFIG"] = json.dumps(tf_config)
+        started.append(
             (
                 subprocess.Popen(
                     [sys.executable, *program, *args],
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=REPO,
-                    env=env,
+                    env=_subprocess_env(**variables),
                 ),
                 log,
             )
         )
-    return workers
+    return started
 
 
 def _wait(workers, log_dir, timeout):
@@ -209,13 +185,13 @@ def _wait(workers, log_dir, timeout):
             process.wait()
             log.close()
     codes = [process.returncode for process, _ in workers]
-    if codes != [0, 0]:
+    if any(codes):
         logs = "\n".join(
             f"--- worker{i} (exit {code}):\n" + (log_dir / f"worker{i}.log").read_text()[-3000:]
             for i, code in enumerate(codes)
         )
         pytest.fail(
-            f"the two workers did not both succeed within {timeout} s (one still "
+            f"the workers did not all succeed within {timeout} s (one still "
             f"running then, or after the other failed, is killed):\n{logs}"
         )
 
@@ -240,7 +216,7 @@ def _assert_same_run(actual_dir, expected_dir, exact, tolerance=1e-5):
             else:
                 check(actual[name], expected[name])
     expected_rows, actual_rows = history_rows(expected_dir), history_rows(actual_dir)
-    assert len(actual_rows) == len(expected_rows) == 2
+    assert len(actual_rows) == len(expected_rows) > 0
     for expected, actual in zip(expected_rows, actual_rows):
         for name in (
             "train/loss",
@@ -250,6 +226,54 @@ def _assert_same_run(actual_dir, expected_dir, exact, tolerance=1e-5):
             "test/accuracy",
         ):
             check(float(actual[name]), float(expected[name]))
+
+
+def _assert_same_outputs(actual_dir, expected_dir):
+    """The two runs' normalisation (exactly: pixel counts add up exactly), `label_issues.csv`
+    and `results.json`'s wrong-label count agree. The weights differ by float rounding
+    (`_assert_same_run`'s 2e-4), and so do the probabilities: the scores and probabilities of
+    each example agree to 1e-3, its suggestion and flag exactly."""
+    configs = [read_json(os.path.join(d, "config.json")) for d in (actual_dir, expected_dir)]
+    assert configs[0]["normalization"] == configs[1]["normalization"]
+    tables = []
+    for directory in (actual_dir, expected_dir):
+        with open(os.path.join(directory, "label_issues.csv"), newline="") as file:
+            tables.append({row["id"]: row for row in csv.DictReader(file)})
+    assert tables[0].keys() == tables[1].keys()
+    for name, expected in tables[1].items():
+        actual = tables[0][name]
+        assert (actual["suggested_label"], actual["flagged"]) == (
+            expected["suggested_label"],
+            expected["flagged"],
+        )
+        for column in ("score", "given_probability", "suggested_probability", "instance_weight"):
+            assert abs(float(actual[column]) - float(expected[column])) <= 1e-3, (name, column)
+    results = [read_json(os.path.join(d, "results.json")) for d in (actual_dir, expected_dir)]
+    assert results[0]["wrong_labels"]["flagged"] == results[1]["wrong_labels"]["flagged"]
+
+
+def _write_png_folders(root, trusted=2, test=2):
+    """Folders of small PNG files in four classes: `train` (10 a class), `trusted` and `test`;
+    the flags of a two-epoch run on them."""
+    rng = np.random.default_rng(0)
+    for part, count in (("train", 10), ("trusted", trusted), ("test", test)):
+        for k in range(4):
+            for i in range(count):
+                image = np.clip(rng.normal(50 + 50 * k, 40, (8, 8, 3)), 0, 255).astype(np.uint8)
+                path = root / part / f"c{k}" / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tf.io.write_file(str(path), tf.io.encode_png(image))
+    return [
+        f"--train_data={root / 'train'}",
+        f"--trusted_data={root / 'trusted'}",
+        f"--test_data={root / 'test'}",
+        "--model=mlp",
+        "--epochs=2",
+        "--batch_size=10",
+        "--meta_batch_size=8",
+        "--augment=true",
+        "--verbose=0",
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,38 +338,22 @@ def test_two_workers_train_as_one_device_and_only_the_chief_writes_the_run_dir(
 def test_streamed_image_files_train_as_one_device_mirrored_and_on_two_workers(tmp_path):
     # Own PNG files streamed from disk (decoded in the input pipeline): a mirrored run and a
     # two-worker run end as the one-device run does.
-    rng = np.random.default_rng(0)
     root = tmp_path / "data"
-    for part, count in (("train", 10), ("trusted", 2), ("test", 2)):
-        for k in range(4):
-            for i in range(count):
-                image = np.clip(rng.normal(50 + 50 * k, 40, (8, 8, 3)), 0, 255).astype(np.uint8)
-                path = root / part / f"c{k}" / f"{i}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tf.io.write_file(str(path), tf.io.encode_png(image))
-    args = [
-        f"--train_data={root / 'train'}",
-        f"--trusted_data={root / 'trusted'}",
-        f"--test_data={root / 'test'}",
-        "--model=mlp",
-        "--epochs=2",
-        "--batch_size=10",
-        "--meta_batch_size=8",
-        "--augment=true",
-        "--verbose=0",
-    ]
+    args = _write_png_folders(root)
     _, one_device = _mirrored_and_one_device_runs(tmp_path, args)
     workers_dir = tmp_path / "workers_run"
     workers = _start_workers(
         [*args, "--distribute=multi_worker", f"--output_dir={workers_dir}"],
         tmp_path,
-        note_decodes=True,
+        note_reads=True,
     )
     _wait(workers, tmp_path, TIMEOUT_S)
     _assert_same_run(str(workers_dir), one_device, exact=False, tolerance=2e-4)
     # Each worker decoded about its half of each epoch's 40 training images (and perhaps some
     # of a third epoch read ahead), not every image of every epoch (2 x 40); together, all.
-    decoded = [(tmp_path / f"decoded{i}.txt").read_text().splitlines() for i in range(2)]
+    decoded = [
+        list(_reads(str(tmp_path / f"reads{i}.txt"))["training"].elements()) for i in range(2)
+    ]
     training_files = {str(p) for p in (root / "train").rglob("*.png")}
     assert len(training_files) == 40
     for paths in decoded:
@@ -387,6 +395,124 @@ def test_a_streamed_tfds_dataset_trains_mirrored_as_on_one_device(tmp_path):
     ]
     mirrored, _ = _mirrored_and_one_device_runs(tmp_path, args)
     assert read_json(os.path.join(mirrored, "results.json"))["config"]["num_replicas"] == 2
+
+
+@pytest.mark.slow
+@tensorflow_only
+def test_two_workers_share_every_pass_and_write_what_one_process_writes(tmp_path):
+    # 40 training, 12 trusted and 12 test PNG files. One process, then two workers, each
+    # noting the files it reads in each pass.
+    args = _write_png_folders(tmp_path / "data", trusted=3, test=3)
+    one, two = tmp_path / "one", tmp_path / "two"
+    for log_dir, workers, flags in ((one, 1, []), (two, 2, ["--distribute=multi_worker"])):
+        log_dir.mkdir()
+        command = [*args, *flags, f"--output_dir={log_dir / 'run'}"]
+        _wait(
+            _start_workers(command, log_dir, note_reads=True, workers=workers), log_dir, TIMEOUT_S
+        )
+
+    # Each worker read its own files in each pass, and together the files the one process read,
+    # each as often: the scan (64 files once), the normalisation sample (the 52 training and
+    # trusted images once), validation (12 test images, each epoch) and the label-issue pass
+    # (52 images once).
+    expected = _reads(str(one / "reads0.txt"))
+    workers = [_reads(str(two / f"reads{i}.txt")) for i in range(2)]
+    sizes = {"scan": 64, "normalization": 52, "validation": 24, "label_issues": 52}
+    for name, size in sizes.items():
+        assert sum(expected[name].values()) == size, name
+        assert workers[0][name] + workers[1][name] == expected[name], name
+        assert not set(workers[0][name]) & set(workers[1][name]), name
+        assert 0.3 * size <= sum(workers[0][name].values()) <= 0.7 * size, name
+
+    # What they wrote: the one process's numbers (float rounding aside, as
+    # `_assert_same_outputs` says); worker 1 wrote what the chief wrote.
+    chief, single = str(two / "run"), str(one / "run")
+    worker1 = os.path.join(chief, "workers", "worker1")
+    _assert_same_run(chief, single, exact=False, tolerance=2e-4)
+    _assert_same_outputs(chief, single)
+    for name in ("label_issues.csv", "config.json"):
+        with (
+            open(os.path.join(chief, name), "rb") as a,
+            open(os.path.join(worker1, name), "rb") as b,
+        ):
+            assert a.read().replace(b"/workers/worker1", b"") == b.read().replace(
+                b"/workers/worker1", b""
+            )
+
+
+@pytest.mark.slow
+@tensorflow_only
+def test_a_two_worker_run_killed_mid_epoch_resumes_with_the_same_command(tmp_path):
+    # Streamed PNG files, 4 epochs; each worker's training reads slowed (50 ms a file) so that
+    # the kill lands inside an epoch: SIGKILL to both workers once each has read 50 training
+    # images (its 20 of an epoch, two and a half times).
+    args = [*_write_png_folders(tmp_path / "data"), "--epochs=4"]
+    single = str(tmp_path / "one")
+    train_main(*args, f"--output_dir={single}")
+    run_dir = tmp_path / "run"
+    command = [*args, "--distribute=multi_worker", f"--output_dir={run_dir}"]
+    workers = _start_workers(
+        command, tmp_path, note_reads=True, env={"TRAINING_READ_PAUSE": "0.05"}
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    read = [0, 0]
+    while min(read) < 50:
+        assert all(process.poll() is None for process, _ in workers), "a worker ended early"
+        assert time.monotonic() < deadline, f"the workers read {read} training images"
+        time.sleep(0.1)
+        read = [
+            sum(_reads(str(tmp_path / f"reads{i}.txt")).get("training", {}).values())
+            for i in range(2)
+        ]
+    for process, log in workers:
+        process.kill()  # SIGKILL
+        process.wait()
+        log.close()
+    finished = len(history_rows(str(run_dir)))
+    assert 1 <= finished < 4 and not (run_dir / "results.json").exists()
+
+    _wait(_start_workers(command, tmp_path), tmp_path, TIMEOUT_S)
+    rows = history_rows(str(run_dir))
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2, 3]
+    _assert_same_run(str(run_dir), single, exact=False, tolerance=2e-4)
+    _assert_same_outputs(str(run_dir), single)
+
+
+@pytest.mark.slow
+@tensorflow_only
+def test_a_tfds_split_in_three_files_trains_on_two_workers_as_on_one_device(tmp_path):
+    # 52 TFDS records of varying size in three files, streamed (5 held out, 6 meta, 41 trained
+    # in batches of 10): shared out between the workers before decoding.
+    builder = prepare_tfds_images(
+        tmp_path / "tfds",
+        "sharded_workers",
+        {"train": random_sized_images(np.random.default_rng(12), 52)},
+        num_classes=3,
+        num_shards=3,
+    )
+    assert len(builder.info.splits["train"].file_instructions) == 3
+    args = [
+        "--dataset=sharded_workers",
+        f"--data_dir={tmp_path / 'tfds'}",
+        "--image_size=10",
+        "--model=mlp",
+        "--num_meta=6",
+        "--meta_batch_size=6",
+        "--batch_size=10",
+        "--epochs=2",
+        "--augment=true",
+        "--verbose=0",
+    ]
+    single = str(tmp_path / "one")
+    train_main(*args, f"--output_dir={single}")
+    run_dir = tmp_path / "run"
+    workers = _start_workers(
+        [*args, "--distribute=multi_worker", f"--output_dir={run_dir}"], tmp_path
+    )
+    _wait(workers, tmp_path, TIMEOUT_S)
+    assert read_json(str(run_dir / "results.json"))["config"]["num_replicas"] == 2
+    _assert_same_run(str(run_dir), single, exact=False, tolerance=2e-4)
+    _assert_same_outputs(str(run_dir), single)
 
 
 # --------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ class Dataset(typing.NamedTuple):
     trusted: np.ndarray | None = None
 
 
-def load_dataset(name, data_dir=None, *, image_size=0):
+def load_dataset(name, data_dir=None, *, image_size=0, share=None):
     """Loads an image-classification dataset into NumPy arrays.
 
     `fashion_mnist` is read from the four original idx `.gz` files (or TFDS' prepared data) in
@@ -73,7 +73,8 @@ def load_dataset(name, data_dir=None, *, image_size=0):
     (rounded back to uint8). Datasets of one image size are loaded into arrays. A
     dataset without a `test` split is tested on every `HELD_OUT_EVERY`-th example of `train`
     (10%) and trained on the rest. An unprepared dataset on a machine that cannot reach TFDS'
-    servers fails at once (no download retries).
+    servers fails at once (no download retries). `share`: this worker's share, in a cluster,
+    of the pass that indexes a streamed dataset's records (`tfds_records.split_records`).
 
     Returns:
         An `Dataset` `(x_train, y_train, x_test, y_test, num_classes)`: uint8 images
@@ -100,7 +101,7 @@ def load_dataset(name, data_dir=None, *, image_size=0):
                 "(pass the first with --data_dir; `apt-get install dataset-fashion-mnist` "
                 f"fills the last), or prepare TFDS' fashion_mnist in --data_dir. TFDS said: {err}"
             ) from err
-    return _load_tfds(name, data_dir, image_size)
+    return _load_tfds(name, data_dir, image_size, share)
 
 
 def _fashion_mnist_in(data_dir):
@@ -190,9 +191,9 @@ def read_idx(path):
     return data.astype(dtype.newbyteorder("="))
 
 
-def _load_tfds(name, data_dir, image_size=0):
+def _load_tfds(name, data_dir, image_size=0, share=None):
     """Loads the `train` and `test` splits of a TFDS image-classification dataset (see
-    `load_dataset`: resizing to `image_size`, the held-out test split)."""
+    `load_dataset`: resizing to `image_size`, the held-out test split, `share`)."""
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.DatasetNotFoundError:
@@ -237,7 +238,7 @@ def _load_tfds(name, data_dir, image_size=0):
         builder.download_and_prepare()
         if streamed:
             splits = [
-                tfds_records.split_records(builder, part, image_size=image_size)
+                tfds_records.split_records(builder, part, image_size=image_size, share=share)
                 for part in (["train"] if held_out else ["train", "test"])
             ]
         else:

@@ -16,8 +16,9 @@ the records of a prepared TFDS dataset through it. Each file is decoded as `read
 alpha dropped, resized bilinearly (rounded back to uint8) when its size is not the target.
 
 `scan` finds the unreadable files of a list before training, in one parallel pass that decodes
-every file (`tf.data`, all cores), and records each image's channels and size; its result can
-be cached in the run directory so a resumed run does not pay for it again. An image that
+every file (`tf.data`, all cores; in a cluster, each worker its share), and records each
+image's channels and size; its result can be cached in the run directory so a resumed run does
+not pay for it again. An image that
 becomes unreadable later (deleted, truncated, on a share that hiccups) is left out by
 `StreamedImages.decode_batch`, which the input pipeline decodes with, and listed
 (`list_skipped`, the run directory's `skipped_files.txt`). Files in an image format that is not
@@ -32,6 +33,8 @@ import threading
 
 import numpy as np
 import tensorflow as tf
+
+from gdw_tf.data.worker_share import WorkerShare
 
 # The image formats `keras.utils.image_dataset_from_directory` reads.
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
@@ -135,40 +138,56 @@ class Scan:
             )
 
 
-def scan(paths, *, cache: str | None = None) -> Scan:
+def scan(paths, *, cache: str | None = None, share: WorkerShare | None = None) -> Scan:
     """Decodes every file once, in parallel, to find the unreadable ones and each image's shape.
 
     Args:
       paths: image file paths.
       cache: an `.npz` file: if it holds the scan of exactly these paths it is returned as
         it is; otherwise the scan is made and written there.
+      share: this worker's share, in a cluster: the worker decodes only its block of the
+        files (or takes it from its cache), and the workers' blocks are joined, so that every
+        worker gets the whole scan. The few unreadable files are read again by each worker,
+        for the reason it names.
 
     Returns:
       A `Scan`. A missing or undecodable file is not `ok`, with its reason in `problems`.
     """
     paths = tuple(str(p) for p in paths)
+    cached = None
     if cache and os.path.exists(cache):
         try:
             cached = Scan.load(cache)
         except (OSError, ValueError, KeyError):
             cached = None
-        if cached is not None and cached.paths == paths:
-            return cached
+        if cached is not None and cached.paths != paths:
+            cached = None
+    if cached is not None and share is None:
+        return cached
     n = len(paths)
-    ok = np.zeros(n, bool)
-    shapes = np.zeros((n, 3), np.int64)
+    rows = share.rows(n) if share is not None else slice(0, n)
+    # Per file: readable (0 or 1), then its channels, height and width; zeros outside `rows`.
+    found = np.zeros((n, 4), np.int64)
+    if cached is not None:
+        found[rows] = _columns(cached)[rows]
+    elif rows.stop > rows.start:
 
-    def probe(position, path):
-        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
-        return position, tf.shape(image, out_type=tf.int64)
+        def probe(position, path):
+            image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+            return position, tf.shape(image, out_type=tf.int64)
 
-    if n:
-        dataset = tf.data.Dataset.from_tensor_slices((np.arange(n, dtype=np.int64), list(paths)))
+        positions = np.arange(rows.start, rows.stop, dtype=np.int64)
+        dataset = tf.data.Dataset.from_tensor_slices((positions, list(paths[rows])))
         dataset = dataset.map(probe, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
         dataset = dataset.ignore_errors().batch(1024)
-        for positions, found in dataset.as_numpy_iterator():
-            ok[positions] = True
-            shapes[positions] = found
+        for decoded, shapes in dataset.as_numpy_iterator():
+            found[decoded, 0] = 1
+            found[decoded, 1:] = shapes[:, [2, 0, 1]]
+    if share is not None:
+        found = share.sum(found)
+    if cached is not None and np.array_equal(found, _columns(cached)):
+        return cached
+    ok = found[:, 0] == 1
     problems = {}
     for position in np.flatnonzero(~ok):
         try:  # Undecodable in the pass: the reason, in the words of the eager decoder.
@@ -176,10 +195,15 @@ def scan(paths, *, cache: str | None = None) -> Scan:
             problems[int(position)] = f"{paths[position]}: not a readable image."
         except ValueError as err:
             problems[int(position)] = str(err)
-    result = Scan(paths, ok, shapes[:, 2], shapes[:, 0], shapes[:, 1], problems)
+    result = Scan(paths, ok, found[:, 1], found[:, 2], found[:, 3], problems)
     if cache:
         result.save(cache)
     return result
+
+
+def _columns(scan: Scan) -> np.ndarray:
+    """int64 `[N, 4]`: per file of `scan`, whether it decodes, its channels, height and width."""
+    return np.stack([scan.ok, scan.channels, scan.heights, scan.widths], axis=1).astype(np.int64)
 
 
 class StreamedImages:

@@ -9,7 +9,9 @@ per-channel mean/std normalisation, with the reference's CIFAR statistics
 (`gdw_tf.data.image_files.StreamedImages`: image files on disk, records of a TFDS split): those
 are decoded and resized in a parallel map right after the shuffle (which then shuffles keys,
 such as paths, not pixels), so both give the same batches; under `tf.distribute` each input
-pipeline decodes only its replicas' share of each batch (`train_dataset`'s `input_context`).
+pipeline decodes only its replicas' share of each batch (`train_dataset`'s and
+`eval_dataset`'s `input_context`), and in a cluster each worker only its block of the
+normalisation sample (`normalization_stats`'s `share`).
 
 A streamed image that cannot be read when its turn comes (a file deleted or truncated during
 the run, a network share that hiccups) does not end the run: it is left out of its batch, which
@@ -25,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from gdw_tf.data import image_files
+from gdw_tf.data.worker_share import WorkerShare
 
 # Images of a stream whose pixels give its normalisation statistics (`normalization_stats`).
 NORMALIZATION_SAMPLE = 2000
@@ -34,13 +37,17 @@ CIFAR_MEAN = np.array([125.3, 123.0, 113.9]) / 255.0
 CIFAR_STD = np.array([63.0, 62.1, 66.7]) / 255.0
 
 
-def normalization_stats(name: str, x_train: np.ndarray) -> tuple[list[float], list[float]]:
+def normalization_stats(
+    name: str, x_train: np.ndarray, *, share: WorkerShare | None = None
+) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of images scaled to [0, 1].
 
     CIFAR-10 and CIFAR-100 use the reference code's constants (the CIFAR-10 statistics, for
     both); any other dataset gets those of `x_train` (uint8 `[N, H, W, C]`), computed exactly;
     for image files (`ImageFiles`), exactly over a sample of `NORMALIZATION_SAMPLE` of them
-    (all, if there are fewer; else drawn with NumPy's seed 0, `normalization_sample`).
+    (all, if there are fewer; else drawn with NumPy's seed 0, `normalization_sample`). With a
+    `share` (a worker of a cluster), this worker decodes only its block of the sample, and the
+    workers' pixel counts are added up: the statistics are the same.
 
     Returns:
         `(mean, std)`, float64 arrays with one entry per channel.
@@ -54,11 +61,15 @@ def normalization_stats(name: str, x_train: np.ndarray) -> tuple[list[float], li
     values = np.arange(256)
     mean, std = [], []
     if image_files.is_streamed(x_train):
-        sample = x_train[normalization_sample(len(x_train))].dataset().batch(64)
+        positions = normalization_sample(len(x_train))
+        if share is not None:
+            positions = positions[share.rows(len(positions))]
         all_counts = np.zeros((x_train.shape[-1], 256), np.int64)
-        for images in sample.as_numpy_iterator():
+        for images in x_train[positions].dataset().batch(64).as_numpy_iterator():
             for channel in range(x_train.shape[-1]):
                 all_counts[channel] += np.bincount(images[..., channel].ravel(), minlength=256)
+        if share is not None:
+            all_counts = share.sum(all_counts)
     else:
         all_counts = [
             np.bincount(x_train[..., channel].ravel(), minlength=256)
@@ -287,6 +298,7 @@ def eval_dataset(
     std: Sequence[float],
     *,
     aligned: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """Normalised batches of `(images float32, labels int64)` in order, for evaluation (`x`: an
     array, or `StreamedImages` decoded in a parallel, order-keeping map).
@@ -294,9 +306,30 @@ def eval_dataset(
     A streamed image that cannot be read (`StreamedImages.decode_batch`) is left out of its
     batch, or with `aligned` a zero image stands in for it, so that the batches keep one row
     per row of `y` (`x.readable()` then tells which rows were read).
+
+    With `input_context` (`distribute_datasets_from_function`), the pipeline yields only its
+    replicas' shares of each batch of `batch_size` (`replica_shares`, in turn; an empty one
+    where the last batch leaves a replica none) and decodes only those.
     """
     _check_images(x, y)
     check_statistics(mean, std, x.shape[-1])
+    if input_context is not None:
+        total = input_context.num_replicas_in_sync
+        local = total // input_context.num_input_pipelines
+        first = input_context.input_pipeline_id * local
+        offsets = replica_shares(batch_size, total)[first : first + local + 1]
+        shares = tf.data.Dataset.from_tensor_slices((offsets[:-1], offsets[1:]))
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (x.keys if image_files.is_streamed(x) else x, np.asarray(y, np.int64))
+        )
+        dataset = dataset.batch(batch_size).flat_map(
+            lambda keys, labels: shares.map(lambda a, b: (keys[a:b], labels[a:b]))
+        )
+    elif image_files.is_streamed(x):
+        dataset = tf.data.Dataset.from_tensor_slices((x.keys, np.asarray(y, np.int64)))
+        dataset = dataset.batch(batch_size)
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int64))).batch(batch_size)
     if image_files.is_streamed(x):
 
         def decoded(keys, labels):
@@ -306,10 +339,7 @@ def eval_dataset(
                 return tf.scatter_nd(tf.where(ok), images, shape), labels
             return images, tf.boolean_mask(labels, ok)
 
-        dataset = tf.data.Dataset.from_tensor_slices((x.keys, np.asarray(y, np.int64)))
-        dataset = dataset.batch(batch_size).map(decoded, num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        dataset = tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int64))).batch(batch_size)
+        dataset = dataset.map(decoded, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.map(
         lambda images, labels: (normalize(images, mean, std), labels),
         num_parallel_calls=tf.data.AUTOTUNE,

@@ -49,6 +49,7 @@ import tensorflow as tf
 from gdw_tf.data import datasets
 from gdw_tf.data import image_files
 from gdw_tf.data import split as split_lib
+from gdw_tf.data.worker_share import WorkerShare
 
 IMAGE_EXTENSIONS = image_files.IMAGE_EXTENSIONS
 read_image = image_files.read_image
@@ -124,6 +125,7 @@ def load_own_data(
     test_data: str | None = None,
     options: OwnDataOptions = OwnDataOptions(),
     work_dir: str | None = None,
+    share: WorkerShare | None = None,
 ) -> datasets.Dataset:
     """The training, trusted and test sets of own data (see the module docstring) as one
     `Dataset`.
@@ -142,6 +144,7 @@ def load_own_data(
       options: how the files are read (`OwnDataOptions`).
       work_dir: a directory, or None: where the scan is cached (a resumed run reads it
         instead of scanning again) and the skipped files are listed.
+      share: this worker's share of the scan, in a cluster (`image_files.scan`).
 
     Returns:
         An `Dataset` whose `x_train` holds the training examples followed by the trusted
@@ -172,7 +175,7 @@ def load_own_data(
                 f"{kind[train.is_images]}; give every set in one form."
             )
     if train.is_images:
-        sources, arrays = _images(sources, options.image_size, work_dir)
+        sources, arrays = _images(sources, options.image_size, work_dir, share)
         train = sources["train"]
     else:
         arrays = _unify_features(sources)
@@ -528,14 +531,14 @@ def to_indices(labels, class_names, path):
     return np.array([index[label] for label in labels], np.int64)
 
 
-def _images(sources, image_size, work_dir):
+def _images(sources, image_size, work_dir, share):
     """The image sources without their unreadable files, and one uint8 image "array" per source:
     `ImageFiles` for image files, arrays for an `.npz`'s images (all arrays if the two mix).
 
     Images become one shape: grayscale if every image is (gray or gray+alpha), RGB otherwise;
     `image_size` squares, or the one size all images must share.
     """
-    sources = _drop_unreadable(sources, work_dir)
+    sources = _drop_unreadable(sources, work_dir, share)
     shapes = {}  # (height, width) -> first image of that size
     all_channels = set()
     for source in sources.values():
@@ -573,7 +576,7 @@ def _images(sources, image_size, work_dir):
     return sources, arrays
 
 
-def _drop_unreadable(sources, work_dir):
+def _drop_unreadable(sources, work_dir, share):
     """Scans every image file of `sources` in one parallel pass (`image_files.scan`), drops the
     unreadable ones (listed in `work_dir/skipped_files.txt`, one warning line) and gives each
     file source its files' native `(channels, height, width)` as `shapes`.
@@ -586,7 +589,9 @@ def _drop_unreadable(sources, work_dir):
     if not file_sources:
         return sources
     paths = [path for name in file_sources for path in sources[name].files]
-    found = image_files.scan(paths, cache=work_dir and os.path.join(work_dir, SCAN_FILE))
+    found = image_files.scan(
+        paths, cache=work_dir and os.path.join(work_dir, SCAN_FILE), share=share
+    )
     sources = dict(sources)
     skipped, start = [], 0
     for name in file_sources:

@@ -3,10 +3,11 @@
 
 TFDS prepares a dataset as TFRecord files, one serialized example per record. `split_records`
 reads a split's files once, in order, without decoding an image: the length of every record
-(hence its byte offset) and its label. Record `i` is the `i`-th example of the split's files in
-their order (TFDS' own order with `tfds.ReadConfig(interleave_cycle_length=1)`), fixed for a
-prepared dataset: it is the example's index in a run (example weights, `label_issues.csv`,
-the data order of a resumed run). A record's key is `(file, offset, length)`: 24 bytes an
+(hence its byte offset) and its label; in a cluster, each worker reads its block of the files.
+Record `i` is the `i`-th example of the split's files in their order (TFDS' own order with
+`tfds.ReadConfig(interleave_cycle_length=1)`), fixed for a prepared dataset: it is the
+example's index in a run (example weights, `label_issues.csv`, the data order of a resumed
+run). A record's key is `(file, offset, length)`: 24 bytes an
 image, and 8 for its label.
 
 `TfdsRecords.read` fetches one record by its place (`os.pread` of `length` bytes at `offset`,
@@ -24,6 +25,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from gdw_tf.data import image_files
+from gdw_tf.data.worker_share import WorkerShare
 
 # A TFRecord record: an 8-byte length and its 4-byte CRC, the data, the data's 4-byte CRC.
 _RECORD_HEAD, _RECORD_OVERHEAD = 12, 16
@@ -105,11 +107,14 @@ class TfdsRecords(image_files.StreamedImages):
         return self.features["image"].decode_example(encoded)
 
 
-def split_records(builder, split: str, *, image_size: int) -> tuple[TfdsRecords, np.ndarray]:
+def split_records(
+    builder, split: str, *, image_size: int, share: WorkerShare | None = None
+) -> tuple[TfdsRecords, np.ndarray]:
     """A prepared split's images, streamed at `image_size` squares, and its int64 labels.
 
     Reads every record of the split's files once (no image is decoded): its length, hence its
-    place, and its label.
+    place, and its label. With a `share` (a worker of a cluster), this worker reads only its
+    block of the files, and the workers' records are joined in file order.
 
     Raises:
       ValueError: if the split is not stored as TFDS' uncompressed TFRecord files.
@@ -120,10 +125,15 @@ def split_records(builder, split: str, *, image_size: int) -> tuple[TfdsRecords,
             "reads TFRecord files (prepare it with TFDS' default file format)."
         )
     features = builder.info.features
-    files, keys, labels = [], [], []
-    for instruction in builder.info.splits[split].file_instructions:
-        files.append(os.fspath(instruction.filename))
-        records = tf.data.TFRecordDataset(files[-1]).map(
+    instructions = builder.info.splits[split].file_instructions
+    files = [os.fspath(instruction.filename) for instruction in instructions]
+    own = range(len(files))
+    if share is not None:
+        own = own[share.rows(len(files))]
+    keys, labels = [np.zeros((0, 3), np.int64)], [np.zeros(0, np.int64)]
+    for position in own:
+        instruction = instructions[position]
+        records = tf.data.TFRecordDataset(files[position]).map(
             lambda record: (
                 tf.cast(tf.strings.length(record), tf.int64),
                 features.deserialize_example(
@@ -134,27 +144,26 @@ def split_records(builder, split: str, *, image_size: int) -> tuple[TfdsRecords,
         )
         lengths, file_labels = _concatenated(records.batch(4096).as_numpy_iterator())
         ends = np.cumsum(lengths + _RECORD_OVERHEAD)
-        if ends[-1:].sum() != os.path.getsize(files[-1]):
+        if ends[-1:].sum() != os.path.getsize(files[position]):
             raise ValueError(
-                f"{files[-1]} is not an uncompressed TFRecord file: its records do not fill it."
+                f"{files[position]} is not an uncompressed TFRecord file: its records do not "
+                "fill it."
             )
         offsets = ends - lengths - _RECORD_OVERHEAD + _RECORD_HEAD
         place = slice(instruction.skip, instruction.skip + instruction.take)
         if instruction.take < 0:  # TFDS' "to the end".
             place = slice(instruction.skip, None)
-        column = np.full(len(lengths), len(files) - 1, np.int64)
+        column = np.full(len(lengths), position, np.int64)
         keys.append(np.stack([column, offsets, lengths], axis=1)[place])
-        labels.append(file_labels[place])
+        labels.append(file_labels[place].astype(np.int64))
+    keys, labels = np.concatenate(keys), np.concatenate(labels)
+    if share is not None:
+        keys, labels = share.concatenate(keys), share.concatenate(labels)
     channels = 1 if features["image"].shape[-1] == 1 else 3
     images = TfdsRecords(
-        np.concatenate(keys) if keys else np.zeros((0, 3), np.int64),
-        files=files,
-        features=features,
-        height=image_size,
-        width=image_size,
-        channels=channels,
+        keys, files=files, features=features, height=image_size, width=image_size, channels=channels
     )
-    return images, (np.concatenate(labels) if labels else np.zeros(0)).astype(np.int64)
+    return images, labels
 
 
 def _concatenated(batches):

@@ -42,6 +42,7 @@ from numpy.typing import ArrayLike
 
 from gdw_tf.core import backbone_split
 from gdw_tf.data import csv_cells
+from gdw_tf.data.worker_share import WorkerShare
 from gdw_tf.labels import neighbours
 from gdw_tf.labels import wrong_count
 
@@ -649,12 +650,18 @@ def read_label_issues_csv(path: str) -> dict[str, list[str]]:
 
 
 def predict_probabilities(
-    model: keras.Model, x: Any, batch_size: int = 256, *, rows: int | None = None
+    model: keras.Model,
+    x: Any,
+    batch_size: int = 256,
+    *,
+    rows: int | None = None,
+    share: WorkerShare | None = None,
 ) -> np.ndarray:
     """Softmax of `model`'s logits on `x` (arrays, or a `tf.data.Dataset` of batches of `x` or
     `(x, y)`), as a float64 NumPy array `[N, C]`. `rows`: N, if `x` is a dataset and N is
-    known (the logits are then kept once, not twice, on one replica)."""
-    return _softmax(_predict(model, x, batch_size, rows))
+    known (the logits are then kept once, not twice, on one replica). `share`: a worker of a
+    cluster, `x` its rows (`share.rows(N)`); every worker gets the `N` rows (`_predict`)."""
+    return _softmax(_predict(model, x, batch_size, rows, share))
 
 
 def probe_features(
@@ -665,6 +672,7 @@ def probe_features(
     components: int = PROBE_COMPONENTS,
     *,
     rows: int | None = None,
+    share: WorkerShare | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """The model's probabilities and penultimate features on `x` and on trusted `x_trusted`.
 
@@ -682,6 +690,8 @@ def probe_features(
       components: how many principal components, at most one per `TRUSTED_PER_COMPONENT`
         trusted examples (`probe_component_count`).
       rows: the number of examples of `x`, as for `predict_probabilities`.
+      share: a worker of a cluster, `x` and `x_trusted` its rows, as for
+        `predict_probabilities`.
 
     Returns:
       `(probabilities, trusted_probabilities, features, trusted_features)`: `[N, C]`,
@@ -705,7 +715,7 @@ def probe_features(
     if len(flat.shape) != 2:
         flat = keras.layers.Flatten(name="probe_flatten")(flat)
     trusted_features, trusted_logits = _predict(
-        keras.Model(both.inputs, [flat, both.outputs[1]]), x_trusted, batch_size
+        keras.Model(both.inputs, [flat, both.outputs[1]]), x_trusted, batch_size, share=share
     )
     trusted_features = np.asarray(trusted_features, np.float64)
     mean, axes = principal_axes(trusted_features, components)
@@ -714,7 +724,7 @@ def probe_features(
     )
     projected = keras.Model(both.inputs, [projection(flat), both.outputs[1]])
     projection.set_weights([axes.T, -mean @ axes.T])
-    features, logits = _predict(projected, x, batch_size, rows)
+    features, logits = _predict(projected, x, batch_size, rows, share)
     return (
         _softmax(logits),
         _softmax(trusted_logits),
@@ -750,14 +760,20 @@ def probe_component_count(num_trusted: int, components: int = PROBE_COMPONENTS) 
     return max(min(components, num_trusted // TRUSTED_PER_COMPONENT), 0)
 
 
-def _predict(model, x, batch_size, rows=None):
+def _predict(model, x, batch_size, rows=None, share=None):
     """`model.predict` of `x` as NumPy arrays (a list for several outputs), in the model's
     dtype (float32: N rows of features in float64 would be twice the memory).
 
     With `rows`, the number of examples of a dataset `x`, and one replica, the outputs are
     written batch by batch into arrays of `rows` rows (`model.predict` holds them twice: its
     list of batches and their concatenation); fewer rows come back if `x` has fewer.
+
+    With `share` (a worker of a cluster), `x` is this worker's rows: the model is called on
+    them here, in this process alone (Keras' `predict` would run collective ops, which need
+    as many batches on every worker), and the workers' outputs are joined in worker order.
     """
+    if share is not None:
+        return _predict_share(model, x, batch_size, share)
     strategy = getattr(model, "distribute_strategy", None)
     if rows is None or not _is_dataset(x) or getattr(strategy, "num_replicas_in_sync", 1) > 1:
         out = model.predict(x, batch_size=None if _is_dataset(x) else batch_size, verbose=0)
@@ -779,6 +795,34 @@ def _predict(model, x, batch_size, rows=None):
         raise ValueError("x has no examples.")
     arrays = [array[:start] for array in arrays]
     return arrays if len(arrays) > 1 else arrays[0]
+
+
+def _predict_share(model, x, batch_size, share):
+    """`_predict` of this worker's rows `x`, then every worker's rows (`share.concatenate`)."""
+    if _is_dataset(x):
+        spec = x.element_spec[0] if isinstance(x.element_spec, tuple) else x.element_spec
+        empty = np.zeros((0, *spec.shape[1:]), spec.dtype.as_numpy_dtype)
+        batches = (
+            batch[0] if isinstance(batch, tuple) else batch for batch in x.as_numpy_iterator()
+        )
+    else:
+        empty = x[:0]
+        batches = (x[start : start + batch_size] for start in range(0, len(x), batch_size))
+    strategy = getattr(model, "distribute_strategy", None)
+    one_replica = getattr(strategy, "num_replicas_in_sync", 1) == 1
+
+    def predict(batch):
+        # A model of one replica (the probes' models, built outside the strategy) predicts in
+        # this process; one built under the cluster's strategy is called as it is.
+        values = model.predict_on_batch(batch) if one_replica else model(batch, training=False)
+        values = values if isinstance(values, (list, tuple)) else [values]
+        return [keras.ops.convert_to_numpy(value) for value in values]
+
+    parts = [predict(batch) for batch in batches]
+    if not parts:  # No rows here: the outputs' shapes still, for the other workers' rows.
+        parts.append(predict(empty))
+    joined = [share.concatenate(np.concatenate(column)) for column in zip(*parts)]
+    return joined if len(joined) > 1 else joined[0]
 
 
 def _softmax(logits):
@@ -804,6 +848,7 @@ def find_label_issues(
     trusted_ids: ArrayLike | None = None,
     reviewed: ArrayLike | None = None,
     trusted_reviewed: ArrayLike | None = None,
+    share: WorkerShare | None = None,
 ) -> LabelIssues:
     """The ranked label issues of `(x, y)` under a trained `GDWModel` (or any logits model).
 
@@ -825,6 +870,9 @@ def find_label_issues(
         cut at it (`rank_label_issues`).
       trusted_for_flags: as `rank_label_issues` (False for an automatic trusted set).
       trusted_ids, reviewed, trusted_reviewed: as `rank_label_issues`.
+      share: a worker of a cluster (`gdw_tf.data.worker_share`): `x` and `x_trusted` are
+        then only this worker's rows of them (`share.rows`), which it alone predicts; every
+        worker gets the whole ranking.
 
     Returns:
       A `LabelIssues` (see `rank_label_issues`).
@@ -859,13 +907,15 @@ def find_label_issues(
             raise ValueError("trusted must be a pair (x_trusted, y_trusted).")
         trusted_labels = np.asarray(trusted[1]).reshape(-1)
         if probe_component_count(len(trusted_labels)):
-            view = probe_features(model, x, trusted[0], batch_size, rows=len(y))
+            view = probe_features(model, x, trusted[0], batch_size, rows=len(y), share=share)
     if view is not None:
         probabilities, trusted_probabilities, features, trusted_features = view
     else:
-        probabilities = predict_probabilities(model, x, batch_size, rows=len(y))
+        probabilities = predict_probabilities(model, x, batch_size, rows=len(y), share=share)
         if trusted is not None:
-            trusted_probabilities = predict_probabilities(model, trusted[0], batch_size)
+            trusted_probabilities = predict_probabilities(
+                model, trusted[0], batch_size, share=share
+            )
     if len(probabilities) != len(y):
         raise ValueError(f"x has {len(probabilities)} examples but y has {len(y)} labels.")
     return rank_label_issues(

@@ -13,6 +13,9 @@ variable and of the epoch to resume at) with another way of writing and choosing
   used.
 - A failed write (a full disk) removes its temporary files, keeps the earlier backups, and raises
   `BackupError` with one line saying which epoch is kept.
+- The workers of a cluster (`share`) each keep their own backups; they resume from the newest
+  epoch that every one of them committed (a kill between two workers' backups of an epoch
+  leaves one an epoch ahead, and it then resumes from its previous one).
 
 Only `save_freq="epoch"` is supported.
 """
@@ -25,6 +28,7 @@ import os
 import re
 
 import keras
+import numpy as np
 
 _EPOCH_FILE = re.compile(r"epoch-(\d+)\.json$")
 _INCOMING = ".incoming"
@@ -41,13 +45,15 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
       backup_dir: the directory of the backups.
       keep: how many committed epochs to keep (at least 2: the latest and the previous good one).
       delete_checkpoint: delete `backup_dir` when training ends, as Keras' callback.
+      share: this worker's `gdw_tf.data.worker_share.WorkerShare` in a cluster, or None.
     """
 
-    def __init__(self, backup_dir, keep=2, delete_checkpoint=True):
+    def __init__(self, backup_dir, keep=2, delete_checkpoint=True, share=None):
         super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=delete_checkpoint)
         if keep < 2:
             raise ValueError(f"keep must be at least 2 (the latest and the previous); got {keep}.")
         self.keep = int(keep)
+        self.share = share
 
     # ----------------------------------------------------------------------------------------
     # Restore
@@ -58,7 +64,10 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
         damaged, unfit = [], []
-        for epoch in sorted(self.committed_epochs(), reverse=True):
+        epochs = self.committed_epochs()
+        if self.share is not None:
+            epochs = committed_by_all(epochs, self.params["epochs"], self.share)
+        for epoch in sorted(epochs, reverse=True):
             problem = self._damage(epoch)
             if problem is None:
                 try:
@@ -165,6 +174,16 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _metadata_file(self, epoch):
         return os.path.join(self.backup_dir, f"epoch-{epoch:05d}.json")
+
+
+def committed_by_all(epochs, num_epochs, share):
+    """The epochs of `epochs` (this worker's committed backups, the epochs done: 1 to
+    `num_epochs`) that every worker of `share` committed too."""
+    epochs = [epoch for epoch in epochs if 0 <= epoch <= num_epochs]
+    committed = np.zeros(num_epochs + 1, np.int64)
+    committed[epochs] = 1
+    everywhere = share.sum(committed) == share.count
+    return [epoch for epoch in epochs if everywhere[epoch]]
 
 
 def _sha256(path):

@@ -26,8 +26,9 @@ def cosine_lr(lr, epoch, epochs):
     return lr * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
 
 
-def make_callbacks(config, train_data, steps_per_epoch):
-    """Schedule, logs, per-epoch backups and the NaN guard, in the order they must run."""
+def make_callbacks(config, train_data, steps_per_epoch, share=None):
+    """Schedule, logs, per-epoch backups and the NaN guard, in the order they must run (`share`:
+    this worker's in a cluster, whose workers resume from the same backed-up epoch)."""
     output_dir = config.output_dir
     callbacks = [
         _EpochLogs(),  # First: the loggers below see its entries.
@@ -50,7 +51,9 @@ def make_callbacks(config, train_data, steps_per_epoch):
         )
     return callbacks + [
         # Last at epoch end: an epoch is backed up only once it is logged.
-        AtomicBackupAndRestore(os.path.join(output_dir, BACKUP_DIR), delete_checkpoint=False),
+        AtomicBackupAndRestore(
+            os.path.join(output_dir, BACKUP_DIR), delete_checkpoint=False, share=share
+        ),
         _ReplayDataOrder(train_data, steps_per_epoch),  # After the restore.
     ]
 

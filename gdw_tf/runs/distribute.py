@@ -15,7 +15,10 @@ chief) writes `output_dir`, every other worker `output_dir/workers/<task type><i
 Training data (`training_data`): images in memory go to the strategy whole, and `tf.distribute`
 gives each replica its share of every batch. Streamed images (files, TFDS records) are shared
 out before they are decoded: each worker's input pipeline draws the same shuffle and decodes
-only its own replicas' rows of each global batch (`distribute_datasets_from_function`).
+only its own replicas' rows of each global batch (`distribute_datasets_from_function`); so
+do the validation batches (`evaluation_data`). The passes every worker needs whole (the scan of
+the image files, the index of a TFDS split, the normalisation sample, the label-issue pass) are
+shared out between the workers too, and their results added up across them (`worker_share`).
 """
 
 import dataclasses
@@ -28,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from gdw_tf.core.model import replica_problem
+from gdw_tf.data.worker_share import WorkerShare
 from gdw_tf.runs.config import DISTRIBUTE
 from gdw_tf.runs.run_dir import WORKERS_DIR
 
@@ -106,6 +110,35 @@ def worker_config(config, strategy):
     )
 
 
+def worker_share(strategy) -> WorkerShare | None:
+    """This worker's share of the passes every worker needs whole (`WorkerShare`), or None
+    without a cluster of several workers. Worker 0 is the chief (task type `chief`, else
+    `worker` 0); the workers of a cluster with a chief follow it."""
+    resolver = strategy.cluster_resolver
+    if resolver is None or not resolver.task_type:
+        return None
+    cluster = resolver.cluster_spec().as_dict()
+    has_chief = "chief" in cluster
+    count = len(cluster.get("worker", [])) + has_chief
+    if count < 2:
+        return None
+    index = 0 if resolver.task_type == "chief" else resolver.task_id + has_chief
+    per_worker = strategy.num_replicas_in_sync // count
+
+    def all_reduce(array):
+        # One replica of each worker gives its array, the others zeros: the sum is the workers'.
+        values = strategy.experimental_distribute_values_from_function(
+            lambda context: (
+                tf.constant(array)
+                if context.replica_id_in_sync_group % per_worker == 0
+                else tf.zeros(array.shape, array.dtype)
+            )
+        )
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None).numpy()
+
+    return WorkerShare(index, count, all_reduce)
+
+
 def check_replicas(config, num_replicas):
     """Refuses a configuration that cannot train on `num_replicas` replicas (before any data is
     loaded; `GDWModel.fit` applies the same rules).
@@ -163,3 +196,18 @@ def training_data(
     if len(made) != 1:  # One input pipeline per worker process.
         raise RuntimeError(f"expected one input pipeline in this process; {len(made)} were made.")
     return made[0], fit_data
+
+
+def evaluation_data(
+    strategy: tf.distribute.Strategy,
+    make_dataset: Callable[[tf.distribute.InputContext | None], tf.data.Dataset],
+    *,
+    streamed: bool,
+) -> tf.data.Dataset | tf.distribute.DistributedDataset:
+    """The validation data of `fit`: `make_dataset(None)` (`input_pipeline.eval_dataset`),
+    which `tf.distribute` shares out; or, for streamed images on several replicas, the
+    strategy's distributed dataset of `make_dataset(context)`, each input pipeline decoding
+    only its replicas' rows of each batch. The metrics are means over every row either way."""
+    if not streamed or strategy.num_replicas_in_sync == 1:
+        return make_dataset(None)
+    return strategy.distribute_datasets_from_function(make_dataset)

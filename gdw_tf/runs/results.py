@@ -33,14 +33,15 @@ def example_weights(model, split, ids=None):
     return arrays
 
 
-def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_size):
+def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_size, share=None):
     """The training labels ranked by the trained model on the unaugmented training set
     `x_train`, with its recorded weights. Ids: the dataset's `train_ids` if it has them, else the
     index in the training split. With a meta set, the number of wrong labels is estimated with it
     (and the flags cut at it where the model learned many wrong labels:
     `label_issues.rank_label_issues`). Streamed images found unreadable during the run are left
     out (they are listed in `skipped_files.txt`), and the pass made again without any found
-    unreadable in it; `position` still indexes `x_train`."""
+    unreadable in it; `position` still indexes `x_train`. `share`: a worker of a cluster, which
+    predicts only its rows (`label_issues.find_label_issues`); every worker gets the same."""
     train_ids = dataset.train_ids
     ids, meta_ids = split.train_indices, split.meta_indices
     if train_ids is not None:  # The dataset's strings themselves, not a copy of each.
@@ -50,30 +51,33 @@ def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_si
     meta_reviewed = np.isin(split.meta_indices, split.reviewed_indices)
     x_meta = dataset.x_train[split.meta_indices]
     while True:
-        kept = image_files.readable(x_train), image_files.readable(x_meta)
+        kept = _readable(x_train, share), _readable(x_meta, share)
         train = _rows(kept[0], x_train, split.train_noisy_labels, ids, reviewed)
         meta = _rows(kept[1], x_meta, split.meta_labels, meta_ids, meta_reviewed)
+
+        def own_rows(x, y):  # This worker's rows, as an input pipeline.
+            rows = slice(None) if share is None else share.rows(len(y))
+            return input_pipeline.eval_dataset(
+                x[rows], y[rows], batch_size, mean, std, aligned=True
+            )
+
         issues = label_issues.find_label_issues(
             model,
-            input_pipeline.eval_dataset(train[0], train[1], batch_size, mean, std, aligned=True),
+            own_rows(train[0], train[1]),
             train[1],
             index=None if kept[0].all() else np.flatnonzero(kept[0]),
             ids=train[2],
             class_names=dataset.class_names,
-            trusted=(
-                input_pipeline.eval_dataset(meta[0], meta[1], batch_size, mean, std, aligned=True),
-                meta[1],
-            )
-            if len(meta[1])
-            else None,
+            trusted=(own_rows(meta[0], meta[1]), meta[1]) if len(meta[1]) else None,
             # An automatic trusted set holds the clearest examples: its estimate undercounts
             # (docs/LABEL_ISSUES.md, "Automatic trusted set"), so the flags stay score < 0.
             trusted_for_flags=split.meta_source != "auto",
             trusted_ids=meta[2],
             reviewed=train[3],
             trusted_reviewed=meta[3],
+            share=share,
         )
-        if all(np.array_equal(image_files.readable(x), k) for x, k in zip((x_train, x_meta), kept)):
+        if all(np.array_equal(_readable(x, share), k) for x, k in zip((x_train, x_meta), kept)):
             break
     if not kept[0].all():  # Positions in `x_train`, as the report's images take them.
         issues = dataclasses.replace(issues, position=np.flatnonzero(kept[0])[issues.position])
@@ -86,6 +90,14 @@ def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_si
     return dataclasses.replace(
         issues, estimate=dataclasses.replace(issues.estimate, trusted_source=split.meta_source)
     )
+
+
+def _readable(x, share):
+    """bool `[N]`: the rows of `x` that no worker found unreadable (`image_files.readable`)."""
+    readable = image_files.readable(x)
+    if share is None or not image_files.is_streamed(x):
+        return readable
+    return share.sum((~readable).astype(np.int64)) == 0
 
 
 def _rows(kept, *columns):

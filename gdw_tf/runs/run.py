@@ -96,14 +96,16 @@ def _run(config, strategy, replicas, *, start, stages):
     # (which TensorFlow combines with its global seed) the data order.
     keras.utils.set_random_seed(config.seed)
 
-    # Data: the dataset, then the split (drawn once, then reloaded).
-    dataset = load_data(config)
+    # Data: the dataset, then the split (drawn once, then reloaded). In a cluster each worker
+    # decodes its share of the scan, the normalisation sample and the label-issue pass.
+    share = distribute.worker_share(strategy)
+    dataset = load_data(config, share=share)
     stages.mark("data")
     split = run_dir.load_or_make_split(
         config, dataset.y_train, make=lambda: build_split(config, dataset)
     )
     stages.mark("split")
-    settings = run_settings(config, dataset, split, replicas)
+    settings = run_settings(config, dataset, split, replicas, share=share)
     run_dir.write_json(
         os.path.join(config.output_dir, run_dir.CONFIG_FILE),
         {"config": config.to_dict(), **settings.to_dict()},
@@ -129,8 +131,17 @@ def _run(config, strategy, replicas, *, start, stages):
     )
     test_data = None  # Own data without --test_data: no test accuracy.
     if len(dataset.x_test):
-        test_data = input_pipeline.eval_dataset(
-            dataset.x_test, dataset.y_test, config.batch_size, mean, std
+        test_data = distribute.evaluation_data(
+            strategy,
+            lambda input_context: input_pipeline.eval_dataset(
+                dataset.x_test,
+                dataset.y_test,
+                config.batch_size,
+                mean,
+                std,
+                input_context=input_context,
+            ),
+            streamed=image_files.is_streamed(dataset.x_test),
         )
     meta_data = None
     if methods.get(config.method).meta_step:
@@ -152,7 +163,9 @@ def _run(config, strategy, replicas, *, start, stages):
         shuffle=False,
         validation_data=test_data,
         epochs=config.epochs,
-        callbacks=callbacks.make_callbacks(config, train_data, settings.steps_per_epoch),
+        callbacks=callbacks.make_callbacks(
+            config, train_data, settings.steps_per_epoch, share=share
+        ),
         verbose=config.verbose,
     )
     # The training pipelines' tables (every key, label and position) are not read again.
@@ -167,7 +180,14 @@ def _run(config, strategy, replicas, *, start, stages):
     example_weights.pop("id", None)  # Written; the results read the weights (N strings less).
     stages.mark("example_weights")
     issues = results_lib.training_label_issues(
-        model, dataset, split, x_train, mean=mean, std=std, batch_size=config.batch_size
+        model,
+        dataset,
+        split,
+        x_train,
+        mean=mean,
+        std=std,
+        batch_size=config.batch_size,
+        share=share,
     )
     stages.mark("label_issues")
     run_dir.write_label_issues_and_report(
@@ -200,13 +220,16 @@ def _run(config, strategy, replicas, *, start, stages):
     return results
 
 
-def load_data(config):
+def load_data(config, *, share=None):
     """The dataset, cut to `max_train_examples` / `max_test_examples` if they are set; or the
     own data of `config.train_data` (`load_own_data`; the image scan is cached, and skipped
-    files listed, in the run directory)."""
+    files listed, in the run directory). `share`: this worker's share of the scan of the image
+    files or of the index of a streamed TFDS split."""
     if config.train_data:
-        return load_own_data(config, work_dir=config.output_dir)
-    dataset = datasets.load_dataset(config.dataset, config.data_dir, image_size=config.image_size)
+        return load_own_data(config, work_dir=config.output_dir, share=share)
+    dataset = datasets.load_dataset(
+        config.dataset, config.data_dir, image_size=config.image_size, share=share
+    )
     train, test = config.max_train_examples or None, config.max_test_examples or None
     return dataset._replace(
         x_train=dataset.x_train[:train],
@@ -216,7 +239,7 @@ def load_data(config):
     )
 
 
-def load_own_data(config, *, work_dir=None):
+def load_own_data(config, *, work_dir=None, share=None):
     """The own data of `config` (`gdw_tf.data.own_data.load_own_data`), refused where the run
     cannot use it: features with `--export_dir`, no trusted set for a method that learns from
     one, or fewer trusted examples than an explicit `--meta_batch_size`.
@@ -231,6 +254,7 @@ def load_own_data(config, *, work_dir=None):
         test_data=config.test_data,
         options=own_data_options(config),
         work_dir=work_dir,
+        share=share,
     )
     if config.export_dir and len(dataset.x_train.shape) == 2:
         raise ValueError(
@@ -307,11 +331,11 @@ class RunSettings:
         return dataclasses.asdict(self)
 
 
-def run_settings(config, dataset, split, num_replicas):
-    """The run's `RunSettings`."""
+def run_settings(config, dataset, split, num_replicas, *, share=None):
+    """The run's `RunSettings` (`share`: this worker's share of the normalisation sample)."""
     name = "own_data" if config.train_data else config.dataset
     input_shape = [int(d) for d in dataset.x_train.shape[1:]]
-    mean, std = normalization_of(config, dataset.x_train)
+    mean, std = normalization_of(config, dataset.x_train, share=share)
     normalization = {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
     if (
         image_files.is_streamed(dataset.x_train)
@@ -340,14 +364,15 @@ def run_settings(config, dataset, split, num_replicas):
     )
 
 
-def normalization_of(config, x_train):
-    """The run's per-channel `(mean, std)`: the data's (`input_pipeline.normalization_stats`),
-    or for a `keras.applications` backbone, which preprocesses raw pixels itself, those that
-    leave the pixels as they are (`backbones.raw_pixel_statistics`)."""
+def normalization_of(config, x_train, *, share=None):
+    """The run's per-channel `(mean, std)`: the data's (`input_pipeline.normalization_stats`,
+    with this worker's `share` of its sample), or for a `keras.applications` backbone, which
+    preprocesses raw pixels itself, those that leave the pixels as they are
+    (`backbones.raw_pixel_statistics`)."""
     if resolve_model(config, x_train.shape[1:]) in backbones.APPLICATION_NAMES:
         return backbones.raw_pixel_statistics(x_train.shape[-1])
     name = "own_data" if config.train_data else config.dataset
-    return input_pipeline.normalization_stats(name, x_train)
+    return input_pipeline.normalization_stats(name, x_train, share=share)
 
 
 def build_gdw_model(config, settings, meta_data):
