@@ -474,7 +474,7 @@ def test_the_automatic_set_is_chosen_without_the_reviews_which_then_apply(tmp_pa
         auto_meta.select_confident(probabilities, base.train_noisy_labels, 3, 4)
     ].tolist()
     # One review of a chosen example, three of examples left in training, one per class: they
-    # join the meta set.
+    # join the meta set, each taking the place of an automatic example of its class.
     left = [i for i in base.train_indices.tolist() if i not in chosen][:3]
     given = dict(zip(base.train_indices.tolist(), base.train_noisy_labels.tolist()))
     relabel = {chosen[0]: (given[chosen[0]] + 1) % 3, left[0]: 0, left[1]: 1, left[2]: 2}
@@ -486,11 +486,18 @@ def test_the_automatic_set_is_chosen_without_the_reviews_which_then_apply(tmp_pa
     # The warm-up saw the base training set with its given labels, not the reviewed ones.
     np.testing.assert_array_equal(warm_ups[0][3], base.train_noisy_labels)
     meta = dict(zip(split.meta_indices.tolist(), split.meta_labels.tolist()))
-    assert sorted(meta) == sorted(chosen + left)
+    assert set(relabel) <= set(meta) <= set(chosen + left)
     assert [meta[i] for i in relabel] == list(relabel.values())
     assert split.meta_source == "auto"
     summary = json.loads(split.corrections)
     assert summary["relabelled_in_trusted"] == 1 and summary["added_to_trusted"] == 3
+    # Four reviewed examples in the meta set (one per class, and the relabelled one): four
+    # automatic ones of their classes leave; the meta set keeps its 12, less the relabelled
+    # example's old class's one.
+    assert summary["automatic_replaced"] == 4 and len(meta) == 12 + 3 - 4
+    assert np.bincount(list(meta.values()), minlength=3).tolist() == [
+        4 - (k == given[chosen[0]]) for k in range(3)
+    ]
 
 
 @pytest.mark.parametrize("where", ["nowhere", "held-out meta set", "bad label"])
