@@ -447,7 +447,7 @@ class GDWModel(backend.Trainer, keras.Model):
 
     def _train_step(self, data):
         streamed = None
-        if self._meta_streamed and self._method.meta_step:
+        if self._meta_streamed:
             if not isinstance(data, (tuple, list)) or len(data) < 4:
                 raise ValueError(
                     "with a streamed meta set (stream_meta_data) each element of the training "
