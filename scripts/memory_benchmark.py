@@ -27,7 +27,9 @@ trusted folder of the first `count` of the others (links, as above), at `--image
         --trusted_counts=1000,20000 --trusted_train_count=1000 --image_size=128
 
 The runs are sequential; wrap the command in `nice` on a shared machine and say so. A run uses
-the gdw_tf that `python -m gdw_tf.train` imports (set `PYTHONPATH` to compare two checkouts).
+the gdw_tf that `python -m gdw_tf.train` imports: the working directory's first, then
+`PYTHONPATH`'s. To measure another checkout, run this script from that checkout's folder with
+`PYTHONPATH` set to it.
 """
 
 import argparse
