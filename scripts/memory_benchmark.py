@@ -28,7 +28,17 @@ its folder tree: the million-row run of issue 29 is
 
 (1,000,000 names for 59,500 files: each file under 16 or 17 names).
 
-The runs are sequential; wrap the command in `nice` on a shared machine and say so.
+With `--trusted_counts`, peak memory against the size of the trusted set instead: one run per
+count, on the same `--trusted_train_count` training images (the last of the 59,500), with a
+trusted folder of the first `count` of the others (links, as above), at `--image_size`:
+
+    nice python scripts/memory_benchmark.py --work_dir=/tmp/memory_bench --counts= \
+        --trusted_counts=1000,20000 --trusted_train_count=1000 --image_size=128
+
+The runs are sequential; wrap the command in `nice` on a shared machine and say so. A run uses
+the gdw_tf that `python -m gdw_tf.train` imports: the working directory's first, then
+`PYTHONPATH`'s. To measure another checkout, run this script from that checkout's folder with
+`PYTHONPATH` set to it.
 """
 
 import argparse
@@ -105,15 +115,50 @@ def timed_run(args, output_dir):
     }
 
 
-def print_stages(count, figures):
+def print_stages(count, figures, what="images"):
     peak, wall = figures["peak_rss_mb"], figures["wall_s"]
-    print(f"\n{count:,} images: peak RSS {peak:.0f} MB, wall {wall:.0f} s")
+    print(f"\n{count:,} {what}: peak RSS {peak:.0f} MB, wall {wall:.0f} s")
     print(f"{'stage':<22}{'seconds':>10}{'RSS MB':>10}{'peak MB':>10}")
     for stage in figures["stages"] or []:
         print(
             f"{stage['stage']:<22}{stage['seconds']:>10.1f}{stage['rss_mb']:>10.0f}"
             f"{stage['peak_rss_mb']:>10.0f}"
         )
+
+
+def trusted_runs(work_dir, paths, labels, counts, train_count, image_size):
+    """One run per trusted-set size in `counts`, all on the same `train_count` training images;
+    returns the figures per count, and the peak's growth from the smallest count to each."""
+    if max(counts) + train_count > len(paths):
+        raise ValueError(f"{max(counts)} trusted and {train_count} training images: too many.")
+    train = link_tree(
+        os.path.join(work_dir, f"trusted_train_{train_count}"),
+        paths[-train_count:],
+        labels[-train_count:],
+    )
+    runs = {}
+    for count in counts:
+        trusted = link_tree(
+            os.path.join(work_dir, f"trusted_{count}"), paths[:count], labels[:count]
+        )
+        runs[str(count)] = timed_run(
+            [
+                f"--train_data={train}",
+                f"--trusted_data={trusted}",
+                f"--image_size={image_size}",
+                "--model=mlp",
+                "--lr=0.01",
+                "--epochs=1",
+            ],
+            os.path.join(work_dir, f"run_trusted_{count}"),
+        )
+        print_stages(count, runs[str(count)], what="trusted images")
+    figures = {"image_size": image_size, "train_images": train_count, "runs": runs}
+    for count in counts[1:]:
+        grown = runs[str(count)]["peak_rss_mb"] - runs[str(counts[0])]["peak_rss_mb"]
+        figures[f"mb_grown_{counts[0]}_to_{count}"] = grown
+        print(f"peak RSS growth {counts[0]:,} -> {count:,} trusted images: {grown:.0f} MB")
+    return figures
 
 
 def main():
@@ -126,12 +171,22 @@ def main():
         default="folder",
         help="give each training set as its folder tree, or as a .txt list file of its files",
     )
+    parser.add_argument(
+        "--trusted_counts", default="", help="comma-separated trusted-set sizes (see the doc)"
+    )
+    parser.add_argument("--trusted_train_count", type=int, default=1000)
+    parser.add_argument("--image_size", type=int, default=128, help="of the trusted-set runs")
     parser.add_argument("--out", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
-    counts = sorted(int(c) for c in args.counts.split(","))
+    counts = sorted(int(c) for c in args.counts.split(",") if c)
     os.makedirs(args.work_dir, exist_ok=True)
     paths, labels = write_pngs(args.work_dir)
     figures = {"cpus": os.cpu_count(), "form": args.form, "runs": {}}
+    if args.trusted_counts:
+        trusted_counts = sorted(int(c) for c in args.trusted_counts.split(","))
+        figures["trusted_runs"] = trusted_runs(
+            args.work_dir, paths, labels, trusted_counts, args.trusted_train_count, args.image_size
+        )
     for count in counts:
         folder = link_tree(os.path.join(args.work_dir, f"train_{count}"), paths, labels, count)
         train_data = write_list(folder) if args.form == "list" else folder
@@ -150,8 +205,8 @@ def main():
         )
         figures["runs"][str(count)] = run
         print_stages(count, run)
-    base = counts[0]
     for count in counts[1:]:
+        base = counts[0]
         runs = figures["runs"]
         grown = runs[str(count)]["peak_rss_mb"] - runs[str(base)]["peak_rss_mb"]
         per_image = grown * 1024 / (count - base)

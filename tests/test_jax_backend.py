@@ -25,6 +25,7 @@ CORE_TESTS = [
     "tests/test_weighting.py",
     "tests/test_step.py",
     "tests/test_model.py",
+    "tests/test_meta_stream.py",
     "tests/test_optimizers.py",
     # The head meta scope's meta-gradient (the whole file passes on JAX too, in ~9 min on 2 cores).
     "tests/test_meta_scope.py::test_head_meta_gradient_is_that_of_the_restricted_objective",

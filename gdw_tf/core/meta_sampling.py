@@ -1,9 +1,14 @@
 """Meta batches: their order (a seeded permutation per pass over the meta set) and their
 augmentation (`MetaAugmentation`), both drawn from an integer hash so that every backend, graph
 mode, XLA and a resumed run draw the same numbers.
+
+`GDWModel` draws its meta batches in the training step (`next_draw`, `seeded_permutation`); a
+meta set streamed from files is decoded by the input pipeline instead, which reads the same rows
+ahead of the steps from `meta_draws`.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from gdw_tf import backend
@@ -36,6 +41,52 @@ def seeded_permutation(n, seed, epoch):
     return ops.cast(ops.argsort(keys), "int32")
 
 
+def is_meta_step(iterations, interval):
+    """Whether the step after `iterations` optimizer steps takes the meta step: steps `interval`,
+    `2 * interval`, ... counting from 1."""
+    return ops.equal((iterations + 1) % interval, 0)
+
+
+def next_draw(cursor, epoch, num_meta, batch_size):
+    """Where the next meta batch begins: `(start, epoch)` of the pass it is drawn from.
+
+    A batch is drawn at `cursor` in pass `epoch`, or at 0 in the next pass when fewer than
+    `batch_size` rows of this pass are left (those are not drawn this pass).
+    """
+    wrap = ops.greater(cursor + batch_size, num_meta)
+    return ops.where(wrap, 0, cursor), ops.where(wrap, epoch + 1, epoch)
+
+
+def meta_draws(num_meta, batch_size, seed, *, epoch, cursor, iterations, interval):
+    """The rows of the meta set that each training step draws, from the sampler's position.
+
+    The draws of `GDWModel`'s step (`next_draw`, `seeded_permutation`, `is_meta_step`) for a
+    pipeline that decodes the meta batches ahead of the steps.
+
+    Args:
+      num_meta, batch_size, seed: the meta set's size, the meta batch size, the order's seed.
+      epoch, cursor: the sampler's position (`GDWModel.meta_epoch`, `meta_cursor`).
+      iterations: the optimizer steps taken so far.
+      interval: `meta_interval`.
+
+    Yields:
+      For each step from `iterations + 1` on: the int32 rows of its meta batch, or None on a step
+      that takes no meta step.
+    """
+    permutation = None
+    while True:
+        meta = bool(is_meta_step(iterations, interval))
+        iterations += 1
+        if not meta:
+            yield None
+            continue
+        start, new_epoch = (int(v) for v in next_draw(cursor, epoch, num_meta, batch_size))
+        if permutation is None or new_epoch != epoch:
+            permutation = np.asarray(seeded_permutation(num_meta, seed, new_epoch))
+        epoch, cursor = new_epoch, start + batch_size
+        yield permutation[start:cursor]
+
+
 @keras.saving.register_keras_serializable(package="gdw_tf")
 class MetaAugmentation(keras.layers.Layer):
     """Reflect-pad 4, random crop, horizontal flip of a batch of normalised meta images.
@@ -64,6 +115,9 @@ class MetaAugmentation(keras.layers.Layer):
             name="calls",
             aggregation="only_first_replica",
         )
+        # Its one variable exists now: built, so that Keras' JAX trainer does not read a batch
+        # of the training data to build it (an extra pass over a reshuffling dataset).
+        self.built = True
 
     def call(self, images, training=False):
         if not training:

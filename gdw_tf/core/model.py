@@ -19,12 +19,12 @@ import numpy as np
 from keras import ops
 
 from gdw_tf import backend
+from gdw_tf.core import meta_sampling
 from gdw_tf.core import meta_scope as meta_scope_lib
 from gdw_tf.core import methods
 from gdw_tf.core import settings as settings_lib
 from gdw_tf.core import step as step_lib
 from gdw_tf.core import weighting
-from gdw_tf.core.meta_sampling import seeded_permutation
 from gdw_tf.core.optimizers import TorchAdam
 from gdw_tf.core.settings import MODEL_DEFAULTS as _DEFAULT
 from gdw_tf.core.settings import ModelSettings
@@ -63,7 +63,8 @@ class GDWModel(backend.Trainer, keras.Model):
       method: "gdw", "mwnet", "l2rw" or "ce" (`gdw_tf.core.methods.NAMES`).
       meta_data: the clean meta set: a tuple `(x, y)` of arrays, or a `tf.data.Dataset` of
         `(x, y)` (batched or not). May be left out for "ce", or given later with
-        `set_meta_data` (a reloaded model does not carry it).
+        `set_meta_data` (a reloaded model does not carry it), or streamed with the training
+        data instead (`stream_meta_data`).
       meta_batch_size: meta examples per step.
       outer_lr: `β`, GDW's stage-2 step; None (default) picks the reference's by the number of
         classes: 100 up to 10 classes, 1000 above (CIFAR-100).
@@ -212,6 +213,8 @@ class GDWModel(backend.Trainer, keras.Model):
             )
         self._meta_x = None
         self._meta_y = None
+        self._meta_streamed = False
+        self._meta_start = None  # The position `fit` began training at (a streamed meta set).
         if meta_data is not None:
             self.set_meta_data(meta_data)
 
@@ -236,30 +239,81 @@ class GDWModel(backend.Trainer, keras.Model):
         _check_meta_arrays(x, y, self.num_classes, self.meta_batch_size, self.backbone)
         self._meta_x = ops.convert_to_tensor(x)
         self._meta_y = ops.convert_to_tensor(y.astype("int32"))
+        self._meta_streamed = False
+
+    def stream_meta_data(self, y_meta):
+        """Sets a meta set that comes with the training data rather than living in the model.
+
+        Each element `fit` reads then ends with its step's meta batch: `(x, y, x_meta, y_meta)`,
+        or `(x, y, index, x_meta, y_meta)` with `track_examples`, the rows of the meta set that
+        `meta_draws()` gives for that step (`gdw_tf.data.meta_stream.with_meta_batches` builds
+        such a dataset from image files, decoding only the rows drawn). On a step that takes no
+        meta step (`meta_interval` > 1) the meta batch is not used. The model keeps the labels
+        alone, for the checks and the size of the meta set.
+
+        Args:
+          y_meta: the meta set's labels, in the order of the rows `meta_draws` gives.
+
+        Raises:
+          ValueError: as `set_meta_data`, for the labels.
+        """
+        y = np.asarray(y_meta)
+        if y.ndim == 2 and y.shape[-1] == 1:
+            y = y[:, 0]
+        _check_meta_arrays(None, y, self.num_classes, self.meta_batch_size, self.backbone)
+        self._meta_x = None
+        self._meta_y = ops.convert_to_tensor(y.astype("int32"))
+        self._meta_streamed = True
 
     @property
     def num_meta(self):
         """The number of examples in the meta set (0 if none is set)."""
         return 0 if self._meta_y is None else int(self._meta_y.shape[0])
 
-    def _next_meta_batch(self, draw=True):
+    def meta_draws(self):
+        """The rows of the meta set that the training steps draw (`meta_sampling.meta_draws`):
+        an iterator of int32 arrays, None for a step that takes no meta step.
+
+        During `fit` they start at the position the model had when training began (after any
+        restore of a backup: `fit` records it then), so that a pipeline may call this when it
+        starts reading, while the first steps run; outside `fit`, at its current position.
+        """
+        epoch, cursor, iterations = self._meta_start or self._meta_position()
+        return meta_sampling.meta_draws(
+            self.num_meta,
+            self.meta_batch_size,
+            self.seed,
+            epoch=epoch,
+            cursor=cursor,
+            iterations=iterations,
+            interval=self.meta_interval,
+        )
+
+    def _meta_position(self):
+        """`(meta_epoch, meta_cursor, optimizer steps)` as Python ints."""
+        variables = (self.meta_epoch, self.meta_cursor, self.optimizer.iterations)
+        return tuple(int(variable.numpy()) for variable in variables)
+
+    def _next_meta_batch(self, draw=True, streamed=None):
         """The next meta batch (this replica's share of it): epoch-style sampling without
         replacement. Where `draw` (a boolean tensor) is false, the position in the meta set stays
-        where it is, and the batch is not used."""
+        where it is, and the batch is not used. With a streamed meta set, `streamed` is the
+        batch `(x_meta, y_meta)` the data brought, drawn from the same rows."""
         n, b = self.num_meta, self.meta_batch_size
-        share = b // backend.num_replicas()
         cursor, epoch = backend.read_values([self.meta_cursor, self.meta_epoch])
-        wrap = cursor + b > n
-        epoch = ops.where(wrap, epoch + 1, epoch)
-        start = ops.where(wrap, 0, cursor)
-        permutation = seeded_permutation(n, self.seed, epoch)
-        offset = start + backend.replica_id() * share
-        indices = ops.take(permutation, offset + ops.arange(share, dtype="int32"))
+        start, epoch = meta_sampling.next_draw(cursor, epoch, n, b)
         self.meta_epoch.assign(ops.where(draw, epoch, self.meta_epoch.value))
         self.meta_cursor.assign(ops.where(draw, start + b, cursor))
+        if streamed is None:
+            share = b // backend.num_replicas()
+            permutation = meta_sampling.seeded_permutation(n, self.seed, epoch)
+            offset = start + backend.replica_id() * share
+            indices = ops.take(permutation, offset + ops.arange(share, dtype="int32"))
+            x, y = ops.take(self._meta_x, indices, axis=0), ops.take(self._meta_y, indices, axis=0)
+        else:
+            x, y = streamed[0], ops.cast(ops.reshape(streamed[1], (-1,)), "int32")
         # Split over the devices like a training batch, where a JAX step is sharded.
-        x = backend.shard_batch(ops.take(self._meta_x, indices, axis=0))
-        y = backend.shard_batch(ops.take(self._meta_y, indices, axis=0))
+        x, y = backend.shard_batch(x), backend.shard_batch(y)
         if self.meta_augmentation is not None:
             x = self.meta_augmentation(x, training=True)
         return x, y
@@ -315,7 +369,15 @@ class GDWModel(backend.Trainer, keras.Model):
             if labels.ndim == 2 and labels.shape[-1] == 1:
                 labels = labels[:, 0]
             _check_examples(x, labels, self.num_classes, self.backbone, "training")
-        return super().fit(x, y, *args, **kwargs)
+        if self._meta_streamed:  # Last: after any callback that restores a backup.
+            if len(args) > 3:  # fit(x, y, batch_size, epochs, verbose, callbacks, ...)
+                args = (*args[:3], [*(args[3] or []), _MetaStart()], *args[4:])
+            else:
+                kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), _MetaStart()]
+        try:
+            return super().fit(x, y, *args, **kwargs)
+        finally:
+            self._meta_start = None
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
         """`keras.Model.train_on_batch`, after the checks of `fit`."""
@@ -334,7 +396,7 @@ class GDWModel(backend.Trainer, keras.Model):
             )
         if not self._method.meta_step:
             return
-        if self._meta_x is None:
+        if self._meta_y is None:
             raise ValueError(
                 f"method={self.method!r} needs a clean meta set: pass meta_data= to GDWModel or "
                 "call model.set_meta_data((x_meta, y_meta)) before fit()."
@@ -384,6 +446,15 @@ class GDWModel(backend.Trainer, keras.Model):
     # `keras.StatelessScope` over the explicit state on JAX.
 
     def _train_step(self, data):
+        streamed = None
+        if self._meta_streamed:
+            if not isinstance(data, (tuple, list)) or len(data) < 4:
+                raise ValueError(
+                    "with a streamed meta set (stream_meta_data) each element of the training "
+                    "data ends with its step's meta batch: (x, y[, index], x_meta, y_meta) "
+                    "(gdw_tf.data.meta_stream.with_meta_batches)."
+                )
+            data, streamed = tuple(data[:-2]), tuple(data[-2:])
         x, y, index = keras.utils.unpack_x_y_sample_weight(data)
         if y is None:
             raise ValueError(
@@ -414,7 +485,7 @@ class GDWModel(backend.Trainer, keras.Model):
         # Meta-gradients, and the weight-net update.
         meta = is_meta_step = None
         if self._method.meta_step:
-            meta, is_meta_step = self._meta_step(fwd, trainable, non_trainable, x)
+            meta, is_meta_step = self._meta_step(fwd, trainable, non_trainable, x, streamed)
 
         # Real step: G(ω¹) + l2 θ, with weights from the updated weight net.
         real = step_lib.real_gradient(
@@ -475,9 +546,10 @@ class GDWModel(backend.Trainer, keras.Model):
         # ReduceLROnPlateau) see the training loss; `train/loss` is the same value, namespaced.
         return {"loss": logs["train/loss"], **logs}
 
-    def _meta_step(self, fwd, trainable, non_trainable, x):
+    def _meta_step(self, fwd, trainable, non_trainable, x, streamed=None):
         """Steps 2–6: the meta-gradients and the weight-net update, on every `meta_interval`-th
-        step; `(MetaGradient, is_meta_step)`, the second `None` when every step is one."""
+        step; `(MetaGradient, is_meta_step)`, the second `None` when every step is one.
+        `streamed`: the step's meta batch, from the data (`stream_meta_data`)."""
         weight_net_trainable = backend.read_values(self.weight_net.trainable_variables)
 
         def meta_gradient(x_meta, y_meta):
@@ -499,7 +571,7 @@ class GDWModel(backend.Trainer, keras.Model):
             )
 
         if self.meta_interval == 1:
-            meta = meta_gradient(*self._next_meta_batch())
+            meta = meta_gradient(*self._next_meta_batch(streamed=streamed))
             if meta.weight_net_grads is not None:
                 self.weight_net_optimizer.apply(
                     meta.weight_net_grads, self.weight_net.trainable_variables
@@ -510,8 +582,8 @@ class GDWModel(backend.Trainer, keras.Model):
         # conditional; the state it changes (meta-set position, weight net, its optimizer) is
         # small and is updated on every step, then kept on meta steps only (as Keras' JAX
         # optimizers do for state in a conditional: JAX's branches cannot assign variables).
-        is_meta_step = ops.equal((self.optimizer.iterations + 1) % self.meta_interval, 0)
-        x_meta, y_meta = self._next_meta_batch(draw=is_meta_step)
+        is_meta_step = meta_sampling.is_meta_step(self.optimizer.iterations, self.meta_interval)
+        x_meta, y_meta = self._next_meta_batch(draw=is_meta_step, streamed=streamed)
         meta = ops.cond(
             is_meta_step,
             lambda: meta_gradient(x_meta, y_meta),
@@ -560,6 +632,14 @@ class GDWModel(backend.Trainer, keras.Model):
                 config["meta_augmentation"]
             )
         return cls(**config)
+
+
+class _MetaStart(keras.callbacks.Callback):
+    """Records, for `GDWModel.meta_draws`, the meta-set position at which training begins (the
+    streamed meta batches are read while the first steps already move it)."""
+
+    def on_train_begin(self, logs=None):
+        self.model._meta_start = self.model._meta_position()
 
 
 def replica_problem(
@@ -704,13 +784,15 @@ def _meta_arrays(meta_data):
 
 
 def _check_examples(x, y, num_classes, backbone, what):
-    """Checks labelled examples: integer labels in range, finite inputs of the right rank."""
+    """Checks labelled examples: integer labels in range, finite inputs of the right rank (the
+    labels alone where `x` is None)."""
     if len(y) == 0:
         raise ValueError(f"the {what} set is empty: give at least one example of every class.")
-    if y.ndim != 1 or len(x) != len(y):
+    if y.ndim != 1 or (x is not None and len(x) != len(y)):
         raise ValueError(
-            f"{what} labels must be one integer per example; got x of {len(x)} examples and y "
-            f"of shape {y.shape}."
+            f"{what} labels must be one integer per example; got "
+            + ("" if x is None else f"x of {len(x)} examples and ")
+            + f"y of shape {y.shape}."
         )
     if not np.issubdtype(y.dtype, np.integer):
         if (
@@ -724,6 +806,8 @@ def _check_examples(x, y, num_classes, backbone, what):
             f"{what} labels must lie in [0, {num_classes}) (num_classes={num_classes}); found "
             f"labels from {int(y.min())} to {int(y.max())}."
         )
+    if x is None:
+        return
     if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
         raise ValueError(f"the {what} inputs contain NaN or infinite values; clean them first.")
     expected = tuple(backbone.inputs[0].shape[1:]) if getattr(backbone, "inputs", None) else None

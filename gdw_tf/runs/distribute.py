@@ -166,6 +166,8 @@ def training_data(
     make_dataset: Callable[[tf.distribute.InputContext | None], tf.data.Dataset],
     *,
     streamed: bool,
+    extend: Callable[[tf.data.Dataset, tf.distribute.InputContext | None], tf.data.Dataset]
+    | None = None,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset | tf.distribute.DistributedDataset]:
     """The training data of `fit`, and the dataset whose passes it repeats.
 
@@ -177,20 +179,24 @@ def training_data(
       streamed: the images are streamed (decoded by the pipeline). With several replicas they
         are shared out by `make_dataset(context)` before decoding, so that every worker decodes
         only its share; images in memory are left to the strategy.
+      extend: optional; given the repeated dataset and its input context (as `make_dataset`),
+        returns what `fit` reads of it (`meta_stream.with_meta_batches` adds the meta batches).
 
     Returns:
       `(dataset, fit_data)`: this process's one-pass dataset (each iterator over it draws the
       next pass's order, which a resumed run replays: `callbacks.make_callbacks`) and what
       `fit` reads: the repeated dataset, or the strategy's distributed dataset made of it.
     """
+    if extend is None:
+        extend = lambda dataset, context: dataset  # noqa: E731
     if not streamed or strategy.num_replicas_in_sync == 1:
         dataset = make_dataset(None)
-        return dataset, dataset.repeat()
+        return dataset, extend(dataset.repeat(), None)
     made = []
 
     def dataset_fn(context):
         made.append(make_dataset(context))
-        return made[-1].repeat()
+        return extend(made[-1].repeat(), context)
 
     fit_data = strategy.distribute_datasets_from_function(dataset_fn)
     if len(made) != 1:  # One input pipeline per worker process.

@@ -47,6 +47,7 @@ from gdw_tf.data import corrections as corrections_lib
 from gdw_tf.data import datasets
 from gdw_tf.data import image_files
 from gdw_tf.data import input_pipeline
+from gdw_tf.data import meta_stream
 from gdw_tf.data import own_data
 from gdw_tf.data import split as split_lib
 from gdw_tf.nets import backbones
@@ -111,9 +112,26 @@ def _run(config, strategy, replicas, *, start, stages):
         {"config": config.to_dict(), **settings.to_dict()},
     )
 
-    # Pipelines: the noisy training set with example indices, the clean meta set as arrays.
+    # Pipelines: the noisy training set with example indices; the clean meta set streamed with
+    # it if its images are (only the rows drawn are decoded), else decoded here.
     mean, std = settings.normalization["mean"], settings.normalization["std"]
     x_train = dataset.x_train[split.train_indices]
+    meta_step = methods.get(config.method).meta_step
+    x_meta = dataset.x_train[split.meta_indices]
+    stream_meta = meta_step and image_files.is_streamed(x_meta)
+
+    def add_meta_batches(data, input_context):
+        return meta_stream.with_meta_batches(
+            data,
+            x_meta,
+            split.meta_labels,
+            lambda: model.meta_draws(),  # The model, built below, when fit starts reading.
+            meta_batch_size=settings.meta_batch_size,
+            mean=mean,
+            std=std,
+            input_context=input_context,
+        )
+
     train_data, fit_data = distribute.training_data(
         strategy,
         lambda input_context: input_pipeline.train_dataset(
@@ -128,6 +146,7 @@ def _run(config, strategy, replicas, *, start, stages):
             input_context=input_context,
         ),
         streamed=image_files.is_streamed(x_train),
+        extend=add_meta_batches if stream_meta else None,
     )
     test_data = None  # Own data without --test_data: no test accuracy.
     if len(dataset.x_test):
@@ -144,18 +163,14 @@ def _run(config, strategy, replicas, *, start, stages):
             streamed=image_files.is_streamed(dataset.x_test),
         )
     meta_data = None
-    if methods.get(config.method).meta_step:
-        meta_data = (
-            # Decoded here if streamed: the meta set is the small, trusted one.
-            input_pipeline.normalize(
-                np.asarray(dataset.x_train[split.meta_indices]), mean, std
-            ).numpy(),
-            split.meta_labels,
-        )
+    if meta_step and not stream_meta:
+        meta_data = (input_pipeline.normalize(x_meta, mean, std).numpy(), split.meta_labels)
 
     # Model and training: one pass of the (reshuffling) training set per epoch.
     with strategy.scope():
         model = build_gdw_model(config, settings, meta_data)
+    if stream_meta:
+        model.stream_meta_data(split.meta_labels)
     stages.mark("pipelines_and_model")
     model.fit(
         fit_data,
