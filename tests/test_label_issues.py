@@ -464,6 +464,13 @@ def test_training_run_writes_label_issues_and_a_report(tmp_path):
     split = split_lib.Split.load(os.path.join(run_dir, "split.npz"))
     table = label_issues.read_label_issues_csv(os.path.join(run_dir, "label_issues.csv"))
     assert list(table)[: len(label_issues.CSV_COLUMNS)] == list(label_issues.CSV_COLUMNS)
+    # The trusted rows follow the training rows, their ids of the same form (the meta set's
+    # indices into the dataset's training split).
+    sets = np.array(table["set"])
+    n = len(split.train_indices)
+    assert (sets[:n] == "training").all() and (sets[n:] == "trusted").all()
+    np.testing.assert_array_equal(np.sort(np.array(table["id"][n:], np.int64)), split.meta_indices)
+    table = {name: values[:n] for name, values in table.items()}
     ids = np.array(table["id"], np.int64)
     # One row per training example, identified by its index in the dataset's training split.
     np.testing.assert_array_equal(np.sort(ids), split.train_indices)

@@ -56,6 +56,8 @@ def test_benchmark_reports_seeds_as_mean_and_sd_and_cleanlab_with_the_trusted_la
         corrupted.append(split.train_corrupted)
         # gdw_tf's figures are those of the run's own label_issues.csv against the true labels.
         table = label_issues.read_label_issues_csv(str(seed_dir / "gdw" / "label_issues.csv"))
+        training = np.array(table["set"]) == "training"  # then the trusted rows
+        table = {name: np.array(values)[training] for name, values in table.items()}
         position = np.searchsorted(split.train_indices, np.array(table["id"], np.int64))
         flagged = np.array(table["flagged"]) == "1"
         wrong = split.train_corrupted[position]
