@@ -7,7 +7,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -111,18 +110,6 @@ def _two_replica_strategy(name):
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # tests/conftest.py's CPUs
 
 
-def _free_ports(count):
-    """`count` distinct loopback ports that were free a moment ago."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("localhost", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def _subprocess_env(**variables):
     """The environment of a training process: TensorFlow, quiet, this checkout's gdw_tf."""
     return {
@@ -143,7 +130,7 @@ def _start_workers(args, log_dir, *, note_reads=False, workers=2, env=None):
     """Starts `python -m gdw_tf.train args` as the `workers` workers of a localhost cluster
     (one process without a cluster if `workers` is 1); with `note_reads`, worker i notes the
     files it reads, per pass, in `log_dir/reads<i>.txt` (`scripts/worker_passes.py`)."""
-    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(workers)]}
+    cluster = {"worker": [f"localhost:{port}" for port in _worker_passes.free_ports(workers)]}
     program = ["-c", _worker_passes.NOTING_READS] if note_reads else ["-m", "gdw_tf.train"]
     started = []
     for index in range(workers):
