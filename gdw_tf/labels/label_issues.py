@@ -596,68 +596,44 @@ def write_label_issues_csv(
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(columns)
-        _write_rows(
-            writer,
-            TRAINING,
-            names,
-            issues.rank,
-            issues.id,
-            issues.given_label,
-            issues.suggested_label,
-            issues.score,
-            issues.flagged,
-            issues.given_probability,
-            issues.suggested_probability,
-            issues.instance_weight,
-            issues.labelled_class_weight,
-            review_rank,
-            reviewed,
-        )
-        if checks is not None:
-            no_weight = np.full(len(checks), np.nan)
-            _write_rows(
-                writer,
+        for i in range(len(issues)):
+            row = [
+                int(issues.rank[i]),
+                _plain(issues.id[i]),
+                TRAINING,
+                int(issues.given_label[i]),
+                int(issues.suggested_label[i]),
+                f"{issues.score[i]:.6f}",
+                int(issues.flagged[i]),
+                f"{issues.given_probability[i]:.6f}",
+                f"{issues.suggested_probability[i]:.6f}",
+                _number(issues.instance_weight[i]),
+                _number(issues.labelled_class_weight[i]),
+                int(review_rank[i]) if review_rank[i] else "",
+                int(reviewed[i]),
+            ]
+            if names is not None:
+                row += [names[issues.given_label[i]], names[issues.suggested_label[i]]]
+            writer.writerow([csv_cells.escape_cell(cell) for cell in row])
+        for i in range(len(checks) if checks is not None else 0):
+            row = [
+                int(checks.rank[i]),
+                _plain(checks.id[i]),
                 TRUSTED,
-                names,
-                checks.rank,
-                checks.id,
-                checks.label,
-                checks.suggested_label,
-                checks.score,
-                checks.flagged,
-                checks.label_share,
-                checks.suggested_share,
-                no_weight,
-                no_weight,
-                trusted_review_rank,
-                checks.reviewed,
-            )
-
-
-def _write_rows(writer, kind, names, rank, ids, given, suggested, score, flagged, *columns):
-    """One `label_issues.csv` row per example of one set (`kind`), in `CSV_COLUMNS`' order:
-    `columns` are the given and suggested probabilities, the two weights, `review_rank` (0:
-    none) and `reviewed`."""
-    given_p, suggested_p, instance_weight, label_weight, review_rank, reviewed = columns
-    for i in range(len(rank)):
-        row = [
-            int(rank[i]),
-            _plain(ids[i]),
-            kind,
-            int(given[i]),
-            int(suggested[i]),
-            f"{score[i]:.6f}",
-            int(flagged[i]),
-            f"{given_p[i]:.6f}",
-            f"{suggested_p[i]:.6f}",
-            _number(instance_weight[i]),
-            _number(label_weight[i]),
-            int(review_rank[i]) if review_rank[i] else "",
-            int(reviewed[i]),
-        ]
-        if names is not None:
-            row += [names[given[i]], names[suggested[i]]]
-        writer.writerow([csv_cells.escape_cell(cell) for cell in row])
+                int(checks.label[i]),
+                int(checks.suggested_label[i]),
+                f"{checks.score[i]:.6f}",
+                int(checks.flagged[i]),
+                f"{checks.label_share[i]:.6f}",
+                f"{checks.suggested_share[i]:.6f}",
+                "",
+                "",
+                int(trusted_review_rank[i]) if trusted_review_rank[i] else "",
+                int(checks.reviewed[i]),
+            ]
+            if names is not None:
+                row += [names[checks.label[i]], names[checks.suggested_label[i]]]
+            writer.writerow([csv_cells.escape_cell(cell) for cell in row])
 
 
 def read_label_issues_csv(path: str) -> dict[str, list[str]]:
