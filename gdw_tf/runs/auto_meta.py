@@ -34,7 +34,9 @@ import dataclasses
 import keras
 import numpy as np
 
+from gdw_tf import backend
 from gdw_tf.core import backbone_split
+from gdw_tf.data import device_batches
 from gdw_tf.data import input_pipeline
 from gdw_tf.labels import neighbours
 from gdw_tf.nets import backbones
@@ -156,9 +158,14 @@ def warm_up(config, model_name, x, labels, num_classes, *, mean, std, augment):
         keras.optimizers.SGD(config.lr, momentum=config.momentum),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
+    devices = backend.batch_devices()  # On JAX, each batch a multiple of the devices.
     backbone.fit(
-        input_pipeline.train_dataset(
-            x, labels, config.batch_size, seed=config.seed, augment=augment, mean=mean, std=std
+        device_batches.even_batches(
+            input_pipeline.train_dataset(
+                x, labels, config.batch_size, seed=config.seed, augment=augment, mean=mean, std=std
+            ),
+            devices,
+            pad=False,
         ),
         epochs=config.auto_meta_warmup_epochs,
         shuffle=False,
@@ -169,8 +176,8 @@ def warm_up(config, model_name, x, labels, num_classes, *, mean, std, augment):
     except ValueError:
         split = None
     predictor = backbone if split is None else split.features_and_logits
-    outputs = predictor.predict(
-        input_pipeline.eval_dataset(x, labels, config.batch_size, mean, std), verbose=0
+    outputs = device_batches.predict(
+        predictor, input_pipeline.eval_dataset(x, labels, config.batch_size, mean, std), devices
     )
     features, logits = (None, outputs) if split is None else outputs
     probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
