@@ -33,6 +33,7 @@ import dataclasses
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from gdw_tf import backend
 from gdw_tf.core import backbone_split
@@ -158,7 +159,9 @@ def warm_up(config, model_name, x, labels, num_classes, *, mean, std, augment):
         keras.optimizers.SGD(config.lr, momentum=config.momentum),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    devices = backend.batch_devices()  # On JAX, each batch a multiple of the devices.
+    # On JAX's devices, each batch cut to a multiple of them; Keras told how many stay.
+    devices = backend.batch_devices()
+    steps = device_batches.steps_per_epoch(len(x), config.batch_size, devices)
     backbone.fit(
         device_batches.even_batches(
             input_pipeline.train_dataset(
@@ -166,7 +169,7 @@ def warm_up(config, model_name, x, labels, num_classes, *, mean, std, augment):
             ),
             devices,
             pad=False,
-        ),
+        ).apply(tf.data.experimental.assert_cardinality(steps)),
         epochs=config.auto_meta_warmup_epochs,
         shuffle=False,
         verbose=config.verbose,
