@@ -725,3 +725,74 @@ def test_mirrored_on_jax_trains_and_predicts_batches_the_devices_do_not_divide(t
         probabilities[np.arange(len(ids)), given],
         atol=2e-6,
     )
+
+
+# `python -m gdw_tf.train`, killed (exit 3, no cleanup) after the third batch of epoch `argv[1]`
+# (counted from 0; 0: not killed).
+_TRAIN_KILLED_IN_EPOCH = """
+import os, sys
+from absl import app
+from gdw_tf.runs import callbacks
+from gdw_tf import train
+
+kill_in_epoch = int(sys.argv[1])
+if kill_in_epoch:
+    def begin(self, epoch, logs=None):
+        self.epoch = epoch
+    def kill(self, batch, logs=None):
+        if self.epoch == kill_in_epoch and batch == 2:
+            os._exit(3)
+    callbacks._ReplayDataOrder.on_epoch_begin = begin
+    callbacks._ReplayDataOrder.on_train_batch_end = kill
+sys.argv = ["train"] + sys.argv[2:]
+app.run(train.main)
+"""
+
+
+@pytest.mark.slow
+@tensorflow_only
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
+def test_a_killed_jax_mirrored_run_with_a_dropped_last_batch_resumes_as_uninterrupted(tmp_path):
+    # 251 training rows in batches of 50: the last row alone is dropped, 5 steps an epoch; the
+    # resumed run replays the data order by them (callbacks._ReplayDataOrder).
+    env = _subprocess_env(
+        KERAS_BACKEND="jax",
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
+    env.pop("JAX_ENABLE_X64", None)
+    args = [
+        *TINY_FASHION_MNIST,
+        "--max_train_examples=301",
+        "--model=mlp",
+        "--epochs=3",
+        "--distribute=mirrored",
+    ]
+    uninterrupted, resumed = str(tmp_path / "uninterrupted"), str(tmp_path / "resumed")
+
+    def train(kill_in_epoch, run_dir):
+        return subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _TRAIN_KILLED_IN_EPOCH,
+                str(kill_in_epoch),
+                *args,
+                f"--output_dir={run_dir}",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+            timeout=TIMEOUT_S,
+        )
+
+    for kill_in_epoch, run_dir, code in ((0, uninterrupted, 0), (2, resumed, 3), (0, resumed, 0)):
+        result = train(kill_in_epoch, run_dir)
+        assert result.returncode == code, result.stderr[-3000:]
+    for expected, actual in zip(backbone_weights(uninterrupted), backbone_weights(resumed)):
+        np.testing.assert_allclose(actual, expected)
+    assert [row["test/accuracy"] for row in history_rows(resumed)] == [
+        row["test/accuracy"] for row in history_rows(uninterrupted)
+    ]
+    assert read_json(os.path.join(resumed, "config.json"))["steps_per_epoch"] == 5
