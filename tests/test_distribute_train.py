@@ -26,6 +26,7 @@ from conftest import read_json
 from conftest import train_exit_message
 from conftest import train_main
 
+from gdw_tf.data import datasets
 from gdw_tf.runs import config as config_lib
 from gdw_tf.runs import distribute
 from gdw_tf.runs import run as run_lib
@@ -615,6 +616,19 @@ def test_multi_worker_is_refused_on_jax(monkeypatch):
     assert distribute.make_strategy("none") is tf.distribute.get_strategy()
 
 
+def test_a_batch_size_the_jax_devices_do_not_divide_is_refused(monkeypatch):
+    config = config_lib.Config(batch_size=64, meta_batch_size=30, distribute="mirrored")
+    distribute.check_replicas(config, num_replicas=3)  # TensorFlow shares the batch unevenly.
+    monkeypatch.setattr(distribute.backend, "batch_devices", lambda: 3)  # DataParallel on JAX
+    with pytest.raises(
+        ValueError,
+        match=r"--batch_size=64 does not split over the 3 devices of --distribute=mirrored on "
+        r"JAX; use a multiple of 3\.",
+    ):
+        distribute.check_replicas(config, num_replicas=3)
+    distribute.check_replicas(dataclasses.replace(config, batch_size=63), num_replicas=3)
+
+
 @pytest.mark.slow
 @tensorflow_only
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
@@ -648,3 +662,137 @@ def test_mirrored_on_jax_is_data_parallel_and_trains_as_one_device(tmp_path):
     results = read_json(os.path.join(run_dirs["mirrored"], "results.json"))
     assert results["config"]["num_replicas"] == 2
     _assert_same_run(run_dirs["mirrored"], run_dirs["none"], exact=False)
+
+
+@pytest.mark.slow
+@tensorflow_only
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
+def test_mirrored_on_jax_trains_and_predicts_batches_the_devices_do_not_divide(tmp_path):
+    # 253 training rows in batches of 50: the last batch's 3 rows are cut to 2 (one row left out
+    # of the epoch, 6 steps); the 101 test rows and the label-issue pass are padded, the padding
+    # weighted 0 and its outputs dropped (gdw_tf.data.device_batches).
+    run_dir = str(tmp_path / "run")
+    env = _subprocess_env(
+        KERAS_BACKEND="jax",
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
+    env.pop("JAX_ENABLE_X64", None)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gdw_tf.train",
+            *TINY_FASHION_MNIST,
+            "--max_train_examples=303",
+            "--max_test_examples=101",
+            "--model=mlp",
+            "--distribute=mirrored",
+            f"--output_dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    settings = read_json(os.path.join(run_dir, "config.json"))
+    assert (settings["num_replicas"], settings["num_train"]) == (2, 253)
+    assert settings["steps_per_epoch"] == 6
+    weights = np.load(os.path.join(run_dir, "example_weights.npz"))["instance_weight"]
+    assert np.count_nonzero(weights == 0) == 1  # The one row the epoch left out.
+
+    # The saved backbone, evaluated here on one device, gives the run's numbers.
+    backbone = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
+    mean, std = (np.float32(settings["normalization"][k]) for k in ("mean", "std"))
+    data = datasets.load_dataset("fashion_mnist")
+
+    def logits(images):
+        return backbone.predict((images.astype(np.float32) / 255 - mean) / std, verbose=0)
+
+    correct = logits(data.x_test[:101]).argmax(-1) == data.y_test[:101]
+    accuracy = read_json(os.path.join(run_dir, "results.json"))["test_accuracy"]["last"]
+    assert accuracy == pytest.approx(correct.mean(), rel=1e-6)
+    with open(os.path.join(run_dir, "label_issues.csv"), newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row["set"] == "training"]
+    ids = np.array([int(row["id"]) for row in rows])
+    assert len(rows) == 253 and len(set(ids)) == 253
+    given = np.array([int(row["given_label"]) for row in rows])
+    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits(data.x_train[ids])))
+    np.testing.assert_allclose(
+        [float(row["given_probability"]) for row in rows],
+        probabilities[np.arange(len(ids)), given],
+        atol=2e-6,
+    )
+
+
+# `python -m gdw_tf.train`, killed (exit 3, no cleanup) after the third batch of epoch `argv[1]`
+# (counted from 0; 0: not killed).
+_TRAIN_KILLED_IN_EPOCH = """
+import os, sys
+from absl import app
+from gdw_tf.runs import callbacks
+from gdw_tf import train
+
+kill_in_epoch = int(sys.argv[1])
+if kill_in_epoch:
+    def begin(self, epoch, logs=None):
+        self.epoch = epoch
+    def kill(self, batch, logs=None):
+        if self.epoch == kill_in_epoch and batch == 2:
+            os._exit(3)
+    callbacks._ReplayDataOrder.on_epoch_begin = begin
+    callbacks._ReplayDataOrder.on_train_batch_end = kill
+sys.argv = ["train"] + sys.argv[2:]
+app.run(train.main)
+"""
+
+
+@pytest.mark.slow
+@tensorflow_only
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
+def test_a_killed_jax_mirrored_run_with_a_dropped_last_batch_resumes_as_uninterrupted(tmp_path):
+    # 251 training rows in batches of 50: the last row alone is dropped, 5 steps an epoch; the
+    # resumed run replays the data order by them (callbacks._ReplayDataOrder).
+    env = _subprocess_env(
+        KERAS_BACKEND="jax",
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
+    env.pop("JAX_ENABLE_X64", None)
+    args = [
+        *TINY_FASHION_MNIST,
+        "--max_train_examples=301",
+        "--model=mlp",
+        "--epochs=3",
+        "--distribute=mirrored",
+    ]
+    uninterrupted, resumed = str(tmp_path / "uninterrupted"), str(tmp_path / "resumed")
+
+    def train(kill_in_epoch, run_dir):
+        return subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _TRAIN_KILLED_IN_EPOCH,
+                str(kill_in_epoch),
+                *args,
+                f"--output_dir={run_dir}",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+            timeout=TIMEOUT_S,
+        )
+
+    for kill_in_epoch, run_dir, code in ((0, uninterrupted, 0), (2, resumed, 3), (0, resumed, 0)):
+        result = train(kill_in_epoch, run_dir)
+        assert result.returncode == code, result.stderr[-3000:]
+    for expected, actual in zip(backbone_weights(uninterrupted), backbone_weights(resumed)):
+        np.testing.assert_allclose(actual, expected)
+    assert [row["test/accuracy"] for row in history_rows(resumed)] == [
+        row["test/accuracy"] for row in history_rows(uninterrupted)
+    ]
+    assert read_json(os.path.join(resumed, "config.json"))["steps_per_epoch"] == 5

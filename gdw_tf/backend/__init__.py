@@ -8,6 +8,7 @@ This mirrors Keras' own layout, where a small trainer per backend sits under sha
 import keras
 
 if keras.backend.backend() == "tensorflow":
+    from gdw_tf.backend.tensorflow import batch_devices
     from gdw_tf.backend.tensorflow import checked_labels
     from gdw_tf.backend.tensorflow import default_jit_compile
     from gdw_tf.backend.tensorflow import jvp
@@ -41,6 +42,7 @@ if keras.backend.backend() == "tensorflow":
             pass
 
 elif keras.backend.backend() == "jax":
+    from gdw_tf.backend.jax import batch_devices
     from gdw_tf.backend.jax import checked_labels
     from gdw_tf.backend.jax import default_jit_compile
     from gdw_tf.backend.jax import jvp
@@ -72,6 +74,7 @@ def resolve_jit_compile(jit_compile):
 
 __all__ = [
     "Trainer",
+    "batch_devices",
     "checked_labels",
     "default_jit_compile",
     "jvp",

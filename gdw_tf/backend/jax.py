@@ -125,6 +125,16 @@ def replica_concat(value):
     return value
 
 
+def batch_devices():
+    """How many devices Keras' distribution splits each batch over (its batch axis), 1 without
+    one: each batch's rows must be a multiple of it (`gdw_tf.data.device_batches`)."""
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return 1
+    mesh = distribution.device_mesh
+    return int(mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)])
+
+
 def shard_batch(value):
     """`value` (examples on axis 0) split over the devices as Keras splits a training batch,
     under `keras.distribution`; unchanged without one, or when the devices do not divide it (an

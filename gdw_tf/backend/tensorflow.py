@@ -147,6 +147,12 @@ def shard_batch(value):
     return value
 
 
+def batch_devices():
+    """1: `tf.distribute` shares out a batch that its replicas do not divide itself
+    (`gdw_tf.data.device_batches`)."""
+    return 1
+
+
 def default_jit_compile():
     """Whether to compile with XLA by default: on GPUs (on CPUs TF's graph mode is faster)."""
     return bool(tf.config.list_physical_devices("GPU"))

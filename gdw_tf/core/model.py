@@ -600,12 +600,15 @@ class GDWModel(backend.Trainer, keras.Model):
         return meta, is_meta_step
 
     def _test_step(self, data):
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        # A sample weight of 0 leaves a row out of the metrics (`device_batches.even_batches`).
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y = self._labels(y)
         logits = step_lib.float32_at_least(self(x, training=False))
         onehot = ops.one_hot(y, self.num_classes, dtype=logits.dtype)
-        self._trackers["loss"].update_state(weighting.per_example_cross_entropy(logits, onehot))
-        self._trackers["accuracy"].update_state(_correct(logits, y))
+        self._trackers["loss"].update_state(
+            weighting.per_example_cross_entropy(logits, onehot), sample_weight=sample_weight
+        )
+        self._trackers["accuracy"].update_state(_correct(logits, y), sample_weight=sample_weight)
         return {name: _global_mean(self._trackers[name]) for name in _TEST_METRICS}
 
     def get_config(self):

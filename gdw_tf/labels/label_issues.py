@@ -40,6 +40,7 @@ import keras
 import numpy as np
 from numpy.typing import ArrayLike
 
+from gdw_tf import backend
 from gdw_tf.core import backbone_split
 from gdw_tf.data import csv_cells
 from gdw_tf.data.worker_share import WorkerShare
@@ -774,6 +775,14 @@ def _predict(model, x, batch_size, rows=None, share=None):
     """
     if share is not None:
         return _predict_share(model, x, batch_size, share)
+    if backend.batch_devices() > 1:  # Keras on JAX, batches split over several devices.
+        import tensorflow as tf  # Here only: without that, Keras on JAX runs without TensorFlow.
+
+        from gdw_tf.data import device_batches
+
+        if not _is_dataset(x):
+            x = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
+        return device_batches.predict(model, x, backend.batch_devices())
     strategy = getattr(model, "distribute_strategy", None)
     if rows is None or not _is_dataset(x) or getattr(strategy, "num_replicas_in_sync", 1) > 1:
         out = model.predict(x, batch_size=None if _is_dataset(x) else batch_size, verbose=0)

@@ -33,8 +33,11 @@ import dataclasses
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from gdw_tf import backend
 from gdw_tf.core import backbone_split
+from gdw_tf.data import device_batches
 from gdw_tf.data import input_pipeline
 from gdw_tf.labels import neighbours
 from gdw_tf.nets import backbones
@@ -156,10 +159,17 @@ def warm_up(config, model_name, x, labels, num_classes, *, mean, std, augment):
         keras.optimizers.SGD(config.lr, momentum=config.momentum),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
+    # On JAX's devices, each batch cut to a multiple of them; Keras told how many stay.
+    devices = backend.batch_devices()
+    steps = device_batches.steps_per_epoch(len(x), config.batch_size, devices)
     backbone.fit(
-        input_pipeline.train_dataset(
-            x, labels, config.batch_size, seed=config.seed, augment=augment, mean=mean, std=std
-        ),
+        device_batches.even_batches(
+            input_pipeline.train_dataset(
+                x, labels, config.batch_size, seed=config.seed, augment=augment, mean=mean, std=std
+            ),
+            devices,
+            pad=False,
+        ).apply(tf.data.experimental.assert_cardinality(steps)),
         epochs=config.auto_meta_warmup_epochs,
         shuffle=False,
         verbose=config.verbose,
@@ -169,8 +179,8 @@ def warm_up(config, model_name, x, labels, num_classes, *, mean, std, augment):
     except ValueError:
         split = None
     predictor = backbone if split is None else split.features_and_logits
-    outputs = predictor.predict(
-        input_pipeline.eval_dataset(x, labels, config.batch_size, mean, std), verbose=0
+    outputs = device_batches.predict(
+        predictor, input_pipeline.eval_dataset(x, labels, config.batch_size, mean, std), devices
     )
     features, logits = (None, outputs) if split is None else outputs
     probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))

@@ -19,6 +19,11 @@ only its own replicas' rows of each global batch (`distribute_datasets_from_func
 do the validation batches (`evaluation_data`). The passes every worker needs whole (the scan of
 the image files, the index of a TFDS split, the normalisation sample, the label-issue pass) are
 shared out between the workers too, and their results added up across them (`worker_share`).
+
+On JAX, `DataParallel` needs batches that its devices divide: `training_data` cuts each training
+batch to a multiple of them (at most `devices - 1` rows of an epoch left out; `steps_per_epoch`
+counts the batches that stay), `evaluation_data` pads each validation batch with rows of zero
+weight (`gdw_tf.data.device_batches`), and `--batch_size` must be a multiple of the devices.
 """
 
 import dataclasses
@@ -30,7 +35,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from gdw_tf import backend
 from gdw_tf.core.model import replica_problem
+from gdw_tf.data import device_batches
 from gdw_tf.data.worker_share import WorkerShare
 from gdw_tf.runs.config import DISTRIBUTE
 from gdw_tf.runs.run_dir import WORKERS_DIR
@@ -93,6 +100,13 @@ def num_replicas(strategy):
     return strategy.num_replicas_in_sync
 
 
+def steps_per_epoch(num_train, batch_size):
+    """The training steps of an epoch over `num_train` examples in batches of `batch_size`:
+    every batch, but on JAX's devices a last one with fewer rows than devices
+    (`device_batches.steps_per_epoch`)."""
+    return device_batches.steps_per_epoch(num_train, batch_size, backend.batch_devices())
+
+
 def worker_config(config, strategy):
     """`config` as this worker runs it: unchanged on the chief (and without a cluster);
     elsewhere writing to `output_dir/workers/<task type><index>`, exporting nothing."""
@@ -144,10 +158,16 @@ def check_replicas(config, num_replicas):
     loaded; `GDWModel.fit` applies the same rules).
 
     Raises:
-      ValueError: if the meta batch does not split evenly across the replicas, or the nested
-        meta-gradient or (on TensorFlow) a meta interval above 1, both one replica only, is
-        asked for with more than one.
+      ValueError: if the meta batch (or on JAX the batch) does not split evenly across the
+        replicas, or the nested meta-gradient or (on TensorFlow) a meta interval above 1, both
+        one replica only, is asked for with more than one.
     """
+    devices = backend.batch_devices()
+    if config.batch_size % devices:
+        raise ValueError(
+            f"--batch_size={config.batch_size} does not split over the {devices} devices of "
+            f"--distribute={config.distribute} on JAX; use a multiple of {devices}."
+        )
     problem = replica_problem(
         config.method,
         config.meta_batch_size,
@@ -190,7 +210,10 @@ def training_data(
     if extend is None:
         extend = lambda dataset, context: dataset  # noqa: E731
     if not streamed or strategy.num_replicas_in_sync == 1:
-        dataset = make_dataset(None)
+        # On JAX, each batch cut to a multiple of the devices (`steps_per_epoch`).
+        dataset = device_batches.even_batches(
+            make_dataset(None), backend.batch_devices(), pad=False
+        )
         return dataset, extend(dataset.repeat(), None)
     made = []
 
@@ -213,7 +236,9 @@ def evaluation_data(
     """The validation data of `fit`: `make_dataset(None)` (`input_pipeline.eval_dataset`),
     which `tf.distribute` shares out; or, for streamed images on several replicas, the
     strategy's distributed dataset of `make_dataset(context)`, each input pipeline decoding
-    only its replicas' rows of each batch. The metrics are means over every row either way."""
+    only its replicas' rows of each batch. The metrics are means over every row either way: on
+    JAX, each batch is padded to a multiple of the devices with rows of zero weight
+    (`device_batches.even_batches`)."""
     if not streamed or strategy.num_replicas_in_sync == 1:
-        return make_dataset(None)
+        return device_batches.even_batches(make_dataset(None), backend.batch_devices(), pad=True)
     return strategy.distribute_datasets_from_function(make_dataset)

@@ -27,7 +27,6 @@ deterministic ops for bit-equal results: `tf.config.experimental.enable_op_deter
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import time
@@ -374,7 +373,7 @@ def run_settings(config, dataset, split, num_replicas, *, share=None):
         meta_batch_size=config_lib.resolve_meta_batch_size(
             config.meta_batch_size, len(split.meta_indices), replicas=num_replicas
         ),
-        steps_per_epoch=math.ceil(len(split.train_indices) / config.batch_size),
+        steps_per_epoch=distribute.steps_per_epoch(len(split.train_indices), config.batch_size),
         num_replicas=int(num_replicas),
     )
 
