@@ -42,6 +42,7 @@ from numpy.typing import ArrayLike
 
 from gdw_tf.core import backbone_split
 from gdw_tf.data import csv_cells
+from gdw_tf.data.ids import Ids
 from gdw_tf.data.worker_share import WorkerShare
 from gdw_tf.labels import neighbours
 from gdw_tf.labels import wrong_count
@@ -291,9 +292,7 @@ def rank_label_issues(
         if values.shape != (n,):
             raise ValueError(f"{name} must have {n} entries, one per example; got {len(values)}.")
         weights.append(values)
-    ids = np.arange(n) if ids is None else np.asarray(ids)
-    if ids.shape[:1] != (n,):
-        raise ValueError(f"ids must have {n} entries, one per example; got {len(ids)}.")
+    ids = _ids(ids, n, "ids")
     if class_names is not None:
         class_names = tuple(str(name) for name in class_names)
         if len(class_names) != num_classes:
@@ -421,9 +420,7 @@ def check_trusted(
     score = label_margin(shares, trusted_labels)
     flagged = score < 0
     suggested = _suggestions(shares, trusted_labels, flagged)
-    ids = np.arange(m) if ids is None else np.asarray(ids)
-    if ids.shape[:1] != (m,):
-        raise ValueError(f"trusted ids must have {m} entries, one per example; got {len(ids)}.")
+    ids = _ids(ids, m, "trusted ids")
     order = np.argsort(score, kind="stable")
     top = _top_classes(shares, min(TOP_K, num_classes))
     rows = np.arange(m)
@@ -453,6 +450,15 @@ def _suggestions(probabilities, given, flagged):
     others[np.arange(len(rows)), given[rows]] = -1.0
     suggested[rows] = others.argmax(axis=1)
     return suggested
+
+
+def _ids(ids, n, name):
+    """`ids` as an array (`0..n-1` if None), or as they are if `gdw_tf.data.ids.Ids` (not one
+    `str` object per row)."""
+    ids = np.arange(n) if ids is None else ids if isinstance(ids, Ids) else np.asarray(ids)
+    if len(ids) != n:
+        raise ValueError(f"{name} must have {n} entries, one per example; got {len(ids)}.")
+    return ids
 
 
 def _bools(values, n, name):
@@ -916,6 +922,9 @@ def find_label_issues(
             trusted_probabilities = predict_probabilities(
                 model, trusted[0], batch_size, share=share
             )
+    # The inputs are not read again: their pipelines (a table of every example's key) go now,
+    # before the ranking's probe fits set the run's peak memory.
+    x = trusted = view = None
     if len(probabilities) != len(y):
         raise ValueError(f"x has {len(probabilities)} examples but y has {len(y)} labels.")
     return rank_label_issues(
