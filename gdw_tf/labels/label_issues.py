@@ -230,7 +230,9 @@ def rank_label_issues(
     flagged, as many as estimated there.
 
     Args:
-      probabilities: `[N, C]` class probabilities of the trained model (rows sum to 1).
+      probabilities: `[N, C]` class probabilities of the trained model (rows sum to 1);
+        float32 ones are kept float32 (and so are the probabilities of the result), any other
+        dtype is read as float64.
       given_labels: `[N]` int labels in `[0, C)`, the (possibly wrong) labels.
       instance_weights, label_weights: optional `[N]` recorded weights (reported, not scored).
       ids: optional `[N]` ids of the examples (default: `0..N-1`).
@@ -256,7 +258,9 @@ def rank_label_issues(
         not finite, not in `[0, 1]` or not `[N, C]`, or a trusted set that is half given, of
         another shape or missing a class.
     """
-    probabilities = np.asarray(probabilities, dtype=np.float64)
+    probabilities = np.asarray(probabilities)
+    if probabilities.dtype != np.float32:  # float32 stays: N rows, half the memory.
+        probabilities = probabilities.astype(np.float64, copy=False)
     if probabilities.ndim != 2 or probabilities.shape[1] < 2:
         raise ValueError(
             f"probabilities must be [N, C] with C >= 2; got shape {probabilities.shape}."
@@ -923,8 +927,10 @@ def find_label_issues(
                 model, trusted[0], batch_size, share=share
             )
     # The inputs are not read again: their pipelines (a table of every example's key) go now,
-    # before the ranking's probe fits set the run's peak memory.
+    # before the ranking's probe fits set the run's peak memory; the probabilities are held as
+    # float32 (the probes and the margins read them in float64, in chunks of rows).
     x = trusted = view = None
+    probabilities = probabilities.astype(np.float32)
     if len(probabilities) != len(y):
         raise ValueError(f"x has {len(probabilities)} examples but y has {len(y)} labels.")
     return rank_label_issues(
