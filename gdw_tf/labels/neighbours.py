@@ -17,9 +17,9 @@ NEIGHBOURS = 200
 # queries × VOTERS similarities, and the voters' features are held once.
 VOTERS = 100_000
 # Similarities computed at once (queries × voters), to bound the memory of the vote: 12 bytes
-# each (a float32 similarity and the int64 order of the nearest), 50 MB at once. Each query's
+# each (a float32 similarity and the int64 order of the nearest), 13 MB at once. Each query's
 # vote is its own row's: the chunks change no vote.
-_SIMILARITIES_AT_ONCE = 1 << 22
+_SIMILARITIES_AT_ONCE = 1 << 20
 
 
 def neighbour_votes(features, labels, queries, num_classes, neighbours=None):
