@@ -29,8 +29,10 @@ def example_weights(model, split, ids=None):
     }
     if not split.truth_known:
         del arrays["true_label"], arrays["corrupted"]
-    if ids is not None:
-        arrays["id"] = np.array([ids[i] for i in split.train_indices], dtype=str)
+    if ids is not None:  # A `str` array, filled without a list of every name first.
+        width = max((len(ids[i]) for i in split.train_indices), default=1)
+        names = (ids[i] for i in split.train_indices)
+        arrays["id"] = np.fromiter(names, f"<U{width}", count=len(split.train_indices))
     return arrays
 
 
