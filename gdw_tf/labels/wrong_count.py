@@ -72,8 +72,8 @@ LABEL_PROBE_EXAMPLES = 100_000
 LABEL_PROBE_L2 = 1e-4
 NEWTON_STEPS = 30
 # Rows per chunk of the probes' Newton steps: the logits, probabilities and the Hessian's outer
-# products (rows × inputs² numbers: 15 MB with 43 inputs) are one chunk's at a time.
-_FIT_ROWS = 1024
+# products (rows × inputs² numbers: 4 MB with 43 inputs) are one chunk's at a time.
+_FIT_ROWS = 256
 # Rows per chunk of the training examples the truth probe reads (their inputs: rows × (C + D)).
 _PREDICT_ROWS = 8192
 PROBE_INPUTS = {
