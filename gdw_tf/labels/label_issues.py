@@ -353,27 +353,37 @@ def rank_label_issues(
     order = np.argsort(score, kind="stable")
     rows = np.arange(n)
     top = _top_classes(probabilities, min(TOP_K, num_classes))
-    issues = LabelIssues(
+    # Ranked one column at a time, each unranked column let go as its ranked one is made.
+    given_probability = probabilities[rows, given][order]
+    suggested_probability = probabilities[rows, suggested][order]
+    top_probabilities = np.take_along_axis(probabilities, top, axis=1)[order]
+    top = top[order]
+    given = given[order]
+    suggested = suggested[order]
+    score = score[order]
+    flagged = flagged[order]
+    reviewed = reviewed[order]
+    weights = [w[order] for w in weights]
+    return LabelIssues(
         rank=np.arange(1, n + 1),
         id=ids[order],
         position=order,
-        given_label=given[order],
-        suggested_label=suggested[order],
-        score=score[order],
-        flagged=flagged[order],
-        given_probability=probabilities[rows, given][order],
-        suggested_probability=probabilities[rows, suggested][order],
-        instance_weight=weights[0][order],
-        labelled_class_weight=weights[1][order],
+        given_label=given,
+        suggested_label=suggested,
+        score=score,
+        flagged=flagged,
+        given_probability=given_probability,
+        suggested_probability=suggested_probability,
+        instance_weight=weights[0],
+        labelled_class_weight=weights[1],
         num_classes=num_classes,
         class_names=class_names,
         estimate=estimate,
-        top_classes=top[order],
-        top_probabilities=np.take_along_axis(probabilities, top, axis=1)[order],
-        reviewed=reviewed[order],
+        top_classes=top,
+        top_probabilities=top_probabilities,
+        reviewed=reviewed,
         trusted=checks,
     )
-    return issues
 
 
 def check_trusted(
