@@ -2,9 +2,7 @@
 replace, wherever the ids are read (corrections, label_issues.csv, the review page)."""
 
 import os
-import weakref
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -105,29 +103,3 @@ def test_label_issues_of_ids_write_the_csv_that_the_tuple_of_str_wrote(tmp_path)
         label_issues.rank_label_issues(
             probabilities, given, ids=ids_lib.Ids(ids_lib.encode(NAMES[:5]))
         )
-
-
-def test_the_label_issue_pass_drops_its_input_pipelines_before_ranking(monkeypatch):
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    x = np.random.default_rng(1).normal(size=(12, 3)).astype(np.float32)
-    y = np.arange(12) % 2
-    pipelines, alive = [], []
-
-    def pipeline(rows):  # Passed straight in: the caller keeps no reference.
-        dataset = tf.data.Dataset.from_tensor_slices(x[:rows]).batch(5)
-        pipelines.append(weakref.ref(dataset))
-        return dataset
-
-    rank = label_issues.rank_label_issues
-
-    def ranking(*args, **kwargs):
-        alive.extend(ref() is not None for ref in pipelines)
-        return rank(*args, **kwargs)
-
-    monkeypatch.setattr(label_issues, "rank_label_issues", ranking)
-    issues = label_issues.find_label_issues(model, pipeline(12), y, trusted=(pipeline(4), y[:4]))
-    assert alive == [False, False] and len(issues) == 12
-    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(model(x)))
-    np.testing.assert_allclose(
-        issues.given_probability, probabilities[issues.position, y[issues.position]], rtol=1e-6
-    )

@@ -350,6 +350,8 @@ def rank_label_issues(
             ids=trusted_ids,
             reviewed=trusted_reviewed,
         )
+    # The features are read: let them go (N × D) before the ranked arrays are made.
+    features = trusted_features = view = None
     order = np.argsort(score, kind="stable")
     rows = np.arange(n)
     top = _top_classes(probabilities, min(TOP_K, num_classes))
@@ -921,7 +923,8 @@ def find_label_issues(
         label_weights = keras.ops.convert_to_numpy(model.example_label_weights)[index]
         if ids is None:
             ids = index
-    trusted_probabilities = trusted_labels = features = trusted_features = view = None
+    trusted_probabilities = trusted_labels = view = None
+    probe_inputs = {"features": None, "trusted_features": None}
     if trusted is not None:
         if len(trusted) != 2:
             raise ValueError("trusted must be a pair (x_trusted, y_trusted).")
@@ -929,7 +932,8 @@ def find_label_issues(
         if probe_component_count(len(trusted_labels)):
             view = probe_features(model, x, trusted[0], batch_size, rows=len(y), share=share)
     if view is not None:
-        probabilities, trusted_probabilities, features, trusted_features = view
+        probabilities, trusted_probabilities = view[:2]
+        probe_inputs.update(features=view[2], trusted_features=view[3])
     else:
         probabilities = predict_probabilities(model, x, batch_size, rows=len(y), share=share)
         if trusted is not None:
@@ -953,8 +957,9 @@ def find_label_issues(
         trusted_probabilities=trusted_probabilities,
         trusted_labels=trusted_labels,
         trusted_for_flags=trusted_for_flags,
-        features=features,
-        trusted_features=trusted_features,
+        # Handed over (popped): the ranking alone holds them, and lets them go once read.
+        features=probe_inputs.pop("features"),
+        trusted_features=probe_inputs.pop("trusted_features"),
         trusted_ids=trusted_ids,
         reviewed=reviewed,
         trusted_reviewed=trusted_reviewed,
