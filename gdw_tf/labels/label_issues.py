@@ -231,8 +231,8 @@ def rank_label_issues(
 
     Args:
       probabilities: `[N, C]` class probabilities of the trained model (rows sum to 1);
-        float32 ones are kept float32 (and so are the probabilities of the result), any other
-        dtype is read as float64.
+        float32 ones are kept float32 (the probes and the margins read them in float64, in
+        chunks of rows), any other dtype is read as float64.
       given_labels: `[N]` int labels in `[0, C)`, the (possibly wrong) labels.
       instance_weights, label_weights: optional `[N]` recorded weights (reported, not scored).
       ids: optional `[N]` ids of the examples (default: `0..N-1`).
