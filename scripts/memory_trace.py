@@ -38,6 +38,8 @@ TRACED = (
     ("gdw_tf.labels.wrong_count", "estimate_wrong_labels"),
     ("gdw_tf.labels.wrong_count", "_fit_label_probe_of_rows"),
     ("gdw_tf.labels.wrong_count", "truth_probabilities"),
+    ("gdw_tf.labels.label_issues", "check_trusted"),
+    ("gdw_tf.labels.neighbours", "neighbour_votes"),
     ("gdw_tf.labels.label_issues", "label_margin"),
     ("gdw_tf.labels.label_issues", "_top_classes"),
     ("gdw_tf.labels.label_issues", "write_label_issues_csv"),

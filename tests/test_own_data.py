@@ -509,6 +509,10 @@ def test_neighbour_votes_match_a_brute_force_count(monkeypatch):
     voters = np.sort(np.random.default_rng(0).choice(300, 150, replace=False))
     votes = neighbours.neighbour_votes(features, labels, features[rows], 4, neighbours=40)
     np.testing.assert_allclose(votes, brute(voters, 20))
+    # The similarities of one query at a time (chunks bound the memory) give the same votes.
+    monkeypatch.setattr(neighbours, "_SIMILARITIES_AT_ONCE", 150)
+    one_at_a_time = neighbours.neighbour_votes(features, labels, features[rows], 4, neighbours=40)
+    np.testing.assert_array_equal(one_at_a_time, votes)
 
 
 def test_select_by_neighbours_passes_over_confident_labels_their_neighbours_outvote(monkeypatch):

@@ -406,6 +406,20 @@ def test_label_probe_reaches_the_optimum():
     assert np.abs(gradient).max() < 1e-8
 
 
+def test_label_probe_fitted_in_chunks_of_rows_equals_the_fit_on_all_rows_at_once(monkeypatch):
+    transition = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.0, 0.4, 0.6]])
+    probabilities, given, _ = _noisy_model(3000, 3, transition, seed=5)
+    inputs = np.log(probabilities)
+    chunked = wrong_count.fit_label_probe(inputs, given, l2=1e-3)  # 1,024 rows a chunk
+    monkeypatch.setattr(wrong_count, "_FIT_ROWS", 7)
+    small = wrong_count.fit_label_probe(inputs, given, l2=1e-3)
+    monkeypatch.setattr(wrong_count, "_FIT_ROWS", 3000)
+    whole = wrong_count.fit_label_probe(inputs, given, l2=1e-3)
+    for a, b, c in zip(chunked, small, whole):  # Sums in another order: the last bits differ.
+        np.testing.assert_allclose(a, c, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(b, c, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("with_features", [False, True])
 def test_label_probe_of_sampled_rows_equals_the_probe_of_their_copies(with_features):
     # The estimate fits the label probe on its sample's rows written straight into the design

@@ -43,7 +43,8 @@ class Dataset(typing.NamedTuple):
     Own image files are not decoded: their `x_train`, `x_test` are `image_files.ImageFiles`,
     which act as read-only uint8 arrays and are decoded by the input pipeline; so are the
     records of a TFDS dataset of varying image size (`tfds_records.TfdsRecords`).
-    `train_ids` names each row of `x_train` (file path, `<csv>:<line>` or `.npz` index),
+    `train_ids` names each row of `x_train` (file path, `<csv>:<line>` or `.npz` index; an
+    `ids.Ids`, a sequence of `str`),
     `class_names` the classes in label order, `trusted` marks the rows of `x_train` that form
     the trusted (meta) set.
     """
@@ -53,7 +54,7 @@ class Dataset(typing.NamedTuple):
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
-    train_ids: tuple | None = None
+    train_ids: typing.Sequence[str] | None = None
     class_names: tuple | None = None
     trusted: np.ndarray | None = None
 

@@ -34,6 +34,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
+from gdw_tf.data import ids
 from gdw_tf.data.worker_share import WorkerShare
 
 # The image formats `keras.utils.image_dataset_from_directory` reads.
@@ -264,7 +265,7 @@ class StreamedImages:
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
             return self.decode(tf.constant(self.keys[key])).numpy()
-        return self._subset(self.keys[key])
+        return self._subset(self.keys[ids.as_slice(key)])  # Consecutive rows: a view.
 
     def _subset(self, keys):
         """`_like(keys)`, sharing what was found unreadable and where it is listed."""
@@ -396,8 +397,7 @@ class ImageFiles(StreamedImages):
         self, paths, *, height: int, width: int, channels: int, skipped_list: str | None = None
     ):
         if not (isinstance(paths, np.ndarray) and paths.dtype.kind == "S"):
-            # Bytes: one byte per ASCII character (a str array takes four).
-            paths = np.array([os.fsencode(p) for p in paths], dtype=bytes).reshape(-1)
+            paths = ids.encode(paths)
         super().__init__(
             paths, height=height, width=width, channels=channels, skipped_list=skipped_list
         )

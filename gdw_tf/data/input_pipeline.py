@@ -187,17 +187,19 @@ def train_dataset(
             "tf.distribute whole (experimental_distribute_dataset shards them)."
         )
     columns = (x.keys if streamed else x, np.asarray(y, np.int64))
-    if with_index:
-        columns += (np.arange(len(x), dtype=np.int64),)
     if streamed:
         # Positions shuffled, rows gathered: the buffer holds one int64 per example, not its
         # key, label and position as three tensors (about 1 KB per example). The same seed
-        # draws the same order either way.
+        # draws the same order either way. The position is the shuffled one itself.
         table = tuple(tf.constant(column) for column in columns)
         dataset = tf.data.Dataset.range(len(x))
         dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.map(lambda i: tuple(tf.gather(column, i) for column in table))
+        dataset = dataset.map(
+            lambda i: tuple(tf.gather(column, i) for column in table) + ((i,) if with_index else ())
+        )
     else:
+        if with_index:
+            columns += (np.arange(len(x), dtype=np.int64),)
         dataset = tf.data.Dataset.from_tensor_slices(columns)
         dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     if input_context is not None:

@@ -47,6 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from gdw_tf.data import datasets
+from gdw_tf.data import ids as ids_lib
 from gdw_tf.data import image_files
 from gdw_tf.data import split as split_lib
 from gdw_tf.data.worker_share import WorkerShare
@@ -150,8 +151,9 @@ def load_own_data(
         An `Dataset` whose `x_train` holds the training examples followed by the trusted
         ones (`trusted` marks them), `y_train` their given labels (ints in `[0, C)`, classes in
         `class_names` order), `train_ids` each row's file path or `<csv>:<line>` or `.npz`
-        index, and `x_test`/`y_test` (empty without `test_data`). A trusted set, if any, has
-        every class and leaves some examples to train on.
+        index (`ids.Ids`, a sequence of `str` over one bytes array), and `x_test`/`y_test`
+        (empty without `test_data`). A trusted set, if any, has every class and leaves some
+        examples to train on.
 
     Raises:
         ValueError: with one line naming the file and the problem, for any bad input.
@@ -192,12 +194,12 @@ def load_own_data(
     }
 
     trusted = train.trusted if train.trusted is not None else np.zeros(len(train.ids), bool)
-    x_train, y_train, ids = arrays["train"], labels["train"], list(train.ids)
+    x_train, y_train = arrays["train"], labels["train"]
     if "trusted" in sources:
         x_train = _concatenate(x_train, arrays["trusted"])
         y_train = np.concatenate([y_train, labels["trusted"]])
-        ids += sources["trusted"].ids
         trusted = np.concatenate([trusted, np.ones(len(labels["trusted"]), bool)])
+    ids = _train_ids([sources[name] for name in ("train", "trusted") if name in sources], x_train)
     if trusted.any():
         missing = sorted(set(range(len(class_names))) - set(y_train[trusted].tolist()))
         if missing:
@@ -220,10 +222,18 @@ def load_own_data(
         x_test,
         y_test,
         len(class_names),
-        train_ids=tuple(ids),
+        train_ids=ids,
         class_names=tuple(class_names),
         trusted=trusted,
     )
+
+
+def _train_ids(sources, x_train):
+    """The ids of `x_train`'s rows, those of `sources` in turn, as `ids.Ids`: where every id is
+    its image file's path (folders), `x_train`'s own key array, shared; else the ids' bytes."""
+    if image_files.is_streamed(x_train) and all(s.ids == s.files for s in sources):
+        return ids_lib.Ids(x_train.keys)
+    return ids_lib.Ids(np.concatenate([ids_lib.encode(source.ids) for source in sources]))
 
 
 def trusted_set_name(train_data, trusted_data, trusted_column):

@@ -43,6 +43,7 @@ from numpy.typing import ArrayLike
 from gdw_tf import backend
 from gdw_tf.core import backbone_split
 from gdw_tf.data import csv_cells
+from gdw_tf.data.ids import Ids
 from gdw_tf.data.worker_share import WorkerShare
 from gdw_tf.labels import neighbours
 from gdw_tf.labels import wrong_count
@@ -230,7 +231,9 @@ def rank_label_issues(
     flagged, as many as estimated there.
 
     Args:
-      probabilities: `[N, C]` class probabilities of the trained model (rows sum to 1).
+      probabilities: `[N, C]` class probabilities of the trained model (rows sum to 1);
+        float32 ones are kept float32 (the probes and the margins read them in float64, in
+        chunks of rows), any other dtype is read as float64.
       given_labels: `[N]` int labels in `[0, C)`, the (possibly wrong) labels.
       instance_weights, label_weights: optional `[N]` recorded weights (reported, not scored).
       ids: optional `[N]` ids of the examples (default: `0..N-1`).
@@ -256,7 +259,9 @@ def rank_label_issues(
         not finite, not in `[0, 1]` or not `[N, C]`, or a trusted set that is half given, of
         another shape or missing a class.
     """
-    probabilities = np.asarray(probabilities, dtype=np.float64)
+    probabilities = np.asarray(probabilities)
+    if probabilities.dtype != np.float32:  # float32 stays: N rows, half the memory.
+        probabilities = probabilities.astype(np.float64, copy=False)
     if probabilities.ndim != 2 or probabilities.shape[1] < 2:
         raise ValueError(
             f"probabilities must be [N, C] with C >= 2; got shape {probabilities.shape}."
@@ -292,9 +297,7 @@ def rank_label_issues(
         if values.shape != (n,):
             raise ValueError(f"{name} must have {n} entries, one per example; got {len(values)}.")
         weights.append(values)
-    ids = np.arange(n) if ids is None else np.asarray(ids)
-    if ids.shape[:1] != (n,):
-        raise ValueError(f"ids must have {n} entries, one per example; got {len(ids)}.")
+    ids = _ids(ids, n, "ids")
     if class_names is not None:
         class_names = tuple(str(name) for name in class_names)
         if len(class_names) != num_classes:
@@ -348,30 +351,42 @@ def rank_label_issues(
             ids=trusted_ids,
             reviewed=trusted_reviewed,
         )
+    # The features are read: let them go (N × D) before the ranked arrays are made.
+    features = trusted_features = view = None
     order = np.argsort(score, kind="stable")
     rows = np.arange(n)
     top = _top_classes(probabilities, min(TOP_K, num_classes))
-    issues = LabelIssues(
+    # Ranked one column at a time, each unranked column let go as its ranked one is made.
+    given_probability = probabilities[rows, given][order]
+    suggested_probability = probabilities[rows, suggested][order]
+    top_probabilities = np.take_along_axis(probabilities, top, axis=1)[order]
+    top = top[order]
+    given = given[order]
+    suggested = suggested[order]
+    score = score[order]
+    flagged = flagged[order]
+    reviewed = reviewed[order]
+    weights = [w[order] for w in weights]
+    return LabelIssues(
         rank=np.arange(1, n + 1),
         id=ids[order],
         position=order,
-        given_label=given[order],
-        suggested_label=suggested[order],
-        score=score[order],
-        flagged=flagged[order],
-        given_probability=probabilities[rows, given][order],
-        suggested_probability=probabilities[rows, suggested][order],
-        instance_weight=weights[0][order],
-        labelled_class_weight=weights[1][order],
+        given_label=given,
+        suggested_label=suggested,
+        score=score,
+        flagged=flagged,
+        given_probability=given_probability,
+        suggested_probability=suggested_probability,
+        instance_weight=weights[0],
+        labelled_class_weight=weights[1],
         num_classes=num_classes,
         class_names=class_names,
         estimate=estimate,
-        top_classes=top[order],
-        top_probabilities=np.take_along_axis(probabilities, top, axis=1)[order],
-        reviewed=reviewed[order],
+        top_classes=top,
+        top_probabilities=top_probabilities,
+        reviewed=reviewed,
         trusted=checks,
     )
-    return issues
 
 
 def check_trusted(
@@ -422,9 +437,7 @@ def check_trusted(
     score = label_margin(shares, trusted_labels)
     flagged = score < 0
     suggested = _suggestions(shares, trusted_labels, flagged)
-    ids = np.arange(m) if ids is None else np.asarray(ids)
-    if ids.shape[:1] != (m,):
-        raise ValueError(f"trusted ids must have {m} entries, one per example; got {len(ids)}.")
+    ids = _ids(ids, m, "trusted ids")
     order = np.argsort(score, kind="stable")
     top = _top_classes(shares, min(TOP_K, num_classes))
     rows = np.arange(m)
@@ -454,6 +467,15 @@ def _suggestions(probabilities, given, flagged):
     others[np.arange(len(rows)), given[rows]] = -1.0
     suggested[rows] = others.argmax(axis=1)
     return suggested
+
+
+def _ids(ids, n, name):
+    """`ids` as an array (`0..n-1` if None), or as they are if `gdw_tf.data.ids.Ids` (not one
+    `str` object per row)."""
+    ids = np.arange(n) if ids is None else ids if isinstance(ids, Ids) else np.asarray(ids)
+    if len(ids) != n:
+        raise ValueError(f"{name} must have {n} entries, one per example; got {len(ids)}.")
+    return ids
 
 
 def _bools(values, n, name):
@@ -910,7 +932,8 @@ def find_label_issues(
         label_weights = keras.ops.convert_to_numpy(model.example_label_weights)[index]
         if ids is None:
             ids = index
-    trusted_probabilities = trusted_labels = features = trusted_features = view = None
+    trusted_probabilities = trusted_labels = view = None
+    probe_inputs = {"features": None, "trusted_features": None}
     if trusted is not None:
         if len(trusted) != 2:
             raise ValueError("trusted must be a pair (x_trusted, y_trusted).")
@@ -918,13 +941,19 @@ def find_label_issues(
         if probe_component_count(len(trusted_labels)):
             view = probe_features(model, x, trusted[0], batch_size, rows=len(y), share=share)
     if view is not None:
-        probabilities, trusted_probabilities, features, trusted_features = view
+        probabilities, trusted_probabilities = view[:2]
+        probe_inputs.update(features=view[2], trusted_features=view[3])
     else:
         probabilities = predict_probabilities(model, x, batch_size, rows=len(y), share=share)
         if trusted is not None:
             trusted_probabilities = predict_probabilities(
                 model, trusted[0], batch_size, share=share
             )
+    # The inputs are not read again: their pipelines (a table of every example's key) go now,
+    # before the ranking's probe fits set the run's peak memory; the probabilities are held as
+    # float32 (the probes and the margins read them in float64, in chunks of rows).
+    x = trusted = view = None
+    probabilities = probabilities.astype(np.float32)
     if len(probabilities) != len(y):
         raise ValueError(f"x has {len(probabilities)} examples but y has {len(y)} labels.")
     return rank_label_issues(
@@ -937,8 +966,9 @@ def find_label_issues(
         trusted_probabilities=trusted_probabilities,
         trusted_labels=trusted_labels,
         trusted_for_flags=trusted_for_flags,
-        features=features,
-        trusted_features=trusted_features,
+        # Handed over (popped): the ranking alone holds them, and lets them go once read.
+        features=probe_inputs.pop("features"),
+        trusted_features=probe_inputs.pop("trusted_features"),
         trusted_ids=trusted_ids,
         reviewed=reviewed,
         trusted_reviewed=trusted_reviewed,

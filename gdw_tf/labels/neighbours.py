@@ -16,8 +16,10 @@ NEIGHBOURS = 200
 # At most this many examples vote (a seeded sample of larger sets), so that a vote costs at most
 # queries × VOTERS similarities, and the voters' features are held once.
 VOTERS = 100_000
-# Similarities computed at once (queries × voters), to bound the memory of the vote.
-_SIMILARITIES_AT_ONCE = 1 << 24
+# Similarities computed at once (queries × voters), to bound the memory of the vote: 12 bytes
+# each (a float32 similarity and the int64 order of the nearest), 13 MB at once. Each query's
+# vote is its own row's: the chunks change no vote.
+_SIMILARITIES_AT_ONCE = 1 << 20
 
 
 def neighbour_votes(features, labels, queries, num_classes, neighbours=None):
@@ -50,9 +52,11 @@ def neighbour_votes(features, labels, queries, num_classes, neighbours=None):
     votes = np.zeros((len(queries), num_classes))
     step = max(1, _SIMILARITIES_AT_ONCE // max(len(voters), 1))
     for start in range(0, len(queries), step):
-        similarity = _unit(queries[start : start + step]) @ voter_unit
-        nearest = np.argpartition(-similarity, neighbours - 1, axis=1)[:, :neighbours]
-        counts = np.apply_along_axis(np.bincount, 1, voter_labels[nearest], minlength=num_classes)
+        distance = _unit(queries[start : start + step]) @ voter_unit
+        np.negative(distance, out=distance)  # In place: the nearest first.
+        nearest = voter_labels[np.argpartition(distance, neighbours - 1, axis=1)[:, :neighbours]]
+        del distance  # Before the next chunk's.
+        counts = np.apply_along_axis(np.bincount, 1, nearest, minlength=num_classes)
         votes[start : start + step] = counts / neighbours
     return votes
 

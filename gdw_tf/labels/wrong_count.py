@@ -71,8 +71,9 @@ LABEL_PROBE_EXAMPLES = 100_000
 # The probes' default L2 and their most Newton steps.
 LABEL_PROBE_L2 = 1e-4
 NEWTON_STEPS = 30
-# Rows per chunk of the probes' Hessian (a chunk's outer products: rows × inputs² numbers).
-_HESSIAN_ROWS = 4096
+# Rows per chunk of the probes' Newton steps: the logits, probabilities and the Hessian's outer
+# products (rows × inputs² numbers: 4 MB with 43 inputs) are one chunk's at a time.
+_FIT_ROWS = 256
 # Rows per chunk of the training examples the truth probe reads (their inputs: rows × (C + D)).
 _PREDICT_ROWS = 8192
 PROBE_INPUTS = {
@@ -212,50 +213,50 @@ def fit_label_probe(
       `(weights, mean, std)`: weights `[D + 1, C]` (last row: bias) and the standardisation.
     """
     x = np.asarray(inputs, np.float64)
-    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-8
+    design = np.empty((len(x), x.shape[1] + 1))
+    design[:, :-1] = x
+    mean, std = _standardise(design[:, :-1])
+    design[:, -1] = 1.0
     weights = _fit_design(
-        _design(x, mean, std),
-        given_labels,
-        num_classes=num_classes or x.shape[1],
-        l2=l2,
-        iterations=iterations,
+        design, given_labels, num_classes=num_classes or x.shape[1], l2=l2, iterations=iterations
     )
     return weights, mean, std
 
 
 def _fit_design(features, given_labels, *, num_classes, l2, iterations):
     """`fit_label_probe`'s weights `[D + 1, C]` on its standardised design matrix `features`
-    `[n, D + 1]` (last column: ones)."""
-    rows = np.arange(len(features))
+    `[n, D + 1]` (last column: ones). Each step reads the rows in chunks of `_FIT_ROWS`."""
     labels = np.asarray(given_labels, np.int64)
     d, n = features.shape[1], len(features)
     weights = np.zeros((d, num_classes))
+    chunks = [slice(start, start + _FIT_ROWS) for start in range(0, n, _FIT_ROWS)]
+    identity = np.eye(num_classes)
 
     def loss(w):
-        logits = features @ w
-        logits -= logits.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(logits).sum(axis=1))
-        # logits[rows, labels]: the given label's logit (a one-hot product's row sum, exactly).
-        return float(np.mean(log_norm - logits[rows, labels]) + l2 / 2 * (w * w).sum())
+        total = 0.0
+        for rows in chunks:
+            logits = features[rows] @ w
+            logits -= logits.max(axis=1, keepdims=True)
+            log_norm = np.log(np.exp(logits).sum(axis=1))
+            # The given label's logit (a one-hot product's row sum, exactly).
+            total += np.sum(log_norm - logits[np.arange(len(logits)), labels[rows]])
+        return float(total / n + l2 / 2 * (w * w).sum())
 
     current = loss(weights)
     for _ in range(iterations):
-        p = _softmax(features @ weights)
-        residual = p.copy()  # p − one-hot(labels), without an [n, C] one-hot
-        residual[rows, labels] -= 1.0
-        gradient = features.T @ residual / n + l2 * weights
-        del residual
-        # Hessian of the mean cross-entropy: sum_i (diag p_i - p_i p_i') ⊗ x_i x_i' / n, summed
-        # over chunks of rows (the outer products of all rows at once would be n·d² numbers).
+        # Gradient and Hessian of the mean cross-entropy, summed over chunks of rows; the
+        # Hessian is sum_i (diag p_i - p_i p_i') ⊗ x_i x_i' / n.
+        gradient = np.zeros((d, num_classes))
         hessian = np.zeros((d * d, num_classes * num_classes))
-        for start in range(0, n, _HESSIAN_ROWS):
-            x_rows, p_rows = (
-                features[start : start + _HESSIAN_ROWS],
-                p[start : start + _HESSIAN_ROWS],
-            )
+        for rows in chunks:
+            x_rows = features[rows]
+            p = _softmax(x_rows @ weights)
+            s = p[:, :, None] * (identity - p[:, None, :])
             outer_x = (x_rows[:, :, None] * x_rows[:, None, :]).reshape(len(x_rows), d * d)
-            s = p_rows[:, :, None] * (np.eye(num_classes) - p_rows[:, None, :])
             hessian += outer_x.T @ s.reshape(len(x_rows), -1)
+            p[np.arange(len(p)), labels[rows]] -= 1.0  # p − one-hot(labels)
+            gradient += x_rows.T @ p
+        gradient = gradient / n + l2 * weights
         hessian = (hessian / n).reshape(d, d, num_classes, num_classes)
         hessian = hessian.transpose(0, 2, 1, 3).reshape(d * num_classes, d * num_classes)
         hessian += l2 * np.eye(d * num_classes)
@@ -530,9 +531,7 @@ def _fit_label_probe_of_rows(probabilities, features, given_labels, rows, num_cl
         chunk = rows[start : start + _PREDICT_ROWS]
         view = None if features is None else np.asarray(features[chunk])
         inputs[start : start + len(chunk)] = _probe_inputs(probabilities[chunk], view)
-    mean, std = inputs.mean(axis=0), inputs.std(axis=0) + 1e-8
-    inputs -= mean
-    inputs /= std
+    mean, std = _standardise(inputs)
     design[:, -1] = 1.0
     weights = _fit_design(
         design,
@@ -542,6 +541,17 @@ def _fit_label_probe_of_rows(probabilities, features, given_labels, rows, num_cl
         iterations=NEWTON_STEPS,
     )
     return weights, mean, std
+
+
+def _standardise(inputs):
+    """Standardises the columns of `inputs` in place; returns their `(mean, std + 1e-8)`. The
+    std is summed from the centred values in place (`np.std` would hold a copy of them: 34 MB
+    for the label probe's 100,000 rows, beside its design matrix)."""
+    mean = inputs.mean(axis=0)
+    inputs -= mean
+    std = np.sqrt(np.einsum("ij,ij->j", inputs, inputs) / max(len(inputs), 1)) + 1e-8
+    inputs /= std
+    return mean, std
 
 
 def _design(x, mean, std):

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 
 from gdw_tf.core import methods
+from gdw_tf.data import ids as ids_lib
 from gdw_tf.data import image_files
 from gdw_tf.data import input_pipeline
 from gdw_tf.labels import label_issues
@@ -28,8 +29,10 @@ def example_weights(model, split, ids=None):
     }
     if not split.truth_known:
         del arrays["true_label"], arrays["corrupted"]
-    if ids is not None:
-        arrays["id"] = np.array([ids[i] for i in split.train_indices], dtype=str)
+    if ids is not None:  # A `str` array, filled without a list of every name first.
+        width = max((len(ids[i]) for i in split.train_indices), default=1)
+        names = (ids[i] for i in split.train_indices)
+        arrays["id"] = np.fromiter(names, f"<U{width}", count=len(split.train_indices))
     return arrays
 
 
@@ -42,11 +45,12 @@ def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_si
     out (they are listed in `skipped_files.txt`), and the pass made again without any found
     unreadable in it; `position` still indexes `x_train`. `share`: a worker of a cluster, which
     predicts only its rows (`label_issues.find_label_issues`); every worker gets the same."""
-    train_ids = dataset.train_ids
     ids, meta_ids = split.train_indices, split.meta_indices
-    if train_ids is not None:  # The dataset's strings themselves, not a copy of each.
-        ids = np.asarray(train_ids, dtype=object)[split.train_indices]
-        meta_ids = np.asarray(train_ids, dtype=object)[split.meta_indices]
+    if dataset.train_ids is not None:  # The dataset's names (a view where rows are consecutive).
+        train_ids = dataset.train_ids
+        if not isinstance(train_ids, ids_lib.Ids):
+            train_ids = ids_lib.Ids(ids_lib.encode(train_ids))
+        ids, meta_ids = train_ids[split.train_indices], train_ids[split.meta_indices]
     reviewed = np.isin(split.train_indices, split.reviewed_indices)
     meta_reviewed = np.isin(split.meta_indices, split.reviewed_indices)
     x_meta = dataset.x_train[split.meta_indices]

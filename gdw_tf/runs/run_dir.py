@@ -273,12 +273,13 @@ def read_history(output_dir):
 
 
 def read_example_weights(output_dir):
-    """The arrays of the run's `example_weights.npz` as a dict, or None if there is none."""
+    """The arrays of the run's `example_weights.npz` as a dict, but its ids (a string per
+    example, which the report does not read), or None if there is none."""
     path = os.path.join(output_dir, EXAMPLE_WEIGHTS_FILE)
     if not os.path.exists(path):
         return None
     with np.load(path) as stored:
-        return dict(stored)
+        return {name: stored[name] for name in stored.files if name != "id"}
 
 
 def write_label_issues_and_report(

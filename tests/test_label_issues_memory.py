@@ -1,0 +1,69 @@
+"""What the label-issue pass lets go before its peak (issue 29): its input pipelines once the
+model has predicted, the penultimate features once the probes and the trusted set's check have
+read them. The ranking is the same."""
+
+import weakref
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from gdw_tf.labels import label_issues
+
+
+def test_the_label_issue_pass_drops_its_input_pipelines_before_ranking(monkeypatch):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    x = np.random.default_rng(1).normal(size=(12, 3)).astype(np.float32)
+    y = np.arange(12) % 2
+    pipelines, alive = [], []
+
+    def pipeline(rows):  # Passed straight in: the caller keeps no reference.
+        dataset = tf.data.Dataset.from_tensor_slices(x[:rows]).batch(5)
+        pipelines.append(weakref.ref(dataset))
+        return dataset
+
+    rank = label_issues.rank_label_issues
+
+    def ranking(*args, **kwargs):
+        alive.extend(ref() is not None for ref in pipelines)
+        return rank(*args, **kwargs)
+
+    monkeypatch.setattr(label_issues, "rank_label_issues", ranking)
+    issues = label_issues.find_label_issues(model, pipeline(12), y, trusted=(pipeline(4), y[:4]))
+    assert alive == [False, False] and len(issues) == 12
+    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(model(x)))
+    np.testing.assert_allclose(
+        issues.given_probability, probabilities[issues.position, y[issues.position]], rtol=1e-6
+    )
+
+
+def test_the_ranking_lets_the_features_go_before_it_builds_the_ranked_arrays(monkeypatch):
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(4, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    y = np.arange(40) % 2
+    features, alive = [], []
+    probe = label_issues.probe_features
+    top_classes = label_issues._top_classes
+
+    def probed(*args, **kwargs):
+        view = probe(*args, **kwargs)
+        features.extend(weakref.ref(array) for array in view[2:])
+        return view
+
+    def ranked(*args, **kwargs):  # Called last, for the ranked arrays' top classes.
+        alive.append([ref() is not None for ref in features])
+        return top_classes(*args, **kwargs)
+
+    monkeypatch.setattr(label_issues, "probe_features", probed)
+    monkeypatch.setattr(label_issues, "_top_classes", ranked)
+    issues = label_issues.find_label_issues(
+        model, x, y, trusted=(x[:20], y[:20]), trusted_for_flags=False
+    )
+    assert len(features) == 2 and alive[-1] == [False, False]
+    assert issues.trusted.evidence == "neighbours"  # The features were read.
+    logits = keras.ops.convert_to_numpy(model(x))
+    expected = label_issues.label_margin(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), y)
+    np.testing.assert_allclose(np.sort(issues.score), np.sort(expected), atol=1e-6)
