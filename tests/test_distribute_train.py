@@ -122,6 +122,17 @@ def _subprocess_env(**variables):
     }
 
 
+def _jax_two_devices_env():
+    """The environment of a training process on Keras' JAX backend with two host CPU devices."""
+    env = _subprocess_env(
+        KERAS_BACKEND="jax",
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
+    env.pop("JAX_ENABLE_X64", None)
+    return env
+
+
 # `python -m gdw_tf.train` noting the files it reads, per pass, and what it noted.
 _worker_passes = load_script("worker_passes")
 _reads = _worker_passes.reads
@@ -634,12 +645,7 @@ def test_a_batch_size_the_jax_devices_do_not_divide_is_refused(monkeypatch):
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
 def test_mirrored_on_jax_is_data_parallel_and_trains_as_one_device(tmp_path):
     # Two JAX processes on two host CPU devices: --distribute=mirrored (DataParallel) and none.
-    env = _subprocess_env(
-        KERAS_BACKEND="jax",
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-    )
-    env.pop("JAX_ENABLE_X64", None)
+    env = _jax_two_devices_env()
     run_dirs = {}
     for devices in ("none", "mirrored"):
         run_dirs[devices] = str(tmp_path / devices)
@@ -672,12 +678,7 @@ def test_mirrored_on_jax_trains_and_predicts_batches_the_devices_do_not_divide(t
     # of the epoch, 6 steps); the 101 test rows and the label-issue pass are padded, the padding
     # weighted 0 and its outputs dropped (gdw_tf.data.device_batches).
     run_dir = str(tmp_path / "run")
-    env = _subprocess_env(
-        KERAS_BACKEND="jax",
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-    )
-    env.pop("JAX_ENABLE_X64", None)
+    env = _jax_two_devices_env()
     result = subprocess.run(
         [
             sys.executable,
@@ -755,12 +756,7 @@ app.run(train.main)
 def test_a_killed_jax_mirrored_run_with_a_dropped_last_batch_resumes_as_uninterrupted(tmp_path):
     # 251 training rows in batches of 50: the last row alone is dropped, 5 steps an epoch; the
     # resumed run replays the data order by them (callbacks._ReplayDataOrder).
-    env = _subprocess_env(
-        KERAS_BACKEND="jax",
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-    )
-    env.pop("JAX_ENABLE_X64", None)
+    env = _jax_two_devices_env()
     args = [
         *TINY_FASHION_MNIST,
         "--max_train_examples=301",
