@@ -186,22 +186,13 @@ def train_dataset(
             "train_dataset shares out streamed images only; give images in memory to "
             "tf.distribute whole (experimental_distribute_dataset shards them)."
         )
-    columns = (x.keys if streamed else x, np.asarray(y, np.int64))
-    if streamed:
-        # Positions shuffled, rows gathered: the buffer holds one int64 per example, not its
-        # key, label and position as three tensors (about 1 KB per example). The same seed
-        # draws the same order either way. The position is the shuffled one itself.
-        table = tuple(tf.constant(column) for column in columns)
-        dataset = tf.data.Dataset.range(len(x))
-        dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.map(
-            lambda i: tuple(tf.gather(column, i) for column in table) + ((i,) if with_index else ())
-        )
-    else:
-        if with_index:
-            columns += (np.arange(len(x), dtype=np.int64),)
-        dataset = tf.data.Dataset.from_tensor_slices(columns)
-        dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    # Positions permuted, rows gathered: nothing per example is held but the table itself
+    # (a shuffle buffer would hold every example, or every position, as tensors of its own).
+    table = (x.keys if streamed else x, np.asarray(y, np.int64))
+    table = tuple(tf.constant(column) for column in table)
+    dataset = shuffled_positions(len(x), seed).map(
+        lambda i: tuple(tf.gather(column, i) for column in table) + ((i,) if with_index else ())
+    )
     if input_context is not None:
         return _own_shares(
             dataset,
@@ -234,6 +225,25 @@ def train_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def shuffled_positions(n: int, seed: int) -> tf.data.Dataset:
+    """The positions `0 … n-1` (int64) in a new random order on each pass (each iterator made).
+
+    A pass draws one number from `seed`'s stream (`Dataset.random`, a new one per pass) and
+    shuffles the positions with it (`stateless_shuffle`): the pass holds its order, 8 bytes a
+    position, where a shuffle buffer holds a tensor per position (about 200 bytes). The same
+    seed gives the same sequence of orders. (`index_shuffle`, which holds nothing, reads 16
+    bits of its seed: 65,536 orders in all.)
+    """
+    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    return draws.flat_map(
+        lambda draw: tf.data.Dataset.from_tensor_slices(
+            tf.random.experimental.stateless_shuffle(
+                tf.range(n, dtype=tf.int64), seed=tf.stack([draw, tf.constant(seed, tf.int64)])
+            )
+        )
+    )
 
 
 def replica_shares(batch_size: int, num_replicas: int) -> np.ndarray:
