@@ -104,6 +104,13 @@ def test_margins_computed_in_chunks_and_top_classes_equal_row_by_row(monkeypatch
     np.testing.assert_array_equal(
         issues.top_probabilities, np.take_along_axis(probabilities, top, 1)[issues.position]
     )
+    # The softmax too: each row as one computed alone in float64, then stored as float32.
+    logits = rng.normal(size=(n, c)).astype(np.float32) * 5
+    by_rows = [
+        np.exp(row - row.max()) / np.exp(row - row.max()).sum() for row in logits.astype(float)
+    ]
+    np.testing.assert_array_equal(label_issues._softmax(logits), by_rows)
+    np.testing.assert_array_equal(label_issues._softmax(logits, np.float32), np.float32(by_rows))
 
 
 def test_ties_keep_the_input_order_and_no_weights_are_nan():

@@ -67,3 +67,39 @@ def test_the_ranking_lets_the_features_go_before_it_builds_the_ranked_arrays(mon
     logits = keras.ops.convert_to_numpy(model(x))
     expected = label_issues.label_margin(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), y)
     np.testing.assert_allclose(np.sort(issues.score), np.sort(expected), atol=1e-6)
+
+
+def test_the_ranking_lets_the_probabilities_go_before_it_ranks_the_columns(monkeypatch):
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(4, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    y = np.arange(40) % 2
+    probabilities, alive = [], []
+    probe = label_issues.probe_features
+    ranked = label_issues._ranked
+
+    def probed(*args, **kwargs):
+        view = probe(*args, **kwargs)
+        probabilities.append(weakref.ref(view[0]))
+        return view
+
+    def ranking(*args):
+        alive.append(probabilities[0]() is not None)
+        return ranked(*args)
+
+    monkeypatch.setattr(label_issues, "probe_features", probed)
+    monkeypatch.setattr(label_issues, "_ranked", ranking)
+    issues = label_issues.find_label_issues(
+        model, x, y, trusted=(x[:20], y[:20]), trusted_for_flags=False
+    )
+    assert alive and not any(alive)
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(model(x)))
+    assert issues.given_probability.dtype == np.float32
+    np.testing.assert_allclose(
+        issues.given_probability, expected[issues.position, y[issues.position]], rtol=1e-6
+    )
+    np.testing.assert_array_equal(
+        issues.top_classes, np.argsort(-expected, axis=1, kind="stable")[issues.position]
+    )

@@ -127,6 +127,23 @@ def test_the_scan_is_shared_out_and_gives_every_worker_the_whole(tmp_path):
     np.testing.assert_array_equal(alone.ok, np.arange(9) > 4)
 
 
+def test_the_scan_in_blocks_finds_what_one_pass_over_every_file_finds(tmp_path, monkeypatch):
+    paths = _image_files(str(tmp_path / "images"), np.random.default_rng(3), 9)
+    for broken in (2, 6):
+        with open(paths[broken], "wb") as file:
+            file.write(b"not a png")
+    whole = [image_files.scan(paths), image_files.scan(paths, share=_alone(1, 2))]
+    monkeypatch.setattr(image_files, "SCAN_BLOCK", 3)  # Worker 1 of 2: rows 4 to 8, in two blocks.
+    for expected, found in zip(
+        whole, [image_files.scan(paths), image_files.scan(paths, share=_alone(1, 2))], strict=True
+    ):
+        assert found.problems == expected.problems
+        for name in ("ok", "channels", "heights", "widths"):
+            np.testing.assert_array_equal(getattr(found, name), getattr(expected, name))
+    np.testing.assert_array_equal(whole[0].ok, ~np.isin(np.arange(9), [2, 6]))
+    np.testing.assert_array_equal(whole[1].ok, (np.arange(9) >= 4) & (np.arange(9) != 6))
+
+
 def test_the_normalisation_sample_is_shared_out_with_the_same_statistics(tmp_path, monkeypatch):
     paths = _image_files(str(tmp_path), np.random.default_rng(1), 11)
     files = image_files.ImageFiles(paths, height=5, width=5, channels=3)

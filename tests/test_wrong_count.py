@@ -422,9 +422,11 @@ def test_label_probe_fitted_in_chunks_of_rows_equals_the_fit_on_all_rows_at_once
 
 @pytest.mark.parametrize("with_features", [False, True])
 def test_label_probe_of_sampled_rows_equals_the_probe_of_their_copies(with_features):
-    # The estimate fits the label probe on its sample's rows written straight into the design
-    # matrix (one array, not the inputs, the matrix and copies of the rows): the same numbers,
-    # bit for bit, as `fit_label_probe` on copies of those rows' inputs.
+    # The estimate fits the label probe on its sample's rows, its design matrix made chunk by
+    # chunk where the fit reads it (not held): the probe of `fit_label_probe` on copies of
+    # those rows' inputs. Its means and sums run in another order: the standardisation differs
+    # in the last bits, and the weights along the loss' flat directions (it is the same to 16
+    # digits at both) by about 1e-7; the probabilities the probes give, by far less.
     transition = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.0, 0.4, 0.6]])
     probabilities, given, _ = _noisy_model(20000, 3, transition, seed=4)
     features = None
@@ -442,8 +444,13 @@ def test_label_probe_of_sampled_rows_equals_the_probe_of_their_copies(with_featu
     )
 
     assert len(lean) == len(copied) == 3
-    for a, b in zip(lean, copied):
-        np.testing.assert_array_equal(a, b)
+    for a, b in zip(lean[1:], copied[1:]):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    np.testing.assert_allclose(lean[0], copied[0], rtol=1e-5)
+    inputs = wrong_count._probe_inputs(probabilities, features)
+    np.testing.assert_allclose(
+        wrong_count._predict(lean, inputs), wrong_count._predict(copied, inputs), atol=1e-9
+    )
 
 
 # The keys of results.json's `wrong_labels.estimate`, in their order (docs/LABEL_ISSUES.md).

@@ -354,22 +354,27 @@ def rank_label_issues(
     # The features are read: let them go (N × D) before the ranked arrays are made.
     features = trusted_features = view = None
     order = np.argsort(score, kind="stable")
-    rows = np.arange(n)
     top = _top_classes(probabilities, min(TOP_K, num_classes))
-    # Ranked one column at a time, each unranked column let go as its ranked one is made.
-    given_probability = probabilities[rows, given][order]
-    suggested_probability = probabilities[rows, suggested][order]
-    top_probabilities = np.take_along_axis(probabilities, top, axis=1)[order]
-    top = top[order]
-    given = given[order]
-    suggested = suggested[order]
-    score = score[order]
-    flagged = flagged[order]
-    reviewed = reviewed[order]
-    weights = [w[order] for w in weights]
+    rows = np.arange(n)
+    given_probability = probabilities[rows, given]
+    suggested_probability = probabilities[rows, suggested]
+    top_probabilities = np.take_along_axis(probabilities, top, axis=1)
+    # The probabilities are read too (N × C); then each column is ranked, and its unranked
+    # self let go, one at a time.
+    probabilities = rows = None
+    given_probability = _ranked(given_probability, order)
+    suggested_probability = _ranked(suggested_probability, order)
+    top_probabilities = _ranked(top_probabilities, order)
+    top = _ranked(top, order)
+    given = _ranked(given, order)
+    suggested = _ranked(suggested, order)
+    score = _ranked(score, order)
+    flagged = _ranked(flagged, order)
+    reviewed = _ranked(reviewed, order)
+    weights = [_ranked(w, order) for w in weights]
     return LabelIssues(
         rank=np.arange(1, n + 1),
-        id=ids[order],
+        id=_ranked(ids, order),
         position=order,
         given_label=given,
         suggested_label=suggested,
@@ -458,6 +463,11 @@ def check_trusted(
     )
 
 
+def _ranked(column, order):
+    """`column`'s rows in the order `order` (a copy)."""
+    return column[order]
+
+
 def _suggestions(probabilities, given, flagged):
     """The most probable class of each row; for a flagged row, the most probable other than its
     given label (the argmax where the margin is negative)."""
@@ -489,9 +499,9 @@ def _bools(values, n, name):
 
 
 def _top_classes(probabilities, k, chunk=8192):
-    """`[N, k]` the `k` most probable classes of each row, most probable first (ties: the
+    """`[N, k]` int32 the `k` most probable classes of each row, most probable first (ties: the
     lower class first), sorted in chunks of rows (one `[N, C]` sort would be N·C int64s)."""
-    top = np.empty((len(probabilities), k), np.int64)
+    top = np.empty((len(probabilities), k), np.int32)
     for start in range(0, len(probabilities), chunk):
         rows = probabilities[start : start + chunk]
         top[start : start + chunk] = np.argsort(-rows, axis=1, kind="stable")[:, :k]
@@ -679,12 +689,14 @@ def predict_probabilities(
     *,
     rows: int | None = None,
     share: WorkerShare | None = None,
+    dtype: type = np.float64,
 ) -> np.ndarray:
     """Softmax of `model`'s logits on `x` (arrays, or a `tf.data.Dataset` of batches of `x` or
-    `(x, y)`), as a float64 NumPy array `[N, C]`. `rows`: N, if `x` is a dataset and N is
-    known (the logits are then kept once, not twice, on one replica). `share`: a worker of a
-    cluster, `x` its rows (`share.rows(N)`); every worker gets the `N` rows (`_predict`)."""
-    return _softmax(_predict(model, x, batch_size, rows, share))
+    `(x, y)`), as a NumPy array `[N, C]` of `dtype` (computed in float64 either way). `rows`:
+    N, if `x` is a dataset and N is known (the logits are then kept once, not twice, on one
+    replica). `share`: a worker of a cluster, `x` its rows (`share.rows(N)`); every worker gets
+    the `N` rows (`_predict`)."""
+    return _softmax(_predict(model, x, batch_size, rows, share), dtype)
 
 
 def probe_features(
@@ -696,6 +708,7 @@ def probe_features(
     *,
     rows: int | None = None,
     share: WorkerShare | None = None,
+    dtype: type = np.float64,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """The model's probabilities and penultimate features on `x` and on trusted `x_trusted`.
 
@@ -715,13 +728,14 @@ def probe_features(
       rows: the number of examples of `x`, as for `predict_probabilities`.
       share: a worker of a cluster, `x` and `x_trusted` its rows, as for
         `predict_probabilities`.
+      dtype: of the probabilities of `x`, as for `predict_probabilities`.
 
     Returns:
       `(probabilities, trusted_probabilities, features, trusted_features)`: `[N, C]`,
-      `[M, C]`, `[N, K]`, `[M, K]`, float64 but for `features`, float32 as the network
-      computes them (the probes read them in float64, in chunks of rows); None where the
-      network has no layer graph to split (a subclassed model), or its classifier reads the
-      inputs themselves.
+      `[M, C]`, `[N, K]`, `[M, K]`, float64 but for `probabilities` (`dtype`) and `features`
+      (float32, as the network computes them; the probes read them in float64, in chunks of
+      rows); None where the network has no layer graph to split (a subclassed model), or its
+      classifier reads the inputs themselves.
 
     Raises:
       ValueError: with fewer than `TRUSTED_PER_COMPONENT` trusted examples.
@@ -749,7 +763,7 @@ def probe_features(
     projection.set_weights([axes.T, -mean @ axes.T])
     features, logits = _predict(projected, x, batch_size, rows, share)
     return (
-        _softmax(logits),
+        _softmax(logits, dtype),
         _softmax(trusted_logits),
         features,
         (trusted_features - mean) @ axes.T,
@@ -856,12 +870,16 @@ def _predict_share(model, x, batch_size, share):
     return joined if len(joined) > 1 else joined[0]
 
 
-def _softmax(logits):
-    """Softmax of `logits` `[N, C]` in float64, computed in place in one float64 copy."""
-    probabilities = np.array(logits, np.float64)
-    probabilities -= probabilities.max(axis=1, keepdims=True)
-    np.exp(probabilities, out=probabilities)
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
+def _softmax(logits, dtype=np.float64):
+    """Softmax of `logits` `[N, C]`, computed in float64 in chunks of rows and stored as `dtype`
+    (float32: N rows in float64 are not held at once)."""
+    probabilities = np.empty(np.shape(logits), dtype)
+    for start in range(0, len(probabilities), _CHUNK_ROWS):
+        chunk = np.array(logits[start : start + _CHUNK_ROWS], np.float64)
+        chunk -= chunk.max(axis=1, keepdims=True)
+        np.exp(chunk, out=chunk)
+        chunk /= chunk.sum(axis=1, keepdims=True)
+        probabilities[start : start + _CHUNK_ROWS] = chunk
     return probabilities
 
 
@@ -933,31 +951,36 @@ def find_label_issues(
         if ids is None:
             ids = index
     trusted_probabilities = trusted_labels = view = None
-    probe_inputs = {"features": None, "trusted_features": None}
+    handed = {"features": None, "trusted_features": None}
     if trusted is not None:
         if len(trusted) != 2:
             raise ValueError("trusted must be a pair (x_trusted, y_trusted).")
         trusted_labels = np.asarray(trusted[1]).reshape(-1)
         if probe_component_count(len(trusted_labels)):
-            view = probe_features(model, x, trusted[0], batch_size, rows=len(y), share=share)
+            view = probe_features(
+                model, x, trusted[0], batch_size, rows=len(y), share=share, dtype=np.float32
+            )
     if view is not None:
         probabilities, trusted_probabilities = view[:2]
-        probe_inputs.update(features=view[2], trusted_features=view[3])
+        handed.update(features=view[2], trusted_features=view[3])
     else:
-        probabilities = predict_probabilities(model, x, batch_size, rows=len(y), share=share)
+        probabilities = predict_probabilities(
+            model, x, batch_size, rows=len(y), share=share, dtype=np.float32
+        )
         if trusted is not None:
             trusted_probabilities = predict_probabilities(
                 model, trusted[0], batch_size, share=share
             )
     # The inputs are not read again: their pipelines (a table of every example's key) go now,
-    # before the ranking's probe fits set the run's peak memory; the probabilities are held as
-    # float32 (the probes and the margins read them in float64, in chunks of rows).
+    # before the ranking's probe fits set the run's peak memory. The probabilities are float32
+    # (the probes and the margins read them in float64, in chunks of rows).
     x = trusted = view = None
-    probabilities = probabilities.astype(np.float32)
     if len(probabilities) != len(y):
         raise ValueError(f"x has {len(probabilities)} examples but y has {len(y)} labels.")
+    handed["probabilities"], probabilities = probabilities, None
     return rank_label_issues(
-        probabilities,
+        # Handed over (popped): the ranking alone holds them, and lets them go once read.
+        handed.pop("probabilities"),
         y,
         instance_weights=instance_weights,
         label_weights=label_weights,
@@ -966,9 +989,8 @@ def find_label_issues(
         trusted_probabilities=trusted_probabilities,
         trusted_labels=trusted_labels,
         trusted_for_flags=trusted_for_flags,
-        # Handed over (popped): the ranking alone holds them, and lets them go once read.
-        features=probe_inputs.pop("features"),
-        trusted_features=probe_inputs.pop("trusted_features"),
+        features=handed.pop("features"),
+        trusted_features=handed.pop("trusted_features"),
         trusted_ids=trusted_ids,
         reviewed=reviewed,
         trusted_reviewed=trusted_reviewed,

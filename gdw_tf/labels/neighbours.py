@@ -46,7 +46,8 @@ def neighbour_votes(features, labels, queries, num_classes, neighbours=None):
         voters = np.sort(np.random.default_rng(0).choice(len(labels), VOTERS, replace=False))
         neighbours = max(neighbours * VOTERS // len(labels), neighbours // 10)
     neighbours = min(neighbours, len(voters))
-    voter_unit = _unit(np.asarray(features)[voters].reshape(len(voters), -1)).T
+    # The voters' rows are a copy (indexed): scaled to unit length in place.
+    voter_unit = _unit(np.asarray(features)[voters].reshape(len(voters), -1), in_place=True).T
     voter_labels = labels[voters]
     queries = np.asarray(queries).reshape(len(queries), -1)
     votes = np.zeros((len(queries), num_classes))
@@ -61,8 +62,12 @@ def neighbour_votes(features, labels, queries, num_classes, neighbours=None):
     return votes
 
 
-def _unit(rows):
-    """float32 rows scaled to unit length (a zero row stays zero)."""
+def _unit(rows, in_place=False):
+    """float32 rows scaled to unit length (a zero row stays zero); `in_place`: float32 `rows`
+    themselves, scaled."""
     rows = np.asarray(rows, np.float32)
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.maximum(norms, np.finfo(np.float32).tiny)
+    norms = np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+    if in_place:
+        rows /= norms
+        return rows
+    return rows / norms

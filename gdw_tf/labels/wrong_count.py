@@ -225,7 +225,8 @@ def fit_label_probe(
 
 def _fit_design(features, given_labels, *, num_classes, l2, iterations):
     """`fit_label_probe`'s weights `[D + 1, C]` on its standardised design matrix `features`
-    `[n, D + 1]` (last column: ones). Each step reads the rows in chunks of `_FIT_ROWS`."""
+    `[n, D + 1]` (last column: ones; an array or `_DesignRows`). Each step reads the rows in
+    chunks of `_FIT_ROWS`."""
     labels = np.asarray(given_labels, np.int64)
     d, n = features.shape[1], len(features)
     weights = np.zeros((d, num_classes))
@@ -521,18 +522,9 @@ def _true_sizes(matrix, counts):
 
 def _fit_label_probe_of_rows(probabilities, features, given_labels, rows, num_classes):
     """`fit_label_probe(_probe_inputs(probabilities[rows], features[rows]), given_labels[rows])`,
-    the same numbers, with the probe's inputs written into its design matrix chunk by chunk and
-    standardised there: one `[n, C + D + 1]` float64 array (not the inputs, then the matrix,
-    and copies of the rows)."""
-    width = probabilities.shape[1] + (0 if features is None else np.shape(features)[1])
-    design = np.empty((len(rows), width + 1))
-    inputs = design[:, :-1]
-    for start in range(0, len(rows), _PREDICT_ROWS):
-        chunk = rows[start : start + _PREDICT_ROWS]
-        view = None if features is None else np.asarray(features[chunk])
-        inputs[start : start + len(chunk)] = _probe_inputs(probabilities[chunk], view)
-    mean, std = _standardise(inputs)
-    design[:, -1] = 1.0
+    with the design matrix made chunk by chunk where the fit reads it (`_DesignRows`), not held:
+    the same fit, its sums in another order (the last bits differ)."""
+    design = _DesignRows(probabilities, features, rows)
     weights = _fit_design(
         design,
         np.asarray(given_labels)[rows],
@@ -540,7 +532,42 @@ def _fit_label_probe_of_rows(probabilities, features, given_labels, rows, num_cl
         l2=LABEL_PROBE_L2,
         iterations=NEWTON_STEPS,
     )
-    return weights, mean, std
+    return weights, design.mean, design.std
+
+
+class _DesignRows:
+    """The label probe's design matrix `[(inputs - mean) / std, 1]` over the rows `rows` of
+    `probabilities` and `features` (`_probe_inputs`), as `_fit_design` reads it: `len`, `shape`
+    and slices of rows, each made when read. The matrix of `LABEL_PROBE_EXAMPLES` rows would be
+    34 MB of float64 at once. `mean` and `std` are the inputs' (std + 1e-8, as
+    `_standardise`'s), summed over chunks of rows."""
+
+    def __init__(self, probabilities, features, rows):
+        self._probabilities, self._features, self._rows = probabilities, features, rows
+        width = probabilities.shape[1] + (0 if features is None else np.shape(features)[1])
+        self.shape = (len(rows), width + 1)
+        count = max(len(rows), 1)
+        total = np.zeros(width)
+        for start in range(0, len(rows), _PREDICT_ROWS):
+            total += self._inputs(slice(start, start + _PREDICT_ROWS)).sum(axis=0)
+        self.mean = total / count
+        squares = np.zeros(width)
+        for start in range(0, len(rows), _PREDICT_ROWS):
+            centred = self._inputs(slice(start, start + _PREDICT_ROWS))
+            centred -= self.mean
+            squares += np.einsum("ij,ij->j", centred, centred)
+        self.std = np.sqrt(squares / count) + 1e-8
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return _design(self._inputs(rows), self.mean, self.std)
+
+    def _inputs(self, rows: slice) -> np.ndarray:
+        chunk = self._rows[rows]
+        features = None if self._features is None else np.asarray(self._features[chunk])
+        return _probe_inputs(self._probabilities[chunk], features)
 
 
 def _standardise(inputs):
