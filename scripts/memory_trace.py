@@ -4,8 +4,10 @@ docs/PERFORMANCE.md (issue 29): where within a stage the peak is set.
 A thread reads the process' resident memory (`/proc/self/statm`) every 20 ms; each entry and
 exit of the functions in `TRACED` (the data read, the scan, the pipelines, `fit`, the
 label-issue pass and its parts, the files written) writes one line: seconds since the start,
-the event, the resident memory then and the highest sampled since the previous line. The
-run's own arguments follow `--`:
+the event, the resident memory then and the highest sampled since the previous line. A profile
+hook sees the entries and exits: it holds no reference to the functions' arguments, which a
+wrapper would keep resident while the function lets them go. The run's own arguments follow
+`--`:
 
     PYTHONPATH=. nice python scripts/memory_trace.py --log=trace.txt -- \\
         --train_data=<folder> --trusted_data=<trusted> --image_size=32 --model=mlp \\
@@ -15,8 +17,8 @@ Sampling misses spikes shorter than 20 ms (`/usr/bin/time`'s peak is the exact o
 """
 
 import argparse
-import functools
 import importlib
+import inspect
 import sys
 import threading
 import time
@@ -71,18 +73,18 @@ class Trace:
         self.file.flush()
         self.highest = now
 
-    def wrap(self, owner, name, label):
-        function = getattr(owner, name)
+    def follow(self, functions):
+        """Logs each entry and exit of `functions` (label → function) on this thread: a profile
+        hook, not a wrapper, so that no reference to their arguments is held beyond their own
+        (a wrapper's frame would keep an array that the function lets go resident)."""
+        labels = {inspect.unwrap(function).__code__: label for label, function in functions}
 
-        @functools.wraps(function)
-        def traced(*args, **kwargs):
-            self.event(">" + label)
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self.event("<" + label)
+        def profile(frame, event, arg):
+            label = labels.get(frame.f_code)
+            if label is not None and event in ("call", "return"):
+                self.event((">" if event == "call" else "<") + label)
 
-        setattr(owner, name, traced)
+        sys.setprofile(profile)
 
 
 def main():
@@ -90,11 +92,10 @@ def main():
     parser.add_argument("--log", required=True, help="the trace, one line per event")
     args, run_args = parser.parse_known_args()
     trace = Trace(args.log)
-    for module, name in TRACED:
-        trace.wrap(importlib.import_module(module), name, name)
     import keras
 
-    trace.wrap(keras.Model, "fit", "fit")
+    functions = [(name, getattr(importlib.import_module(module), name)) for module, name in TRACED]
+    trace.follow([*functions, ("fit", keras.Model.fit)])
     from absl import app
 
     from gdw_tf import train

@@ -103,3 +103,51 @@ def test_the_ranking_lets_the_probabilities_go_before_it_ranks_the_columns(monke
     np.testing.assert_array_equal(
         issues.top_classes, np.argsort(-expected, axis=1, kind="stable")[issues.position]
     )
+
+
+def test_where_a_sample_of_the_rows_votes_the_features_of_every_row_go_first(monkeypatch):
+    # With more training rows than `VOTERS`, the trusted set's check reads only the sampled
+    # voters' features: the ranking copies those and lets the features of every row go before
+    # the vote. The checks are those of the vote over every row's features.
+    from gdw_tf.labels import neighbours
+
+    monkeypatch.setattr(neighbours, "VOTERS", 30)
+    rng = np.random.default_rng(4)
+    n, m, c = 90, 12, 3
+    labels = np.arange(n) % c
+    features = (rng.normal(size=(n, 5)) + labels[:, None]).astype(np.float32)
+    trusted_labels = np.arange(m) % c
+    trusted_features = rng.normal(size=(m, 5)) + trusted_labels[:, None]
+    probabilities = np.full((n, c), 0.1, np.float32)
+    probabilities[np.arange(n), labels] = 0.8
+    trusted_probabilities = np.full((m, c), 0.1)
+    trusted_probabilities[np.arange(m), trusted_labels] = 0.8
+    expected = label_issues.check_trusted(
+        trusted_labels,
+        num_classes=c,
+        features=features,
+        labels=labels,
+        trusted_features=trusted_features,
+    )
+    alive = []
+    votes = neighbours.neighbour_votes
+
+    def voting(*args, **kwargs):
+        alive.append(rows() is not None)
+        return votes(*args, **kwargs)
+
+    monkeypatch.setattr(neighbours, "neighbour_votes", voting)
+    handed = {"features": features}
+    rows = weakref.ref(features)
+    del features
+    issues = label_issues.rank_label_issues(
+        probabilities,
+        labels,
+        trusted_probabilities=trusted_probabilities,
+        trusted_labels=trusted_labels,
+        features=handed.pop("features"),
+        trusted_features=trusted_features,
+    )
+    assert alive == [False]
+    for name in ("position", "suggested_label", "score", "label_share", "top_classes"):
+        np.testing.assert_array_equal(getattr(issues.trusted, name), getattr(expected, name))

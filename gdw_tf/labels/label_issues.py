@@ -341,11 +341,18 @@ def rank_label_issues(
     reviewed = _bools(reviewed, n, "reviewed")
     checks = None
     if trusted_probabilities is not None:
+        voters, nearest = neighbours.voter_sample(n)
+        if features is not None and len(voters) < n:
+            # Only a sample of the training rows votes: its rows, copied, are all the vote
+            # reads; the features of every row (N × D) go now (`view` held them too).
+            view = None
+            features = features[voters]
         checks = check_trusted(
             trusted_labels,
             num_classes=num_classes,
             features=features,
-            labels=given,
+            labels=given[voters],
+            nearest=nearest,
             trusted_features=trusted_features,
             trusted_probabilities=trusted_probabilities,
             ids=trusted_ids,
@@ -404,6 +411,7 @@ def check_trusted(
     trusted_probabilities: ArrayLike | None = None,
     ids: ArrayLike | None = None,
     reviewed: ArrayLike | None = None,
+    nearest: int | None = None,
 ) -> TrustedChecks:
     """Checks each trusted label against the given labels of the training examples around it.
 
@@ -425,6 +433,7 @@ def check_trusted(
         evidence where `features` is None).
       ids: optional `[M]` ids (default `0..M-1`).
       reviewed: optional `[M]` bools, True where an earlier review gave the label.
+      nearest: how many of the nearest voters vote (`neighbour_votes`' `neighbours`).
 
     Returns:
       The `TrustedChecks`, most contradicted first (ties keep the input order).
@@ -433,7 +442,9 @@ def check_trusted(
     m = len(trusted_labels)
     if features is not None:
         evidence = "neighbours"
-        shares = neighbours.neighbour_votes(features, labels, trusted_features, num_classes)
+        shares = neighbours.neighbour_votes(
+            features, labels, trusted_features, num_classes, neighbours=nearest
+        )
     elif trusted_probabilities is not None:
         evidence = "model"
         shares = np.asarray(trusted_probabilities, np.float64)
@@ -696,7 +707,7 @@ def predict_probabilities(
     N, if `x` is a dataset and N is known (the logits are then kept once, not twice, on one
     replica). `share`: a worker of a cluster, `x` its rows (`share.rows(N)`); every worker gets
     the `N` rows (`_predict`)."""
-    return _softmax(_predict(model, x, batch_size, rows, share), dtype)
+    return _softmax(_predict(model, x, batch_size, rows, share), dtype, in_place=True)
 
 
 def probe_features(
@@ -763,7 +774,7 @@ def probe_features(
     projection.set_weights([axes.T, -mean @ axes.T])
     features, logits = _predict(projected, x, batch_size, rows, share)
     return (
-        _softmax(logits, dtype),
+        _softmax(logits, dtype, in_place=True),
         _softmax(trusted_logits),
         features,
         (trusted_features - mean) @ axes.T,
@@ -870,10 +881,19 @@ def _predict_share(model, x, batch_size, share):
     return joined if len(joined) > 1 else joined[0]
 
 
-def _softmax(logits, dtype=np.float64):
+def _softmax(logits, dtype=np.float64, in_place=False):
     """Softmax of `logits` `[N, C]`, computed in float64 in chunks of rows and stored as `dtype`
-    (float32: N rows in float64 are not held at once)."""
-    probabilities = np.empty(np.shape(logits), dtype)
+    (float32: N rows in float64 are not held at once); `in_place`: into `logits` themselves
+    where they are an array of `dtype` (the probabilities then take no memory of their own)."""
+    if (
+        in_place
+        and isinstance(logits, np.ndarray)
+        and logits.dtype == dtype
+        and logits.flags.writeable
+    ):
+        probabilities = logits
+    else:
+        probabilities = np.empty(np.shape(logits), dtype)
     for start in range(0, len(probabilities), _CHUNK_ROWS):
         chunk = np.array(logits[start : start + _CHUNK_ROWS], np.float64)
         chunk -= chunk.max(axis=1, keepdims=True)

@@ -17,9 +17,9 @@ NEIGHBOURS = 200
 # queries × VOTERS similarities, and the voters' features are held once.
 VOTERS = 100_000
 # Similarities computed at once (queries × voters), to bound the memory of the vote: 12 bytes
-# each (a float32 similarity and the int64 order of the nearest), 13 MB at once. Each query's
+# each (a float32 similarity and the int64 order of the nearest), 3 MB at once. Each query's
 # vote is its own row's: the chunks change no vote.
-_SIMILARITIES_AT_ONCE = 1 << 20
+_SIMILARITIES_AT_ONCE = 1 << 18
 
 
 def neighbour_votes(features, labels, queries, num_classes, neighbours=None):
@@ -39,15 +39,13 @@ def neighbour_votes(features, labels, queries, num_classes, neighbours=None):
     Returns:
         `[R, C]` float64 shares, each row summing to 1.
     """
-    neighbours = NEIGHBOURS if neighbours is None else neighbours
     labels = np.asarray(labels, np.int64)
-    voters = np.arange(len(labels))
-    if len(labels) > VOTERS:
-        voters = np.sort(np.random.default_rng(0).choice(len(labels), VOTERS, replace=False))
-        neighbours = max(neighbours * VOTERS // len(labels), neighbours // 10)
-    neighbours = min(neighbours, len(voters))
-    # The voters' rows are a copy (indexed): scaled to unit length in place.
-    voter_unit = _unit(np.asarray(features)[voters].reshape(len(voters), -1), in_place=True).T
+    voters, neighbours = voter_sample(len(labels), neighbours)
+    features = np.asarray(features)
+    if len(voters) < len(labels):  # A sample: its rows are a copy, scaled in place.
+        voter_unit = _unit(features[voters].reshape(len(voters), -1), in_place=True).T
+    else:
+        voter_unit = _unit(features.reshape(len(voters), -1)).T
     voter_labels = labels[voters]
     queries = np.asarray(queries).reshape(len(queries), -1)
     votes = np.zeros((len(queries), num_classes))
@@ -60,6 +58,18 @@ def neighbour_votes(features, labels, queries, num_classes, neighbours=None):
         counts = np.apply_along_axis(np.bincount, 1, nearest, minlength=num_classes)
         votes[start : start + step] = counts / neighbours
     return votes
+
+
+def voter_sample(n, neighbours=None):
+    """`(rows, neighbours)`: the positions of the voters among `n` examples (all, or a seeded
+    sample of `VOTERS`) and how many of the nearest vote (`neighbour_votes`); the votes of
+    those rows' features with `neighbours` are the votes of all `n`."""
+    neighbours = NEIGHBOURS if neighbours is None else neighbours
+    voters = np.arange(n)
+    if n > VOTERS:
+        voters = np.sort(np.random.default_rng(0).choice(n, VOTERS, replace=False))
+        neighbours = max(neighbours * VOTERS // n, neighbours // 10)
+    return voters, min(neighbours, len(voters))
 
 
 def _unit(rows, in_place=False):
