@@ -3,9 +3,26 @@ cross-replica sums, and the trainer that runs the step (`Trainer`, a mixin of `G
 
 Everything else (the weighting arithmetic, the step, the model) is written once with `keras.ops`.
 This mirrors Keras' own layout, where a small trainer per backend sits under shared logic.
+
+Beside it, one thing of the process that runs any backend: `return_freed_memory`.
 """
 
+import ctypes
+
 import keras
+
+
+def return_freed_memory():
+    """Hands the free pages of the process' heaps back to the system (glibc's `malloc_trim`;
+    nothing where there is none). The file list's and the scan's strings, and the tables of
+    `tf.data` pipelines that are done, are freed in heaps that otherwise stay resident
+    (docs/PERFORMANCE.md, issue 29)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError, TypeError):
+        return
+    trim(0)
+
 
 if keras.backend.backend() == "tensorflow":
     from gdw_tf.backend.tensorflow import batch_devices

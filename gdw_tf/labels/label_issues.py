@@ -992,9 +992,11 @@ def find_label_issues(
                 model, trusted[0], batch_size, share=share
             )
     # The inputs are not read again: their pipelines (a table of every example's key) go now,
-    # before the ranking's probe fits set the run's peak memory. The probabilities are float32
-    # (the probes and the margins read them in float64, in chunks of rows).
+    # and their freed pages are handed back, before the ranking's probe fits set the run's peak
+    # memory. The probabilities are float32 (the probes and the margins read them in float64,
+    # in chunks of rows).
     x = trusted = view = None
+    backend.return_freed_memory()
     if len(probabilities) != len(y):
         raise ValueError(f"x has {len(probabilities)} examples but y has {len(y)} labels.")
     handed["probabilities"], probabilities = probabilities, None

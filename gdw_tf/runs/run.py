@@ -25,7 +25,6 @@ augmentation order, which `tf.data` keeps outside the model. (Both rely on Tenso
 deterministic ops for bit-equal results: `tf.config.experimental.enable_op_determinism()`.)
 """
 
-import ctypes
 import dataclasses
 import json
 import os
@@ -101,7 +100,7 @@ def _run(config, strategy, replicas, *, start, stages):
     # decodes its share of the scan, the normalisation sample and the label-issue pass.
     share = distribute.worker_share(strategy)
     dataset = load_data(config, share=share)
-    return_freed_memory()
+    backend.return_freed_memory()
     stages.mark("data")
     split = run_dir.load_or_make_split(
         config, dataset.y_train, make=lambda: build_split(config, dataset)
@@ -186,7 +185,7 @@ def _run(config, strategy, replicas, *, start, stages):
     )
     # The training pipelines' tables (every key, label and position) are not read again.
     del train_data, fit_data
-    return_freed_memory()
+    backend.return_freed_memory()
     stages.mark("training")
 
     # Outputs; results.json last, as the mark of a finished run.
@@ -235,18 +234,6 @@ def _run(config, strategy, replicas, *, start, stages):
     run_dir.write_json(os.path.join(output_dir, run_dir.RESULTS_FILE), results)
     shutil.rmtree(os.path.join(output_dir, run_dir.BACKUP_DIR), ignore_errors=True)
     return results
-
-
-def return_freed_memory():
-    """Hands the free pages of the process' heaps back to the system (glibc's `malloc_trim`;
-    nothing where there is none). The file list's and the scan's strings, and `tf.data`'s
-    shuffle buffer of every position, are freed in heaps that otherwise stay resident
-    (docs/PERFORMANCE.md, issue 29)."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError, TypeError):
-        return
-    trim(0)
 
 
 def load_data(config, *, share=None):
