@@ -285,13 +285,12 @@ def image_example(noisy=None, epochs=6, batch_size=100, per_class=25, flag_fract
         ),
         epochs=epochs,
         validation_data=gdw_tf.eval_dataset(x_val, y_val, 256, mean, std),
+        # Without `restore_best_weights`: it would rewind the recorded example weights, which
+        # `report` reads, to the best epoch's, and this short run's best validation epoch can be
+        # an early one, whose weights do not yet tell wrong labels apart.
         callbacks=[
             keras.callbacks.EarlyStopping(
-                monitor="val_accuracy",
-                mode="max",
-                patience=2,
-                start_from_epoch=2,
-                restore_best_weights=True,
+                monitor="val_accuracy", mode="max", patience=2, start_from_epoch=2
             )
         ],
         verbose=0,

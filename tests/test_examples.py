@@ -36,7 +36,7 @@ def test_image_example_on_a_small_fashion_mnist_subset(own_data):
     assert noisy.x_train.dtype == np.uint8 and noisy.x_train.shape == (1000, 28, 28, 1)
     assert set(np.unique(noisy.y_trusted)) == {0, 1, 2, 3}
 
-    result = own_data.image_example(noisy, epochs=4, per_class=25)
+    result = own_data.image_example(noisy, per_class=25)  # 6 epochs at most
 
     assert result.precision > 0.8  # Against a base rate of about 0.4.
     assert result.test_accuracy > 0.85
