@@ -342,16 +342,17 @@ def rank_label_issues(
     checks = None
     if trusted_probabilities is not None:
         voters, nearest = neighbours.voter_sample(n)
+        voter_labels = given
         if features is not None and len(voters) < n:
             # Only a sample of the training rows votes: its rows, copied, are all the vote
             # reads; the features of every row (N × D) go now (`view` held them too).
             view = None
-            features = features[voters]
+            features, voter_labels = features[voters], given[voters]
         checks = check_trusted(
             trusted_labels,
             num_classes=num_classes,
             features=features,
-            labels=given[voters],
+            labels=voter_labels,
             nearest=nearest,
             trusted_features=trusted_features,
             trusted_probabilities=trusted_probabilities,
