@@ -38,12 +38,7 @@ def test_the_label_issue_pass_drops_its_input_pipelines_before_ranking(monkeypat
 
 
 def test_the_ranking_lets_the_features_go_before_it_builds_the_ranked_arrays(monkeypatch):
-    inputs = keras.Input((3,))
-    hidden = keras.layers.Dense(4, activation="relu")(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
-    rng = np.random.default_rng(2)
-    x = rng.normal(size=(40, 3)).astype(np.float32)
-    y = np.arange(40) % 2
+    model, x, y = _model_with_features_and_data(seed=2)
     features, alive = [], []
     probe = label_issues.probe_features
     top_classes = label_issues._top_classes
@@ -70,12 +65,7 @@ def test_the_ranking_lets_the_features_go_before_it_builds_the_ranked_arrays(mon
 
 
 def test_the_ranking_lets_the_probabilities_go_before_it_ranks_the_columns(monkeypatch):
-    inputs = keras.Input((3,))
-    hidden = keras.layers.Dense(4, activation="relu")(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(40, 3)).astype(np.float32)
-    y = np.arange(40) % 2
+    model, x, y = _model_with_features_and_data(seed=3)
     probabilities, alive = [], []
     probe = label_issues.probe_features
     ranked = label_issues._ranked
@@ -151,3 +141,12 @@ def test_where_a_sample_of_the_rows_votes_the_features_of_every_row_go_first(mon
     assert alive == [False]
     for name in ("position", "suggested_label", "score", "label_share", "top_classes"):
         np.testing.assert_array_equal(getattr(issues.trusted, name), getattr(expected, name))
+
+
+def _model_with_features_and_data(seed):
+    """A functional model with a hidden layer (the probes' features) and 40 rows for it."""
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(4, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    x = np.random.default_rng(seed).normal(size=(40, 3)).astype(np.float32)
+    return model, x, np.arange(40) % 2
