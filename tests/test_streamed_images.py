@@ -22,6 +22,7 @@ from conftest import train_main
 from conftest import write_png
 
 from gdw_tf.data import datasets
+from gdw_tf.data import ids
 from gdw_tf.data import image_files
 from gdw_tf.data import input_pipeline
 from gdw_tf.data import own_data
@@ -63,6 +64,33 @@ def test_decoding_converts_and_resizes_as_the_array_path_does(tmp_path):
     subset = files[np.array([7, 2])]
     assert isinstance(subset, image_files.ImageFiles) and subset.shape == (2, 8, 8, 3)
     np.testing.assert_array_equal(np.asarray(subset), expected[[7, 2]])
+
+
+def test_a_row_table_gives_the_rows_numpy_indexing_gives():
+    # Paths are sliced out of one string: short, empty, longer than a tf.string holds inline,
+    # non-ASCII bytes; looked up one at a time, in a batch and in a 2-D block.
+    paths = ids.encode(
+        ["a.png", "", "x" * 23, "folder/" * 9 + "é.png", "c/1.jpg"]
+    )
+    table = image_files.RowTable(paths)
+    for positions in ([3], [4, 0, 1, 2, 3, 3], [[2, 1], [0, 4]]):
+        positions = np.asarray(positions, np.int64)
+        looked_up = table(tf.constant(positions)).numpy()
+        assert looked_up.shape == positions.shape
+        assert looked_up.tolist() == paths[positions].tolist()
+    assert table(tf.constant(1, tf.int64)).numpy() == b""
+    assert table(tf.constant(3, tf.int64)).numpy() == paths[3]
+    # A view of a longer array (a split's rows) and an empty one.
+    assert image_files.RowTable(paths[1:4])(tf.constant([2, 0], tf.int64)).numpy().tolist() == [
+        paths[3],
+        paths[1],
+    ]
+    assert image_files.RowTable(paths[:0])(tf.zeros([0], tf.int64)).shape == (0,)
+    # Other arrays are gathered: integer keys with a row shape, images.
+    records = np.arange(12).reshape(6, 2)
+    assert np.array_equal(image_files.RowTable(records)(tf.constant([5, 1])), records[[5, 1]])
+    images = np.random.default_rng(0).integers(0, 256, (4, 3, 3, 1), np.uint8)
+    assert np.array_equal(image_files.RowTable(images)(tf.constant([2])), images[[2]])
 
 
 def test_streamed_batches_equal_those_of_the_decoded_array(tmp_path):

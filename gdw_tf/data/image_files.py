@@ -214,6 +214,40 @@ def _columns(scan: Scan) -> np.ndarray:
     return np.stack([scan.ok, scan.channels, scan.heights, scan.widths], axis=1).astype(np.int64)
 
 
+class RowTable:
+    """The rows of an array (keys, images, labels) as a tensor made once, looked up by position
+    inside `tf.data`.
+
+    A `tf.string` tensor of the paths would hold every path longer than 22 bytes in a heap
+    allocation of its own (about 72 bytes for a 38-byte path), and the heap keeps them in pieces
+    after the tensor is gone. So paths (a NumPy `S` array) are held as one string of all their
+    bytes and the offsets where each begins (8 bytes a path), and sliced out where they are
+    looked up. Other arrays (images, labels, a record's place) are one dense tensor.
+
+    Args:
+      rows: a NumPy array.
+    """
+
+    def __init__(self, rows: np.ndarray):
+        self.sliced = rows.dtype.kind == "S"
+        if not self.sliced:
+            self.table = tf.constant(rows)
+            return
+        keys = rows
+        keys = np.ascontiguousarray(keys)
+        lengths = np.char.str_len(keys) if len(keys) else np.zeros(0, np.int64)
+        rows = keys.view(np.uint8).reshape(len(keys), keys.dtype.itemsize)
+        self.bytes = tf.constant(rows[np.arange(rows.shape[1]) < lengths[:, None]].tobytes())
+        self.offsets = tf.constant(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]))
+
+    def __call__(self, positions) -> tf.Tensor:
+        """The rows at `positions` (an int64 tensor: `positions.shape + row shape`)."""
+        if not self.sliced:
+            return tf.gather(self.table, positions)
+        start = tf.gather(self.offsets, positions)
+        return tf.strings.substr(self.bytes, start, tf.gather(self.offsets, positions + 1) - start)
+
+
 class StreamedImages:
     """Images read and decoded by `tf.data`, as a lazy uint8 array `[N, height, width, channels]`.
 
@@ -380,8 +414,9 @@ class StreamedImages:
 
     def dataset(self) -> tf.data.Dataset:
         """The decoded images in order, one per element (a parallel, order-keeping map)."""
-        return tf.data.Dataset.from_tensor_slices(self.keys).map(
-            self.decode, num_parallel_calls=tf.data.AUTOTUNE
+        keys = RowTable(self.keys)
+        return tf.data.Dataset.range(len(self)).map(
+            lambda i: self.decode(keys(i)), num_parallel_calls=tf.data.AUTOTUNE
         )
 
     def load(self) -> np.ndarray:

@@ -189,9 +189,9 @@ def train_dataset(
     # Positions permuted, rows gathered: nothing per example is held but the table itself
     # (a shuffle buffer would hold every example, or every position, as tensors of its own).
     table = (x.keys if streamed else x, np.asarray(y, np.int64))
-    table = tuple(tf.constant(column) for column in table)
+    table = tuple(image_files.RowTable(column) for column in table)
     dataset = shuffled_positions(len(x), seed).map(
-        lambda i: tuple(tf.gather(column, i) for column in table) + ((i,) if with_index else ())
+        lambda i: tuple(column(i) for column in table) + ((i,) if with_index else ())
     )
     if input_context is not None:
         return _own_shares(
@@ -331,17 +331,12 @@ def eval_dataset(
         first = input_context.input_pipeline_id * local
         offsets = replica_shares(batch_size, total)[first : first + local + 1]
         shares = tf.data.Dataset.from_tensor_slices((offsets[:-1], offsets[1:]))
-        dataset = tf.data.Dataset.from_tensor_slices(
-            (x.keys if image_files.is_streamed(x) else x, np.asarray(y, np.int64))
-        )
-        dataset = dataset.batch(batch_size).flat_map(
-            lambda keys, labels: shares.map(lambda a, b: (keys[a:b], labels[a:b]))
-        )
-    elif image_files.is_streamed(x):
-        dataset = tf.data.Dataset.from_tensor_slices((x.keys, np.asarray(y, np.int64)))
-        dataset = dataset.batch(batch_size)
-    else:
-        dataset = tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int64))).batch(batch_size)
+    table = (x.keys if image_files.is_streamed(x) else x, np.asarray(y, np.int64))
+    table = tuple(image_files.RowTable(column) for column in table)
+    dataset = tf.data.Dataset.range(len(y)).batch(batch_size)
+    if input_context is not None:
+        dataset = dataset.flat_map(lambda rows: shares.map(lambda a, b: rows[a:b]))
+    dataset = dataset.map(lambda rows: tuple(column(rows) for column in table))
     if image_files.is_streamed(x):
 
         def decoded(keys, labels):

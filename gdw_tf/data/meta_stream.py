@@ -95,11 +95,12 @@ def with_meta_batches(
             (tf.reshape(drawn, [total, share])[first : first + local], tf.fill([local], draw))
         )
     )
-    keys, labels = tf.constant(x_meta.keys), tf.constant(np.asarray(y_meta, np.int64))
+    keys = image_files.RowTable(x_meta.keys)
+    labels = tf.constant(np.asarray(y_meta, np.int64))
 
     def meta_batch(drawn, draw):
         def decoded():
-            images, ok = x_meta.decode_batch(tf.gather(keys, drawn))
+            images, ok = x_meta.decode_batch(keys(drawn))
             read = tf.shape(images)[0]
             check = tf.debugging.assert_positive(
                 read,
