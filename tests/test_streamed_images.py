@@ -66,12 +66,13 @@ def test_decoding_converts_and_resizes_as_the_array_path_does(tmp_path):
     np.testing.assert_array_equal(np.asarray(subset), expected[[7, 2]])
 
 
-def test_a_row_table_gives_the_rows_numpy_indexing_gives():
-    # Paths are sliced out of one string: short, empty, longer than a tf.string holds inline,
-    # non-ASCII bytes; looked up one at a time, in a batch and in a 2-D block.
-    paths = ids.encode(
-        ["a.png", "", "x" * 23, "folder/" * 9 + "é.png", "c/1.jpg"]
-    )
+@pytest.mark.parametrize("block", [2, image_files.ROW_TABLE_BLOCK])
+def test_a_row_table_gives_the_rows_numpy_indexing_gives(block, monkeypatch):
+    # Paths are sliced out of one string (joined in blocks of `block`): short, empty, longer
+    # than a tf.string holds inline, non-ASCII bytes; looked up one at a time, in a batch and
+    # in a 2-D block.
+    monkeypatch.setattr(image_files, "ROW_TABLE_BLOCK", block)
+    paths = ids.encode(["a.png", "", "x" * 23, "folder/" * 9 + "é.png", "c/1.jpg"])
     table = image_files.RowTable(paths)
     for positions in ([3], [4, 0, 1, 2, 3, 3], [[2, 1], [0, 4]]):
         positions = np.asarray(positions, np.int64)
@@ -84,6 +85,10 @@ def test_a_row_table_gives_the_rows_numpy_indexing_gives():
     assert image_files.RowTable(paths[1:4])(tf.constant([2, 0], tf.int64)).numpy().tolist() == [
         paths[3],
         paths[1],
+    ]
+    assert image_files.RowTable(paths[::2])(tf.constant([1, 2], tf.int64)).numpy().tolist() == [
+        paths[2],
+        paths[4],
     ]
     assert image_files.RowTable(paths[:0])(tf.zeros([0], tf.int64)).shape == (0,)
     # Other arrays are gathered: integer keys with a row shape, images.

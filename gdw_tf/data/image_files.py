@@ -48,6 +48,8 @@ OS_DEBRIS = ("__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini")
 
 # Files decoded by one pipeline of `scan` (it makes one after another).
 SCAN_BLOCK = 16384
+# Paths joined at a time by `RowTable`.
+ROW_TABLE_BLOCK = 16384
 
 
 def is_os_debris(name: str) -> bool:
@@ -233,12 +235,20 @@ class RowTable:
         if not self.sliced:
             self.table = tf.constant(rows)
             return
-        keys = rows
-        keys = np.ascontiguousarray(keys)
-        lengths = np.char.str_len(keys) if len(keys) else np.zeros(0, np.int64)
-        rows = keys.view(np.uint8).reshape(len(keys), keys.dtype.itemsize)
-        self.bytes = tf.constant(rows[np.arange(rows.shape[1]) < lengths[:, None]].tobytes())
-        self.offsets = tf.constant(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]))
+        lengths = np.char.str_len(rows).astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        # The paths' bytes joined a block at a time (a mask of the whole array would be as
+        # large as it), then made a string tensor in one copy.
+        joined = np.empty(offsets[-1], np.uint8)
+        width = rows.dtype.itemsize
+        for start in range(0, len(rows), ROW_TABLE_BLOCK):
+            block = slice(start, start + ROW_TABLE_BLOCK)
+            grid = np.ascontiguousarray(rows[block]).view(np.uint8).reshape(-1, width)
+            joined[offsets[start] : offsets[start + len(grid)]] = grid[
+                np.arange(width) < lengths[block, None]
+            ]
+        self.bytes = tf.constant(joined.view(f"S{len(joined)}").reshape(()) if len(joined) else b"")
+        self.offsets = tf.constant(offsets)
 
     def __call__(self, positions) -> tf.Tensor:
         """The rows at `positions` (an int64 tensor: `positions.shape + row shape`)."""
