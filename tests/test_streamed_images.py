@@ -66,12 +66,13 @@ def test_decoding_converts_and_resizes_as_the_array_path_does(tmp_path):
     np.testing.assert_array_equal(np.asarray(subset), expected[[7, 2]])
 
 
-@pytest.mark.parametrize("block", [2, image_files.ROW_TABLE_BLOCK])
-def test_a_row_table_gives_the_rows_numpy_indexing_gives(block, monkeypatch):
-    # Paths are sliced out of one string (joined in blocks of `block`): short, empty, longer
-    # than a tf.string holds inline, non-ASCII bytes; looked up one at a time, in a batch and
-    # in a 2-D block.
+@pytest.mark.parametrize("block,piece", [(2, 3), (3, 1), (image_files.ROW_TABLE_BLOCK, 64)])
+def test_a_row_table_gives_the_rows_numpy_indexing_gives(block, piece, monkeypatch):
+    # Paths are sliced out of strings of `piece` paths (joined in blocks of `block`): short,
+    # empty, longer than a tf.string holds inline, non-ASCII bytes; looked up one at a time,
+    # in a batch and in a 2-D block.
     monkeypatch.setattr(image_files, "ROW_TABLE_BLOCK", block)
+    monkeypatch.setattr(image_files, "ROW_TABLE_PIECE", piece)
     paths = ids.encode(["a.png", "", "x" * 23, "folder/" * 9 + "é.png", "c/1.jpg"])
     table = image_files.RowTable(paths)
     for positions in ([3], [4, 0, 1, 2, 3, 3], [[2, 1], [0, 4]]):

@@ -48,8 +48,9 @@ OS_DEBRIS = ("__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini")
 
 # Files decoded by one pipeline of `scan` (it makes one after another).
 SCAN_BLOCK = 16384
-# Paths joined at a time by `RowTable`.
+# Paths joined at a time by `RowTable`, and paths per string it holds.
 ROW_TABLE_BLOCK = 16384
+ROW_TABLE_PIECE = 64
 
 
 def is_os_debris(name: str) -> bool:
@@ -217,14 +218,17 @@ def _columns(scan: Scan) -> np.ndarray:
 
 
 class RowTable:
-    """The rows of an array (keys, images, labels) as a tensor made once, looked up by position
+    """The rows of an array (keys, images, labels) as tensors made once, looked up by position
     inside `tf.data`.
 
-    A `tf.string` tensor of the paths would hold every path longer than 22 bytes in a heap
-    allocation of its own (about 72 bytes for a 38-byte path), and the heap keeps them in pieces
-    after the tensor is gone. So paths (a NumPy `S` array) are held as one string of all their
-    bytes and the offsets where each begins (8 bytes a path), and sliced out where they are
-    looked up. Other arrays (images, labels, a record's place) are one dense tensor.
+    A `tf.string` tensor of N paths holds every path longer than 22 bytes in a heap allocation
+    of its own (about 72 bytes for a 38-byte path), which the heap keeps in pieces after the
+    tensor is gone. So paths (a NumPy `S` array) are joined into strings of `ROW_TABLE_PIECE`
+    paths each, with the offset where each path begins (8 bytes a path), and a lookup copies
+    out its piece and slices the path from it. Pieces, not one string: a function that captures
+    a tensor of at most 128 elements holds a copy of its value (TensorFlow inlines it as a
+    constant: four copies of one 13 MB string, measured), so only a small table is one
+    piece. Other arrays (images, labels, a record's place) are one dense tensor.
 
     Args:
       rows: a NumPy array.
@@ -238,7 +242,7 @@ class RowTable:
         lengths = np.char.str_len(rows).astype(np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         # The paths' bytes joined a block at a time (a mask of the whole array would be as
-        # large as it), then made a string tensor in one copy.
+        # large as it), then cut into pieces.
         joined = np.empty(offsets[-1], np.uint8)
         width = rows.dtype.itemsize
         for start in range(0, len(rows), ROW_TABLE_BLOCK):
@@ -247,15 +251,21 @@ class RowTable:
             joined[offsets[start] : offsets[start + len(grid)]] = grid[
                 np.arange(width) < lengths[block, None]
             ]
-        self.bytes = tf.constant(joined.view(f"S{len(joined)}").reshape(()) if len(joined) else b"")
+        cuts = offsets[:-1:ROW_TABLE_PIECE].tolist() + [offsets[-1]]
+        self.pieces = tf.constant([joined[a:b].tobytes() for a, b in zip(cuts, cuts[1:])], tf.string)
         self.offsets = tf.constant(offsets)
 
     def __call__(self, positions) -> tf.Tensor:
         """The rows at `positions` (an int64 tensor: `positions.shape + row shape`)."""
         if not self.sliced:
             return tf.gather(self.table, positions)
+        piece = positions // ROW_TABLE_PIECE
         start = tf.gather(self.offsets, positions)
-        return tf.strings.substr(self.bytes, start, tf.gather(self.offsets, positions + 1) - start)
+        return tf.strings.substr(
+            tf.gather(self.pieces, piece),
+            start - tf.gather(self.offsets, piece * ROW_TABLE_PIECE),
+            tf.gather(self.offsets, positions + 1) - start,
+        )
 
 
 class StreamedImages:
