@@ -252,7 +252,9 @@ class RowTable:
                 np.arange(width) < lengths[block, None]
             ]
         cuts = offsets[:-1:ROW_TABLE_PIECE].tolist() + [offsets[-1]]
-        self.pieces = tf.constant([joined[a:b].tobytes() for a, b in zip(cuts, cuts[1:])], tf.string)
+        self.pieces = tf.constant(
+            [joined[a:b].tobytes() for a, b in zip(cuts, cuts[1:])], tf.string
+        )
         self.offsets = tf.constant(offsets)
 
     def __call__(self, positions) -> tf.Tensor:
