@@ -95,8 +95,9 @@ def with_meta_batches(
             (tf.reshape(drawn, [total, share])[first : first + local], tf.fill([local], draw))
         )
     )
-    keys = image_files.RowTable(x_meta.keys)
-    labels = tf.constant(np.asarray(y_meta, np.int64))
+    keys, labels = (
+        image_files.RowTable(column) for column in (x_meta.keys, np.asarray(y_meta, np.int64))
+    )
 
     def meta_batch(drawn, draw):
         def decoded():
@@ -113,7 +114,7 @@ def with_meta_batches(
             with tf.control_dependencies([check]):
                 refill = tf.range(share) % read
             images = input_pipeline.normalize(tf.gather(images, refill), mean, std)
-            return images, tf.gather(tf.boolean_mask(tf.gather(labels, drawn), ok), refill)
+            return images, tf.gather(tf.boolean_mask(labels(drawn), ok), refill)
 
         def unused():  # A step without a meta step reads no image.
             return tf.zeros([share, *x_meta.shape[1:]], tf.float32), tf.zeros([share], tf.int64)
