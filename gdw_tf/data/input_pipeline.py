@@ -188,8 +188,7 @@ def train_dataset(
         )
     # Positions permuted, rows gathered: nothing per example is held but the table itself
     # (a shuffle buffer would hold every example, or every position, as tensors of its own).
-    table = (x.keys if streamed else x, np.asarray(y, np.int64))
-    table = tuple(image_files.RowTable(column) for column in table)
+    table = row_tables(x, y)
     dataset = shuffled_positions(len(x), seed).map(
         lambda i: tuple(column(i) for column in table) + ((i,) if with_index else ())
     )
@@ -225,6 +224,13 @@ def train_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def row_tables(x, y) -> tuple[image_files.RowTable, image_files.RowTable]:
+    """The tables a pipeline looks its rows up in by position: `x`'s (streamed images: their
+    keys) and `y`'s, as int64 labels."""
+    rows = x.keys if image_files.is_streamed(x) else x
+    return image_files.RowTable(rows), image_files.RowTable(np.asarray(y, np.int64))
 
 
 def shuffled_positions(n: int, seed: int) -> tf.data.Dataset:
@@ -331,8 +337,7 @@ def eval_dataset(
         first = input_context.input_pipeline_id * local
         offsets = replica_shares(batch_size, total)[first : first + local + 1]
         shares = tf.data.Dataset.from_tensor_slices((offsets[:-1], offsets[1:]))
-    table = (x.keys if image_files.is_streamed(x) else x, np.asarray(y, np.int64))
-    table = tuple(image_files.RowTable(column) for column in table)
+    table = row_tables(x, y)
     dataset = tf.data.Dataset.range(len(y)).batch(batch_size)
     if input_context is not None:
         dataset = dataset.flat_map(lambda rows: shares.map(lambda a, b: rows[a:b]))

@@ -95,9 +95,7 @@ def with_meta_batches(
             (tf.reshape(drawn, [total, share])[first : first + local], tf.fill([local], draw))
         )
     )
-    keys, labels = (
-        image_files.RowTable(column) for column in (x_meta.keys, np.asarray(y_meta, np.int64))
-    )
+    keys, labels = input_pipeline.row_tables(x_meta, y_meta)
 
     def meta_batch(drawn, draw):
         def decoded():
