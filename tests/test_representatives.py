@@ -38,11 +38,8 @@ def test_one_representative_per_region_each_nearest_its_centre():
     blob = np.repeat(np.arange(4), sizes)
     chosen = representatives.representatives(points, np.zeros(len(points), int), 4)
     assert sorted(blob[chosen].tolist()) == [0, 1, 2, 3]
-    # Coarse to fine: the first is the whole class's centre-most example (one cluster) ...
-    whole = np.argmin(((points - points.mean(axis=0)) ** 2).sum(axis=1))
-    assert chosen[0] == whole
-    # ... the last comes from the finest clustering (a cluster per region): the member
-    # nearest the mean of its region.
+    # The last comes from the finest clustering (a cluster per region): the member nearest
+    # the mean of its region.
     members = np.flatnonzero(blob == blob[chosen[-1]])
     mean = points[members].mean(axis=0)
     assert chosen[-1] == members[np.argmin(((points[members] - mean) ** 2).sum(axis=1))]

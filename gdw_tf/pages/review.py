@@ -3,8 +3,8 @@
 The page walks the examples to review, up to `REVIEW_LIMIT` of them, in the order of
 `label_issues.csv`'s `review_rank` (`label_issues.review_order`): second looks at reviewed
 labels that this run contradicts, the trusted examples that the data around them contradicts,
-then a sample of the training set spread evenly over the suggested classes (each reviewed
-example joins the trusted set of the next run). For each: the image (or the row of feature
+then training examples spread evenly over the suggested classes, representative ones first
+(each reviewed example joins the trusted set of the next run). For each: the image (or the row of feature
 values), which set it is in, the given (or trusted) and the suggested label and the evidence's
 first classes (the model's probabilities; for a trusted example, the shares of its nearest
 training examples' labels). One key each:
