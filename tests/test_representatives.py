@@ -1,7 +1,6 @@
 """The representatives a review shows first: k-means, coarse to fine, in rounds over classes."""
 
 import numpy as np
-import pytest
 
 from gdw_tf.labels import label_issues
 from gdw_tf.labels import representatives
@@ -32,9 +31,7 @@ def test_one_representative_per_region_each_nearest_its_centre():
     # Four regions of unequal sizes: a random sample of 4 holds all four in 1 draw of 16.
     points, blob = _blobs(rng, [[0, 0], [6, 0], [0, 6], [6, 6]], 1)
     sizes = [100, 60, 40, 30]
-    points = np.concatenate(
-        [_blobs(rng, [c], n, spread=0.3)[0] for c, n in zip(points, sizes)]
-    )
+    points = np.concatenate([_blobs(rng, [c], n, spread=0.3)[0] for c, n in zip(points, sizes)])
     blob = np.repeat(np.arange(4), sizes)
     chosen = representatives.representatives(points, np.zeros(len(points), int), 4)
     assert sorted(blob[chosen].tolist()) == [0, 1, 2, 3]

@@ -351,10 +351,10 @@ def rank_label_issues(
             features,
             suggested,
             reviewed,
-            trusted_features,
-            trusted_labels,
-            _bools(trusted_reviewed, len(trusted_labels), "trusted_reviewed"),
-            num_classes,
+            trusted_features=trusted_features,
+            trusted_labels=trusted_labels,
+            trusted_reviewed=_bools(trusted_reviewed, len(trusted_labels), "trusted_reviewed"),
+            num_classes=num_classes,
         )
     if trusted_probabilities is not None:
         voters, nearest = neighbours.voter_sample(n)
@@ -424,7 +424,14 @@ def rank_label_issues(
 
 
 def _representatives(
-    features, suggested, reviewed, trusted_features, trusted_labels, trusted_reviewed, num_classes
+    features,
+    suggested,
+    reviewed,
+    *,
+    trusted_features,
+    trusted_labels,
+    trusted_reviewed,
+    num_classes,
 ):
     """The representatives of the training examples not reviewed yet, as input positions
     (`representatives.representatives`): as many per class as the trusted set has on average,

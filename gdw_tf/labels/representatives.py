@@ -149,7 +149,5 @@ def _lloyd(points, k, rng, iterations):
 
 def squared_distances(points, centres):
     """`[N, k]` squared Euclidean distances (never below 0)."""
-    distances = (
-        (points**2).sum(axis=1)[:, None] - 2 * points @ centres.T + (centres**2).sum(axis=1)
-    )
+    distances = (points**2).sum(axis=1)[:, None] - 2 * points @ centres.T + (centres**2).sum(axis=1)
     return np.maximum(distances, 0, out=distances)

@@ -3,11 +3,11 @@
 The page walks the examples to review, up to `REVIEW_LIMIT` of them, in the order of
 `label_issues.csv`'s `review_rank` (`label_issues.review_order`): second looks at reviewed
 labels that this run contradicts, the trusted examples that the data around them contradicts,
-then training examples spread evenly over the suggested classes, representative ones first
-(each reviewed example joins the trusted set of the next run). For each: the image (or the row of feature
-values), which set it is in, the given (or trusted) and the suggested label and the evidence's
-first classes (the model's probabilities; for a trusted example, the shares of its nearest
-training examples' labels). One key each:
+then training examples spread evenly over the suggested classes, representative ones first (each
+reviewed example joins the trusted set of the next run). For each: the image (or the row of
+feature values), which set it is in, the given (or trusted) and the suggested label and the
+evidence's first classes (the model's probabilities; for a trusted example, the shares of its
+nearest training examples' labels). One key each:
 
     k / Enter   keep the given label         a   take the suggested label
     0-9         that class (with more than 10 classes: type its number, Enter if it could go on)
