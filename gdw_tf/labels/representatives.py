@@ -30,10 +30,10 @@ LEVELS = 2
 # At most this many examples of a class are clustered (a seeded sample of a larger class):
 # the cost of a clustering does not grow with the data beyond it.
 CLUSTERED = 20_000
-ITERATIONS = 50  # of Lloyd's algorithm, at most (it stops when no centre moves)
+ITERATIONS = 20  # of Lloyd's algorithm, at most (it stops when no centre moves)
 # Seedings of k-means; the clustering with the least squared distance is kept (one seeding
 # may put two centres in one region and none in the next).
-SEEDINGS = 3
+SEEDINGS = 2
 
 
 def representatives(features, classes, per_class, *, known=None, known_classes=None, seed=0):
@@ -58,7 +58,7 @@ def representatives(features, classes, per_class, *, known=None, known_classes=N
     classes = np.asarray(classes, np.int64)
     if known is None:
         known, known_classes = features[:0], classes[:0]
-    known = np.asarray(known, np.float64).reshape(-1, features.shape[1])
+    known = np.asarray(known, np.float32).reshape(-1, features.shape[1])
     known_classes = np.asarray(known_classes, np.int64)
     rng = np.random.default_rng(seed)
     chosen = []
@@ -67,7 +67,10 @@ def representatives(features, classes, per_class, *, known=None, known_classes=N
         if len(members) > CLUSTERED:
             members = np.sort(rng.choice(members, CLUSTERED, replace=False))
         ordered = _coarse_to_fine(
-            np.asarray(features[members], np.float64), per_class, known[known_classes == k], rng
+            np.asarray(features[members], np.float32),
+            per_class,
+            known[known_classes == k],
+            rng,
         )
         chosen.append(members[ordered])
     if not chosen:
@@ -102,7 +105,7 @@ def kmeans(points, k, rng, seedings=SEEDINGS, iterations=ITERATIONS):
     squared distances.
 
     Args:
-      points: `[N, D]` float64, N ≥ k ≥ 1.
+      points: `[N, D]` float32 (or float64: the centres and distances take their dtype), N ≥ k ≥ 1.
       k: the number of clusters.
       rng: a NumPy `Generator` (the seedings' draws).
       seedings: how many seedings.
@@ -124,30 +127,37 @@ def kmeans(points, k, rng, seedings=SEEDINGS, iterations=ITERATIONS):
 def _lloyd(points, k, rng, iterations):
     """One k-means++ seeding and Lloyd's updates from it (`kmeans`)."""
     n = len(points)
-    centres = np.empty((k, points.shape[1]))
+    norms = (points**2).sum(axis=1)
+    centres = np.empty((k, points.shape[1]), points.dtype)
     centres[0] = points[rng.integers(n)]
-    nearest = squared_distances(points, centres[:1])[:, 0]
+    nearest = squared_distances(points, centres[:1], norms)[:, 0]
     for i in range(1, k):
-        total = nearest.sum()
+        total = nearest.sum(dtype=np.float64)
         pick = rng.choice(n, p=nearest / total) if total > 0 else rng.integers(n)
         centres[i] = points[pick]
-        np.minimum(nearest, squared_distances(points, centres[i : i + 1])[:, 0], out=nearest)
+        np.minimum(nearest, squared_distances(points, centres[i : i + 1], norms)[:, 0], out=nearest)
+    assignment = None
     for _ in range(iterations):
-        distances = squared_distances(points, centres)
-        assignment = np.argmin(distances, axis=1)
-        members = np.zeros((k, n))
-        members[assignment, np.arange(n)] = 1
-        counts = members.sum(axis=1)
-        sums = members @ points
-        moved = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centres)
-        if np.array_equal(moved, centres):
-            break
-        centres = moved
-    distances = squared_distances(points, centres)
+        moved = np.argmin(squared_distances(points, centres, norms), axis=1)
+        if assignment is not None and np.array_equal(moved, assignment):
+            break  # The centres would not move.
+        assignment = moved
+        counts = np.bincount(assignment, minlength=k)
+        sums = np.stack(
+            [np.bincount(assignment, weights=column, minlength=k) for column in points.T], axis=1
+        )
+        means = (sums / np.maximum(counts, 1)[:, None]).astype(points.dtype)
+        centres = np.where(counts[:, None] > 0, means, centres)
+    distances = squared_distances(points, centres, norms)
     return centres, np.argmin(distances, axis=1), distances
 
 
-def squared_distances(points, centres):
-    """`[N, k]` squared Euclidean distances (never below 0)."""
-    distances = (points**2).sum(axis=1)[:, None] - 2 * points @ centres.T + (centres**2).sum(axis=1)
+def squared_distances(points, centres, norms=None):
+    """`[N, k]` squared Euclidean distances (never below 0); `norms`: the points' squared
+    norms, if known."""
+    norms = (points**2).sum(axis=1) if norms is None else norms
+    distances = points @ centres.T
+    distances *= -2
+    distances += norms[:, None]
+    distances += (centres**2).sum(axis=1)
     return np.maximum(distances, 0, out=distances)
