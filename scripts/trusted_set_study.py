@@ -16,7 +16,13 @@ their class, so a file of N per class "keep" rows makes the trusted set those ro
   right, not from what a warm-up found easy);
 - `review_sample_<n>`: the review, and `<n>` per class of that sample;
 - `true_<n>`: `<n>` per class of that sample with their true labels (what a perfect review of the
-  sample would give: the best a trusted set drawn from it can do).
+  sample would give: the best a trusted set drawn from it can do);
+- `representatives_<draw>` and `random_<draw>`: what the review of 500 would be with another draw
+  of its training examples, each reviewed as the oracle does (true label): the trusted examples
+  the oracle's review held, then 50 per suggested class of round 1's training rows, in rounds:
+  the representatives (`gdw_tf.labels.representatives`, as the review page orders them, with
+  seed `<draw>`: the page's own order is seed 0) or a random sample (seed `<draw>`). The
+  spread over draws is the spread of equally chosen reviews.
 
 Printed as Markdown with the clean run and round 2 of the review loop beside them; each run is
 `<runs_dir>/<setting>_seed<seed>/study/<variant>` (a finished run is skipped).
@@ -30,6 +36,9 @@ import numpy as np
 import review_loop_benchmark as loop  # scripts/, beside this one
 from absl import app
 from absl import flags
+
+from gdw_tf.labels import label_issues
+from gdw_tf.labels import representatives
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
@@ -70,10 +79,69 @@ def unflagged_sample(rows, per_class, skip):
     return chosen
 
 
+def review_draw(base, rows, method, draw):
+    """The training rows of a review of 500 drawn by `method` (module docstring), in rounds."""
+    review = review_rows(base)
+    trusted = [r for r in review if r["id"] not in {row["id"] for row in rows}]
+    count = 500 - len(trusted)
+    if method == "representatives":  # As the page draws them: on the training set's order.
+        features, train_indices = round1_features(base)
+        row_of = {r["id"]: r for r in rows}
+        rows = [row_of[str(int(i))] for i in train_indices]
+        suggested = np.array([int(r["suggested_label"]) for r in rows])
+        chosen = representatives.representatives(features, suggested, 100, seed=draw)[:count]
+    else:
+        suggested = np.array([int(r["suggested_label"]) for r in rows])
+        rng = np.random.default_rng(draw)
+        per_class = [
+            rng.permutation(np.flatnonzero(suggested == k))[: count // 10 + (k < count % 10)]
+            for k in range(10)
+        ]
+        chosen = np.concatenate(per_class)
+        rounds = np.concatenate([np.arange(len(c)) for c in per_class])
+        chosen = chosen[np.lexsort((suggested[chosen], rounds))]
+    return trusted, [rows[i] for i in chosen]
+
+
+def round1_features(base):
+    """`(features, train_indices)`: the features the review's representatives are drawn on
+    (`label_issues.probe_features` of round 1's model) of round 1's training set, in its order;
+    cached in `study/features.npz`."""
+    cache = os.path.join(base, "study", "features.npz")
+    if not os.path.exists(cache):
+        import keras
+
+        from gdw_tf.data import datasets
+        from gdw_tf.data import input_pipeline
+        from gdw_tf.data import split as split_lib
+
+        x = datasets.load_dataset("fashion_mnist").x_train
+        mean, std = input_pipeline.normalization_stats("fashion_mnist", x)
+        split = split_lib.Split.load(os.path.join(base, "auto", "split.npz"))
+        model = keras.saving.load_model(os.path.join(base, "auto", "model.keras"))
+
+        def inputs(indices):
+            return input_pipeline.normalize(x[indices], mean, std).numpy()
+
+        view = label_issues.probe_features(
+            model, inputs(split.train_indices), inputs(split.meta_indices), dtype=np.float32
+        )
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        np.savez(cache, features=view[2], train_indices=split.train_indices)
+    stored = np.load(cache)
+    return stored["features"], stored["train_indices"]
+
+
 def variant_rows(variant, base, true_labels):
     """The corrections rows of one variant."""
     rows = training_rows(base)
     name, _, count = variant.rpartition("_")
+    if name in ("representatives", "random"):
+        trusted, chosen = review_draw(base, rows, name, int(count))
+        return trusted + [
+            {"id": r["id"], "reviewed_label": int(true_labels[int(r["id"])]), "decision": "keep"}
+            for r in chosen
+        ]
     if variant == "prune":
         review = review_rows(base)
         seen = {r["id"] for r in review}
