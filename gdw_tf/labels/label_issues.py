@@ -624,9 +624,9 @@ def review_order(issues: LabelIssues) -> tuple[np.ndarray, np.ndarray]:
        A reviewed training example joins the trusted set (`gdw_tf.data.corrections`), and what
        the trusted set needs is to represent the data, each class alike: on the benchmark, 500
        reviews of the flagged examples in score-order rounds gave the next run 0.842 to 0.858,
-       of a random sample 0.866 to 0.869, of representatives 0.871 (docs/LABEL_ISSUES.md, "The
-       review loop"). A review of them also finds wrong labels in about the proportion of the
-       noise, and corrects them.
+       of a random sample or of representatives 0.861 to 0.871 (the two kinds not told apart
+       by the draws measured; docs/LABEL_ISSUES.md, "The review loop"). A review of them also
+       finds wrong labels in about the proportion of the noise, and corrects them.
 
     The review page (`gdw_tf.pages.review`) and `label_issues.csv`'s `review_rank` follow it.
 
