@@ -140,10 +140,11 @@ def _lloyd(points, k, rng, iterations):
         centres[i] = points[pick]
         np.minimum(nearest, squared_distances(points, centres[i : i + 1], norms)[:, 0], out=nearest)
     assignment = None
-    for _ in range(iterations):
-        moved = np.argmin(squared_distances(points, centres, norms), axis=1)
-        if assignment is not None and np.array_equal(moved, assignment):
-            break  # The centres would not move.
+    for update in range(iterations + 1):  # The last pass only assigns.
+        distances = squared_distances(points, centres, norms)
+        moved = np.argmin(distances, axis=1)
+        if update == iterations or (assignment is not None and np.array_equal(moved, assignment)):
+            return centres, moved, distances  # (Unchanged: the centres would not move.)
         assignment = moved
         counts = np.bincount(assignment, minlength=k)
         sums = np.stack(
@@ -151,8 +152,6 @@ def _lloyd(points, k, rng, iterations):
         )
         means = (sums / np.maximum(counts, 1)[:, None]).astype(points.dtype)
         centres = np.where(counts[:, None] > 0, means, centres)
-    distances = squared_distances(points, centres, norms)
-    return centres, np.argmin(distances, axis=1), distances
 
 
 def squared_distances(points, centres, norms=None):
