@@ -515,42 +515,73 @@ def test_neighbour_votes_match_a_brute_force_count(monkeypatch):
     np.testing.assert_array_equal(one_at_a_time, votes)
 
 
-def test_select_by_neighbours_passes_over_confident_labels_their_neighbours_outvote(monkeypatch):
-    """Two clusters, A (true class 0) and B (true class 1). Flip noise gives 40% of B the label 0,
-    and the warm-up model is most confident about exactly those: the most confident choice takes
-    them, the neighbours' vote (most of B is labelled 1) does not."""
+def test_select_representatives_spreads_over_each_class_and_passes_over_outvoted_labels(
+    monkeypatch,
+):
+    """Each class has two regions (0: A1, A2; 1: B1, B2). Flip noise gives 40 of class 1's
+    examples the label 0, and the warm-up model is most confident about exactly those: the most
+    confident choice takes them; the neighbours' vote (most of B is labelled 1) does not, and
+    the choice takes one typical example of each region: the backed member nearest its
+    region's mean."""
     rng = np.random.default_rng(8)
-    centres = np.array([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
-    true = np.repeat([0, 1], 100)
-    features = (centres[true] + rng.normal(size=(200, 3))).astype(np.float32)
+    centres = np.array([[5.0, 0, 0], [0, 0, 5.0], [0, 5.0, 0], [0, -5.0, 0]])
+    region = np.repeat([0, 1, 2, 3], 100)
+    true = region // 2
+    features = (centres[region] + rng.normal(size=(400, 3))).astype(np.float32)
     given = true.copy()
-    flipped = rng.choice(np.arange(100, 200), 40, replace=False)
+    flipped = rng.choice(np.arange(200, 400), 40, replace=False)
     given[flipped] = 0
-    probabilities = np.full((200, 2), 0.5)
-    probabilities[given == 0, 0] = 0.7
+    probabilities = np.zeros((400, 2))
+    probabilities[:, 0] = np.where(given == 0, rng.uniform(0.6, 0.8, 400), 0.3)
     probabilities[flipped, 0] = 0.9  # the wrong labels look the surest
     probabilities[:, 1] = 1 - probabilities[:, 0]
     monkeypatch.setattr(neighbours, "NEIGHBOURS", 30)
-    monkeypatch.setattr(auto_meta, "POOL", 5)
-    per_class = 10
+    monkeypatch.setattr(auto_meta, "BACKED_SHARE", 0.25)
+    per_class = 2
 
     confident = auto_meta.select_confident(probabilities, given, 2, per_class)
     assert np.isin(confident[given[confident] == 0], flipped).all()
-    chosen = auto_meta.select_by_neighbours(probabilities, features, given, 2, per_class)
+    chosen = auto_meta.select_representatives(probabilities, features, given, 2, per_class)
     assert not np.isin(chosen, flipped).any()
-    # The rule, recomputed: per class, the POOL × per_class most confident, then the highest
-    # margin of the given label's vote over the other class's, ties to the more confident.
+    np.testing.assert_array_equal(np.sort(region[chosen]), [0, 1, 2, 3])
+    # The rule, recomputed by brute force: the margin of the given label among the 30 nearest
+    # (cosine) over the other label, ties to the more confident; the first quarter of each
+    # class; in each region among them, the member nearest the region's mean (unit features).
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    nearest = np.argsort(-(unit @ unit.T), axis=1, kind="stable")[:, :30]
+    own = (given[nearest] == given[:, None]).mean(axis=1)
+    margin = own - (1 - own)
     expected = []
     for k in range(2):
         members = np.flatnonzero(given == k)
-        agreement = probabilities[members, k]
-        candidates = members[np.argsort(-agreement, kind="stable")[: 5 * per_class]]
-        votes = neighbours.neighbour_votes(features, given, features[candidates], 2, neighbours=30)
-        margin = votes[:, k] - votes[:, 1 - k]
-        expected += list(candidates[np.argsort(-margin, kind="stable")[:per_class]])
+        order = sorted(members, key=lambda i: (-margin[i], -probabilities[i, k], i))
+        backed = np.array(order[: len(members) // 4])
+        for r in (2 * k, 2 * k + 1):
+            inside = backed[region[backed] == r]
+            mean = unit[inside].mean(axis=0)
+            expected.append(inside[np.argmin(((unit[inside] - mean) ** 2).sum(axis=1))])
     np.testing.assert_array_equal(chosen, np.sort(expected))
+    # Beyond CANDIDATES examples, the candidates are a seeded sample.
+    monkeypatch.setattr(auto_meta, "CANDIDATES", 200)
+    sample = np.random.default_rng(3).choice(400, 200, replace=False)
+    sampled = auto_meta.select_representatives(probabilities, features, given, 2, per_class, seed=3)
+    assert np.isin(sampled, sample).all() and len(sampled) == 2 * per_class
     with pytest.raises(ValueError, match="lower --auto_meta_per_class"):
-        auto_meta.select_by_neighbours(probabilities, features, given, 2, 150)
+        auto_meta.select_representatives(probabilities, features, given, 2, 250)
+
+
+def test_select_representatives_fills_the_places_of_empty_clusters(monkeypatch):
+    """Fewer distinct backed examples than clusters: k-means leaves clusters empty, and the most
+    backed examples not yet chosen take their places (each chosen once)."""
+    features = np.repeat(np.eye(3, dtype=np.float32), 20, axis=0)  # three distinct points
+    given = np.zeros(60, np.int64)
+    given[::2] = 1
+    probabilities = np.stack([1 - given * 0.5 - 0.2, given * 0.5 + 0.2], axis=1)
+    monkeypatch.setattr(neighbours, "NEIGHBOURS", 10)
+    monkeypatch.setattr(auto_meta, "BACKED_SHARE", 1.0)
+    chosen = auto_meta.select_representatives(probabilities, features, given, 2, 8)
+    assert len(np.unique(chosen)) == 16
+    np.testing.assert_array_equal(np.bincount(given[chosen]), [8, 8])
 
 
 def test_auto_split_moves_the_chosen_examples_to_the_meta_set(monkeypatch):

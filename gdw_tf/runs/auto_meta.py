@@ -2,9 +2,9 @@
 
 GDW, MW-Net and L2RW need a small set with correct labels. Without one, we pick it from the
 noisy data: a short cross-entropy warm-up of the run's backbone on every training example,
-then, in each class, the `per_class` examples whose given label the most examples around them
-share (`select_by_neighbours`). Those leave the training set and become the meta set, with
-their given labels.
+then, in each class, `per_class` representatives of the examples whose given label the most
+examples around them share (`select_representatives`). Those leave the training set and become
+the meta set, with their given labels.
 
 Why neighbours and not the warm-up model's confidence alone. Early in training a network fits
 the labels that agree with the bulk of the data before it memorises the rest, so its most
@@ -13,13 +13,18 @@ several others (Fashion-MNIST's flip noise sends Pullover, Dress and Sneaker to 
 thirds of the Trouser labels are wrong), the warm-up model is also confident about some
 wrong ones, and the 100 most confident "Trouser" examples held 52 sneakers. The labels of an
 example's nearest neighbours in the warm-up model's features still tell: around a sneaker
-most examples are sneakers, and most sneakers keep their label. So, in each class, among the
-`POOL` × `per_class` examples the warm-up model finds most confidently of their given class,
-the chosen are those whose `neighbours.NEIGHBOURS` nearest training examples (cosine
-similarity of the classifier layer's inputs) most outvote every other class for the given
-label. Measured in docs/LABEL_ISSUES.md ("Automatic trusted set"). The price stays a meta set of
-easy, typical examples rather than a random sample (on the benchmarks `results.json` reports
-its purity).
+most examples are sneakers, and most sneakers keep their label. So each example's label is
+scored by how much its `neighbours.NEIGHBOURS` nearest training examples (cosine similarity of
+the classifier layer's inputs) outvote every other class for it.
+
+Why representatives and not the most backed alone. The most backed (or most confident) examples
+are the easiest, typical ones, all from the middle of their class; a trusted set steers the
+weights best when it covers its class as a random clean sample does. So, in each class, the
+`BACKED_SHARE` most backed examples are clustered (k-means) into `per_class` regions and the
+example nearest each centre is chosen: examples about as sure as the most backed, spread over
+the class. Measured in docs/LABEL_ISSUES.md ("Automatic trusted set"); the set is still not a
+random sample (the ambiguous examples are never backed), and on the benchmarks `results.json`
+reports its purity.
 
 On a benchmark (`--dataset`) the split is first drawn as usual, so the noisy training set is
 the one the clean-meta run trains on; the clean held-out meta examples are then left unused,
@@ -40,6 +45,7 @@ from gdw_tf.core import backbone_split
 from gdw_tf.data import device_batches
 from gdw_tf.data import input_pipeline
 from gdw_tf.labels import neighbours
+from gdw_tf.labels import representatives
 from gdw_tf.nets import backbones
 from gdw_tf.runs import config as config_lib
 
@@ -89,13 +95,19 @@ def _most_confident(probabilities, given_labels, count):
     return ranked
 
 
-# Candidates per chosen example (chosen on Fashion-MNIST flip 40%, seed 0; docs/LABEL_ISSUES.md
-# reports other seeds and settings).
-POOL = 10
+# The examples whose label the neighbours back most, as a share of a class's candidates: the
+# k-means clusters are made among them (at least `per_class` of them). Chosen on Fashion-MNIST
+# flip 40%, seeds 0 and 1, by the purity of the chosen labels against how well they cover the
+# class (docs/LABEL_ISSUES.md, "Representatives of what the neighbours back").
+BACKED_SHARE = 0.1
+# At most this many examples are candidates (a seeded sample of more): the neighbours' vote
+# costs candidates × voters similarities (`neighbours.VOTERS` at most).
+CANDIDATES = 100_000
 
 
-def select_by_neighbours(probabilities, features, given_labels, num_classes, per_class):
-    """Per class, the examples whose given label their neighbours back most (module docstring).
+def select_representatives(probabilities, features, given_labels, num_classes, per_class, seed=0):
+    """Per class, representatives of the examples whose given label their neighbours back most
+    (module docstring).
 
     Args:
         probabilities: `[N, C]` the warm-up model's probabilities.
@@ -103,28 +115,58 @@ def select_by_neighbours(probabilities, features, given_labels, num_classes, per
         given_labels: `[N]` given labels in `[0, C)`.
         num_classes: `C`.
         per_class: examples to choose per class.
+        seed: of the k-means seedings (and of the candidates' sample beyond `CANDIDATES`).
 
     Returns:
-        The chosen positions, sorted ascending (`C * per_class` of them). Candidates: the
-        `POOL * per_class` most confident of each class (`select_confident`'s order); among
-        them, the highest margin of the given label's vote over the largest other class's
-        (`neighbour_votes`), ties to the more confident.
+        The chosen positions, sorted ascending (`C * per_class` of them). In each class, the
+        candidates are ranked by the margin of the given label's share of their
+        `neighbours.NEIGHBOURS` nearest examples' labels (cosine similarity of the features)
+        over the largest other label's share, ties to the warm-up model's probability of the
+        given label; the first `BACKED_SHARE` of them (at least `per_class`) are clustered by
+        k-means into `per_class` clusters (unit-length features), and the member nearest each
+        centre is chosen (an empty cluster's place goes to the most backed example left).
 
     Raises:
         ValueError: if a class has fewer than `per_class` examples.
     """
     given_labels = np.asarray(given_labels, np.int64)
     require_per_class(given_labels, num_classes, per_class)
+    features = np.asarray(features).reshape(len(given_labels), -1)
+    rng = np.random.default_rng(seed)
+    candidates = np.arange(len(given_labels))
+    if len(candidates) > CANDIDATES:
+        candidates = np.sort(rng.choice(candidates, CANDIDATES, replace=False))
+    labels = given_labels[candidates]
+    votes = neighbours.neighbour_votes(features, given_labels, features[candidates], num_classes)
+    rows = np.arange(len(candidates))
+    own = votes[rows, labels]
+    votes[rows, labels] = -np.inf
+    margin = own - votes.max(axis=1)
+    confidence = np.asarray(probabilities)[candidates, labels]
+    ranked = candidates[np.lexsort((-confidence, -margin))]  # most backed first
     chosen = []
-    for k, candidates in enumerate(_most_confident(probabilities, given_labels, POOL * per_class)):
-        votes = neighbours.neighbour_votes(
-            features, given_labels, np.asarray(features)[candidates], num_classes
-        )
-        own = votes[:, k].copy()
-        votes[:, k] = -np.inf
-        margin = own - votes.max(axis=1)
-        chosen.append(candidates[np.argsort(-margin, kind="stable")[:per_class]])
+    for k in range(num_classes):
+        members = ranked[given_labels[ranked] == k]
+        backed = members[: max(per_class, int(BACKED_SHARE * len(members)))]
+        chosen.append(_nearest_centres(backed, features, per_class, rng))
     return np.sort(np.concatenate(chosen))
+
+
+def _nearest_centres(backed, features, per_class, rng):
+    """Of `backed` (positions, most backed first), the member nearest each centre of a k-means
+    clustering into `per_class` clusters; fewer clusters that hold a member: the most backed
+    of the others fill the places."""
+    if len(backed) == per_class:
+        return backed
+    unit = neighbours.unit_rows(features[backed])
+    _, assignment, distances = representatives.kmeans(unit, per_class, rng)
+    picked = [
+        members[np.argmin(distances[members, cluster])]
+        for cluster in range(per_class)
+        if len(members := np.flatnonzero(assignment == cluster))
+    ]
+    rest = np.setdiff1d(np.arange(len(backed)), picked)  # ascending: the most backed first
+    return backed[np.concatenate([picked, rest[: per_class - len(picked)]]).astype(np.int64)]
 
 
 def per_class_count(config, num_classes):
@@ -234,7 +276,9 @@ def auto_split(split, config, model_name, x, *, mean, std, augment):
     if features is None:
         chosen = select_confident(probabilities, given, split.num_classes, per_class)
     else:
-        chosen = select_by_neighbours(probabilities, features, given, split.num_classes, per_class)
+        chosen = select_representatives(
+            probabilities, features, given, split.num_classes, per_class, seed=config.seed
+        )
     return dataclasses.replace(split.without_meta().move_to_meta(chosen), meta_source="auto")
 
 
