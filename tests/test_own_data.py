@@ -796,7 +796,7 @@ def test_automatic_trusted_set_on_real_digits_is_pure(tmp_path, digits):
         assert not set(weights["id"]) & set(chosen["ids"])
         assert len(weights["id"]) == 1397 - 100
     # The trusted set's estimate is reported with what it rests on, but the flags stay
-    # score < 0: an automatic trusted set holds the clearest examples and undercounts.
+    # score < 0: an automatic trusted set holds clear examples and undercounts.
     estimate = results["wrong_labels"]["estimate"]
     assert estimate["trusted_source"] == "auto" and not estimate["flags_cut_at_estimate"]
     assert "automatic trusted set" in estimate["rests_on"]

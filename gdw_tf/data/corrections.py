@@ -6,13 +6,14 @@ The meta sampler draws meta batches uniformly from the meta set, so a meta set w
 are unequally represented weights the classes unequally in every meta loss. Hence the rules,
 by where the meta set came from:
 
-- An automatic trusted set (`--trusted_data=auto`: the warm-up model's clearest examples) is a
-  stand-in until people have reviewed. Every reviewed training example joins the meta set and
-  takes the place of an automatic example of its reviewed class (drawn with a fixed seed; it
-  leaves the run) while the class has one left. The review page offers representative examples
-  spread evenly over the classes (`gdw_tf.labels.label_issues.review_order`), so the meta set
-  keeps its size and balance and turns, review by review, from the clearest examples into
-  reviewed examples that represent the data, which is what a meta set should be
+- An automatic trusted set (`--trusted_data=auto`: examples whose labels a warm-up model's
+  features back clearly) is a stand-in until people have reviewed. Every reviewed training
+  example joins the meta set and takes the place of an automatic example of its reviewed class
+  (drawn with a fixed seed; it leaves the run) while the class has one left. The review page
+  offers representative examples spread evenly over the classes
+  (`gdw_tf.labels.label_issues.review_order`), so the meta set keeps its size and balance and
+  turns, review by review, from those clear examples into reviewed examples that represent
+  the data, which is what a meta set should be
   (docs/LABEL_ISSUES.md, "The review loop", has the measurements).
 - A trusted set that a person gave (or the benchmark's clean one) is kept whole, and every
   class of it grows by the same number of reviewed examples,

@@ -246,7 +246,7 @@ def rank_label_issues(
       trusted_probabilities: optional `[M, C]` probabilities of trusted examples.
       trusted_labels: their `[M]` right labels; every class must appear.
       trusted_for_flags: False for a trusted set that does not represent the data (e.g. an
-        automatic one, of the clearest examples): the estimate is reported, but the
+        automatic one, of clear examples): the estimate is reported, but the
         probabilities and flags stay the model's own (score < 0).
       features, trusted_features: optional `[N, D]` and `[M, D]` features of the training
         and trusted examples that the trusted set's probes read beside the probabilities

@@ -163,8 +163,9 @@ class WrongLabelEstimate:
             return (
                 f"an automatic trusted set of {self.num_trusted:,} examples chosen from the "
                 "noisy data by a warm-up model (--trusted_data=auto): their labels are assumed "
-                "right, and they are examples that model found easy, so the estimate reads the "
-                "noise on the clearest examples and undercounts the wrong labels (by how much: "
+                "right, and they are examples whose labels that model's features back clearly, so "
+                "the estimate reads the noise on clear examples and undercounts the wrong labels "
+                "(by how much: "
                 'docs/LABEL_ISSUES.md, "Automatic trusted set"); the flags are therefore '
                 "score < 0"
             )
