@@ -17,11 +17,11 @@ NEIGHBOURS = 200
 # queries × VOTERS similarities, and the voters' features are held once.
 VOTERS = 100_000
 # Similarities computed at once (queries × voters), to bound the memory of the vote: 12 bytes
-# each (a float32 similarity and the int64 order of the nearest), 48 MB at once. Fewer at once
-# read the voters' features once per few queries: at 3 MB (2^18), the votes of 4,000 queries
-# among 58,000 voters took 2.8 times as long. Each query's vote is its own row's: the chunks
-# change no vote.
-_SIMILARITIES_AT_ONCE = 1 << 22
+# each (a float32 similarity and the int64 order of the nearest), 12 MB at once. Fewer at once
+# read the voters' features once per few queries: the votes of 4,000 queries among 58,000
+# voters took 10.8 s at 3 MB (2^18), 5.3 s at 12 MB, 3.8 s at 48 MB (2^22; a scratch timing).
+# Each query's vote is its own row's: the chunks change no vote.
+_SIMILARITIES_AT_ONCE = 1 << 20
 
 
 def neighbour_votes(features, labels, queries, num_classes, neighbours=None):
