@@ -73,7 +73,7 @@ def training_label_issues(model, dataset, split, x_train, *, mean, std, batch_si
             ids=train[2],
             class_names=dataset.class_names,
             trusted=(own_rows(meta[0], meta[1]), meta[1]) if len(meta[1]) else None,
-            # An automatic trusted set holds the clearest examples: its estimate undercounts
+            # An automatic trusted set holds clear examples: its estimate undercounts
             # (docs/LABEL_ISSUES.md, "Automatic trusted set"), so the flags stay score < 0.
             trusted_for_flags=split.meta_source != "auto",
             trusted_ids=meta[2],
