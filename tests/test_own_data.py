@@ -561,11 +561,24 @@ def test_select_representatives_spreads_over_each_class_and_passes_over_outvoted
             mean = unit[inside].mean(axis=0)
             expected.append(inside[np.argmin(((unit[inside] - mean) ** 2).sum(axis=1))])
     np.testing.assert_array_equal(chosen, np.sort(expected))
-    # Beyond CANDIDATES examples, the candidates are a seeded sample.
-    monkeypatch.setattr(auto_meta, "CANDIDATES", 200)
-    sample = np.random.default_rng(3).choice(400, 200, replace=False)
-    sampled = auto_meta.select_representatives(probabilities, features, given, 2, per_class, seed=3)
-    assert np.isin(sampled, sample).all() and len(sampled) == 2 * per_class
+    # Beyond CANDIDATES examples, the labels of a sample of each class in proportion are
+    # scored (at least per_class of a class: a class of 6 keeps its 6).
+    monkeypatch.setattr(auto_meta, "CANDIDATES", 100)
+    rare = np.concatenate([given[:394], [2] * 6])
+    probabilities3 = np.concatenate([probabilities, np.zeros((400, 1))], axis=1)
+    scored = []
+    votes = neighbours.neighbour_votes
+    monkeypatch.setattr(
+        neighbours,
+        "neighbour_votes",
+        lambda f, labels, queries, c: scored.append(queries) or votes(f, labels, queries, c),
+    )
+    sampled = auto_meta.select_representatives(probabilities3, features, rare, 3, 6, seed=3)
+    # Classes 0 and 1 hold 238 and 156 of the 400: 100 * 238 // 400 = 59 and 39 scored.
+    np.testing.assert_array_equal(np.bincount(rare), [238, 156, 6])
+    assert len(scored[0]) == 59 + 39 + 6
+    np.testing.assert_array_equal(np.bincount(rare[sampled]), [6, 6, 6])
+    np.testing.assert_array_equal(sampled[rare[sampled] == 2], np.arange(394, 400))
     with pytest.raises(ValueError, match="lower --auto_meta_per_class"):
         auto_meta.select_representatives(probabilities, features, given, 2, 250)
 

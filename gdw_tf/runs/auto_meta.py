@@ -115,7 +115,8 @@ def select_representatives(probabilities, features, given_labels, num_classes, p
         given_labels: `[N]` given labels in `[0, C)`.
         num_classes: `C`.
         per_class: examples to choose per class.
-        seed: of the k-means seedings (and of the candidates' sample beyond `CANDIDATES`).
+        seed: of the k-means seedings (and of the candidates' sample beyond `CANDIDATES`:
+            each class in proportion, at least `per_class` of it).
 
     Returns:
         The chosen positions, sorted ascending (`C * per_class` of them). In each class, the
@@ -133,9 +134,7 @@ def select_representatives(probabilities, features, given_labels, num_classes, p
     require_per_class(given_labels, num_classes, per_class)
     features = np.asarray(features).reshape(len(given_labels), -1)
     rng = np.random.default_rng(seed)
-    candidates = np.arange(len(given_labels))
-    if len(candidates) > CANDIDATES:
-        candidates = np.sort(rng.choice(candidates, CANDIDATES, replace=False))
+    candidates = _candidates(given_labels, num_classes, per_class, rng)
     labels = given_labels[candidates]
     votes = neighbours.neighbour_votes(features, given_labels, features[candidates], num_classes)
     rows = np.arange(len(candidates))
@@ -150,6 +149,20 @@ def select_representatives(probabilities, features, given_labels, num_classes, p
         backed = members[: max(per_class, int(BACKED_SHARE * len(members)))]
         chosen.append(_nearest_centres(backed, features, per_class, rng))
     return np.sort(np.concatenate(chosen))
+
+
+def _candidates(given_labels, num_classes, per_class, rng):
+    """The positions whose labels are scored, ascending: all, or beyond `CANDIDATES` examples a
+    seeded sample of each class in proportion to its size (at least `per_class` of it)."""
+    n = len(given_labels)
+    if n <= CANDIDATES:
+        return np.arange(n)
+    sampled = []
+    for k in range(num_classes):
+        members = np.flatnonzero(given_labels == k)
+        count = min(len(members), max(per_class, CANDIDATES * len(members) // n))
+        sampled.append(rng.choice(members, count, replace=False))
+    return np.sort(np.concatenate(sampled))
 
 
 def _nearest_centres(backed, features, per_class, rng):
