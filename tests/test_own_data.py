@@ -595,6 +595,8 @@ def test_select_representatives_fills_the_places_of_empty_clusters(monkeypatch):
     chosen = auto_meta.select_representatives(probabilities, features, given, 2, 8)
     assert len(np.unique(chosen)) == 16
     np.testing.assert_array_equal(np.bincount(given[chosen]), [8, 8])
+    for k in range(2):  # The three clusters that hold members each give one: all three points.
+        np.testing.assert_array_equal(np.unique(chosen[given[chosen] == k] // 20), [0, 1, 2])
 
 
 def test_auto_split_moves_the_chosen_examples_to_the_meta_set(monkeypatch):
