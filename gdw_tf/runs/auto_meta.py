@@ -44,6 +44,7 @@ from gdw_tf import backend
 from gdw_tf.core import backbone_split
 from gdw_tf.data import device_batches
 from gdw_tf.data import input_pipeline
+from gdw_tf.labels import label_issues
 from gdw_tf.labels import neighbours
 from gdw_tf.labels import representatives
 from gdw_tf.nets import backbones
@@ -137,10 +138,7 @@ def select_representatives(probabilities, features, given_labels, num_classes, p
     candidates = _candidates(given_labels, num_classes, per_class, rng)
     labels = given_labels[candidates]
     votes = neighbours.neighbour_votes(features, given_labels, features[candidates], num_classes)
-    rows = np.arange(len(candidates))
-    own = votes[rows, labels]
-    votes[rows, labels] = -np.inf
-    margin = own - votes.max(axis=1)
+    margin = label_issues.label_margin(votes, labels)
     confidence = np.asarray(probabilities)[candidates, labels]
     ranked = candidates[np.lexsort((-confidence, -margin))]  # most backed first
     chosen = []
