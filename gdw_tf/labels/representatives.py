@@ -96,11 +96,25 @@ def _coarse_to_fine(points, per_class, known, rng):
         if len(known):
             covered[np.argmin(squared_distances(known, centres), axis=1)] = True
         sizes = np.bincount(assignment, minlength=k)
+        nearest = nearest_members(assignment, distances)
         for cluster in np.argsort(-sizes, kind="stable"):
-            members = np.flatnonzero(assignment == cluster)
-            if not covered[cluster] and len(members):
-                chosen.append(int(members[np.argmin(distances[members, cluster])]))
+            if not covered[cluster] and sizes[cluster]:
+                chosen.append(int(nearest[cluster]))
     return np.array(chosen[:per_class], np.int64)
+
+
+def nearest_members(assignment, distances):
+    """`[k]` each cluster's member nearest its centre (the first such point where several
+    are), −1 for an empty cluster; `assignment` `[N]` and `distances` `[N, k]` as `kmeans`
+    returns them."""
+    own = distances[np.arange(len(assignment)), assignment]
+    order = np.lexsort((own, assignment))  # By cluster, the nearest (then the first) first.
+    clusters = assignment[order]
+    first = np.ones(len(order), bool)
+    first[1:] = clusters[1:] != clusters[:-1]
+    nearest = np.full(distances.shape[1], -1, np.int64)
+    nearest[clusters[first]] = order[first]
+    return nearest
 
 
 def kmeans(points, k, rng, seedings=SEEDINGS, iterations=ITERATIONS):

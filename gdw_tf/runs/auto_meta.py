@@ -171,11 +171,8 @@ def _nearest_centres(backed, features, per_class, rng):
         return backed
     unit = neighbours.unit_rows(features[backed])
     _, assignment, distances = representatives.kmeans(unit, per_class, rng)
-    picked = [
-        members[np.argmin(distances[members, cluster])]
-        for cluster in range(per_class)
-        if len(members := np.flatnonzero(assignment == cluster))
-    ]
+    picked = representatives.nearest_members(assignment, distances)
+    picked = picked[picked >= 0]
     rest = np.setdiff1d(np.arange(len(backed)), picked)  # ascending: the most backed first
     return backed[np.concatenate([picked, rest[: per_class - len(picked)]]).astype(np.int64)]
 
