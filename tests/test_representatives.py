@@ -26,6 +26,18 @@ def test_kmeans_finds_separated_clusters_and_their_means():
     np.testing.assert_allclose(distances, ((points[:, None] - found[None]) ** 2).sum(-1), atol=1e-9)
 
 
+def test_nearest_members_match_a_loop_over_the_clusters():
+    rng = np.random.default_rng(4)
+    distances = rng.integers(0, 5, size=(200, 6)).astype(np.float32)  # many ties
+    assignment = rng.integers(0, 5, 200)  # cluster 5 is empty
+    expected = [
+        members[np.argmin(distances[members, cluster])] if len(members) else -1
+        for cluster in range(6)
+        for members in [np.flatnonzero(assignment == cluster)]
+    ]
+    np.testing.assert_array_equal(representatives.nearest_members(assignment, distances), expected)
+
+
 def test_one_representative_per_region_each_nearest_its_centre():
     rng = np.random.default_rng(2)
     # Four regions of unequal sizes: a random sample of 4 holds all four in 1 draw of 16.
